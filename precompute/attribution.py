@@ -1,0 +1,167 @@
+"""Head attribution of a neuron's activation (paper §4.3, METHOD.md §3) and active-head rules.
+
+Raw score (the paper's): ``A[k, h] = hook_result[k][p, h, :] · W_in[l][:, i]``.
+LN-aware score (beyond the paper): ``A[k, h] / ln2_scale[l][p]`` after centring, so that the
+contributions of all components — heads, ``b_O``, earlier MLPs, embeddings and ``b_in`` — add
+up to the neuron's pre-activation ``hook_pre[l][p, i]``.
+
+The live server calls these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from .models import LoadedModel
+from .scan import hook_post, hook_pre, pad, run_hooks
+
+
+def head_label(layer: int, head: int) -> str:
+    """The field's name of a head: ``L10H7`` (0-based layer and head)."""
+    return f"L{layer}H{head}"
+
+
+def parse_heads(text: str, *, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Parse ``"L1H3,L0H2"`` into ``[(1, 3), (0, 2)]``.
+
+    Raises:
+        ValueError: a malformed label or one outside ``L0..L{n_layers-1}``, ``H0..H{n_heads-1}``.
+    """
+    import re
+
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"[Ll](\d+)[Hh](\d+)", part)
+        if not m:
+            raise ValueError(f"Head {part!r} is not of the form L<layer>H<head>, e.g. L1H3.")
+        k, h = int(m.group(1)), int(m.group(2))
+        if not (0 <= k < n_layers and 0 <= h < n_heads):
+            raise ValueError(f"Head {part} is out of range: layers 0..{n_layers - 1}, "
+                             f"heads 0..{n_heads - 1}.")
+        if (k, h) not in out:
+            out.append((k, h))
+    return out
+
+
+def upstream_attn_layers(model: LoadedModel, layer: int) -> int:
+    """Number of attention layers that write to the residual stream before MLP ``layer`` reads
+    it: ``layer + 1`` for GPT-2-style blocks, ``layer`` for parallel attention/MLP (Pythia)."""
+    return layer if getattr(model.cfg, "parallel_attn_mlp", False) else layer + 1
+
+
+def scored_layers(model: LoadedModel, layer: int, heads_upto: str = "le") -> int:
+    """Number of head layers that are scored for a neuron of ``layer``: heads of layers
+    ``<= layer`` (``"le"``, the paper's formula) or ``< layer`` (``"lt"``, the authors' code),
+    never beyond what is upstream of the MLP."""
+    n = layer + 1 if heads_upto == "le" else layer
+    return min(n, upstream_attn_layers(model, layer))
+
+
+@dataclass
+class Attribution:
+    """Head attribution of neuron (layer, neuron) for a batch of prompts, at each prompt's
+    target position (its last token unless another was asked).
+
+    Shapes: ``raw``/``ln``: ``[batch, n_attn_layers, n_heads]`` for the attention layers
+    upstream of the neuron (``upstream_attn_layers``); ``act``/``pre``: ``[batch]`` (post-GELU
+    activation and pre-activation at the target position); ``acts``: per prompt, the neuron's
+    activation at every position including BOS. ``other``: LN-aware contributions of the
+    non-head components (``embed``, ``pos_embed``, ``b_O``, ``mlp{k}``, ``b_in``), ``[batch]``
+    each. Units: residual-stream dot products (raw) and pre-activation units (ln).
+    """
+
+    raw: Float[Tensor, "batch attn_layers n_heads"]
+    ln: Float[Tensor, "batch attn_layers n_heads"]
+    act: Float[Tensor, "batch"]
+    pre: Float[Tensor, "batch"]
+    acts: list[list[float]]
+    other: dict[str, Tensor] = field(default_factory=dict)
+
+    def ln_total(self) -> Float[Tensor, "batch"]:
+        """Sum of every LN-aware contribution; equals ``pre`` up to float error."""
+        return self.ln.sum(dim=(1, 2)) + sum(self.other.values())
+
+
+def _centre(x: Tensor) -> Tensor:
+    return x - x.mean(dim=-1, keepdim=True)
+
+
+def attribute(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int, *,
+              positions: Sequence[int] | None = None) -> Attribution:
+    """Attribute neuron (layer, neuron)'s pre-activation to upstream components (paper §4.3).
+
+    Args:
+        rows: token rows including BOS at index 0 (right-padded internally, one batch).
+        positions: the 0-based target position in each row (default: each row's last token).
+
+    Returns:
+        Attribution with raw (paper) and LN-aware head scores for every upstream head.
+
+    Raises:
+        ValueError: a layer or neuron out of range, or a position outside its row.
+    """
+    if not 0 <= layer < model.n_layers or not 0 <= neuron < model.d_mlp:
+        raise ValueError(f"Neuron L{layer}N{neuron} out of range: layers 0..{model.n_layers - 1}, "
+                         f"neurons 0..{model.d_mlp - 1}.")
+    tokens, lengths = pad(rows, model.bos_token_id)
+    pos = torch.as_tensor(positions if positions is not None else (lengths - 1).tolist())
+    if bool(((pos < 0) | (pos >= lengths)).any()):
+        raise ValueError("A target position lies outside its prompt.")
+    n_attn = upstream_attn_layers(model, layer)
+    names = [hook_post(layer), hook_pre(layer), f"blocks.{layer}.ln2.hook_scale", "hook_embed"]
+    has_pos = "hook_pos_embed" in model.bridge.hook_dict and model.cfg.positional_embedding_type == "standard"
+    if has_pos:
+        names.append("hook_pos_embed")
+    names += [f"blocks.{k}.attn.hook_result" for k in range(n_attn)]
+    names += [f"blocks.{k}.hook_mlp_out" for k in range(layer)]
+    cache = run_hooks(model, tokens, names, stop_at_layer=layer + 1)
+    b = torch.arange(tokens.shape[0])
+    w_in = model.bridge.W_in[layer][:, neuron].detach().float()  # [d_model]
+    scale = cache[f"blocks.{layer}.ln2.hook_scale"][b, pos, 0].float()  # [batch]
+    result = torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, pos] for k in range(n_attn)], 1)
+    raw = result.float() @ w_in  # [batch, n_attn, n_heads]
+    ln = (_centre(result.float()) @ w_in) / scale[:, None, None]
+    other = {"embed": _centre(cache["hook_embed"][b, pos].float()) @ w_in / scale}
+    if has_pos:
+        other["pos_embed"] = _centre(cache["hook_pos_embed"][b, pos].float()) @ w_in / scale
+    b_O = model.bridge.b_O[:n_attn].detach().float()  # [n_attn, d_model]
+    other["b_O"] = (_centre(b_O) @ w_in).sum().expand(len(b)) / scale
+    for k in range(layer):
+        other[f"mlp{k}"] = _centre(cache[f"blocks.{k}.hook_mlp_out"][b, pos].float()) @ w_in / scale
+    other["b_in"] = model.bridge.b_in[layer][neuron].detach().float().expand(len(b))
+    post = cache[hook_post(layer)][:, :, neuron].float()
+    acts = [post[j, :lengths[j]].tolist() for j in range(len(b))]
+    return Attribution(raw=raw, ln=ln, act=post[b, pos], pre=cache[hook_pre(layer)][b, pos, neuron].float(),
+                       acts=acts, other=other)
+
+
+def active_heads(scores: Float[Tensor, "... n"], *, rule: str = "2sigma", sigma: float = 2.0,
+                 k: int = 3) -> Bool[Tensor, "... n"]:
+    """Mark the active heads among the scored heads of one prompt (paper §4.3).
+
+    ``"2sigma"`` (Feb 2024): ``A > mean(A) + sigma · std(A)`` over the scored heads (std with
+    Bessel's correction, as ``torch.std``). ``"topk"`` (Oct 2023): the ``k`` largest A (ties
+    broken by lower index).
+
+    Raises:
+        ValueError: an unknown rule.
+    """
+    if rule == "2sigma":
+        thr = scores.mean(-1, keepdim=True) + sigma * scores.std(-1, keepdim=True)
+        return scores > thr
+    if rule == "topk":
+        idx = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+        return torch.zeros_like(scores, dtype=torch.bool).scatter(-1, idx, True)
+    raise ValueError(f"Unknown active-head rule {rule!r}: use '2sigma' or 'topk'.")
+
+
+def active_fraction(active: Bool[Tensor, "prompts n"]) -> Float[Tensor, "n"]:
+    """Fraction of prompts on which each head is active."""
+    return active.float().mean(0)
+
+

@@ -1,0 +1,34 @@
+"""Domain errors. Each message says what to change; the CLI and the server map them to exit
+codes and HTTP statuses at their boundary (nothing here knows about either)."""
+
+
+class LookupsError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+
+class ModelNotAvailable(LookupsError):
+    """A model name that is neither a local directory nor loadable (offline, not cached, unknown)."""
+
+
+class DatasetNotAvailable(LookupsError):
+    """A dataset name or file that cannot be loaded, or that holds no documents."""
+
+
+class BadSettings(LookupsError):
+    """A setting out of range for the model or data (e.g. a layer index past ``n_layers``)."""
+
+
+class SettingsMismatch(LookupsError):
+    """An existing run was made with other settings; nothing is overwritten."""
+
+
+class SchemaTooNew(LookupsError):
+    """The database was written by a newer version of context-lookups."""
+
+
+class NotFound(LookupsError):
+    """A run, neuron, head or pair that does not exist; the message names the valid range."""
+
+
+class PromptTooLong(LookupsError):
+    """A live prompt longer than the server's token cap."""

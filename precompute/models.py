@@ -1,0 +1,132 @@
+"""Load a model by TransformerLens / Hugging Face name or local directory (METHOD.md §1).
+
+The embedded default is a local Hugging Face directory and goes through the same path as
+``gpt2``: there is no special case for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelNotAvailable
+from .settings import EMBEDDED_MODEL
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A processed model and what the science needs to know about it.
+
+    ``bridge`` is a ``TransformerBridge`` with compatibility mode on (fold_ln,
+    center_writing_weights, center_unembed) and ``hook_result`` enabled; ``tokenizer`` is its
+    Hugging Face tokenizer; ``name`` is what the user asked for; ``slug`` a URL-safe name.
+    """
+
+    bridge: object
+    tokenizer: object
+    name: str
+    slug: str
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return self.bridge.cfg.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.bridge.cfg.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        return self.bridge.cfg.d_mlp
+
+    @property
+    def n_ctx(self) -> int:
+        return self.bridge.cfg.n_ctx
+
+    @property
+    def bos_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def token_str(self, token_id: int) -> str:
+        """The text of one token (byte-level BPE decoded; may be a partial UTF-8 character)."""
+        return self.tokenizer.decode([int(token_id)])
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def model_slug(name: str) -> str:
+    """URL-safe slug of a model name or directory: ``EleutherAI/pythia-160m`` → ``pythia-160m``."""
+    base = Path(name.rstrip("/")).name if os.path.isdir(name) else name.split("/")[-1]
+    if os.path.abspath(name) == os.path.abspath(EMBEDDED_MODEL):
+        base = "embedded"
+    return re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-").lower() or "model"
+
+
+def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu",
+               dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load ``name`` as a processed ``TransformerBridge`` plus tokenizer (METHOD.md §1).
+
+    Args:
+        name: a TransformerLens / Hugging Face model name (``gpt2``, ``gpt2-medium``,
+            ``pythia-160m``, ``EleutherAI/pythia-160m``) or a local Hugging Face directory
+            (``config.json``, weights, ``tokenizer.json``), such as the embedded default.
+        device: torch device.
+        dtype: weights are upcast to this dtype (float32: the embedded weights are stored fp16).
+
+    Returns:
+        LoadedModel with compatibility mode on (fold_ln, center_writing_weights,
+        center_unembed) and ``hook_result`` (per-head output ``z @ W_O``) enabled.
+
+    Raises:
+        ModelNotAvailable: the name is not a local directory and the hub cannot provide it
+            (offline and not in the local cache, or unknown); the message says what to use.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    local = os.path.isdir(name)
+    if not local and os.path.sep in name and not re.match(r"^[\w.-]+/[\w.-]+$", name):
+        raise ModelNotAvailable(f"Model directory {name!r} does not exist. Give a Hugging Face "
+                                f"model name (gpt2, pythia-160m) or an existing local directory.")
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+    except Exception as exc:  # the hub client raises many types (OSError, HfHubHTTPError, ...)
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(exc)
+        where = ("it is not in the local Hugging Face cache and the hub is unreachable"
+                 if offline else f"loading failed: {type(exc).__name__}: {str(exc)[:300]}")
+        raise ModelNotAvailable(
+            f"Cannot load model {name!r}: {where}. Run without --model to use the embedded "
+            f"default ({EMBEDDED_MODEL}), or pass --model a local Hugging Face directory "
+            f"(config.json, model.safetensors, tokenizer.json).") from exc
+    bridge.enable_compatibility_mode()
+    bridge.set_use_attn_result(True)
+    bridge.eval()
+    tokenizer = bridge.tokenizer
+    logger.info("loaded %s: %d layers, %d heads, d_mlp %d, n_ctx %d", name, bridge.cfg.n_layers,
+                bridge.cfg.n_heads, bridge.cfg.d_mlp, bridge.cfg.n_ctx)
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, slug=model_slug(name))
+
+
+def _looks_offline(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    seen = {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text += f" {type(cause).__name__} {cause}".lower()
+        cause = cause.__cause__ or cause.__context__
+    return any(w in text for w in ("offline", "connect", "resolve", "network", "cannot find the "
+                                   "requested files", "localentrynotfound", "outgoing traffic"))

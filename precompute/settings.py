@@ -1,0 +1,125 @@
+"""Every setting of the precompute job, in one pydantic-settings class.
+
+Each field can be given on the command line (``lookups precompute --n-per-layer 10``) or in the
+environment with the prefix ``LOOKUPS_`` (``LOOKUPS_N_PER_LAYER=10``). Defaults are the paper's
+(Neo, Cohen & Barez 2024, Feb 2024 run; METHOD.md) unless a field says otherwise.
+``lookups config`` prints the effective values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+EMBEDDED_MODEL = str(EMBEDDED_DIR / "model")
+EMBEDDED_CORPUS = str(EMBEDDED_DIR / "corpus")
+DEFAULT_DB_URL = "sqlite:///lookups.db"
+
+# Fields that change what is computed. A run remembers them; re-running with other values is an
+# error (SettingsMismatch) rather than a silent overwrite. Explainer and ablation settings are
+# recorded on their own rows instead, so they can be re-run with other values on the same run.
+SCIENCE_FIELDS = (
+    "model", "dataset", "layers", "n_per_layer", "reject_tokens", "reject_numeric", "seed",
+    "n_docs", "context_tokens", "top_k", "act_ratio", "max_prompt_tokens", "heads_upto",
+    "active_rule", "active_sigma", "active_topk", "pair_min_fraction", "pair_max_fraction",
+    "n_random",
+)
+
+
+class Settings(BaseSettings):
+    """The effective settings of one precompute run (paper defaults)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKUPS_", extra="ignore")
+
+    # --- inputs and output -------------------------------------------------------------------
+    model: str = Field(EMBEDDED_MODEL, description="TransformerLens / Hugging Face model name "
+                       "(gpt2, pythia-160m, ...) or a local Hugging Face directory. Default: the "
+                       "embedded model shipped with the package.")
+    dataset: str = Field(EMBEDDED_CORPUS, description="Hugging Face dataset name "
+                         "(NeelNanda/pile-10k), a local .jsonl[.gz] file or a directory holding "
+                         "explain/heldout .jsonl.gz splits. Default: the embedded scan corpus.")
+    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy URL of the SQLite database "
+                        "(default: lookups.db in the working directory).")
+    run_name: str | None = Field(None, description="Name (URL slug) of the run; default: derived "
+                                 "from the model name. Use another name to keep a second run of "
+                                 "the same model with other settings.")
+
+    # --- §1 next-token neurons ---------------------------------------------------------------
+    layers: list[int] | None = Field(None, description="0-based MLP layers to analyse; default "
+                                     "the last min(3, n_layers-1) layers.")
+    n_per_layer: int = Field(20, ge=1, description="Next-token neurons kept per layer (top by "
+                             "congruence W_out·W_U).")
+    reject_tokens: list[str] = Field(default_factory=list, description="Token strings never "
+                                     "used as a neuron's token (glitch tokens).")
+    reject_numeric: bool = Field(True, description="Reject tokens that are numbers or "
+                                 "punctuation only.")
+    n_random: int | None = Field(None, description="Random baseline neurons per layer; default: "
+                                 "n_per_layer.")
+    seed: int = Field(0, description="Seed of the random-neuron draw and of every RNG.")
+
+    # --- §2 max-activating prompts -----------------------------------------------------------
+    n_docs: int | None = Field(None, ge=1, description="Use at most this many documents of each "
+                               "split (default: all).")
+    context_tokens: int | None = Field(None, ge=2, description="Tokens per document incl. BOS "
+                                       "(default: the model's context length).")
+    batch_size: int = Field(16, ge=1, description="Documents per forward pass in the scan.")
+    top_k: int = Field(20, ge=1, description="Top documents kept per neuron and split.")
+    act_ratio: float = Field(0.8, gt=0, le=1, description="Trimming keeps the latest start at "
+                             "which the neuron still reaches this fraction of its activation.")
+    max_prompt_tokens: int = Field(100, ge=2, description="Trimmed prompts of this many tokens "
+                                   "or more are dropped.")
+
+    # --- §3 head attribution -----------------------------------------------------------------
+    heads_upto: Literal["le", "lt"] = Field("le", description="Heads of layers <= the neuron's "
+                                            "layer (paper's formula) or < (authors' code).")
+    active_rule: Literal["2sigma", "topk"] = Field("2sigma", description="Active heads: "
+                                                   "A > mean + k·std (Feb 2024) or top-k (Oct 2023).")
+    active_sigma: float = Field(2.0, description="k of the sigma rule.")
+    active_topk: int = Field(3, ge=1, description="k of the top-k rule.")
+    pair_min_fraction: float = Field(0.25, ge=0, le=1, description="Keep a (neuron, head) pair "
+                                     "when the head is active on at least this fraction...")
+    pair_max_fraction: float = Field(0.75, ge=0, le=1, description="...and at most this fraction "
+                                     "of the neuron's prompts.")
+
+    # --- §4-5 explanations (recorded per explanation, not part of the run's identity) ----------
+    explainer: Literal["baseline", "openai", "none"] = Field("baseline", description="Explainer "
+                                                             "run by precompute.")
+    heldout_per_pair: int = Field(10, ge=1, description="Held-out prompts scored per pair.")
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint (default: "
+                                     "the openai package's, i.e. OPENAI_BASE_URL or OpenAI).")
+    llm_model: str = Field("gpt-4-1106-preview", description="Chat model for explanations and "
+                           "classification (authors: gpt-4-1106-preview).")
+    llm_api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the "
+                                 "API key (the key itself is never stored or logged).")
+    llm_temperature: float | None = Field(None, description="Sampling temperature (None: the "
+                                          "endpoint's default, as the authors).")
+    llm_max_tokens: int = Field(200, ge=1, description="Max tokens of an explanation.")
+    llm_concurrency: int = Field(4, ge=1, description="Concurrent LLM requests.")
+    llm_timeout: float = Field(60.0, gt=0, description="Seconds per LLM request.")
+    llm_max_retries: int = Field(4, ge=0, description="Retries per request (429/5xx/timeouts).")
+
+    # --- §6 ablation -------------------------------------------------------------------------
+    ablation: Literal["zero", "mean", "none"] = Field("zero", description="Ablate a head's value "
+                                                      "vectors with zeros (paper) or their mean "
+                                                      "over the scan corpus.")
+
+    def science(self) -> dict:
+        """The fields that define a run (SCIENCE_FIELDS), as a JSON-able dict."""
+        out = {k: getattr(self, k) for k in SCIENCE_FIELDS}
+        # The embedded model and corpus are named by role, not by where the package lies.
+        if out["model"] == EMBEDDED_MODEL:
+            out["model"] = "embedded"
+        if out["dataset"] == EMBEDDED_CORPUS:
+            out["dataset"] = "embedded"
+        return out
+
+    def science_hash(self) -> str:
+        """SHA-256 (hex, 16 chars) of :meth:`science`; equal hashes mean the same computation."""
+        blob = json.dumps(self.science(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
