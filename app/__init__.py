@@ -1,0 +1,2 @@
+"""The web layer of context-lookups (FastAPI + Jinja2 + htmx). Imports `precompute`, never the
+reverse."""

@@ -1,0 +1,136 @@
+"""The ``lookups`` command: precompute, explain, db upgrade, config (``serve``: app.cli).
+
+Logging is configured here (the entry point) and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import typing
+
+from .errors import LookupsError
+from .settings import Settings
+
+logger = logging.getLogger("lookups")
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_settings_options(p: argparse.ArgumentParser, fields: typing.Iterable[str] | None = None) -> None:
+    """One option per Settings field (``n_per_layer`` → ``--n-per-layer``), help from its
+    description; unset options fall back to the environment (LOOKUPS_*) and the defaults."""
+    for name, f in Settings.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        ann = f.annotation
+        args = typing.get_args(ann)
+        kw: dict = {"dest": name, "default": None, "help": (f.description or "") + f" [default: {f.default!r}]"
+                    if f.default_factory is None else f.description}
+        if ann is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(ann) is typing.Literal:
+            kw["choices"] = list(args)
+        elif list in (typing.get_origin(ann), *map(typing.get_origin, args)):
+            inner = typing.get_args(next(a for a in (ann, *args) if typing.get_origin(a) is list))[0]
+            kw.update(nargs="+", type=inner)
+        else:
+            base = next((a for a in (ann, *args) if a in (int, float, str)), str)
+            kw["type"] = base
+        p.add_argument(flag, **kw)
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(ns).items() if k in Settings.model_fields and v is not None}
+    return Settings(**given)
+
+
+def build_parser(extra: typing.Callable | None = None) -> argparse.ArgumentParser:
+    """The ``lookups`` parser; ``extra(subparsers)`` adds commands of other layers (``serve``
+    is added by ``app.cli`` so that this package never imports the web layer)."""
+    ap = argparse.ArgumentParser(prog="lookups", description="context-lookups: how attention heads "
+                                 "switch on next-token neurons (Neo, Cohen & Barez, EMNLP 2024).")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("precompute", help="find next-token neurons, their prompts, head "
+                       "attributions, explanations and ablations; store them in SQLite")
+    _add_settings_options(p)
+    p = sub.add_parser("explain", help="explain and score the kept (neuron, head) pairs of an "
+                       "existing run (baseline explainer or an OpenAI-compatible LLM)")
+    _add_settings_options(p, ["db_url", "run_name", "model", "explainer", "heldout_per_pair", "llm_base_url",
+                              "llm_model", "llm_api_key_env", "llm_temperature", "llm_max_tokens",
+                              "llm_concurrency", "llm_timeout", "llm_max_retries", "seed"])
+    p = sub.add_parser("db", help="database maintenance")
+    p.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to the newest "
+                   "schema; current: print the schema revision")
+    p.add_argument("--db", dest="db_url", default=None)
+    p = sub.add_parser("config", help="print the effective settings (defaults, environment, options)")
+    _add_settings_options(p)
+    if extra is not None:
+        extra(sub)
+    for a in sub.choices.values():  # `--db` is the short spelling of --db-url everywhere
+        if not any("--db" in act.option_strings for act in a._actions) and any(
+                "--db-url" in act.option_strings for act in a._actions):
+            a._option_string_actions["--db-url"].option_strings.append("--db")
+            a._option_string_actions["--db"] = a._option_string_actions["--db-url"]
+    return ap
+
+
+def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = None) -> int:
+    """Entry point: parse, configure logging, dispatch; domain errors exit 2 with a message."""
+    ns = build_parser(extra).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "datasets", "filelock", "urllib3", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if handlers and ns.command in handlers:
+            return handlers[ns.command](ns)
+        return _dispatch(ns)
+    except LookupsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: everything committed so far is kept; run the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    if ns.command == "config":
+        s = _settings(ns)
+        out = s.model_dump()
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    if ns.command == "precompute":
+        from .pipeline import run_precompute
+        s = _settings(ns)
+        summary = run_precompute(s)
+        print(json.dumps(summary, indent=2, default=str))
+        print(f"done: database {s.db_url}. Browse it with: lookups serve --db {s.db_url}")
+        return 0
+    if ns.command == "explain":
+        from .explain import explain_command
+        return explain_command(_settings(ns))
+    if ns.command == "db":
+        from .db import current_revision, open_writer
+        url = ns.db_url or Settings().db_url
+        if ns.action == "upgrade":
+            engine = open_writer(url)
+            print(f"{url}: schema at revision {current_revision(engine)}")
+        else:
+            from sqlalchemy import create_engine
+            print(current_revision(create_engine(url)))
+        return 0
+    raise AssertionError(ns.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The precompute job: METHOD.md §1-§3 into SQLite, then explanations (§4-5) and ablations (§6).
+
+Every unit of work (the neuron table, one split's scan, one neuron's prompts, the pairs, ...)
+is committed with its phase mark, so a killed job started again with the same arguments
+continues and ends with exactly the rows an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from sqlalchemy import delete, insert, select, update
+from tqdm.auto import tqdm
+
+from .attribution import active_heads, attribute, head_label, scored_layers
+from .corpus import SPLITS, load_corpus
+from .db import open_writer, sessions
+from .models import LoadedModel, load_model
+from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
+                         select_next_token_neurons)
+from .scan import scan, tokenize_batch, trim
+from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
+from .settings import Settings
+from .store import get_or_create_run, is_done, now, phase_seconds, unit_of_work
+
+logger = logging.getLogger(__name__)
+
+
+def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> dict:
+    """Run (or resume) the whole job for ``settings``; returns the summary figures.
+
+    Raises:
+        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew:
+            bad input, each with a message saying what to change; nothing stored is lost.
+    """
+    t_start = time.time()
+    torch.manual_seed(settings.seed)
+    engine = open_writer(settings.db_url)
+    Session = sessions(engine)
+    model = model or load_model(settings.model)
+    layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
+        else default_layers(model.n_layers)
+    ctx = settings.context_tokens or model.n_ctx
+    if ctx > model.n_ctx:
+        from .errors import BadSettings
+        raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
+    with Session() as s:
+        run = get_or_create_run(s, settings=settings, slug=settings.run_name or model.slug,
+                                model=model, layers=layers)
+        run_id = run.id
+        corpus = None
+        if not is_done(s, run_id, "neurons"):
+            select_neurons(s, run_id, model, layers, settings)
+        scans = {}
+        for split in SPLITS:
+            if not is_done(s, run_id, f"scan:{split}"):
+                corpus = corpus or load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
+                scans[split] = store_scan(s, run_id, model, corpus[split], split, layers, ctx, settings)
+        selected = s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")
+                             .order_by(Neuron.layer, Neuron.neuron)).all()
+        for n in tqdm(selected, desc="prompts+attribution", unit="neuron", dynamic_ncols=True):
+            name = f"prompts:L{n.layer}N{n.neuron}"
+            if not is_done(s, run_id, name):
+                with unit_of_work(s, run_id, name) as st:
+                    st.update(store_prompts(s, run_id, model, n, ctx, settings))
+        if not is_done(s, run_id, "pairs"):
+            with unit_of_work(s, run_id, "pairs") as st:
+                st.update(store_pairs(s, run_id, settings))
+        run_followups(Session, run_id, model, settings)
+        summary = summarize(s, run_id, scans, time.time() - t_start)
+        s.execute(update(Run).where(Run.id == run_id).values(status="complete", finished_at=now(),
+                                                             summary=summary))
+        s.commit()
+    engine.dispose()
+    return summary
+
+
+def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings) -> None:
+    """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
+    import importlib
+
+    for enabled, mod, fn in ((settings.explainer != "none", "explain", "run_explanations"),
+                             (settings.ablation != "none", "ablation", "run_ablations")):
+        if not enabled:
+            continue
+        try:
+            module = importlib.import_module(f"precompute.{mod}")
+        except ModuleNotFoundError:  # TODO(issue 4/5): remove once both modules have landed
+            logger.warning("precompute.%s is not available yet: skipped", mod)
+            continue
+        getattr(module, fn)(Session, run_id, model, settings)
+
+
+def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settings: Settings) -> None:
+    """§1: congruence of every neuron of ``layers``; mark next-token and random neurons."""
+    with unit_of_work(s, run_id, "neurons") as st:
+        W_U = model.bridge.W_U.detach()
+        vocab = {i: model.token_str(i) for i in range(W_U.shape[1])}
+        reject = set(settings.reject_tokens)
+        rows = []
+        for layer in layers:
+            infos = layer_congruences(model.bridge.W_out[layer].detach(), W_U, layer)
+            chosen = select_next_token_neurons(infos, vocab, n=settings.n_per_layer, reject=reject,
+                                               reject_numeric=settings.reject_numeric)
+            rank = {x.neuron: r for r, x in enumerate(sorted(infos, key=lambda x: (-x.congruence, x.neuron)))}
+            nt = {x.neuron for x in chosen}
+            rnd = set(sample_random_neurons(model.d_mlp, settings.n_random or settings.n_per_layer,
+                                            exclude=nt, seed=settings.seed, layer=layer))
+            for x in infos:
+                rows.append(dict(run_id=run_id, layer=layer, neuron=x.neuron,
+                                 kind="next_token" if x.neuron in nt else "random" if x.neuron in rnd else "other",
+                                 rank=rank[x.neuron], token_id=x.token_id, token=vocab[x.token_id],
+                                 congruence=x.congruence,
+                                 top_tokens=[[t, vocab[t], c] for t, c in zip(x.top_token_ids, x.top_congruences)]))
+            st[f"L{layer}"] = len(nt)
+        s.execute(insert(Neuron), rows)
+
+
+def store_scan(s, run_id: int, model: LoadedModel, docs, split: str, layers: list[int], ctx: int,
+               settings: Settings) -> dict:
+    """§2: one streaming scan of ``split``; stores every scanned neuron's top-k and the
+    documents they point to."""
+    with unit_of_work(s, run_id, f"scan:{split}") as st:
+        res = scan(model, (r["text"] for r in docs), layers=layers, k=settings.top_k,
+                   batch_size=settings.batch_size, context_tokens=ctx, n_docs=len(docs),
+                   desc=f"scan {split}")
+        rows = []
+        vals, dids, poss = res.values.tolist(), res.docs.tolist(), res.positions.tolist()
+        for j, layer in enumerate(layers):
+            for i in range(model.d_mlp):
+                c = j * model.d_mlp + i
+                for r in range(res.values.shape[0]):
+                    if dids[r][c] >= 0:
+                        rows.append(dict(run_id=run_id, split=split, layer=layer, neuron=i, rank=r,
+                                         doc_idx=dids[r][c], act=vals[r][c], position=poss[r][c]))
+        s.execute(insert(TopActivation), rows)
+        used = sorted({r["doc_idx"] for r in rows})
+        s.execute(insert(Document), [dict(run_id=run_id, split=split, idx=i, text=docs[i]["text"])
+                                     for i in used])
+        if split == "explain":
+            best = {(r["layer"], r["neuron"]): r["act"] for r in rows if r["rank"] == 0}
+            for n in s.scalars(select(Neuron).where(Neuron.run_id == run_id)):
+                n.max_act = best.get((n.layer, n.neuron))
+        st.update(docs=res.n_docs, tokens=res.n_tokens, scan_seconds=round(res.seconds, 2),
+                  tokens_per_s=round(res.n_tokens / max(res.seconds, 1e-9)))
+        return st
+
+
+def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, settings: Settings) -> dict:
+    """§2-§3 for one selected neuron: trim its top documents of both splits, attribute each
+    trimmed prompt to the upstream heads, mark the active heads."""
+    stats = {}
+    n_scored = scored_layers(model, n.layer, settings.heads_upto)
+    for split in SPLITS:
+        tops = s.execute(select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position,
+                                TopActivation.act, Document.text)
+                         .join(Document, (Document.run_id == TopActivation.run_id)
+                               & (Document.split == TopActivation.split)
+                               & (Document.idx == TopActivation.doc_idx))
+                         .where(TopActivation.run_id == run_id, TopActivation.split == split,
+                                TopActivation.layer == n.layer, TopActivation.neuron == n.neuron,
+                                TopActivation.act > 0)
+                         .order_by(TopActivation.rank)).all()
+        if not tops:
+            stats[split] = 0
+            continue
+        rows = tokenize_batch(model, [t.text for t in tops], ctx)
+        trims = trim(model, rows, [t.position for t in tops], n.layer, n.neuron, act_ratio=settings.act_ratio)
+        keep = [(t, row, tr) for t, row, tr in zip(tops, rows, trims)
+                if t.position + 1 - tr[0] < settings.max_prompt_tokens]
+        if not keep:
+            stats[split] = 0
+            continue
+        prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for t, row, tr in keep]
+        att = attribute(model, prompts, n.layer, n.neuron)
+        scores = att.raw[:, :n_scored].flatten(1)
+        active = active_heads(scores, rule=settings.active_rule, sigma=settings.active_sigma,
+                              k=settings.active_topk)
+        for j, (t, row, tr) in enumerate(keep):
+            ids = prompts[j][1:]
+            labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
+                      if active[j, k * model.n_heads + h]]
+            s.add(Prompt(neuron_id=n.id, split=split, rank=t.rank, doc_idx=t.doc_idx, start=tr[0],
+                         end=t.position + 1, text=model.tokenizer.decode(ids), token_ids=ids,
+                         tokens=[model.token_str(i) for i in ids], acts=att.acts[j][1:],
+                         act=float(att.act[j]), doc_act=float(tr[1]),
+                         attr_raw=att.raw[j].tolist(), attr_ln=att.ln[j].tolist(),
+                         other_ln={k: float(v[j]) for k, v in att.other.items()},
+                         pre=float(att.pre[j]), active=labels))
+        stats[split] = len(keep)
+    if not stats.get("explain"):
+        n.status = "no_activating_prompt"
+        logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "
+                       "larger corpus (--dataset, --n-docs)", n.layer, n.neuron, n.kind)
+    return stats
+
+
+def store_pairs(s, run_id: int, settings: Settings) -> dict:
+    """§3: (neuron, head) pairs over each neuron's explain prompts; kept when the head is
+    active on pair_min_fraction..pair_max_fraction of them."""
+    run = s.get(Run, run_id)
+    s.execute(delete(Pair).where(Pair.run_id == run_id))
+    rows, kept = [], 0
+    for n in s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")):
+        ps = s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "explain")).all()
+        if not ps:
+            continue
+        raw = torch.tensor([p.attr_raw for p in ps])
+        ln = torch.tensor([p.attr_ln for p in ps])
+        n_scored = min(raw.shape[1], n.layer + 1 if settings.heads_upto == "le" else n.layer)
+        for k in range(n_scored):
+            for h in range(run.n_heads):
+                lab = head_label(k, h)
+                n_act = sum(lab in p.active for p in ps)
+                frac = n_act / len(ps)
+                keep = settings.pair_min_fraction <= frac <= settings.pair_max_fraction
+                kept += keep
+                rows.append(dict(run_id=run_id, neuron_id=n.id, head_layer=k, head=h,
+                                 n_prompts=len(ps), n_active=n_act, active_fraction=frac,
+                                 mean_attr_raw=float(raw[:, k, h].mean()),
+                                 mean_attr_ln=float(ln[:, k, h].mean()), kept=keep))
+    if rows:
+        s.execute(insert(Pair), rows)
+    return {"pairs": len(rows), "kept": kept}
+
+
+def summarize(s, run_id: int, scans: dict, seconds: float) -> dict:
+    """Figures printed at the end of the job and stored on the run."""
+    from sqlalchemy import func
+
+    from .schema import Phase
+
+    def count(q):
+        return s.scalar(q) or 0
+
+    scan_stats = {p.name: p.stats for p in s.scalars(select(Phase).where(Phase.run_id == run_id,
+                                                                          Phase.name.like("scan:%")))}
+    return {
+        "neurons": {kind: count(select(func.count()).select_from(Neuron).where(Neuron.run_id == run_id, Neuron.kind == kind))
+                    for kind in ("next_token", "random", "other")},
+        "prompts": count(select(func.count()).select_from(Prompt).join(Neuron).where(Neuron.run_id == run_id)),
+        "pairs": count(select(func.count()).select_from(Pair).where(Pair.run_id == run_id)),
+        "kept_pairs": count(select(func.count()).select_from(Pair).where(Pair.run_id == run_id, Pair.kept)),
+        "no_activating_prompt": count(select(func.count()).select_from(Neuron).where(
+            Neuron.run_id == run_id, Neuron.status == "no_activating_prompt")),
+        "phase_seconds": phase_seconds(s, run_id),
+        "scan": scan_stats,
+        "wall_seconds_this_invocation": round(seconds, 1),
+    }

@@ -1,0 +1,88 @@
+"""Writing a run: the run row, its settings check and the per-unit-of-work phase marks that make
+the job resumable and idempotent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import __version__
+from .errors import SettingsMismatch
+from .schema import Phase, Run
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def get_or_create_run(session: Session, *, settings: Settings, slug: str, model, layers: list[int]) -> Run:
+    """The run called ``slug``: created if new; if it exists, its settings must match.
+
+    Raises:
+        SettingsMismatch: the run exists with other science settings. The message lists the
+            differing fields and how to keep both (another ``--run-name`` or ``--db``).
+    """
+    run = session.scalar(select(Run).where(Run.slug == slug))
+    science = settings.science()
+    if run is not None:
+        if run.settings_hash != settings.science_hash():
+            diff = {k: (run.settings.get(k), v) for k, v in science.items()
+                    if run.settings.get(k) != v}
+            shown = ", ".join(f"{k}: stored {a!r} vs given {b!r}" for k, (a, b) in diff.items())
+            raise SettingsMismatch(
+                f"Run {slug!r} already exists in this database with other settings ({shown}). "
+                f"Nothing was changed. Re-run with the stored settings, or keep both runs by "
+                f"passing --run-name NEW_NAME (or another --db).")
+        if run.status != "running":
+            run.status = "running"
+        return run
+    cfg = model.cfg
+    run = Run(slug=slug, model_name=settings.model if science["model"] != "embedded" else "embedded",
+              dataset=settings.dataset if science["dataset"] != "embedded" else "embedded",
+              settings=science, settings_hash=settings.science_hash(), package_version=__version__,
+              n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp, d_model=cfg.d_model,
+              n_ctx=cfg.n_ctx, layers=layers, status="running", started_at=now())
+    session.add(run)
+    session.commit()
+    return run
+
+
+def is_done(session: Session, run_id: int, name: str) -> bool:
+    """Whether the unit of work ``name`` of the run has been committed."""
+    return session.get(Phase, (run_id, name)) is not None
+
+
+@contextmanager
+def unit_of_work(session: Session, run_id: int, name: str, stats: dict | None = None):
+    """Do one unit of work atomically: rows added in the block and the phase mark are committed
+    together, or (on any exception, or a kill) not at all.
+
+    Yields a dict the block may fill with figures, stored on the phase row.
+    """
+    t0 = time.time()
+    out = dict(stats or {})
+    try:
+        yield out
+        session.add(Phase(run_id=run_id, name=name, seconds=round(time.time() - t0, 3),
+                          stats=out or None, finished_at=now()))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def phase_seconds(session: Session, run_id: int) -> dict[str, float]:
+    """Seconds spent per phase family (``scan``, ``prompts``, ...), summed over units."""
+    out: dict[str, float] = {}
+    for p in session.scalars(select(Phase).where(Phase.run_id == run_id)):
+        fam = p.name.split(":")[0]
+        out[fam] = round(out.get(fam, 0.0) + p.seconds, 2)
+    return out

@@ -1,0 +1,100 @@
+"""Shared fixtures: small real models built in-process, a small real corpus, and a real SQLite
+database produced once per session by the real precompute job."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def make_tiny_model_dir(path: Path, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+                        seed: int = 0) -> Path:
+    """A random-weight GPT-2 with the embedded tokenizer, saved as a Hugging Face directory."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=8192, n_positions=128, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, n_inner=4 * n_embd, activation_function="gelu_new",
+                     bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # larger weights than the init so activations vary more across heads
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from precompute.models import load_model
+
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def small_corpus_dir(tmp_path_factory) -> Path:
+    """The first documents of each embedded split (a real, small corpus), plus one document
+    with markup that must be escaped in the explorer."""
+    d = tmp_path_factory.mktemp("corpus")
+    for split, n in (("explain", 60), ("heldout", 40)):
+        rows = []
+        with gzip.open(Path(EMBEDDED_CORPUS) / f"{split}.jsonl.gz", "rt") as fh:
+            for line in fh:
+                rows.append(json.loads(line))
+                if len(rows) == n:
+                    break
+        if split == "explain":
+            rows.append({"text": 'Say <script>alert(1)</script> & "quotes" \u00e9\u4e2d\n the end of it'})
+        with gzip.open(d / f"{split}.jsonl.gz", "wt") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+    return d
+
+
+def small_settings(db_path: Path, model_dir: Path, corpus_dir: Path, **over) -> Settings:
+    """Settings of the small test configuration (a few neurons, short documents)."""
+    base = dict(model=str(model_dir), dataset=str(corpus_dir), db_url=f"sqlite:///{db_path}",
+                n_per_layer=3, top_k=8, context_tokens=48, batch_size=16, heldout_per_pair=6)
+    base.update(over)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def precomputed_db(tmp_path_factory, tiny_model_dir, tiny_model, small_corpus_dir) -> Path:
+    """A real SQLite database written by the real precompute job on the small configuration,
+    once per test session. Tests must not write to it (copy it first)."""
+    from precompute.pipeline import run_precompute
+
+    db = tmp_path_factory.mktemp("db") / "lookups.db"
+    run_precompute(small_settings(db, tiny_model_dir, small_corpus_dir), model=tiny_model)
+    return db
