@@ -1,0 +1,369 @@
+"""Head ablation study (paper §5.4, METHOD.md §6).
+
+Ablating a head means replacing its value vectors, ``blocks.{k}.attn.hook_v[:, :, h]``, at every
+position: by zeros (``"zero"``, the paper's) or by their mean over the scan corpus (``"mean"``).
+The effect measured is the drop in the softmax probability of the neuron's token at the prompt's
+last position, ``drop = prob_clean - prob_ablated``, on held-out prompts where the head is active
+versus inactive, compared with a two-sample Kolmogorov–Smirnov test.
+
+One implementation serves the precompute job (:func:`run_ablations`) and the live server
+(:func:`ablate`, :func:`ablation_hooks`); :func:`ablation_table` and :func:`pair_ablation_stats`
+only read the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .attribution import head_label
+from .errors import NotFound
+from .models import LoadedModel
+from .scan import hook_post, pad, tokenize_batch
+from .schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
+from .store import is_done, unit_of_work
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("zero", "mean")
+TOP_N = 5
+MEAN_PHASE = "ablation:mean_v"
+
+
+def hook_v(layer: int) -> str:
+    """Name of the value-vector hook of a 0-based attention layer: ``[batch, pos, n_heads, d_head]``."""
+    return f"blocks.{layer}.attn.hook_v"
+
+
+def ablation_hooks(heads: Sequence[tuple[int, int]], *, method: str = "zero",
+                   mean_v: dict[int, Tensor] | None = None) -> list[tuple[str, Callable]]:
+    """Forward hooks that ablate ``heads`` (0-based ``(layer, head)``) at every position.
+
+    Use with ``model.bridge.hooks(fwd_hooks=...)`` or ``run_with_hooks``. ``"zero"`` sets
+    ``hook_v[:, :, h] = 0``; ``"mean"`` sets it to ``mean_v[layer][h]`` (``[d_head]``, see
+    :func:`mean_values`). One hook per layer; the hook returns a modified copy.
+
+    Raises:
+        ValueError: an unknown method, or ``"mean"`` without ``mean_v`` for a head's layer.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown ablation method {method!r}: use 'zero' or 'mean'.")
+    by_layer: dict[int, list[int]] = {}
+    for k, h in heads:
+        if h not in by_layer.setdefault(int(k), []):
+            by_layer[int(k)].append(int(h))
+    if method == "mean":
+        missing = sorted(k for k in by_layer if mean_v is None or k not in mean_v)
+        if missing:
+            raise ValueError(f"Mean ablation needs the mean value vectors of layers {missing}; "
+                             f"compute them with mean_values().")
+    out = []
+    for k, hs in sorted(by_layer.items()):
+        def fn(v: Tensor, hook=None, hs=tuple(hs), k=k) -> Tensor:
+            v = v.clone()
+            if method == "zero":
+                v[:, :, list(hs)] = 0.0
+            else:
+                v[:, :, list(hs)] = mean_v[k][list(hs)].to(v.dtype)
+            return v
+        out.append((hook_v(k), fn))
+    return out
+
+
+def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: Iterable[int], *,
+                batch_size: int = 16, desc: str = "mean value vectors") -> dict[int, Float[Tensor, "n_heads d_head"]]:
+    """Mean of ``hook_v`` of each of ``layers`` over every real token position of the rows
+    (right padding excluded; BOS included, since ablation replaces it too).
+
+    Args:
+        rows_iter: token rows with BOS at index 0 (e.g. ``scan.tokenize_batch`` of documents),
+            consumed in batches of ``batch_size``; forward passes stop after the last layer.
+
+    Returns:
+        ``{layer: mean}`` with ``mean: [n_heads, d_head]`` (float32, accumulated in float64).
+
+    Raises:
+        ValueError: no rows, or no layers.
+    """
+    layers = sorted(set(int(k) for k in layers))
+    if not layers:
+        raise ValueError("mean_values needs at least one layer.")
+    names = [hook_v(k) for k in layers]
+    sums: dict[int, Tensor] = {}
+    n_pos = 0
+    bar = tqdm(desc=desc, unit="doc", dynamic_ncols=True)
+    batch: list[Sequence[int]] = []
+
+    def flush() -> None:
+        nonlocal n_pos
+        tokens, lengths = pad(batch, model.bos_token_id)
+        real = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).double()  # [batch, pos]
+        with torch.no_grad():
+            _, cache = model.bridge.run_with_cache(tokens, names_filter=names,
+                                                   stop_at_layer=max(layers) + 1)
+        for k, name in zip(layers, names):
+            s = torch.einsum("bp,bphd->hd", real, cache[name].double())
+            sums[k] = sums[k] + s if k in sums else s
+        n_pos += int(lengths.sum())
+        bar.update(len(batch))
+        batch.clear()
+
+    for row in rows_iter:
+        batch.append(row)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    bar.close()
+    if n_pos == 0:
+        raise ValueError("mean_values got no token rows.")
+    return {k: (sums[k] / n_pos).float() for k in layers}
+
+
+@dataclass
+class AblationResult:
+    """A clean and an ablated forward pass of a batch of prompts (paper §5.4).
+
+    Per row, at its target position: ``act_clean``/``act_ablated`` the neuron's post-GELU
+    activation; ``prob_clean``/``prob_ablated`` the softmax probability of ``token_id``;
+    ``drop = prob_clean - prob_ablated`` (all ``[batch]``, float64 for the probabilities).
+    ``acts_clean``/``acts_ablated``: the neuron's activation at every position incl. BOS.
+    ``top_clean``/``top_ablated``: the ``TOP_N`` most probable next tokens, ``[(id, prob)]``.
+    """
+
+    heads: list[tuple[int, int]]
+    method: str
+    act_clean: Float[Tensor, "batch"]
+    act_ablated: Float[Tensor, "batch"]
+    prob_clean: Float[Tensor, "batch"]
+    prob_ablated: Float[Tensor, "batch"]
+    drop: Float[Tensor, "batch"]
+    acts_clean: list[list[float]]
+    acts_ablated: list[list[float]]
+    top_clean: list[list[tuple[int, float]]]
+    top_ablated: list[list[tuple[int, float]]]
+
+
+def _forward(model: LoadedModel, tokens: Tensor, layer: int, hooks: list) -> tuple[Tensor, Tensor]:
+    with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
+        logits, cache = model.bridge.run_with_cache(tokens, names_filter=[hook_post(layer)])
+    return logits, cache[hook_post(layer)]
+
+
+def ablate(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int, token_id: int,
+           heads: Sequence[tuple[int, int]], *, method: str = "zero",
+           mean_v: dict[int, Tensor] | None = None,
+           positions: Sequence[int] | None = None) -> AblationResult:
+    """Ablate ``heads`` and measure neuron (layer, neuron) and the probability of ``token_id``
+    (paper §5.4): one clean and one ablated full forward pass, each one right-padded batch.
+
+    Args:
+        rows: token rows with BOS at index 0.
+        heads: 0-based ``(layer, head)`` pairs; ``[]`` skips the ablated pass (it equals clean).
+        method: ``"zero"`` (paper) or ``"mean"`` (needs ``mean_v`` from :func:`mean_values`).
+        positions: the 0-based target position of each row (default: its last token).
+
+    Raises:
+        ValueError: no rows; a layer, neuron, head, token or position out of range; an unknown
+            method or missing mean values.
+    """
+    if not rows:
+        raise ValueError("ablate needs at least one prompt.")
+    if not 0 <= layer < model.n_layers or not 0 <= neuron < model.d_mlp:
+        raise ValueError(f"Neuron L{layer}N{neuron} out of range: layers 0..{model.n_layers - 1}, "
+                         f"neurons 0..{model.d_mlp - 1}.")
+    d_vocab = model.cfg.d_vocab
+    if not 0 <= token_id < d_vocab:
+        raise ValueError(f"Token id {token_id} out of range 0..{d_vocab - 1}.")
+    heads = [(int(k), int(h)) for k, h in heads]
+    for k, h in heads:
+        if not (0 <= k < model.n_layers and 0 <= h < model.n_heads):
+            raise ValueError(f"Head L{k}H{h} out of range: layers 0..{model.n_layers - 1}, "
+                             f"heads 0..{model.n_heads - 1}.")
+    hooks = ablation_hooks(heads, method=method, mean_v=mean_v)
+    tokens, lengths = pad(rows, model.bos_token_id)
+    pos = torch.as_tensor(positions if positions is not None else (lengths - 1).tolist())
+    if bool(((pos < 0) | (pos >= lengths)).any()):
+        raise ValueError("A target position lies outside its prompt.")
+    b = torch.arange(tokens.shape[0])
+    logits_c, post_c = _forward(model, tokens, layer, [])
+    logits_a, post_a = _forward(model, tokens, layer, hooks) if heads else (logits_c, post_c)
+    probs_c = logits_c[b, pos].double().softmax(-1)  # [batch, d_vocab]
+    probs_a = logits_a[b, pos].double().softmax(-1)
+    a_c, a_a = post_c[:, :, neuron].float(), post_a[:, :, neuron].float()
+
+    def top(p: Tensor) -> list[list[tuple[int, float]]]:
+        v, i = p.topk(min(TOP_N, p.shape[-1]), dim=-1)
+        return [list(zip(i[j].tolist(), v[j].tolist())) for j in range(len(b))]
+
+    prob_c, prob_a = probs_c[:, token_id], probs_a[:, token_id]
+    return AblationResult(
+        heads=heads, method=method, act_clean=a_c[b, pos], act_ablated=a_a[b, pos],
+        prob_clean=prob_c, prob_ablated=prob_a, drop=prob_c - prob_a,
+        acts_clean=[a_c[j, :lengths[j]].tolist() for j in range(len(b))],
+        acts_ablated=[a_a[j, :lengths[j]].tolist() for j in range(len(b))],
+        top_clean=top(probs_c), top_ablated=top(probs_a))
+
+
+# --- precompute --------------------------------------------------------------------------------
+
+def stored_mean_values(session: Session, *, run_id: int) -> dict[int, Tensor] | None:
+    """The mean value vectors the run's mean ablation used (``{layer: [n_heads, d_head]}``), or
+    None if the run has not computed them. They are kept in the stats of the phase
+    ``ablation:mean_v`` so the live server ablates with exactly the same means."""
+    ph = session.get(Phase, (run_id, MEAN_PHASE))
+    if ph is None or not ph.stats:
+        return None
+    return {int(k): torch.tensor(v, dtype=torch.float32) for k, v in ph.stats["mean_v"].items()}
+
+
+def run_mean_values(session: Session, run_id: int, model: LoadedModel, settings) -> dict[int, Tensor]:
+    """Mean ``hook_v`` of every layer over the run's stored explain-split documents (those in
+    some neuron's top-k; BOS + the run's context length), computed once and stored."""
+    got = stored_mean_values(session, run_id=run_id)
+    if got is not None:
+        return got
+    run = session.get(Run, run_id)
+    ctx = run.settings.get("context_tokens") or model.n_ctx
+    texts = session.scalars(select(Document.text).where(Document.run_id == run_id,
+                                                        Document.split == "explain")
+                            .order_by(Document.idx)).all()
+    if not texts:
+        raise ValueError(f"Run {run_id} stores no explain-split documents to average over.")
+    bs = settings.batch_size
+
+    def rows():
+        for i in range(0, len(texts), bs):
+            yield from tokenize_batch(model, texts[i:i + bs], ctx)
+
+    mean_v = mean_values(model, rows(), range(model.n_layers), batch_size=bs)
+    with unit_of_work(session, run_id, MEAN_PHASE) as st:
+        st.update(n_docs=len(texts), context_tokens=ctx,
+                  mean_v={str(k): v.tolist() for k, v in mean_v.items()})
+    return stored_mean_values(session, run_id=run_id)
+
+
+def run_ablations(Session, run_id: int, model: LoadedModel, settings) -> dict:
+    """§6 for every kept pair of the run (next-token and random neurons): ablate the pair's head
+    on up to ``settings.heldout_per_pair`` held-out prompts of its neuron (top by rank), one
+    batch per pair, and store an :class:`~precompute.schema.Ablation` row per prompt.
+
+    Resumable and idempotent: one unit of work ``ablation:{method}:{pair_id}`` per pair; done
+    pairs are skipped. Returns ``{"pairs": done now, "prompts": rows written}``.
+    """
+    method = settings.ablation
+    if method == "none":
+        return {"pairs": 0, "prompts": 0}
+    if method not in METHODS:
+        raise ValueError(f"Unknown ablation method {method!r}: use 'zero', 'mean' or 'none'.")
+    n_pairs = n_rows = 0
+    with Session() as s:
+        pairs = s.execute(select(Pair, Neuron).join(Neuron, Pair.neuron_id == Neuron.id)
+                          .where(Pair.run_id == run_id, Pair.kept).order_by(Pair.id)).all()
+        todo = [(p, n) for p, n in pairs if not is_done(s, run_id, f"ablation:{method}:{p.id}")]
+        logger.info("ablation (%s): %d kept pairs, %d to do", method, len(pairs), len(todo))
+        if not todo:
+            return {"pairs": 0, "prompts": 0}
+        mean_v = run_mean_values(s, run_id, model, settings) if method == "mean" else None
+        for pair, n in tqdm(todo, desc=f"ablation {method}", unit="pair", dynamic_ncols=True):
+            prompts = s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "heldout")
+                                .order_by(Prompt.rank).limit(settings.heldout_per_pair)).all()
+            label = head_label(pair.head_layer, pair.head)
+            with unit_of_work(s, run_id, f"ablation:{method}:{pair.id}") as st:
+                s.execute(delete(Ablation).where(Ablation.pair_id == pair.id, Ablation.method == method))
+                st["prompts"] = len(prompts)
+                n_pairs += 1
+                if not prompts:
+                    continue
+                res = ablate(model, [[model.bos_token_id] + list(p.token_ids) for p in prompts],
+                             n.layer, n.neuron, n.token_id, [(pair.head_layer, pair.head)],
+                             method=method, mean_v=mean_v)
+                for j, p in enumerate(prompts):
+                    s.add(Ablation(pair_id=pair.id, prompt_id=p.id, method=method,
+                                   active=label in p.active,
+                                   act_clean=float(res.act_clean[j]), act_ablated=float(res.act_ablated[j]),
+                                   prob_clean=float(res.prob_clean[j]),
+                                   prob_ablated=float(res.prob_ablated[j]), drop=float(res.drop[j])))
+                st["active"] = sum(label in p.active for p in prompts)
+                st["mean_drop"] = float(res.drop.mean())
+                n_rows += len(prompts)
+    return {"pairs": n_pairs, "prompts": n_rows}
+
+
+# --- statistics (read only) --------------------------------------------------------------------
+
+def _side(drops: list[float]) -> dict:
+    return {"n": len(drops), "mean_drop": statistics.fmean(drops) if drops else None,
+            "median_drop": statistics.median(drops) if drops else None}
+
+
+def drop_stats(rows: Sequence[tuple[int, bool, float]]) -> dict:
+    """Summary of ``(pair_id, active, drop)`` rows: counts, mean and median drop of active and
+    inactive prompts, and ``scipy.stats.ks_2samp(active, inactive)`` (D, p; None with a
+    ``reason`` when a side is empty)."""
+    from scipy.stats import ks_2samp
+
+    act = [d for _, a, d in rows if a]
+    ina = [d for _, a, d in rows if not a]
+    ks = {"D": None, "p": None, "reason": None}
+    if not rows:
+        ks["reason"] = "no ablation rows"
+    elif not act or not ina:
+        ks["reason"] = f"no {'active' if not act else 'inactive'} prompts"
+    else:
+        r = ks_2samp(act, ina)
+        ks.update(D=float(r.statistic), p=float(r.pvalue))
+    return {"n_pairs": len({p for p, _, _ in rows}), "n_prompts": len(rows),
+            "active": _side(act), "inactive": _side(ina), "ks": ks}
+
+
+def ablation_table(session: Session, *, run_id: int, method: str = "zero") -> dict:
+    """The run's ablation study (paper §5.4, Table 3): for next-token and random-neuron pairs
+    separately, ``drop_stats`` of every stored ablation row of ``method``, plus ``n_kept`` (kept
+    pairs of that kind, ablated or not).
+
+    Returns ``{"run_id", "method", "next_token": {...}, "random": {...}}``.
+    """
+    out = {"run_id": run_id, "method": method}
+    for kind in ("next_token", "random"):
+        rows = session.execute(
+            select(Ablation.pair_id, Ablation.active, Ablation.drop)
+            .join(Pair, Pair.id == Ablation.pair_id).join(Neuron, Neuron.id == Pair.neuron_id)
+            .where(Pair.run_id == run_id, Neuron.kind == kind, Ablation.method == method)
+            .order_by(Ablation.pair_id, Ablation.prompt_id)).all()
+        n_kept = len(session.scalars(select(Pair.id).join(Neuron, Neuron.id == Pair.neuron_id)
+                                     .where(Pair.run_id == run_id, Pair.kept,
+                                            Neuron.kind == kind)).all())
+        out[kind] = {**drop_stats([tuple(r) for r in rows]), "n_kept": n_kept}
+    return out
+
+
+def pair_ablation_stats(session: Session, *, pair_id: int, method: str = "zero") -> dict:
+    """``drop_stats`` of one pair, plus its per-prompt rows (``prompts``: ``prompt_id``,
+    ``rank``, ``active``, ``act_clean``, ``act_ablated``, ``prob_clean``, ``prob_ablated``,
+    ``drop``, by rank).
+
+    Raises:
+        NotFound: no pair with that id.
+    """
+    pair = session.get(Pair, pair_id)
+    if pair is None:
+        raise NotFound(f"Pair {pair_id} does not exist.")
+    rows = session.execute(select(Ablation, Prompt.rank).join(Prompt, Prompt.id == Ablation.prompt_id)
+                           .where(Ablation.pair_id == pair_id, Ablation.method == method)
+                           .order_by(Prompt.rank)).all()
+    out = drop_stats([(a.pair_id, a.active, a.drop) for a, _ in rows])
+    out.update(pair_id=pair_id, method=method, head=head_label(pair.head_layer, pair.head),
+               prompts=[dict(prompt_id=a.prompt_id, rank=rank, active=a.active, act_clean=a.act_clean,
+                             act_ablated=a.act_ablated, prob_clean=a.prob_clean,
+                             prob_ablated=a.prob_ablated, drop=a.drop) for a, rank in rows])
+    return out
