@@ -1,0 +1,107 @@
+"""Explainers of (neuron, head) pairs (paper §4.4, METHOD.md §4-§5) and the data they share.
+
+An explainer turns a pair's explain-split prompts (split into active / inactive by the head)
+into an explanation, then answers, for each held-out prompt, whether the head is active on it
+(a ``Yes`` / ``No`` answer string). ``precompute.explain`` scores the answers and stores them.
+
+- ``baseline``: offline, deterministic token statistics (``explainers.baseline``), the default.
+- ``openai:<model>``: the paper's prompts sent to an OpenAI-compatible chat-completions endpoint
+  (``explainers.llm``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+BASELINE = "baseline"
+
+
+def explainer_name(settings) -> str:
+    """The name stored in ``Explanation.explainer``: ``"baseline"`` or ``"openai:<llm_model>"``.
+
+    Raises:
+        ValueError: ``settings.explainer`` is ``"none"`` or unknown.
+    """
+    if settings.explainer == "baseline":
+        return BASELINE
+    if settings.explainer == "openai":
+        return f"openai:{settings.llm_model}"
+    raise ValueError(f"No explainer to run (--explainer {settings.explainer!r}): use "
+                     f"--explainer baseline or --explainer openai.")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One trimmed prompt of a neuron. ``tokens``: token strings without BOS (the last one is
+    the max-activating token); ``active``: whether the pair's head is active on it (the run's
+    rule, stored in ``Prompt.active``)."""
+
+    prompt_id: int
+    text: str
+    tokens: tuple[str, ...]
+    active: bool
+
+
+@dataclass
+class PairTask:
+    """What an explainer sees of one kept pair: the neuron's token (the one it predicts), the
+    explain-split prompts (all of them, by rank) and the held-out prompts (the top
+    ``heldout_per_pair`` by rank)."""
+
+    pair_id: int
+    neuron_id: int
+    kind: str  # next_token | random
+    label: str  # head label, e.g. "L1H3"
+    token: str
+    explain: list[Example]
+    heldout: list[Example]
+
+    @property
+    def active(self) -> list[Example]:
+        return [e for e in self.explain if e.active]
+
+    @property
+    def inactive(self) -> list[Example]:
+        return [e for e in self.explain if not e.active]
+
+    @property
+    def single_class(self) -> bool:
+        """True when the held-out prompts are all active or all inactive (or there are none):
+        the explanation score is then undefined (METHOD.md §5)."""
+        return len({e.active for e in self.heldout}) < 2
+
+
+@dataclass
+class PairResult:
+    """An explainer's output for one pair. ``answers``: ``[(prompt_id, truth, raw answer)]``
+    for the held-out prompts (empty for single-class pairs, which are not classified).
+    ``status``: ``ok``, ``failed`` (``error`` says why) or ``single_class``."""
+
+    status: str
+    text: str | None = None
+    prompt: str | None = None
+    settings: dict = field(default_factory=dict)
+    answers: list[tuple[int, bool, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+_ANSWER = re.compile(r"^[\s\"'`*_(\[]*([A-Za-z]+)")
+
+
+def parse_answer(answer: str | None) -> bool | None:
+    """The classifier's Yes / No (paper §4.4), or None when it answered anything else.
+
+    Rule: strip leading whitespace, quotes, ``*``, ``_`` and brackets; take the first run of
+    letters; case-fold it; ``"yes"`` → True, ``"no"`` → False, anything else (``"Maybe"``,
+    ``"Y"``, ``"Yesterday"``-like words, an empty answer) → None. So ``" Yes"``, ``"yes."``,
+    ``"**No**"`` and ``"No, because ..."`` parse; the authors' code kept only exact
+    ``"Yes"``/``"No"`` and dropped the rest silently — here the rest is counted as unparsed.
+    """
+    if not answer:
+        return None
+    m = _ANSWER.match(answer)
+    if not m:
+        return None
+    word = m.group(1).casefold()
+    return True if word == "yes" else False if word == "no" else None

@@ -1,0 +1,200 @@
+"""The baseline explainer: offline, deterministic context statistics (no LLM).
+
+It calibrates what an LLM adds to the explanation score (paper §4.4): it explains a (neuron,
+head) pair by the context features that separate the prompts on which the head is active from
+those on which it is not, and classifies a held-out prompt by the same features.
+
+Features: tokens and token bigrams of a prompt (token strings as stored in ``Prompt.tokens``,
+without BOS). A feature's value on a prompt is a recency weight ``x = 2 ** (-d / HALF_LIFE)``
+of its latest occurrence, ``d`` = tokens between the feature's last token and the prompt's last
+token (0 for the last token), and 0 when absent — so context near the end (where the head reads
+at the last position) counts more.
+
+Contrast: weighted log-odds with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008,
+"Fightin' Words", eq. 16-22), with weighted counts ``y_f^A = Σ_active x_f``,
+``y_f^I = Σ_inactive x_f``, totals ``n^A``, ``n^I``, and as prior the pooled counts of the
+pair's own explain prompts (``α_f = y_f^A + y_f^I``, ``α_0 = n^A + n^I``)::
+
+    δ_f = log((y^A + α_f) / (n^A + α_0 - y^A - α_f)) - log((y^I + α_f) / (n^I + α_0 - y^I - α_f))
+    z_f = δ_f / sqrt(1 / (y^A + α_f) + 1 / (y^I + α_f))
+
+The explanation names the ``N_FEATURES`` features with the largest positive z (present in at
+least ``MIN_SUPPORT`` active prompts) and the largest negative z (present in at least
+``MIN_SUPPORT`` inactive prompts). A prompt's score is ``s = Σ_selected z_f · x_f``; it is
+classified active when ``s > threshold``, the threshold being the midpoint (between consecutive
+explain-prompt scores) that maximises balanced accuracy ``½(TPR + TNR)`` on the explain prompts
+(ties: the middle one of the tied candidates). Nothing is random.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import BASELINE, PairResult, PairTask
+
+HALF_LIFE = 8.0  # tokens: a feature 8 tokens before the end weighs half as much as at the end
+MAX_N = 2  # unigrams and bigrams
+N_FEATURES = 5  # features named per side
+MIN_SUPPORT = 2  # prompts of the side that must contain a named feature
+_EPS = 1e-9
+
+METHOD_NOTE = (
+    "Baseline explainer (no LLM; paper §4.4 calibration): weighted log-odds with an "
+    "informative Dirichlet prior (Monroe et al. 2008) of tokens and bigrams between the "
+    "{n_active} active and {n_inactive} inactive explain prompts of the pair, each occurrence "
+    "weighted by 2^(-d/{half_life:g}) (d = tokens from the end of the prompt); held-out prompts "
+    "are classified by the sum of z-scores of the named features against a threshold chosen on "
+    "the explain prompts.")
+
+
+def features(tokens: Sequence[str], *, max_n: int = MAX_N, half_life: float = HALF_LIFE) -> dict[str, float]:
+    """The recency-weighted features of one prompt: ``{feature: x}`` with ``x`` in (0, 1].
+
+    A feature is the concatenated text of 1..``max_n`` consecutive tokens; ``x`` is
+    ``2 ** (-d / half_life)`` of its latest occurrence, ``d`` = distance in tokens between the
+    feature's last token and the prompt's last token.
+    """
+    out: dict[str, float] = {}
+    last = len(tokens) - 1
+    for end in range(len(tokens)):
+        w = 2.0 ** (-(last - end) / half_life)
+        for n in range(1, max_n + 1):
+            if end - n + 1 < 0:
+                break
+            f = "".join(tokens[end - n + 1:end + 1])
+            if w > out.get(f, 0.0):
+                out[f] = w
+    return out
+
+
+def log_odds_z(active: Sequence[dict[str, float]], inactive: Sequence[dict[str, float]]) -> dict[str, float]:
+    """z-scores of the weighted log-odds ratio (active vs inactive) of every feature, with an
+    informative Dirichlet prior from the pooled counts (Monroe et al. 2008). Positive z: more
+    typical of active prompts."""
+    ya: dict[str, float] = {}
+    yi: dict[str, float] = {}
+    for xs, y in ((active, ya), (inactive, yi)):
+        for x in xs:
+            for f, v in x.items():
+                y[f] = y.get(f, 0.0) + v
+    na, ni = sum(ya.values()), sum(yi.values())
+    a0 = na + ni
+    out = {}
+    for f in set(ya) | set(yi):
+        a, i = ya.get(f, 0.0), yi.get(f, 0.0)
+        alpha = a + i
+        # The floors only matter when one feature holds all the mass (single-token prompts).
+        delta = (math.log((a + alpha) / max(na + a0 - a - alpha, _EPS))
+                 - math.log((i + alpha) / max(ni + a0 - i - alpha, _EPS)))
+        out[f] = delta / math.sqrt(1.0 / (a + alpha) + 1.0 / (i + alpha))
+    return out
+
+
+def best_threshold(scores: Sequence[float], truth: Sequence[bool]) -> float:
+    """The threshold ``t`` (predict active iff ``score > t``) maximising balanced accuracy on
+    ``scores``; candidates are midpoints between consecutive distinct scores and one below the
+    lowest / above the highest; ties go to the middle tied candidate."""
+    vals = sorted(set(scores))
+    cands = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1.0]
+    n_pos = sum(truth)
+    n_neg = len(truth) - n_pos
+
+    def bacc(t: float) -> float:
+        tp = sum(1 for s, y in zip(scores, truth) if y and s > t)
+        tn = sum(1 for s, y in zip(scores, truth) if not y and s <= t)
+        return 0.5 * ((tp / n_pos if n_pos else 0.0) + (tn / n_neg if n_neg else 0.0))
+
+    accs = [bacc(t) for t in cands]
+    best = max(accs)
+    tied = [t for t, a in zip(cands, accs) if a == best]
+    return tied[(len(tied) - 1) // 2]
+
+
+@dataclass
+class BaselineExplanation:
+    """The fitted baseline for one pair: named features with their z-scores and the
+    threshold. ``classify`` applies the fixed scoring rule to a prompt's tokens."""
+
+    active_features: list[tuple[str, float]]
+    inactive_features: list[tuple[str, float]]
+    threshold: float
+    n_active: int
+    n_inactive: int
+
+    def score(self, tokens: Sequence[str]) -> float:
+        x = features(tokens)
+        return sum(z * x.get(f, 0.0) for f, z in self.active_features + self.inactive_features)
+
+    def classify(self, tokens: Sequence[str]) -> tuple[bool, str]:
+        """``(predicted active, answer)``; the answer starts with ``Yes`` / ``No`` and gives
+        the score against the threshold."""
+        s = self.score(tokens)
+        if s > self.threshold:
+            return True, f"Yes (score {s:.3f} > threshold {self.threshold:.3f})"
+        return False, f"No (score {s:.3f} <= threshold {self.threshold:.3f})"
+
+    def text(self) -> str:
+        """The readable explanation, labelled as the baseline."""
+        def names(fs):
+            return ", ".join(json.dumps(f, ensure_ascii=False) for f, _ in fs)
+
+        if not self.active_features and not self.inactive_features:
+            return ("Baseline (token statistics, no LLM): no token or bigram of the context "
+                    "separates the active from the inactive examples.")
+        parts = []
+        if self.active_features:
+            parts.append(f"active when the context contains {names(self.active_features)}, "
+                         f"especially near the end")
+        if self.inactive_features:
+            parts.append(f"inactive when it contains {names(self.inactive_features)}")
+        return "Baseline (token statistics, no LLM): the head is " + "; ".join(parts) + "."
+
+    def as_dict(self) -> dict:
+        return {"active_features": [[f, round(z, 6)] for f, z in self.active_features],
+                "inactive_features": [[f, round(z, 6)] for f, z in self.inactive_features],
+                "threshold": self.threshold, "half_life": HALF_LIFE, "max_n": MAX_N,
+                "n_features": N_FEATURES, "min_support": MIN_SUPPORT}
+
+
+def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> BaselineExplanation:
+    """Fit the baseline on the token lists of the active and inactive explain prompts.
+
+    Raises:
+        ValueError: either side is empty (a kept pair always has both).
+    """
+    if not active or not inactive:
+        raise ValueError(f"The baseline needs active and inactive examples, got {len(active)} "
+                         f"active and {len(inactive)} inactive.")
+    xa = [features(t) for t in active]
+    xi = [features(t) for t in inactive]
+    z = log_odds_z(xa, xi)
+
+    def support(xs, f):
+        return sum(1 for x in xs if f in x)
+
+    ranked = sorted(z.items(), key=lambda kv: (-kv[1], kv[0]))
+    pos = [(f, v) for f, v in ranked if v > 0 and support(xa, f) >= MIN_SUPPORT][:N_FEATURES]
+    neg = [(f, v) for f, v in reversed(ranked) if v < 0 and support(xi, f) >= MIN_SUPPORT][:N_FEATURES]
+    model = BaselineExplanation(pos, neg, 0.0, len(active), len(inactive))
+    scores = [model.score(t) for t in list(active) + list(inactive)]
+    model.threshold = best_threshold(scores, [True] * len(active) + [False] * len(inactive))
+    return model
+
+
+def explain_pair(task: PairTask) -> PairResult:
+    """Explain one pair with the baseline and classify its held-out prompts (single-class
+    pairs get an explanation but no classifications)."""
+    act, inact = task.active, task.inactive
+    if not act or not inact:
+        return PairResult(status="failed", error=f"explain split has {len(act)} active and "
+                          f"{len(inact)} inactive prompts; both are needed")
+    model = fit([e.tokens for e in act], [e.tokens for e in inact])
+    note = METHOD_NOTE.format(n_active=len(act), n_inactive=len(inact), half_life=HALF_LIFE)
+    res = PairResult(status="single_class" if task.single_class else "ok", text=model.text(),
+                     prompt=note, settings={"explainer": BASELINE, **model.as_dict()})
+    if not task.single_class:
+        res.answers = [(e.prompt_id, e.active, model.classify(e.tokens)[1]) for e in task.heldout]
+    return res
