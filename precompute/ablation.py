@@ -80,13 +80,15 @@ def ablation_hooks(heads: Sequence[tuple[int, int]], *, method: str = "zero",
 
 
 def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: Iterable[int], *,
-                batch_size: int = 16, desc: str = "mean value vectors") -> dict[int, Float[Tensor, "n_heads d_head"]]:
+                batch_size: int = 16, desc: str = "mean value vectors",
+                total: int | None = None) -> dict[int, Float[Tensor, "n_heads d_head"]]:
     """Mean of ``hook_v`` of each of ``layers`` over every real token position of the rows
     (right padding excluded; BOS included, since ablation replaces it too).
 
     Args:
         rows_iter: token rows with BOS at index 0 (e.g. ``scan.tokenize_batch`` of documents),
             consumed in batches of ``batch_size``; forward passes stop after the last layer.
+        total: number of rows, for the progress bar only.
 
     Returns:
         ``{layer: mean}`` with ``mean: [n_heads, d_head]`` (float32, accumulated in float64).
@@ -100,7 +102,7 @@ def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: 
     names = [hook_v(k) for k in layers]
     sums: dict[int, Tensor] = {}
     n_pos = 0
-    bar = tqdm(desc=desc, unit="doc", dynamic_ncols=True)
+    bar = tqdm(desc=desc, total=total, unit="doc", dynamic_ncols=True)
     batch: list[Sequence[int]] = []
 
     def flush() -> None:
@@ -245,7 +247,8 @@ def run_mean_values(session: Session, run_id: int, model: LoadedModel, settings)
         for i in range(0, len(texts), bs):
             yield from tokenize_batch(model, texts[i:i + bs], ctx)
 
-    mean_v = mean_values(model, rows(), range(model.n_layers), batch_size=bs)
+    mean_v = mean_values(model, rows(), range(model.n_layers), batch_size=bs,
+                         total=len(texts))
     with unit_of_work(session, run_id, MEAN_PHASE) as st:
         st.update(n_docs=len(texts), context_tokens=ctx,
                   mean_v={str(k): v.tolist() for k, v in mean_v.items()})
