@@ -73,7 +73,7 @@ def explanation_score(truth: Sequence[bool], predicted: Sequence[bool | None]) -
     """
     if len(truth) != len(predicted):
         raise ValueError(f"{len(truth)} truths but {len(predicted)} predictions")
-    pairs = list(zip(truth, predicted))
+    pairs = [(bool(t), None if p is None else bool(p)) for t, p in zip(truth, predicted)]
     tp = sum(1 for t, p in pairs if t and p is True)
     fn = sum(1 for t, p in pairs if t and p is False)
     tn = sum(1 for t, p in pairs if not t and p is False)
@@ -82,7 +82,7 @@ def explanation_score(truth: Sequence[bool], predicted: Sequence[bool | None]) -
     tnr = tn / (tn + fp) if tn + fp else None
     score = 0.5 * (tpr + tnr) if tpr is not None and tnr is not None else None
     return Score(score, tpr, tnr, tp, fn, tn, fp, n_pos=sum(1 for t in truth if t),
-                 n_neg=sum(1 for t in truth if not t), n_unparsed=sum(1 for p in predicted if p is None))
+                 n_neg=sum(1 for t in truth if not t), n_unparsed=sum(1 for _, p in pairs if p is None))
 
 
 def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pair: int) -> list[PairTask]:

@@ -18,12 +18,17 @@ pair's own explain prompts (``α_f = y_f^A + y_f^I``, ``α_0 = n^A + n^I``)::
     δ_f = log((y^A + α_f) / (n^A + α_0 - y^A - α_f)) - log((y^I + α_f) / (n^I + α_0 - y^I - α_f))
     z_f = δ_f / sqrt(1 / (y^A + α_f) + 1 / (y^I + α_f))
 
-The explanation names the ``N_FEATURES`` features with the largest positive z (present in at
-least ``MIN_SUPPORT`` active prompts) and the largest negative z (present in at least
-``MIN_SUPPORT`` inactive prompts). A prompt's score is ``s = Σ_selected z_f · x_f``; it is
+Candidates: the ``N_CANDIDATES`` features with the largest positive z present in at least
+``MIN_SUPPORT`` active prompts, and as many with the most negative z present in at least
+``MIN_SUPPORT`` inactive prompts. A prompt's score is ``s = Σ_selected z_f · x_f``; it is
 classified active when ``s > threshold``, the threshold being the midpoint (between consecutive
 explain-prompt scores) that maximises balanced accuracy ``½(TPR + TNR)`` on the explain prompts
-(ties: the middle one of the tied candidates). Nothing is random.
+(ties: the middle one of the tied candidates). The selected features are chosen greedily
+(forward selection, at most ``MAX_FEATURES``): at each step the candidate that most raises that
+balanced accuracy is added; selection stops when none raises it — so the explanation names the
+fewest features that separate the explain prompts, and chance features that a larger fixed set
+would drag in stay out. The explanation text names the selected features, positive (active)
+and negative (inactive). Nothing is random.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from . import BASELINE, PairResult, PairTask
 
 HALF_LIFE = 8.0  # tokens: a feature 8 tokens before the end weighs half as much as at the end
 MAX_N = 2  # unigrams and bigrams
-N_FEATURES = 5  # features named per side
-MIN_SUPPORT = 2  # prompts of the side that must contain a named feature
+N_CANDIDATES = 10  # candidate features per side, by |z|
+MAX_FEATURES = 6  # features named in all
+MIN_SUPPORT = 2  # prompts of the side that must contain a candidate feature
 _EPS = 1e-9
 
 METHOD_NOTE = (
@@ -93,10 +99,8 @@ def log_odds_z(active: Sequence[dict[str, float]], inactive: Sequence[dict[str, 
     return out
 
 
-def best_threshold(scores: Sequence[float], truth: Sequence[bool]) -> float:
-    """The threshold ``t`` (predict active iff ``score > t``) maximising balanced accuracy on
-    ``scores``; candidates are midpoints between consecutive distinct scores and one below the
-    lowest / above the highest; ties go to the middle tied candidate."""
+def _threshold(scores: Sequence[float], truth: Sequence[bool]) -> tuple[float, float]:
+    """``(balanced accuracy, threshold)`` of the best threshold (see ``best_threshold``)."""
     vals = sorted(set(scores))
     cands = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1.0]
     n_pos = sum(truth)
@@ -110,7 +114,14 @@ def best_threshold(scores: Sequence[float], truth: Sequence[bool]) -> float:
     accs = [bacc(t) for t in cands]
     best = max(accs)
     tied = [t for t, a in zip(cands, accs) if a == best]
-    return tied[(len(tied) - 1) // 2]
+    return best, tied[(len(tied) - 1) // 2]
+
+
+def best_threshold(scores: Sequence[float], truth: Sequence[bool]) -> float:
+    """The threshold ``t`` (predict active iff ``score > t``) maximising balanced accuracy on
+    ``scores``; candidates are midpoints between consecutive distinct scores and one below the
+    lowest / above the highest; ties go to the middle tied candidate."""
+    return _threshold(scores, truth)[1]
 
 
 @dataclass
@@ -156,7 +167,8 @@ class BaselineExplanation:
         return {"active_features": [[f, round(z, 6)] for f, z in self.active_features],
                 "inactive_features": [[f, round(z, 6)] for f, z in self.inactive_features],
                 "threshold": self.threshold, "half_life": HALF_LIFE, "max_n": MAX_N,
-                "n_features": N_FEATURES, "min_support": MIN_SUPPORT}
+                "n_candidates": N_CANDIDATES, "max_features": MAX_FEATURES,
+                "min_support": MIN_SUPPORT, "prior": "pooled explain prompts of the pair"}
 
 
 def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> BaselineExplanation:
@@ -175,12 +187,33 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> B
     def support(xs, f):
         return sum(1 for x in xs if f in x)
 
-    ranked = sorted(z.items(), key=lambda kv: (-kv[1], kv[0]))
-    pos = [(f, v) for f, v in ranked if v > 0 and support(xa, f) >= MIN_SUPPORT][:N_FEATURES]
-    neg = [(f, v) for f, v in reversed(ranked) if v < 0 and support(xi, f) >= MIN_SUPPORT][:N_FEATURES]
-    model = BaselineExplanation(pos, neg, 0.0, len(active), len(inactive))
-    scores = [model.score(t) for t in list(active) + list(inactive)]
-    model.threshold = best_threshold(scores, [True] * len(active) + [False] * len(inactive))
+    ranked = sorted(z.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+    pos = [(f, v) for f, v in ranked if v > 0 and support(xa, f) >= MIN_SUPPORT][:N_CANDIDATES]
+    neg = [(f, v) for f, v in ranked if v < 0 and support(xi, f) >= MIN_SUPPORT][:N_CANDIDATES]
+    cands = sorted(pos + neg, key=lambda kv: (-abs(kv[1]), kv[0]))
+    xs = xa + xi
+    truth = [True] * len(xa) + [False] * len(xi)
+    # Greedy forward selection: add the candidate that most raises the balanced accuracy on the
+    # explain prompts; stop when none raises it (fewest features that explain the split).
+    chosen: list[tuple[str, float]] = []
+    cur = [0.0] * len(xs)
+    best = 0.5  # a constant score: chance
+    while len(chosen) < MAX_FEATURES:
+        trial = None
+        for f, v in cands:
+            if any(f == c for c, _ in chosen):
+                continue
+            sc = [c + v * x.get(f, 0.0) for c, x in zip(cur, xs)]
+            ba = _threshold(sc, truth)[0]
+            if trial is None or ba > trial[0] + 1e-12:
+                trial = (ba, f, v, sc)
+        if trial is None or trial[0] <= best + 1e-12:
+            break
+        best, f, v, cur = trial
+        chosen.append((f, v))
+    model = BaselineExplanation(sorted(((f, v) for f, v in chosen if v > 0), key=lambda kv: -kv[1]),
+                                sorted(((f, v) for f, v in chosen if v < 0), key=lambda kv: kv[1]),
+                                _threshold(cur, truth)[1], len(active), len(inactive))
     return model
 
 

@@ -160,6 +160,11 @@ class ChatClient:
                 raise
             except openai.APIError as exc:  # the client has already retried what is retryable
                 raise LLMFailure(f"{type(exc).__name__}: {exc}") from None
+            except ValueError as exc:  # a 200 whose JSON body does not decode
+                last = MalformedResponse(f"{type(exc).__name__}: {exc}")
+                logger.warning("malformed LLM response (attempt %d of %d): %s", attempt + 1,
+                               self.max_retries + 1, last)
+                continue
             try:
                 data = resp.model_dump(mode="json") if hasattr(resp, "model_dump") else resp
                 response_text(data, nonempty=nonempty)
