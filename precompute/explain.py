@@ -12,7 +12,9 @@ Decisions:
 - Unparsed answers (anything ``explainers.parse_answer`` does not read as Yes / No) are stored
   in ``Classification.answer`` with ``predicted=None``, counted in ``Explanation.n_unparsed``
   and left out of the confusion matrix. If that leaves no parsed answer among the active (or
-  inactive) prompts, E is undefined: status ``failed`` with that reason.
+  inactive) prompts, E is undefined: status ``ok`` (the work is done; a re-run would get the
+  same cached answers), score None, and ``error`` says why. ``score_table`` counts these as
+  ``unscored``.
 - Pairs whose held-out prompts are all one class (or none) get status ``single_class``, score
   None; they are explained but not classified.
 - ``n_pos`` / ``n_neg``: held-out prompts on which the head is / is not active (all of them,
@@ -96,7 +98,8 @@ def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pai
     prompts: dict[int, dict[str, list[Prompt]]] = {}
     for nid in sorted({n.id for _, n in rows}):
         by_split: dict[str, list[Prompt]] = {"explain": [], "heldout": []}
-        for p in session.scalars(select(Prompt).where(Prompt.neuron_id == nid).order_by(Prompt.split, Prompt.rank)):
+        q = select(Prompt).where(Prompt.neuron_id == nid).order_by(Prompt.split, Prompt.rank)
+        for p in session.scalars(q):
             by_split.setdefault(p.split, []).append(p)
         prompts[nid] = by_split
     tasks = []
@@ -124,8 +127,7 @@ def store_result(session: Session, task: PairTask, result: PairResult, *, explai
     sc = explanation_score([t for _, t, _ in result.answers], preds)
     status, error = result.status, result.error
     n_pos = sum(e.active for e in task.heldout)
-    if status == "ok" and sc.score is None:
-        status = "failed"
+    if status == "ok" and sc.score is None:  # done, but the unparsed answers leave E undefined
         error = (f"no parsed answer among the {'active' if sc.tpr is None else 'inactive'} held-out "
                  f"prompts ({sc.n_unparsed} unparsed answers): E is undefined")
     exp = Explanation(pair_id=task.pair_id, explainer=explainer, status=status, text=result.text,
@@ -177,6 +179,7 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
                 except Exception as exc:  # record and go on; the run must not stop on one pair
                     logger.exception("baseline failed on pair %d", t.pair_id)
                     result = PairResult(status="failed", error=f"{type(exc).__name__}: {exc}")
+                result.settings = {**result.settings, "heldout_per_pair": settings.heldout_per_pair}
                 on_result(t, result)
         elif tasks:
             from .explainers.llm import run_llm
@@ -255,6 +258,7 @@ def score_table(session: Session, *, run_id: int, explainer: str) -> dict:
         row = {"kept_pairs": kept, "explained": len(exps),
                "single_class": sum(e.status == "single_class" for e in exps),
                "failed": sum(e.status == "failed" for e in exps),
+               "unscored": sum(e.status == "ok" and e.score is None for e in exps),
                "missing": kept - len(exps), "n_unparsed": sum(e.n_unparsed for e in exps)}
         row.update(_describe(scores))
         row["scores"] = scores
@@ -275,10 +279,11 @@ def format_table(table: dict) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
     lines = [f"explanation scores E, run {table['run_id']}, explainer {table['explainer']}",
-             f"{'neurons':<11}{'kept':>6}{'scored':>8}{'1-class':>8}{'failed':>8}{'missing':>8}"
-             f"{'unparsed':>9}{'mean':>8}{'std':>8}{'skew':>8}{'skew p':>10}"]
+             f"{'neurons':<11}{'kept':>6}{'scored':>8}{'1-class':>8}{'unscored':>9}{'failed':>8}"
+             f"{'missing':>8}{'unparsed':>9}{'mean':>8}{'std':>8}{'skew':>8}{'skew p':>10}"]
     for kind, r in table["kinds"].items():
-        lines.append(f"{kind:<11}{r['kept_pairs']:>6}{r['n']:>8}{r['single_class']:>8}{r['failed']:>8}"
+        lines.append(f"{kind:<11}{r['kept_pairs']:>6}{r['n']:>8}{r['single_class']:>8}"
+                     f"{r['unscored']:>9}{r['failed']:>8}"
                      f"{r['missing']:>8}{r['n_unparsed']:>9}{f(r['mean']):>8}{f(r['std']):>8}"
                      f"{f(r['skew']):>8}{f(r['skewtest']['pvalue'], '.2g'):>10}")
         if r["skewtest"]["reason"]:
