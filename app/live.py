@@ -1,0 +1,185 @@
+"""Live forward passes for the explorer: one model per run (loaded lazily, then kept), one lock
+that serialises every forward pass, a token cap, and an LRU cache of recent results.
+
+The science is precompute's: head attribution is :func:`precompute.attribution.attribute`,
+head ablation :func:`precompute.ablation.ablate` (and its hooks); nothing here re-derives them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+from precompute.attribution import active_heads, attribute, head_label, parse_heads, scored_layers
+from precompute.errors import LookupsError, PromptTooLong
+from precompute.models import LoadedModel, load_model
+from precompute.schema import Neuron, Run
+from precompute.settings import EMBEDDED_MODEL
+
+from .settings import WebSettings
+
+logger = logging.getLogger(__name__)
+
+
+class BadLiveInput(LookupsError):
+    """A live request the server cannot run: empty prompt, malformed head list, bad position."""
+
+
+def model_source(run: Run, settings: WebSettings) -> str:
+    """Where the run's model is loaded from (a name or a local directory)."""
+    if run.slug in settings.model_paths:
+        return settings.model_paths[run.slug]
+    return EMBEDDED_MODEL if run.model_name == "embedded" else run.model_name
+
+
+class Live:
+    """The live engine of one server process (thread-safe)."""
+
+    def __init__(self, settings: WebSettings):
+        self.settings = settings
+        self.lock = threading.Lock()  # every forward pass runs under it
+        self._load_lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}
+        self._tokenizers: dict[str, object] = {}
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.stats = {"hits": 0, "misses": 0}
+
+    # --- models ------------------------------------------------------------------------------
+    def loaded(self, slug: str) -> bool:
+        return slug in self._models
+
+    def model(self, run: Run) -> LoadedModel:
+        """The run's model, loaded on first use and kept.
+
+        Raises:
+            ModelNotAvailable: it cannot be loaded (the route answers 503).
+        """
+        m = self._models.get(run.slug)
+        if m is None:
+            with self._load_lock:
+                m = self._models.get(run.slug)
+                if m is None:
+                    m = load_model(model_source(run, self.settings), device=self.settings.device)
+                    self._models[run.slug] = m
+        return m
+
+    def tokenizer(self, run: Run):
+        """The run's tokenizer: the live model's if loaded, else loaded alone from a local
+        model directory or the local Hugging Face cache; None if neither is possible."""
+        if run.slug in self._models:
+            return self._models[run.slug].tokenizer
+        if run.slug not in self._tokenizers:
+            tok = None
+            try:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(model_source(run, self.settings))
+            except Exception as exc:  # offline, unknown name, ...: fall back to plain text
+                logger.info("no tokenizer for run %s: %s", run.slug, exc)
+            self._tokenizers[run.slug] = tok
+        return self._tokenizers[run.slug]
+
+    # --- inputs ------------------------------------------------------------------------------
+    def parse_ablate(self, run: Run, text: str | None) -> list[tuple[int, int]]:
+        try:
+            return parse_heads(text or "", n_layers=run.n_layers, n_heads=run.n_heads)
+        except ValueError as exc:
+            raise BadLiveInput(str(exc)) from None
+
+    def check_prompt(self, prompt: str) -> None:
+        if not prompt or not prompt.strip():
+            raise BadLiveInput("The prompt is empty: type some text to run the model on.")
+
+    # --- the pass ----------------------------------------------------------------------------
+    def run(self, *, run: Run, neuron: Neuron, prompt: str, ablate: list[tuple[int, int]],
+            pos: int | None) -> dict:
+        """Run ``prompt`` through the run's model and attribute neuron (layer, neuron) at
+        ``pos`` (0-based index among the prompt's tokens, BOS excluded; default the last).
+
+        With ``ablate`` heads, the same figures with those heads' value vectors zero-ablated
+        (paper §5.4) and the change. Results are cached by (run, neuron, prompt, heads, pos).
+
+        Raises:
+            BadLiveInput: empty prompt or a position outside it.
+            PromptTooLong: more tokens than the server's cap.
+            ModelNotAvailable: the model cannot be loaded.
+        """
+        self.check_prompt(prompt)
+        key = (run.slug, neuron.layer, neuron.neuron, prompt, tuple(ablate), pos)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                self.stats["hits"] += 1
+                return self._cache[key]
+        model = self.model(run)
+        ids = model.encode(prompt)
+        cap = self.settings.token_cap
+        if len(ids) > cap:
+            raise PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
+                                f"{cap} tokens. Shorten it.")
+        if not ids:
+            raise BadLiveInput("The prompt is empty after tokenization.")
+        if pos is not None and not 0 <= pos < len(ids):
+            raise BadLiveInput(f"pos {pos} out of range: the prompt has {len(ids)} tokens "
+                               f"(positions 0..{len(ids) - 1}).")
+        p = len(ids) - 1 if pos is None else pos
+        with self.lock:
+            result = self._compute(run, model, neuron, ids, p, ablate)
+        result["prompt"] = prompt
+        if self.settings.live_cache_size:
+            with self._cache_lock:
+                self.stats["misses"] += 1
+                self._cache[key] = result
+                while len(self._cache) > self.settings.live_cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    def _compute(self, run: Run, model: LoadedModel, neuron: Neuron, ids: list[int], p: int,
+                 ablate_heads: list[tuple[int, int]]) -> dict:
+        """attribute() for the heatmap; ablate() for the token's probability and the top-5
+        (with ``[]`` heads it runs the clean pass only); with heads, attribute() again under
+        precompute's ablation hooks for the ablated heatmap."""
+        from precompute.ablation import ablate, ablation_hooks
+
+        row = [model.bos_token_id] + ids
+        layer, idx = neuron.layer, neuron.neuron
+        heads_upto = (run.settings or {}).get("heads_upto", "le")
+        n_scored = scored_layers(model, layer, heads_upto)
+        att = attribute(model, [row], layer, idx, positions=[p + 1])
+        res = ablate(model, [row], layer, idx, neuron.token_id, ablate_heads, method="zero",
+                     positions=[p + 1])
+        out = {
+            "n_tokens": len(ids), "pos": p, "token_ids": ids,
+            "tokens": [model.token_str(i) for i in ids],
+            "acts": att.acts[0][1:], "act": float(att.act[0]), "pre": float(att.pre[0]),
+            "attr_raw": att.raw[0].tolist(), "attr_ln": att.ln[0].tolist(), "n_scored": n_scored,
+            "active": self._active(run, att.raw[0, :n_scored], n_scored, model.n_heads),
+            "token_id": neuron.token_id, "token": neuron.token,
+            "prob": float(res.prob_clean[0]), "top5": self._top(model, res.top_clean[0]),
+            "ablation": None,
+        }
+        if ablate_heads:
+            with model.bridge.hooks(fwd_hooks=ablation_hooks(ablate_heads, method="zero", mean_v=None)):
+                abl = attribute(model, [row], layer, idx, positions=[p + 1])
+            out["ablation"] = {
+                "heads": [head_label(k, h) for k, h in ablate_heads], "method": "zero",
+                "act_clean": float(res.act_clean[0]), "act_ablated": float(res.act_ablated[0]),
+                "prob_clean": float(res.prob_clean[0]), "prob_ablated": float(res.prob_ablated[0]),
+                "drop": float(res.drop[0]), "acts": res.acts_ablated[0][1:],
+                "attr_raw": abl.raw[0].tolist(), "attr_ln": abl.ln[0].tolist(),
+                "active": self._active(run, abl.raw[0, :n_scored], n_scored, model.n_heads),
+                "top5": self._top(model, res.top_ablated[0]),
+            }
+        return out
+
+    def _active(self, run: Run, scores, n_scored: int, n_heads: int) -> list[str]:
+        s = run.settings or {}
+        mask = active_heads(scores.flatten(), rule=s.get("active_rule", "2sigma"),
+                            sigma=s.get("active_sigma", 2.0), k=s.get("active_topk", 3))
+        return [head_label(k, h) for k in range(n_scored) for h in range(n_heads) if mask[k * n_heads + h]]
+
+    @staticmethod
+    def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
+        return [[int(i), model.token_str(int(i)), float(v)] for i, v in top]

@@ -1,0 +1,265 @@
+"""Every read of the database the explorer makes, as keyword-only functions.
+
+Routes never build SQL. Functions return ORM rows or plain dicts/lists ready for a template and
+for JSON. Lookups that can fail raise :class:`precompute.errors.NotFound` with a message naming
+the valid range; the route boundary turns it into a 404.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from precompute.ablation import ablation_table, pair_ablation_stats
+from precompute.errors import NotFound
+from precompute.explain import score_table
+from precompute.schema import (Ablation, Classification, Document, Explanation, Neuron, Pair,
+                               Prompt, Run, TopActivation)
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("all", "selected", "next_token", "random", "other")
+SORTS = {"congruence": Neuron.congruence, "best_score": Neuron.best_score, "max_act": Neuron.max_act,
+         "layer": Neuron.layer, "neuron": Neuron.neuron, "token": Neuron.token, "kind": Neuron.kind}
+
+
+def _ranges(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if values else "none"
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+def list_runs(session: Session) -> list[Run]:
+    return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id)))
+
+
+def get_run(session: Session, *, slug: str) -> Run:
+    """The run called ``slug``. Raises NotFound naming the runs that exist."""
+    run = session.scalar(select(Run).where(Run.slug == slug))
+    if run is None:
+        names = [r.slug for r in list_runs(session)]
+        raise NotFound(f"Unknown model {slug!r}: runs in this database are "
+                       f"{', '.join(names) if names else 'none (run `lookups precompute`)'}.")
+    return run
+
+
+def run_counts(session: Session, *, run_id: int) -> dict:
+    """Rows per table of one run (neurons by kind, prompts, pairs, explanations, ablations)."""
+    kinds = dict(session.execute(select(Neuron.kind, func.count()).where(Neuron.run_id == run_id)
+                                 .group_by(Neuron.kind)).all())
+    pairs = dict(session.execute(select(Pair.kept, func.count()).where(Pair.run_id == run_id)
+                                 .group_by(Pair.kept)).all())
+    n_prompts = session.scalar(select(func.count()).select_from(Prompt).join(Neuron)
+                               .where(Neuron.run_id == run_id)) or 0
+    n_expl = session.scalar(select(func.count()).select_from(Explanation).join(Pair)
+                            .where(Pair.run_id == run_id)) or 0
+    n_abl = session.scalar(select(func.count()).select_from(Ablation).join(Pair)
+                           .where(Pair.run_id == run_id)) or 0
+    return {"neurons": sum(kinds.values()), "next_token": kinds.get("next_token", 0),
+            "random": kinds.get("random", 0), "other": kinds.get("other", 0), "prompts": n_prompts,
+            "pairs": sum(pairs.values()), "kept_pairs": pairs.get(True, 0),
+            "explanations": n_expl, "ablations": n_abl}
+
+
+def explainers(session: Session, *, run_id: int) -> list[str]:
+    return list(session.scalars(select(Explanation.explainer).join(Pair).where(Pair.run_id == run_id)
+                                .distinct().order_by(Explanation.explainer)))
+
+
+def ablation_methods(session: Session, *, run_id: int) -> list[str]:
+    return list(session.scalars(select(Ablation.method).join(Pair).where(Pair.run_id == run_id)
+                                .distinct().order_by(Ablation.method)))
+
+
+def findings(session: Session, *, run_id: int) -> dict:
+    """The paper's two tables for one run, from precompute: explanation scores E of next-token
+    vs random neurons per explainer (``explain.score_table``) and ablation drops of active vs
+    inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed."""
+    return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex)
+                             for ex in explainers(session, run_id=run_id)},
+            "ablation": {m: ablation_table(session, run_id=run_id, method=m)
+                         for m in ablation_methods(session, run_id=run_id)}}
+
+
+# --- neurons ---------------------------------------------------------------------------------
+
+@dataclass
+class NeuronFilter:
+    layer: int | None = None
+    kind: str = "all"
+    q: str | None = None
+    min_congruence: float | None = None
+    max_congruence: float | None = None
+    min_score: float | None = None
+    sort: str = "congruence"
+    order: str = "desc"
+    page: int = 1
+    per_page: int = 50
+
+
+def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list[Neuron], int]:
+    """One page of the run's neurons matching ``flt`` and the total count.
+
+    Raises:
+        NotFound: ``flt.layer`` is not a scanned layer.
+    """
+    if flt.layer is not None and flt.layer not in run.layers:
+        raise NotFound(f"layer {flt.layer} out of range: scanned layers are {_ranges(run.layers)}.")
+    cond = [Neuron.run_id == run.id]
+    if flt.layer is not None:
+        cond.append(Neuron.layer == flt.layer)
+    if flt.kind == "selected":
+        cond.append(Neuron.kind != "other")
+    elif flt.kind != "all":
+        cond.append(Neuron.kind == flt.kind)
+    if flt.q:
+        esc = flt.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        cond.append(Neuron.token.ilike(f"%{esc}%", escape="\\"))
+    if flt.min_congruence is not None:
+        cond.append(Neuron.congruence >= flt.min_congruence)
+    if flt.max_congruence is not None:
+        cond.append(Neuron.congruence <= flt.max_congruence)
+    if flt.min_score is not None:
+        cond.append(Neuron.best_score >= flt.min_score)
+    where = and_(*cond)
+    total = session.scalar(select(func.count()).select_from(Neuron).where(where)) or 0
+    col = SORTS[flt.sort]
+    primary = col.desc().nulls_last() if flt.order == "desc" else col.asc().nulls_last()
+    rows = session.scalars(select(Neuron).where(where)
+                           .order_by(primary, Neuron.layer, Neuron.neuron)
+                           .limit(flt.per_page).offset((flt.page - 1) * flt.per_page)).all()
+    return list(rows), total
+
+
+def get_neuron(session: Session, *, run: Run, layer: int, neuron: int) -> Neuron:
+    """Neuron (layer, neuron) of the run. Raises NotFound naming the scanned layers or the
+    neuron range."""
+    if layer not in run.layers:
+        raise NotFound(f"layer {layer} out of range: scanned layers are {_ranges(run.layers)}.")
+    if not 0 <= neuron < run.d_mlp:
+        raise NotFound(f"neuron {neuron} out of range: neurons of layer {layer} are 0..{run.d_mlp - 1}.")
+    n = session.scalar(select(Neuron).where(Neuron.run_id == run.id, Neuron.layer == layer,
+                                            Neuron.neuron == neuron))
+    if n is None:
+        raise NotFound(f"neuron L{layer}N{neuron} is not stored in run {run.slug!r}.")
+    return n
+
+
+def neuron_prompts(session: Session, *, neuron_id: int, split: str = "explain") -> list[Prompt]:
+    return list(session.scalars(select(Prompt).where(Prompt.neuron_id == neuron_id, Prompt.split == split)
+                                .order_by(Prompt.rank)))
+
+
+def neuron_pairs(session: Session, *, neuron_id: int, kept_only: bool = True) -> list[dict]:
+    """The neuron's (kept) pairs, each with its explanations and ablation summary per method."""
+    cond = [Pair.neuron_id == neuron_id] + ([Pair.kept.is_(True)] if kept_only else [])
+    pairs = session.scalars(select(Pair).where(*cond).order_by(Pair.mean_attr_raw.desc())).all()
+    if not pairs:
+        return []
+    ids = [p.id for p in pairs]
+    expl: dict[int, list[Explanation]] = {}
+    for e in session.scalars(select(Explanation).where(Explanation.pair_id.in_(ids))
+                             .order_by(Explanation.explainer)):
+        expl.setdefault(e.pair_id, []).append(e)
+    abl = {}
+    for pid, method, active, n, mean_drop in session.execute(
+            select(Ablation.pair_id, Ablation.method, Ablation.active, func.count(), func.avg(Ablation.drop))
+            .where(Ablation.pair_id.in_(ids)).group_by(Ablation.pair_id, Ablation.method, Ablation.active)):
+        d = abl.setdefault(pid, {}).setdefault(method, {})
+        d["active" if active else "inactive"] = {"n": n, "mean_drop": mean_drop}
+    return [{"pair": p, "explanations": expl.get(p.id, []), "ablation": abl.get(p.id, {})} for p in pairs]
+
+
+def top_documents(session: Session, *, run_id: int, layer: int, neuron: int, split: str = "explain",
+                  limit: int = 10) -> list[dict]:
+    """The neuron's top documents from the scan (any neuron of a scanned layer)."""
+    rows = session.execute(
+        select(TopActivation.rank, TopActivation.doc_idx, TopActivation.act, TopActivation.position,
+               Document.text)
+        .join(Document, (Document.run_id == TopActivation.run_id) & (Document.split == TopActivation.split)
+              & (Document.idx == TopActivation.doc_idx))
+        .where(TopActivation.run_id == run_id, TopActivation.split == split,
+               TopActivation.layer == layer, TopActivation.neuron == neuron)
+        .order_by(TopActivation.rank).limit(limit)).all()
+    return [dict(rank=r.rank, doc_idx=r.doc_idx, act=r.act, position=r.position, text=r.text) for r in rows]
+
+
+# --- pairs and heads -------------------------------------------------------------------------
+
+def _check_head(run: Run, head_layer: int, head: int) -> None:
+    top = max(run.layers) if run.layers else run.n_layers - 1
+    if not 0 <= head_layer <= min(top, run.n_layers - 1):
+        raise NotFound(f"head layer {head_layer} out of range: heads that can drive a scanned "
+                       f"neuron are in layers 0..{min(top, run.n_layers - 1)}.")
+    if not 0 <= head < run.n_heads:
+        raise NotFound(f"head {head} out of range: heads are 0..{run.n_heads - 1}.")
+
+
+def get_pair(session: Session, *, run: Run, neuron: Neuron, head_layer: int, head: int) -> Pair:
+    """The (neuron, head) pair. Raises NotFound naming the range of heads scored for it."""
+    _check_head(run, head_layer, head)
+    p = session.scalar(select(Pair).where(Pair.neuron_id == neuron.id, Pair.head_layer == head_layer,
+                                          Pair.head == head))
+    if p is None:
+        if neuron.kind == "other":
+            raise NotFound(f"neuron L{neuron.layer}N{neuron.neuron} was not selected (neither a "
+                           f"next-token nor a random neuron): it has no head pairs.")
+        n_layers = session.scalar(select(func.max(Pair.head_layer)).where(Pair.neuron_id == neuron.id))
+        rng = f"layers 0..{n_layers}" if n_layers is not None else "none (no activating prompts)"
+        raise NotFound(f"head L{head_layer}H{head} is not scored for neuron L{neuron.layer}N{neuron.neuron}: "
+                       f"scored head layers are {rng}.")
+    return p
+
+
+def pair_explanations(session: Session, *, pair_id: int) -> list[Explanation]:
+    return list(session.scalars(select(Explanation).where(Explanation.pair_id == pair_id)
+                                .order_by(Explanation.explainer)))
+
+
+def pair_classifications(session: Session, *, explanation_ids: list[int]) -> dict[int, dict[int, Classification]]:
+    """{explanation_id: {prompt_id: Classification}}."""
+    out: dict[int, dict[int, Classification]] = {}
+    if explanation_ids:
+        for c in session.scalars(select(Classification).where(Classification.explanation_id.in_(explanation_ids))):
+            out.setdefault(c.explanation_id, {})[c.prompt_id] = c
+    return out
+
+
+def pair_ablations(session: Session, *, pair_id: int) -> dict[str, dict[int, Ablation]]:
+    """{method: {prompt_id: Ablation}}."""
+    out: dict[str, dict[int, Ablation]] = {}
+    for a in session.scalars(select(Ablation).where(Ablation.pair_id == pair_id)):
+        out.setdefault(a.method, {})[a.prompt_id] = a
+    return out
+
+
+def pair_ablation_summary(session: Session, *, pair_id: int) -> dict:
+    """precompute's ``ablation.pair_ablation_stats`` per stored method, without the per-prompt
+    rows (the page shows those next to each prompt)."""
+    methods = session.scalars(select(Ablation.method).where(Ablation.pair_id == pair_id).distinct())
+    out = {}
+    for m in methods:
+        st = pair_ablation_stats(session, pair_id=pair_id, method=m)
+        st.pop("prompts", None)
+        out[m] = st
+    return out
+
+
+def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False,
+               order: str = "raw") -> list[dict]:
+    """Reverse index: the neurons this head was scored against, with attribution, active
+    fraction and best explanation score, most driven first."""
+    _check_head(run, head_layer, head)
+    cond = [Pair.run_id == run.id, Pair.head_layer == head_layer, Pair.head == head]
+    if kept_only:
+        cond.append(Pair.kept.is_(True))
+    col = {"raw": Pair.mean_attr_raw, "ln": Pair.mean_attr_ln, "fraction": Pair.active_fraction}[order]
+    best = (select(Explanation.pair_id, func.max(Explanation.score).label("best"))
+            .group_by(Explanation.pair_id).subquery())
+    rows = session.execute(select(Pair, Neuron, best.c.best).join(Neuron, Neuron.id == Pair.neuron_id)
+                           .outerjoin(best, best.c.pair_id == Pair.id)
+                           .where(*cond).order_by(col.desc(), Neuron.layer, Neuron.neuron)).all()
+    return [{"pair": p, "neuron": n, "best_score": b} for p, n, b in rows]

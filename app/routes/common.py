@@ -1,0 +1,47 @@
+"""What the routes share: a database session per request, rendering a page or its JSON twin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from ..live import BadLiveInput
+
+
+def db(request: Request) -> Iterator[Session]:
+    """A read-only session for one request."""
+    with request.app.state.Session() as s:
+        yield s
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def render(request: Request, template: str, data: dict, *, fmt: str | None, status: int = 200,
+           extra: dict | None = None, headers: dict | None = None):
+    """The JSON twin (``fmt == "json"``: exactly ``data``) or the HTML template rendered with
+    ``data`` plus ``extra`` (template-only helpers)."""
+    if fmt == "json":
+        return JSONResponse(jsonable_encoder(data), status_code=status, headers=headers)
+    ctx = dict(data)
+    ctx.update(extra or {})
+    return request.app.state.templates.TemplateResponse(request, template, ctx, status_code=status,
+                                                        headers=headers)
+
+
+def clean_text(value: str | None, *, name: str, max_chars: int = 20000) -> str | None:
+    """Reject text that cannot be encoded (lone surrogates) or is absurdly long."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadLiveInput(f"{name} is not valid Unicode text.") from None
+    if len(value) > max_chars:
+        raise BadLiveInput(f"{name} is {len(value)} characters long; the limit is {max_chars}.")
+    return value

@@ -1,0 +1,26 @@
+"""htmx fragments. The live panel of the neuron page is rendered by the same template
+(``_live.html``) that the page includes, and the response pushes the page's canonical URL
+(``HX-Push-Url``) so the address bar always reproduces the view."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from .common import db  # noqa: F401  (re-exported for symmetry with pages)
+from .pages import DB, AblateQ, PosQ, PromptQ, Score, neuron_view
+
+router = APIRouter()
+
+
+@router.get("/{model}/neurons/{layer}/{neuron}/live", response_class=HTMLResponse, tags=["fragments"],
+            summary="Live panel of the neuron page (htmx fragment)")
+def live_fragment(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                  prompt: PromptQ = "", ablate: AblateQ = [], pos: PosQ = None,
+                  split: Literal["explain", "heldout"] = "explain"):
+    """Run ``prompt`` live (optionally with ``ablate`` heads zero-ablated, attributing at
+    ``pos``) and return the panel. The page URL with the same query renders the same panel."""
+    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt or "",
+                       ablate=ablate, pos=pos, fmt=None, fragment=True)

@@ -1,0 +1,230 @@
+"""HTML pages, each with a ``.json`` twin at the same path plus ``.json``.
+
+Handlers are plain ``def`` (run in the threadpool) so that database reads and live forward
+passes never block the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
+
+from precompute.errors import ModelNotAvailable, PromptTooLong
+
+from .. import queries as Q
+from .. import urls, views
+from ..live import BadLiveInput
+from .common import clean_text, db, render
+
+router = APIRouter()
+
+DB = Annotated[Session, Depends(db)]
+Score = Annotated[Literal["raw", "ln"], Query(description="Attribution score: the paper's raw "
+                                              "dot product or the LN-aware one.")]
+PromptQ = Annotated[str | None, Query(max_length=20000, description="Live prompt (runs the model).")]
+AblateQ = Annotated[list[str], Query(description="Heads to zero-ablate: 'L1H3,L0H2' (or repeated).")]
+PosQ = Annotated[int | None, BeforeValidator(lambda v: None if v == "" else v), Query(ge=0, le=1_000_000, description="Token position (0-based, "
+                                   "BOS excluded) to attribute; default the last.")]
+
+
+def _blank_none(v):
+    """An empty form field means 'no filter' (forms submit every field)."""
+    return None if isinstance(v, str) and v.strip() == "" else v
+
+
+Blank = BeforeValidator(_blank_none)
+
+
+def _fmt(path_fmt: bool) -> str | None:
+    return "json" if path_fmt else None
+
+
+# --- home --------------------------------------------------------------------------------------
+
+@router.get("/.json", tags=["json"], summary="Runs and their findings (JSON)")
+def home_json(request: Request, s: DB):
+    return render(request, "home.html", views.home(s), fmt="json")
+
+
+@router.get("/", response_class=HTMLResponse, tags=["pages"], summary="Runs and their findings")
+def home_page(request: Request, s: DB):
+    return render(request, "home.html", views.home(s), fmt=None)
+
+
+# --- neuron list -------------------------------------------------------------------------------
+
+def _neurons(request: Request, s: Session, model: str, fmt: str | None, layer, kind, q, min_congruence,
+             max_congruence, min_score, sort, order, page, per_page):
+    q = clean_text(q, name="q", max_chars=200)
+    settings = request.app.state.settings
+    flt = Q.NeuronFilter(layer=layer, kind=kind, q=q or None, min_congruence=min_congruence,
+                         max_congruence=max_congruence, min_score=min_score, sort=sort, order=order,
+                         page=page, per_page=min(per_page or settings.page_size, settings.max_page_size))
+    for name in ("min_congruence", "max_congruence", "min_score"):
+        v = getattr(flt, name)
+        if v is not None and not math.isfinite(v):
+            raise BadLiveInput(f"{name} must be a finite number, not {v}.")
+    data = views.neurons(s, slug=model, flt=flt, default_per_page=settings.page_size)
+    if request.headers.get("HX-Request") == "true" and fmt is None:
+        return render(request, "_neuron_table.html", data, fmt=None,
+                      headers={"HX-Push-Url": data["links"]["page"]})
+    return render(request, "neurons.html", data, fmt=fmt)
+
+
+_F: dict = {}
+
+
+def _neuron_list_route(fmt_json: bool):
+    def handler(request: Request, s: DB, model: str,
+                layer: Annotated[int | None, Blank, Query(description="Scanned layer (0-based).")] = None,
+                kind: Annotated[Literal[Q.KINDS], Query(description="next_token, random, selected "
+                                                        "(both), other or all.")] = "all",
+                q: Annotated[str | None, Query(max_length=200, description="Token text contains "
+                                               "(case-insensitive).")] = None,
+                min_congruence: Annotated[float | None, Blank, Query(**_F)] = None,
+                max_congruence: Annotated[float | None, Blank, Query(**_F)] = None,
+                min_score: Annotated[float | None, Blank, Query(description="Best explanation score E "
+                                                                "at least.", **_F)] = None,
+                sort: Annotated[Literal[tuple(Q.SORTS)], Query()] = "congruence",
+                order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+                page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+                per_page: Annotated[int | None, Blank, Query(ge=1, le=500)] = None):
+        return _neurons(request, s, model, _fmt(fmt_json), layer, kind, q, min_congruence,
+                        max_congruence, min_score, sort, order, page, per_page)
+    return handler
+
+
+router.get("/{model}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route(True))
+router.get("/{model}/neurons", response_class=HTMLResponse, tags=["pages"],
+           summary="Neurons of a run: sortable, filterable, paginated")(_neuron_list_route(False))
+
+
+# --- neuron ------------------------------------------------------------------------------------
+
+def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+                split: str, prompt: str | None, ablate: list[str], pos: int | None, fmt: str | None,
+                fragment: bool = False):
+    """The neuron page (or, with ``fragment``, only its live panel); with ``prompt`` the live
+    pass is rendered server-side. Live errors keep the page and set the status (422/503)."""
+    live = request.app.state.live
+    prompt = clean_text(prompt, name="prompt")
+    if fragment:
+        data = views.neuron_brief(s, slug=model, layer=layer, neuron_=neuron, score=score)
+    else:
+        data = views.neuron(s, live, slug=model, layer=layer, neuron_=neuron, score=score, split=split,
+                            settings=request.app.state.settings)
+    status, extra, headers = 200, {}, {}
+    page_params = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
+    if prompt is not None:
+        try:
+            res, params = views.live_result(s, live, slug=model, layer=layer, neuron_=neuron,
+                                            prompt=prompt, ablate=ablate, pos=pos)
+            data["live"] = res
+            page_params.update(params)
+            extra.update(views.live_extra(res, data, score))
+        except (BadLiveInput, PromptTooLong) as exc:
+            status, data["live_error"] = 422, str(exc)
+            page_params.update(prompt=prompt)
+        except ModelNotAvailable as exc:
+            status, data["live_error"] = 503, str(exc)
+            page_params.update(prompt=prompt)
+        if fmt == "json" and status != 200:
+            return render(request, "", {"detail": data["live_error"], "status": status}, fmt="json",
+                          status=status)
+    url = urls.neuron(model, layer, neuron, **page_params)
+    data["links"]["page"] = url
+    data["links"]["json"] = urls.neuron(model, layer, neuron, fmt="json", **page_params)
+    data["live_prompt"] = prompt
+    data["live_pos"] = pos
+    extra.update(_neuron_helpers(model, layer, neuron, page_params))
+    if fragment:
+        if status == 200:
+            headers["HX-Push-Url"] = url
+        return render(request, "_live.html", data, fmt=None, status=status, extra=extra, headers=headers)
+    return render(request, "neuron.html", data, fmt=fmt, status=status, extra=extra)
+
+
+def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
+    """Template-only URL builders of the neuron page (links keep the live state)."""
+    def tok_link(i: int, fragment: bool = False) -> str:
+        q = {k: v for k, v in params.items() if k != "split"}
+        q["pos"] = i
+        return (urls.live if fragment else urls.neuron)(model, layer, neuron, **q)
+
+    def with_score(score: str) -> str:
+        return urls.neuron(model, layer, neuron, **{**params, "score": score if score != "raw" else None})
+
+    def with_split(split: str) -> str:
+        return urls.neuron(model, layer, neuron, **{**params, "split": split if split != "explain" else None})
+
+    return {"live_url": urls.live(model, layer, neuron), "page_base": urls.neuron(model, layer, neuron),
+            "tok_link": tok_link, "with_score": with_score, "with_split": with_split,
+            "pair_url": lambda k, h: urls.pair(model, layer, neuron, k, h)}
+
+
+@router.get("/{model}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
+            "with ?prompt= also the live pass")
+def neuron_json(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
+                ablate: AblateQ = [], pos: PosQ = None):
+    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+                       ablate=ablate, pos=pos, fmt="json")
+
+
+@router.get("/{model}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
+            summary="One neuron: token, prompts, head attribution, pairs, live")
+def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
+                ablate: AblateQ = [], pos: PosQ = None):
+    if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
+        return RedirectResponse(urls.neuron(model, layer, neuron, score=score if score != "raw" else None,
+                                            split=split if split != "explain" else None, prompt=prompt,
+                                            ablate=[a for a in ablate if a], pos=pos), status_code=303)
+    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+                       ablate=ablate, pos=pos, fmt=None)
+
+
+# --- pair --------------------------------------------------------------------------------------
+
+@router.get("/{model}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}.json", tags=["json"],
+            summary="One (neuron, head) pair (JSON)")
+def pair_json(request: Request, s: DB, model: str, layer: int, neuron: int, head_layer: int, head: int,
+              score: Score = "raw"):
+    return render(request, "pair.html", views.pair(s, slug=model, layer=layer, neuron_=neuron,
+                                                   head_layer=head_layer, head=head, score=score), fmt="json")
+
+
+@router.get("/{model}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}", response_class=HTMLResponse,
+            tags=["pages"], summary="One (neuron, head) pair: prompts, explanation, scoring, ablation")
+def pair_page(request: Request, s: DB, model: str, layer: int, neuron: int, head_layer: int, head: int,
+              score: Score = "raw"):
+    return render(request, "pair.html", views.pair(s, slug=model, layer=layer, neuron_=neuron,
+                                                   head_layer=head_layer, head=head, score=score), fmt=None)
+
+
+# --- head --------------------------------------------------------------------------------------
+
+HeadOrder = Annotated[Literal["raw", "ln", "fraction"], Query(description="Sort by mean raw or "
+                                                             "LN-aware attribution, or active fraction.")]
+KeptQ = Annotated[bool, Query(description="Only kept pairs (active on 25-75% of prompts).")]
+
+
+@router.get("/{model}/heads/{layer}/{head}.json", tags=["json"], summary="Neurons a head drives (JSON)")
+def head_json(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
+              kept: KeptQ = False):
+    return render(request, "head.html", views.head(s, slug=model, layer=layer, head_=head, order=order,
+                                                   kept=kept), fmt="json")
+
+
+@router.get("/{model}/heads/{layer}/{head}", response_class=HTMLResponse, tags=["pages"],
+            summary="Neurons a head drives (reverse index over pairs)")
+def head_page(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
+              kept: KeptQ = False):
+    return render(request, "head.html", views.head(s, slug=model, layer=layer, head_=head, order=order,
+                                                   kept=kept), fmt=None)

@@ -1,0 +1,52 @@
+"""Every URL of the explorer is built here, so that links, htmx targets, pushed URLs and the
+``.json`` twins agree. Query parameters are emitted in a fixed order and empty ones are left
+out, which makes each view's URL canonical (and shareable)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+_ORDER = ("layer", "kind", "q", "min_congruence", "max_congruence", "min_score", "sort", "order",
+          "page", "per_page", "score", "split", "prompt", "ablate", "pos")
+
+
+def _query(params: dict) -> str:
+    items = [(k, params[k]) for k in _ORDER if k in params]
+    items += sorted((k, v) for k, v in params.items() if k not in _ORDER)
+    items = [(k, ",".join(v) if isinstance(v, (list, tuple)) else v) for k, v in items
+             if v is not None and v != "" and v != [] and v != ()]
+    return ("?" + urlencode(items, quote_via=quote, safe=",")) if items else ""
+
+
+def _path(path: str, fmt: str | None) -> str:
+    return path + (".json" if fmt == "json" else "")
+
+
+def home(*, fmt: str | None = None) -> str:
+    return "/.json" if fmt == "json" else "/"
+
+
+def neurons(slug: str, *, fmt: str | None = None, **params) -> str:
+    return _path(f"/{quote(slug)}/neurons", fmt) + _query(params)
+
+
+def neuron(slug: str, layer: int, neuron_: int, *, fmt: str | None = None, **params) -> str:
+    return _path(f"/{quote(slug)}/neurons/{layer}/{neuron_}", fmt) + _query(params)
+
+
+def live(slug: str, layer: int, neuron_: int, **params) -> str:
+    """The htmx fragment of the live panel (its page URL is :func:`neuron` with the same params)."""
+    return f"/{quote(slug)}/neurons/{layer}/{neuron_}/live" + _query(params)
+
+
+def pair(slug: str, layer: int, neuron_: int, head_layer: int, head_: int, *,
+         fmt: str | None = None, **params) -> str:
+    return _path(f"/{quote(slug)}/neurons/{layer}/{neuron_}/heads/{head_layer}/{head_}", fmt) + _query(params)
+
+
+def head(slug: str, layer: int, head_: int, *, fmt: str | None = None, **params) -> str:
+    return _path(f"/{quote(slug)}/heads/{layer}/{head_}", fmt) + _query(params)
+
+
+def static(path: str) -> str:
+    return "/static/" + path

@@ -1,0 +1,102 @@
+"""Fixtures of the web tests: a real database with two runs and a loopback server.
+
+``web_db`` copies the session's ``precomputed_db`` (the paper's 2-sigma rule; on the tiny random
+model it keeps few pairs) and adds a second run on the same model with the top-3 rule, which
+keeps many (neuron, head) pairs and so gets explanations (baseline explainer) and ablations.
+It is built once per session whichever test module asks first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import small_settings
+
+_CACHE: dict[str, Path] = {}
+TOPK_RUN = "tiny-topk"
+
+
+def build_web_db(tmp_path_factory, precomputed_db: Path, model_dir: Path, corpus_dir: Path,
+                 tiny_model) -> Path:
+    if "db" not in _CACHE:
+        from precompute.pipeline import run_precompute
+
+        db = tmp_path_factory.mktemp("webdb") / "web.db"
+        shutil.copy(precomputed_db, db)
+        run_precompute(small_settings(db, model_dir, corpus_dir, run_name=TOPK_RUN, active_rule="topk"),
+                       model=tiny_model)
+        # Read-only from here on: the server must never need to write.
+        db.chmod(0o444)
+        _CACHE["db"] = db
+    return _CACHE["db"]
+
+
+@pytest.fixture(scope="session")
+def web_db(request, tmp_path_factory) -> Path:
+    """The web tests' database. ``LOOKUPS_TEST_WEB_DB=path`` reuses one built earlier by this
+    fixture (a developer's shortcut: building takes minutes on a busy machine)."""
+    import os
+
+    if os.environ.get("LOOKUPS_TEST_WEB_DB"):
+        return Path(os.environ["LOOKUPS_TEST_WEB_DB"])
+    get = request.getfixturevalue
+    return build_web_db(tmp_path_factory, get("precomputed_db"), get("tiny_model_dir"),
+                        get("small_corpus_dir"), get("tiny_model"))
+
+
+def one(db: Path, sql: str, *args):
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, args).fetchone()
+    finally:
+        con.close()
+
+
+def rows(db: Path, sql: str, *args):
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
