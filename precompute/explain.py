@@ -224,10 +224,10 @@ def _describe(scores: list[float]) -> dict:
     constant = bool(np.all(a == a[0]))
     if len(a) >= 3 and not constant:
         out["skew"] = float(stats.skew(a))
-    if constant:
-        out["skewtest"]["reason"] = "all scores are equal"
-    elif len(a) < MIN_SKEWTEST:
+    if len(a) < MIN_SKEWTEST:
         out["skewtest"]["reason"] = f"skewtest needs at least {MIN_SKEWTEST} scores, have {len(a)}"
+    elif constant:
+        out["skewtest"]["reason"] = "all scores are equal"
     else:
         res = stats.skewtest(a)
         out["skewtest"].update(statistic=float(res.statistic), pvalue=float(res.pvalue))
