@@ -1,0 +1,169 @@
+"""The explorer in real Chromium (Debian's /usr/bin/chromium through Playwright) against a real
+uvicorn server on a loopback port: highlighted prompts and heatmaps, the live box through htmx
+with the URL pushed, reload reproducing the view, ablation by ticking a head, no console errors
+and no request leaving localhost. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.web_fixtures import TOPK_RUN, Server, one, rows, web_db  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def server(web_db, tiny_model_dir):  # noqa: F811
+    from app.main import create_app
+
+    over = {}
+    if os.environ.get("LOOKUPS_TEST_WEB_DB"):
+        over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
+    with Server(create_app(db_url=f"sqlite:///{web_db}", **over)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    pg = ctx.new_page()
+    pg.requests, pg.errors = [], []
+    pg.on("request", lambda r: pg.requests.append(r.url))
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.set_default_timeout(60_000)  # a live pass on a busy 2-core machine can take seconds
+    yield pg
+    hosts = {urlsplit(u).hostname for u in pg.requests if not u.startswith(("data:", "about:"))}
+    assert hosts <= {"127.0.0.1", "localhost"}, f"requests left localhost: {hosts}"
+    assert pg.errors == [], pg.errors
+    ctx.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def kept(web_db):  # noqa: F811
+    return one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p JOIN neurons n ON "
+               "n.id = p.neuron_id JOIN runs r ON r.id = p.run_id JOIN explanations e ON e.pair_id = p.id "
+               "WHERE r.slug = ? AND p.kept AND e.status = 'ok' ORDER BY p.id LIMIT 1", TOPK_RUN)
+
+
+def test_home_and_neuron_list(page, server):
+    page.goto(server.url + "/")
+    page.wait_for_selector("svg.hist")
+    shot(page, "home.png")
+    page.click(f'a[href="/{TOPK_RUN}/neurons"] >> nth=0')
+    page.wait_for_selector("table.list tbody tr")
+    page.select_option('select[name="kind"]', "next_token")  # htmx swaps the table, pushes the URL
+    page.wait_for_url(re.compile(r"kind=next_token"))
+    page.wait_for_function("() => [...document.querySelectorAll('table.list .badge')]"
+                           ".every(b => b.textContent.trim() === 'next-token')")
+    assert "<html" not in page.inner_html("#neuron-table")
+    shot(page, "neurons.png")
+    page.reload()
+    assert page.locator('select[name="kind"]').input_value() == "next_token"
+
+
+def test_neuron_page_live_and_ablation(page, server, kept):
+    layer, neuron, hl, h = kept
+    base = f"/{TOPK_RUN}/neurons/{layer}/{neuron}"
+    page.goto(server.url + base)
+    assert page.locator("table.prompts .toks .tok").count() > 10  # highlighted prompts
+    assert page.locator("table.prompts .tok.max").count() >= 1
+    assert page.locator("table.heat td.cell").count() > 0  # the heatmap
+    bg = page.eval_on_selector("table.prompts .tok.max", "e => getComputedStyle(e).backgroundColor")
+    assert bg.startswith("rgb") and bg != "rgb(255, 255, 255)"
+    shot(page, "neuron.png")
+
+    # type a prompt: the live fragment appears without a reload and the URL carries the prompt
+    page.evaluate("() => { window.__marker = 42; }")
+    prompt = 'The king said <b>"hello"</b> & the son of'
+    page.fill("#live-prompt", prompt)
+    page.click("#live-form button[type=submit]")
+    page.wait_for_selector("#live-act")
+    page.wait_for_url(re.compile(r"prompt="))
+    assert page.evaluate("() => window.__marker") == 42  # same document: htmx swapped a fragment
+    q = parse_qs(urlsplit(page.url).query)
+    assert urlsplit(page.url).path == base and q["prompt"] == [prompt]
+    act = page.inner_text("#live-act")
+    prob = page.inner_text("#live-prob")
+    shown = page.inner_text("#live .live-tokens")
+    assert '<b>"hello"</b> &' in shown and page.locator("#live b").count() == 0  # markup as text
+    shot(page, "live.png")
+
+    # reload the pushed URL: the server renders the same view without htmx
+    page.reload()
+    page.wait_for_selector("#live-act")
+    assert page.inner_text("#live-act") == act and page.inner_text("#live-prob") == prob
+    assert page.evaluate("() => window.__marker") is None
+
+    # tick a head: re-run with it zero-ablated, the URL carries ablate=
+    page.check(f'#live input.abl-box[value="L{hl}H{h}"]')
+    page.wait_for_selector("#abl-drop")
+    page.wait_for_url(re.compile(r"ablate="))
+    assert parse_qs(urlsplit(page.url).query)["ablate"] == [f"L{hl}H{h}"]
+    assert page.inner_text("#live-act") == act  # the clean figures are unchanged
+    drop = float(page.inner_text("#abl-drop").split()[-1])
+    clean, ablated = float(page.inner_text("#live-prob")), float(page.inner_text("#abl-prob"))
+    assert drop == pytest.approx(clean - ablated, abs=2e-4)
+    shot(page, "ablated.png")
+
+    # the same figures through the JSON twin of the pushed URL
+    data = page.request.get(server.url + base + ".json?" + urlsplit(page.url).query).json()["live"]
+    assert f"{data['ablation']['drop']:.4f}" == f"{drop:.4f}" or abs(data["ablation"]["drop"] - drop) < 1e-4
+
+    # click a token: attribute there (?pos=N) and keep the ablation
+    page.locator("#live .live-tokens a.tok").nth(1).click()
+    page.wait_for_url(re.compile(r"pos=1"))
+    page.wait_for_selector("#abl-drop")
+    assert "ablate=" in page.url
+    page.go_back()
+    page.wait_for_url(re.compile(r"^(?!.*pos=)"))
+
+
+def test_unselected_neuron_pair_head_and_api_docs(page, server, web_db, kept):  # noqa: F811
+    layer, neuron, hl, h = kept
+    page.goto(server.url + f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}")
+    page.wait_for_selector("blockquote")
+    shot(page, "pair.png")
+    page.goto(server.url + f"/{TOPK_RUN}/heads/{hl}/{h}")
+    page.wait_for_selector("table.data tbody tr")
+    shot(page, "head.png")
+    other = one(web_db, "SELECT n.layer, n.neuron FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
+                "r.slug = ? AND n.kind = 'other' ORDER BY n.layer, n.neuron LIMIT 1", TOPK_RUN)
+    page.goto(server.url + f"/{TOPK_RUN}/neurons/{other[0]}/{other[1]}")
+    page.wait_for_selector("text=was not selected")
+    shot(page, "other.png")
+    resp = page.goto(server.url + f"/{TOPK_RUN}/neurons/99/0")
+    assert resp.status == 404 and "layer 99 out of range" in page.inner_text("main")
+    expected = [e for e in page.errors if "status of 404" in e]  # the browser logs the 404 itself
+    assert len(expected) == len(page.errors) <= 1
+    page.errors.clear()
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=60_000)
+    shot(page, "docs.png")
