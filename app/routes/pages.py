@@ -29,8 +29,6 @@ Score = Annotated[Literal["raw", "ln"], Query(description="Attribution score: th
                                               "dot product or the LN-aware one.")]
 PromptQ = Annotated[str | None, Query(max_length=20000, description="Live prompt (runs the model).")]
 AblateQ = Annotated[list[str], Query(description="Heads to zero-ablate: 'L1H3,L0H2' (or repeated).")]
-PosQ = Annotated[int | None, BeforeValidator(lambda v: None if v == "" else v), Query(ge=0, le=1_000_000, description="Token position (0-based, "
-                                   "BOS excluded) to attribute; default the last.")]
 
 
 def _blank_none(v):
@@ -39,6 +37,27 @@ def _blank_none(v):
 
 
 Blank = BeforeValidator(_blank_none)
+
+
+def _int_in(lo: int, hi: int) -> BeforeValidator:
+    """An optional integer field in [lo, hi]; an empty value means unset. Checked here rather
+    than with ge/le, which pydantic cannot combine with a validator returning None."""
+    def check(v):
+        v = _blank_none(v)
+        if v is None:
+            return None
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{v!r} is not an integer") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"{n} is outside {lo}..{hi}")
+        return n
+    return BeforeValidator(check)
+
+
+PosQ = Annotated[int | None, _int_in(0, 1_000_000), Query(description="Token position (0-based, "
+                                   "BOS excluded) to attribute; default the last.")]
 
 
 def _fmt(path_fmt: bool) -> str | None:
@@ -94,7 +113,7 @@ def _neuron_list_route(fmt_json: bool):
                 sort: Annotated[Literal[tuple(Q.SORTS)], Query()] = "congruence",
                 order: Annotated[Literal["asc", "desc"], Query()] = "desc",
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-                per_page: Annotated[int | None, Blank, Query(ge=1, le=500)] = None):
+                per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
         return _neurons(request, s, model, _fmt(fmt_json), layer, kind, q, min_congruence,
                         max_congruence, min_score, sort, order, page, per_page)
     return handler
