@@ -46,17 +46,17 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     if ctx > model.n_ctx:
         from .errors import BadSettings
         raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
+    # Bad input is found before anything is written: the corpus is opened (memory-mapped) first.
+    corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
     with Session() as s:
         run = get_or_create_run(s, settings=settings, slug=settings.run_name or model.slug,
                                 model=model, layers=layers)
         run_id = run.id
-        corpus = None
         if not is_done(s, run_id, "neurons"):
             select_neurons(s, run_id, model, layers, settings)
         scans = {}
         for split in SPLITS:
             if not is_done(s, run_id, f"scan:{split}"):
-                corpus = corpus or load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
                 scans[split] = store_scan(s, run_id, model, corpus[split], split, layers, ctx, settings)
         selected = s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")
                              .order_by(Neuron.layer, Neuron.neuron)).all()
@@ -79,18 +79,12 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
 
 def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings) -> None:
     """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
-    import importlib
+    from . import ablation, explain
 
-    for enabled, mod, fn in ((settings.explainer != "none", "explain", "run_explanations"),
-                             (settings.ablation != "none", "ablation", "run_ablations")):
-        if not enabled:
-            continue
-        try:
-            module = importlib.import_module(f"precompute.{mod}")
-        except ModuleNotFoundError:  # TODO(issue 4/5): remove once both modules have landed
-            logger.warning("precompute.%s is not available yet: skipped", mod)
-            continue
-        getattr(module, fn)(Session, run_id, model, settings)
+    if settings.explainer != "none":
+        explain.run_explanations(Session, run_id, model, settings)
+    if settings.ablation != "none":
+        ablation.run_ablations(Session, run_id, model, settings)
 
 
 def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settings: Settings) -> None:

@@ -175,7 +175,7 @@ class Explanation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
     explainer: Mapped[str] = mapped_column(String(100))  # "baseline" or "openai:<model>"
-    status: Mapped[str] = mapped_column(String(20))  # ok|failed|single_class
+    status: Mapped[str] = mapped_column(String(20))  # ok|failed|single_class (ok may have score None: undefined E)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)  # the request shown to it
     settings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
