@@ -68,8 +68,9 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
                 st.update(store_pairs(s, run_id, settings))
+        s.commit()  # no transaction of this session may hold SQLite's write lock meanwhile
         run_followups(Session, run_id, model, settings)
-        summary = summarize(s, run_id, scans, time.time() - t_start)
+        summary = summarize(s, run_id, scans, time.time() - t_start, settings)
         s.execute(update(Run).where(Run.id == run_id).values(status="complete", finished_at=now(),
                                                              summary=summary))
         s.commit()
@@ -220,8 +221,22 @@ def store_pairs(s, run_id: int, settings: Settings) -> dict:
     return {"pairs": len(rows), "kept": kept}
 
 
-def summarize(s, run_id: int, scans: dict, seconds: float) -> dict:
-    """Figures printed at the end of the job and stored on the run."""
+def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -> dict:
+    """Figures printed at the end of the job and stored on the run, with the paper's two
+    tables for this run (explanation score E; ablation drop active vs inactive)."""
+    from .ablation import ablation_table
+    from .explain import explainers_of_run, score_table
+
+    def brief_e(kind_row):
+        return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {
+            "skewtest_p": kind_row["skewtest"]["pvalue"]}
+
+    def brief_abl(kind_row):
+        return {"pairs": kind_row["n_pairs"], "prompts": kind_row["n_prompts"],
+                "mean_drop_active": kind_row["active"]["mean_drop"],
+                "mean_drop_inactive": kind_row["inactive"]["mean_drop"],
+                "ks_D": kind_row["ks"]["D"], "ks_p": kind_row["ks"]["p"]}
+
     from sqlalchemy import func
 
     from .schema import Phase
@@ -239,6 +254,10 @@ def summarize(s, run_id: int, scans: dict, seconds: float) -> dict:
         "kept_pairs": count(select(func.count()).select_from(Pair).where(Pair.run_id == run_id, Pair.kept)),
         "no_activating_prompt": count(select(func.count()).select_from(Neuron).where(
             Neuron.run_id == run_id, Neuron.status == "no_activating_prompt")),
+        "explanation_scores": {e: {k: brief_e(v) for k, v in score_table(s, run_id=run_id, explainer=e)["kinds"].items()}
+                               for e in explainers_of_run(s, run_id=run_id)},
+        "ablation": ({k: brief_abl(v) for k, v in ablation_table(s, run_id=run_id, method=settings.ablation).items()
+                      if k in ("next_token", "random")} if settings.ablation != "none" else None),
         "phase_seconds": phase_seconds(s, run_id),
         "scan": scan_stats,
         "wall_seconds_this_invocation": round(seconds, 1),

@@ -43,6 +43,7 @@ def get_or_create_run(session: Session, *, settings: Settings, slug: str, model,
                 f"passing --run-name NEW_NAME (or another --db).")
         if run.status != "running":
             run.status = "running"
+            session.commit()
         return run
     cfg = model.cfg
     run = Run(slug=slug, model_name=settings.model if science["model"] != "embedded" else "embedded",
