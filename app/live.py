@@ -40,6 +40,7 @@ class Live:
         self.settings = settings
         self.lock = threading.Lock()  # every forward pass runs under it
         self._load_lock = threading.Lock()
+        self.tok_lock = threading.Lock()  # tokenizer calls outside forward passes
         self._models: dict[str, LoadedModel] = {}
         self._tokenizers: dict[str, object] = {}
         self._cache: OrderedDict = OrderedDict()
@@ -114,7 +115,8 @@ class Live:
                 self.stats["hits"] += 1
                 return self._cache[key]
         model = self.model(run)
-        ids = model.encode(prompt)
+        with self.tok_lock:  # HF fast tokenizers are not safe to share between threads
+            ids = model.encode(prompt)
         cap = self.settings.token_cap
         if len(ids) > cap:
             raise PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
@@ -125,7 +127,7 @@ class Live:
             raise BadLiveInput(f"pos {pos} out of range: the prompt has {len(ids)} tokens "
                                f"(positions 0..{len(ids) - 1}).")
         p = len(ids) - 1 if pos is None else pos
-        with self.lock:
+        with self.lock, self.tok_lock:
             result = self._compute(run, model, neuron, ids, p, ablate)
         result["prompt"] = prompt
         if self.settings.live_cache_size:

@@ -79,12 +79,13 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
         d["tokens"] = None
         if tok is None:
             continue
-        ids = tok(d["text"], add_special_tokens=False, truncation=True, max_length=ctx - 1)["input_ids"]
-        i = d["position"] - 1  # position counts BOS at 0
-        if 0 <= i < len(ids):
-            lo = max(0, i - window)
-            d["tokens"] = [tok.decode([t]) for t in ids[lo:i + 1]]
-            d["truncated_before"] = lo > 0
+        with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
+            ids = tok(d["text"], add_special_tokens=False, truncation=True, max_length=ctx - 1)["input_ids"]
+            i = d["position"] - 1  # position counts BOS at 0
+            if 0 <= i < len(ids):
+                lo = max(0, i - window)
+                d["tokens"] = [tok.decode([t]) for t in ids[lo:i + 1]]
+                d["truncated_before"] = lo > 0
     return docs
 
 
