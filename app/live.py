@@ -62,6 +62,10 @@ class Live:
             with self._load_lock:
                 m = self._models.get(run.slug)
                 if m is None:
+                    if self.settings.torch_threads:
+                        import torch
+
+                        torch.set_num_threads(self.settings.torch_threads)
                     m = load_model(model_source(run, self.settings), device=self.settings.device)
                     self._models[run.slug] = m
         return m
@@ -128,14 +132,18 @@ class Live:
                                f"(positions 0..{len(ids) - 1}).")
         p = len(ids) - 1 if pos is None else pos
         with self.lock, self.tok_lock:
+            with self._cache_lock:  # computed by a concurrent request while this one waited
+                if key in self._cache:
+                    self.stats["hits"] += 1
+                    return self._cache[key]
             result = self._compute(run, model, neuron, ids, p, ablate)
-        result["prompt"] = prompt
-        if self.settings.live_cache_size:
+            result["prompt"] = prompt
             with self._cache_lock:
                 self.stats["misses"] += 1
-                self._cache[key] = result
-                while len(self._cache) > self.settings.live_cache_size:
-                    self._cache.popitem(last=False)
+                if self.settings.live_cache_size:
+                    self._cache[key] = result
+                    while len(self._cache) > self.settings.live_cache_size:
+                        self._cache.popitem(last=False)
         return result
 
     def _compute(self, run: Run, model: LoadedModel, neuron: Neuron, ids: list[int], p: int,

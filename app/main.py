@@ -8,6 +8,7 @@ statuses here, as JSON for ``.json`` routes and API clients and as a readable pa
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def make_templates(directory: Path) -> Jinja2Templates:
                       trim_blocks=True, lstrip_blocks=True, auto_reload=False)
     env.filters.update(tok=present.visible, colour=present.colour, fmt=present.fmt)
     env.globals.update(urls=urls, legend=present.legend, histogram_svg=present.histogram_svg,
-                       score_groups=present.score_groups)
+                       score_groups=present.score_groups, tokens_html=present.tokens_html,
+                       prompt_heat_html=present.prompt_heat_html)
     return Jinja2Templates(env=env)
 
 
@@ -88,7 +90,9 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
+        t0 = time.perf_counter()
         response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.2f}"
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"

@@ -7,6 +7,7 @@ Nothing here touches the database or the model.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from markupsafe import Markup, escape
 
@@ -17,15 +18,23 @@ _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
 _NEG = (67, 147, 195)  # cool end (negative)
 
 
+_STEPS = 64  # colour resolution per side (the exact value is in each cell's title)
+
+
+@lru_cache(maxsize=2 * _STEPS + 1)
+def _rgb(step: int) -> str:
+    end = _POS if step >= 0 else _NEG
+    a = abs(step) / _STEPS
+    r, g, b = (round(255 + (c - 255) * a) for c in end)
+    return f"rgb({r},{g},{b})"
+
+
 def colour(value: float | None, scale: float) -> str:
     """Diverging white-centred colour of ``value`` on ``[-scale, scale]`` as ``rgb(...)``."""
     if value is None or not math.isfinite(value) or scale <= 0:
         return "rgb(255,255,255)"
     t = max(-1.0, min(1.0, value / scale))
-    end = _POS if t >= 0 else _NEG
-    a = abs(t)
-    r, g, b = (round(255 + (c - 255) * a) for c in end)
-    return f"rgb({r},{g},{b})"
+    return _rgb(round(t * _STEPS))
 
 
 def legend(scale: float, n: int = 5) -> list[dict]:
@@ -77,6 +86,51 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
+def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | None = None,
+                link=None, selected: int | None = None) -> Markup:
+    """Tokens as spans (or links) coloured by activation, each with its value in ``title``.
+
+    Built here rather than in a Jinja macro because a page holds thousands of tokens. Every
+    token text is escaped; ``link(i)`` / ``link(i, fragment=True)`` give a token's page URL and
+    its htmx fragment URL."""
+    out = ['<span class="toks">']
+    n_acts = len(acts) if acts else 0
+    for i, t in enumerate(toks):
+        a = acts[i] if i < n_acts else None
+        cls = "tok"
+        if mark is not None and i == mark:
+            cls += " max"
+        if selected is not None and i == selected:
+            cls += " sel"
+        text = escape(visible(t))
+        style = colour(a, scale)
+        if link is not None:
+            out.append(f'<a class="{cls}" href="{escape(link(i))}" hx-get="{escape(link(i, fragment=True))}" '
+                       f'hx-target="#live" hx-swap="innerHTML" style="background:{style}" '
+                       f'title="#{i} {text}: act {fmt(a, 4)}">{text}</a>')
+        else:
+            out.append(f'<span class="{cls}" style="background:{style}" title="#{i}: act {fmt(a, 4)}">{text}</span>')
+    out.append("</span>")
+    return Markup("".join(out))
+
+
+def prompt_heat_html(prompts: list[dict], key: str, n_scored: int, n_heads: int, scale: float) -> Markup:
+    """The per-prompt heatmap body: one row per prompt, one cell per scored head (outlined when
+    the head is active on that prompt)."""
+    out = []
+    for p in prompts:
+        grid, active = p[key], set(p["active"])
+        out.append(f'<tr><th>{int(p["rank"])}</th>')
+        for k in range(n_scored):
+            for h, v in enumerate(grid[k]):
+                lab = f"L{k}H{h}"
+                on = lab in active
+                out.append(f'<td class="cell{" act" if on else ""}" style="background:{colour(v, scale)}" '
+                           f'title="prompt {int(p["rank"])}, {lab}: {fmt(v, 4)}{" (active)" if on else ""}"></td>')
+        out.append("</tr>")
+    return Markup("".join(out))
+
+
 # --- rows as dicts -------------------------------------------------------------------------------
 
 def run_dict(run, counts: dict | None = None) -> dict:
@@ -101,7 +155,8 @@ def neuron_dict(n) -> dict:
 def prompt_dict(p) -> dict:
     return {"id": p.id, "split": p.split, "rank": p.rank, "doc_idx": p.doc_idx, "start": p.start,
             "end": p.end, "text": p.text, "tokens": p.tokens, "token_ids": p.token_ids,
-            "acts": p.acts, "act": p.act, "doc_act": p.doc_act, "pre": p.pre,
+            "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts else None,
+            "act": p.act, "doc_act": p.doc_act, "pre": p.pre,
             "attr_raw": p.attr_raw, "attr_ln": p.attr_ln, "other_ln": p.other_ln, "active": p.active}
 
 

@@ -31,6 +31,11 @@ class WebSettings(BaseSettings):
     doc_window: int = Field(24, ge=1, description="Tokens shown before the max-activating token "
                             "of a top document.")
     device: str = Field("cpu", description="Torch device of the live model.")
+    torch_threads: int | None = Field(1, ge=1, description="Intra-op threads of torch in the "
+                                      "server process (set when the first model loads). Passes are "
+                                      "serialised, and on a small model one thread is many times "
+                                      "faster than several competing for busy cores. None: torch's "
+                                      "default.")
     templates_dir: Path = Field(ROOT / "templates", description="Jinja2 templates directory.")
     static_dir: Path = Field(ROOT / "static", description="Static files directory (CSS, JS, "
                              "vendored htmx and Swagger UI).")

@@ -84,7 +84,7 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
             i = d["position"] - 1  # position counts BOS at 0
             if 0 <= i < len(ids):
                 lo = max(0, i - window)
-                d["tokens"] = [tok.decode([t]) for t in ids[lo:i + 1]]
+                d["tokens"] = tok.batch_decode([[t] for t in ids[lo:i + 1]])
                 d["truncated_before"] = lo > 0
     return docs
 

@@ -37,12 +37,20 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-def summary(name: str, ms: list[float], errors: int) -> None:
+def summary(name: str, ms: list[float], errors: int, server: list[float] | None = None) -> None:
     if not ms:
         print(f"{name}: no successful request, {errors} errors")
         return
     print(f"{name}: n={len(ms)} p50={statistics.median(ms):.1f} ms p95={pct(ms, 0.95):.1f} ms "
           f"mean={statistics.fmean(ms):.1f} ms max={max(ms):.1f} ms errors={errors}")
+    if server:
+        print(f"  server-side (Server-Timing, excl. queueing in the client and the socket): "
+              f"p50={statistics.median(server):.1f} ms p95={pct(server, 0.95):.1f} ms")
+
+
+def server_ms(r: httpx.Response) -> float | None:
+    st = r.headers.get("server-timing", "")
+    return float(st.split("dur=")[1]) if "dur=" in st else None
 
 
 def free_port() -> int:
@@ -78,7 +86,7 @@ def neuron_pages(client: httpx.Client, slug: str, n: int, seed: int) -> None:
                        ("any", lambda: {"layer": rng.choice(layers), "neuron": rng.randrange(d_mlp)})):
         if not selected and kind == "selected":
             continue
-        ms, errors = [], 0
+        ms, srv, errors = [], [], 0
         for _ in range(5):  # warm-up (tokenizer for unselected neurons' documents, caches)
             x = pick()
             client.get(f"/{slug}/neurons/{x['layer']}/{x['neuron']}")
@@ -89,9 +97,10 @@ def neuron_pages(client: httpx.Client, slug: str, n: int, seed: int) -> None:
             dt = (time.perf_counter() - t) * 1000
             if r.status_code == 200:
                 ms.append(dt)
+                srv.append(server_ms(r))
             else:
                 errors += 1
-        summary(f"neuron page ({kind} neurons)", ms, errors)
+        summary(f"neuron page ({kind} neurons)", ms, errors, [x for x in srv if x is not None])
 
 
 def prompt_of(client: httpx.Client, url: str, tokens: int) -> str:
@@ -119,6 +128,7 @@ def live(base: str, slug: str, clients: int, per_client: int, tokens: int, cache
     if heads.get("pairs"):
         head = heads["pairs"][0]["label"]
     ms: list[float] = []
+    srv: list[float] = []
     errors = [0]
     lock = threading.Lock()
 
@@ -139,6 +149,8 @@ def live(base: str, slug: str, clients: int, per_client: int, tokens: int, cache
                 with lock:
                     if ok:
                         ms.append(dt)
+                        if server_ms(r) is not None:
+                            srv.append(server_ms(r))
                     else:
                         errors[0] += 1
 
@@ -151,7 +163,7 @@ def live(base: str, slug: str, clients: int, per_client: int, tokens: int, cache
     wall = time.perf_counter() - t0
     label = "cached" if cached else "uncached"
     summary(f"live pass, {tokens}-token prompt, {clients} concurrent clients, {label} "
-            f"(half with {head} ablated)", ms, errors[0])
+            f"(half with {head} ablated)", ms, errors[0], srv)
     print(f"  throughput {len(ms) / wall:.1f} req/s over {wall:.1f} s")
 
 

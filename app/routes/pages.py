@@ -171,10 +171,12 @@ def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: in
 
 def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
     """Template-only URL builders of the neuron page (links keep the live state)."""
-    def tok_link(i: int, fragment: bool = False) -> str:
-        q = {k: v for k, v in params.items() if k != "split"}
-        q["pos"] = i
-        return (urls.live if fragment else urls.neuron)(model, layer, neuron, **q)
+    q = {k: v for k, v in params.items() if k not in ("split", "pos")}
+    page, frag = urls.neuron(model, layer, neuron, **q), urls.live(model, layer, neuron, **q)
+
+    def tok_link(i: int, fragment: bool = False) -> str:  # pos is the last canonical parameter
+        u = frag if fragment else page
+        return f"{u}{'&' if '?' in u else '?'}pos={i}"
 
     def with_score(score: str) -> str:
         return urls.neuron(model, layer, neuron, **{**params, "score": score if score != "raw" else None})
