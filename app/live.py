@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from precompute.attribution import active_heads, attribute, head_label, parse_heads, scored_layers
 from precompute.errors import LookupsError, PromptTooLong
@@ -24,6 +25,19 @@ logger = logging.getLogger(__name__)
 
 class BadLiveInput(LookupsError):
     """A live request the server cannot run: empty prompt, malformed head list, bad position."""
+
+
+@dataclass(eq=False)
+class _Job:
+    """One live request waiting for (or served by) a batched pass."""
+
+    key: tuple
+    batch: tuple
+    ids: list[int]
+    pos: int
+    done: bool = False
+    result: dict | None = None
+    error: BaseException | None = None
 
 
 def model_source(run: Run, settings: WebSettings) -> str:
@@ -45,7 +59,9 @@ class Live:
         self._tokenizers: dict[str, object] = {}
         self._cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0}
+        self._queue: list[_Job] = []  # requests waiting for the model
+        self._queue_lock = threading.Lock()
+        self.stats = {"hits": 0, "misses": 0, "batches": 0, "batched": 0}
 
     # --- models ------------------------------------------------------------------------------
     def loaded(self, slug: str) -> bool:
@@ -131,58 +147,99 @@ class Live:
             raise BadLiveInput(f"pos {pos} out of range: the prompt has {len(ids)} tokens "
                                f"(positions 0..{len(ids) - 1}).")
         p = len(ids) - 1 if pos is None else pos
+        job = _Job(key=key, batch=(run.slug, neuron.layer, neuron.neuron, tuple(ablate)), ids=ids, pos=p)
+        with self._queue_lock:
+            self._queue.append(job)
         with self.lock, self.tok_lock:
-            with self._cache_lock:  # computed by a concurrent request while this one waited
-                if key in self._cache:
-                    self.stats["hits"] += 1
-                    return self._cache[key]
-            result = self._compute(run, model, neuron, ids, p, ablate)
-            result["prompt"] = prompt
-            with self._cache_lock:
-                self.stats["misses"] += 1
-                if self.settings.live_cache_size:
-                    self._cache[key] = result
+            if not job.done:  # this request leads: it runs every queued job of its batch
+                self._run_batch(run, model, neuron, job, ablate)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run_batch(self, run: Run, model: LoadedModel, neuron: Neuron, lead: _Job,
+                   heads: list[tuple[int, int]]) -> None:
+        """Micro-batching: requests that wait for the model and share (run, neuron, ablated
+        heads) go through attribute()/ablate() as one batch (rows padded; causal attention, so
+        each row's figures are those of its own pass)."""
+        with self._queue_lock:
+            batch = [j for j in self._queue if j.batch == lead.batch][:self.settings.max_batch]
+            if lead not in batch:
+                batch[-1:] = [lead]
+            for j in batch:
+                self._queue.remove(j)
+        try:
+            todo = []
+            with self._cache_lock:  # some may have been answered meanwhile
+                for j in batch:
+                    if j.key in self._cache:
+                        j.result, j.done = self._cache[j.key], True
+                        self.stats["hits"] += 1
+                    else:
+                        todo.append(j)
+            if todo:
+                results = self._compute(run, model, neuron, [j.ids for j in todo], [j.pos for j in todo], heads)
+                with self._cache_lock:
+                    for j, r in zip(todo, results):
+                        r["prompt"] = j.key[3]
+                        j.result = r
+                        self.stats["misses"] += 1
+                        if self.settings.live_cache_size:
+                            self._cache[j.key] = r
                     while len(self._cache) > self.settings.live_cache_size:
                         self._cache.popitem(last=False)
-        return result
+                self.stats["batches"] += 1
+                self.stats["batched"] += len(todo)
+        except Exception as exc:  # every request of the batch gets the error
+            for j in batch:
+                j.error = exc
+        finally:
+            for j in batch:
+                j.done = True
 
-    def _compute(self, run: Run, model: LoadedModel, neuron: Neuron, ids: list[int], p: int,
-                 ablate_heads: list[tuple[int, int]]) -> dict:
+    def _compute(self, run: Run, model: LoadedModel, neuron: Neuron, ids: list[list[int]],
+                 pos: list[int], ablate_heads: list[tuple[int, int]]) -> list[dict]:
         """attribute() for the heatmap; ablate() for the token's probability and the top-5
         (with ``[]`` heads it runs the clean pass only); with heads, attribute() again under
-        precompute's ablation hooks for the ablated heatmap."""
+        precompute's ablation hooks for the ablated heatmap. One batch of prompts."""
         from precompute.ablation import ablate, ablation_hooks
 
-        row = [model.bos_token_id] + ids
+        rows = [[model.bos_token_id] + x for x in ids]
+        positions = [p + 1 for p in pos]
         layer, idx = neuron.layer, neuron.neuron
         heads_upto = (run.settings or {}).get("heads_upto", "le")
         n_scored = scored_layers(model, layer, heads_upto)
-        att = attribute(model, [row], layer, idx, positions=[p + 1])
-        res = ablate(model, [row], layer, idx, neuron.token_id, ablate_heads, method="zero",
-                     positions=[p + 1])
-        out = {
-            "n_tokens": len(ids), "pos": p, "token_ids": ids,
-            "tokens": [model.token_str(i) for i in ids],
-            "acts": att.acts[0][1:], "act": float(att.act[0]), "pre": float(att.pre[0]),
-            "attr_raw": att.raw[0].tolist(), "attr_ln": att.ln[0].tolist(), "n_scored": n_scored,
-            "active": self._active(run, att.raw[0, :n_scored], n_scored, model.n_heads),
-            "token_id": neuron.token_id, "token": neuron.token,
-            "prob": float(res.prob_clean[0]), "top5": self._top(model, res.top_clean[0]),
-            "ablation": None,
-        }
+        att = attribute(model, rows, layer, idx, positions=positions)
+        res = ablate(model, rows, layer, idx, neuron.token_id, ablate_heads, method="zero",
+                     positions=positions)
+        abl = None
         if ablate_heads:
             with model.bridge.hooks(fwd_hooks=ablation_hooks(ablate_heads, method="zero", mean_v=None)):
-                abl = attribute(model, [row], layer, idx, positions=[p + 1])
-            out["ablation"] = {
-                "heads": [head_label(k, h) for k, h in ablate_heads], "method": "zero",
-                "act_clean": float(res.act_clean[0]), "act_ablated": float(res.act_ablated[0]),
-                "prob_clean": float(res.prob_clean[0]), "prob_ablated": float(res.prob_ablated[0]),
-                "drop": float(res.drop[0]), "acts": res.acts_ablated[0][1:],
-                "attr_raw": abl.raw[0].tolist(), "attr_ln": abl.ln[0].tolist(),
-                "active": self._active(run, abl.raw[0, :n_scored], n_scored, model.n_heads),
-                "top5": self._top(model, res.top_ablated[0]),
+                abl = attribute(model, rows, layer, idx, positions=positions)
+        outs = []
+        for b, (x, p) in enumerate(zip(ids, pos)):
+            out = {
+                "n_tokens": len(x), "pos": p, "token_ids": x,
+                "tokens": [model.token_str(i) for i in x],
+                "acts": att.acts[b][1:], "act": float(att.act[b]), "pre": float(att.pre[b]),
+                "attr_raw": att.raw[b].tolist(), "attr_ln": att.ln[b].tolist(), "n_scored": n_scored,
+                "active": self._active(run, att.raw[b, :n_scored], n_scored, model.n_heads),
+                "token_id": neuron.token_id, "token": neuron.token,
+                "prob": float(res.prob_clean[b]), "top5": self._top(model, res.top_clean[b]),
+                "ablation": None,
             }
-        return out
+            if abl is not None:
+                out["ablation"] = {
+                    "heads": [head_label(k, h) for k, h in ablate_heads], "method": "zero",
+                    "act_clean": float(res.act_clean[b]), "act_ablated": float(res.act_ablated[b]),
+                    "prob_clean": float(res.prob_clean[b]), "prob_ablated": float(res.prob_ablated[b]),
+                    "drop": float(res.drop[b]), "acts": res.acts_ablated[b][1:],
+                    "attr_raw": abl.raw[b].tolist(), "attr_ln": abl.ln[b].tolist(),
+                    "active": self._active(run, abl.raw[b, :n_scored], n_scored, model.n_heads),
+                    "top5": self._top(model, res.top_ablated[b]),
+                }
+            outs.append(out)
+        return outs
 
     def _active(self, run: Run, scores, n_scored: int, n_heads: int) -> list[str]:
         s = run.settings or {}

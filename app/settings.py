@@ -25,6 +25,8 @@ class WebSettings(BaseSettings):
                            "longer prompts get a 422.")
     live_cache_size: int = Field(256, ge=0, description="Recent live results kept in memory "
                                  "(LRU keyed by run, neuron, prompt, ablated heads, position).")
+    max_batch: int = Field(16, ge=1, description="Most concurrent live requests (same neuron and "
+                           "ablated heads) run as one batched pass.")
     page_size: int = Field(50, ge=1, le=500, description="Default rows per page of the neuron list.")
     max_page_size: int = Field(500, ge=1, description="Largest rows per page a client may ask for.")
     top_docs: int = Field(10, ge=1, description="Top documents shown for an unselected neuron.")

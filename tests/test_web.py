@@ -399,3 +399,32 @@ def test_live_fragment_and_page_urls_reproduce_the_view(client, kept):
     hits = client.app.state.live.stats["hits"]
     client.get(base + ".json", params={"prompt": prompt, "ablate": f"L{hl}H{h},L0H1"})
     assert client.app.state.live.stats["hits"] == hits + 1
+
+
+def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_model):  # noqa: F811
+    """Concurrent live requests for one neuron may share a batched pass; each result equals
+    precompute's attribute()/ablate() on that prompt alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from precompute.ablation import ablate
+    from precompute.attribution import attribute
+
+    layer, neuron, hl, h = kept
+    token_id = one(web_db, "SELECT n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
+                   "r.slug = ? AND n.layer = ? AND n.neuron = ?", TOPK_RUN, layer, neuron)[0]
+    prompts = [f"Request {i}: the son of the king went to the" + " city" * i for i in range(6)]
+    url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json"
+    with TestClient(app) as c:
+        with ThreadPoolExecutor(6) as ex:
+            got = list(ex.map(lambda p: c.get(url, params={"prompt": p, "ablate": f"L{hl}H{h}"}), prompts))
+    for p, r in zip(prompts, got):
+        assert r.status_code == 200
+        live = r.json()["live"]
+        row = [tiny_model.bos_token_id] + tiny_model.encode(p)
+        att = attribute(tiny_model, [row], layer, neuron)
+        ref = ablate(tiny_model, [row], layer, neuron, token_id, [(hl, h)])
+        assert live["acts"] == pytest.approx(att.acts[0][1:], abs=1e-5)
+        assert torch.allclose(torch.tensor(live["attr_raw"]), att.raw[0], atol=1e-6)
+        assert live["ablation"]["drop"] == pytest.approx(float(ref.drop[0]), abs=1e-7)
+    stats = app.state.live.stats
+    assert stats["batched"] >= stats["batches"] >= 1
