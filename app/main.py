@@ -123,7 +123,8 @@ def error_response(request: Request, status: int, message: str, title: str | Non
     if wants_json(request):
         return JSONResponse({"detail": message, "status": status}, status_code=status)
     templates = request.app.state.templates
-    name = "_error.html" if request.headers.get("HX-Request") else "error.html"
+    name = "_error.html" if (request.headers.get("HX-Request") == "true" and
+                             request.headers.get("HX-History-Restore-Request") != "true") else "error.html"
     return templates.TemplateResponse(request, name, {"status": status, "message": message,
                                                       "title": title or _TITLES.get(status, "Error")},
                                       status_code=status)

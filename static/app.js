@@ -3,7 +3,8 @@
   "use strict";
   if (window.htmx) {
     htmx.config.allowEval = false;
-    htmx.config.historyCacheSize = 20;
+    htmx.config.historyCacheSize = 10;
+    htmx.config.refreshOnHistoryMiss = true;  // a miss reloads the URL: the server renders it
     // Show 404/422/503 error panels (htmx does not swap 4xx/5xx by default).
     htmx.config.responseHandling = [
       { code: "204", swap: false },

@@ -217,6 +217,9 @@ def test_htmx_requests_get_fragments_and_push_canonical_urls(client):
     assert "HX-Request" in r.headers["Vary"]
     full = client.get(f"/{TOPK_RUN}/neurons?kind=next_token")
     assert "<html" in full.text and "HX-Request" in full.headers["Vary"]
+    restore = client.get(f"/{TOPK_RUN}/neurons?kind=next_token",
+                         headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
+    assert "<html" in restore.text  # htmx restoring history asks for the whole page
 
 
 # --- errors ----------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ def db(request: Request) -> Iterator[Session]:
 
 
 def is_htmx(request: Request) -> bool:
-    return request.headers.get("HX-Request") == "true"
+    """An htmx request for a fragment (a history restore asks for the whole page)."""
+    return (request.headers.get("HX-Request") == "true"
+            and request.headers.get("HX-History-Restore-Request") != "true")
 
 
 def render(request: Request, template: str, data: dict, *, fmt: str | None, status: int = 200,

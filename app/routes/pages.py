@@ -20,7 +20,7 @@ from precompute.errors import ModelNotAvailable, PromptTooLong
 from .. import queries as Q
 from .. import urls, views
 from ..live import BadLiveInput
-from .common import clean_text, db, render
+from .common import clean_text, db, is_htmx, render
 
 router = APIRouter()
 
@@ -90,7 +90,7 @@ def _neurons(request: Request, s: Session, model: str, fmt: str | None, layer, k
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
     data = views.neurons(s, slug=model, flt=flt, default_per_page=settings.page_size)
-    if request.headers.get("HX-Request") == "true" and fmt is None:
+    if is_htmx(request) and fmt is None:
         return render(request, "_neuron_table.html", data, fmt=None,
                       headers={"HX-Push-Url": data["links"]["page"]})
     return render(request, "neurons.html", data, fmt=fmt)
