@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -174,5 +174,3 @@ def _install_error_handlers(app: FastAPI) -> None:
         logger.exception("unhandled error on %s", request.url.path)
         return error_response(request, 500, f"Internal error ({type(exc).__name__}). See the server log.")
 
-
-__all__ = ["create_app", "HTMLResponse"]

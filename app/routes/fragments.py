@@ -9,7 +9,6 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from .common import db  # noqa: F401  (re-exported for symmetry with pages)
 from .pages import DB, AblateQ, PosQ, PromptQ, Score, neuron_view
 
 router = APIRouter()
