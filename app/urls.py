@@ -34,6 +34,10 @@ def neuron(slug: str, layer: int, neuron_: int, *, fmt: str | None = None, **par
     return _path(f"/{quote(slug)}/neurons/{layer}/{neuron_}", fmt) + _query(params)
 
 
+def goto(slug: str) -> str:
+    return f"/{quote(slug)}/goto"
+
+
 def live(slug: str, layer: int, neuron_: int, **params) -> str:
     """The htmx fragment of the live panel (its page URL is :func:`neuron` with the same params)."""
     return f"/{quote(slug)}/neurons/{layer}/{neuron_}/live" + _query(params)

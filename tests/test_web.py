@@ -209,6 +209,14 @@ def test_neuron_list_sorting_and_pagination(client):
     assert 'class="sorted asc"' in html and 'rel="next"' in html
 
 
+def test_goto_jumps_to_any_neuron(client, web_db):  # noqa: F811
+    layer = int(one(web_db, "SELECT layers FROM runs WHERE slug = ?", TOPK_RUN)[0].strip("[]").split(",")[0])
+    r = client.get(f"/{TOPK_RUN}/goto", params={"layer": layer, "neuron": 5}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/{TOPK_RUN}/neurons/{layer}/5"
+    assert client.get(f"/{TOPK_RUN}/goto", params={"layer": layer, "neuron": 10**6}).status_code == 404
+    assert 'action="/' + TOPK_RUN + '/goto"' in client.get(f"/{TOPK_RUN}/neurons").text
+
+
 def test_htmx_requests_get_fragments_and_push_canonical_urls(client):
     r = client.get(f"/{TOPK_RUN}/neurons?kind=next_token&layer=&q=&sort=congruence&order=desc",
                    headers={"HX-Request": "true"})

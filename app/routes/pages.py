@@ -124,6 +124,15 @@ router.get("/{model}/neurons", response_class=HTMLResponse, tags=["pages"],
            summary="Neurons of a run: sortable, filterable, paginated")(_neuron_list_route(False))
 
 
+@router.get("/{model}/goto", tags=["pages"], summary="Jump to a neuron by layer and index",
+            status_code=303, response_class=RedirectResponse)
+def goto_neuron(s: DB, model: str, layer: int, neuron: int):
+    """303 to the neuron's page (404 naming the valid range if it does not exist)."""
+    run = Q.get_run(s, slug=model)
+    Q.get_neuron(s, run=run, layer=layer, neuron=neuron)
+    return RedirectResponse(urls.neuron(model, layer, neuron), status_code=303)
+
+
 # --- neuron ------------------------------------------------------------------------------------
 
 def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
