@@ -439,3 +439,31 @@ def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_
         assert live["ablation"]["drop"] == pytest.approx(float(ref.drop[0]), abs=1e-7)
     stats = app.state.live.stats
     assert stats["batched"] >= stats["batches"] >= 1
+
+
+def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kept):  # noqa: F811
+    from app.main import create_app
+
+    layer, neuron, _, _ = kept
+    bad = create_app(db_url=f"sqlite:///{web_db}", model_paths={TOPK_RUN: "/nonexistent/model-dir"})
+    with TestClient(bad) as c:
+        r = c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params={"prompt": "hello"})
+        assert r.status_code == 503 and "nonexistent/model-dir" in r.json()["detail"]
+        page = c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}", params={"prompt": "hello"})
+        assert page.status_code == 503 and "Top explain prompts" in page.text and "nonexistent/model-dir" in page.text
+        assert c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}").status_code == 200  # no live: no model needed
+
+
+def test_empty_database_and_missing_file(tmp_path):
+    from app.main import create_app
+    from precompute.db import open_writer
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    open_writer(url).dispose()  # schema only, no run
+    with TestClient(create_app(db_url=url)) as c:
+        assert c.get("/.json").json() == {"runs": []}
+        assert "holds no run yet" in c.get("/").text
+        r = c.get("/gpt2/neurons.json")
+        assert r.status_code == 404 and "none" in r.json()["detail"]
+    with pytest.raises(FileNotFoundError, match="lookups precompute"):
+        create_app(db_url=f"sqlite:///{tmp_path / 'missing.db'}")
