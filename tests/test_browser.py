@@ -26,7 +26,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 def server(web_db, tiny_model_dir):  # noqa: F811
     from app.main import create_app
 
-    over = {}
+    over = {"torch_threads": None}  # leave torch's global thread count to the rest of the suite
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):
         over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
     with Server(create_app(db_url=f"sqlite:///{web_db}", **over)) as srv:

@@ -23,7 +23,7 @@ def app(web_db, tiny_model_dir):  # noqa: F811
 
     from app.main import create_app
 
-    over = {}
+    over = {"torch_threads": None}  # leave torch's global thread count to the rest of the suite
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):  # a reused database: its model dir may be gone
         over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
     return create_app(db_url=f"sqlite:///{web_db}", **over)
@@ -445,7 +445,8 @@ def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kep
     from app.main import create_app
 
     layer, neuron, _, _ = kept
-    bad = create_app(db_url=f"sqlite:///{web_db}", model_paths={TOPK_RUN: "/nonexistent/model-dir"})
+    bad = create_app(db_url=f"sqlite:///{web_db}", model_paths={TOPK_RUN: "/nonexistent/model-dir"},
+                     torch_threads=None)
     with TestClient(bad) as c:
         r = c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params={"prompt": "hello"})
         assert r.status_code == 503 and "nonexistent/model-dir" in r.json()["detail"]

@@ -17,7 +17,7 @@ from tests.web_fixtures import TOPK_RUN, rows, web_db  # noqa: F401  (fixture)
 def api_schema(web_db, tiny_model_dir):  # noqa: F811
     from app.main import create_app
 
-    over = {"token_cap": 32}
+    over = {"token_cap": 32, "torch_threads": None}
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):
         over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
     app = create_app(db_url=f"sqlite:///{web_db}", **over)
