@@ -135,7 +135,7 @@ def live(base: str, slug: str, clients: int, per_client: int, tokens: int, cache
     def worker(w: int) -> None:
         with httpx.Client(base_url=base, timeout=300, headers={"HX-Request": "true"}) as c:
             for i in range(per_client):
-                text = prompt if cached else f"{w}.{i}: {prompt}"
+                text = prompt if cached else f"{w}.{i}.{clients}: {prompt}"
                 params = {"prompt": text}
                 if i % 2:
                     params["ablate"] = head
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = c.get("/.json").json()["runs"]
             slug = ns.run or runs[0]["slug"]
             neuron_pages(c, slug, ns.pages, ns.seed)
+        live(base, slug, 1, ns.per_client, ns.tokens, cached=False)  # one pass, no queueing
         live(base, slug, ns.clients, ns.per_client, ns.tokens, cached=False)
         live(base, slug, ns.clients, ns.per_client, ns.tokens, cached=True)
     finally:
