@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from fastapi import Request
@@ -29,11 +30,22 @@ def render(request: Request, template: str, data: dict, *, fmt: str | None, stat
     """The JSON twin (``fmt == "json"``: exactly ``data``) or the HTML template rendered with
     ``data`` plus ``extra`` (template-only helpers)."""
     if fmt == "json":
-        return JSONResponse(jsonable_encoder(data), status_code=status, headers=headers)
+        return JSONResponse(_finite(jsonable_encoder(data)), status_code=status, headers=headers)
     ctx = dict(data)
     ctx.update(extra or {})
     return request.app.state.templates.TemplateResponse(request, template, ctx, status_code=status,
                                                         headers=headers)
+
+
+def _finite(x):
+    """JSON has no NaN or infinity: such numbers become null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
 
 
 def clean_text(value: str | None, *, name: str, max_chars: int = 20000) -> str | None:
