@@ -137,10 +137,11 @@ class Live:
         model = self.model(run)
         with self.tok_lock:  # HF fast tokenizers are not safe to share between threads
             ids = model.encode(prompt)
-        cap = self.settings.token_cap
+        cap = min(self.settings.token_cap, model.n_ctx - 1)  # BOS takes one position
         if len(ids) > cap:
+            why = "" if cap == self.settings.token_cap else " (the model's context length, minus BOS)"
             raise PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
-                                f"{cap} tokens. Shorten it.")
+                                f"{cap} tokens{why}. Shorten it.")
         if not ids:
             raise BadLiveInput("The prompt is empty after tokenization.")
         if pos is not None and not 0 <= pos < len(ids):

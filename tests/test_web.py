@@ -274,6 +274,10 @@ def test_live_errors_are_422_with_a_message(client, app, web_db, kept):  # noqa:
         assert client.get(base + ".json", params={"prompt": "a b"}).status_code == 200
     finally:
         settings.token_cap = old
+    n_ctx = one(web_db, "SELECT n_ctx FROM runs WHERE slug = ?", TOPK_RUN)[0]
+    if n_ctx - 1 < old:  # the model's context is the tighter limit
+        r = client.get(base + ".json", params={"prompt": " ".join(["word"] * (n_ctx + 5))})
+        assert r.status_code == 422 and f"limit of this server is {n_ctx - 1} tokens" in r.json()["detail"]
     r = client.get(base + ".json", params={"prompt": "hello there", "ablate": "L99H0"})
     assert r.status_code == 422 and "out of range" in r.json()["detail"]
     r = client.get(base + ".json", params={"prompt": "hello there", "ablate": "banana"})
