@@ -49,25 +49,15 @@ def nice_scale(values, floor: float = 1e-9) -> float:
 
 
 # --- tokens ------------------------------------------------------------------------------------
-_VISIBLE = {"\n": "↵", "\r": "⏎", "\t": "⇥"}
+_VISIBLE = {i: chr(0x2400 + i) for i in range(32)}  # control characters: ␀ ␁ ...
+_VISIBLE.update({ord("\n"): "↵", ord("\r"): "⏎", ord("\t"): "⇥", 127: "␡"})
 
 
+@lru_cache(maxsize=65536)
 def visible(token: str) -> str:
     """A token's text with newlines, tabs and control characters made visible (↵, ⇥, ␀...);
     an empty token shows as ∅. Escaping is the template's job (autoescape)."""
-    if token == "":
-        return "∅"
-    out = []
-    for ch in token:
-        if ch in _VISIBLE:
-            out.append(_VISIBLE[ch])
-        elif ord(ch) < 32:
-            out.append(chr(0x2400 + ord(ch)))
-        elif ord(ch) == 127:
-            out.append("␡")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return token.translate(_VISIBLE) if token else "∅"
 
 
 def fmt(x, digits: int = 3) -> str:

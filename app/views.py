@@ -72,16 +72,24 @@ def _n_scored(run, layer: int, prompts: list) -> int:
 
 def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict]:
     """Text around each top document's max-activating position, tokenized by the run's
-    tokenizer when it can be loaded (else the text alone)."""
+    tokenizer when it can be loaded (else the text alone).
+
+    Only a prefix of each document is tokenized (``ctx * 24`` characters): cutting the text
+    can change only the prefix's last token, so the prefix is enough whenever the wanted
+    position lies before it; otherwise the whole text is tokenized."""
     tok = live.tokenizer(run)
-    ctx = (run.settings or {}).get("context_tokens") or run.n_ctx
     for d in docs:
         d["tokens"] = None
-        if tok is None:
-            continue
-        with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
-            ids = tok(d["text"], add_special_tokens=False, truncation=True, max_length=ctx - 1)["input_ids"]
+    if tok is None or not docs:
+        return docs
+    ctx = (run.settings or {}).get("context_tokens") or run.n_ctx
+    kw = dict(add_special_tokens=False, truncation=True, max_length=ctx - 1)
+    with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
+        enc = tok([d["text"][:ctx * 24] for d in docs], **kw)["input_ids"]
+        for d, ids in zip(docs, enc):
             i = d["position"] - 1  # position counts BOS at 0
+            if i + 1 >= len(ids) and len(d["text"]) > ctx * 24:
+                ids = tok(d["text"], **kw)["input_ids"]
             if 0 <= i < len(ids):
                 lo = max(0, i - window)
                 d["tokens"] = tok.batch_decode([[t] for t in ids[lo:i + 1]])

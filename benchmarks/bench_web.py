@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-client", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pages-only", action="store_true", help="skip the live rounds")
     ns = ap.parse_args(argv)
     if not ns.db and not ns.base_url:
         ap.error("give --db or --base-url")
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = c.get("/.json").json()["runs"]
             slug = ns.run or runs[0]["slug"]
             neuron_pages(c, slug, ns.pages, ns.seed)
+        if ns.pages_only:
+            return 0
         live(base, slug, 1, ns.per_client, ns.tokens, cached=False)  # one pass, no queueing
         live(base, slug, ns.clients, ns.per_client, ns.tokens, cached=False)
         live(base, slug, ns.clients, ns.per_client, ns.tokens, cached=True)
