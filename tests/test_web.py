@@ -472,3 +472,15 @@ def test_empty_database_and_missing_file(tmp_path):
         assert r.status_code == 404 and "none" in r.json()["detail"]
     with pytest.raises(FileNotFoundError, match="lookups precompute"):
         create_app(db_url=f"sqlite:///{tmp_path / 'missing.db'}")
+
+
+def test_model_source_resolves_the_embedded_model_and_overrides():
+    from app.live import model_source
+    from app.settings import WebSettings
+    from precompute.schema import Run
+    from precompute.settings import EMBEDDED_MODEL
+
+    s = WebSettings(model_paths={"other": "/some/dir"})
+    assert model_source(Run(slug="embedded", model_name="embedded"), s) == EMBEDDED_MODEL
+    assert model_source(Run(slug="gpt2", model_name="gpt2"), s) == "gpt2"
+    assert model_source(Run(slug="other", model_name="gpt2"), s) == "/some/dir"
