@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from precompute.db import open_reader, sessions
@@ -46,22 +45,6 @@ def make_templates(directory: Path) -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def _thread_safe(engine: Engine) -> Engine:
-    """open_reader() builds a ``sqlite://`` engine with a custom creator, which SQLAlchemy pools
-    with SingletonThreadPool (one connection per thread, at most 5): under the threadpool's
-    concurrency it closes connections that other threads still use ("Cannot operate on a closed
-    database"). Keep open_reader's read-only connections but pool them in a QueuePool."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import QueuePool, SingletonThreadPool
-
-    if not isinstance(engine.pool, SingletonThreadPool):
-        return engine
-    creator = engine.pool._creator
-    engine.dispose()
-    return create_engine("sqlite://", creator=creator, poolclass=QueuePool, pool_size=8,
-                         max_overflow=32, pool_timeout=30)
-
-
 def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     """Build the app on ``db_url`` (read-only). ``overrides`` set :class:`WebSettings` fields
     (e.g. ``token_cap=16`` in tests).
@@ -71,7 +54,7 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
         SchemaTooNew: the database comes from a newer context-lookups.
     """
     settings = WebSettings(**({"db_url": db_url} if db_url else {}), **overrides)
-    engine = _thread_safe(open_reader(settings.db_url))
+    engine = open_reader(settings.db_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from .errors import SchemaTooNew
 
@@ -87,9 +88,8 @@ def open_writer(url: str) -> Engine:
         cfg = _alembic_config(url)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-    if u.get_backend_name() == "sqlite":
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    # The default rollback journal (not WAL): a WAL database cannot be opened read-only where
+    # SQLite cannot create its -shm file, e.g. the web service's read-only volume.
     return engine
 
 
@@ -107,8 +107,10 @@ def open_reader(url: str) -> Engine:
             raise FileNotFoundError(f"Database {path} not found: run `lookups precompute` first "
                                     f"or pass --db.")
         uri = f"file:{path.resolve()}?mode=ro"
-        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True,
-                                                                           check_same_thread=False))
+        # A thread-safe pool of read-only connections: the server reads from many threads.
+        engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
+                               pool_timeout=30,
+                               creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
     else:
         engine = create_engine(url)
     check_schema(engine)
