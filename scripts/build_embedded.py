@@ -327,8 +327,9 @@ def evaluate(model, val, ctx: int) -> float:
 
 
 # ----------------------------------------------------------------------------- card
-PROMPTS = ["The meaning of the word", "In the beginning God", "A list in Python is",
-           "The history of the city", "Hackers often say that"]
+# One prompt in the register of each large source, and one (the last) outside all of them.
+PROMPTS = ["The Python interpreter", "And it came to pass", "A hacker is a person who",
+           "The kernel uses", "The city of London is"]
 
 
 def card() -> None:
@@ -422,9 +423,14 @@ weights as shipped:
 - unigram entropy of the training tokens: {unigram_entropy:.3f} nats/token (a model that
   knew only token frequencies), so the model is {unigram_entropy - val_loss:.2f} nats/token better.
 
-Greedy continuations (30 tokens):
+Greedy continuations (30 tokens). The prompts were picked after trying eight: the first four
+are in the register of a training source, the last is outside all of them and shows the
+typical failure.
 
 {cont_rows}
+
+Greedy decoding of a model this small falls into loops, and outside the registers of its
+training text it falls back on its most frequent phrases (the Bible's "the LORD").
 
 ## Intended use
 A test bed for the interpretability method of Neo, Cohen & Barez (2024), not a model to
