@@ -162,7 +162,8 @@ def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, setti
             stats[split] = 0
             continue
         rows = tokenize_batch(model, [t.text for t in tops], ctx)
-        trims = trim(model, rows, [t.position for t in tops], n.layer, n.neuron, act_ratio=settings.act_ratio)
+        trims = trim(model, rows, [t.position for t in tops], n.layer, n.neuron,
+                     act_ratio=settings.act_ratio, orig_acts=[t.act for t in tops])
         keep = [(t, row, tr) for t, row, tr in zip(tops, rows, trims)
                 if t.position + 1 - tr[0] < settings.max_prompt_tokens]
         if not keep:

@@ -167,13 +167,16 @@ def neuron_acts(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, n
 
 
 def trim(model: LoadedModel, docs: Sequence[Sequence[int]], max_positions: Sequence[int],
-         layer: int, neuron: int, *, act_ratio: float) -> list[tuple[int, float, float]]:
+         layer: int, neuron: int, *, act_ratio: float,
+         orig_acts: Sequence[float] | None = None) -> list[tuple[int, float, float]]:
     """Trim each document to the shortest suffix, ending at its max-activating token, on which
     the neuron still reaches ``act_ratio`` of its original activation (paper §4.2).
 
     Args:
         docs: token rows *with* BOS at index 0, as scanned.
         max_positions: the max-activating position in each row (>= 1).
+        orig_acts: the activation at each max position if already known (the scan's values,
+            saving the longest forward pass); computed when None.
     Returns:
         per document ``(start, original_act, trimmed_act)``: the prompt is
         ``[BOS] + row[start : max_position + 1]``; BOS is prepended at every step of the binary
@@ -185,7 +188,8 @@ def trim(model: LoadedModel, docs: Sequence[Sequence[int]], max_positions: Seque
     bos = model.bos_token_id
     n = len(docs)
     full = [list(docs[j][:max_positions[j] + 1]) for j in range(n)]
-    orig = [a[-1] for a in neuron_acts(model, full, layer, neuron)]
+    orig = list(orig_acts) if orig_acts is not None else \
+        [a[-1] for a in neuron_acts(model, full, layer, neuron)]
     lo = [1] * n                      # known good start (the whole document)
     hi = [max_positions[j] for j in range(n)]  # latest possible start: the max token alone
     best = list(orig)

@@ -99,6 +99,9 @@ def test_trimming_invariants(tiny_model, small_corpus_dir):
     layer, neuron, ratio = 1, 3, 0.8
     maxpos = [int(np.argmax(neuron_acts(tiny_model, [r], layer, neuron)[0][1:])) + 1 for r in rows]
     out = trim(tiny_model, rows, maxpos, layer, neuron, act_ratio=ratio)
+    # the job passes the scan's activations instead of recomputing them: same result
+    again = trim(tiny_model, rows, maxpos, layer, neuron, act_ratio=ratio, orig_acts=[o[1] for o in out])
+    assert [a[0] for a in again] == [o[0] for o in out]
     bos = tiny_model.bos_token_id
     checked = 0
     for row, p, (start, orig, act) in zip(rows, maxpos, out):
