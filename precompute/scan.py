@@ -127,15 +127,18 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
         nonlocal n_seen, n_tok
         rows = tokenize_batch(model, batch, context_tokens)
         tokens, lengths = pad(rows, model.bos_token_id)
-        acts = run_hooks(model, tokens, names, stop_at_layer=max(layers) + 1)
         pos = torch.arange(tokens.shape[1])
         invalid = (pos[None, :] >= lengths[:, None]) | (pos[None, :] == 0)
-        vals, idxs = [], []
-        for name in names:
-            a = acts[name].float().masked_fill(invalid[:, :, None], float("-inf"))
-            v, i = a.max(dim=1)  # [batch, d_mlp]
-            vals.append(v)
-            idxs.append(i)
+        reduced: dict[str, tuple[Tensor, Tensor]] = {}
+
+        def keep_max(act: Tensor, hook) -> None:  # reduce in the hook: nothing is cached
+            v, i = act.float().masked_fill(invalid[:, :, None], float("-inf")).max(dim=1)
+            reduced[hook.name] = (v, i)  # [batch, d_mlp] each
+
+        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(n, keep_max) for n in names]):
+            model.bridge(tokens, stop_at_layer=max(layers) + 1)
+        vals = [reduced[n][0] for n in names]
+        idxs = [reduced[n][1] for n in names]
         doc_ids = torch.arange(n_seen, n_seen + len(batch))
         top.update(torch.cat(vals, 1), torch.cat(idxs, 1), doc_ids)
         n_seen += len(batch)
