@@ -118,21 +118,14 @@ _TITLES = {404: "Not found", 422: "Cannot run this request", 503: "Model not ava
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound):
-        return error_response(request, 404, str(exc))
+    # Domain errors from precompute and the live engine, mapped to HTTP at this boundary.
+    statuses = {NotFound: 404, PromptTooLong: 422, BadLiveInput: 422, ModelNotAvailable: 503}
 
-    @app.exception_handler(PromptTooLong)
-    async def too_long(request: Request, exc: PromptTooLong):
-        return error_response(request, 422, str(exc))
+    async def domain_error(request: Request, exc: Exception):
+        return error_response(request, statuses[type(exc)], str(exc))
 
-    @app.exception_handler(BadLiveInput)
-    async def bad_input(request: Request, exc: BadLiveInput):
-        return error_response(request, 422, str(exc))
-
-    @app.exception_handler(ModelNotAvailable)
-    async def no_model(request: Request, exc: ModelNotAvailable):
-        return error_response(request, 503, str(exc))
+    for exc_type in statuses:
+        app.add_exception_handler(exc_type, domain_error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

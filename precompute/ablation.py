@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .attribution import head_label
 from .errors import NotFound
 from .models import LoadedModel
-from .scan import hook_post, pad, tokenize_batch
+from .scan import batches, hook_post, pad, tokenize_batch
 from .schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
 from .store import is_done, unit_of_work
 
@@ -103,10 +103,7 @@ def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: 
     sums: dict[int, Tensor] = {}
     n_pos = 0
     bar = tqdm(desc=desc, total=total, unit="doc", dynamic_ncols=True)
-    batch: list[Sequence[int]] = []
-
-    def flush() -> None:
-        nonlocal n_pos
+    for batch in batches(rows_iter, batch_size):
         tokens, lengths = pad(batch, model.bos_token_id)
         real = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).double()  # [batch, pos]
         with torch.no_grad():
@@ -117,14 +114,6 @@ def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: 
             sums[k] = sums[k] + s if k in sums else s
         n_pos += int(lengths.sum())
         bar.update(len(batch))
-        batch.clear()
-
-    for row in rows_iter:
-        batch.append(row)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     bar.close()
     if n_pos == 0:
         raise ValueError("mean_values got no token rows.")

@@ -54,6 +54,19 @@ class TopK:
         self.positions = all_p.gather(0, idx)
 
 
+def batches(items, size: int):
+    """Consecutive lists of ``size`` items (the last may be shorter) from any iterable,
+    without materialising it: the scan's memory does not grow with the corpus."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def tokenize_batch(model: LoadedModel, texts: Sequence[str], context_tokens: int) -> list[list[int]]:
     """BOS + the first ``context_tokens - 1`` tokens of each text (METHOD.md §2)."""
     enc = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -121,10 +134,7 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     top = TopK(k, len(layers) * model.d_mlp)
     n_seen = n_tok = 0
     bar = tqdm(total=n_docs, desc=desc, unit="doc", dynamic_ncols=True)
-    batch: list[str] = []
-
-    def flush():
-        nonlocal n_seen, n_tok
+    for batch in batches(texts, batch_size):
         rows = tokenize_batch(model, batch, context_tokens)
         tokens, lengths = pad(rows, model.bos_token_id)
         pos = torch.arange(tokens.shape[1])
@@ -145,14 +155,6 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
         n_tok += int(lengths.sum())
         bar.update(len(batch))
         bar.set_postfix(tok_s=f"{n_tok / max(time.time() - t0, 1e-9):,.0f}")
-        batch.clear()
-
-    for text in texts:
-        batch.append(text)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     bar.close()
     if n_seen == 0:
         raise ValueError("The corpus is empty: nothing to scan.")
