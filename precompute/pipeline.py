@@ -67,7 +67,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
                     st.update(store_prompts(s, run_id, model, n, ctx, settings))
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
-                st.update(store_pairs(s, run_id, settings))
+                st.update(store_pairs(s, run_id, model, settings))
         s.commit()  # no transaction of this session may hold SQLite's write lock meanwhile
         run_followups(Session, run_id, model, settings)
         summary = summarize(s, run_id, scans, time.time() - t_start, settings)
@@ -193,7 +193,7 @@ def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, setti
     return stats
 
 
-def store_pairs(s, run_id: int, settings: Settings) -> dict:
+def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
     """§3: (neuron, head) pairs over each neuron's explain prompts; kept when the head is
     active on pair_min_fraction..pair_max_fraction of them."""
     run = s.get(Run, run_id)
@@ -205,7 +205,7 @@ def store_pairs(s, run_id: int, settings: Settings) -> dict:
             continue
         raw = torch.tensor([p.attr_raw for p in ps])
         ln = torch.tensor([p.attr_ln for p in ps])
-        n_scored = min(raw.shape[1], n.layer + 1 if settings.heads_upto == "le" else n.layer)
+        n_scored = scored_layers(model, n.layer, settings.heads_upto)  # the rule store_prompts used
         for k in range(n_scored):
             for h in range(run.n_heads):
                 lab = head_label(k, h)

@@ -52,11 +52,8 @@ def web_db(request, tmp_path_factory) -> Path:
 
 
 def one(db: Path, sql: str, *args):
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute(sql, args).fetchone()
-    finally:
-        con.close()
+    found = rows(db, sql, *args)
+    return found[0] if found else None
 
 
 def rows(db: Path, sql: str, *args):
