@@ -1,23 +1,28 @@
-# context-lookups: the precompute job and the web explorer, CPU-only.
-FROM python:3.11-slim
+# context-lookups: the precompute job and the web explorer, CPU-only, installed from a wheel.
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY . .
+# The build follows the symlinks app/templates, app/static and precompute/migrations, so the
+# wheel carries the templates, static files and migrations inside the packages.
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
 
+FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/data/hf-cache
-
-WORKDIR /srv/context-lookups
-
-# torch first, from the CPU wheel index, so that `pip install .` does not pull a CUDA build.
+# torch first, from the CPU wheel index, so that the install does not pull a CUDA build; then the
+# wheel with every dependency at its locked version.
+COPY requirements.lock /tmp/requirements.lock
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-
-COPY . .
-# Installed from the source tree (editable): precompute/db.py finds alembic.ini and alembic/
-# next to the package, and the server its templates/ and static/ (app/settings.py).
-RUN pip install -e . \
+COPY --from=wheel /dist/ /tmp/dist/
+RUN whl=$(ls /tmp/dist/context_lookups-*.whl) \
+    && pip install -c /tmp/requirements.lock "${whl}[postgres]" \
+    && rm -rf /tmp/dist \
     && useradd --create-home --uid 10001 lookups \
     && mkdir -p /data && chown lookups /data
 USER lookups
+WORKDIR /data
 
 EXPOSE 8000
-CMD ["lookups", "serve", "--db", "sqlite:////data/lookups.db", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["lookups", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -12,11 +12,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from precompute.attribution import active_heads, attribute, head_label, parse_heads, scored_layers
+from precompute.attribution import (active_heads_of_run, attribute, head_label, parse_heads, scored_layers,
+                                    upstream_attn_layers)
 from precompute.errors import LookupsError, PromptTooLong
 from precompute.models import LoadedModel, load_model
 from precompute.schema import Neuron, Run
-from precompute.settings import EMBEDDED_MODEL
+from precompute.settings import EMBEDDED_MODEL, Settings
 
 from .settings import WebSettings
 
@@ -208,8 +209,8 @@ class Live:
         rows = [[model.bos_token_id] + x for x in ids]
         positions = [p + 1 for p in pos]
         layer, idx = neuron.layer, neuron.neuron
-        heads_upto = (run.settings or {}).get("heads_upto", "le")
-        n_scored = scored_layers(model, layer, heads_upto)
+        rs = Settings.of_run(run.settings)
+        n_scored = scored_layers(layer, rs.heads_upto, upstream_attn_layers(model, layer))
         att = attribute(model, rows, layer, idx, positions=positions)
         res = ablate(model, rows, layer, idx, neuron.token_id, ablate_heads, method="zero",
                      positions=positions)
@@ -224,7 +225,7 @@ class Live:
                 "tokens": [model.token_str(i) for i in x],
                 "acts": att.acts[b][1:], "act": float(att.act[b]), "pre": float(att.pre[b]),
                 "attr_raw": att.raw[b].tolist(), "attr_ln": att.ln[b].tolist(), "n_scored": n_scored,
-                "active": self._active(run, att.raw[b, :n_scored], n_scored, model.n_heads),
+                "active": self._active(rs, att.raw[b, :n_scored], n_scored, model.n_heads),
                 "token_id": neuron.token_id, "token": neuron.token,
                 "prob": float(res.prob_clean[b]), "top5": self._top(model, res.top_clean[b]),
                 "ablation": None,
@@ -236,16 +237,15 @@ class Live:
                     "prob_clean": float(res.prob_clean[b]), "prob_ablated": float(res.prob_ablated[b]),
                     "drop": float(res.drop[b]), "acts": res.acts_ablated[b][1:],
                     "attr_raw": abl.raw[b].tolist(), "attr_ln": abl.ln[b].tolist(),
-                    "active": self._active(run, abl.raw[b, :n_scored], n_scored, model.n_heads),
+                    "active": self._active(rs, abl.raw[b, :n_scored], n_scored, model.n_heads),
                     "top5": self._top(model, res.top_ablated[b]),
                 }
             outs.append(out)
         return outs
 
-    def _active(self, run: Run, scores, n_scored: int, n_heads: int) -> list[str]:
-        s = run.settings or {}
-        mask = active_heads(scores.flatten(), rule=s.get("active_rule", "2sigma"),
-                            sigma=s.get("active_sigma", 2.0), k=s.get("active_topk", 3))
+    @staticmethod
+    def _active(rs: Settings, scores, n_scored: int, n_heads: int) -> list[str]:
+        mask = active_heads_of_run(scores.flatten(), rs)
         return [head_label(k, h) for k in range(n_scored) for h in range(n_heads) if mask[k * n_heads + h]]
 
     @staticmethod

@@ -1,7 +1,8 @@
 """Settings of the web explorer, in one pydantic-settings class.
 
-Every field can be set in the environment with the prefix ``LOOKUPS_WEB_``
-(``LOOKUPS_WEB_TOKEN_CAP=128``) or passed to ``create_app(**overrides)``.
+Every field is an option of ``lookups serve`` (``--token-cap 128``), can be set in the
+environment with the prefix ``LOOKUPS_`` shared with the precompute job (``LOOKUPS_TOKEN_CAP=128``,
+``LOOKUPS_DB_URL=...``), or passed to ``create_app(**overrides)``. ``lookups config`` prints them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROOT = Path(__file__).resolve().parents[1]
+from precompute.resources import resource_dir
 
 
 class WebSettings(BaseSettings):
     """The effective settings of one server process."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOKUPS_WEB_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LOOKUPS_", extra="ignore")
 
     db_url: str = Field("sqlite:///lookups.db", description="SQLAlchemy URL of the database, "
                         "opened read-only.")
@@ -38,8 +39,8 @@ class WebSettings(BaseSettings):
                                       "serialised, and on a small model one thread is many times "
                                       "faster than several competing for busy cores. None: torch's "
                                       "default.")
-    templates_dir: Path = Field(ROOT / "templates", description="Jinja2 templates directory.")
-    static_dir: Path = Field(ROOT / "static", description="Static files directory (CSS, JS, "
+    templates_dir: Path = Field(default_factory=lambda: resource_dir("app", "templates"), description="Jinja2 templates directory.")
+    static_dir: Path = Field(default_factory=lambda: resource_dir("app", "static"), description="Static files directory (CSS, JS, "
                              "vendored htmx and Swagger UI).")
     model_paths: dict[str, str] = Field(default_factory=dict, description="Override where a "
                                         "run's model is loaded from: {run slug: name or dir}.")

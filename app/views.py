@@ -8,7 +8,8 @@ import math
 
 from sqlalchemy.orm import Session
 
-from precompute.attribution import head_label
+from precompute.attribution import head_label, scored_layers
+from precompute.settings import Settings
 
 from . import queries as Q
 from . import urls
@@ -64,10 +65,10 @@ def _grid_scale(grids: list, n_rows: int) -> float:
 
 
 def _n_scored(run, layer: int, prompts: list) -> int:
-    if prompts:
-        return min(len(prompts[0].attr_raw), layer + 1 if (run.settings or {}).get("heads_upto", "le") == "le"
-                   else layer)
-    return layer + 1 if (run.settings or {}).get("heads_upto", "le") == "le" else layer
+    """Scored head layers of a neuron, by the run's rule; a stored prompt's ``attr_raw`` holds
+    every upstream attention layer (without prompts: GPT-2-style blocks, ``layer + 1``)."""
+    n_upstream = len(prompts[0].attr_raw) if prompts else layer + 1
+    return scored_layers(layer, Settings.of_run(run.settings).heads_upto, n_upstream)
 
 
 def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict]:
@@ -82,7 +83,7 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
         d["tokens"] = None
     if tok is None or not docs:
         return docs
-    ctx = (run.settings or {}).get("context_tokens") or run.n_ctx
+    ctx = Settings.of_run(run.settings).context_tokens or run.n_ctx
     kw = dict(add_special_tokens=False, truncation=True, max_length=ctx - 1)
     with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
         enc = tok([d["text"][:ctx * 24] for d in docs], **kw)["input_ids"]

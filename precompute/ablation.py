@@ -1,4 +1,4 @@
-"""Head ablation study (paper §5.4, METHOD.md §6).
+"""Head ablation study (paper §5.4, docs/method.md §6).
 
 Ablating a head means replacing its value vectors, ``blocks.{k}.attn.hook_v[:, :, h]``, at every
 position: by zeros (``"zero"``, the paper's) or by their mean over the scan corpus (``"mean"``).
@@ -30,6 +30,7 @@ from .errors import NotFound
 from .models import LoadedModel
 from .scan import batches, hook_post, pad, tokenize_batch
 from .schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
+from .settings import Settings
 from .store import is_done, unit_of_work
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def run_mean_values(session: Session, run_id: int, model: LoadedModel, settings)
     if got is not None:
         return got
     run = session.get(Run, run_id)
-    ctx = run.settings.get("context_tokens") or model.n_ctx
+    ctx = Settings.of_run(run.settings).context_tokens or model.n_ctx
     texts = session.scalars(select(Document.text).where(Document.run_id == run_id,
                                                         Document.split == "explain")
                             .order_by(Document.idx)).all()

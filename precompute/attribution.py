@@ -1,4 +1,4 @@
-"""Head attribution of a neuron's activation (paper §4.3, METHOD.md §3) and active-head rules.
+"""Head attribution of a neuron's activation (paper §4.3, docs/method.md §3) and active-head rules.
 
 Raw score (the paper's): ``A[k, h] = hook_result[k][p, h, :] · W_in[l][:, i]``.
 LN-aware score (beyond the paper): ``A[k, h] / ln2_scale[l][p]`` after centring, so that the
@@ -54,12 +54,21 @@ def upstream_attn_layers(model: LoadedModel, layer: int) -> int:
     return layer if getattr(model.cfg, "parallel_attn_mlp", False) else layer + 1
 
 
-def scored_layers(model: LoadedModel, layer: int, heads_upto: str = "le") -> int:
-    """Number of head layers that are scored for a neuron of ``layer``: heads of layers
-    ``<= layer`` (``"le"``, the paper's formula) or ``< layer`` (``"lt"``, the authors' code),
-    never beyond what is upstream of the MLP."""
+def scored_layers(layer: int, heads_upto: str, n_upstream: int) -> int:
+    """Number of head layers that are scored for a neuron of ``layer`` (paper §4.3): heads of
+    layers ``<= layer`` (``"le"``, the paper's formula) or ``< layer`` (``"lt"``, the authors'
+    code), never beyond the ``n_upstream`` attention layers that write before the MLP reads
+    (``upstream_attn_layers``; also the length of a stored prompt's ``attr_raw``)."""
     n = layer + 1 if heads_upto == "le" else layer
-    return min(n, upstream_attn_layers(model, layer))
+    return min(n, n_upstream)
+
+
+def active_heads_of_run(scores: Float[Tensor, "... n"], settings) -> Bool[Tensor, "... n"]:
+    """``active_heads`` with the rule a run was computed with (``settings``: its
+    ``precompute.settings.Settings``, e.g. ``run_settings(run)``): the one place where the
+    precompute job and the live pass read the rule."""
+    return active_heads(scores, rule=settings.active_rule, sigma=settings.active_sigma,
+                        k=settings.active_topk)
 
 
 @dataclass

@@ -19,13 +19,17 @@ logger = logging.getLogger("lookups")
 EXIT_BAD_INPUT = 2
 
 
-def _add_settings_options(p: argparse.ArgumentParser, fields: typing.Iterable[str] | None = None) -> None:
-    """One option per Settings field (``n_per_layer`` → ``--n-per-layer``), help from its
-    description; unset options fall back to the environment (LOOKUPS_*) and the defaults."""
-    for name, f in Settings.model_fields.items():
+def _add_settings_options(p: argparse.ArgumentParser, fields: typing.Iterable[str] | None = None,
+                          cls: type = Settings) -> None:
+    """One option per field of the settings class ``cls`` (``n_per_layer`` → ``--n-per-layer``),
+    help from its description; unset options fall back to the environment (LOOKUPS_*) and the
+    defaults. Fields of other types (dicts) are set through the environment only."""
+    for name, f in cls.model_fields.items():
         if fields is not None and name not in fields:
             continue
         flag = "--" + name.replace("_", "-")
+        if typing.get_origin(f.annotation) is dict or flag in p._option_string_actions:
+            continue  # dicts: environment only; a field both classes share: one option
         ann = f.annotation
         args = typing.get_args(ann)
         kw: dict = {"dest": name, "default": None, "help": (f.description or "") + f" [default: {f.default!r}]"
@@ -43,9 +47,14 @@ def _add_settings_options(p: argparse.ArgumentParser, fields: typing.Iterable[st
         p.add_argument(flag, **kw)
 
 
+def given_options(ns: argparse.Namespace, cls: type = Settings) -> dict:
+    """The options of ``cls`` given on the command line (the others come from the environment
+    and the defaults when ``cls(**given)`` is built)."""
+    return {k: v for k, v in vars(ns).items() if k in cls.model_fields and v is not None}
+
+
 def _settings(ns: argparse.Namespace) -> Settings:
-    given = {k: v for k, v in vars(ns).items() if k in Settings.model_fields and v is not None}
-    return Settings(**given)
+    return Settings(**given_options(ns))
 
 
 def build_parser(extra: typing.Callable | None = None) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Documents to scan: a local file or directory, or a Hugging Face dataset (METHOD.md §2).
+"""Documents to scan: a local file or directory, or a Hugging Face dataset (docs/method.md §2).
 
 The same function loads the embedded scan corpus (a directory of ``explain.jsonl.gz`` and
 ``heldout.jsonl.gz``) and ``NeelNanda/pile-10k`` for users with a network. The explorer uses two

@@ -12,20 +12,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from .errors import SchemaTooNew
+from .resources import resource_dir
 
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _alembic_config(url: str):
+    """Alembic configuration built in code: the migrations ship inside the package
+    (``precompute/migrations``), so no ``alembic.ini`` is needed at run time."""
     from alembic.config import Config
 
-    ini = ROOT / "alembic.ini"
-    if not ini.exists():
-        raise FileNotFoundError(f"alembic.ini not found at {ini}: install context-lookups from "
-                                f"its source tree (pip install -e .).")
-    cfg = Config(str(ini))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resource_dir("precompute", "migrations")))
     cfg.attributes["url"] = url
     return cfg
 

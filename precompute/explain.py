@@ -1,5 +1,5 @@
 """Explanations and explanation scores of the kept (neuron, head) pairs (paper §4.4,
-METHOD.md §4-§5), and the ``lookups explain`` command.
+docs/method.md §4-§5), and the ``lookups explain`` command.
 
 For each kept pair the neuron's explain-split prompts are split into active / inactive by the
 pair's head (``Prompt.active``); an explainer (``explainers.baseline``, the default, or

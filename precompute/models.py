@@ -1,4 +1,4 @@
-"""Load a model by TransformerLens / Hugging Face name or local directory (METHOD.md §1).
+"""Load a model by TransformerLens / Hugging Face name or local directory (docs/method.md §1).
 
 The embedded default is a local Hugging Face directory and goes through the same path as
 ``gpt2``: there is no special case for it.
@@ -78,7 +78,7 @@ def model_slug(name: str) -> str:
 
 def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu",
                dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``name`` as a processed ``TransformerBridge`` plus tokenizer (METHOD.md §1).
+    """Load ``name`` as a processed ``TransformerBridge`` plus tokenizer (docs/method.md §1).
 
     Args:
         name: a TransformerLens / Hugging Face model name (``gpt2``, ``gpt2-medium``,

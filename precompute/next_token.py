@@ -1,4 +1,4 @@
-"""Next-token neurons: congruence ``W_out · W_U`` and selection (paper §4.1, METHOD.md §1)."""
+"""Next-token neurons: congruence ``W_out · W_U`` and selection (paper §4.1, docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ class NeuronInfo:
 def congruence(W_out: Float[Tensor, "d_mlp d_model"],
                W_U: Float[Tensor, "d_model d_vocab"]) -> Float[Tensor, "d_mlp d_vocab"]:
     """Congruence ``s[i, t] = W_out[i, :] · W_U[:, t]`` of every neuron of one layer with every
-    token (METHOD.md §1: a raw dot product, not a cosine), from processed weights."""
+    token (docs/method.md §1: a raw dot product, not a cosine), from processed weights."""
     return W_out @ W_U
 
 
 def default_layers(n_layers: int) -> list[int]:
-    """The last ``min(3, n_layers - 1)`` layers (METHOD.md §1 default), 0-based, ascending."""
+    """The last ``min(3, n_layers - 1)`` layers (docs/method.md §1 default), 0-based, ascending."""
     k = max(1, min(3, n_layers - 1))
     return list(range(n_layers - k, n_layers))
 

@@ -1,4 +1,4 @@
-"""The precompute job: METHOD.md §1-§3 into SQLite, then explanations (§4-5) and ablations (§6).
+"""The precompute job: docs/method.md §1-§3 into SQLite, then explanations (§4-5) and ablations (§6).
 
 Every unit of work (the neuron table, one split's scan, one neuron's prompts, the pairs, ...)
 is committed with its phase mark, so a killed job started again with the same arguments
@@ -14,7 +14,7 @@ import torch
 from sqlalchemy import delete, insert, select, update
 from tqdm.auto import tqdm
 
-from .attribution import active_heads, attribute, head_label, scored_layers
+from .attribution import active_heads_of_run, attribute, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
 from .db import open_writer, sessions
 from .models import LoadedModel, load_model
@@ -147,7 +147,7 @@ def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, setti
     """§2-§3 for one selected neuron: trim its top documents of both splits, attribute each
     trimmed prompt to the upstream heads, mark the active heads."""
     stats = {}
-    n_scored = scored_layers(model, n.layer, settings.heads_upto)
+    n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
     for split in SPLITS:
         tops = s.execute(select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position,
                                 TopActivation.act, Document.text)
@@ -172,8 +172,7 @@ def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, setti
         prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for t, row, tr in keep]
         att = attribute(model, prompts, n.layer, n.neuron)
         scores = att.raw[:, :n_scored].flatten(1)
-        active = active_heads(scores, rule=settings.active_rule, sigma=settings.active_sigma,
-                              k=settings.active_topk)
+        active = active_heads_of_run(scores, settings)
         for j, (t, row, tr) in enumerate(keep):
             ids = prompts[j][1:]
             labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
@@ -205,7 +204,7 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
             continue
         raw = torch.tensor([p.attr_raw for p in ps])
         ln = torch.tensor([p.attr_ln for p in ps])
-        n_scored = scored_layers(model, n.layer, settings.heads_upto)  # the rule store_prompts used
+        n_scored = scored_layers(n.layer, settings.heads_upto, raw.shape[1])  # as store_prompts
         for k in range(n_scored):
             for h in range(run.n_heads):
                 lab = head_label(k, h)

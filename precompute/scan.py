@@ -1,5 +1,5 @@
 """Streaming max-activation scan, running top-k per neuron, and trimming (paper §4.2,
-METHOD.md §2)."""
+docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def batches(items, size: int):
 
 
 def tokenize_batch(model: LoadedModel, texts: Sequence[str], context_tokens: int) -> list[list[int]]:
-    """BOS + the first ``context_tokens - 1`` tokens of each text (METHOD.md §2)."""
+    """BOS + the first ``context_tokens - 1`` tokens of each text (docs/method.md §2)."""
     enc = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [[model.bos_token_id] + ids[:context_tokens - 1] for ids in enc]
 

@@ -2,7 +2,7 @@
 
 Each field can be given on the command line (``lookups precompute --n-per-layer 10``) or in the
 environment with the prefix ``LOOKUPS_`` (``LOOKUPS_N_PER_LAYER=10``). Defaults are the paper's
-(Neo, Cohen & Barez 2024, Feb 2024 run; METHOD.md) unless a field says otherwise.
+(Neo, Cohen & Barez 2024, Feb 2024 run; docs/method.md) unless a field says otherwise.
 ``lookups config`` prints the effective values.
 """
 
@@ -108,6 +108,18 @@ class Settings(BaseSettings):
     ablation: Literal["zero", "mean", "none"] = Field("zero", description="Ablate a head's value "
                                                       "vectors with zeros (paper) or their mean "
                                                       "over the scan corpus.")
+
+    @classmethod
+    def of_run(cls, stored: dict | None) -> "Settings":
+        """The settings a run was computed with, read back from its stored ``science()`` dict
+        (``Run.settings``) through this model: the environment is not consulted, and fields a
+        run does not store (explainer, ablation, paths) keep their defaults.
+
+        Raises:
+            pydantic.ValidationError: the stored dict no longer fits this model (a field's type
+                changed); a test keeps stored runs and this class in step.
+        """
+        return cls.model_validate(stored or {})
 
     def science(self) -> dict:
         """The fields that define a run (SCIENCE_FIELDS), as a JSON-able dict."""

@@ -11,7 +11,7 @@ Steps (each can be run alone):
 - ``extract``: real, redistributable English text from Debian packages and gensim's wheel,
   split into paragraph-aligned documents, each assigned by a hash of its text to
   ``train`` (training), ``val`` (held-out loss), ``explain`` / ``heldout`` (the scan corpus's
-  two disjoint splits, METHOD.md §2). linux-doc (GPL-2) goes to training only: it is never
+  two disjoint splits, docs/method.md §2). linux-doc (GPL-2) goes to training only: it is never
   shipped as text.
 - ``tokenizer``: byte-level BPE, 8,192 tokens, ``<|endoftext|>`` as BOS/EOS (``tokenizers``).
 - ``train``: a GPT-2 (``GPT2LMHeadModel``) trained on packed 256-token sequences with AdamW

@@ -1,4 +1,4 @@
-"""Head ablation (paper §5.4, METHOD.md §6) on the tiny real model and a copy of the real
+"""Head ablation (paper §5.4, docs/method.md §6) on the tiny real model and a copy of the real
 precomputed database."""
 
 from __future__ import annotations

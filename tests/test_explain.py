@@ -1,4 +1,4 @@
-"""Explanation scores and the baseline explainer (paper §4.4, METHOD.md §4-§5).
+"""Explanation scores and the baseline explainer (paper §4.4, docs/method.md §4-§5).
 
 Unit tests on hand-made confusion matrices and constructed prompts whose answer is known, and
 integration tests on a copy of the real precomputed database."""

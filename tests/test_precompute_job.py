@@ -180,3 +180,19 @@ def test_config_prints_effective_settings(capsys, monkeypatch):
     assert cli_main(["config", "--n-per-layer", "4"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["top_k"] == 7 and cfg["n_per_layer"] == 4 and cfg["act_ratio"] == 0.8
+
+
+def test_stored_run_settings_validate_against_settings(precomputed_db):
+    """A run's stored settings read back through the Settings model give the same science
+    dict: a renamed, removed or retyped field of Settings fails here."""
+    import json
+
+    from precompute.settings import SCIENCE_FIELDS, Settings
+
+    con = sqlite3.connect(precomputed_db)
+    stored = json.loads(con.execute("SELECT settings FROM runs").fetchone()[0])
+    con.close()
+    assert set(stored) == set(SCIENCE_FIELDS)
+    s = Settings.of_run(stored)
+    assert s.science() == stored
+    assert s.active_rule == "topk" and s.active_topk == 3  # the run's, not the defaults

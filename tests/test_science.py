@@ -1,4 +1,4 @@
-"""METHOD.md §1-§3 against direct computations on small real models."""
+"""docs/method.md §1-§3 against direct computations on small real models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.attribution import active_heads, attribute, parse_heads, scored_layers
+from precompute.attribution import active_heads, attribute, parse_heads, scored_layers, upstream_attn_layers
 from precompute.next_token import (congruence, default_layers, layer_congruences,
                                    sample_random_neurons, select_next_token_neurons, token_allowed)
 from precompute.scan import TopK, neuron_acts, scan, tokenize_batch, trim
@@ -162,4 +162,7 @@ def test_head_labels_and_scored_layers(tiny_model):
         parse_heads("L5H0", n_layers=2, n_heads=4)
     with pytest.raises(ValueError, match="L<layer>H<head>"):
         parse_heads("head 3", n_layers=2, n_heads=4)
-    assert scored_layers(tiny_model, 1, "le") == 2 and scored_layers(tiny_model, 1, "lt") == 1
+    up = upstream_attn_layers(tiny_model, 1)
+    assert up == 2
+    assert scored_layers(1, "le", up) == 2 and scored_layers(1, "lt", up) == 1
+    assert scored_layers(1, "le", 1) == 1  # parallel attention/MLP: never beyond the upstream heads

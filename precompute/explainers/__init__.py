@@ -1,4 +1,4 @@
-"""Explainers of (neuron, head) pairs (paper §4.4, METHOD.md §4-§5) and the data they share.
+"""Explainers of (neuron, head) pairs (paper §4.4, docs/method.md §4-§5) and the data they share.
 
 An explainer turns a pair's explain-split prompts (split into active / inactive by the head)
 into an explanation, then answers, for each held-out prompt, whether the head is active on it
@@ -68,7 +68,7 @@ class PairTask:
     @property
     def single_class(self) -> bool:
         """True when the held-out prompts are all active or all inactive (or there are none):
-        the explanation score is then undefined (METHOD.md §5)."""
+        the explanation score is then undefined (docs/method.md §5)."""
         return len({e.active for e in self.heldout}) < 2
 
 

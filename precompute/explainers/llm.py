@@ -1,4 +1,4 @@
-"""The LLM explainer: the paper's prompts (§4.4, METHOD.md §4-§5) sent to any OpenAI-compatible
+"""The LLM explainer: the paper's prompts (§4.4, docs/method.md §4-§5) sent to any OpenAI-compatible
 chat-completions endpoint through the ``openai`` package.
 
 Per pair, one explanation request (``EXPLANATION_TEMPLATE``, ``llm_max_tokens``), then one
@@ -42,7 +42,7 @@ from . import PairResult, PairTask, explainer_name
 
 logger = logging.getLogger(__name__)
 
-# METHOD.md §4, the Feb 2024 zero-shot explanation prompt (authors' wording).
+# docs/method.md §4, the Feb 2024 zero-shot explanation prompt (authors' wording).
 EXPLANATION_TEMPLATE = (
     "We are studying attention heads in a transformer architecture neural network. Each "
     "attention head looks for some particular thing in a short document.\n"
@@ -53,7 +53,7 @@ EXPLANATION_TEMPLATE = (
     'Examples where the attention head is inactive: """\n{inactive}\n"""\n'
     "In two to three sentences, suggest when the attention head is active."
 )
-# METHOD.md §5, the classifier prompt (answer Yes / No, max_tokens 1).
+# docs/method.md §5, the classifier prompt (answer Yes / No, max_tokens 1).
 CLASSIFIER_TEMPLATE = (
     '{explanation}\nIs the given example an active example? (Yes/No)\n\nExample: """\n'
     '{example}\n"""\nAnswer: '
