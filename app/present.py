@@ -77,12 +77,13 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | None = None,
-                link=None, selected: int | None = None) -> Markup:
-    """Tokens as spans (or links) coloured by activation, each with its value in ``title``.
+                pick: str | None = None, selected: int | None = None) -> Markup:
+    """Tokens as spans coloured by activation, each with its value in ``title``.
 
     Built here rather than in a Jinja macro because a page holds thousands of tokens. Every
-    token text is escaped; ``link(i)`` / ``link(i, fragment=True)`` give a token's page URL and
-    its htmx fragment URL."""
+    token text is escaped. With ``pick`` (a form's id), each token is a submit button of that
+    form carrying only ``pos=i``: the form holds the prompt once, so the markup grows linearly
+    with the prompt (a link per token repeating the whole prompt grew with its square)."""
     out = ['<span class="toks">']
     n_acts = len(acts) if acts else 0
     for i, t in enumerate(toks):
@@ -94,10 +95,9 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
             cls += " sel"
         text = escape(visible(t))
         style = colour(a, scale)
-        if link is not None:
-            out.append(f'<a class="{cls}" href="{escape(link(i))}" hx-get="{escape(link(i, fragment=True))}" '
-                       f'hx-target="#live" hx-swap="innerHTML" style="background:{style}" '
-                       f'title="#{i} {text}: act {fmt(a, 4)}">{text}</a>')
+        if pick is not None:
+            out.append(f'<button type="submit" form="{pick}" name="pos" value="{i}" class="{cls}" '
+                       f'style="background:{style}" title="#{i}: act {fmt(a, 4)}">{text}</button>')
         else:
             out.append(f'<span class="{cls}" style="background:{style}" title="#{i}: act {fmt(a, 4)}">{text}</span>')
     out.append("</span>")

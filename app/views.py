@@ -5,15 +5,15 @@ through :class:`app.live.Live`."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 
 from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
-from precompute.settings import Settings
 
 from . import queries as Q
 from . import urls
-from .live import Live
+from .live import Live, run_rules
 from .present import (ablation_dict, classification_dict, explanation_dict, mean_grid, neuron_dict,
                       nice_scale, pair_dict, prompt_dict, run_dict)
 
@@ -68,7 +68,7 @@ def _n_scored(run, layer: int, prompts: list) -> int:
     """Scored head layers of a neuron, by the run's rule; a stored prompt's ``attr_raw`` holds
     every upstream attention layer (without prompts: GPT-2-style blocks, ``layer + 1``)."""
     n_upstream = len(prompts[0].attr_raw) if prompts else layer + 1
-    return scored_layers(layer, Settings.of_run(run.settings).heads_upto, n_upstream)
+    return scored_layers(layer, run_rules(run.settings).heads_upto, n_upstream)
 
 
 def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict]:
@@ -83,7 +83,7 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
         d["tokens"] = None
     if tok is None or not docs:
         return docs
-    ctx = Settings.of_run(run.settings).context_tokens or run.n_ctx
+    ctx = run_rules(run.settings).context_tokens or run.n_ctx
     kw = dict(add_special_tokens=False, truncation=True, max_length=ctx - 1)
     with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
         enc = tok([d["text"][:ctx * 24] for d in docs], **kw)["input_ids"]
@@ -141,19 +141,21 @@ def neuron_brief(s: Session, *, slug: str, layer: int, neuron_: int, score: str)
             "links": {}, "live": None, "live_error": None}
 
 
-def live_result(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
-                ablate: list[str], pos: int | None) -> tuple[dict, dict]:
-    """The live pass for the neuron page and its canonical page URL parameters.
+def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
+                 ablate: list[str], pos: int | None) -> tuple[Future, dict]:
+    """Submit the live pass of the neuron page; returns its Future (to await) and the
+    canonical page URL parameters.
 
     Raises:
-        NotFound, BadLiveInput, PromptTooLong, ModelNotAvailable.
+        NotFound, BadLiveInput, LiveBusy (the Future may raise BadLiveInput, PromptTooLong,
+        ModelNotAvailable).
     """
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     heads = live.parse_ablate(run, ",".join(ablate))
-    res = live.run(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
+    fut = live.submit(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
     params = {"prompt": prompt, "ablate": [head_label(k, h) for k, h in heads], "pos": pos}
-    return res, params
+    return fut, params
 
 
 def live_extra(res: dict, data: dict, score: str) -> dict:

@@ -138,7 +138,7 @@ def test_neuron_page_live_and_ablation(page, server, kept):
     assert f"{data['ablation']['drop']:.4f}" == f"{drop:.4f}" or abs(data["ablation"]["drop"] - drop) < 1e-4
 
     # click a token: attribute there (?pos=N) and keep the ablation
-    page.locator("#live .live-tokens a.tok").nth(1).click()
+    page.locator("#live .live-tokens button.tok").nth(1).click()
     page.wait_for_url(re.compile(r"pos=1"))
     page.wait_for_selector("#abl-drop")
     assert "ablate=" in page.url
