@@ -43,7 +43,8 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env.filters.update(tok=present.visible, colour=present.colour, fmt=present.fmt)
     env.globals.update(urls=urls, legend=present.legend, histogram_svg=present.histogram_svg,
                        score_groups=present.score_groups, tokens_html=present.tokens_html,
-                       prompt_heat_html=present.prompt_heat_html)
+                       prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
+                       html_cache=present.HtmlCache())
     return Jinja2Templates(env=env)
 
 
