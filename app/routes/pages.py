@@ -151,7 +151,7 @@ async def neuron_view(request: Request, s: Session, model: str, layer: int, neur
     res = params = error = None
     if prompt is not None:
         try:
-            fut, params = await run_in_threadpool(views.live_request, s, request.app.state.live, slug=model,
+            fut, params = await run_in_threadpool(_submit, s, request.app.state.live, slug=model,
                                                   layer=layer, neuron_=neuron, prompt=prompt,
                                                   ablate=ablate, pos=pos)
             # shielded: a client that goes away must not cancel a pass other requests share
@@ -161,6 +161,16 @@ async def neuron_view(request: Request, s: Session, model: str, layer: int, neur
     return await run_in_threadpool(_neuron_response, request, s, model, layer, neuron, score=score,
                                    split=split, prompt=prompt, pos=pos, fmt=fmt, fragment=fragment,
                                    res=res, params=params, error=error)
+
+
+def _submit(s: Session, live, **kw):
+    """``views.live_request``, then the session lets go of its pooled connection, so that
+    requests waiting for the model hold no database connection either (the session reconnects
+    when the response is rendered)."""
+    try:
+        return views.live_request(s, live, **kw)
+    finally:
+        s.close()
 
 
 def _neuron_response(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
