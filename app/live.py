@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from cachetools import LRUCache, cached
 
@@ -329,7 +330,7 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
         v = clean[j]
         n_scored = scored_layers(t.layer, t.rules.heads_upto, upstream_attn_layers(model, t.layer))
         out = {"n_tokens": len(ids), "pos": pos[j], "token_ids": ids,
-               "tokens": [model.token_str(i) for i in ids], "acts": v["acts"][1:], "act": v["act"],
+               "tokens": [_token_str(model.tokenizer, i) for i in ids], "acts": v["acts"][1:], "act": v["act"],
                "pre": v["pre"], "attr_raw": v["raw"], "attr_ln": v["ln"], "n_scored": n_scored,
                "active": _active(t.rules, v["raw"], n_scored, model.n_heads),
                "token_id": t.token_id, "token": t.token, "prob": v["prob"],
@@ -392,4 +393,11 @@ def _active(rs: Settings, raw: list[list[float]], n_scored: int, n_heads: int) -
 
 
 def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
-    return [[int(i), model.token_str(int(i)), float(v)] for i, v in top]
+    return [[int(i), _token_str(model.tokenizer, int(i)), float(v)] for i, v in top]
+
+
+@lru_cache(maxsize=1 << 17)
+def _token_str(tokenizer, token_id: int) -> str:
+    """``LoadedModel.token_str``, cached: a token's text never changes, and decoding each token
+    of each live prompt one by one was a visible part of a batched pass."""
+    return tokenizer.decode([int(token_id)])

@@ -211,12 +211,17 @@ def peak_rss_gb(pid: int | None) -> float | None:
 def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float | None) -> None:
     rng = random.Random(ns.seed)
     with httpx.Client(base_url=base, timeout=300) as c:
-        health = c.get("/healthz").json()
-        while not health["ready"] and not any(str(v).startswith("failed") for v in health["models"].values()):
-            time.sleep(0.05)
-            health = c.get("/healthz").json()
-        if t_start is not None:
-            print(f"model ready {time.time() - t_start:.1f} s after the server process started: {health['models']}")
+        r = c.get("/healthz")
+        if r.status_code != 200:
+            print("no /healthz (an older server): its first live pass loads the model")
+        else:
+            health = r.json()
+            while not health["ready"] and not any(str(v).startswith("failed") for v in health["models"].values()):
+                time.sleep(0.05)
+                health = c.get("/healthz").json()
+            if t_start is not None:
+                print(f"model ready {time.time() - t_start:.1f} s after the server process started: "
+                      f"{health['models']}")
         sel = c.get(f"/{slug}/neurons.json", params={"kind": "selected", "per_page": 500}).json()["neurons"] \
             or c.get(f"/{slug}/neurons.json", params={"per_page": 50}).json()["neurons"]
         n0 = sel[0]

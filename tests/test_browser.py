@@ -144,6 +144,11 @@ def test_neuron_page_live_and_ablation(page, server, kept):
     assert "ablate=" in page.url
     page.go_back()
     page.wait_for_url(re.compile(r"^(?!.*pos=)"))
+    # an edited prompt makes the previous result's tokens (buttons carrying pos=) unclickable
+    page.wait_for_selector("#live .live-tokens button.tok")
+    page.fill("#live-prompt", "another prompt")
+    n_tok = page.locator("#live .live-tokens button.tok").count()
+    assert n_tok > 0 and page.locator("#live .live-tokens button.tok:disabled").count() == n_tok
 
 
 def test_unselected_neuron_pair_head_and_api_docs(page, server, web_db, kept):  # noqa: F811
