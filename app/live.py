@@ -152,7 +152,8 @@ class Live:
         # warm-up: the fast path's weights and torch's first-call costs are paid here, so the
         # first live pass costs what a steady one does
         warm = Target("", m.n_layers - 1, 0, 0, "", run_rules({}))
-        live_views(m, [[m.bos_token_id] * 8] * 2, [6, 6], [warm, warm], [(), ((0, 0),)])
+        n = min(64, m.n_ctx - 1)
+        live_views(m, [[m.bos_token_id] * (n + 1)] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
         self._models[source] = m
         for slug, src in self._sources.items():
             if src == source:

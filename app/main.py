@@ -61,6 +61,8 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        for name in ("neuron.html", "_live.html", "error.html"):  # compiled now, not on first use
+            app.state.templates.get_template(name)
         if settings.preload:  # the models load on the model thread while pages are served
             with app.state.Session() as s:
                 app.state.live.preload(list_runs(s))

@@ -170,7 +170,8 @@ class Round:
             with httpx.Client(base_url=self.base, timeout=300, headers={"HX-Request": "true"}) as c:
                 for i in range(per_client):
                     k = w * per_client + i
-                    params = {"prompt": f"{tag}{k}:{self.prompts[k % len(self.prompts)]}"}
+                    text = self.prompts[k % len(self.prompts)]
+                    params = {"prompt": text if tag == "cached" else f"{tag}{k}:{text}"}
                     if self.heads[k % len(self.heads)]:
                         params["ablate"] = self.heads[k % len(self.heads)]
                     t = time.perf_counter()
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="database URL: start a server on it (in another process)")
     ap.add_argument("--base-url", help="use a running server instead")
     ap.add_argument("--run", help="run slug (default: the first run)")
+    ap.add_argument("--pid", type=int, help="process id of the server at --base-url (for its peak RSS)")
     ap.add_argument("--model", help="the run's model source for the bare baseline (default: the "
                     "embedded model)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bare baseline "
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             from precompute.settings import EMBEDDED_MODEL
 
             bare = Bare(ns.model or EMBEDDED_MODEL, ns.threads)
-            live(base, slug, bare, ns, proc.pid if proc else None, t_start)
+            live(base, slug, bare, ns, proc.pid if proc else ns.pid, t_start)
         if not ns.live_only:
             with httpx.Client(base_url=base, timeout=60) as c:
                 print()
