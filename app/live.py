@@ -18,6 +18,7 @@ from precompute.errors import LookupsError, PromptTooLong
 from precompute.models import LoadedModel, load_model
 from precompute.schema import Neuron, Run
 from precompute.settings import EMBEDDED_MODEL, Settings
+from precompute.tokens import partial_tokens
 
 from .settings import WebSettings
 
@@ -58,6 +59,7 @@ class Live:
         self.tok_lock = threading.Lock()  # tokenizer calls outside forward passes
         self._models: dict[str, LoadedModel] = {}
         self._tokenizers: dict[str, object] = {}
+        self._partial: dict[str, dict[int, bytes]] = {}
         self._cache: OrderedDict = OrderedDict()
         self._cache_lock = threading.Lock()
         self._queue: list[_Job] = []  # requests waiting for the model
@@ -102,6 +104,17 @@ class Live:
                 logger.info("no tokenizer for run %s: %s", run.slug, exc)
             self._tokenizers[run.slug] = tok
         return self._tokenizers[run.slug]
+
+    def partial_tokens(self, run: Run) -> dict[int, bytes]:
+        """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
+        (:func:`precompute.tokens.partial_tokens`; empty without a tokenizer), kept per run."""
+        got = self._partial.get(run.slug)
+        if got is None:
+            tok = self.tokenizer(run)
+            with self.tok_lock:
+                got = partial_tokens(tok) if tok is not None else {}
+            self._partial[run.slug] = got
+        return got
 
     # --- inputs ------------------------------------------------------------------------------
     def parse_ablate(self, run: Run, text: str | None) -> list[tuple[int, int]]:

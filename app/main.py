@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from precompute.db import open_reader, sessions
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
 
-from . import present, urls
+from . import present, states, urls
 from .live import BadLiveInput, Live
 from .settings import WebSettings
 
@@ -41,7 +41,7 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env.filters.update(tok=present.visible, colour=present.colour, fmt=present.fmt)
     env.globals.update(urls=urls, legend=present.legend, histogram_svg=present.histogram_svg,
                        score_groups=present.score_groups, tokens_html=present.tokens_html,
-                       prompt_heat_html=present.prompt_heat_html)
+                       prompt_heat_html=present.prompt_heat_html, state_text=states.text)
     return Jinja2Templates(env=env)
 
 

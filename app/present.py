@@ -12,6 +12,7 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from precompute.attribution import head_label
+from precompute.tokens import escaped, joined_text
 
 # --- colours -----------------------------------------------------------------------------------
 _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
@@ -60,6 +61,21 @@ def visible(token: str) -> str:
     return token.translate(_VISIBLE) if token else "∅"
 
 
+def token_fields(token_ids, texts, partial) -> dict:
+    """The shown form of a sequence of tokens: ``tokens_escaped`` (each token's text, partial
+    UTF-8 characters as escaped bytes ``\\xe2\\x82``) and ``tokens_joined`` (for each partial
+    token, the text of the run of partial tokens it belongs to; else None). ``partial`` is
+    :func:`precompute.tokens.partial_tokens` of the run's tokenizer (empty when unknown: the
+    texts are then shown as stored). Every token shown by the explorer goes through here."""
+    return {"tokens_escaped": escaped(token_ids, texts, partial),
+            "tokens_joined": joined_text(token_ids, partial)}
+
+
+def token_escaped(token_id: int, text: str, partial) -> str:
+    """One token's shown text (see :func:`token_fields`)."""
+    return escaped([token_id], [text], partial)[0]
+
+
 def fmt(x, digits: int = 3) -> str:
     if x is None:
         return "–"
@@ -77,12 +93,14 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | None = None,
-                link=None, selected: int | None = None) -> Markup:
+                link=None, selected: int | None = None, joined: list | None = None) -> Markup:
     """Tokens as spans (or links) coloured by activation, each with its value in ``title``.
 
     Built here rather than in a Jinja macro because a page holds thousands of tokens. Every
     token text is escaped; ``link(i)`` / ``link(i, fragment=True)`` give a token's page URL and
-    its htmx fragment URL."""
+    its htmx fragment URL. ``toks`` are the escaped token texts (:func:`token_fields`);
+    ``joined[i]``, when given and not None, marks token ``i`` as a partial UTF-8 character and
+    names the text its bytes form with their neighbours (in the tooltip)."""
     out = ['<span class="toks">']
     n_acts = len(acts) if acts else 0
     for i, t in enumerate(toks):
@@ -92,14 +110,20 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
             cls += " max"
         if selected is not None and i == selected:
             cls += " sel"
+        part = joined[i] if joined and i < len(joined) else None
+        note = ""
+        if part is not None:
+            cls += " bytes"
+            note = f" (bytes of “{escape(visible(part))}”)"
         text = escape(visible(t))
         style = colour(a, scale)
         if link is not None:
             out.append(f'<a class="{cls}" href="{escape(link(i))}" hx-get="{escape(link(i, fragment=True))}" '
                        f'hx-target="#live" hx-swap="innerHTML" style="background:{style}" '
-                       f'title="#{i} {text}: act {fmt(a, 4)}">{text}</a>')
+                       f'title="#{i} {text}{note}: act {fmt(a, 4)}">{text}</a>')
         else:
-            out.append(f'<span class="{cls}" style="background:{style}" title="#{i}: act {fmt(a, 4)}">{text}</span>')
+            out.append(f'<span class="{cls}" style="background:{style}" '
+                       f'title="#{i}{note}: act {fmt(a, 4)}">{text}</span>')
     out.append("</span>")
     return Markup("".join(out))
 
@@ -135,16 +159,21 @@ def run_dict(run, counts: dict | None = None) -> dict:
     return d
 
 
-def neuron_dict(n) -> dict:
+def neuron_dict(n, partial=None) -> dict:
+    """A neuron row; ``token_escaped`` is its token as shown (:func:`token_fields`)."""
+    partial = partial or {}
     return {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "rank": n.rank,
-            "token_id": n.token_id, "token": n.token, "congruence": n.congruence,
-            "top_tokens": [{"token_id": t[0], "token": t[1], "congruence": t[2]} for t in n.top_tokens or []],
+            "token_id": n.token_id, "token": n.token,
+            "token_escaped": token_escaped(n.token_id, n.token, partial), "congruence": n.congruence,
+            "top_tokens": [{"token_id": t[0], "token": t[1], "token_escaped": token_escaped(t[0], t[1], partial),
+                            "congruence": t[2]} for t in n.top_tokens or []],
             "max_act": n.max_act, "status": n.status, "best_score": n.best_score}
 
 
-def prompt_dict(p) -> dict:
+def prompt_dict(p, partial=None) -> dict:
     return {"id": p.id, "split": p.split, "rank": p.rank, "doc_idx": p.doc_idx, "start": p.start,
             "end": p.end, "text": p.text, "tokens": p.tokens, "token_ids": p.token_ids,
+            **token_fields(p.token_ids, p.tokens, partial or {}),
             "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts else None,
             "act": p.act, "doc_act": p.doc_act, "pre": p.pre,
             "attr_raw": p.attr_raw, "attr_ln": p.attr_ln, "other_ln": p.other_ln, "active": p.active}
@@ -208,8 +237,9 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
             i = min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))
             counts[k][i] += 1
     top = max(max(c) for c in counts.values()) or 1
-    ml, mb, mt = 34, 28, 22
-    pw, ph = width - ml - 8, height - mb - mt
+    ml, mb, mt, lh = 34, 28, 22, 18  # margins; lh: the legend's own band below the axis
+    height += lh
+    pw, ph = width - ml - 8, height - mb - mt - lh
     bw = pw / bins
     parts = [f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
              f'role="img" aria-label="{escape(title)} histogram">',
@@ -231,10 +261,12 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
         x = ml + i * bw
         parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" text-anchor="middle">'
                      f'{lo + i * (hi - lo) / bins:.1f}</text>')
-    for j, k in enumerate(names):
-        x = ml + pw - 110
-        y = mt + 4 + j * 14
-        parts.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{_KIND_COLOURS.get(k, "#666")}"/>'
-                     f'<text x="{x + 14}" y="{y + 9}">{escape(k)} (n={len(groups[k])})</text>')
+    x, y = ml, height - lh + 4  # legend in a row below the axis labels, never over the bars
+    for k in names:
+        label = f"{k} (n={len(groups[k])})"
+        parts.append(f'<g class="hist-key"><rect x="{x}" y="{y}" width="10" height="10" '
+                     f'fill="{_KIND_COLOURS.get(k, "#666")}"/>'
+                     f'<text x="{x + 14}" y="{y + 9}">{escape(label)}</text></g>')
+        x += 14 + 6 * len(label) + 12  # ~6 px per character at the 10 px font
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -1,4 +1,5 @@
-"""The ``lookups`` command: precompute, explain, db upgrade, config (``serve``: app.cli).
+"""The ``lookups`` command: precompute, explain, db upgrade|current|metadata, config (``serve``:
+app.cli).
 
 Logging is configured here (the entry point) and nowhere else.
 """
@@ -73,9 +74,12 @@ def build_parser(extra: typing.Callable | None = None) -> argparse.ArgumentParse
                               "llm_model", "llm_api_key_env", "llm_temperature", "llm_max_tokens",
                               "llm_concurrency", "llm_timeout", "llm_max_retries", "seed"])
     p = sub.add_parser("db", help="database maintenance")
-    p.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to the newest "
-                   "schema; current: print the schema revision")
+    p.add_argument("action", choices=["upgrade", "current", "metadata"], help="upgrade: migrate to "
+                   "the newest schema; current: print the schema revision; metadata: write "
+                   "Datasette's metadata.json (table and column descriptions, units)")
     p.add_argument("--db", dest="db_url", default=None)
+    p.add_argument("-o", "--output", default=None, help="metadata: write to this file (default: "
+                   "standard output)")
     p = sub.add_parser("config", help="print the effective settings (defaults, environment, options)")
     _add_settings_options(p)
     if extra is not None:
@@ -130,6 +134,18 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "db":
         from .db import current_revision, open_writer
         url = ns.db_url or Settings().db_url
+        if ns.action == "metadata":
+            from .metadata import datasette_metadata
+            text = json.dumps(datasette_metadata(url), indent=2, ensure_ascii=False) + "\n"
+            if ns.output:
+                with open(ns.output, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                from sqlalchemy.engine import make_url
+                print(f"wrote {ns.output}; use it with: datasette {make_url(url).database} "
+                      f"--metadata {ns.output}")
+            else:
+                sys.stdout.write(text)
+            return 0
         if ns.action == "upgrade":
             engine = open_writer(url)
             print(f"{url}: schema at revision {current_revision(engine)}")

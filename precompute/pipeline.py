@@ -20,6 +20,7 @@ from .db import open_writer, sessions
 from .models import LoadedModel, load_model
 from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
                          select_next_token_neurons)
+from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
 from .scan import scan, tokenize_batch, trim
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 from .settings import Settings
@@ -193,8 +194,10 @@ def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, setti
 
 
 def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
-    """§3: (neuron, head) pairs over each neuron's explain prompts; kept when the head is
-    active on pair_min_fraction..pair_max_fraction of them."""
+    """§3: (neuron, head) pairs over each neuron's explain prompts; kept by
+    :func:`precompute.pairs.not_kept_reason` (at least pair_min_prompts prompts, head active on
+    pair_min_fraction..pair_max_fraction of them). Neurons with too few prompts get the status
+    ``too_few_prompts``."""
     run = s.get(Run, run_id)
     s.execute(delete(Pair).where(Pair.run_id == run_id))
     rows, kept = [], 0
@@ -202,6 +205,8 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
         ps = s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "explain")).all()
         if not ps:
             continue
+        if too_few_prompts(len(ps), settings):
+            n.status = TOO_FEW_PROMPTS
         raw = torch.tensor([p.attr_raw for p in ps])
         ln = torch.tensor([p.attr_ln for p in ps])
         n_scored = scored_layers(n.layer, settings.heads_upto, raw.shape[1])  # as store_prompts
@@ -210,7 +215,7 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
                 lab = head_label(k, h)
                 n_act = sum(lab in p.active for p in ps)
                 frac = n_act / len(ps)
-                keep = settings.pair_min_fraction <= frac <= settings.pair_max_fraction
+                keep = not_kept_reason(len(ps), n_act, settings) is None
                 kept += keep
                 rows.append(dict(run_id=run_id, neuron_id=n.id, head_layer=k, head=h,
                                  n_prompts=len(ps), n_active=n_act, active_fraction=frac,

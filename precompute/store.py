@@ -34,8 +34,8 @@ def get_or_create_run(session: Session, *, settings: Settings, slug: str, model,
     science = settings.science()
     if run is not None:
         if run.settings_hash != settings.science_hash():
-            diff = {k: (run.settings.get(k), v) for k, v in science.items()
-                    if run.settings.get(k) != v}
+            stored = Settings.of_run(run.settings).science()
+            diff = {k: (stored.get(k), v) for k, v in science.items() if stored.get(k) != v}
             shown = ", ".join(f"{k}: stored {a!r} vs given {b!r}" for k, (a, b) in diff.items())
             raise SettingsMismatch(
                 f"Run {slug!r} already exists in this database with other settings ({shown}). "
