@@ -7,7 +7,7 @@ Nothing here touches the database: the views pass what ``app.queries`` read.
 
 from __future__ import annotations
 
-from precompute.pairs import not_kept_reason
+from precompute.pairs import not_kept_reason, too_few_prompts
 
 DONE, NOT_COMPUTED, SKIPPED, NOT_APPLICABLE = "done", "not_computed", "skipped", "not_applicable"
 
@@ -28,6 +28,15 @@ def kept_reason(pair, settings) -> str | None:
     if get("kept"):
         return None
     return not_kept_reason(get("n_prompts"), get("n_active"), settings) or "outside the run's pair rule"
+
+
+def no_pair_reason(n_explain: int, settings) -> str:
+    """Why a selected neuron has no kept pair, given its number of explain prompts."""
+    if not n_explain:
+        return "it has no activating explain prompt"
+    return too_few_prompts(n_explain, settings) or (
+        f"no head is active on {settings.pair_min_fraction:g}-{settings.pair_max_fraction:g} of its "
+        f"{n_explain} explain prompts")
 
 
 def explanation_state(*, kept_why: str | None, n_explanations: int) -> dict:

@@ -9,7 +9,6 @@ import math
 from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
-from precompute.pairs import too_few_prompts
 from precompute.settings import Settings
 
 from . import queries as Q
@@ -131,10 +130,7 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     no_pair_reason = None
     if not pairs and n.kind != "other":
         n_explain = len(prompts) if split == "explain" else Q.count_prompts(s, neuron_id=n.id)
-        rs = Settings.of_run(run.settings)
-        no_pair_reason = (too_few_prompts(n_explain, rs) if n_explain else "it has no activating explain prompt")
-        no_pair_reason = no_pair_reason or (f"no head is active on {rs.pair_min_fraction:g}-"
-                                            f"{rs.pair_max_fraction:g} of its {n_explain} explain prompts")
+        no_pair_reason = states.no_pair_reason(n_explain, Settings.of_run(run.settings))
     docs = []
     if n.kind == "other" or not prompts:
         docs = _tokenized_docs(live, run, Q.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
@@ -158,8 +154,8 @@ def neuron_brief(s: Session, live: Live, *, slug: str, layer: int, neuron_: int,
     """What the live fragment needs besides the live result (no prompts, no pairs)."""
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
-    return {"run": run_dict(run), "neuron": neuron_dict(n, live.partial_tokens(run)), "score": score, "split": "explain",
-            "links": {}, "live": None, "live_error": None}
+    return {"run": run_dict(run), "neuron": neuron_dict(n, live.partial_tokens(run)), "score": score,
+            "split": "explain", "links": {}, "live": None, "live_error": None}
 
 
 def live_result(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
