@@ -226,7 +226,8 @@ _KIND_COLOURS = {"next_token": "#d6604d", "random": "#4393c3", "other": "#999999
 def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0,
                   width: int = 420, height: int = 180, title: str = "explanation score E") -> Markup:
     """A grouped histogram of E in [lo, hi] as inline SVG (no JavaScript), bars side by side
-    per bin, with axis ticks and a legend. Labels are escaped."""
+    per bin, with axis ticks and a legend in its own row below the axis (``height`` is the
+    plot's; the legend adds 18 px), so it never covers a bar. Labels are escaped."""
     names = [k for k in ("next_token", "random", "other") if groups.get(k)] + \
         [k for k in groups if k not in _KIND_COLOURS and groups[k]]
     if not names:
