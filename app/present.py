@@ -243,7 +243,7 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
     pw, ph = width - ml - 8, height - mb - mt - lh
     bw = pw / bins
     parts = [f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'role="img" aria-label="{escape(title)} histogram">',
+             f'font-size="10" role="img" aria-label="{escape(title)} histogram">',
              f'<text x="{ml}" y="14" class="hist-title">{escape(title)}</text>']
     for j in range(5):
         y = mt + ph - ph * j / 4
