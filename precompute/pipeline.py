@@ -178,7 +178,8 @@ def compute_prompts(s, run_id: int, model: LoadedModel, neurons: list[Neuron], c
                 rows = tokenize_batch(model, [t.text for t in tops], ctx)
                 items += [(q, split, t, row) for t, row in zip(tops, rows)]
     trims = trim_many(model, [TrimTask(row, t.position, neurons[q].layer, neurons[q].neuron, t.act)
-                              for q, _, t, row in items], act_ratio=settings.act_ratio)
+                              for q, _, t, row in items], act_ratio=settings.act_ratio,
+                      max_len=settings.max_prompt_tokens)
     keep = [(it, tr) for it, tr in zip(items, trims)
             if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
     prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
