@@ -187,7 +187,7 @@ def mean_grid(grids: list[list[list[float]]]) -> list[list[float]]:
 # --- histogram -----------------------------------------------------------------------------------
 
 def score_groups(table: dict) -> dict[str, list[float]]:
-    """{kind: scores} of an ``explain.score_table`` result (for the histogram)."""
+    """{kind: scores} of an ``report.score_table`` result (for the histogram)."""
     return {k: row.get("scores") or [] for k, row in (table.get("kinds") or {}).items()}
 
 

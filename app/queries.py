@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from precompute.ablation import ablation_table, pair_ablation_stats
 from precompute.errors import NotFound
-from precompute.explain import score_table
+from precompute.report import comparison_table, explainers_of_run, score_table
 from precompute.schema import (Ablation, Classification, Document, Explanation, Neuron, Pair,
                                Prompt, Run, TopActivation)
 
@@ -76,7 +76,7 @@ def ablation_methods(session: Session, *, run_id: int) -> list[str]:
 
 def findings(session: Session, *, run_id: int) -> dict:
     """The paper's two tables for one run, from precompute: explanation scores E of next-token
-    vs random neurons per explainer (``explain.score_table``) and ablation drops of active vs
+    vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
     inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed."""
     return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex)
                              for ex in explainers(session, run_id=run_id)},
