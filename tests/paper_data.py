@@ -38,3 +38,17 @@ def import_sample(db: Path, src: Path | None = None) -> str:
     url = f"sqlite:///{db}"
     assert main(["import-paper", str(src or require_sample()), "--db", url]) == 0
     return url
+
+
+def build_paper_web_db(tmp_path_factory, precomputed_db: Path) -> Path:
+    """A copy of the precomputed database (run computed here) with the sample imported next to
+    it and the baseline explainer run on the imported run: two runs to browse and compare."""
+    import shutil
+
+    from precompute.cli import main
+
+    db = tmp_path_factory.mktemp("paper-web") / "lookups.db"
+    shutil.copy(precomputed_db, db)
+    url = import_sample(db)
+    assert main(["explain", "--db", url, "--run", "gpt2-small", "--explainer", "baseline"]) == 0
+    return db
