@@ -99,7 +99,7 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
     """E distributions of several runs overlaid as inline SVG (no JavaScript): per series a
     translucent step area of the share of its pairs in each bin of [0, 1] (so runs with
     different numbers of pairs compare), with its mean marked by a dashed line. The legend sits
-    right of the plot, never over it. Labels are escaped."""
+    below the plot, never over it. Labels are escaped."""
     series = [(label, vals) for label, vals in series if vals]
     if not series:
         return Markup("")
@@ -110,8 +110,9 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
             counts[min(bins - 1, max(0, int(v * bins)))] += 1
         shares.append([c / len(vals) for c in counts])
     top = max(max(s) for s in shares) or 1.0
-    ml, mr, mt, mb = 40, 170, 22, 28
+    ml, mr, mt, mb = 40, 12, 22, 28
     pw, ph = width - ml - mr, height - mt - mb
+    height += 16 * len(series) + 4  # legend rows under the axis
     bw = pw / bins
 
     def y(v: float) -> float:
@@ -138,9 +139,9 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
                      f'mean {mean:.3f}</title></polygon>'
                      f'<line x1="{ml + mean * pw:.1f}" x2="{ml + mean * pw:.1f}" y1="{mt}" y2="{mt + ph}" '
                      f'stroke="{col}" stroke-dasharray="4 3"/>')
-        ly = mt + 4 + k * 16
-        parts.append(f'<rect x="{ml + pw + 12}" y="{ly}" width="10" height="10" fill="{col}"/>'
-                     f'<text x="{ml + pw + 26}" y="{ly + 9}">{escape(label)} (n={len(vals)}, '
+        ly = mt + ph + mb + k * 16
+        parts.append(f'<rect x="{ml}" y="{ly}" width="10" height="10" fill="{col}"/>'
+                     f'<text x="{ml + 14}" y="{ly + 9}">{escape(label)} (n={len(vals)}, '
                      f'mean {mean:.3f})</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
