@@ -230,7 +230,9 @@ def _explanations(session, mf: ModelFiles, pairs, by_key, heldout, counts) -> No
         return
     prompts = read_pair_keys(mf, "expl_dict", None)
     results = load_results(mf.found["expl_results"], mf.rel("expl_results"))
-    cls_prompts = read_pair_keys(mf, "eval", "classify_prompts") if "eval" in mf.found else {}
+    # Answers need the held-out prompts' ground truth, i.e. the test attributions too.
+    cls_prompts = (read_pair_keys(mf, "eval", "classify_prompts")
+                   if {"eval", "attr_test"} <= set(mf.found) else {})
     answers: dict[str, dict] = {}
     for role in ("cls_results", "cls_results_10"):  # the authors' dict, then .update (later wins)
         if role in mf.found:
@@ -255,7 +257,7 @@ def _explanations(session, mf: ModelFiles, pairs, by_key, heldout, counts) -> No
             p = heldout.get(key[:2], {}).get(shown[:-len(n.token)])
             if p is None:
                 raise PaperFormatError(f"{cwhere}: held-out prompt {shown[:40]!r} is not a text of the "
-                                       f"neuron in {mf.rel('attr_test') if 'attr_test' in mf.found else 'the test attributions (missing)'}.")
+                                       f"neuron in {mf.rel('attr_test')}.")
             ans = answers.get(cprompt)
             if ans is None or ans["content"] is None:
                 continue
