@@ -14,14 +14,15 @@ import torch
 from sqlalchemy import delete, insert, select, update
 from tqdm.auto import tqdm
 
-from .attribution import active_heads_of_run, attribute, head_label, scored_layers, upstream_attn_layers
+from .attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
 from .db import open_writer, sessions
 from .models import LoadedModel, load_model
 from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
                          select_next_token_neurons)
 from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
-from .scan import scan, tokenize_batch, trim
+from .passes import batched_pass
+from .scan import TrimTask, scan, tokenize_batch, trim_many
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 from .settings import Settings
 from .store import get_or_create_run, is_done, now, phase_seconds, unit_of_work
@@ -40,7 +41,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     torch.manual_seed(settings.seed)
     engine = open_writer(settings.db_url)
     Session = sessions(engine)
-    model = model or load_model(settings.model)
+    model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
     layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
         else default_layers(model.n_layers)
     ctx = settings.context_tokens or model.n_ctx
@@ -61,11 +62,19 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
                 scans[split] = store_scan(s, run_id, model, corpus[split], split, layers, ctx, settings)
         selected = s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")
                              .order_by(Neuron.layer, Neuron.neuron)).all()
-        for n in tqdm(selected, desc="prompts+attribution", unit="neuron", dynamic_ncols=True):
-            name = f"prompts:L{n.layer}N{n.neuron}"
-            if not is_done(s, run_id, name):
-                with unit_of_work(s, run_id, name) as st:
-                    st.update(store_prompts(s, run_id, model, n, ctx, settings))
+        groups = [selected[i:i + settings.neurons_per_pass]
+                  for i in range(0, len(selected), settings.neurons_per_pass)]
+        bar = tqdm(total=len(selected), desc="prompts+attribution", unit="neuron", dynamic_ncols=True)
+        for group in groups:
+            todo = [n for n in group if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}")]
+            if todo:  # the whole group is computed, so its batches are those of a run never killed
+                for n, (rows, stats) in zip(group, compute_prompts(s, run_id, model, group, ctx, settings)):
+                    if n in todo:
+                        with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
+                            store_prompts(s, n, rows, stats)
+                            st.update(stats)
+            bar.update(len(group))
+        bar.close()
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
                 st.update(store_pairs(s, run_id, model, settings))
@@ -144,53 +153,68 @@ def store_scan(s, run_id: int, model: LoadedModel, docs, split: str, layers: lis
         return st
 
 
-def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, settings: Settings) -> dict:
-    """§2-§3 for one selected neuron: trim its top documents of both splits, attribute each
-    trimmed prompt to the upstream heads, mark the active heads."""
-    stats = {}
-    n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
-    for split in SPLITS:
-        tops = s.execute(select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position,
-                                TopActivation.act, Document.text)
-                         .join(Document, (Document.run_id == TopActivation.run_id)
-                               & (Document.split == TopActivation.split)
-                               & (Document.idx == TopActivation.doc_idx))
-                         .where(TopActivation.run_id == run_id, TopActivation.split == split,
-                                TopActivation.layer == n.layer, TopActivation.neuron == n.neuron,
-                                TopActivation.act > 0)
-                         .order_by(TopActivation.rank)).all()
-        if not tops:
-            stats[split] = 0
-            continue
-        rows = tokenize_batch(model, [t.text for t in tops], ctx)
-        trims = trim(model, rows, [t.position for t in tops], n.layer, n.neuron,
-                     act_ratio=settings.act_ratio, orig_acts=[t.act for t in tops])
-        keep = [(t, row, tr) for t, row, tr in zip(tops, rows, trims)
-                if t.position + 1 - tr[0] < settings.max_prompt_tokens]
-        if not keep:
-            stats[split] = 0
-            continue
-        prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for t, row, tr in keep]
-        att = attribute(model, prompts, n.layer, n.neuron)
-        scores = att.raw[:, :n_scored].flatten(1)
-        active = active_heads_of_run(scores, settings)
-        for j, (t, row, tr) in enumerate(keep):
-            ids = prompts[j][1:]
-            labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
-                      if active[j, k * model.n_heads + h]]
-            s.add(Prompt(neuron_id=n.id, split=split, rank=t.rank, doc_idx=t.doc_idx, start=tr[0],
-                         end=t.position + 1, text=model.tokenizer.decode(ids), token_ids=ids,
-                         tokens=[model.token_str(i) for i in ids], acts=att.acts[j][1:],
-                         act=float(att.act[j]), doc_act=float(tr[1]),
-                         attr_raw=att.raw[j].tolist(), attr_ln=att.ln[j].tolist(),
-                         other_ln={k: float(v[j]) for k, v in att.other.items()},
-                         pre=float(att.pre[j]), active=labels))
-        stats[split] = len(keep)
+def compute_prompts(s, run_id: int, model: LoadedModel, neurons: list[Neuron], ctx: int,
+                    settings: Settings) -> list[tuple[list[dict], dict]]:
+    """§2-§3 for a group of selected neurons (any layers), batched across neurons and prompts:
+    trim the top documents of both splits (:func:`~precompute.scan.trim_many`), attribute each
+    trimmed prompt to the upstream heads in batched passes, mark the active heads.
+
+    Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.schema.Prompt` fields
+    (without ``neuron_id``) in storage order (split, then rank), and ``{split: n_prompts}``.
+    Reads the database only; nothing is written.
+    """
+    items = []  # (neuron index, split, top row, token row)
+    for q, n in enumerate(neurons):
+        for split in SPLITS:
+            tops = s.execute(select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position,
+                                    TopActivation.act, Document.text)
+                             .join(Document, (Document.run_id == TopActivation.run_id)
+                                   & (Document.split == TopActivation.split)
+                                   & (Document.idx == TopActivation.doc_idx))
+                             .where(TopActivation.run_id == run_id, TopActivation.split == split,
+                                    TopActivation.layer == n.layer, TopActivation.neuron == n.neuron,
+                                    TopActivation.act > 0)
+                             .order_by(TopActivation.rank)).all()
+            if tops:
+                rows = tokenize_batch(model, [t.text for t in tops], ctx)
+                items += [(q, split, t, row) for t, row in zip(tops, rows)]
+    trims = trim_many(model, [TrimTask(row, t.position, neurons[q].layer, neurons[q].neuron, t.act)
+                              for q, _, t, row in items], act_ratio=settings.act_ratio,
+                      max_len=settings.max_prompt_tokens)
+    keep = [(it, tr) for it, tr in zip(items, trims)
+            if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
+    prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
+    atts = batched_pass(model, prompts, [(neurons[q].layer, neurons[q].neuron) for (q, _, _, _), _ in keep]) \
+        if prompts else []
+    out: list[tuple[list[dict], dict]] = [([], {split: 0 for split in SPLITS}) for _ in neurons]
+    for ((q, split, t, row), tr), prompt, att in zip(keep, prompts, atts):
+        n = neurons[q]
+        n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
+        active = active_heads_of_run(att.raw[:, :n_scored].flatten(1), settings)[0]
+        ids = prompt[1:]
+        labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
+                  if active[k * model.n_heads + h]]
+        out[q][0].append(dict(split=split, rank=t.rank, doc_idx=t.doc_idx, start=tr[0],
+                              end=t.position + 1, text=model.tokenizer.decode(ids), token_ids=ids,
+                              tokens=[model.token_str(i) for i in ids], acts=att.acts[0][1:],
+                              act=float(att.act[0]), doc_act=float(tr[1]), attr_raw=att.raw[0].tolist(),
+                              attr_ln=att.ln[0].tolist(), other_ln=att.other[0], pre=float(att.pre[0]),
+                              active=labels))
+        out[q][1][split] += 1
+    for rows, _ in out:  # storage order: split, then rank (as the scan ranked them)
+        rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["rank"]))
+    return out
+
+
+def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
+    """Add one neuron's prompts (from :func:`compute_prompts`) to the session; mark a neuron
+    without explain-split prompt."""
+    for r in rows:
+        s.add(Prompt(neuron_id=n.id, **r))
     if not stats.get("explain"):
         n.status = "no_activating_prompt"
         logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "
                        "larger corpus (--dataset, --n-docs)", n.layer, n.neuron, n.kind)
-    return stats
 
 
 def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
@@ -230,7 +254,7 @@ def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
     from .ablation import ablation_table
-    from .explain import explainers_of_run, score_table
+    from .report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {

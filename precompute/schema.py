@@ -50,6 +50,10 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True,
                                                          doc="UTC; empty while running")
     summary: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="figures of the last run")
+    provenance: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="where an imported run's data "
+                                                    "came from (lookups import-paper): source repository, "
+                                                    "commit, licence, files read, what was missing; empty "
+                                                    "for runs computed here")
 
 
 class Phase(Base):
@@ -78,7 +82,8 @@ class Neuron(Base):
     neuron: Mapped[int] = mapped_column(Integer, doc="0-based index in the layer (0..d_mlp-1)")
     kind: Mapped[str] = mapped_column(String(12), default="other", doc="next_token|random|other")
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="rank by congruence in layer")
-    token_id: Mapped[int] = mapped_column(Integer, doc="argmax_t W_out[l,i]·W_U[:,t]")
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="argmax_t W_out[l,i]·W_U[:,t]; "
+                                                 "empty: not recorded (imported runs)")
     token: Mapped[str] = mapped_column(Text, doc="text of token_id decoded alone (a partial UTF-8 "
                                        "character shows as U+FFFD)")
     congruence: Mapped[float] = mapped_column(Float, doc="W_out[l,i]·W_U[:,token_id] after weight "
@@ -127,20 +132,27 @@ class Prompt(Base):
     neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id", ondelete="CASCADE"))
     split: Mapped[str] = mapped_column(String(10), doc="explain|heldout")
     rank: Mapped[int] = mapped_column(Integer, doc="rank of its document in the scan's top-k")
-    doc_idx: Mapped[int] = mapped_column(Integer, doc="documents.idx of its document")
-    start: Mapped[int] = mapped_column(Integer, doc="prompt = [BOS] + doc_tokens_with_bos[start:end]")
-    end: Mapped[int] = mapped_column(Integer, doc="exclusive; end - 1 = max-activating position")
+    # Imported runs leave the fields below None (and token_ids/acts/attr_* empty) where the
+    # authors' files do not record them.
+    doc_idx: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="documents.idx of its document")
+    start: Mapped[int | None] = mapped_column(Integer, nullable=True,
+                                              doc="prompt = [BOS] + doc_tokens_with_bos[start:end]")
+    end: Mapped[int | None] = mapped_column(Integer, nullable=True,
+                                            doc="exclusive; end - 1 = max-activating position")
     text: Mapped[str] = mapped_column(Text, doc="decoded prompt (without BOS)")
     token_ids: Mapped[list] = mapped_column(JSON, doc="without BOS")
     tokens: Mapped[list] = mapped_column(JSON, doc="token strings, without BOS")
     acts: Mapped[list] = mapped_column(JSON, doc="neuron act at each token, without BOS")
-    act: Mapped[float] = mapped_column(Float, doc="act at the last token of the trimmed prompt")
-    doc_act: Mapped[float] = mapped_column(Float, doc="act at the same token in the full document")
+    act: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                              doc="act at the last token of the trimmed prompt")
+    doc_act: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                                  doc="act at the same token in the full document")
     attr_raw: Mapped[list] = mapped_column(JSON, doc="[attn_layer][head], paper's score")
     attr_ln: Mapped[list] = mapped_column(JSON, doc="[attn_layer][head], LN-aware score")
     other_ln: Mapped[dict] = mapped_column(JSON, doc="LN-aware non-head contributions")
-    pre: Mapped[float] = mapped_column(Float, doc="hook_pre at the last token")
-    active: Mapped[list] = mapped_column(JSON, doc="['L0H3', ...] by the run's rule (raw score)")
+    pre: Mapped[float | None] = mapped_column(Float, nullable=True, doc="hook_pre at the last token")
+    active: Mapped[list] = mapped_column(JSON, doc="['L0H3', ...] by the run's rule (raw score); "
+                                         "top-k: largest first")
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "split", "rank"),
                       Index("ix_prompts_neuron", "neuron_id", "split", "rank"))
@@ -160,10 +172,11 @@ class Pair(Base):
     n_prompts: Mapped[int] = mapped_column(Integer, doc="the neuron's explain prompts")
     n_active: Mapped[int] = mapped_column(Integer, doc="explain prompts on which the head is active")
     active_fraction: Mapped[float] = mapped_column(Float, doc="n_active / n_prompts")
-    mean_attr_raw: Mapped[float] = mapped_column(Float,
-                                                 doc="mean raw head attribution, residual-stream units")
-    mean_attr_ln: Mapped[float] = mapped_column(Float,
-                                                doc="mean LN-aware head attribution, pre-activation units")
+    mean_attr_raw: Mapped[float | None] = mapped_column(Float, nullable=True, doc="mean raw head "
+                                                        "attribution, residual-stream units; empty: not "
+                                                        "recorded")
+    mean_attr_ln: Mapped[float | None] = mapped_column(Float, nullable=True, doc="mean LN-aware head "
+                                                       "attribution, pre-activation units")
     kept: Mapped[bool] = mapped_column(Boolean,
                                        doc="kept by the run's rule: at least pair_min_prompts prompts, "
                                        "active on pair_min_fraction..pair_max_fraction of them")

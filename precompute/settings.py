@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     run_name: str | None = Field(None, description="Name (URL slug) of the run; default: derived "
                                  "from the model name. Use another name to keep a second run of "
                                  "the same model with other settings.")
+    device: str = Field("auto", description="Torch device of the model: auto (cuda, else mps, "
+                        "else cpu), cpu, cuda, cuda:N or mps.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of "
+                                                             "the model's weights and forward "
+                                                             "passes; statistics stay float32.")
 
     # --- §1 next-token neurons ---------------------------------------------------------------
     layers: list[int] | None = Field(None, description="0-based MLP layers to analyse; default "
@@ -74,6 +79,9 @@ class Settings(BaseSettings):
     context_tokens: int | None = Field(None, ge=2, description="Tokens per document incl. BOS "
                                        "(default: the model's context length).")
     batch_size: int = Field(16, ge=1, description="Documents per forward pass in the scan.")
+    neurons_per_pass: int = Field(8, ge=1, description="Selected neurons whose trimming and "
+                                  "attribution share batched forward passes (a resumed job "
+                                  "recomputes an interrupted group whole).")
     top_k: int = Field(20, ge=1, description="Top documents kept per neuron and split.")
     act_ratio: float = Field(0.8, gt=0, le=1, description="Trimming keeps the latest start at "
                              "which the neuron still reaches this fraction of its activation.")
