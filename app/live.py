@@ -29,6 +29,8 @@ from precompute.hooks import fast_supported, length_batches
 from precompute.models import LoadedModel, load_model, resolve_device
 from precompute.schema import Neuron, Run
 from precompute.settings import EMBEDDED_MODEL, Settings
+from precompute.tokens import partial_tokens
+from precompute.tokens import partial_tokens
 
 from .engine import Engine
 from .settings import WebSettings
@@ -95,6 +97,7 @@ class Live:
         self._failed: dict[str, ModelNotAvailable] = {}
         self._sources: dict[str, str] = {}  # run slug -> model source
         self._tokenizers: dict[str, object] = {}
+        self._partial: dict[str, dict[int, bytes]] = {}
         self._lock = threading.Lock()  # cache, in-flight requests, counters
         self._cache = LRUCache(settings.live_cache_size) if settings.live_cache_size else None
         self._inflight: dict[tuple, Future] = {}
@@ -174,6 +177,28 @@ class Live:
                 logger.info("no tokenizer for run %s: %s", run.slug, exc)
             self._tokenizers[run.slug] = tok
         return self._tokenizers[run.slug]
+
+    def partial_tokens(self, run: Run) -> dict[int, bytes]:
+        """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
+        (:func:`precompute.tokens.partial_tokens`; empty without a tokenizer), kept per run."""
+        got = self._partial.get(run.slug)
+        if got is None:
+            tok = self.tokenizer(run)
+            with self.tok_lock:
+                got = partial_tokens(tok) if tok is not None else {}
+            self._partial[run.slug] = got
+        return got
+
+    def partial_tokens(self, run: Run) -> dict[int, bytes]:
+        """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
+        (:func:`precompute.tokens.partial_tokens`; empty without a tokenizer), kept per run."""
+        got = self._partial.get(run.slug)
+        if got is None:
+            tok = self.tokenizer(run)
+            with self.tok_lock:
+                got = partial_tokens(tok) if tok is not None else {}
+            self._partial[run.slug] = got
+        return got
 
     # --- inputs ------------------------------------------------------------------------------
     def parse_ablate(self, run: Run, text: str | None) -> list[tuple[int, int]]:

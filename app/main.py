@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from precompute.db import open_reader, sessions
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
 
-from . import present, urls
+from . import present, states, urls
 from .engine import LiveBusy
 from .live import BadLiveInput, Live
 from .queries import list_runs
@@ -44,7 +44,7 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env.globals.update(urls=urls, legend=present.legend, histogram_svg=present.histogram_svg,
                        score_groups=present.score_groups, tokens_html=present.tokens_html,
                        prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
-                       html_cache=present.HtmlCache())
+                       html_cache=present.HtmlCache(), state_text=states.text)
     return Jinja2Templates(env=env)
 
 
@@ -95,8 +95,9 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
 
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir)), name="static")
-    from .routes import docs, fragments, health, pages
+    from .routes import compare, docs, fragments, health, pages
 
+    app.include_router(compare.router)
     app.include_router(docs.router)
     app.include_router(health.router)
     app.include_router(fragments.router)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from precompute.attribution import head_label
+from precompute.tokens import escaped, joined_text
 
 # --- colours -----------------------------------------------------------------------------------
 _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
@@ -67,6 +68,24 @@ def visible(token: str) -> str:
     return token.translate(_VISIBLE) if token else "∅"
 
 
+def token_fields(token_ids, texts, partial) -> dict:
+    """The shown form of a sequence of tokens: ``tokens_escaped`` (each token's text, partial
+    UTF-8 characters as escaped bytes ``\\xe2\\x82``) and ``tokens_joined`` (for each partial
+    token, the text of the run of partial tokens it belongs to; else None). ``partial`` is
+    :func:`precompute.tokens.partial_tokens` of the run's tokenizer (empty when unknown: the
+    texts are then shown as stored). Every token shown by the explorer goes through here."""
+    texts = list(texts or [])
+    if token_ids is None or len(token_ids) != len(texts):  # no ids (imported data): as stored
+        return {"tokens_escaped": texts, "tokens_joined": [None] * len(texts)}
+    return {"tokens_escaped": escaped(token_ids, texts, partial),
+            "tokens_joined": joined_text(token_ids, partial)}
+
+
+def token_escaped(token_id: int, text: str, partial) -> str:
+    """One token's shown text (see :func:`token_fields`)."""
+    return escaped([token_id], [text], partial)[0]
+
+
 def fmt(x, digits: int = 3) -> str:
     if type(x) is float:  # the common case first: a page formats thousands of floats
         if not math.isfinite(x):
@@ -91,13 +110,16 @@ def _tok_text(token: str) -> str:
 
 
 def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | None = None,
-                pick: str | None = None, selected: int | None = None) -> Markup:
+                pick: str | None = None, selected: int | None = None, joined: list | None = None) -> Markup:
     """Tokens as spans coloured by activation, each with its value in ``title``.
 
     Built here rather than in a Jinja macro because a page holds thousands of tokens. Every
-    token text is escaped. With ``pick`` (a form's id), each token is a submit button of that
-    form carrying only ``pos=i``: the form holds the prompt once, so the markup grows linearly
-    with the prompt (a link per token repeating the whole prompt grew with its square)."""
+    token text is escaped; ``toks`` are the escaped token texts (:func:`token_fields`);
+    ``joined[i]``, when given and not None, marks token ``i`` as a partial UTF-8 character and
+    names the text its bytes form with their neighbours (in the tooltip). With ``pick`` (a
+    form's id), each token is a submit button of that form carrying only ``pos=i``: the form
+    holds the prompt once, so the markup grows linearly with the prompt (a link per token
+    repeating the whole prompt grew with its square)."""
     out = ['<span class="toks">']
     n_acts = len(acts) if acts else 0
     for i, t in enumerate(toks):
@@ -107,13 +129,19 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
             cls += " max"
         if selected is not None and i == selected:
             cls += " sel"
+        part = joined[i] if joined and i < len(joined) else None
+        note = ""
+        if part is not None:
+            cls += " bytes"
+            note = f" (bytes of “{escape(visible(part))}”)"
         text = _tok_text(t)
         style = colour(a, scale)
         if pick is not None:
             out.append(f'<button type="submit" form="{pick}" name="pos" value="{i}" class="{cls}" '
-                       f'style="background:{style}" title="#{i}: act {fmt(a, 4)}">{text}</button>')
+                       f'style="background:{style}" title="#{i}{note}: act {fmt(a, 4)}">{text}</button>')
         else:
-            out.append(f'<span class="{cls}" style="background:{style}" title="#{i}: act {fmt(a, 4)}">{text}</span>')
+            out.append(f'<span class="{cls}" style="background:{style}" '
+                       f'title="#{i}{note}: act {fmt(a, 4)}">{text}</span>')
     out.append("</span>")
     return Markup("".join(out))
 
@@ -199,7 +227,8 @@ class HtmlCache:
     def prompt_tokens(self, p: dict, scale: float) -> Markup:
         """:func:`tokens_html` of a stored prompt (a ``prompt_dict``), max token marked."""
         return Markup(self.get(("tokens", p["id"], p["act"], scale),
-                               lambda: str(tokens_html(p["tokens"], p["acts"], scale, mark=p["max_pos"]))))
+                               lambda: str(tokens_html(p["tokens_escaped"], p["acts"], scale, mark=p["max_pos"],
+                                                       joined=p["tokens_joined"]))))
 
 
 # --- rows as dicts -------------------------------------------------------------------------------
@@ -210,23 +239,30 @@ def run_dict(run, counts: dict | None = None) -> dict:
          "n_heads": run.n_heads, "d_mlp": run.d_mlp, "d_model": run.d_model, "status": run.status,
          "started_at": run.started_at.isoformat() if run.started_at else None,
          "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-         "package_version": run.package_version}
+         "package_version": run.package_version, "provenance": getattr(run, "provenance", None)}
     if counts is not None:
         d["counts"] = counts
     return d
 
 
-def neuron_dict(n) -> dict:
+def neuron_dict(n, partial=None) -> dict:
+    """A neuron row; ``token_escaped`` is its token as shown (:func:`token_fields`)."""
+    partial = partial or {}
     return {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "rank": n.rank,
-            "token_id": n.token_id, "token": n.token, "congruence": n.congruence,
-            "top_tokens": [{"token_id": t[0], "token": t[1], "congruence": t[2]} for t in n.top_tokens or []],
+            "token_id": n.token_id, "token": n.token,
+            "token_escaped": token_escaped(n.token_id, n.token, partial), "congruence": n.congruence,
+            "top_tokens": [{"token_id": t[0], "token": t[1], "token_escaped": token_escaped(t[0], t[1], partial),
+                            "congruence": t[2]} for t in n.top_tokens or []],
             "max_act": n.max_act, "status": n.status, "best_score": n.best_score}
 
 
-def prompt_dict(p) -> dict:
+def prompt_dict(p, partial=None) -> dict:
     return {"id": p.id, "split": p.split, "rank": p.rank, "doc_idx": p.doc_idx, "start": p.start,
             "end": p.end, "text": p.text, "tokens": p.tokens, "token_ids": p.token_ids,
-            "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts else None,
+            **token_fields(p.token_ids, p.tokens, partial or {}),
+            # Without recorded per-token activations (imported runs) the max is the last token.
+            "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts
+            else (len(p.tokens) - 1 if p.tokens else None),
             "act": p.act, "doc_act": p.doc_act, "pre": p.pre,
             "attr_raw": p.attr_raw, "attr_ln": p.attr_ln, "other_ln": p.other_ln, "active": p.active}
 
@@ -239,9 +275,14 @@ def pair_dict(p) -> dict:
 
 
 def explanation_dict(e) -> dict:
+    from precompute.scoring import authors_score
+
+    st = e.settings or {}
     return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": e.text,
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
-            "n_unparsed": e.n_unparsed, "error": e.error}
+            "n_unparsed": e.n_unparsed, "error": e.error,
+            "score_authors": authors_score(e.score, e.tpr, e.tnr),
+            "truncated": bool(st.get("truncated")), "source": st.get("source")}
 
 
 def ablation_dict(a) -> dict:
@@ -268,7 +309,7 @@ def mean_grid(grids: list[list[list[float]]]) -> list[list[float]]:
 # --- histogram -----------------------------------------------------------------------------------
 
 def score_groups(table: dict) -> dict[str, list[float]]:
-    """{kind: scores} of an ``explain.score_table`` result (for the histogram)."""
+    """{kind: scores} of an ``report.score_table`` result (for the histogram)."""
     return {k: row.get("scores") or [] for k, row in (table.get("kinds") or {}).items()}
 
 
@@ -278,7 +319,8 @@ _KIND_COLOURS = {"next_token": "#d6604d", "random": "#4393c3", "other": "#999999
 def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0,
                   width: int = 420, height: int = 180, title: str = "explanation score E") -> Markup:
     """A grouped histogram of E in [lo, hi] as inline SVG (no JavaScript), bars side by side
-    per bin, with axis ticks and a legend. Labels are escaped."""
+    per bin, with axis ticks and a legend in its own row below the axis (``height`` is the
+    plot's; the legend adds 18 px), so it never covers a bar. Labels are escaped."""
     names = [k for k in ("next_token", "random", "other") if groups.get(k)] + \
         [k for k in groups if k not in _KIND_COLOURS and groups[k]]
     if not names:
@@ -289,11 +331,12 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
             i = min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))
             counts[k][i] += 1
     top = max(max(c) for c in counts.values()) or 1
-    ml, mb, mt = 34, 28, 22
-    pw, ph = width - ml - 8, height - mb - mt
+    ml, mb, mt, lh = 34, 28, 22, 18  # margins; lh: the legend's own band below the axis
+    height += lh
+    pw, ph = width - ml - 8, height - mb - mt - lh
     bw = pw / bins
     parts = [f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'role="img" aria-label="{escape(title)} histogram">',
+             f'font-size="10" role="img" aria-label="{escape(title)} histogram">',
              f'<text x="{ml}" y="14" class="hist-title">{escape(title)}</text>']
     for j in range(5):
         y = mt + ph - ph * j / 4
@@ -312,10 +355,12 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
         x = ml + i * bw
         parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" text-anchor="middle">'
                      f'{lo + i * (hi - lo) / bins:.1f}</text>')
-    for j, k in enumerate(names):
-        x = ml + pw - 110
-        y = mt + 4 + j * 14
-        parts.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{_KIND_COLOURS.get(k, "#666")}"/>'
-                     f'<text x="{x + 14}" y="{y + 9}">{escape(k)} (n={len(groups[k])})</text>')
+    x, y = ml, height - lh + 4  # legend in a row below the axis labels, never over the bars
+    for k in names:
+        label = f"{k} (n={len(groups[k])})"
+        parts.append(f'<g class="hist-key"><rect x="{x}" y="{y}" width="10" height="10" '
+                     f'fill="{_KIND_COLOURS.get(k, "#666")}"/>'
+                     f'<text x="{x + 14}" y="{y + 9}">{escape(label)}</text></g>')
+        x += 14 + 6 * len(label) + 12  # ~6 px per character at the 10 px font
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -20,6 +20,7 @@ from .db import open_writer, sessions
 from .models import LoadedModel, load_model
 from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
                          select_next_token_neurons)
+from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
 from .passes import batched_pass
 from .scan import TrimTask, scan, tokenize_batch, trim_many
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
@@ -178,7 +179,8 @@ def compute_prompts(s, run_id: int, model: LoadedModel, neurons: list[Neuron], c
                 rows = tokenize_batch(model, [t.text for t in tops], ctx)
                 items += [(q, split, t, row) for t, row in zip(tops, rows)]
     trims = trim_many(model, [TrimTask(row, t.position, neurons[q].layer, neurons[q].neuron, t.act)
-                              for q, _, t, row in items], act_ratio=settings.act_ratio)
+                              for q, _, t, row in items], act_ratio=settings.act_ratio,
+                      max_len=settings.max_prompt_tokens)
     keep = [(it, tr) for it, tr in zip(items, trims)
             if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
     prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
@@ -216,8 +218,10 @@ def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
 
 
 def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
-    """§3: (neuron, head) pairs over each neuron's explain prompts; kept when the head is
-    active on pair_min_fraction..pair_max_fraction of them."""
+    """§3: (neuron, head) pairs over each neuron's explain prompts; kept by
+    :func:`precompute.pairs.not_kept_reason` (at least pair_min_prompts prompts, head active on
+    pair_min_fraction..pair_max_fraction of them). Neurons with too few prompts get the status
+    ``too_few_prompts``."""
     run = s.get(Run, run_id)
     s.execute(delete(Pair).where(Pair.run_id == run_id))
     rows, kept = [], 0
@@ -225,6 +229,8 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
         ps = s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "explain")).all()
         if not ps:
             continue
+        if too_few_prompts(len(ps), settings):
+            n.status = TOO_FEW_PROMPTS
         raw = torch.tensor([p.attr_raw for p in ps])
         ln = torch.tensor([p.attr_ln for p in ps])
         n_scored = scored_layers(n.layer, settings.heads_upto, raw.shape[1])  # as store_prompts
@@ -233,7 +239,7 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
                 lab = head_label(k, h)
                 n_act = sum(lab in p.active for p in ps)
                 frac = n_act / len(ps)
-                keep = settings.pair_min_fraction <= frac <= settings.pair_max_fraction
+                keep = not_kept_reason(len(ps), n_act, settings) is None
                 kept += keep
                 rows.append(dict(run_id=run_id, neuron_id=n.id, head_layer=k, head=h,
                                  n_prompts=len(ps), n_active=n_act, active_fraction=frac,
@@ -248,7 +254,7 @@ def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
     from .ablation import ablation_table
-    from .explain import explainers_of_run, score_table
+    from .report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {

@@ -12,8 +12,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .hooks import (batches, capture, fast_model, fast_supported, hook_post, hook_pre, length_batches,  # noqa: F401
-                    pad, run_hooks, tokenize_batch)
+from .hooks import batches, capture, fast_model, fast_supported, hook_post, pad, run_hooks, tokenize_batch
+from .hooks import hook_pre, length_batches  # noqa: F401  (re-exported: former home of the helpers)
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -28,17 +28,17 @@ class TopK:
     ``positions[r, n]`` the token position of the max (0-based, BOS at position 0).
     """
 
-    def __init__(self, k: int, n_neurons: int):
+    def __init__(self, k: int, n_neurons: int, device: torch.device | str = "cpu"):
         self.k = k
-        self.values = torch.full((k, n_neurons), float("-inf"))
-        self.docs = torch.full((k, n_neurons), -1, dtype=torch.long)
-        self.positions = torch.zeros((k, n_neurons), dtype=torch.long)
+        self.values = torch.full((k, n_neurons), float("-inf"), device=device)
+        self.docs = torch.full((k, n_neurons), -1, dtype=torch.long, device=device)
+        self.positions = torch.zeros((k, n_neurons), dtype=torch.long, device=device)
 
     def update(self, values: Float[Tensor, "batch n"], positions: Int[Tensor, "batch n"],
                doc_ids: Int[Tensor, "batch"]) -> None:
-        """Merge one batch of per-document maxima into the running top-k (any device; kept on
-        the CPU)."""
-        self._merge(values.float().cpu(), doc_ids.cpu()[:, None].expand_as(values), positions.cpu())
+        """Merge one batch of per-document maxima into the running top-k (on its device)."""
+        dev = self.values.device
+        self._merge(values.float().to(dev), doc_ids.to(dev)[:, None].expand_as(values), positions.to(dev))
 
     @classmethod
     def of(cls, res) -> "TopK":
@@ -51,7 +51,8 @@ class TopK:
         """Merge another running top-k (e.g. of another shard of documents, with its own
         document indices) into this one. Exact: the result is the top-k of the union, ties
         broken by the lower document index, whatever the order of merges."""
-        self._merge(other.values, other.docs, other.positions)
+        dev = self.values.device
+        self._merge(other.values.to(dev), other.docs.to(dev), other.positions.to(dev))
 
     def _merge(self, values: Tensor, docs: Tensor, positions: Tensor) -> None:
         all_v = torch.cat([self.values, values], dim=0)
@@ -124,7 +125,7 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     import time
 
     t0 = time.time()
-    top = TopK(k, len(layers) * model.d_mlp)
+    top = TopK(k, len(layers) * model.d_mlp, device=model.device)
     n_seen = n_tok = 0
     bar = tqdm(total=n_docs, desc=desc, unit="doc", dynamic_ncols=True)
     for batch in batches(texts, batch_size):
@@ -138,8 +139,8 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     bar.close()
     if n_seen == 0:
         raise ValueError("The corpus is empty: nothing to scan.")
-    return ScanResult(layers, model.d_mlp, top.values, top.docs, top.positions, n_seen, n_tok,
-                      time.time() - t0)
+    return ScanResult(layers, model.d_mlp, top.values.cpu(), top.docs.cpu(), top.positions.cpu(),
+                      n_seen, n_tok, time.time() - t0)
 
 
 def doc_maxima(model: LoadedModel, rows: Sequence[Sequence[int]], layers: list[int]
@@ -196,13 +197,18 @@ class TrimTask:
 
 
 def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float,
-              max_tokens: int = 8192, max_rows: int = 64) -> list[tuple[int, float, float]]:
+              max_len: int | None = None, max_tokens: int = 8192,
+              max_rows: int = 64) -> list[tuple[int, float, float]]:
     """:func:`trim` of many (document, neuron) tasks at once (paper §4.2): the binary searches
     of all tasks advance in lockstep, and each step's candidates — of any neurons — run in
     length-sorted batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens, each
     reading only its own neuron at its last token (fast path when the architecture allows it).
 
-    Returns per task ``(start, original_act, trimmed_act)`` exactly as :func:`trim`.
+    Returns per task ``(start, original_act, trimmed_act)`` exactly as :func:`trim`. With
+    ``max_len`` (the job's ``max_prompt_tokens``), a search stops as soon as its prompt can no
+    longer be shorter than ``max_len`` tokens (the prompt will be dropped): its ``start`` is
+    then a start that keeps the ratio but not necessarily the latest, and its prompt is at
+    least ``max_len`` tokens long.
     """
     from .passes import batched_pass
 
@@ -213,7 +219,8 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
     hi = [t.max_position for t in tasks]
     best = list(orig)
     while True:
-        todo = [j for j in range(len(tasks)) if lo[j] < hi[j]]
+        todo = [j for j in range(len(tasks)) if lo[j] < hi[j]
+                and (max_len is None or tasks[j].max_position + 1 - hi[j] < max_len)]
         if not todo:
             break
         mids = {j: (lo[j] + hi[j] + 1) // 2 for j in todo}

@@ -137,6 +137,36 @@ def reference_trim(model, docs, max_positions, layer, neuron, *, act_ratio, orig
                 hi[j] = mids[j] - 1
 
 
+def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_model, small_corpus_dir):
+    from precompute.corpus import load_corpus
+    from precompute.scan import TrimTask, trim_many
+
+    m = tiny_model
+    rows = tokenize_batch(m, [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]][:10], 40)
+    tasks = []
+    for layer, neuron in [(0, 4), (1, 9), (1, 33)]:
+        acts = neuron_acts(m, rows, layer, neuron)
+        for r, a in zip(rows, acts):
+            p = max(range(1, len(a)), key=lambda i: a[i])
+            if a[p] > 0:
+                tasks.append(TrimTask(r, p, layer, neuron, a[p]))
+    ref = []
+    for layer, neuron in [(0, 4), (1, 9), (1, 33)]:
+        ts = [t for t in tasks if (t.layer, t.neuron) == (layer, neuron)]
+        ref += reference_trim(m, [t.row for t in ts], [t.max_position for t in ts], layer, neuron,
+                              act_ratio=0.8, orig_acts=[t.orig_act for t in ts])
+    got = trim_many(m, tasks, act_ratio=0.8, max_tokens=100, max_rows=3)
+    assert [g[0] for g in got] == [r[0] for r in ref] and len(got) >= 10
+    close([g[2] for g in got], [r[2] for r in ref])
+    # stopping the searches whose prompt cannot get shorter than max_len keeps the short ones
+    short = trim_many(m, tasks, act_ratio=0.8, max_len=6)
+    for t, g, r in zip(tasks, short, ref):
+        if t.max_position + 1 - r[0] < 6:
+            assert g[0] == r[0]
+        else:
+            assert t.max_position + 1 - g[0] >= 6
+
+
 def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_model):
     """Row for row, the prompts the job stored equal those of the former per-neuron code
     (bridge bisection, bridge attribute()), on the small test configuration."""
@@ -244,3 +274,36 @@ def test_cuda_pass_equals_cpu(tiny_model_dir, tiny_model):
     close(got.prob.cpu(), ref.prob, rel=1e-4)
     vals, _, _ = doc_maxima(gpu, rows, [0, 1])
     assert vals.device.type == "cuda"
+
+
+@pytest.mark.slow
+def test_bfloat16_job_end_to_end_keeps_the_congruence_ranking(tmp_path, tiny_model_dir, small_corpus_dir,
+                                                               precomputed_db):
+    """``--dtype bfloat16`` runs the whole job on the CPU; its next-token neurons and their
+    congruence ranking agree with float32 (statistics are float32 either way)."""
+    from scipy.stats import spearmanr
+
+    from precompute.cli import main as cli_main
+    from tests.test_precompute_job import _args
+
+    db = tmp_path / "bf16.db"
+    args = _args(db, tiny_model_dir, small_corpus_dir) + ["--dtype", "bfloat16", "--device", "cpu",
+                                                          "--explainer", "none", "--ablation", "none"]
+    assert cli_main(args) == 0
+
+    def ranking(path):
+        con = sqlite3.connect(path)
+        out = con.execute("SELECT layer, neuron, congruence, kind FROM neurons ORDER BY layer, neuron").fetchall()
+        n_prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
+        con.close()
+        return out, n_prompts
+
+    bf, n_bf = ranking(db)
+    fp, n_fp = ranking(precomputed_db)
+    assert [r[:2] for r in bf] == [r[:2] for r in fp]
+    rho = spearmanr([r[2] for r in bf], [r[2] for r in fp]).statistic
+    assert rho > 0.99
+    top_bf = {r[1] for r in bf if r[3] == "next_token"}
+    top_fp = {r[1] for r in fp if r[3] == "next_token"}
+    assert len(top_bf & top_fp) >= len(top_fp) - 1
+    assert n_bf > 0 and abs(n_bf - n_fp) <= max(2, n_fp // 5)
