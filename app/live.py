@@ -116,6 +116,7 @@ class Live:
         futs = []
         for run in runs:
             src = self._sources.setdefault(run.slug, model_source(run, self.settings))
+            self.engine.call(lambda run=run: self.partial_tokens(run))  # pages and live need it
             futs.append(self.engine.call(lambda src=src: self._model(src)))
         return futs
 
