@@ -297,6 +297,8 @@ class Live:
                 self._counts["misses"] += 1
                 if self._cache is not None:
                     self._cache[job.key] = result
+        if job.future.done():  # settled already (e.g. by a failing batch)
+            return
         if error is not None:
             job.future.set_exception(error)
         else:
