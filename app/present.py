@@ -45,8 +45,15 @@ def legend(scale: float, n: int = 5) -> list[dict]:
 
 
 def nice_scale(values, floor: float = 1e-9) -> float:
-    m = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
-    return max(m, floor)
+    """The largest finite ``|v|`` of ``values`` (None, NaN and infinities skipped), at least
+    ``floor``."""
+    m = floor
+    for v in values:
+        if v is not None:
+            a = abs(v)
+            if a > m and a != math.inf:  # NaN compares false
+                m = a
+    return m
 
 
 # --- tokens ------------------------------------------------------------------------------------
@@ -80,6 +87,12 @@ def token_escaped(token_id: int, text: str, partial) -> str:
 
 
 def fmt(x, digits: int = 3) -> str:
+    if type(x) is float:  # the common case first: a page formats thousands of floats
+        if not math.isfinite(x):
+            return str(x)
+        if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 10 ** 6):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
     if x is None:
         return "–"
     if isinstance(x, bool):
@@ -87,23 +100,26 @@ def fmt(x, digits: int = 3) -> str:
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
-        if not math.isfinite(x):
-            return str(x)
-        if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 10 ** 6):
-            return f"{x:.{digits}g}"
-        return f"{x:.{digits}f}"
+        return fmt(float(x), digits)
     return str(x)
 
 
+@lru_cache(maxsize=65536)
+def _tok_text(token: str) -> str:
+    return str(escape(visible(token)))
+
+
 def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | None = None,
-                link=None, selected: int | None = None, joined: list | None = None) -> Markup:
-    """Tokens as spans (or links) coloured by activation, each with its value in ``title``.
+                pick: str | None = None, selected: int | None = None, joined: list | None = None) -> Markup:
+    """Tokens as spans coloured by activation, each with its value in ``title``.
 
     Built here rather than in a Jinja macro because a page holds thousands of tokens. Every
-    token text is escaped; ``link(i)`` / ``link(i, fragment=True)`` give a token's page URL and
-    its htmx fragment URL. ``toks`` are the escaped token texts (:func:`token_fields`);
+    token text is escaped; ``toks`` are the escaped token texts (:func:`token_fields`);
     ``joined[i]``, when given and not None, marks token ``i`` as a partial UTF-8 character and
-    names the text its bytes form with their neighbours (in the tooltip)."""
+    names the text its bytes form with their neighbours (in the tooltip). With ``pick`` (a
+    form's id), each token is a submit button of that form carrying only ``pos=i``: the form
+    holds the prompt once, so the markup grows linearly with the prompt (a link per token
+    repeating the whole prompt grew with its square)."""
     out = ['<span class="toks">']
     n_acts = len(acts) if acts else 0
     for i, t in enumerate(toks):
@@ -118,12 +134,11 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
         if part is not None:
             cls += " bytes"
             note = f" (bytes of “{escape(visible(part))}”)"
-        text = escape(visible(t))
+        text = _tok_text(t)
         style = colour(a, scale)
-        if link is not None:
-            out.append(f'<a class="{cls}" href="{escape(link(i))}" hx-get="{escape(link(i, fragment=True))}" '
-                       f'hx-target="#live" hx-swap="innerHTML" style="background:{style}" '
-                       f'title="#{i} {text}{note}: act {fmt(a, 4)}">{text}</a>')
+        if pick is not None:
+            out.append(f'<button type="submit" form="{pick}" name="pos" value="{i}" class="{cls}" '
+                       f'style="background:{style}" title="#{i}{note}: act {fmt(a, 4)}">{text}</button>')
         else:
             out.append(f'<span class="{cls}" style="background:{style}" '
                        f'title="#{i}{note}: act {fmt(a, 4)}">{text}</span>')
@@ -131,21 +146,89 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
     return Markup("".join(out))
 
 
-def prompt_heat_html(prompts: list[dict], key: str, n_scored: int, n_heads: int, scale: float) -> Markup:
-    """The per-prompt heatmap body: one row per prompt, one cell per scored head (outlined when
-    the head is active on that prompt)."""
-    out = []
-    for p in prompts:
-        grid, active = p[key], set(p["active"])
-        out.append(f'<tr><th>{int(p["rank"])}</th>')
-        for k in range(n_scored):
-            for h, v in enumerate(grid[k]):
-                lab = f"L{k}H{h}"
-                on = lab in active
-                out.append(f'<td class="cell{" act" if on else ""}" style="background:{colour(v, scale)}" '
-                           f'title="prompt {int(p["rank"])}, {lab}: {fmt(v, 4)}{" (active)" if on else ""}"></td>')
-        out.append("</tr>")
+def head_grid_html(grid: list[list[float]], n_scored: int, n_heads: int, scale: float, active=(),
+                   pair_url=None, boxes: str | None = None, ablated=()) -> Markup:
+    """A layer x head heatmap table; rows beyond ``n_scored`` dimmed (not scored for the
+    neuron). Cells link to ``pair_url(k, h)``, or hold ablation checkboxes of form ``boxes``;
+    active heads are outlined, ablated ones marked. (Python, not a Jinja macro: it is on every
+    neuron page and live view.)"""
+    active, ablated = set(active or ()), set(ablated or ())
+    out = ['<table class="heat">\n  <thead><tr><th></th>', "".join(f"<th>H{h}</th>" for h in range(n_heads)),
+           "</tr></thead>\n  <tbody>\n"]
+    form = escape(boxes) if boxes else None
+    for k, row in enumerate(grid):
+        out.append(f'  <tr class="{"unscored" if k >= n_scored else ""}"><th>L{k}</th>\n')
+        for h, v in enumerate(row):
+            lab = f"L{k}H{h}"
+            on, off = lab in active, lab in ablated
+            out.append(f'    <td class="cell{" act" if on else ""}{" abl" if off else ""}" '
+                       f'style="background:{colour(v, scale)}" title="{lab}: {fmt(v, 4)}'
+                       f'{" (active)" if on else ""}{" (ablated)" if off else ""}">')
+            if form:
+                out.append(f'<label><input type="checkbox" class="abl-box" name="ablate" value="{lab}" '
+                           f'form="{form}"{" checked" if off else ""} aria-label="ablate {lab}">'
+                           f'<span>{fmt(v, 2)}</span></label>')
+            elif pair_url and k < n_scored:
+                out.append(f'<a href="{escape(pair_url(k, h))}">{fmt(v, 2)}</a>')
+            else:
+                out.append(fmt(v, 2))
+            out.append("</td>\n")
+        out.append("  </tr>\n")
+    out.append("  </tbody>\n</table>")
     return Markup("".join(out))
+
+
+def _heat_row(p: dict, key: str, n_scored: int, scale: float) -> str:
+    grid, active = p[key], set(p["active"])
+    out = [f'<tr><th>{int(p["rank"])}</th>']
+    for k in range(n_scored):
+        for h, v in enumerate(grid[k]):
+            lab = f"L{k}H{h}"
+            on = lab in active
+            out.append(f'<td class="cell{" act" if on else ""}" style="background:{colour(v, scale)}" '
+                       f'title="prompt {int(p["rank"])}, {lab}: {fmt(v, 4)}{" (active)" if on else ""}"></td>')
+    out.append("</tr>")
+    return "".join(out)
+
+
+def prompt_heat_html(prompts: list[dict], key: str, n_scored: int, n_heads: int, scale: float,
+                     cache: HtmlCache | None = None) -> Markup:
+    """The per-prompt heatmap body: one row per prompt, one cell per scored head (outlined when
+    the head is active on that prompt). Rows come from ``cache`` when given."""
+    if cache is None:
+        return Markup("".join(_heat_row(p, key, n_scored, scale) for p in prompts))
+    return Markup("".join(cache.get(("heat", p["id"], p["act"], key, n_scored, scale),
+                                    lambda p=p: _heat_row(p, key, n_scored, scale)) for p in prompts))
+
+
+class HtmlCache:
+    """Rendered HTML of stored prompts, by (what, prompt id, parameters). Stored prompts never
+    change while the server runs (the database is read-only to it and a run's rows are
+    written once), so a prompt's tokens and heatmap row are rendered once per scale. One
+    cache per app (prompt ids are unique within one database); thread-safe LRU."""
+
+    def __init__(self, maxsize: int = 8192):
+        from threading import Lock
+
+        from cachetools import LRUCache
+
+        self._cache: LRUCache = LRUCache(maxsize)
+        self._lock = Lock()
+
+    def get(self, key: tuple, make) -> str:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            hit = make()
+            with self._lock:
+                self._cache[key] = hit
+        return hit
+
+    def prompt_tokens(self, p: dict, scale: float) -> Markup:
+        """:func:`tokens_html` of a stored prompt (a ``prompt_dict``), max token marked."""
+        return Markup(self.get(("tokens", p["id"], p["act"], scale),
+                               lambda: str(tokens_html(p["tokens_escaped"], p["acts"], scale, mark=p["max_pos"],
+                                                       joined=p["tokens_joined"]))))
 
 
 # --- rows as dicts -------------------------------------------------------------------------------

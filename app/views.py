@@ -5,16 +5,16 @@ through :class:`app.live.Live`."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 
 from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
-from precompute.settings import Settings
 
 from . import queries as Q
 from . import states, urls
 from .imported import model_notice, top3_view
-from .live import Live
+from .live import Live, run_rules
 from .present import (ablation_dict, classification_dict, explanation_dict, mean_grid, neuron_dict,
                       nice_scale, pair_dict, prompt_dict, run_dict, token_escaped, token_fields)
 
@@ -75,7 +75,7 @@ def _n_scored(run, layer: int, prompts: list) -> int:
     """Scored head layers of a neuron, by the run's rule; a stored prompt's ``attr_raw`` holds
     every upstream attention layer (without prompts: GPT-2-style blocks, ``layer + 1``)."""
     n_upstream = len(prompts[0].attr_raw) if prompts else layer + 1
-    return scored_layers(layer, Settings.of_run(run.settings).heads_upto, n_upstream)
+    return scored_layers(layer, run_rules(run.settings).heads_upto, n_upstream)
 
 
 def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict]:
@@ -90,7 +90,7 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
         d["tokens"] = None
     if tok is None or not docs:
         return docs
-    ctx = Settings.of_run(run.settings).context_tokens or run.n_ctx
+    ctx = run_rules(run.settings).context_tokens or run.n_ctx
     kw = dict(add_special_tokens=False, truncation=True, max_length=ctx - 1)
     with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
         enc = tok([d["text"][:ctx * 24] for d in docs], **kw)["input_ids"]
@@ -131,7 +131,7 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     no_pair_reason = None
     if not pairs and n.kind != "other":
         n_explain = len(prompts) if split == "explain" else Q.count_prompts(s, neuron_id=n.id)
-        no_pair_reason = states.no_pair_reason(n_explain, Settings.of_run(run.settings))
+        no_pair_reason = states.no_pair_reason(n_explain, run_rules(run.settings))
     docs = []
     if n.kind == "other" or not prompts:
         docs = _tokenized_docs(live, run, Q.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
@@ -160,20 +160,21 @@ def neuron_brief(s: Session, live: Live, *, slug: str, layer: int, neuron_: int,
             "split": "explain", "links": {}, "live": None, "live_error": None}
 
 
-def live_result(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
-                ablate: list[str], pos: int | None) -> tuple[dict, dict]:
-    """The live pass for the neuron page and its canonical page URL parameters.
+def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
+                 ablate: list[str], pos: int | None) -> tuple[Future, dict, dict]:
+    """Submit the live pass of the neuron page; returns its Future (to await), the canonical
+    page URL parameters and the run's partial tokens (for :func:`shown_live`).
 
     Raises:
-        NotFound, BadLiveInput, PromptTooLong, ModelNotAvailable.
+        NotFound, BadLiveInput, LiveBusy (the Future may raise BadLiveInput, PromptTooLong,
+        ModelNotAvailable).
     """
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     heads = live.parse_ablate(run, ",".join(ablate))
-    res = shown_live(live.run(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos),
-                     live.partial_tokens(run))
+    fut = live.submit(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
     params = {"prompt": prompt, "ablate": [head_label(k, h) for k, h in heads], "pos": pos}
-    return res, params
+    return fut, params, live.partial_tokens(run)
 
 
 def shown_live(res: dict, partial: dict) -> dict:
@@ -211,7 +212,7 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
     expl = Q.pair_explanations(s, pair_id=p.id)
     cls = Q.pair_classifications(s, explanation_ids=[e.id for e in expl])
     abl = Q.pair_ablations(s, pair_id=p.id)
-    kept_why = states.kept_reason(p, Settings.of_run(run.settings))
+    kept_why = states.kept_reason(p, run_rules(run.settings))
     pair_state = {"kept_reason": kept_why,
                   "explanation": states.explanation_state(kept_why=kept_why, n_explanations=len(expl)),
                   "ablation": states.ablation_state(

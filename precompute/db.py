@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
 
+import orjson
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -91,6 +93,15 @@ def open_writer(url: str) -> Engine:
     return engine
 
 
+def _loads(text: str):
+    """JSON columns for the server: orjson (pages decode many grids), or the standard parser
+    for what orjson refuses (NaN or Infinity, which Python's json module writes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def open_reader(url: str) -> Engine:
     """Read-only engine for the server (SQLite opened with ``mode=ro``).
 
@@ -107,10 +118,10 @@ def open_reader(url: str) -> Engine:
         uri = f"file:{path.resolve()}?mode=ro"
         # A thread-safe pool of read-only connections: the server reads from many threads.
         engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
-                               pool_timeout=30,
+                               pool_timeout=30, json_deserializer=_loads,
                                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
     else:
-        engine = create_engine(url)
+        engine = create_engine(url, json_deserializer=_loads)
     check_schema(engine)
     return engine
 

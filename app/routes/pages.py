@@ -1,17 +1,20 @@
 """HTML pages, each with a ``.json`` twin at the same path plus ``.json``.
 
-Handlers are plain ``def`` (run in the threadpool) so that database reads and live forward
-passes never block the event loop.
+Handlers are plain ``def`` (run in the threadpool) so that database reads never block the event
+loop; the neuron page's handlers are ``async`` because they may await a live pass (see
+:func:`neuron_view`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -140,32 +143,59 @@ def goto_neuron(s: DB, model: str, layer: int, neuron: int):
 
 # --- neuron ------------------------------------------------------------------------------------
 
-def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
-                split: str, prompt: str | None, ablate: list[str], pos: int | None, fmt: str | None,
-                fragment: bool = False):
+async def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+                      split: str, prompt: str | None, ablate: list[str], pos: int | None,
+                      fmt: str | None, fragment: bool = False):
     """The neuron page (or, with ``fragment``, only its live panel); with ``prompt`` the live
-    pass is rendered server-side. Live errors keep the page and set the status (422/503)."""
-    live = request.app.state.live
+    pass is rendered server-side. Live errors keep the page and set the status (422/503).
+
+    The live pass is awaited, not waited for in a worker thread: database reads and rendering
+    run in the thread pool, the model on its own thread (``app.engine``), so queued live
+    requests never hold the threads that serve pages."""
     prompt = clean_text(prompt, name="prompt")
+    res = params = error = None
+    if prompt is not None:
+        try:
+            fut, params, partial = await run_in_threadpool(_submit, s, request.app.state.live, slug=model,
+                                                  layer=layer, neuron_=neuron, prompt=prompt,
+                                                  ablate=ablate, pos=pos)
+            # shielded: a client that goes away must not cancel a pass other requests share
+            res = views.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), partial)
+        except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
+            error = exc
+    return await run_in_threadpool(_neuron_response, request, s, model, layer, neuron, score=score,
+                                   split=split, prompt=prompt, pos=pos, fmt=fmt, fragment=fragment,
+                                   res=res, params=params, error=error)
+
+
+def _submit(s: Session, live, **kw):
+    """``views.live_request``, then the session lets go of its pooled connection, so that
+    requests waiting for the model hold no database connection either (the session reconnects
+    when the response is rendered)."""
+    try:
+        return views.live_request(s, live, **kw)
+    finally:
+        s.close()
+
+
+def _neuron_response(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+                     split: str, prompt: str | None, pos: int | None, fmt: str | None, fragment: bool,
+                     res: dict | None, params: dict | None, error: Exception | None):
     if fragment:
-        data = views.neuron_brief(s, live, slug=model, layer=layer, neuron_=neuron, score=score)
+        data = views.neuron_brief(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron, score=score)
     else:
-        data = views.neuron(s, live, slug=model, layer=layer, neuron_=neuron, score=score, split=split,
-                            settings=request.app.state.settings)
+        data = views.neuron(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron,
+                            score=score, split=split, settings=request.app.state.settings)
     status, extra, headers = 200, {}, {}
     page_params = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     if prompt is not None:
-        try:
-            res, params = views.live_result(s, live, slug=model, layer=layer, neuron_=neuron,
-                                            prompt=prompt, ablate=ablate, pos=pos)
+        if error is None:
             data["live"] = res
             page_params.update(params)
             extra.update(views.live_extra(res, data, score))
-        except (BadLiveInput, PromptTooLong) as exc:
-            status, data["live_error"] = 422, str(exc)
-            page_params.update(prompt=prompt)
-        except ModelNotAvailable as exc:
-            status, data["live_error"] = 503, str(exc)
+        else:
+            status = 503 if isinstance(error, ModelNotAvailable) else 422
+            data["live_error"] = str(error)
             page_params.update(prompt=prompt)
         if fmt == "json" and status != 200:
             return render(request, "", {"detail": data["live_error"], "status": status}, fmt="json",
@@ -184,14 +214,8 @@ def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: in
 
 
 def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
-    """Template-only URL builders of the neuron page (links keep the live state)."""
-    q = {k: v for k, v in params.items() if k not in ("split", "pos")}
-    page, frag = urls.neuron(model, layer, neuron, **q), urls.live(model, layer, neuron, **q)
-
-    def tok_link(i: int, fragment: bool = False) -> str:  # pos is the last canonical parameter
-        u = frag if fragment else page
-        return f"{u}{'&' if '?' in u else '?'}pos={i}"
-
+    """Template-only URL builders of the neuron page (links keep the live state). Live tokens
+    are buttons of the live form (``pos`` only), not links: see ``present.tokens_html``."""
     def with_score(score: str) -> str:
         return urls.neuron(model, layer, neuron, **{**params, "score": score if score != "raw" else None})
 
@@ -199,30 +223,30 @@ def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
         return urls.neuron(model, layer, neuron, **{**params, "split": split if split != "explain" else None})
 
     return {"live_url": urls.live(model, layer, neuron), "page_base": urls.neuron(model, layer, neuron),
-            "tok_link": tok_link, "with_score": with_score, "with_split": with_split,
+            "with_score": with_score, "with_split": with_split,
             "pair_url": lambda k, h: urls.pair(model, layer, neuron, k, h)}
 
 
 @router.get("/{model}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
             "with ?prompt= also the live pass")
-def neuron_json(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
-                split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                ablate: AblateQ = [], pos: PosQ = None):
-    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+async def neuron_json(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                      split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
+                      ablate: AblateQ = [], pos: PosQ = None):
+    return await neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
                        ablate=ablate, pos=pos, fmt="json")
 
 
 @router.get("/{model}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
             summary="One neuron: token, prompts, head attribution, pairs, live")
-def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
-                split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                ablate: AblateQ = [], pos: PosQ = None):
+async def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                      split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
+                      ablate: AblateQ = [], pos: PosQ = None):
     if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
         return RedirectResponse(urls.neuron(model, layer, neuron, score=score if score != "raw" else None,
                                             split=split if split != "explain" else None, prompt=prompt,
                                             ablate=[a for a in ablate if a], pos=pos), status_code=303)
-    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
-                       ablate=ablate, pos=pos, fmt=None)
+    return await neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+                             ablate=ablate, pos=pos, fmt=None)
 
 
 # --- pair --------------------------------------------------------------------------------------
