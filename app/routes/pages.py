@@ -310,12 +310,14 @@ def _pair_list_route(fmt: str | None):
                 explainer: Annotated[str | None, Query(max_length=200, description="Only this "
                                                        "explainer's explanations.")] = None,
                 min_score: Annotated[float | None, Blank, Query(description="Explanation score E at "
-                                                                "least.", allow_inf_nan=False)] = None,
+                                                                "least.", **_F)] = None,
                 sort: Annotated[Literal[Q.PAIR_SORTS], Query(description="score: best E first; "
                                                              "neuron: by neuron and head.")] = Q.PairFilter.sort,
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                 per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
         explainer = clean_text(explainer, name="explainer", max_chars=200) or None
+        if min_score is not None and not math.isfinite(min_score):
+            raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
                            sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
         data = views.pairs(s, slug=model, flt=flt, live=request.app.state.live)
