@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from sqlalchemy import delete, insert, select, update
@@ -17,10 +18,11 @@ from tqdm.auto import tqdm
 from .attribution import active_heads_of_run, attribute, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
 from .db import open_writer, sessions
+from .distributed import LocalExecutor, ray_executor
 from .models import LoadedModel, load_model
 from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
                          select_next_token_neurons)
-from .scan import scan, tokenize_batch, trim
+from .scan import tokenize_batch, trim
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 from .settings import Settings
 from .store import get_or_create_run, is_done, now, phase_seconds, unit_of_work
@@ -31,15 +33,30 @@ logger = logging.getLogger(__name__)
 def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> dict:
     """Run (or resume) the whole job for ``settings``; returns the summary figures.
 
+    With ``settings.ray`` the model work runs on a Ray cluster (``distributed.RayExecutor``);
+    this process alone writes, and the rows are those of the single-process run.
+
     Raises:
-        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew:
-            bad input, each with a message saying what to change; nothing stored is lost.
+        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew,
+        DatabaseUnavailable, ClusterUnavailable: bad input, each with a message saying what to
+            change; nothing stored is lost.
     """
     t_start = time.time()
     torch.manual_seed(settings.seed)
     engine = open_writer(settings.db_url)
+    executor = ray_executor(settings)  # before anything slow: a bad --ray fails at once
+    try:
+        model = model or load_model(settings.model)
+        summary = _run(engine, settings, model, executor or LocalExecutor(model), t_start)
+    finally:
+        if executor is not None:
+            executor.close()
+        engine.dispose()
+    return summary
+
+
+def _run(engine, settings: Settings, model: LoadedModel, executor, t_start: float) -> dict:
     Session = sessions(engine)
-    model = model or load_model(settings.model)
     layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
         else default_layers(model.n_layers)
     ctx = settings.context_tokens or model.n_ctx
@@ -57,35 +74,35 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         scans = {}
         for split in SPLITS:
             if not is_done(s, run_id, f"scan:{split}"):
-                scans[split] = store_scan(s, run_id, model, corpus[split], split, layers, ctx, settings)
+                scans[split] = store_scan(s, run_id, executor, model, corpus[split], split, layers, ctx, settings)
         selected = s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")
                              .order_by(Neuron.layer, Neuron.neuron)).all()
-        for n in tqdm(selected, desc="prompts+attribution", unit="neuron", dynamic_ncols=True):
-            name = f"prompts:L{n.layer}N{n.neuron}"
-            if not is_done(s, run_id, name):
-                with unit_of_work(s, run_id, name) as st:
-                    st.update(store_prompts(s, run_id, model, n, ctx, settings))
+        todo = [n for n in selected if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}")]
+        jobs = (prompt_job(s, run_id, n, ctx, settings) for n in todo)
+        for n, out in tqdm(zip(todo, executor.map(compute_prompts, jobs)), total=len(todo),
+                           desc="prompts+attribution", unit="neuron", dynamic_ncols=True):
+            with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
+                st.update(store_prompts(s, n, out))
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
                 st.update(store_pairs(s, run_id, model, settings))
         s.commit()  # no transaction of this session may hold SQLite's write lock meanwhile
-        run_followups(Session, run_id, model, settings)
+        run_followups(Session, run_id, model, settings, executor)
         summary = summarize(s, run_id, scans, time.time() - t_start, settings)
         s.execute(update(Run).where(Run.id == run_id).values(status="complete", finished_at=now(),
                                                              summary=summary))
         s.commit()
-    engine.dispose()
     return summary
 
 
-def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings) -> None:
+def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, executor=None) -> None:
     """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
     from . import ablation, explain
 
     if settings.explainer != "none":
         explain.run_explanations(Session, run_id, model, settings)
     if settings.ablation != "none":
-        ablation.run_ablations(Session, run_id, model, settings)
+        ablation.run_ablations(Session, run_id, model, settings, executor=executor)
 
 
 def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settings: Settings) -> None:
@@ -113,14 +130,13 @@ def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settin
         s.execute(insert(Neuron), rows)
 
 
-def store_scan(s, run_id: int, model: LoadedModel, docs, split: str, layers: list[int], ctx: int,
-               settings: Settings) -> dict:
-    """§2: one streaming scan of ``split``; stores every scanned neuron's top-k and the
-    documents they point to."""
+def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, layers: list[int],
+               ctx: int, settings: Settings) -> dict:
+    """§2: one streaming scan of ``split`` (by ``executor``: this process or Ray shards);
+    stores every scanned neuron's top-k and the documents they point to."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
-        res = scan(model, (r["text"] for r in docs), layers=layers, k=settings.top_k,
-                   batch_size=settings.batch_size, context_tokens=ctx, n_docs=len(docs),
-                   desc=f"scan {split}")
+        res = executor.scan([r["text"] for r in docs], layers=layers, k=settings.top_k,
+                            batch_size=settings.batch_size, context_tokens=ctx, desc=f"scan {split}")
         rows = []
         vals, dids, poss = res.values.tolist(), res.docs.tolist(), res.positions.tolist()
         for j, layer in enumerate(layers):
@@ -143,48 +159,74 @@ def store_scan(s, run_id: int, model: LoadedModel, docs, split: str, layers: lis
         return st
 
 
-def store_prompts(s, run_id: int, model: LoadedModel, n: Neuron, ctx: int, settings: Settings) -> dict:
+@dataclass
+class PromptJob:
+    """What §2-§3 need for one selected neuron: its top documents per split, as
+    ``(rank, doc_idx, position, act, text)`` rows by rank (activation > 0 only)."""
+
+    layer: int
+    neuron: int
+    tops: dict[str, list[tuple]]
+    ctx: int
+    settings: Settings
+
+
+def prompt_job(s, run_id: int, n: Neuron, ctx: int, settings: Settings) -> PromptJob:
+    """Read one neuron's top documents of both splits (the scan's rows and their texts)."""
+    tops = {split: [tuple(t) for t in s.execute(
+        select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position, TopActivation.act,
+               Document.text)
+        .join(Document, (Document.run_id == TopActivation.run_id) & (Document.split == TopActivation.split)
+              & (Document.idx == TopActivation.doc_idx))
+        .where(TopActivation.run_id == run_id, TopActivation.split == split,
+               TopActivation.layer == n.layer, TopActivation.neuron == n.neuron, TopActivation.act > 0)
+        .order_by(TopActivation.rank))] for split in SPLITS}
+    return PromptJob(n.layer, n.neuron, tops, ctx, settings)
+
+
+def compute_prompts(model: LoadedModel, job: PromptJob) -> dict[str, list[dict]]:
     """§2-§3 for one selected neuron: trim its top documents of both splits, attribute each
-    trimmed prompt to the upstream heads, mark the active heads."""
-    stats = {}
-    n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
-    for split in SPLITS:
-        tops = s.execute(select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position,
-                                TopActivation.act, Document.text)
-                         .join(Document, (Document.run_id == TopActivation.run_id)
-                               & (Document.split == TopActivation.split)
-                               & (Document.idx == TopActivation.doc_idx))
-                         .where(TopActivation.run_id == run_id, TopActivation.split == split,
-                                TopActivation.layer == n.layer, TopActivation.neuron == n.neuron,
-                                TopActivation.act > 0)
-                         .order_by(TopActivation.rank)).all()
+    trimmed prompt to the upstream heads, mark the active heads. Returns, per split, the
+    ``Prompt`` fields of each kept prompt (all but ``neuron_id``). Touches no database, so it
+    runs on any worker."""
+    settings, layer, neuron = job.settings, job.layer, job.neuron
+    n_scored = scored_layers(layer, settings.heads_upto, upstream_attn_layers(model, layer))
+    out: dict[str, list[dict]] = {}
+    for split, tops in job.tops.items():
+        out[split] = []
         if not tops:
-            stats[split] = 0
             continue
-        rows = tokenize_batch(model, [t.text for t in tops], ctx)
-        trims = trim(model, rows, [t.position for t in tops], n.layer, n.neuron,
-                     act_ratio=settings.act_ratio, orig_acts=[t.act for t in tops])
+        rows = tokenize_batch(model, [t[4] for t in tops], job.ctx)
+        trims = trim(model, rows, [t[2] for t in tops], layer, neuron,
+                     act_ratio=settings.act_ratio, orig_acts=[t[3] for t in tops])
         keep = [(t, row, tr) for t, row, tr in zip(tops, rows, trims)
-                if t.position + 1 - tr[0] < settings.max_prompt_tokens]
+                if t[2] + 1 - tr[0] < settings.max_prompt_tokens]
         if not keep:
-            stats[split] = 0
             continue
-        prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for t, row, tr in keep]
-        att = attribute(model, prompts, n.layer, n.neuron)
+        prompts = [[model.bos_token_id] + row[tr[0]:t[2] + 1] for t, row, tr in keep]
+        att = attribute(model, prompts, layer, neuron)
         scores = att.raw[:, :n_scored].flatten(1)
         active = active_heads_of_run(scores, settings)
-        for j, (t, row, tr) in enumerate(keep):
+        for j, ((rank, doc_idx, position, _act, _text), row, tr) in enumerate(keep):
             ids = prompts[j][1:]
             labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
                       if active[j, k * model.n_heads + h]]
-            s.add(Prompt(neuron_id=n.id, split=split, rank=t.rank, doc_idx=t.doc_idx, start=tr[0],
-                         end=t.position + 1, text=model.tokenizer.decode(ids), token_ids=ids,
-                         tokens=[model.token_str(i) for i in ids], acts=att.acts[j][1:],
-                         act=float(att.act[j]), doc_act=float(tr[1]),
-                         attr_raw=att.raw[j].tolist(), attr_ln=att.ln[j].tolist(),
-                         other_ln={k: float(v[j]) for k, v in att.other.items()},
-                         pre=float(att.pre[j]), active=labels))
-        stats[split] = len(keep)
+            out[split].append(dict(
+                split=split, rank=rank, doc_idx=doc_idx, start=tr[0], end=position + 1,
+                text=model.tokenizer.decode(ids), token_ids=ids, tokens=[model.token_str(i) for i in ids],
+                acts=att.acts[j][1:], act=float(att.act[j]), doc_act=float(tr[1]),
+                attr_raw=att.raw[j].tolist(), attr_ln=att.ln[j].tolist(),
+                other_ln={k: float(v[j]) for k, v in att.other.items()}, pre=float(att.pre[j]),
+                active=labels))
+    return out
+
+
+def store_prompts(s, n: Neuron, computed: dict[str, list[dict]]) -> dict:
+    """Add one neuron's computed prompts (:func:`compute_prompts`); returns counts per split."""
+    for split_rows in computed.values():
+        for row in split_rows:
+            s.add(Prompt(neuron_id=n.id, **row))
+    stats = {split: len(rows) for split, rows in computed.items()}
     if not stats.get("explain"):
         n.status = "no_activating_prompt"
         logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "

@@ -48,8 +48,12 @@ class TopK:
         all_v = torch.cat([self.values, values.float()], dim=0)
         all_d = torch.cat([self.docs, doc_ids[:, None].expand_as(values)], dim=0)
         all_p = torch.cat([self.positions, positions], dim=0)
-        top_v, idx = all_v.topk(self.k, dim=0)  # descending: the k LARGEST
-        self.values = top_v
+        # The k largest; a stable sort breaks ties by the earlier document (the running top-k
+        # comes first and is itself so ordered), so any sharding of the corpus merges to the
+        # same top-k (distributed.merge_scans).
+        top_v, idx = torch.sort(all_v, dim=0, descending=True, stable=True)
+        idx = idx[:self.k]
+        self.values = top_v[:self.k]
         self.docs = all_d.gather(0, idx)
         self.positions = all_p.gather(0, idx)
 

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
                                  "from the model name. Use another name to keep a second run of "
                                  "the same model with other settings.")
 
+    # --- where the model work runs (not part of the run's identity: the rows are the same) -----
+    ray: str | None = Field(None, description="Run the model work on Ray: 'local' starts a local "
+                            "cluster, 'auto' joins the one running on this machine, else a Ray "
+                            "address (HOST:PORT or ray://HOST:PORT). Default: this process.")
+    ray_workers: int | None = Field(None, ge=1, description="Ray workers, each holding the model; "
+                                    "default one per GPU of the cluster, or one per node without "
+                                    "GPUs.")
+
     # --- §1 next-token neurons ---------------------------------------------------------------
     layers: list[int] | None = Field(None, description="0-based MLP layers to analyse; default "
                                      "the last min(3, n_layers-1) layers.")
