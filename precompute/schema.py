@@ -12,8 +12,32 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+                        TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+_ESC = "\uffff"  # a Unicode noncharacter
+
+
+class NulText(TypeDecorator):
+    """Text that may hold NUL (a byte-level token, a document): stored as is on SQLite; on
+    PostgreSQL, whose text cannot hold NUL, NUL is written as U+FFFF "0" and U+FFFF as U+FFFF
+    U+FFFF, and read back exactly. The column is TEXT either way (no migration)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None or dialect.name != "postgresql":
+            return value
+        return value.replace(_ESC, _ESC + _ESC).replace("\x00", _ESC + "0")
+
+    def process_result_value(self, value, dialect):
+        if value is None or dialect.name != "postgresql" or _ESC not in value:
+            return value
+        import re
+
+        return re.sub(f"{_ESC}(.)", lambda m: "\x00" if m.group(1) == "0" else m.group(1), value,
+                      flags=re.S)
 
 
 class Base(DeclarativeBase):
@@ -67,7 +91,7 @@ class Neuron(Base):
     kind: Mapped[str] = mapped_column(String(12), default="other")  # next_token|random|other
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rank by congruence in layer
     token_id: Mapped[int] = mapped_column(Integer)  # argmax_t W_out[l,i]·W_U[:,t]
-    token: Mapped[str] = mapped_column(Text)
+    token: Mapped[str] = mapped_column(NulText)
     congruence: Mapped[float] = mapped_column(Float)
     top_tokens: Mapped[list] = mapped_column(JSON)  # [[token_id, token, congruence], ...] top 10
     max_act: Mapped[float | None] = mapped_column(Float, nullable=True)  # best explain-split act
@@ -86,7 +110,7 @@ class Document(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     split: Mapped[str] = mapped_column(String(10))  # explain|heldout
     idx: Mapped[int] = mapped_column(Integer)  # index in the split
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(NulText)
     __table_args__ = (UniqueConstraint("run_id", "split", "idx"),)
 
 
@@ -116,7 +140,7 @@ class Prompt(Base):
     doc_idx: Mapped[int] = mapped_column(Integer)
     start: Mapped[int] = mapped_column(Integer)  # prompt = [BOS] + doc_tokens_with_bos[start:end]
     end: Mapped[int] = mapped_column(Integer)  # exclusive; end - 1 = max-activating position
-    text: Mapped[str] = mapped_column(Text)  # decoded prompt (without BOS)
+    text: Mapped[str] = mapped_column(NulText)  # decoded prompt (without BOS)
     token_ids: Mapped[list] = mapped_column(JSON)  # without BOS
     tokens: Mapped[list] = mapped_column(JSON)  # token strings, without BOS
     acts: Mapped[list] = mapped_column(JSON)  # neuron act at each token, without BOS
@@ -176,8 +200,8 @@ class Explanation(Base):
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
     explainer: Mapped[str] = mapped_column(String(100))  # "baseline" or "openai:<model>"
     status: Mapped[str] = mapped_column(String(20))  # ok|failed|single_class (ok may have score None: undefined E)
-    text: Mapped[str | None] = mapped_column(Text, nullable=True)
-    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)  # the request shown to it
+    text: Mapped[str | None] = mapped_column(NulText, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(NulText, nullable=True)  # the request shown to it
     settings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     score: Mapped[float | None] = mapped_column(Float, nullable=True)  # E, None if single class
     tpr: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -200,7 +224,7 @@ class Classification(Base):
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"),
                                            primary_key=True)
     truth: Mapped[bool] = mapped_column(Boolean)  # head active on the prompt
-    answer: Mapped[str] = mapped_column(Text)  # raw answer
+    answer: Mapped[str] = mapped_column(NulText)  # raw answer
     predicted: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # None: not Yes/No
 
 

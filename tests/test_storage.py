@@ -84,10 +84,11 @@ def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):  # noqa: F8
         assert not is_done(s, run.id, "scan:explain")
         assert s.scalars(select(Document)).all() == []
         with unit_of_work(s, run.id, "scan:explain") as st:
-            s.add(Document(run_id=run.id, split="explain", idx=0, text="é中 \x01"))
+            # NUL (a byte-level token) and the escape PostgreSQL storage uses both round-trip
+            s.add(Document(run_id=run.id, split="explain", idx=0, text="é中 \x00\uffff0 \x01"))
             st["docs"] = 1
         assert s.get(Phase, (run.id, "scan:explain")).stats == {"docs": 1}
-        assert s.scalar(select(Document.text)) == "é中 \x01"
+        assert s.scalar(select(Document.text)) == "é中 \x00\uffff0 \x01"
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     for opener in (open_writer, open_reader):
