@@ -64,6 +64,7 @@ def main() -> None:
     batches = [pad(tokenize_batch(model, texts[i:i + a.batch_size], a.context), model.bos_token_id)[0]
                for i in range(0, len(texts), a.batch_size)]
     hf = bare_hf(a.model)
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as `--ray local` (distributed.connect_ray)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     local = LocalExecutor(model)
     local.scan(texts[:a.batch_size], **kw)  # warm-up

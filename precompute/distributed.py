@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -165,6 +166,9 @@ def connect_ray(address: str):
         return ray
     try:
         if address == "local":
+            # Ray runs workers at niceness 15 by default; here they do the job's main work and
+            # would otherwise lose the CPU to anything else running on the machine.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)

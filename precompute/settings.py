@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     dataset: str = Field(EMBEDDED_CORPUS, description="Hugging Face dataset name "
                          "(NeelNanda/pile-10k), a local .jsonl[.gz] file or a directory holding "
                          "explain/heldout .jsonl.gz splits. Default: the embedded scan corpus.")
-    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy URL of the SQLite database "
-                        "(default: lookups.db in the working directory).")
+    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy URL of the database: SQLite "
+                        "(default: lookups.db in the working directory) or PostgreSQL "
+                        "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB).")
     run_name: str | None = Field(None, description="Name (URL slug) of the run; default: derived "
                                  "from the model name. Use another name to keep a second run of "
                                  "the same model with other settings.")

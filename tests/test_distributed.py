@@ -66,6 +66,7 @@ def test_ray_address_that_does_not_answer(tmp_path, precomputed_db, tiny_model_d
 def ray_cluster():
     """A real local Ray cluster of 2 CPUs for this module (start-up takes ~10 s)."""
     ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
     yield ray
     ray.shutdown()
