@@ -1,24 +1,38 @@
-"""Live forward passes for the explorer: one model per run (loaded lazily, then kept), one lock
-that serialises every forward pass, a token cap, and an LRU cache of recent results.
+"""Live forward passes for the explorer: the run's models load in the background at server
+start, one worker thread (:mod:`app.engine`) runs every forward pass, a token cap, single-flight
+and an LRU cache of recent results.
 
-The science is precompute's: head attribution is :func:`precompute.attribution.attribute`,
-head ablation :func:`precompute.ablation.ablate` (and its hooks); nothing here re-derives them.
+The science is precompute's: a live view is :func:`precompute.passes.clean_view` (activations,
+raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass)
+and, when heads are ablated, :func:`precompute.passes.ablated_view` — the functions the
+precompute job batches its passes through; architectures the fast path does not support use
+the reference functions :func:`precompute.attribution.attribute` and
+:func:`precompute.ablation.ablate`. Nothing here re-derives them: :func:`live_views` is the one
+place where the live server does model work.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import lru_cache
 
-from precompute.attribution import (active_heads_of_run, attribute, head_label, parse_heads, scored_layers,
-                                    upstream_attn_layers)
-from precompute.errors import LookupsError, PromptTooLong
-from precompute.models import LoadedModel, load_model
+from cachetools import LRUCache, cached
+
+from precompute.attribution import active_heads_of_run, head_label, parse_heads, scored_layers, upstream_attn_layers
+from precompute.errors import LookupsError, ModelNotAvailable, PromptTooLong
+from precompute.hooks import fast_supported, length_batches
+from precompute.models import LoadedModel, load_model, resolve_device
 from precompute.schema import Neuron, Run
 from precompute.settings import EMBEDDED_MODEL, Settings
+from precompute.tokens import partial_tokens
+from precompute.tokens import partial_tokens
 
+from .engine import Engine
 from .settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -28,17 +42,13 @@ class BadLiveInput(LookupsError):
     """A live request the server cannot run: empty prompt, malformed head list, bad position."""
 
 
-@dataclass(eq=False)
-class _Job:
-    """One live request waiting for (or served by) a batched pass."""
-
-    key: tuple
-    batch: tuple
-    ids: list[int]
-    pos: int
-    done: bool = False
-    result: dict | None = None
-    error: BaseException | None = None
+@cached(LRUCache(maxsize=64), key=lambda stored: json.dumps(stored or {}, sort_keys=True),
+        lock=threading.Lock())
+def run_rules(stored: dict | None) -> Settings:
+    """``Settings.of_run(stored)`` (a run's rules: active-head rule, heads_upto, context), cached:
+    pydantic-settings validation costs milliseconds and a run's stored settings never change
+    while the server runs. Shared: do not modify the returned object."""
+    return Settings.of_run(stored)
 
 
 def model_source(run: Run, settings: WebSettings) -> str:
@@ -48,50 +58,116 @@ def model_source(run: Run, settings: WebSettings) -> str:
     return EMBEDDED_MODEL if run.model_name == "embedded" else run.model_name
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a live view needs to know about its run and neuron (plain values: no ORM object
+    crosses to the model thread). ``rules``: the run's settings (active-head rule, heads_upto)."""
+
+    slug: str
+    layer: int
+    neuron: int
+    token_id: int
+    token: str
+    rules: Settings
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """One live request for the model thread: ``heads`` ablated, attribution at ``pos`` (0-based,
+    BOS excluded; None: the last token)."""
+
+    key: tuple
+    source: str
+    prompt: str
+    target: Target
+    heads: tuple[tuple[int, int], ...]
+    pos: int | None
+    future: Future = field(default_factory=Future)
+    ids: list[int] = field(default_factory=list)
+
+
 class Live:
     """The live engine of one server process (thread-safe)."""
 
     def __init__(self, settings: WebSettings):
         self.settings = settings
-        self.lock = threading.Lock()  # every forward pass runs under it
-        self._load_lock = threading.Lock()
-        self.tok_lock = threading.Lock()  # tokenizer calls outside forward passes
+        self.device = resolve_device(settings.device)  # BadSettings now, not at the first pass
+        self.tok_lock = threading.Lock()  # the pages' tokenizers (the model thread has its own)
         self._models: dict[str, LoadedModel] = {}
+        self._failed: dict[str, ModelNotAvailable] = {}
+        self._sources: dict[str, str] = {}  # run slug -> model source
         self._tokenizers: dict[str, object] = {}
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._queue: list[_Job] = []  # requests waiting for the model
-        self._queue_lock = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0, "batches": 0, "batched": 0}
+        self._partial: dict[str, dict[int, bytes]] = {}
+        self._lock = threading.Lock()  # cache, in-flight requests, counters
+        self._cache = LRUCache(settings.live_cache_size) if settings.live_cache_size else None
+        self._inflight: dict[tuple, Future] = {}
+        self._counts = {"hits": 0, "misses": 0}
+        self.ready_at: dict[str, float] = {}
+        self.engine = Engine(self._run_batch, group=lambda j: j.source, max_rows=settings.max_batch,
+                             max_queue=settings.live_queue)
 
-    # --- models ------------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        return {**self._counts, **self.engine.stats}
+
+    # --- models (loaded on the model thread) -------------------------------------------------
+    def preload(self, runs: list[Run]) -> list[Future]:
+        """Load (then warm up) the models of ``runs`` on the model thread, in the background."""
+        futs = []
+        for run in runs:
+            src = self._sources.setdefault(run.slug, model_source(run, self.settings))
+            self.engine.call(lambda run=run: self.partial_tokens(run))  # pages and live need it
+            futs.append(self.engine.call(lambda src=src: self._model(src)))
+        return futs
+
     def loaded(self, slug: str) -> bool:
-        return slug in self._models
+        return self._sources.get(slug) in self._models
 
-    def model(self, run: Run) -> LoadedModel:
-        """The run's model, loaded on first use and kept.
+    def status(self) -> dict:
+        """``{slug: "ready" | "loading" | "failed: <why>"}`` of every run seen."""
+        out = {}
+        for slug, src in self._sources.items():
+            out[slug] = ("ready" if src in self._models else f"failed: {self._failed[src]}"
+                         if src in self._failed else "loading")
+        return out
+
+    def _model(self, source: str) -> LoadedModel:
+        """The model of ``source`` (model thread only): loaded and warmed up on first use; a
+        failure is kept and raised again.
 
         Raises:
             ModelNotAvailable: it cannot be loaded (the route answers 503).
         """
-        m = self._models.get(run.slug)
-        if m is None:
-            with self._load_lock:
-                m = self._models.get(run.slug)
-                if m is None:
-                    if self.settings.torch_threads:
-                        import torch
+        m = self._models.get(source)
+        if m is not None:
+            return m
+        if source in self._failed:
+            raise self._failed[source]
+        if self.settings.torch_threads:
+            import torch
 
-                        torch.set_num_threads(self.settings.torch_threads)
-                    m = load_model(model_source(run, self.settings), device=self.settings.device)
-                    self._models[run.slug] = m
+            torch.set_num_threads(self.settings.torch_threads)
+        t0 = time.perf_counter()
+        try:
+            m = load_model(source, device=self.device, dtype=self.settings.dtype)
+        except ModelNotAvailable as exc:
+            self._failed[source] = exc
+            raise
+        # warm-up: the fast path's weights and torch's first-call costs are paid here, so the
+        # first live pass costs what a steady one does
+        warm = Target("", m.n_layers - 1, 0, 0, "", run_rules({}))
+        n = min(64, m.n_ctx - 1)
+        live_views(m, [[m.bos_token_id] * (n + 1)] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
+        self._models[source] = m
+        for slug, src in self._sources.items():
+            if src == source:
+                self.ready_at[slug] = time.time()
+        logger.info("live model %s ready in %.1f s", source, time.perf_counter() - t0)
         return m
 
     def tokenizer(self, run: Run):
-        """The run's tokenizer: the live model's if loaded, else loaded alone from a local
-        model directory or the local Hugging Face cache; None if neither is possible."""
-        if run.slug in self._models:
-            return self._models[run.slug].tokenizer
+        """The run's tokenizer for pages (use under ``tok_lock``), loaded alone from a local model
+        directory or the local Hugging Face cache; None if that is not possible."""
         if run.slug not in self._tokenizers:
             tok = None
             try:
@@ -102,6 +178,28 @@ class Live:
                 logger.info("no tokenizer for run %s: %s", run.slug, exc)
             self._tokenizers[run.slug] = tok
         return self._tokenizers[run.slug]
+
+    def partial_tokens(self, run: Run) -> dict[int, bytes]:
+        """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
+        (:func:`precompute.tokens.partial_tokens`; empty without a tokenizer), kept per run."""
+        got = self._partial.get(run.slug)
+        if got is None:
+            tok = self.tokenizer(run)
+            with self.tok_lock:
+                got = partial_tokens(tok) if tok is not None else {}
+            self._partial[run.slug] = got
+        return got
+
+    def partial_tokens(self, run: Run) -> dict[int, bytes]:
+        """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
+        (:func:`precompute.tokens.partial_tokens`; empty without a tokenizer), kept per run."""
+        got = self._partial.get(run.slug)
+        if got is None:
+            tok = self.tokenizer(run)
+            with self.tok_lock:
+                got = partial_tokens(tok) if tok is not None else {}
+            self._partial[run.slug] = got
+        return got
 
     # --- inputs ------------------------------------------------------------------------------
     def parse_ablate(self, run: Run, text: str | None) -> list[tuple[int, int]]:
@@ -114,140 +212,219 @@ class Live:
         if not prompt or not prompt.strip():
             raise BadLiveInput("The prompt is empty: type some text to run the model on.")
 
-    # --- the pass ----------------------------------------------------------------------------
-    def run(self, *, run: Run, neuron: Neuron, prompt: str, ablate: list[tuple[int, int]],
-            pos: int | None) -> dict:
-        """Run ``prompt`` through the run's model and attribute neuron (layer, neuron) at
-        ``pos`` (0-based index among the prompt's tokens, BOS excluded; default the last).
-
-        With ``ablate`` heads, the same figures with those heads' value vectors zero-ablated
-        (paper §5.4) and the change. Results are cached by (run, neuron, prompt, heads, pos).
+    # --- requests ----------------------------------------------------------------------------
+    def submit(self, *, run: Run, neuron: Neuron, prompt: str, ablate: list[tuple[int, int]],
+               pos: int | None) -> Future:
+        """Queue ``prompt`` for the run's model: neuron (layer, neuron) attributed at ``pos``
+        (0-based among the prompt's tokens, BOS excluded; default the last), with ``ablate``
+        heads' value vectors zero-ablated (paper §5.4) in a second pass. Await the returned
+        Future (``asyncio.wrap_future``) rather than block on it. Results are cached by (run,
+        neuron, prompt, heads, pos); identical requests in flight share one computation.
 
         Raises:
-            BadLiveInput: empty prompt or a position outside it.
-            PromptTooLong: more tokens than the server's cap.
-            ModelNotAvailable: the model cannot be loaded.
+            BadLiveInput: an empty prompt (at once); a position outside it (from the Future).
+            PromptTooLong: more tokens than the server's cap (from the Future).
+            ModelNotAvailable: the model cannot be loaded (from the Future).
+            LiveBusy: too many requests are waiting (at once).
         """
         self.check_prompt(prompt)
         key = (run.slug, neuron.layer, neuron.neuron, prompt, tuple(ablate), pos)
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                self.stats["hits"] += 1
-                return self._cache[key]
-        model = self.model(run)
-        with self.tok_lock:  # HF fast tokenizers are not safe to share between threads
-            ids = model.encode(prompt)
-        cap = min(self.settings.token_cap, model.n_ctx - 1)  # BOS takes one position
-        if len(ids) > cap:
-            why = "" if cap == self.settings.token_cap else " (the model's context length, minus BOS)"
-            raise PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
-                                f"{cap} tokens{why}. Shorten it.")
-        if not ids:
-            raise BadLiveInput("The prompt is empty after tokenization.")
-        if pos is not None and not 0 <= pos < len(ids):
-            raise BadLiveInput(f"pos {pos} out of range: the prompt has {len(ids)} tokens "
-                               f"(positions 0..{len(ids) - 1}).")
-        p = len(ids) - 1 if pos is None else pos
-        job = _Job(key=key, batch=(run.slug, neuron.layer, neuron.neuron, tuple(ablate)), ids=ids, pos=p)
-        with self._queue_lock:
-            self._queue.append(job)
-        with self.lock, self.tok_lock:
-            if not job.done:  # this request leads: it runs every queued job of its batch
-                self._run_batch(run, model, neuron, job, ablate)
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _run_batch(self, run: Run, model: LoadedModel, neuron: Neuron, lead: _Job,
-                   heads: list[tuple[int, int]]) -> None:
-        """Micro-batching: requests that wait for the model and share (run, neuron, ablated
-        heads) go through attribute()/ablate() as one batch (rows padded; causal attention, so
-        each row's figures are those of its own pass)."""
-        with self._queue_lock:
-            batch = [j for j in self._queue if j.batch == lead.batch][:self.settings.max_batch]
-            if lead not in batch:
-                batch[-1:] = [lead]
-            for j in batch:
-                self._queue.remove(j)
+        with self._lock:
+            if self._cache is not None and key in self._cache:
+                self._counts["hits"] += 1
+                fut: Future = Future()
+                fut.set_result(self._cache[key])
+                return fut
+            if key in self._inflight:
+                self._counts["hits"] += 1
+                return self._inflight[key]
+            src = self._sources.setdefault(run.slug, model_source(run, self.settings))
+            job = LiveJob(key=key, source=src, prompt=prompt, heads=tuple(ablate), pos=pos,
+                          target=Target(run.slug, neuron.layer, neuron.neuron, neuron.token_id,
+                                        neuron.token, run_rules(run.settings)))
+            self._inflight[key] = job.future
         try:
-            todo = []
-            with self._cache_lock:  # some may have been answered meanwhile
+            self.engine.submit(job)
+        except Exception:
+            with self._lock:
+                self._inflight.pop(key, None)
+            raise
+        return job.future
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # --- the model thread --------------------------------------------------------------------
+    def _run_batch(self, jobs: list[LiveJob]) -> None:
+        """Tokenize and check a batch of one model's jobs, then run them through
+        :func:`live_views` in length-sorted sub-batches of at most ``max_batch_tokens``
+        padded tokens; settle each job's Future (and the cache)."""
+        try:
+            model = self._model(jobs[0].source)
+        except ModelNotAvailable as exc:
+            for j in jobs:
+                self._settle(j, error=exc)
+            return
+        cap = min(self.settings.token_cap, model.n_ctx - 1)  # BOS takes one position
+        enc = model.tokenizer([j.prompt for j in jobs], add_special_tokens=False)["input_ids"]
+        ok = []
+        for j, ids in zip(jobs, enc):
+            err = _check_ids(ids, j.pos, cap, self.settings.token_cap)
+            if err is not None:
+                self._settle(j, error=err)
+            else:
+                j.ids = list(ids)
+                ok.append(j)
+        for idx in length_batches([len(j.ids) for j in ok], self.settings.max_batch_tokens,
+                                  self.settings.max_batch):
+            batch = [ok[i] for i in idx]
+            try:
+                outs = live_views(model, [[model.bos_token_id] + j.ids for j in batch],
+                                  [len(j.ids) - 1 if j.pos is None else j.pos for j in batch],
+                                  [j.target for j in batch], [j.heads for j in batch])
+            except Exception as exc:  # every request of this sub-batch gets the error
                 for j in batch:
-                    if j.key in self._cache:
-                        j.result, j.done = self._cache[j.key], True
-                        self.stats["hits"] += 1
-                    else:
-                        todo.append(j)
-            if todo:
-                results = self._compute(run, model, neuron, [j.ids for j in todo], [j.pos for j in todo], heads)
-                with self._cache_lock:
-                    for j, r in zip(todo, results):
-                        r["prompt"] = j.key[3]
-                        j.result = r
-                        self.stats["misses"] += 1
-                        if self.settings.live_cache_size:
-                            self._cache[j.key] = r
-                    while len(self._cache) > self.settings.live_cache_size:
-                        self._cache.popitem(last=False)
-                self.stats["batches"] += 1
-                self.stats["batched"] += len(todo)
-        except Exception as exc:  # every request of the batch gets the error
-            for j in batch:
-                j.error = exc
-        finally:
-            for j in batch:
-                j.done = True
+                    self._settle(j, error=exc)
+                continue
+            for j, out in zip(batch, outs):
+                out["prompt"] = j.prompt
+                self._settle(j, result=out)
 
-    def _compute(self, run: Run, model: LoadedModel, neuron: Neuron, ids: list[list[int]],
-                 pos: list[int], ablate_heads: list[tuple[int, int]]) -> list[dict]:
-        """attribute() for the heatmap; ablate() for the token's probability and the top-5
-        (with ``[]`` heads it runs the clean pass only); with heads, attribute() again under
-        precompute's ablation hooks for the ablated heatmap. One batch of prompts."""
-        from precompute.ablation import ablate, ablation_hooks
+    def _settle(self, job: LiveJob, *, result: dict | None = None, error: BaseException | None = None):
+        with self._lock:
+            self._inflight.pop(job.key, None)
+            if error is None:
+                self._counts["misses"] += 1
+                if self._cache is not None:
+                    self._cache[job.key] = result
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
 
-        rows = [[model.bos_token_id] + x for x in ids]
-        positions = [p + 1 for p in pos]
-        layer, idx = neuron.layer, neuron.neuron
-        rs = Settings.of_run(run.settings)
-        n_scored = scored_layers(layer, rs.heads_upto, upstream_attn_layers(model, layer))
-        att = attribute(model, rows, layer, idx, positions=positions)
-        res = ablate(model, rows, layer, idx, neuron.token_id, ablate_heads, method="zero",
-                     positions=positions)
+
+def _check_ids(ids: list[int], pos: int | None, cap: int, token_cap: int) -> LookupsError | None:
+    if len(ids) > cap:
+        why = "" if cap == token_cap else " (the model's context length, minus BOS)"
+        return PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
+                             f"{cap} tokens{why}. Shorten it.")
+    if not ids:
+        return BadLiveInput("The prompt is empty after tokenization.")
+    if pos is not None and not 0 <= pos < len(ids):
+        return BadLiveInput(f"pos {pos} out of range: the prompt has {len(ids)} tokens "
+                            f"(positions 0..{len(ids) - 1}).")
+    return None
+
+
+def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], targets: list[Target],
+               heads: list[tuple[tuple[int, int], ...]]) -> list[dict]:
+    """The live views of a batch of prompts, each for its own neuron (paper §4.3, §5.4).
+
+    Args:
+        rows: token rows with BOS at index 0.
+        pos: per row, the target position among the prompt's tokens (BOS excluded).
+        targets: per row, the run and neuron.
+        heads: per row, the heads to zero-ablate (may be empty).
+
+    Returns:
+        Per row, the dict the neuron page renders: ``acts`` (every prompt token), ``act``,
+        ``pre``, ``attr_raw``/``attr_ln`` ``[n_attn_layers][n_heads]``, ``active`` heads (the
+        run's rule on the scored heads), ``prob`` of the neuron's token and ``top5`` at the
+        target position; ``ablation`` the same under the ablated heads and the ``drop``.
+        One forward pass over all rows, and a second over the rows with heads ablated.
+
+    Raises:
+        ValueError: a layer, neuron, token, head or position out of range.
+    """
+    positions = [p + 1 for p in pos]  # BOS at 0
+    abl = [j for j, hs in enumerate(heads) if hs]
+    if fast_supported(model):
+        from precompute.passes import ablated_view, clean_view
+
+        tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
+        c = clean_view(model, rows, tgt, positions)
+        clean = [_view(c, j, c.n_attn[j]) for j in range(len(rows))]
+        ablated = {}
+        if abl:
+            a = ablated_view(model, [rows[j] for j in abl], [tgt[j] for j in abl],
+                             [list(heads[j]) for j in abl], [positions[j] for j in abl])
+            ablated = {j: _view(a, q, a.n_attn[q]) for q, j in enumerate(abl)}
+    else:
+        clean, ablated = _reference_views(model, rows, positions, targets, heads)
+    outs = []
+    for j, (x, t) in enumerate(zip(rows, targets)):
+        ids = x[1:]
+        v = clean[j]
+        n_scored = scored_layers(t.layer, t.rules.heads_upto, upstream_attn_layers(model, t.layer))
+        out = {"n_tokens": len(ids), "pos": pos[j], "token_ids": ids,
+               "tokens": [_token_str(model.tokenizer, i) for i in ids], "acts": v["acts"][1:], "act": v["act"],
+               "pre": v["pre"], "attr_raw": v["raw"], "attr_ln": v["ln"], "n_scored": n_scored,
+               "active": _active(t.rules, v["raw"], n_scored, model.n_heads),
+               "token_id": t.token_id, "token": t.token, "prob": v["prob"],
+               "top5": _top(model, v["top"]), "ablation": None}
+        if j in ablated:
+            a = ablated[j]
+            out["ablation"] = {
+                "heads": [head_label(k, h) for k, h in heads[j]], "method": "zero",
+                "act_clean": v["act"], "act_ablated": a["act"], "prob_clean": v["prob"],
+                "prob_ablated": a["prob"], "drop": v["prob"] - a["prob"], "acts": a["acts"][1:],
+                "attr_raw": a["raw"], "attr_ln": a["ln"],
+                "active": _active(t.rules, a["raw"], n_scored, model.n_heads), "top5": _top(model, a["top"])}
+        outs.append(out)
+    return outs
+
+
+def _view(p, j: int, n_attn: int) -> dict:
+    """Row ``j`` of a :class:`precompute.passes.NeuronPass` as plain Python values."""
+    return {"acts": p.acts[j], "act": float(p.act[j]), "pre": float(p.pre[j]),
+            "raw": p.raw[j, :n_attn].tolist(), "ln": p.ln[j, :n_attn].tolist(),
+            "prob": float(p.prob[j]), "top": p.top[j]}
+
+
+def _reference_views(model: LoadedModel, rows, positions, targets, heads) -> tuple[list, dict]:
+    """The bridge (reference) path for architectures the fast path does not support:
+    :func:`precompute.attribution.attribute` and :func:`precompute.ablation.ablate` per
+    (neuron, heads) group, attribute() again under the ablation hooks."""
+    from precompute.ablation import ablate, ablation_hooks
+    from precompute.attribution import attribute
+
+    clean: list = [None] * len(rows)
+    ablated: dict = {}
+    groups: dict[tuple, list[int]] = {}
+    for j, t in enumerate(targets):
+        groups.setdefault((t.layer, t.neuron, t.token_id, heads[j]), []).append(j)
+    for (layer, neuron, token_id, hs), idx in groups.items():
+        rs, ps = [rows[j] for j in idx], [positions[j] for j in idx]
+        att = attribute(model, rs, layer, neuron, positions=ps)
+        res = ablate(model, rs, layer, neuron, token_id, list(hs), method="zero", positions=ps)
         abl = None
-        if ablate_heads:
-            with model.bridge.hooks(fwd_hooks=ablation_hooks(ablate_heads, method="zero", mean_v=None)):
-                abl = attribute(model, rows, layer, idx, positions=positions)
-        outs = []
-        for b, (x, p) in enumerate(zip(ids, pos)):
-            out = {
-                "n_tokens": len(x), "pos": p, "token_ids": x,
-                "tokens": [model.token_str(i) for i in x],
-                "acts": att.acts[b][1:], "act": float(att.act[b]), "pre": float(att.pre[b]),
-                "attr_raw": att.raw[b].tolist(), "attr_ln": att.ln[b].tolist(), "n_scored": n_scored,
-                "active": self._active(rs, att.raw[b, :n_scored], n_scored, model.n_heads),
-                "token_id": neuron.token_id, "token": neuron.token,
-                "prob": float(res.prob_clean[b]), "top5": self._top(model, res.top_clean[b]),
-                "ablation": None,
-            }
+        if hs:
+            with model.bridge.hooks(fwd_hooks=ablation_hooks(list(hs), method="zero", mean_v=None)):
+                abl = attribute(model, rs, layer, neuron, positions=ps)
+        for q, j in enumerate(idx):
+            clean[j] = {"acts": att.acts[q], "act": float(att.act[q]), "pre": float(att.pre[q]),
+                        "raw": att.raw[q].tolist(), "ln": att.ln[q].tolist(),
+                        "prob": float(res.prob_clean[q]), "top": res.top_clean[q]}
             if abl is not None:
-                out["ablation"] = {
-                    "heads": [head_label(k, h) for k, h in ablate_heads], "method": "zero",
-                    "act_clean": float(res.act_clean[b]), "act_ablated": float(res.act_ablated[b]),
-                    "prob_clean": float(res.prob_clean[b]), "prob_ablated": float(res.prob_ablated[b]),
-                    "drop": float(res.drop[b]), "acts": res.acts_ablated[b][1:],
-                    "attr_raw": abl.raw[b].tolist(), "attr_ln": abl.ln[b].tolist(),
-                    "active": self._active(rs, abl.raw[b, :n_scored], n_scored, model.n_heads),
-                    "top5": self._top(model, res.top_ablated[b]),
-                }
-            outs.append(out)
-        return outs
+                ablated[j] = {"acts": res.acts_ablated[q], "act": float(res.act_ablated[q]),
+                              "raw": abl.raw[q].tolist(), "ln": abl.ln[q].tolist(),
+                              "prob": float(res.prob_ablated[q]), "top": res.top_ablated[q]}
+    return clean, ablated
 
-    @staticmethod
-    def _active(rs: Settings, scores, n_scored: int, n_heads: int) -> list[str]:
-        mask = active_heads_of_run(scores.flatten(), rs)
-        return [head_label(k, h) for k in range(n_scored) for h in range(n_heads) if mask[k * n_heads + h]]
 
-    @staticmethod
-    def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
-        return [[int(i), model.token_str(int(i)), float(v)] for i, v in top]
+def _active(rs: Settings, raw: list[list[float]], n_scored: int, n_heads: int) -> list[str]:
+    import torch
+
+    mask = active_heads_of_run(torch.tensor(raw[:n_scored]).flatten(), rs)
+    return [head_label(k, h) for k in range(n_scored) for h in range(n_heads) if mask[k * n_heads + h]]
+
+
+def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
+    return [[int(i), _token_str(model.tokenizer, int(i)), float(v)] for i, v in top]
+
+
+@lru_cache(maxsize=1 << 17)
+def _token_str(tokenizer, token_id: int) -> str:
+    """``LoadedModel.token_str``, cached: a token's text never changes, and decoding each token
+    of each live prompt one by one was a visible part of a batched pass."""
+    return tokenizer.decode([int(token_id)])

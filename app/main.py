@@ -1,7 +1,7 @@
 """The explorer's FastAPI application: ``create_app(db_url=...)``.
 
-The database is opened read-only (``precompute.db.open_reader``); a run's model is loaded
-lazily on the first live request and then kept (``app.live``). Domain errors become HTTP
+The database is opened read-only (``precompute.db.open_reader``); the runs' models load in the
+background at start-up, on the live model thread (``app.live``, ``app.engine``; ``/healthz``). Domain errors become HTTP
 statuses here, as JSON for ``.json`` routes and API clients and as a readable page otherwise.
 """
 
@@ -23,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from precompute.db import open_reader, sessions
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
 
-from . import present, urls
+from . import present, states, urls
+from .engine import LiveBusy
 from .live import BadLiveInput, Live
+from .queries import list_runs
 from .settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env.filters.update(tok=present.visible, colour=present.colour, fmt=present.fmt)
     env.globals.update(urls=urls, legend=present.legend, histogram_svg=present.histogram_svg,
                        score_groups=present.score_groups, tokens_html=present.tokens_html,
-                       prompt_heat_html=present.prompt_heat_html)
+                       prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
+                       html_cache=present.HtmlCache(), state_text=states.text)
     return Jinja2Templates(env=env)
 
 
@@ -58,7 +61,13 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        for name in ("neuron.html", "_live.html", "error.html"):  # compiled now, not on first use
+            app.state.templates.get_template(name)
+        if settings.preload:  # the models load on the model thread while pages are served
+            with app.state.Session() as s:
+                app.state.live.preload(list_runs(s))
         yield
+        app.state.live.close()
         engine.dispose()
 
     app = FastAPI(title="context-lookups explorer", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -86,9 +95,11 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
 
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir)), name="static")
-    from .routes import docs, fragments, pages
+    from .routes import compare, docs, fragments, health, pages
 
+    app.include_router(compare.router)
     app.include_router(docs.router)
+    app.include_router(health.router)
     app.include_router(fragments.router)
     app.include_router(pages.router)
     return app
@@ -119,10 +130,14 @@ _TITLES = {404: "Not found", 422: "Cannot run this request", 503: "Model not ava
 
 def _install_error_handlers(app: FastAPI) -> None:
     # Domain errors from precompute and the live engine, mapped to HTTP at this boundary.
-    statuses = {NotFound: 404, PromptTooLong: 422, BadLiveInput: 422, ModelNotAvailable: 503}
+    statuses = {NotFound: 404, PromptTooLong: 422, BadLiveInput: 422, ModelNotAvailable: 503,
+                LiveBusy: 503}
 
     async def domain_error(request: Request, exc: Exception):
-        return error_response(request, statuses[type(exc)], str(exc))
+        resp = error_response(request, statuses[type(exc)], str(exc))
+        if isinstance(exc, LiveBusy):
+            resp.headers["Retry-After"] = "1"
+        return resp
 
     for exc_type in statuses:
         app.add_exception_handler(exc_type, domain_error)

@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
+from precompute.ablation import METHODS as ABLATION_METHODS
 from precompute.ablation import ablation_table, pair_ablation_stats
 from precompute.errors import NotFound
-from precompute.explain import score_table
-from precompute.schema import (Ablation, Classification, Document, Explanation, Neuron, Pair,
+from precompute.report import comparison_table, explainers_of_run, score_table
+from precompute.schema import (Ablation, Classification, Document, Explanation, Neuron, Pair, Phase,
                                Prompt, Run, TopActivation)
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("all", "selected", "next_token", "random", "other")
-SORTS = {"congruence": Neuron.congruence, "best_score": Neuron.best_score, "max_act": Neuron.max_act,
-         "layer": Neuron.layer, "neuron": Neuron.neuron, "token": Neuron.token, "kind": Neuron.kind}
+KINDS = ("selected", "all", "next_token", "random", "other")
+# "kind" sorts the analysed neurons first: next-token, then random, then the others.
+KIND_ORDER = case({"next_token": 0, "random": 1}, value=Neuron.kind, else_=2)
+SORTS = {"kind": KIND_ORDER, "congruence": Neuron.congruence, "best_score": Neuron.best_score,
+         "max_act": Neuron.max_act, "layer": Neuron.layer, "neuron": Neuron.neuron, "token": Neuron.token}
 
 
 def _ranges(values: list[int]) -> str:
@@ -76,26 +79,52 @@ def ablation_methods(session: Session, *, run_id: int) -> list[str]:
 
 def findings(session: Session, *, run_id: int) -> dict:
     """The paper's two tables for one run, from precompute: explanation scores E of next-token
-    vs random neurons per explainer (``explain.score_table``) and ablation drops of active vs
-    inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed."""
-    return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex)
-                             for ex in explainers(session, run_id=run_id)},
+    vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
+    inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed.
+    ``comparisons``: each other explainer against the first LLM explainer (else the first) on
+    the same pairs (``report.comparison_table``)."""
+    names = explainers_of_run(session, run_id=run_id)
+    ref = next((n for n in names if n.startswith("openai:")), names[0] if names else None)
+    return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
             "ablation": {m: ablation_table(session, run_id=run_id, method=m)
-                         for m in ablation_methods(session, run_id=run_id)}}
+                         for m in ablation_methods(session, run_id=run_id)},
+            "comparisons": [comparison_table(session, run_id=run_id, a=ref, b=ex)
+                            for ex in names if ex != ref]}
+
+
+def layer_counts(session: Session, *, run_id: int) -> dict[int, dict]:
+    """Per scanned layer: selected neurons by kind, pairs scored and kept (next-token and
+    random neurons together)."""
+    out: dict[int, dict] = {}
+    for layer, kind, n in session.execute(select(Neuron.layer, Neuron.kind, func.count())
+                                          .where(Neuron.run_id == run_id, Neuron.kind != "other")
+                                          .group_by(Neuron.layer, Neuron.kind)):
+        out.setdefault(layer, {"next_token": 0, "random": 0, "pairs": 0, "kept_pairs": 0})[kind] = n
+    for layer, kept, n in session.execute(select(Neuron.layer, Pair.kept, func.count())
+                                          .join(Neuron, Neuron.id == Pair.neuron_id)
+                                          .where(Pair.run_id == run_id).group_by(Neuron.layer, Pair.kept)):
+        row = out.setdefault(layer, {"next_token": 0, "random": 0, "pairs": 0, "kept_pairs": 0})
+        row["pairs"] += n
+        row["kept_pairs"] += n if kept else 0
+    return dict(sorted(out.items()))
 
 
 # --- neurons ---------------------------------------------------------------------------------
 
 @dataclass
 class NeuronFilter:
+    """The neuron list's query. The default view leads with the analysed neurons (``kind``
+    "selected": next-token, then random), each kind by congruence; ``kind="all"`` lists every
+    scanned neuron."""
+
     layer: int | None = None
-    kind: str = "all"
+    kind: str = "selected"
     q: str | None = None
     min_congruence: float | None = None
     max_congruence: float | None = None
     min_score: float | None = None
-    sort: str = "congruence"
-    order: str = "desc"
+    sort: str = "kind"
+    order: str = "asc"
     page: int = 1
     per_page: int = 50
 
@@ -128,8 +157,9 @@ def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list
     total = session.scalar(select(func.count()).select_from(Neuron).where(where)) or 0
     col = SORTS[flt.sort]
     primary = col.desc().nulls_last() if flt.order == "desc" else col.asc().nulls_last()
+    ties = (Neuron.congruence.desc(),) if flt.sort == "kind" else ()
     rows = session.scalars(select(Neuron).where(where)
-                           .order_by(primary, Neuron.layer, Neuron.neuron)
+                           .order_by(primary, *ties, Neuron.layer, Neuron.neuron)
                            .limit(flt.per_page).offset((flt.page - 1) * flt.per_page)).all()
     return list(rows), total
 
@@ -214,6 +244,26 @@ def get_pair(session: Session, *, run: Run, neuron: Neuron, head_layer: int, hea
     return p
 
 
+def ablation_phases(session: Session, *, run_id: int, pair_ids: list[int]) -> dict[int, dict[str, int]]:
+    """``{pair_id: {method: held-out prompts}}`` of the pairs' finished ablation units of work
+    (phase ``ablation:{method}:{pair_id}``): a pair with a phase but no ablation row was
+    skipped, one without a phase is not computed yet."""
+    out: dict[int, dict[str, int]] = {}
+    if not pair_ids:
+        return out
+    names = {f"ablation:{m}:{pid}": (m, pid) for pid in pair_ids for m in ABLATION_METHODS}
+    for name, stats in session.execute(select(Phase.name, Phase.stats).where(
+            Phase.run_id == run_id, Phase.name.in_(list(names)))):
+        m, pid = names[name]
+        out.setdefault(pid, {})[m] = (stats or {}).get("prompts", 0)
+    return out
+
+
+def count_prompts(session: Session, *, neuron_id: int, split: str = "explain") -> int:
+    return session.scalar(select(func.count()).select_from(Prompt).where(
+        Prompt.neuron_id == neuron_id, Prompt.split == split)) or 0
+
+
 def pair_explanations(session: Session, *, pair_id: int) -> list[Explanation]:
     return list(session.scalars(select(Explanation).where(Explanation.pair_id == pair_id)
                                 .order_by(Explanation.explainer)))
@@ -246,6 +296,54 @@ def pair_ablation_summary(session: Session, *, pair_id: int) -> dict:
         st.pop("prompts", None)
         out[m] = st
     return out
+
+
+@dataclass
+class PairFilter:
+    """The run's pair list: one row per (pair, explanation), or per pair without any."""
+
+    layer: int | None = None
+    kind: str = "selected"
+    kept: bool = True
+    explainer: str | None = None
+    min_score: float | None = None
+    sort: str = "score"
+    page: int = 1
+    per_page: int = 100
+
+
+PAIR_SORTS = ("score", "neuron")
+
+
+def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tuple], int]:
+    """One page of ``(Pair, Neuron, Explanation | None)`` rows of the run matching ``flt`` and
+    their total: best E first (unscored last), or by neuron and head.
+
+    Raises:
+        NotFound: ``flt.layer`` is not a scanned layer.
+    """
+    if flt.layer is not None and flt.layer not in run.layers:
+        raise NotFound(f"layer {flt.layer} out of range: scanned layers are {_ranges(run.layers)}.")
+    on = Explanation.pair_id == Pair.id
+    if flt.explainer:
+        on = and_(on, Explanation.explainer == flt.explainer)
+    cond = [Pair.run_id == run.id]
+    if flt.kept:
+        cond.append(Pair.kept.is_(True))
+    if flt.layer is not None:
+        cond.append(Neuron.layer == flt.layer)
+    if flt.kind in ("next_token", "random"):
+        cond.append(Neuron.kind == flt.kind)
+    if flt.min_score is not None:
+        cond.append(Explanation.score >= flt.min_score)
+    base = (select(Pair, Neuron, Explanation).join(Neuron, Neuron.id == Pair.neuron_id)
+            .outerjoin(Explanation, on).where(*cond))
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    by_neuron = (Neuron.layer, Neuron.neuron, Pair.head_layer, Pair.head, Explanation.explainer)
+    order = by_neuron if flt.sort == "neuron" else (Explanation.score.desc().nulls_last(), *by_neuron)
+    rows = session.execute(base.order_by(*order).limit(flt.per_page)
+                           .offset((flt.page - 1) * flt.per_page)).all()
+    return [tuple(r) for r in rows], total
 
 
 def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False,

@@ -8,6 +8,7 @@ environment with the prefix ``LOOKUPS_`` shared with the precompute job (``LOOKU
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,14 +27,24 @@ class WebSettings(BaseSettings):
                            "longer prompts get a 422.")
     live_cache_size: int = Field(256, ge=0, description="Recent live results kept in memory "
                                  "(LRU keyed by run, neuron, prompt, ablated heads, position).")
-    max_batch: int = Field(16, ge=1, description="Most concurrent live requests (same neuron and "
+    max_batch: int = Field(16, ge=1, description="Most queued live requests (any neurons, any "
                            "ablated heads) run as one batched pass.")
+    max_batch_tokens: int = Field(4096, ge=1, description="Most padded tokens in one batched "
+                                  "live pass (bounds its memory).")
+    live_queue: int = Field(1024, ge=1, description="Most live requests waiting for the model; "
+                            "beyond, a 503 asks to retry.")
+    preload: bool = Field(True, description="Load every run's model at server start, in the "
+                          "background (/healthz says when it is ready); else on the first live "
+                          "request.")
     page_size: int = Field(50, ge=1, le=500, description="Default rows per page of the neuron list.")
     max_page_size: int = Field(500, ge=1, description="Largest rows per page a client may ask for.")
     top_docs: int = Field(10, ge=1, description="Top documents shown for an unselected neuron.")
     doc_window: int = Field(24, ge=1, description="Tokens shown before the max-activating token "
                             "of a top document.")
-    device: str = Field("cpu", description="Torch device of the live model.")
+    device: str = Field("auto", description="Torch device of the live model: auto (cuda, else "
+                        "mps, else cpu), cpu, cuda, cuda:N or mps.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the "
+                                                             "live model's weights and passes.")
     torch_threads: int | None = Field(1, ge=1, description="Intra-op threads of torch in the "
                                       "server process (set when the first model loads). Passes are "
                                       "serialised, and on a small model one thread is many times "

@@ -19,7 +19,8 @@ def _query(params: dict) -> str:
 
 
 def _path(path: str, fmt: str | None) -> str:
-    return path + (".json" if fmt == "json" else "")
+    """``path`` or its twin: ``fmt`` "json" or "csv" (list pages)."""
+    return path + (f".{fmt}" if fmt in ("json", "csv") else "")
 
 
 def home(*, fmt: str | None = None) -> str:
@@ -48,8 +49,18 @@ def pair(slug: str, layer: int, neuron_: int, head_layer: int, head_: int, *,
     return _path(f"/{quote(slug)}/neurons/{layer}/{neuron_}/heads/{head_layer}/{head_}", fmt) + _query(params)
 
 
+def pairs(slug: str, *, fmt: str | None = None, **params) -> str:
+    """A run's (neuron, head) pairs with their explanations and scores."""
+    return _path(f"/{quote(slug)}/pairs", fmt) + _query(params)
+
+
 def head(slug: str, layer: int, head_: int, *, fmt: str | None = None, **params) -> str:
     return _path(f"/{quote(slug)}/heads/{layer}/{head_}", fmt) + _query(params)
+
+
+def compare(*, fmt: str | None = None, **params) -> str:
+    """Runs side by side; ``runs`` a list of slugs."""
+    return _path("/compare", fmt) + _query(params)
 
 
 def static(path: str) -> str:

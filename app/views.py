@@ -5,17 +5,18 @@ through :class:`app.live.Live`."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 
 from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
-from precompute.settings import Settings
 
 from . import queries as Q
-from . import urls
-from .live import Live
+from . import states, urls
+from .imported import model_notice, top3_view
+from .live import Live, run_rules
 from .present import (ablation_dict, classification_dict, explanation_dict, mean_grid, neuron_dict,
-                      nice_scale, pair_dict, prompt_dict, run_dict)
+                      nice_scale, pair_dict, prompt_dict, run_dict, token_escaped, token_fields)
 
 
 def home(s: Session) -> dict:
@@ -28,15 +29,17 @@ def home(s: Session) -> dict:
     return {"runs": runs}
 
 
-def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int = 50) -> dict:
+def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int = 50,
+            live: Live | None = None) -> dict:
     run = Q.get_run(s, slug=slug)
     rows, total = Q.list_neurons(s, run=run, flt=flt)
+    partial = live.partial_tokens(run) if live else {}
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
     items = []
     for n in rows:
-        d = neuron_dict(n)
+        d = neuron_dict(n, partial)
         d.pop("top_tokens")
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
@@ -45,8 +48,11 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
             "links": {"prev": urls.neurons(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
                       "next": urls.neurons(slug, page=flt.page + 1, **params) if flt.page < pages else None,
                       "json": urls.neurons(slug, fmt="json", page=flt.page if flt.page > 1 else None, **params),
+                      "csv": urls.neurons(slug, fmt="csv", page=flt.page if flt.page > 1 else None, **params),
                       "page": urls.neurons(slug, page=flt.page if flt.page > 1 else None, **params)},
             "sort_links": {k: urls.neurons(slug, **_sort_params(params, flt, k)) for k in Q.SORTS},
+            "kind_links": {"all": urls.neurons(slug, **{**params, "kind": "all"}),
+                           "selected": urls.neurons(slug, **{**params, "kind": None})},
             "layers": run.layers, "kinds": Q.KINDS, "sorts": list(Q.SORTS)}
 
 
@@ -56,8 +62,9 @@ def _sort_params(params: dict, flt: Q.NeuronFilter, key: str) -> dict:
         order = "asc" if flt.order == "desc" else "desc"
     else:
         order = "asc" if key in ("token", "layer", "neuron", "kind") else "desc"
-    out = {**params, "sort": key if key != "congruence" else None, "order": order if order != "desc" else None}
-    return out
+    default = Q.NeuronFilter()
+    return {**params, "sort": key if key != default.sort else None,
+            "order": order if order != default.order else None}
 
 
 def _grid_scale(grids: list, n_rows: int) -> float:
@@ -68,7 +75,7 @@ def _n_scored(run, layer: int, prompts: list) -> int:
     """Scored head layers of a neuron, by the run's rule; a stored prompt's ``attr_raw`` holds
     every upstream attention layer (without prompts: GPT-2-style blocks, ``layer + 1``)."""
     n_upstream = len(prompts[0].attr_raw) if prompts else layer + 1
-    return scored_layers(layer, Settings.of_run(run.settings).heads_upto, n_upstream)
+    return scored_layers(layer, run_rules(run.settings).heads_upto, n_upstream)
 
 
 def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict]:
@@ -83,7 +90,7 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
         d["tokens"] = None
     if tok is None or not docs:
         return docs
-    ctx = Settings.of_run(run.settings).context_tokens or run.n_ctx
+    ctx = run_rules(run.settings).context_tokens or run.n_ctx
     kw = dict(add_special_tokens=False, truncation=True, max_length=ctx - 1)
     with live.tok_lock:  # HF fast tokenizers are not safe to share between threads
         enc = tok([d["text"][:ctx * 24] for d in docs], **kw)["input_ids"]
@@ -94,6 +101,7 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
             if 0 <= i < len(ids):
                 lo = max(0, i - window)
                 d["tokens"] = tok.batch_decode([[t] for t in ids[lo:i + 1]])
+                d.update(token_fields(ids[lo:i + 1], d["tokens"], live.partial_tokens(run)))
                 d["truncated_before"] = lo > 0
     return docs
 
@@ -103,57 +111,83 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     prompts = Q.neuron_prompts(s, neuron_id=n.id, split=split)
+    partial = live.partial_tokens(run)
     n_scored = _n_scored(run, layer, prompts)
     key = "attr_ln" if score == "ln" else "attr_raw"
     grids = [getattr(p, key) for p in prompts]
     pairs = []
-    for item in Q.neuron_pairs(s, neuron_id=n.id, kept_only=True):
+    kept_pairs = Q.neuron_pairs(s, neuron_id=n.id, kept_only=True)
+    phases = Q.ablation_phases(s, run_id=run.id, pair_ids=[i["pair"].id for i in kept_pairs])
+    for item in kept_pairs:
         p = item["pair"]
         d = pair_dict(p)
         d["url"] = urls.pair(slug, layer, neuron_, p.head_layer, p.head)
         d["explanations"] = [explanation_dict(e) for e in item["explanations"]]
         d["ablation"] = item["ablation"]
+        d["explanation_state"] = states.explanation_state(kept_why=None, n_explanations=len(d["explanations"]))
+        d["ablation_state"] = states.ablation_state(kept_why=None, n_rows=len(d["ablation"]),
+                                                    phases=phases.get(p.id, {}))
         pairs.append(d)
+    no_pair_reason = None
+    if not pairs and n.kind != "other":
+        n_explain = len(prompts) if split == "explain" else Q.count_prompts(s, neuron_id=n.id)
+        no_pair_reason = states.no_pair_reason(n_explain, run_rules(run.settings))
     docs = []
     if n.kind == "other" or not prompts:
         docs = _tokenized_docs(live, run, Q.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
                                                           limit=settings.top_docs), settings.doc_window)
     act_scale = nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts])
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n), "score": score, "split": split,
+        "run": run_dict(run), "neuron": neuron_dict(n, partial), "score": score, "split": split,
         "n_scored": n_scored, "head_labels": [head_label(k, h) for k in range(n_scored)
                                               for h in range(run.n_heads)],
-        "prompts": [prompt_dict(p) for p in prompts], "act_scale": act_scale,
+        "prompts": [prompt_dict(p, partial) for p in prompts], "act_scale": act_scale,
         "mean_attr": mean_grid(grids), "attr_scale": _grid_scale(grids, n_scored),
-        "pairs": pairs, "top_documents": docs,
+        "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
         "links": {"page": urls.neuron(slug, layer, neuron_, score=score if score != "raw" else None,
                                       split=split if split != "explain" else None),
                   "neurons": urls.neurons(slug, layer=layer)},
         "live": None, "live_error": None,
+        "top3": top3_view(run, layer, prompts), "model_notice": model_notice(live, run),
     }
 
 
-def neuron_brief(s: Session, *, slug: str, layer: int, neuron_: int, score: str) -> dict:
+def neuron_brief(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score: str) -> dict:
     """What the live fragment needs besides the live result (no prompts, no pairs)."""
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
-    return {"run": run_dict(run), "neuron": neuron_dict(n), "score": score, "split": "explain",
-            "links": {}, "live": None, "live_error": None}
+    return {"run": run_dict(run), "neuron": neuron_dict(n, live.partial_tokens(run)), "score": score,
+            "split": "explain", "links": {}, "live": None, "live_error": None}
 
 
-def live_result(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
-                ablate: list[str], pos: int | None) -> tuple[dict, dict]:
-    """The live pass for the neuron page and its canonical page URL parameters.
+def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
+                 ablate: list[str], pos: int | None) -> tuple[Future, dict, dict]:
+    """Submit the live pass of the neuron page; returns its Future (to await), the canonical
+    page URL parameters and the run's partial tokens (for :func:`shown_live`).
 
     Raises:
-        NotFound, BadLiveInput, PromptTooLong, ModelNotAvailable.
+        NotFound, BadLiveInput, LiveBusy (the Future may raise BadLiveInput, PromptTooLong,
+        ModelNotAvailable).
     """
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     heads = live.parse_ablate(run, ",".join(ablate))
-    res = live.run(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
+    fut = live.submit(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
     params = {"prompt": prompt, "ablate": [head_label(k, h) for k, h in heads], "pos": pos}
-    return res, params
+    return fut, params, live.partial_tokens(run)
+
+
+def shown_live(res: dict, partial: dict) -> dict:
+    """A live result (shared, cached: not modified) with its tokens as shown
+    (:func:`app.present.token_fields`): ``tokens_escaped``, ``tokens_joined``, ``token_escaped``
+    and ``top5_escaped`` (also in ``ablation``)."""
+    out = {**res, **token_fields(res["token_ids"], res["tokens"], partial),
+           "token_escaped": token_escaped(res["token_id"], res["token"], partial),
+           "top5_escaped": [token_escaped(t[0], t[1], partial) for t in res["top5"]]}
+    if res.get("ablation"):
+        out["ablation"] = {**res["ablation"], "top5_escaped": [token_escaped(t[0], t[1], partial)
+                                                               for t in res["ablation"]["top5"]]}
+    return out
 
 
 def live_extra(res: dict, data: dict, score: str) -> dict:
@@ -166,8 +200,10 @@ def live_extra(res: dict, data: dict, score: str) -> dict:
             "live_attr_scale": _grid_scale(grids, n_scored)}
 
 
-def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, head: int, score: str) -> dict:
+def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, head: int, score: str,
+         live: Live | None = None) -> dict:
     run = Q.get_run(s, slug=slug)
+    partial = live.partial_tokens(run) if live else {}
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     p = Q.get_pair(s, run=run, neuron=n, head_layer=head_layer, head=head)
     label = head_label(head_layer, head)
@@ -176,10 +212,16 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
     expl = Q.pair_explanations(s, pair_id=p.id)
     cls = Q.pair_classifications(s, explanation_ids=[e.id for e in expl])
     abl = Q.pair_ablations(s, pair_id=p.id)
+    kept_why = states.kept_reason(p, run_rules(run.settings))
+    pair_state = {"kept_reason": kept_why,
+                  "explanation": states.explanation_state(kept_why=kept_why, n_explanations=len(expl)),
+                  "ablation": states.ablation_state(
+                      kept_why=kept_why, n_rows=sum(len(a) for a in abl.values()),
+                      phases=Q.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}))}
     key = "attr_ln" if score == "ln" else "attr_raw"
 
     def row(pr, with_outcomes: bool) -> dict:
-        d = prompt_dict(pr)
+        d = prompt_dict(pr, partial)
         d["head_attr"] = getattr(pr, key)[head_layer][head] if head_layer < len(pr.attr_raw) else None
         d["head_active"] = label in pr.active
         if with_outcomes:
@@ -194,26 +236,29 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
         held = [h for h in held if h["id"] in scored_ids]
     prompts = explain + heldout
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n), "pair": pair_dict(p), "label": label,
+        "run": run_dict(run), "neuron": neuron_dict(n, partial), "pair": pair_dict(p), "label": label,
         "score": score,
         "active": [row(pr, False) for pr in explain if label in pr.active],
         "inactive": [row(pr, False) for pr in explain if label not in pr.active],
         "heldout": held,
         "explanations": [explanation_dict(e) for e in expl],
-        "ablation_summary": Q.pair_ablation_summary(s, pair_id=p.id),
+        "ablation_summary": Q.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
         "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
         "links": {"neuron": urls.neuron(slug, layer, neuron_), "head": urls.head(slug, head_layer, head)},
     }
 
 
-def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: bool) -> dict:
+def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: bool,
+         live: Live | None = None) -> dict:
     run = Q.get_run(s, slug=slug)
+    partial = live.partial_tokens(run) if live else {}
     rows = Q.head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept, order=order)
     items = []
     for r in rows:
         n, p = r["neuron"], r["pair"]
         d = pair_dict(p)
-        d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token, congruence=n.congruence,
+        d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token,
+                 token_escaped=token_escaped(n.token_id, n.token, partial), congruence=n.congruence,
                  best_score=r["best_score"], url=urls.neuron(slug, n.layer, n.neuron),
                  pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
         items.append(d)
@@ -221,5 +266,35 @@ def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: boo
             "order": order, "kept": kept, "pairs": items,
             "raw_scale": nice_scale(i["mean_attr_raw"] for i in items),
             "ln_scale": nice_scale(i["mean_attr_ln"] for i in items),
-            "links": {"json": urls.head(slug, layer, head_, fmt="json", order=order if order != "raw" else None,
-                                        kept="true" if kept else None)}}
+            "links": {f: urls.head(slug, layer, head_, fmt=f, order=order if order != "raw" else None,
+                                   kept="true" if kept else None) for f in ("json", "csv")}}
+
+
+def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None) -> dict:
+    """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
+    the explanation's text and score E (paper §4.4)."""
+    run = Q.get_run(s, slug=slug)
+    partial = live.partial_tokens(run) if live else {}
+    rows, total = Q.list_pairs(s, run=run, flt=flt)
+    items = []
+    for p, n, e in rows:
+        d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
+             "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
+        d.pop("id")
+        ex = explanation_dict(e) if e is not None else {}
+        d.update(explainer=ex.get("explainer"), status=ex.get("status"), score=ex.get("score"),
+                 tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
+                 explanation=ex.get("text"), url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
+        items.append(d)
+    pages = max(1, math.ceil(total / flt.per_page))
+    defaults = vars(Q.PairFilter())
+    params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in vars(flt).items()
+              if k != "page" and v != defaults[k]}
+    page = flt.page if flt.page > 1 else None
+    return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
+            "pairs": items, "explainers": Q.explainers(s, run_id=run.id), "layers": run.layers,
+            "links": {"prev": urls.pairs(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
+                      "next": urls.pairs(slug, page=flt.page + 1, **params) if flt.page < pages else None,
+                      "page": urls.pairs(slug, page=page, **params),
+                      "json": urls.pairs(slug, fmt="json", page=page, **params),
+                      "csv": urls.pairs(slug, fmt="csv", page=page, **params)}}

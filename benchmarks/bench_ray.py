@@ -58,7 +58,8 @@ def main() -> None:
     cpus = os.cpu_count() or 2
     torch.set_num_threads(cpus)
     model = load_model(a.model)
-    texts = [r["text"] for r in load_corpus(EMBEDDED_CORPUS, n_docs=a.docs)["explain"]]
+    docs = load_corpus(EMBEDDED_CORPUS, n_docs=a.docs)["explain"]
+    texts = list(docs["text"])
     layers = default_layers(model.n_layers)
     kw = dict(layers=layers, k=20, batch_size=a.batch_size, context_tokens=a.context)
     batches = [pad(tokenize_batch(model, texts[i:i + a.batch_size], a.context), model.bos_token_id)[0]
@@ -67,7 +68,7 @@ def main() -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")  # as `--ray local` (distributed.connect_ray)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     local = LocalExecutor(model)
-    local.scan(texts[:a.batch_size], **kw)  # warm-up
+    local.scan(docs.select(range(a.batch_size)), **kw)  # warm-up
     times: dict[str, list[float]] = {}
     n_tok = 0
     for _ in range(a.repeats):
@@ -78,13 +79,13 @@ def main() -> None:
                     hf(tokens)
             times.setdefault("bare HF forward (logits)", []).append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        n_tok = local.scan(texts, **kw).n_tokens
+        n_tok = local.scan(docs, **kw).n_tokens
         times.setdefault("scan, one process", []).append(time.perf_counter() - t0)
         for n in (1, 2):
             ex = RayExecutor("local", a.model, n_workers=n)
             list(ex.map(_ready, [None] * n))  # the workers have loaded the model
             t0 = time.perf_counter()
-            got = ex.scan(texts, **kw)
+            got = ex.scan(docs, **kw)
             times.setdefault(f"scan, Ray {n} worker{'s' * (n > 1)}", []).append(time.perf_counter() - t0)
             assert got.n_tokens == n_tok
             ex.close()

@@ -1,20 +1,28 @@
-"""Benchmark of the web explorer (prints figures; not a test).
+"""Benchmark of the web explorer (prints figures; not a test). Issue 13 items 4 and 5.
 
-1. Neuron page latency: sequential GETs of random neuron pages (selected and unselected) of a
-   run, p50/p95 (target p50 <= 10 ms with >= 1,000 neurons in the database).
-2. Live pass latency: C concurrent clients (threads of this process; the server runs in another
-   process) each sending live fragment requests with a ~64-token prompt, p50/p95 and the error
-   count (targets p50 <= 50 ms, p95 <= 200 ms). Prompts are made distinct per request so the
-   server's LRU cache does not answer them; a second round repeats one prompt (cached).
+1. Neuron pages: sequential GETs of random neuron pages (selected and any), end-to-end and
+   server-side (``Server-Timing``) p50/p95. Goals: server-side p50 <= 5 ms, end to end <= 8 ms.
+2. Live passes on uncached ~64-token prompts (each request's prompt is distinct, so the LRU
+   cache does not answer), each compared with the bare Hugging Face forward pass
+   (``AutoModelForCausalLM``, no hooks, logits included) of the same model on the same token
+   rows, measured in this process between the rounds, at the server's torch thread count:
+   - start-up: seconds until ``/healthz`` says ready, the first live pass vs a steady one
+     (goal <= 2x);
+   - 1 client: p50 vs the bare forward of one prompt (goal <= 3x bare + 5 ms);
+   - 8 clients: live tokens/s vs bare batched tokens/s (8 rows; goal >= 0.5x), p95 <= 200 ms;
+     then the same with requests spread over neurons and half of them ablating a head;
+   - 60 clients: errors (goal 0), the server's peak RSS (goal <= 2 GB) and a plain page's
+     latency meanwhile (goal <= 50 ms).
 
 Usage:
-    python benchmarks/bench_web.py --db sqlite:///lookups.db            # starts a server
-    python benchmarks/bench_web.py --base-url http://127.0.0.1:8000     # uses a running one
+    python benchmarks/bench_web.py --db sqlite:///lookups.db        # starts a server
+    python benchmarks/bench_web.py --base-url http://127.0.0.1:8000 # a running one (no RSS)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import socket
 import statistics
@@ -42,10 +50,10 @@ def summary(name: str, ms: list[float], errors: int, server: list[float] | None 
         print(f"{name}: no successful request, {errors} errors")
         return
     print(f"{name}: n={len(ms)} p50={statistics.median(ms):.1f} ms p95={pct(ms, 0.95):.1f} ms "
-          f"mean={statistics.fmean(ms):.1f} ms max={max(ms):.1f} ms errors={errors}")
+          f"max={max(ms):.1f} ms errors={errors}")
     if server:
-        print(f"  server-side (Server-Timing, excl. queueing in the client and the socket): "
-              f"p50={statistics.median(server):.1f} ms p95={pct(server, 0.95):.1f} ms")
+        print(f"  server-side (Server-Timing): p50={statistics.median(server):.2f} ms "
+              f"p95={pct(server, 0.95):.2f} ms")
 
 
 def server_ms(r: httpx.Response) -> float | None:
@@ -59,21 +67,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: str) -> tuple[subprocess.Popen, str]:
+def start_server(db: str, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--db", db, "--port", str(port)],
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--db", db, "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if httpx.get(url + "/openapi.json", timeout=2).status_code == 200:
-                return proc, url
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url, t0
         except httpx.HTTPError:
-            time.sleep(0.2)
+            time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the server did not start")
 
+
+# --- the bare Hugging Face model (the baseline) ----------------------------------------------------
+
+class Bare:
+    """The run's model as a plain ``AutoModelForCausalLM`` and its tokenizer, in this process."""
+
+    def __init__(self, source: str, threads: int | None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        self.bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+
+    def rows(self, texts: list[str]) -> list[list[int]]:
+        return [[self.bos] + self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def forward_ms(self, rows: list[list[int]], repeats: int = 20) -> float:
+        """Median wall time of one forward pass of ``rows`` (right-padded) with logits."""
+        n = max(len(r) for r in rows)
+        x = self.torch.tensor([r + [self.bos] * (n - len(r)) for r in rows])
+        out = []
+        with self.torch.no_grad():
+            self.model(input_ids=x, use_cache=False)
+            for _ in range(repeats):
+                t = time.perf_counter()
+                self.model(input_ids=x, use_cache=False)
+                out.append((time.perf_counter() - t) * 1000)
+        return statistics.median(out)
+
+
+# --- pages --------------------------------------------------------------------------------------------
 
 def neuron_pages(client: httpx.Client, slug: str, n: int, seed: int) -> None:
     info = client.get(f"/{slug}/neurons.json", params={"per_page": 1}).json()
@@ -86,85 +130,154 @@ def neuron_pages(client: httpx.Client, slug: str, n: int, seed: int) -> None:
                        ("any", lambda: {"layer": rng.choice(layers), "neuron": rng.randrange(d_mlp)})):
         if not selected and kind == "selected":
             continue
-        ms, srv, errors = [], [], 0
-        for _ in range(5):  # warm-up (tokenizer for unselected neurons' documents, caches)
-            x = pick()
-            client.get(f"/{slug}/neurons/{x['layer']}/{x['neuron']}")
-        for _ in range(n):
-            x = pick()
-            t = time.perf_counter()
-            r = client.get(f"/{slug}/neurons/{x['layer']}/{x['neuron']}")
-            dt = (time.perf_counter() - t) * 1000
-            if r.status_code == 200:
-                ms.append(dt)
-                srv.append(server_ms(r))
-            else:
-                errors += 1
-        summary(f"neuron page ({kind} neurons)", ms, errors, [x for x in srv if x is not None])
-
-
-def prompt_of(client: httpx.Client, url: str, tokens: int) -> str:
-    """A prompt of about ``tokens`` tokens (measured by the server's tokenizer)."""
-    words = TEXT.split()
-    n = tokens
-    for _ in range(6):
-        text = " ".join((words * 4)[:n])
-        got = client.get(url + ".json", params={"prompt": text}, timeout=300).json()["live"]["n_tokens"]
-        if got == tokens:
-            break
-        n = max(1, n + (tokens - got))
-    return text
-
-
-def live(base: str, slug: str, clients: int, per_client: int, tokens: int, cached: bool) -> None:
-    with httpx.Client(base_url=base, timeout=300) as c:
-        sel = c.get(f"/{slug}/neurons.json", params={"kind": "next_token", "per_page": 1}).json()["neurons"] \
-            or c.get(f"/{slug}/neurons.json", params={"per_page": 1}).json()["neurons"]
-        n = sel[0]
-        url = f"/{slug}/neurons/{n['layer']}/{n['neuron']}"
-        prompt = prompt_of(c, url, tokens)
-        heads = c.get(url + ".json").json()
-    head = "L0H0"
-    if heads.get("pairs"):
-        head = heads["pairs"][0]["label"]
-    ms: list[float] = []
-    srv: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-
-    def worker(w: int) -> None:
-        with httpx.Client(base_url=base, timeout=300, headers={"HX-Request": "true"}) as c:
-            for i in range(per_client):
-                text = prompt if cached else f"{w}.{i}.{clients}: {prompt}"
-                params = {"prompt": text}
-                if i % 2:
-                    params["ablate"] = head
+        for fmt in ("", ".json"):
+            ms, srv, errors = [], [], 0
+            for _ in range(5):  # warm-up (tokenizer for unselected neurons' documents, caches)
+                x = pick()
+                client.get(f"/{slug}/neurons/{x['layer']}/{x['neuron']}{fmt}")
+            for _ in range(n):
+                x = pick()
                 t = time.perf_counter()
-                try:
-                    r = c.get(url + "/live", params=params)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                r = client.get(f"/{slug}/neurons/{x['layer']}/{x['neuron']}{fmt}")
                 dt = (time.perf_counter() - t) * 1000
-                with lock:
-                    if ok:
-                        ms.append(dt)
-                        if server_ms(r) is not None:
-                            srv.append(server_ms(r))
-                    else:
-                        errors[0] += 1
+                if r.status_code == 200:
+                    ms.append(dt)
+                    srv.append(server_ms(r))
+                else:
+                    errors += 1
+            summary(f"neuron page{fmt} ({kind} neurons), {len(r.content) / 1000:.0f} KB last", ms, errors,
+                    [x for x in srv if x is not None])
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    label = "cached" if cached else "uncached"
-    summary(f"live pass, {tokens}-token prompt, {clients} concurrent clients, {label} "
-            f"(half with {head} ablated)", ms, errors[0], srv)
-    print(f"  throughput {len(ms) / wall:.1f} req/s over {wall:.1f} s")
+
+# --- live ---------------------------------------------------------------------------------------------
+
+def prompt_of(bare: Bare, tokens: int) -> str:
+    """A prompt of exactly ``tokens`` tokens (without BOS), cut from TEXT."""
+    ids = bare.tok((TEXT + " ") * 4, add_special_tokens=False)["input_ids"][:tokens]
+    return bare.tok.decode(ids)
+
+
+class Round:
+    """C concurrent clients, each sending ``per_client`` live fragment requests."""
+
+    def __init__(self, base: str, targets: list[str], prompts: list[str], heads: list[str | None]):
+        self.base, self.targets, self.prompts, self.heads = base, targets, prompts, heads
+
+    def run(self, clients: int, per_client: int, tag: str) -> dict:
+        ms, srv, errors, lock = [], [], [0], threading.Lock()
+
+        def worker(w: int) -> None:
+            with httpx.Client(base_url=self.base, timeout=300, headers={"HX-Request": "true"}) as c:
+                for i in range(per_client):
+                    k = w * per_client + i
+                    text = self.prompts[k % len(self.prompts)]
+                    params = {"prompt": text if tag == "cached" else f"{tag}{k}:{text}"}
+                    if self.heads[k % len(self.heads)]:
+                        params["ablate"] = self.heads[k % len(self.heads)]
+                    t = time.perf_counter()
+                    try:
+                        r = c.get(self.targets[k % len(self.targets)] + "/live", params=params)
+                        ok = r.status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    dt = (time.perf_counter() - t) * 1000
+                    with lock:
+                        if ok:
+                            ms.append(dt)
+                            if server_ms(r) is not None:
+                                srv.append(server_ms(r))
+                        else:
+                            errors[0] += 1
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {"ms": ms, "srv": srv, "errors": errors[0], "wall": time.perf_counter() - t0}
+
+
+def peak_rss_gb(pid: int | None) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6
+    except (OSError, TypeError):
+        return None
+    return None
+
+
+def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float | None) -> None:
+    rng = random.Random(ns.seed)
+    with httpx.Client(base_url=base, timeout=300) as c:
+        r = c.get("/healthz")
+        if r.status_code != 200:
+            print("no /healthz (an older server): its first live pass loads the model")
+        else:
+            health = r.json()
+            while not health["ready"] and not any(str(v).startswith("failed") for v in health["models"].values()):
+                time.sleep(0.05)
+                health = c.get("/healthz").json()
+            if t_start is not None:
+                print(f"model ready {time.time() - t_start:.1f} s after the server process started: "
+                      f"{health['models']}")
+        sel = c.get(f"/{slug}/neurons.json", params={"kind": "selected", "per_page": 500}).json()["neurons"] \
+            or c.get(f"/{slug}/neurons.json", params={"per_page": 50}).json()["neurons"]
+        n0 = sel[0]
+        one = [f"/{slug}/neurons/{n0['layer']}/{n0['neuron']}"]
+        many = [f"/{slug}/neurons/{n['layer']}/{n['neuron']}" for n in rng.sample(sel, min(len(sel), 24))]
+        pairs = c.get(one[0] + ".json").json().get("pairs") or []
+        head = pairs[0]["label"] if pairs else "L0H0"
+    prompt = prompt_of(bare, ns.tokens)
+    n_tok = len(bare.rows([f"x0:{prompt}"])[0])  # BOS + the request's tokens (a tag of ~3 tokens)
+    clean = Round(base, one, [prompt], [None])
+    first = clean.run(1, 1, "first")["ms"][0]
+    steady = clean.run(1, ns.per_client, "a")["ms"]
+    bare1 = bare.forward_ms(bare.rows([f"x0:{prompt}"]))
+    p50 = statistics.median(steady)
+    print(f"\nlive, {n_tok}-token rows (BOS + prompt), uncached; bare HF forward of the same row: {bare1:.1f} ms")
+    print(f"first live pass after ready: {first:.1f} ms = {first / p50:.2f} x a steady one (goal <= 2)")
+    summary("1 client", steady, 0)
+    print(f"  p50 / bare forward = {p50 / bare1:.2f}; goal p50 <= 3 x bare + 5 ms = {3 * bare1 + 5:.1f} ms: "
+          f"{'met' if p50 <= 3 * bare1 + 5 else 'NOT met'}")
+    for name, rnd in (("8 clients, one neuron, clean", clean),
+                      ("8 clients, 24 neurons, half ablating a head", Round(base, many, [prompt], [None, head]))):
+        r = rnd.run(8, ns.per_client, f"r{len(name)}")
+        bare8 = bare.forward_ms(bare.rows([f"x{i}:{prompt}" for i in range(8)]))
+        bare_tps = 8 * n_tok / bare8 * 1000
+        tps = len(r["ms"]) * n_tok / r["wall"]
+        summary(name, r["ms"], r["errors"], r["srv"])
+        print(f"  live {tps:,.0f} tokens/s ({len(r['ms']) / r['wall']:.1f} req/s); bare HF batched "
+              f"(8 rows) {bare_tps:,.0f} tokens/s; ratio {tps / bare_tps:.2f} (goal >= 0.5), "
+              f"p95 {pct(r['ms'], 0.95):.0f} ms (goal <= 200)")
+    # 60 clients, and a plain page meanwhile
+    page_ms: list[float] = []
+    stop = threading.Event()
+
+    def pages() -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                c.get(many[0])
+                page_ms.append((time.perf_counter() - t) * 1000)
+                time.sleep(0.02)
+
+    pt = threading.Thread(target=pages)
+    pt.start()
+    r = Round(base, many, [prompt], [None, head]).run(60, max(2, ns.per_client // 2), "s60")
+    stop.set()
+    pt.join()
+    summary("60 clients, 24 neurons, half ablating a head", r["ms"], r["errors"], r["srv"])
+    rss = peak_rss_gb(pid)
+    print(f"  errors {r['errors']} (goal 0); server peak RSS "
+          f"{f'{rss:.2f} GB' if rss is not None else 'unknown (not started here)'} (goal <= 2 GB)")
+    if page_ms:
+        print(f"  plain neuron page meanwhile: n={len(page_ms)} p50={statistics.median(page_ms):.1f} ms "
+              f"p95={pct(page_ms, 0.95):.1f} ms max={max(page_ms):.1f} ms (goal <= 50 ms)")
+    cached = Round(base, one, [prompt], [None]).run(8, ns.per_client, "cached")  # same prompts: LRU
+    summary("8 clients, cached (repeated prompts)", cached["ms"], cached["errors"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,29 +285,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="database URL: start a server on it (in another process)")
     ap.add_argument("--base-url", help="use a running server instead")
     ap.add_argument("--run", help="run slug (default: the first run)")
+    ap.add_argument("--pid", type=int, help="process id of the server at --base-url (for its peak RSS)")
+    ap.add_argument("--model", help="the run's model source for the bare baseline (default: the "
+                    "embedded model)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the bare baseline "
+                    "(default 1, the server's default torch_threads)")
     ap.add_argument("--pages", type=int, default=300, help="neuron pages to time per kind")
-    ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pages-only", action="store_true", help="skip the live rounds")
+    ap.add_argument("--live-only", action="store_true", help="skip the page rounds")
+    ap.add_argument("serve_args", nargs="*", help="extra `lookups serve` options (after --)")
     ns = ap.parse_args(argv)
     if not ns.db and not ns.base_url:
         ap.error("give --db or --base-url")
-    proc = None
+    proc, t_start = None, None
     base = ns.base_url
     if base is None:
-        proc, base = start_server(ns.db)
+        proc, base, t_start = start_server(ns.db, ns.serve_args)
     try:
         with httpx.Client(base_url=base, timeout=60) as c:
             runs = c.get("/.json").json()["runs"]
             slug = ns.run or runs[0]["slug"]
-            neuron_pages(c, slug, ns.pages, ns.seed)
-        if ns.pages_only:
-            return 0
-        live(base, slug, 1, ns.per_client, ns.tokens, cached=False)  # one pass, no queueing
-        live(base, slug, ns.clients, ns.per_client, ns.tokens, cached=False)
-        live(base, slug, ns.clients, ns.per_client, ns.tokens, cached=True)
+        if not ns.pages_only:
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            from precompute.settings import EMBEDDED_MODEL
+
+            bare = Bare(ns.model or EMBEDDED_MODEL, ns.threads)
+            live(base, slug, bare, ns, proc.pid if proc else ns.pid, t_start)
+        if not ns.live_only:
+            with httpx.Client(base_url=base, timeout=60) as c:
+                print()
+                neuron_pages(c, slug, ns.pages, ns.seed)
     finally:
         if proc is not None:
             proc.terminate()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .attribution import head_label
 from .errors import NotFound
 from .models import LoadedModel
-from .scan import batches, hook_post, pad, tokenize_batch
+from .hooks import batches, fast_supported, hook_post, hook_v, pad, tokenize_batch  # noqa: F401
 from .schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
 from .settings import Settings
 from .store import is_done, unit_of_work
@@ -38,11 +38,6 @@ logger = logging.getLogger(__name__)
 METHODS = ("zero", "mean")
 TOP_N = 5
 MEAN_PHASE = "ablation:mean_v"
-
-
-def hook_v(layer: int) -> str:
-    """Name of the value-vector hook of a 0-based attention layer: ``[batch, pos, n_heads, d_head]``."""
-    return f"blocks.{layer}.attn.hook_v"
 
 
 def ablation_hooks(heads: Sequence[tuple[int, int]], *, method: str = "zero",
@@ -206,6 +201,34 @@ def ablate(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron
         top_clean=top(probs_c), top_ablated=top(probs_a))
 
 
+def ablate_fast(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int,
+                token_id: int, heads: Sequence[tuple[int, int]], *, method: str = "zero",
+                mean_v: dict[int, Tensor] | None = None,
+                positions: Sequence[int] | None = None) -> AblationResult:
+    """:func:`ablate` on the fast path (:func:`precompute.passes.clean_view` and
+    :func:`~precompute.passes.ablated_view`: logits at the target positions only); the bridge
+    (:func:`ablate`) where the architecture is not supported. Same arguments and errors."""
+    if not fast_supported(model):
+        return ablate(model, rows, layer, neuron, token_id, heads, method=method, mean_v=mean_v,
+                      positions=positions)
+    from .passes import neuron_pass
+
+    heads = [(int(k), int(h)) for k, h in heads]
+    for k, h in heads:
+        if not (0 <= k < model.n_layers and 0 <= h < model.n_heads):
+            raise ValueError(f"Head L{k}H{h} out of range: layers 0..{model.n_layers - 1}, "
+                             f"heads 0..{model.n_heads - 1}.")
+    ablation_hooks(heads, method=method, mean_v=mean_v)  # validates the method and mean_v
+    targets = [(layer, neuron, token_id)] * len(rows)
+    kw = dict(attribution=False, logits=True, top_n=TOP_N)
+    c = neuron_pass(model, rows, targets, positions, **kw)
+    a = neuron_pass(model, rows, targets, positions, ablate=[heads] * len(rows), method=method,
+                    mean_v=mean_v, **kw) if heads else c
+    return AblationResult(heads=heads, method=method, act_clean=c.act, act_ablated=a.act,
+                          prob_clean=c.prob, prob_ablated=a.prob, drop=c.prob - a.prob,
+                          acts_clean=c.acts, acts_ablated=a.acts, top_clean=c.top, top_ablated=a.top)
+
+
 # --- precompute --------------------------------------------------------------------------------
 
 def stored_mean_values(session: Session, *, run_id: int) -> dict[int, Tensor] | None:
@@ -260,11 +283,11 @@ class AblationJob:
 
 
 def ablation_values(model: LoadedModel, job: AblationJob) -> dict[str, list[float]]:
-    """:func:`ablate` of one job, as the per-prompt floats the ``Ablation`` rows store
+    """:func:`ablate_fast` of one job, as the per-prompt floats the ``Ablation`` rows store
     (``act_clean``, ``act_ablated``, ``prob_clean``, ``prob_ablated``, ``drop``) plus
     ``mean_drop``. Touches no database, so it runs on any worker."""
-    res = ablate(model, job.rows, job.layer, job.neuron, job.token_id, [job.head], method=job.method,
-                 mean_v=job.mean_v)
+    res = ablate_fast(model, job.rows, job.layer, job.neuron, job.token_id, [job.head], method=job.method,
+                      mean_v=job.mean_v)
     out = {k: getattr(res, k).tolist() for k in ("act_clean", "act_ablated", "prob_clean", "prob_ablated",
                                                  "drop")}
     return out | {"mean_drop": float(res.drop.mean())}

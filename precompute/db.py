@@ -8,10 +8,12 @@ ONLY`` when each connection opens), so any write through the server's engine fai
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
 
+import orjson
 from sqlalchemy import create_engine, event, exc, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -106,8 +108,6 @@ def _engine(u: URL, **kw) -> Engine:
 def _json_dumps(value) -> str:
     """JSON columns as the writer stores them on both backends: shortest round-trip floats, and
     NaN/inf as null (PostgreSQL's JSON type rejects them, so both backends store the same)."""
-    import orjson
-
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
@@ -182,6 +182,15 @@ def open_writer(url: str) -> Engine:
     return engine
 
 
+def _loads(text: str):
+    """JSON columns for the server: orjson (pages decode many grids), or the standard parser
+    for what orjson refuses (NaN or Infinity, which Python's json module writes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def open_reader(url: str) -> Engine:
     """Read-only engine for the server: SQLite opened with ``mode=ro``; PostgreSQL with every
     session read-only (``_read_only_sessions``).
@@ -193,7 +202,7 @@ def open_reader(url: str) -> Engine:
     """
     u = parse_url(url)
     if u.get_backend_name() == "postgresql":
-        engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True)
+        engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads)
         _read_only_sessions(engine)
         _probe(engine)
     elif u.get_backend_name() == "sqlite":
@@ -204,7 +213,7 @@ def open_reader(url: str) -> Engine:
         uri = f"file:{path.resolve()}?mode=ro"
         # A thread-safe pool of read-only connections: the server reads from many threads.
         engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
-                               pool_timeout=30,
+                               pool_timeout=30, json_deserializer=_loads,
                                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
     check_schema(engine)
     return engine

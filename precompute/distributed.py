@@ -8,17 +8,19 @@ its committed units of work exactly as a single-process run does.
 - :class:`RayExecutor` (``lookups precompute --ray ADDRESS``): Ray actors, each holding the model
   once (one per GPU where the cluster has GPUs). The scan (docs/method.md §2) is split into
   contiguous document shards whose per-shard top-k are merged exactly; trimming and attribution
-  (§2-§3) are split by neuron and ablation (§6) by pair. A worker that dies is restarted and its
-  task retried by Ray (``max_restarts``, ``max_task_retries``).
+  (§2-§3) are split by group of neurons (``neurons_per_pass``), ablation (§6) by pair. A
+  worker that dies is restarted and its task retried by Ray (``max_restarts``,
+  ``max_task_retries``).
 
 The result is identical, row for row, to the single-process run: shards are aligned to the
-scan's batches (so each forward pass sees the same padded batch), per-neuron and per-pair work is
+scan's batches (so each forward pass sees the same padded batch), per-group and per-pair work is
 the same call on the same inputs, and the top-k merge breaks ties like the streaming scan does
-(by the lower document index). Ray is imported only when a Ray executor is made.
+(by the lower document index, ``scan.TopK``). Ray is imported only when a Ray executor is made.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -47,11 +49,12 @@ class LocalExecutor:
     def __init__(self, model):
         self.model = model
 
-    def scan(self, texts: Sequence[str], *, layers: list[int], k: int, batch_size: int,
-             context_tokens: int, desc: str = "scan") -> ScanResult:
-        """``scan.scan`` over ``texts`` (see there)."""
-        return scan(self.model, texts, layers=layers, k=k, batch_size=batch_size,
-                    context_tokens=context_tokens, n_docs=len(texts), desc=desc)
+    def scan(self, docs, *, layers: list[int], k: int, batch_size: int, context_tokens: int,
+             desc: str = "scan") -> ScanResult:
+        """``scan.scan`` streaming over ``docs`` (a sequence of ``{"text": ...}`` rows, e.g. a
+        split of ``corpus.load_corpus``)."""
+        return scan(self.model, (r["text"] for r in docs), layers=layers, k=k, batch_size=batch_size,
+                    context_tokens=context_tokens, n_docs=len(docs), desc=desc)
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator:
         """``fn(model, job)`` for each job, in order, lazily."""
@@ -86,28 +89,17 @@ def shard_ranges(n_docs: int, batch_size: int, n_shards: int) -> list[tuple[int,
 
 
 def scan_shard(model, job: ScanShard) -> ScanResult:
-    """``scan.scan`` of one shard, with document indices shifted to the split's (-1 stays)."""
-    res = scan(model, job.texts, layers=job.layers, k=job.k, batch_size=job.batch_size,
-               context_tokens=job.context_tokens, n_docs=len(job.texts), desc=f"shard {job.offset}")
-    res.docs = torch.where(res.docs >= 0, res.docs + job.offset, res.docs)
-    return res
+    """``scan.scan`` of one shard (document indices of the split: ``doc_offset``)."""
+    return scan(model, job.texts, layers=job.layers, k=job.k, batch_size=job.batch_size,
+                context_tokens=job.context_tokens, n_docs=len(job.texts), desc=f"shard {job.offset}",
+                doc_offset=job.offset)
 
 
-def merge_scans(parts: Sequence[ScanResult], k: int) -> ScanResult:
-    """The exact top-k of the union of consecutive shards (``parts`` in document order).
-
-    Each part's columns are sorted by (activation descending, document ascending), as the
-    streaming scan keeps them; a stable descending sort of the concatenation keeps that order
-    among equal activations, so the merge equals one scan over all documents, ties included.
-    """
-    values = torch.cat([p.values for p in parts])
-    docs = torch.cat([p.docs for p in parts])
-    positions = torch.cat([p.positions for p in parts])
-    top, idx = torch.sort(values, dim=0, descending=True, stable=True)
-    idx = idx[:k]
-    first = parts[0]
-    return ScanResult(first.layers, first.d_mlp, top[:k], docs.gather(0, idx), positions.gather(0, idx),
-                      sum(p.n_docs for p in parts), sum(p.n_tokens for p in parts), 0.0)
+def merge_scans(parts: Sequence[ScanResult]) -> ScanResult:
+    """The exact top-k of the union of shards (:meth:`ScanResult.merge`: ties broken by the
+    lower document index, as the streaming scan breaks them), so it equals one scan over all
+    documents, ties included."""
+    return functools.reduce(ScanResult.merge, parts)
 
 
 # --- Ray ---------------------------------------------------------------------------------------
@@ -115,11 +107,11 @@ def merge_scans(parts: Sequence[ScanResult], k: int) -> ScanResult:
 class _Worker:
     """A Ray actor: loads the model once and runs ``fn(model, job)`` for the driver."""
 
-    def __init__(self, model_name: str, device: str, threads: int):
+    def __init__(self, model_name: str, device: str, dtype: str, threads: int):
         from .models import load_model
 
         torch.set_num_threads(threads)
-        self.model = load_model(model_name, device=device)
+        self.model = load_model(model_name, device=device, dtype=dtype)
 
     def call(self, fn: Callable, job):
         with torch.no_grad():
@@ -190,7 +182,8 @@ class RayExecutor:
         ClusterUnavailable: see :func:`connect_ray`.
     """
 
-    def __init__(self, address: str, model_name: str, *, n_workers: int | None = None):
+    def __init__(self, address: str, model_name: str, *, n_workers: int | None = None,
+                 device: str = "auto", dtype: str = "float32"):
         self.ray = connect_ray(address)
         _, ActorPool = _import_ray()
         res = self.ray.cluster_resources()
@@ -201,7 +194,7 @@ class RayExecutor:
         opts = dict(num_cpus=1 if gpus else cpus, num_gpus=1 if gpus else 0,
                     max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES, scheduling_strategy="SPREAD")
         actor = self.ray.remote(_Worker).options(**opts)
-        self.actors = [actor.remote(model_name, "cuda" if gpus else "cpu", cpus)
+        self.actors = [actor.remote(model_name, device if gpus else "cpu", dtype, cpus)
                        for _ in range(self.n_workers)]
         self.pool = ActorPool(self.actors)
         logger.info("Ray: %d workers (%s each)", self.n_workers, "1 GPU" if gpus else f"{cpus} CPUs")
@@ -210,18 +203,18 @@ class RayExecutor:
         """``fn(model, job)`` for each job on the workers; results in job order."""
         return self.pool.map(lambda a, job: a.call.remote(fn, job), list(jobs))
 
-    def scan(self, texts: Sequence[str], *, layers: list[int], k: int, batch_size: int,
-             context_tokens: int, desc: str = "scan") -> ScanResult:
-        """The scan of ``texts`` in document shards (:func:`shard_ranges`), merged exactly
+    def scan(self, docs, *, layers: list[int], k: int, batch_size: int, context_tokens: int,
+             desc: str = "scan") -> ScanResult:
+        """The scan of ``docs`` (as :meth:`LocalExecutor.scan`) in document shards (:func:`shard_ranges`), merged exactly
         (:func:`merge_scans`): equal to ``scan.scan`` on one process."""
         t0 = time.time()
-        jobs = [ScanShard(list(texts[a:b]), a, layers, k, batch_size, context_tokens)
-                for a, b in shard_ranges(len(texts), batch_size, self.n_workers * SHARDS_PER_WORKER)]
+        jobs = [ScanShard([docs[i]["text"] for i in range(a, b)], a, layers, k, batch_size, context_tokens)
+                for a, b in shard_ranges(len(docs), batch_size, self.n_workers * SHARDS_PER_WORKER)]
         parts = list(tqdm(self.map(scan_shard, jobs), total=len(jobs), desc=f"{desc} (Ray shards)",
                           unit="shard", dynamic_ncols=True))
         if not parts:
             raise ValueError("The corpus is empty: nothing to scan.")
-        out = merge_scans(parts, k)
+        out = merge_scans(parts)
         out.seconds = time.time() - t0
         return out
 
@@ -239,4 +232,5 @@ def ray_executor(settings) -> RayExecutor | None:
     """
     if not settings.ray:
         return None
-    return RayExecutor(settings.ray, settings.model, n_workers=settings.ray_workers)
+    return RayExecutor(settings.ray, settings.model, n_workers=settings.ray_workers,
+                       device=settings.device, dtype=settings.dtype)

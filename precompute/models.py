@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,10 +33,21 @@ class LoadedModel:
     tokenizer: object
     name: str
     slug: str
+    _fast: object = field(default=None, repr=False)  # precompute.hooks.FastModel, built on use
 
     @property
     def cfg(self):
         return self.bridge.cfg
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's weights."""
+        return next(self.bridge.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (statistics are computed in float32 regardless)."""
+        return next(self.bridge.parameters()).dtype
 
     @property
     def n_layers(self) -> int:
@@ -68,6 +79,53 @@ class LoadedModel:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str | None = "auto") -> str:
+    """The torch device for a ``--device`` value: ``"auto"`` (or None) picks ``cuda`` if
+    available, else ``mps``, else ``cpu``; any other value (``cpu``, ``cuda:1``, ``mps``) is
+    checked and returned.
+
+    Raises:
+        BadSettings: an unknown device, or one this machine does not have.
+    """
+    from .errors import BadSettings
+
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise BadSettings(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadSettings(f"Device {name!r} asked for but CUDA is not available here: use --device auto or cpu.")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BadSettings(f"Device {name!r} asked for but MPS is not available here: use --device auto or cpu.")
+    return str(dev)
+
+
+def resolve_dtype(name: str | torch.dtype | None = "float32") -> torch.dtype:
+    """The torch dtype for a ``--dtype`` value (``float32``, ``bfloat16``, ``float16``).
+
+    Raises:
+        BadSettings: another name.
+    """
+    from .errors import BadSettings
+
+    if isinstance(name, torch.dtype):
+        return name
+    if name is None:
+        return torch.float32
+    if name not in DTYPES:
+        raise BadSettings(f"Unknown dtype {name!r}: use one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
 def model_slug(name: str) -> str:
     """URL-safe slug of a model name or directory: ``EleutherAI/pythia-160m`` → ``pythia-160m``."""
     base = Path(name.rstrip("/")).name if os.path.isdir(name) else name.split("/")[-1]
@@ -76,16 +134,17 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-").lower() or "model"
 
 
-def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu",
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
+               dtype: torch.dtype | str = torch.float32) -> LoadedModel:
     """Load ``name`` as a processed ``TransformerBridge`` plus tokenizer (docs/method.md §1).
 
     Args:
         name: a TransformerLens / Hugging Face model name (``gpt2``, ``gpt2-medium``,
             ``pythia-160m``, ``EleutherAI/pythia-160m``) or a local Hugging Face directory
             (``config.json``, weights, ``tokenizer.json``), such as the embedded default.
-        device: torch device.
-        dtype: weights are upcast to this dtype (float32: the embedded weights are stored fp16).
+        device: torch device, or ``"auto"`` (:func:`resolve_device`).
+        dtype: weights are cast to this dtype (float32: the embedded weights are stored fp16),
+            a ``torch.dtype`` or its name (:func:`resolve_dtype`).
 
     Returns:
         LoadedModel with compatibility mode on (fold_ln, center_writing_weights,
@@ -97,6 +156,7 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu",
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     local = os.path.isdir(name)
     if not local and os.path.sep in name and not re.match(r"^[\w.-]+/[\w.-]+$", name):
         raise ModelNotAvailable(f"Model directory {name!r} does not exist. Give a Hugging Face "

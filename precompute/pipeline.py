@@ -15,14 +15,16 @@ import torch
 from sqlalchemy import delete, insert, select, update
 from tqdm.auto import tqdm
 
-from .attribution import active_heads_of_run, attribute, head_label, scored_layers, upstream_attn_layers
+from .attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
 from .db import open_writer, sessions
 from .distributed import LocalExecutor, ray_executor
 from .models import LoadedModel, load_model
 from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
                          select_next_token_neurons)
-from .scan import tokenize_batch, trim
+from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
+from .passes import batched_pass
+from .scan import TrimTask, tokenize_batch, trim_many
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 from .settings import Settings
 from .store import get_or_create_run, is_done, now, phase_seconds, unit_of_work
@@ -46,13 +48,12 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     engine = open_writer(settings.db_url)
     executor = ray_executor(settings)  # before anything slow: a bad --ray fails at once
     try:
-        model = model or load_model(settings.model)
-        summary = _run(engine, settings, model, executor or LocalExecutor(model), t_start)
+        model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
+        return _run(engine, settings, model, executor or LocalExecutor(model), t_start)
     finally:
         if executor is not None:
             executor.close()
         engine.dispose()
-    return summary
 
 
 def _run(engine, settings: Settings, model: LoadedModel, executor, t_start: float) -> dict:
@@ -74,15 +75,23 @@ def _run(engine, settings: Settings, model: LoadedModel, executor, t_start: floa
         scans = {}
         for split in SPLITS:
             if not is_done(s, run_id, f"scan:{split}"):
-                scans[split] = store_scan(s, run_id, executor, model, corpus[split], split, layers, ctx, settings)
+                scans[split] = store_scan(s, run_id, executor, model, corpus[split], split, layers, ctx,
+                                          settings)
         selected = s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")
                              .order_by(Neuron.layer, Neuron.neuron)).all()
-        todo = [n for n in selected if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}")]
-        jobs = (prompt_job(s, run_id, n, ctx, settings) for n in todo)
-        for n, out in tqdm(zip(todo, executor.map(compute_prompts, jobs)), total=len(todo),
-                           desc="prompts+attribution", unit="neuron", dynamic_ncols=True):
-            with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
-                st.update(store_prompts(s, n, out))
+        groups = [selected[i:i + settings.neurons_per_pass]
+                  for i in range(0, len(selected), settings.neurons_per_pass)]
+        # A group with any neuron to do is computed whole, so its batches are those of a run never
+        # killed; the executor computes groups (here or on Ray workers), this process writes.
+        todo = [g for g in groups if any(not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}") for n in g)]
+        results = executor.map(compute_prompts, (prompts_job(s, run_id, g, ctx, settings) for g in todo))
+        for group, outs in tqdm(zip(todo, results), total=len(todo), desc="prompts+attribution",
+                                unit="group", dynamic_ncols=True):
+            for n, (rows, stats) in zip(group, outs):
+                if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}"):
+                    with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
+                        store_prompts(s, n, rows, stats)
+                        st.update(stats)
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
                 st.update(store_pairs(s, run_id, model, settings))
@@ -132,11 +141,11 @@ def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settin
 
 def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, layers: list[int],
                ctx: int, settings: Settings) -> dict:
-    """§2: one streaming scan of ``split`` (by ``executor``: this process or Ray shards);
-    stores every scanned neuron's top-k and the documents they point to."""
+    """§2: one streaming scan of ``split`` (by ``executor``: this process, or document shards on
+    Ray); stores every scanned neuron's top-k and the documents they point to."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
-        res = executor.scan([r["text"] for r in docs], layers=layers, k=settings.top_k,
-                            batch_size=settings.batch_size, context_tokens=ctx, desc=f"scan {split}")
+        res = executor.scan(docs, layers=layers, k=settings.top_k, batch_size=settings.batch_size,
+                            context_tokens=ctx, desc=f"scan {split}")
         rows = []
         vals, dids, poss = res.values.tolist(), res.docs.tolist(), res.positions.tolist()
         for j, layer in enumerate(layers):
@@ -160,83 +169,109 @@ def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, l
 
 
 @dataclass
-class PromptJob:
-    """What §2-§3 need for one selected neuron: its top documents per split, as
-    ``(rank, doc_idx, position, act, text)`` rows by rank (activation > 0 only)."""
+class Top:
+    """One of a neuron's top documents (a ``TopActivation`` row and the document's text)."""
 
+    rank: int
+    doc_idx: int
+    position: int
+    act: float
+    text: str
+
+
+@dataclass
+class _LayerNeuron:
     layer: int
     neuron: int
-    tops: dict[str, list[tuple]]
+
+
+@dataclass
+class PromptsJob:
+    """What §2-§3 need for a group of selected neurons: ``neurons[q] = (layer, neuron)`` and
+    ``tops[q][split]``, its top documents as ``(rank, doc_idx, position, act, text)`` by rank
+    (activation > 0 only)."""
+
+    neurons: list[tuple[int, int]]
+    tops: list[dict[str, list[Top]]]
     ctx: int
     settings: Settings
 
 
-def prompt_job(s, run_id: int, n: Neuron, ctx: int, settings: Settings) -> PromptJob:
-    """Read one neuron's top documents of both splits (the scan's rows and their texts)."""
-    tops = {split: [tuple(t) for t in s.execute(
+def prompts_job(s, run_id: int, neurons: list[Neuron], ctx: int, settings: Settings) -> PromptsJob:
+    """Read a group's top documents of both splits (the scan's rows and their texts)."""
+    tops = [{split: [Top(*t) for t in s.execute(
         select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position, TopActivation.act,
                Document.text)
         .join(Document, (Document.run_id == TopActivation.run_id) & (Document.split == TopActivation.split)
               & (Document.idx == TopActivation.doc_idx))
         .where(TopActivation.run_id == run_id, TopActivation.split == split,
                TopActivation.layer == n.layer, TopActivation.neuron == n.neuron, TopActivation.act > 0)
-        .order_by(TopActivation.rank))] for split in SPLITS}
-    return PromptJob(n.layer, n.neuron, tops, ctx, settings)
+        .order_by(TopActivation.rank))] for split in SPLITS} for n in neurons]
+    return PromptsJob([(n.layer, n.neuron) for n in neurons], tops, ctx, settings)
 
 
-def compute_prompts(model: LoadedModel, job: PromptJob) -> dict[str, list[dict]]:
-    """§2-§3 for one selected neuron: trim its top documents of both splits, attribute each
-    trimmed prompt to the upstream heads, mark the active heads. Returns, per split, the
-    ``Prompt`` fields of each kept prompt (all but ``neuron_id``). Touches no database, so it
-    runs on any worker."""
-    settings, layer, neuron = job.settings, job.layer, job.neuron
-    n_scored = scored_layers(layer, settings.heads_upto, upstream_attn_layers(model, layer))
-    out: dict[str, list[dict]] = {}
-    for split, tops in job.tops.items():
-        out[split] = []
-        if not tops:
-            continue
-        rows = tokenize_batch(model, [t[4] for t in tops], job.ctx)
-        trims = trim(model, rows, [t[2] for t in tops], layer, neuron,
-                     act_ratio=settings.act_ratio, orig_acts=[t[3] for t in tops])
-        keep = [(t, row, tr) for t, row, tr in zip(tops, rows, trims)
-                if t[2] + 1 - tr[0] < settings.max_prompt_tokens]
-        if not keep:
-            continue
-        prompts = [[model.bos_token_id] + row[tr[0]:t[2] + 1] for t, row, tr in keep]
-        att = attribute(model, prompts, layer, neuron)
-        scores = att.raw[:, :n_scored].flatten(1)
-        active = active_heads_of_run(scores, settings)
-        for j, ((rank, doc_idx, position, _act, _text), row, tr) in enumerate(keep):
-            ids = prompts[j][1:]
-            labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
-                      if active[j, k * model.n_heads + h]]
-            out[split].append(dict(
-                split=split, rank=rank, doc_idx=doc_idx, start=tr[0], end=position + 1,
-                text=model.tokenizer.decode(ids), token_ids=ids, tokens=[model.token_str(i) for i in ids],
-                acts=att.acts[j][1:], act=float(att.act[j]), doc_act=float(tr[1]),
-                attr_raw=att.raw[j].tolist(), attr_ln=att.ln[j].tolist(),
-                other_ln={k: float(v[j]) for k, v in att.other.items()}, pre=float(att.pre[j]),
-                active=labels))
+def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict], dict]]:
+    """§2-§3 for a group of selected neurons (any layers), batched across neurons and prompts:
+    trim the top documents of both splits (:func:`~precompute.scan.trim_many`), attribute each
+    trimmed prompt to the upstream heads in batched passes, mark the active heads.
+
+    Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.schema.Prompt` fields
+    (without ``neuron_id``) in storage order (split, then rank), and ``{split: n_prompts}``.
+    Touches no database, so it runs on any worker (``distributed``).
+    """
+    settings, ctx = job.settings, job.ctx
+    neurons = [_LayerNeuron(*x) for x in job.neurons]
+    items = []  # (neuron index, split, top row, token row)
+    for q, tops_q in enumerate(job.tops):
+        for split in SPLITS:
+            tops = tops_q[split]
+            if tops:
+                rows = tokenize_batch(model, [t.text for t in tops], ctx)
+                items += [(q, split, t, row) for t, row in zip(tops, rows)]
+    trims = trim_many(model, [TrimTask(row, t.position, neurons[q].layer, neurons[q].neuron, t.act)
+                              for q, _, t, row in items], act_ratio=settings.act_ratio,
+                      max_len=settings.max_prompt_tokens)
+    keep = [(it, tr) for it, tr in zip(items, trims)
+            if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
+    prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
+    atts = batched_pass(model, prompts, [(neurons[q].layer, neurons[q].neuron) for (q, _, _, _), _ in keep]) \
+        if prompts else []
+    out: list[tuple[list[dict], dict]] = [([], {split: 0 for split in SPLITS}) for _ in neurons]
+    for ((q, split, t, row), tr), prompt, att in zip(keep, prompts, atts):
+        n = neurons[q]
+        n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
+        active = active_heads_of_run(att.raw[:, :n_scored].flatten(1), settings)[0]
+        ids = prompt[1:]
+        labels = [head_label(k, h) for k in range(n_scored) for h in range(model.n_heads)
+                  if active[k * model.n_heads + h]]
+        out[q][0].append(dict(split=split, rank=t.rank, doc_idx=t.doc_idx, start=tr[0],
+                              end=t.position + 1, text=model.tokenizer.decode(ids), token_ids=ids,
+                              tokens=[model.token_str(i) for i in ids], acts=att.acts[0][1:],
+                              act=float(att.act[0]), doc_act=float(tr[1]), attr_raw=att.raw[0].tolist(),
+                              attr_ln=att.ln[0].tolist(), other_ln=att.other[0], pre=float(att.pre[0]),
+                              active=labels))
+        out[q][1][split] += 1
+    for rows, _ in out:  # storage order: split, then rank (as the scan ranked them)
+        rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["rank"]))
     return out
 
 
-def store_prompts(s, n: Neuron, computed: dict[str, list[dict]]) -> dict:
-    """Add one neuron's computed prompts (:func:`compute_prompts`); returns counts per split."""
-    for split_rows in computed.values():
-        for row in split_rows:
-            s.add(Prompt(neuron_id=n.id, **row))
-    stats = {split: len(rows) for split, rows in computed.items()}
+def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
+    """Add one neuron's prompts (from :func:`compute_prompts`) to the session; mark a neuron
+    without explain-split prompt."""
+    for r in rows:
+        s.add(Prompt(neuron_id=n.id, **r))
     if not stats.get("explain"):
         n.status = "no_activating_prompt"
         logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "
                        "larger corpus (--dataset, --n-docs)", n.layer, n.neuron, n.kind)
-    return stats
 
 
 def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
-    """§3: (neuron, head) pairs over each neuron's explain prompts; kept when the head is
-    active on pair_min_fraction..pair_max_fraction of them."""
+    """§3: (neuron, head) pairs over each neuron's explain prompts; kept by
+    :func:`precompute.pairs.not_kept_reason` (at least pair_min_prompts prompts, head active on
+    pair_min_fraction..pair_max_fraction of them). Neurons with too few prompts get the status
+    ``too_few_prompts``."""
     run = s.get(Run, run_id)
     s.execute(delete(Pair).where(Pair.run_id == run_id))
     rows, kept = [], 0
@@ -244,6 +279,8 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
         ps = s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "explain")).all()
         if not ps:
             continue
+        if too_few_prompts(len(ps), settings):
+            n.status = TOO_FEW_PROMPTS
         raw = torch.tensor([p.attr_raw for p in ps])
         ln = torch.tensor([p.attr_ln for p in ps])
         n_scored = scored_layers(n.layer, settings.heads_upto, raw.shape[1])  # as store_prompts
@@ -252,7 +289,7 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
                 lab = head_label(k, h)
                 n_act = sum(lab in p.active for p in ps)
                 frac = n_act / len(ps)
-                keep = settings.pair_min_fraction <= frac <= settings.pair_max_fraction
+                keep = not_kept_reason(len(ps), n_act, settings) is None
                 kept += keep
                 rows.append(dict(run_id=run_id, neuron_id=n.id, head_layer=k, head=h,
                                  n_prompts=len(ps), n_active=n_act, active_fraction=frac,
@@ -267,7 +304,7 @@ def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
     from .ablation import ablation_table
-    from .explain import explainers_of_run, score_table
+    from .report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {

@@ -12,19 +12,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .hooks import batches, capture, fast_model, fast_supported, hook_post, pad, run_hooks, tokenize_batch
+from .hooks import hook_pre, length_batches  # noqa: F401  (re-exported: former home of the helpers)
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-
-def hook_post(layer: int) -> str:
-    """Name of the post-GELU MLP activation hook of a 0-based layer."""
-    return f"blocks.{layer}.mlp.hook_post"
-
-
-def hook_pre(layer: int) -> str:
-    """Name of the MLP pre-activation hook (``ln2(x) @ W_in + b_in``) of a 0-based layer."""
-    return f"blocks.{layer}.mlp.hook_pre"
 
 
 class TopK:
@@ -36,64 +28,44 @@ class TopK:
     ``positions[r, n]`` the token position of the max (0-based, BOS at position 0).
     """
 
-    def __init__(self, k: int, n_neurons: int):
+    def __init__(self, k: int, n_neurons: int, device: torch.device | str = "cpu"):
         self.k = k
-        self.values = torch.full((k, n_neurons), float("-inf"))
-        self.docs = torch.full((k, n_neurons), -1, dtype=torch.long)
-        self.positions = torch.zeros((k, n_neurons), dtype=torch.long)
+        self.values = torch.full((k, n_neurons), float("-inf"), device=device)
+        self.docs = torch.full((k, n_neurons), -1, dtype=torch.long, device=device)
+        self.positions = torch.zeros((k, n_neurons), dtype=torch.long, device=device)
 
     def update(self, values: Float[Tensor, "batch n"], positions: Int[Tensor, "batch n"],
                doc_ids: Int[Tensor, "batch"]) -> None:
-        """Merge one batch of per-document maxima into the running top-k."""
-        all_v = torch.cat([self.values, values.float()], dim=0)
-        all_d = torch.cat([self.docs, doc_ids[:, None].expand_as(values)], dim=0)
+        """Merge one batch of per-document maxima into the running top-k (on its device)."""
+        dev = self.values.device
+        self._merge(values.float().to(dev), doc_ids.to(dev)[:, None].expand_as(values), positions.to(dev))
+
+    @classmethod
+    def of(cls, res) -> "TopK":
+        """A running top-k holding a :class:`ScanResult`'s values, docs and positions."""
+        top = cls(res.values.shape[0], res.values.shape[1])
+        top.values, top.docs, top.positions = res.values, res.docs, res.positions
+        return top
+
+    def merge(self, other: "TopK") -> None:
+        """Merge another running top-k (e.g. of another shard of documents, with its own
+        document indices) into this one. Exact: the result is the top-k of the union, ties
+        broken by the lower document index, whatever the order of merges."""
+        dev = self.values.device
+        self._merge(other.values.to(dev), other.docs.to(dev), other.positions.to(dev))
+
+    def _merge(self, values: Tensor, docs: Tensor, positions: Tensor) -> None:
+        all_v = torch.cat([self.values, values], dim=0)
+        all_d = torch.cat([self.docs, docs], dim=0)
         all_p = torch.cat([self.positions, positions], dim=0)
-        # The k largest; a stable sort breaks ties by the earlier document (the running top-k
-        # comes first and is itself so ordered), so any sharding of the corpus merges to the
-        # same top-k (distributed.merge_scans).
-        top_v, idx = torch.sort(all_v, dim=0, descending=True, stable=True)
-        idx = idx[:self.k]
-        self.values = top_v[:self.k]
+        # descending by value (the k LARGEST), then ascending by document: a stable sort on
+        # the document first, then on the value
+        order = all_d.masked_fill(all_d < 0, torch.iinfo(torch.long).max).argsort(dim=0, stable=True)
+        v = all_v.gather(0, order)
+        idx = order.gather(0, v.argsort(dim=0, descending=True, stable=True))[:self.k]
+        self.values = all_v.gather(0, idx)
         self.docs = all_d.gather(0, idx)
         self.positions = all_p.gather(0, idx)
-
-
-def batches(items, size: int):
-    """Consecutive lists of ``size`` items (the last may be shorter) from any iterable,
-    without materialising it: the scan's memory does not grow with the corpus."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def tokenize_batch(model: LoadedModel, texts: Sequence[str], context_tokens: int) -> list[list[int]]:
-    """BOS + the first ``context_tokens - 1`` tokens of each text (docs/method.md §2)."""
-    enc = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [[model.bos_token_id] + ids[:context_tokens - 1] for ids in enc]
-
-
-def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
-    """Right-pad token rows. Causal attention means real positions never see padding, so no
-    attention mask is needed; returns the padded tensor and each row's length."""
-    n = max(len(r) for r in rows)
-    out = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out, torch.tensor([len(r) for r in rows])
-
-
-def run_hooks(model: LoadedModel, tokens: Int[Tensor, "batch pos"], names: list[str],
-              stop_at_layer: int | None) -> dict[str, Tensor]:
-    """Forward pass that caches only ``names`` and stops after block ``stop_at_layer - 1``."""
-    with torch.no_grad():
-        _, cache = model.bridge.run_with_cache(tokens, names_filter=names,
-                                               stop_at_layer=stop_at_layer)
-    return {n: cache[n] for n in names}
 
 
 @dataclass
@@ -116,17 +88,36 @@ class ScanResult:
     def column(self, layer: int, neuron: int) -> int:
         return self.layers.index(layer) * self.d_mlp + neuron
 
+    def merge(self, other: "ScanResult") -> "ScanResult":
+        """The exact top-k of two scans of disjoint documents of the same split and layers
+        (shards scanned with their ``doc_offset``): as one scan of both, ties broken by the
+        lower document index.
+
+        Raises:
+            ValueError: other layers, d_mlp or k.
+        """
+        if (other.layers, other.d_mlp, other.values.shape) != (self.layers, self.d_mlp, self.values.shape):
+            raise ValueError("Only scans of the same layers and k can be merged.")
+        top = TopK.of(self)
+        top.merge(TopK.of(other))
+        return ScanResult(self.layers, self.d_mlp, top.values, top.docs, top.positions,
+                          self.n_docs + other.n_docs, self.n_tokens + other.n_tokens,
+                          self.seconds + other.seconds)
+
 
 def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: list[int], k: int,
          batch_size: int, context_tokens: int, n_docs: int | None = None,
-         desc: str = "scan") -> ScanResult:
+         desc: str = "scan", doc_offset: int = 0) -> ScanResult:
     """One streaming pass over ``texts`` keeping, for every neuron of ``layers``, the ``k``
     documents with the highest max activation (paper §4.2).
 
     The activation of neuron (l, i) on a document is ``max_pos hook_post[l][pos, i]`` over the
     document's real tokens after BOS (BOS itself is excluded: its activation is the same in
-    every document). Forward passes stop after the last layer needed and cache only the
-    ``hook_post`` of ``layers``.
+    every document). Forward passes (:func:`doc_maxima`) stop before ``W_out`` of the last
+    layer needed and keep only per-document maxima.
+
+    A shard of a corpus is scanned with ``doc_offset`` = the index of its first document, so
+    its top-k carries global document indices; :meth:`ScanResult.merge` combines shards exactly.
 
     Raises:
         ValueError: if ``texts`` is empty.
@@ -134,27 +125,13 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     import time
 
     t0 = time.time()
-    names = [hook_post(l) for l in layers]
-    top = TopK(k, len(layers) * model.d_mlp)
+    top = TopK(k, len(layers) * model.d_mlp, device=model.device)
     n_seen = n_tok = 0
     bar = tqdm(total=n_docs, desc=desc, unit="doc", dynamic_ncols=True)
     for batch in batches(texts, batch_size):
         rows = tokenize_batch(model, batch, context_tokens)
-        tokens, lengths = pad(rows, model.bos_token_id)
-        pos = torch.arange(tokens.shape[1])
-        invalid = (pos[None, :] >= lengths[:, None]) | (pos[None, :] == 0)
-        reduced: dict[str, tuple[Tensor, Tensor]] = {}
-
-        def keep_max(act: Tensor, hook) -> None:  # reduce in the hook: nothing is cached
-            v, i = act.float().masked_fill(invalid[:, :, None], float("-inf")).max(dim=1)
-            reduced[hook.name] = (v, i)  # [batch, d_mlp] each
-
-        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(n, keep_max) for n in names]):
-            model.bridge(tokens, stop_at_layer=max(layers) + 1)
-        vals = [reduced[n][0] for n in names]
-        idxs = [reduced[n][1] for n in names]
-        doc_ids = torch.arange(n_seen, n_seen + len(batch))
-        top.update(torch.cat(vals, 1), torch.cat(idxs, 1), doc_ids)
+        vals, idxs, lengths = doc_maxima(model, rows, layers)
+        top.update(vals, idxs, torch.arange(doc_offset + n_seen, doc_offset + n_seen + len(batch)))
         n_seen += len(batch)
         n_tok += int(lengths.sum())
         bar.update(len(batch))
@@ -162,17 +139,104 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     bar.close()
     if n_seen == 0:
         raise ValueError("The corpus is empty: nothing to scan.")
-    return ScanResult(layers, model.d_mlp, top.values, top.docs, top.positions, n_seen, n_tok,
-                      time.time() - t0)
+    return ScanResult(layers, model.d_mlp, top.values.cpu(), top.docs.cpu(), top.positions.cpu(),
+                      n_seen, n_tok, time.time() - t0)
+
+
+def doc_maxima(model: LoadedModel, rows: Sequence[Sequence[int]], layers: list[int]
+               ) -> tuple[Float[Tensor, "batch n"], Int[Tensor, "batch n"], Int[Tensor, "batch"]]:
+    """Per-document max of ``hook_post`` of every neuron of ``layers`` over the real positions
+    after BOS, and its position (columns ``j * d_mlp + i`` as in :class:`ScanResult`); with
+    each row's length. One right-padded forward pass that stops right before ``W_out`` of the
+    last layer of ``layers``; the maxima are taken inside the hooks (nothing is cached), in
+    float32 whatever the model's dtype. The fast path when the architecture allows it, else
+    the bridge."""
+    fast = fast_supported(model)
+    fm = fast_model(model) if fast else None
+    dev = fm.device if fast else model.device
+    tokens, lengths = pad(rows, model.bos_token_id, dev)
+    pos = torch.arange(tokens.shape[1], device=dev)
+    invalid = (pos[None, :] >= lengths[:, None]) | (pos[None, :] == 0)  # [batch, pos]
+    reduced: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def keep_max(act: Tensor, layer: int) -> None:
+        reduced[layer] = act.float().masked_fill(invalid[:, :, None], float("-inf")).max(dim=1)
+
+    if fast:
+        hooks = [(fm.blocks[lay].mlp_out, True, lambda m, a, lay=lay: keep_max(a[0], lay)) for lay in layers]
+        capture(fm, tokens, hooks, stop=fm.blocks[max(layers)].mlp_out)
+    else:
+        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[
+                (hook_post(lay), lambda act, hook, lay=lay: keep_max(act, lay)) for lay in layers]):
+            model.bridge(tokens, stop_at_layer=max(layers) + 1)
+    vals = torch.cat([reduced[lay][0] for lay in layers], 1)
+    idxs = torch.cat([reduced[lay][1] for lay in layers], 1)
+    return vals, idxs, lengths.cpu()
 
 
 def neuron_acts(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int) -> list[list[float]]:
     """Post-GELU activation of neuron (layer, neuron) at every position of each token row
-    (rows include BOS), in one right-padded batch."""
-    tokens, lengths = pad(rows, model.bos_token_id)
+    (rows include BOS), in one right-padded batch, through the bridge (the reference path)."""
+    tokens, lengths = pad(rows, model.bos_token_id, model.device)
     acts = run_hooks(model, tokens, [hook_post(layer)], stop_at_layer=layer + 1)[hook_post(layer)]
     a = acts[:, :, neuron].float()
     return [a[j, :lengths[j]].tolist() for j in range(len(rows))]
+
+
+@dataclass
+class TrimTask:
+    """One document to trim for one neuron: ``row`` with BOS at index 0, as scanned;
+    ``max_position`` its max-activating position (>= 1); ``orig_act`` the activation there
+    (the scan's value)."""
+
+    row: Sequence[int]
+    max_position: int
+    layer: int
+    neuron: int
+    orig_act: float
+
+
+def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float,
+              max_len: int | None = None, max_tokens: int = 8192,
+              max_rows: int = 64) -> list[tuple[int, float, float]]:
+    """:func:`trim` of many (document, neuron) tasks at once (paper §4.2): the binary searches
+    of all tasks advance in lockstep, and each step's candidates — of any neurons — run in
+    length-sorted batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens, each
+    reading only its own neuron at its last token (fast path when the architecture allows it).
+
+    Returns per task ``(start, original_act, trimmed_act)`` exactly as :func:`trim`. With
+    ``max_len`` (the job's ``max_prompt_tokens``), a search stops as soon as its prompt can no
+    longer be shorter than ``max_len`` tokens (the prompt will be dropped): its ``start`` is
+    then a start that keeps the ratio but not necessarily the latest, and its prompt is at
+    least ``max_len`` tokens long.
+    """
+    from .passes import batched_pass
+
+    bos = model.bos_token_id
+    full = [list(t.row[:t.max_position + 1]) for t in tasks]
+    orig = [float(t.orig_act) for t in tasks]
+    lo = [1] * len(tasks)
+    hi = [t.max_position for t in tasks]
+    best = list(orig)
+    while True:
+        todo = [j for j in range(len(tasks)) if lo[j] < hi[j]
+                and (max_len is None or tasks[j].max_position + 1 - hi[j] < max_len)]
+        if not todo:
+            break
+        mids = {j: (lo[j] + hi[j] + 1) // 2 for j in todo}
+        rows = [[bos] + full[j][mids[j]:] for j in todo]
+        if fast_supported(model):
+            got = [float(r.act[0]) for r in batched_pass(
+                model, rows, [(tasks[j].layer, tasks[j].neuron) for j in todo], attribution=False,
+                all_acts=False, max_tokens=max_tokens, max_rows=max_rows)]
+        else:
+            got = [neuron_acts(model, [r], tasks[j].layer, tasks[j].neuron)[0][-1] for j, r in zip(todo, rows)]
+        for j, a in zip(todo, got):
+            if a >= act_ratio * orig[j]:
+                lo[j], best[j] = mids[j], a
+            else:
+                hi[j] = mids[j] - 1
+    return [(lo[j], orig[j], best[j]) for j in range(len(tasks))]
 
 
 def trim(model: LoadedModel, docs: Sequence[Sequence[int]], max_positions: Sequence[int],
@@ -192,26 +256,11 @@ def trim(model: LoadedModel, docs: Sequence[Sequence[int]], max_positions: Seque
         search exactly as in the scan (the authors' code trimmed without BOS). ``start`` is the
         latest start with ``act >= act_ratio * original_act``; ``start = 1`` keeps the document.
 
-    All documents are searched together: one batched forward pass per bisection step.
+    All documents are searched together (:func:`trim_many`).
     """
-    bos = model.bos_token_id
     n = len(docs)
     full = [list(docs[j][:max_positions[j] + 1]) for j in range(n)]
     orig = list(orig_acts) if orig_acts is not None else \
         [a[-1] for a in neuron_acts(model, full, layer, neuron)]
-    lo = [1] * n                      # known good start (the whole document)
-    hi = [max_positions[j] for j in range(n)]  # latest possible start: the max token alone
-    best = list(orig)
-    while True:
-        todo = [j for j in range(n) if lo[j] < hi[j]]
-        if not todo:
-            break
-        mids = {j: (lo[j] + hi[j] + 1) // 2 for j in todo}
-        rows = [[bos] + full[j][mids[j]:] for j in todo]
-        got = neuron_acts(model, rows, layer, neuron)
-        for j, a in zip(todo, got):
-            if a[-1] >= act_ratio * orig[j]:
-                lo[j], best[j] = mids[j], a[-1]
-            else:
-                hi[j] = mids[j] - 1
-    return [(lo[j], orig[j], best[j]) for j in range(n)]
+    return trim_many(model, [TrimTask(docs[j], max_positions[j], layer, neuron, orig[j]) for j in range(n)],
+                     act_ratio=act_ratio)

@@ -5,6 +5,10 @@ automatically). Plain SQLite that Datasette or the ``sqlite3`` shell can open. E
 to a run. Conventions: ``layer``/``neuron``/``head`` are 0-based; ``act`` is a post-GELU
 activation; ``attr`` a residual-stream dot product; JSON columns hold lists in the order their
 docstring gives.
+
+Each table's description is its class docstring and each column's its ``doc=`` (a Pint unit,
+where one applies, in ``info["unit"]``): ``lookups db metadata`` turns them into Datasette's
+``metadata.json`` (:mod:`precompute.metadata`), so they are written once, here.
 """
 
 from __future__ import annotations
@@ -49,22 +53,31 @@ class Run(Base):
 
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    slug: Mapped[str] = mapped_column(String(100), unique=True)  # URL name, e.g. "embedded", "gpt2"
-    model_name: Mapped[str] = mapped_column(Text)
-    dataset: Mapped[str] = mapped_column(Text)
-    settings: Mapped[dict] = mapped_column(JSON)  # Settings.science() of the run
-    settings_hash: Mapped[str] = mapped_column(String(32))
-    package_version: Mapped[str] = mapped_column(String(40))
-    n_layers: Mapped[int] = mapped_column(Integer)
-    n_heads: Mapped[int] = mapped_column(Integer)
-    d_mlp: Mapped[int] = mapped_column(Integer)
-    d_model: Mapped[int] = mapped_column(Integer)
-    n_ctx: Mapped[int] = mapped_column(Integer)
-    layers: Mapped[list] = mapped_column(JSON)  # scanned (analysed) layers
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running|complete|failed
-    started_at: Mapped[datetime] = mapped_column(DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # figures of the last run
+    slug: Mapped[str] = mapped_column(String(100), unique=True, doc="URL name, e.g. 'embedded', 'gpt2'")
+    model_name: Mapped[str] = mapped_column(Text, doc="model name or local directory it was loaded "
+                                            "from ('embedded': the shipped model)")
+    dataset: Mapped[str] = mapped_column(Text, doc="dataset name, file or directory scanned "
+                                         "('embedded': the shipped corpus)")
+    settings: Mapped[dict] = mapped_column(JSON, doc="Settings.science() of the run")
+    settings_hash: Mapped[str] = mapped_column(String(32),
+                                               doc="hash of settings: equal hashes mean the same computation")
+    package_version: Mapped[str] = mapped_column(String(40),
+                                                 doc="context-lookups version that wrote the run")
+    n_layers: Mapped[int] = mapped_column(Integer, doc="transformer blocks of the model")
+    n_heads: Mapped[int] = mapped_column(Integer, doc="attention heads per layer")
+    d_mlp: Mapped[int] = mapped_column(Integer, doc="MLP neurons per layer")
+    d_model: Mapped[int] = mapped_column(Integer, doc="residual stream width")
+    n_ctx: Mapped[int] = mapped_column(Integer, doc="model context length, tokens")
+    layers: Mapped[list] = mapped_column(JSON, doc="scanned (analysed) layers")
+    status: Mapped[str] = mapped_column(String(20), default="running", doc="running|complete|failed")
+    started_at: Mapped[datetime] = mapped_column(DateTime, doc="UTC")
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True,
+                                                         doc="UTC; empty while running")
+    summary: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="figures of the last run")
+    provenance: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="where an imported run's data "
+                                                    "came from (lookups import-paper): source repository, "
+                                                    "commit, licence, files read, what was missing; empty "
+                                                    "for runs computed here")
 
 
 class Phase(Base):
@@ -73,10 +86,13 @@ class Phase(Base):
 
     __tablename__ = "phases"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    stats: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    finished_at: Mapped[datetime] = mapped_column(DateTime)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True, doc="unit of work, e.g. "
+                                      "'scan:explain', 'prompts:L3N12', 'ablation:zero:PAIR'")
+    seconds: Mapped[float] = mapped_column(Float, default=0.0, doc="wall time of the unit of work",
+                                           info={"unit": "s"})
+    stats: Mapped[dict | None] = mapped_column(JSON, nullable=True,
+                                               doc="figures of the unit of work (JSON)")
+    finished_at: Mapped[datetime] = mapped_column(DateTime, doc="UTC")
 
 
 class Neuron(Base):
@@ -86,17 +102,20 @@ class Neuron(Base):
     __tablename__ = "neurons"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    layer: Mapped[int] = mapped_column(Integer)
-    neuron: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(12), default="other")  # next_token|random|other
-    rank: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rank by congruence in layer
-    token_id: Mapped[int] = mapped_column(Integer)  # argmax_t W_out[l,i]·W_U[:,t]
-    token: Mapped[str] = mapped_column(NulText)
-    congruence: Mapped[float] = mapped_column(Float)
-    top_tokens: Mapped[list] = mapped_column(JSON)  # [[token_id, token, congruence], ...] top 10
-    max_act: Mapped[float | None] = mapped_column(Float, nullable=True)  # best explain-split act
-    status: Mapped[str | None] = mapped_column(String(40), nullable=True)  # e.g. no_activating_prompt
-    best_score: Mapped[float | None] = mapped_column(Float, nullable=True)  # best E of its pairs
+    layer: Mapped[int] = mapped_column(Integer, doc="0-based MLP layer")
+    neuron: Mapped[int] = mapped_column(Integer, doc="0-based index in the layer (0..d_mlp-1)")
+    kind: Mapped[str] = mapped_column(String(12), default="other", doc="next_token|random|other")
+    rank: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="rank by congruence in layer")
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="argmax_t W_out[l,i]·W_U[:,t]; "
+                                                 "empty: not recorded (imported runs)")
+    token: Mapped[str] = mapped_column(NulText, doc="text of token_id decoded alone (a partial UTF-8 "
+                                       "character shows as U+FFFD)")
+    congruence: Mapped[float] = mapped_column(Float, doc="W_out[l,i]·W_U[:,token_id] after weight "
+                                              "processing (paper §4.1)")
+    top_tokens: Mapped[list] = mapped_column(JSON, doc="[[token_id, token, congruence], ...] top 10")
+    max_act: Mapped[float | None] = mapped_column(Float, nullable=True, doc="best explain-split act")
+    status: Mapped[str | None] = mapped_column(String(40), nullable=True, doc="e.g. no_activating_prompt")
+    best_score: Mapped[float | None] = mapped_column(Float, nullable=True, doc="best E of its pairs")
     __table_args__ = (UniqueConstraint("run_id", "layer", "neuron"),
                       Index("ix_neurons_run_kind", "run_id", "kind", "congruence"),
                       Index("ix_neurons_run_token", "run_id", "token"))
@@ -108,9 +127,9 @@ class Document(Base):
     __tablename__ = "documents"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    split: Mapped[str] = mapped_column(String(10))  # explain|heldout
-    idx: Mapped[int] = mapped_column(Integer)  # index in the split
-    text: Mapped[str] = mapped_column(NulText)
+    split: Mapped[str] = mapped_column(String(10), doc="explain|heldout")
+    idx: Mapped[int] = mapped_column(Integer, doc="index in the split")
+    text: Mapped[str] = mapped_column(NulText, doc="the document's text")
     __table_args__ = (UniqueConstraint("run_id", "split", "idx"),)
 
 
@@ -119,13 +138,13 @@ class TopActivation(Base):
 
     __tablename__ = "top_activations"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    split: Mapped[str] = mapped_column(String(10), primary_key=True)
-    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
-    neuron: Mapped[int] = mapped_column(Integer, primary_key=True)
-    rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0 = highest
-    doc_idx: Mapped[int] = mapped_column(Integer)
-    act: Mapped[float] = mapped_column(Float)
-    position: Mapped[int] = mapped_column(Integer)  # token position of the max (BOS = 0)
+    split: Mapped[str] = mapped_column(String(10), primary_key=True, doc="explain|heldout")
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based MLP layer")
+    neuron: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based index in the layer")
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0 = highest")
+    doc_idx: Mapped[int] = mapped_column(Integer, doc="documents.idx in the split")
+    act: Mapped[float] = mapped_column(Float, doc="max post-GELU activation in the document")
+    position: Mapped[int] = mapped_column(Integer, doc="token position of the max (BOS = 0)")
 
 
 class Prompt(Base):
@@ -135,43 +154,56 @@ class Prompt(Base):
     __tablename__ = "prompts"
     id: Mapped[int] = mapped_column(primary_key=True)
     neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id", ondelete="CASCADE"))
-    split: Mapped[str] = mapped_column(String(10))  # explain|heldout
-    rank: Mapped[int] = mapped_column(Integer)  # rank of its document in the scan's top-k
-    doc_idx: Mapped[int] = mapped_column(Integer)
-    start: Mapped[int] = mapped_column(Integer)  # prompt = [BOS] + doc_tokens_with_bos[start:end]
-    end: Mapped[int] = mapped_column(Integer)  # exclusive; end - 1 = max-activating position
-    text: Mapped[str] = mapped_column(NulText)  # decoded prompt (without BOS)
-    token_ids: Mapped[list] = mapped_column(JSON)  # without BOS
-    tokens: Mapped[list] = mapped_column(JSON)  # token strings, without BOS
-    acts: Mapped[list] = mapped_column(JSON)  # neuron act at each token, without BOS
-    act: Mapped[float] = mapped_column(Float)  # act at the last token of the trimmed prompt
-    doc_act: Mapped[float] = mapped_column(Float)  # act at the same token in the full document
-    attr_raw: Mapped[list] = mapped_column(JSON)  # [attn_layer][head], paper's score
-    attr_ln: Mapped[list] = mapped_column(JSON)  # [attn_layer][head], LN-aware score
-    other_ln: Mapped[dict] = mapped_column(JSON)  # LN-aware non-head contributions
-    pre: Mapped[float] = mapped_column(Float)  # hook_pre at the last token
-    active: Mapped[list] = mapped_column(JSON)  # ["L0H3", ...] by the run's rule (raw score)
+    split: Mapped[str] = mapped_column(String(10), doc="explain|heldout")
+    rank: Mapped[int] = mapped_column(Integer, doc="rank of its document in the scan's top-k")
+    # Imported runs leave the fields below None (and token_ids/acts/attr_* empty) where the
+    # authors' files do not record them.
+    doc_idx: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="documents.idx of its document")
+    start: Mapped[int | None] = mapped_column(Integer, nullable=True,
+                                              doc="prompt = [BOS] + doc_tokens_with_bos[start:end]")
+    end: Mapped[int | None] = mapped_column(Integer, nullable=True,
+                                            doc="exclusive; end - 1 = max-activating position")
+    text: Mapped[str] = mapped_column(NulText, doc="decoded prompt (without BOS)")
+    token_ids: Mapped[list] = mapped_column(JSON, doc="without BOS")
+    tokens: Mapped[list] = mapped_column(JSON, doc="token strings, without BOS")
+    acts: Mapped[list] = mapped_column(JSON, doc="neuron act at each token, without BOS")
+    act: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                              doc="act at the last token of the trimmed prompt")
+    doc_act: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                                  doc="act at the same token in the full document")
+    attr_raw: Mapped[list] = mapped_column(JSON, doc="[attn_layer][head], paper's score")
+    attr_ln: Mapped[list] = mapped_column(JSON, doc="[attn_layer][head], LN-aware score")
+    other_ln: Mapped[dict] = mapped_column(JSON, doc="LN-aware non-head contributions")
+    pre: Mapped[float | None] = mapped_column(Float, nullable=True, doc="hook_pre at the last token")
+    active: Mapped[list] = mapped_column(JSON, doc="['L0H3', ...] by the run's rule (raw score); "
+                                         "top-k: largest first")
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "split", "rank"),
                       Index("ix_prompts_neuron", "neuron_id", "split", "rank"))
 
 
 class Pair(Base):
-    """A (neuron, head) pair over the neuron's explain-split prompts; ``kept`` when the head is
-    active on ``pair_min_fraction``..``pair_max_fraction`` of them (paper: 25%-75%)."""
+    """A (neuron, head) pair over the neuron's explain-split prompts; ``kept`` when the neuron has
+    at least ``pair_min_prompts`` of them and the head is active on
+    ``pair_min_fraction``..``pair_max_fraction`` of them (paper: 25%-75%)."""
 
     __tablename__ = "pairs"
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id", ondelete="CASCADE"))
-    head_layer: Mapped[int] = mapped_column(Integer)
-    head: Mapped[int] = mapped_column(Integer)
-    n_prompts: Mapped[int] = mapped_column(Integer)
-    n_active: Mapped[int] = mapped_column(Integer)
-    active_fraction: Mapped[float] = mapped_column(Float)
-    mean_attr_raw: Mapped[float] = mapped_column(Float)
-    mean_attr_ln: Mapped[float] = mapped_column(Float)
-    kept: Mapped[bool] = mapped_column(Boolean)
+    head_layer: Mapped[int] = mapped_column(Integer, doc="0-based layer of the attention head")
+    head: Mapped[int] = mapped_column(Integer, doc="0-based head index in its layer")
+    n_prompts: Mapped[int] = mapped_column(Integer, doc="the neuron's explain prompts")
+    n_active: Mapped[int] = mapped_column(Integer, doc="explain prompts on which the head is active")
+    active_fraction: Mapped[float] = mapped_column(Float, doc="n_active / n_prompts")
+    mean_attr_raw: Mapped[float | None] = mapped_column(Float, nullable=True, doc="mean raw head "
+                                                        "attribution, residual-stream units; empty: not "
+                                                        "recorded")
+    mean_attr_ln: Mapped[float | None] = mapped_column(Float, nullable=True, doc="mean LN-aware head "
+                                                       "attribution, pre-activation units")
+    kept: Mapped[bool] = mapped_column(Boolean,
+                                       doc="kept by the run's rule: at least pair_min_prompts prompts, "
+                                       "active on pair_min_fraction..pair_max_fraction of them")
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "head_layer", "head"),
                       Index("ix_pairs_head", "run_id", "head_layer", "head"),
@@ -183,12 +215,13 @@ class LLMCall(Base):
     never part of it), so a re-run sends nothing already answered."""
 
     __tablename__ = "llm_calls"
-    request_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    request: Mapped[dict] = mapped_column(JSON)
-    response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    status: Mapped[str] = mapped_column(String(20))  # ok|failed
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
+    request_hash: Mapped[str] = mapped_column(String(64), primary_key=True,
+                                              doc="SHA-256 of the request (the API key is never part of it)")
+    request: Mapped[dict] = mapped_column(JSON, doc="the chat request (JSON)")
+    response: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="the endpoint's answer (JSON)")
+    status: Mapped[str] = mapped_column(String(20), doc="ok|failed")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True, doc="why it failed")
+    created_at: Mapped[datetime] = mapped_column(DateTime, doc="UTC")
 
 
 class Explanation(Base):
@@ -198,19 +231,23 @@ class Explanation(Base):
     __tablename__ = "explanations"
     id: Mapped[int] = mapped_column(primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
-    explainer: Mapped[str] = mapped_column(String(100))  # "baseline" or "openai:<model>"
-    status: Mapped[str] = mapped_column(String(20))  # ok|failed|single_class (ok may have score None: undefined E)
-    text: Mapped[str | None] = mapped_column(NulText, nullable=True)
-    prompt: Mapped[str | None] = mapped_column(NulText, nullable=True)  # the request shown to it
-    settings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # E, None if single class
-    tpr: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tnr: Mapped[float | None] = mapped_column(Float, nullable=True)
-    n_pos: Mapped[int] = mapped_column(Integer, default=0)
-    n_neg: Mapped[int] = mapped_column(Integer, default=0)
-    n_unparsed: Mapped[int] = mapped_column(Integer, default=0)  # answers other than Yes/No
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
+    explainer: Mapped[str] = mapped_column(String(100), doc="'baseline' or 'openai:<model>'")
+    status: Mapped[str] = mapped_column(String(20),
+                                        doc="ok|failed|single_class (ok may have score None: undefined E)")
+    text: Mapped[str | None] = mapped_column(NulText, nullable=True, doc="the explanation")
+    prompt: Mapped[str | None] = mapped_column(NulText, nullable=True, doc="the request shown to it")
+    settings: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="explainer settings (JSON)")
+    score: Mapped[float | None] = mapped_column(Float, nullable=True, doc="E, None if single class")
+    tpr: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                              doc="TP/(TP+FN) on the held-out prompts")
+    tnr: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                              doc="TN/(TN+FP) on the held-out prompts")
+    n_pos: Mapped[int] = mapped_column(Integer, default=0,
+                                       doc="held-out prompts on which the head is active")
+    n_neg: Mapped[int] = mapped_column(Integer, default=0, doc="held-out prompts on which it is not")
+    n_unparsed: Mapped[int] = mapped_column(Integer, default=0, doc="answers other than Yes/No")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True, doc="why it failed or E is undefined")
+    created_at: Mapped[datetime] = mapped_column(DateTime, doc="UTC")
     pair: Mapped[Pair] = relationship()
     __table_args__ = (UniqueConstraint("pair_id", "explainer"),)
 
@@ -223,9 +260,9 @@ class Classification(Base):
                                                 primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"),
                                            primary_key=True)
-    truth: Mapped[bool] = mapped_column(Boolean)  # head active on the prompt
-    answer: Mapped[str] = mapped_column(NulText)  # raw answer
-    predicted: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # None: not Yes/No
+    truth: Mapped[bool] = mapped_column(Boolean, doc="head active on the prompt")
+    answer: Mapped[str] = mapped_column(NulText, doc="raw answer")
+    predicted: Mapped[bool | None] = mapped_column(Boolean, nullable=True, doc="None: not Yes/No")
 
 
 class Ablation(Base):
@@ -235,10 +272,12 @@ class Ablation(Base):
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"), primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"),
                                            primary_key=True)
-    method: Mapped[str] = mapped_column(String(10), primary_key=True)  # zero|mean
-    active: Mapped[bool] = mapped_column(Boolean)
-    act_clean: Mapped[float] = mapped_column(Float)
-    act_ablated: Mapped[float] = mapped_column(Float)
-    prob_clean: Mapped[float] = mapped_column(Float)  # softmax prob of the neuron's token
-    prob_ablated: Mapped[float] = mapped_column(Float)
-    drop: Mapped[float] = mapped_column(Float)  # prob_clean - prob_ablated
+    method: Mapped[str] = mapped_column(String(10), primary_key=True, doc="zero|mean")
+    active: Mapped[bool] = mapped_column(Boolean, doc="head active on the prompt (the run's rule)")
+    act_clean: Mapped[float] = mapped_column(Float,
+                                             doc="neuron post-GELU activation at the last token, clean")
+    act_ablated: Mapped[float] = mapped_column(Float, doc="the same with the head ablated")
+    prob_clean: Mapped[float] = mapped_column(Float, doc="softmax prob of the neuron's token")
+    prob_ablated: Mapped[float] = mapped_column(Float,
+                                                doc="the same, head ablated")
+    drop: Mapped[float] = mapped_column(Float, doc="prob_clean - prob_ablated")

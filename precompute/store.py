@@ -34,8 +34,8 @@ def get_or_create_run(session: Session, *, settings: Settings, slug: str, model,
     science = settings.science()
     if run is not None:
         if run.settings_hash != settings.science_hash():
-            diff = {k: (run.settings.get(k), v) for k, v in science.items()
-                    if run.settings.get(k) != v}
+            stored = Settings.of_run(run.settings).science()
+            diff = {k: (stored.get(k), v) for k, v in science.items() if stored.get(k) != v}
             shown = ", ".join(f"{k}: stored {a!r} vs given {b!r}" for k, (a, b) in diff.items())
             raise SettingsMismatch(
                 f"Run {slug!r} already exists in this database with other settings ({shown}). "
@@ -74,6 +74,18 @@ def unit_of_work(session: Session, run_id: int, name: str, stats: dict | None = 
         yield out
         session.add(Phase(run_id=run_id, name=name, seconds=round(time.time() - t0, 3),
                           stats=out or None, finished_at=now()))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+@contextmanager
+def transaction(session: Session):
+    """Commit the rows added in the block together, or (on any exception, or a kill) none of
+    them: a unit of work without a phase mark (``lookups import-paper`` creates the run inside)."""
+    try:
+        yield
         session.commit()
     except BaseException:
         session.rollback()

@@ -22,11 +22,15 @@
       if (form) { form.requestSubmit(); }
     }
   });
-  // A new prompt forgets the clicked position of the previous one.
+  // A new prompt forgets the clicked position of the previous one, and the tokens of the
+  // previous result (buttons of the live form carrying pos=) cannot be clicked until it runs.
   document.addEventListener("input", function (ev) {
     if (ev.target && ev.target.id === "live-prompt") {
       var pos = document.getElementById("live-pos");
       if (pos) { pos.remove(); }
+      var res = document.querySelector("#live .live-result");
+      var stale = !res || res.getAttribute("data-prompt") !== ev.target.value;
+      document.querySelectorAll("#live .live-tokens button.tok").forEach(function (b) { b.disabled = stale; });
     }
   });
 })();

@@ -31,12 +31,12 @@ def _seed_everything():
 
 
 def make_tiny_model_dir(path: Path, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, n_positions: int = 128) -> Path:
     """A random-weight GPT-2 with the embedded tokenizer, saved as a Hugging Face directory."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=8192, n_positions=128, n_embd=n_embd, n_layer=n_layer,
+    cfg = GPT2Config(vocab_size=8192, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                      n_head=n_head, n_inner=4 * n_embd, activation_function="gelu_new",
                      bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg)
@@ -87,7 +87,9 @@ def small_settings(db_path: Path, model_dir: Path, corpus_dir: Path, **over) -> 
                 n_per_layer=3, top_k=8, context_tokens=48, batch_size=16, heldout_per_pair=6,
                 # Only 8 heads are scored in the 2-layer tiny model, where the 2-sigma rule
                 # rarely fires; the Oct 2023 top-3 rule gives kept pairs to test on.
-                active_rule="topk", active_topk=3)
+                active_rule="topk", active_topk=3,
+                # Every neuron here has top_k = 8 explain prompts: keep their pairs (default 10).
+                pair_min_prompts=8)
     base.update(over)
     return Settings(**base)
 

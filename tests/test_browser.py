@@ -138,12 +138,17 @@ def test_neuron_page_live_and_ablation(page, server, kept):
     assert f"{data['ablation']['drop']:.4f}" == f"{drop:.4f}" or abs(data["ablation"]["drop"] - drop) < 1e-4
 
     # click a token: attribute there (?pos=N) and keep the ablation
-    page.locator("#live .live-tokens a.tok").nth(1).click()
+    page.locator("#live .live-tokens button.tok").nth(1).click()
     page.wait_for_url(re.compile(r"pos=1"))
     page.wait_for_selector("#abl-drop")
     assert "ablate=" in page.url
     page.go_back()
     page.wait_for_url(re.compile(r"^(?!.*pos=)"))
+    # an edited prompt makes the previous result's tokens (buttons carrying pos=) unclickable
+    page.wait_for_selector("#live .live-tokens button.tok")
+    page.fill("#live-prompt", "another prompt")
+    n_tok = page.locator("#live .live-tokens button.tok").count()
+    assert n_tok > 0 and page.locator("#live .live-tokens button.tok:disabled").count() == n_tok
 
 
 def test_unselected_neuron_pair_head_and_api_docs(page, server, web_db, kept):  # noqa: F811

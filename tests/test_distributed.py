@@ -36,7 +36,7 @@ def test_sharded_scan_merges_to_the_single_scan_ties_included(tiny_model, small_
         assert ranges[0][0] == 0 and ranges[-1][1] == len(texts)
         assert all(a % kw["batch_size"] == 0 for a, _ in ranges)
         parts = [scan_shard(tiny_model, ScanShard(texts[a:b], a, **kw)) for a, b in ranges]
-        merged = merge_scans(parts, kw["k"])
+        merged = merge_scans(parts)
         for name in ("values", "docs", "positions"):
             assert torch.equal(getattr(merged, name), getattr(full, name)), (n_shards, name)
         assert (merged.n_docs, merged.n_tokens) == (full.n_docs, full.n_tokens)

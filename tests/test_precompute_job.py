@@ -196,3 +196,23 @@ def test_stored_run_settings_validate_against_settings(precomputed_db):
     s = Settings.of_run(stored)
     assert s.science() == stored
     assert s.active_rule == "topk" and s.active_topk == 3  # the run's, not the defaults
+
+
+def test_runs_stored_before_pair_min_prompts_read_back_as_computed(precomputed_db):
+    """A run stored before --pair-min-prompts existed reads back with no minimum (1), and its
+    settings hash is unchanged, so resuming it is not refused as a settings mismatch."""
+    import hashlib
+    import json
+
+    from precompute.settings import Settings
+
+    con = sqlite3.connect(precomputed_db)
+    stored = json.loads(con.execute("SELECT settings FROM runs").fetchone()[0])
+    con.close()
+    assert stored["pair_min_prompts"] == 8  # conftest.small_settings
+    old = {k: v for k, v in stored.items() if k != "pair_min_prompts"}
+    s = Settings.of_run(old)
+    assert s.pair_min_prompts == 1
+    assert s.science_hash() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str)
+                                              .encode()).hexdigest()[:16]
+    assert Settings.of_run(stored).science_hash() != s.science_hash()

@@ -164,7 +164,7 @@ def test_head_page_is_a_reverse_index(client, web_db, kept):  # noqa: F811
 def test_neuron_list_filters(client, web_db):  # noqa: F811
     base = f"/{TOPK_RUN}/neurons.json"
     total = one(web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ?", TOPK_RUN)[0]
-    assert client.get(base).json()["total"] == total
+    assert client.get(base, params={"kind": "all"}).json()["total"] == total
     for kind in ("next_token", "random", "other"):
         d = client.get(base, params={"kind": kind, "per_page": 500}).json()
         assert d["neurons"] and {n["kind"] for n in d["neurons"]} == {kind}
@@ -174,7 +174,7 @@ def test_neuron_list_filters(client, web_db):  # noqa: F811
     frag = tok.strip()[:3] or tok
     found = client.get(base, params={"q": frag, "per_page": 500}).json()["neurons"]
     assert found and all(frag.lower() in n["token"].lower() for n in found)
-    assert client.get(base, params={"q": "%"}).json()["total"] == one(
+    assert client.get(base, params={"q": "%", "kind": "all"}).json()["total"] == one(
         web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ? "
         "AND instr(n.token, '%') > 0", TOPK_RUN)[0]  # % is literal, not a wildcard
     cs = sorted(n["congruence"] for n in client.get(base, params={"per_page": 500}).json()["neurons"])
@@ -205,7 +205,7 @@ def test_neuron_list_sorting_and_pagination(client):
     assert page == pages and seen == [(n["layer"], n["neuron"]) for n in full["neurons"]]
     toks = [n["token"] for n in client.get(base, params={"sort": "token", "order": "asc", "per_page": 500}).json()["neurons"]]
     assert toks == sorted(toks)
-    html = html_ok(client.get(f"/{TOPK_RUN}/neurons?sort=token&order=asc"))
+    html = html_ok(client.get(f"/{TOPK_RUN}/neurons?kind=all&sort=token&order=asc"))
     assert 'class="sorted asc"' in html and 'rel="next"' in html
 
 
@@ -218,7 +218,7 @@ def test_goto_jumps_to_any_neuron(client, web_db):  # noqa: F811
 
 
 def test_htmx_requests_get_fragments_and_push_canonical_urls(client):
-    r = client.get(f"/{TOPK_RUN}/neurons?kind=next_token&layer=&q=&sort=congruence&order=desc",
+    r = client.get(f"/{TOPK_RUN}/neurons?kind=next_token&layer=&q=&sort=kind&order=asc",
                    headers={"HX-Request": "true"})
     assert r.status_code == 200 and "<html" not in r.text and "<table" in r.text
     assert r.headers["HX-Push-Url"] == f"/{TOPK_RUN}/neurons?kind=next_token"

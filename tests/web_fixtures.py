@@ -2,7 +2,8 @@
 
 ``web_db`` copies the session's ``precomputed_db`` (the paper's 2-sigma rule; on the tiny random
 model it keeps few pairs) and adds a second run on the same model with the top-3 rule, which
-keeps many (neuron, head) pairs and so gets explanations (baseline explainer) and ablations.
+keeps many (neuron, head) pairs and so gets explanations (baseline explainer) and ablations, and
+a third whose neurons all have fewer explain prompts than ``--pair-min-prompts``.
 It is built once per session whichever test module asks first.
 """
 
@@ -21,6 +22,7 @@ from tests.conftest import small_settings
 
 _CACHE: dict[str, Path] = {}
 TOPK_RUN = "tiny-topk"
+FEW_RUN = "tiny-few"  # every neuron below --pair-min-prompts: no kept pair (nothing to explain)
 
 
 def build_web_db(tmp_path_factory, precomputed_db: Path, model_dir: Path, corpus_dir: Path,
@@ -31,6 +33,9 @@ def build_web_db(tmp_path_factory, precomputed_db: Path, model_dir: Path, corpus
         db = tmp_path_factory.mktemp("webdb") / "web.db"
         shutil.copy(precomputed_db, db)
         run_precompute(small_settings(db, model_dir, corpus_dir, run_name=TOPK_RUN, active_rule="topk"),
+                       model=tiny_model)
+        run_precompute(small_settings(db, model_dir, corpus_dir, run_name=FEW_RUN, pair_min_prompts=9,
+                                      n_per_layer=1, n_docs=20, explainer="none", ablation="none"),
                        model=tiny_model)
         # Read-only from here on: the server must never need to write.
         db.chmod(0o444)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
+import orjson
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from ..live import BadLiveInput
@@ -30,22 +30,18 @@ def render(request: Request, template: str, data: dict, *, fmt: str | None, stat
     """The JSON twin (``fmt == "json"``: exactly ``data``) or the HTML template rendered with
     ``data`` plus ``extra`` (template-only helpers)."""
     if fmt == "json":
-        return JSONResponse(_finite(jsonable_encoder(data)), status_code=status, headers=headers)
+        return Response(_json(data), status_code=status, headers=headers, media_type="application/json")
     ctx = dict(data)
     ctx.update(extra or {})
     return request.app.state.templates.TemplateResponse(request, template, ctx, status_code=status,
                                                         headers=headers)
 
 
-def _finite(x):
-    """JSON has no NaN or infinity: such numbers become null."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
+def _json(data) -> bytes:
+    """``data`` as JSON with orjson (several times faster than the standard encoder on a
+    neuron's grids). JSON has no NaN or infinity: orjson writes such numbers as null. Types
+    orjson does not know go through FastAPI's encoder."""
+    return orjson.dumps(data, default=jsonable_encoder, option=orjson.OPT_NON_STR_KEYS)
 
 
 def clean_text(value: str | None, *, name: str, max_chars: int = 20000) -> str | None:

@@ -16,10 +16,10 @@ router = APIRouter()
 
 @router.get("/{model}/neurons/{layer}/{neuron}/live", response_class=HTMLResponse, tags=["fragments"],
             summary="Live panel of the neuron page (htmx fragment)")
-def live_fragment(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+async def live_fragment(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
                   prompt: PromptQ = "", ablate: AblateQ = [], pos: PosQ = None,
                   split: Literal["explain", "heldout"] = "explain"):
     """Run ``prompt`` live (optionally with ``ablate`` heads zero-ablated, attributing at
     ``pos``) and return the panel. The page URL with the same query renders the same panel."""
-    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt or "",
-                       ablate=ablate, pos=pos, fmt=None, fragment=True)
+    return await neuron_view(request, s, model, layer, neuron, score=score, split=split,
+                             prompt=prompt or "", ablate=ablate, pos=pos, fmt=None, fragment=True)

@@ -1,24 +1,28 @@
 """HTML pages, each with a ``.json`` twin at the same path plus ``.json``.
 
-Handlers are plain ``def`` (run in the threadpool) so that database reads and live forward
-passes never block the event loop.
+Handlers are plain ``def`` (run in the threadpool) so that database reads never block the event
+loop; the neuron page's handlers are ``async`` because they may await a live pass (see
+:func:`neuron_view`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from precompute.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views
+from ..export import csv_response
 from ..live import BadLiveInput
 from .common import clean_text, db, is_htmx, render
 
@@ -60,10 +64,6 @@ PosQ = Annotated[int | None, _int_in(0, 1_000_000), Query(description="Token pos
                                    "BOS excluded) to attribute; default the last.")]
 
 
-def _fmt(path_fmt: bool) -> str | None:
-    return "json" if path_fmt else None
-
-
 # --- home --------------------------------------------------------------------------------------
 
 @router.get("/.json", tags=["json"], summary="Runs and their findings (JSON)")
@@ -89,7 +89,10 @@ def _neurons(request: Request, s: Session, model: str, fmt: str | None, layer, k
         v = getattr(flt, name)
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
-    data = views.neurons(s, slug=model, flt=flt, default_per_page=settings.page_size)
+    data = views.neurons(s, slug=model, flt=flt, default_per_page=settings.page_size,
+                         live=request.app.state.live)
+    if fmt == "csv":
+        return csv_response(data["neurons"], filename=f"{model}-neurons.csv")
     if is_htmx(request) and fmt is None:
         return render(request, "_neuron_table.html", data, fmt=None,
                       headers={"HX-Push-Url": data["links"]["page"]})
@@ -99,29 +102,34 @@ def _neurons(request: Request, s: Session, model: str, fmt: str | None, layer, k
 _F: dict = {}
 
 
-def _neuron_list_route(fmt_json: bool):
+def _neuron_list_route(fmt: str | None):
     def handler(request: Request, s: DB, model: str,
                 layer: Annotated[int | None, Blank, Query(description="Scanned layer (0-based).")] = None,
-                kind: Annotated[Literal[Q.KINDS], Query(description="next_token, random, selected "
-                                                        "(both), other or all.")] = "all",
+                kind: Annotated[Literal[Q.KINDS], Query(description="selected (next-token and "
+                                                        "random: the default), all, next_token, "
+                                                        "random or other.")] = Q.NeuronFilter.kind,
                 q: Annotated[str | None, Query(max_length=200, description="Token text contains "
                                                "(case-insensitive).")] = None,
                 min_congruence: Annotated[float | None, Blank, Query(**_F)] = None,
                 max_congruence: Annotated[float | None, Blank, Query(**_F)] = None,
                 min_score: Annotated[float | None, Blank, Query(description="Best explanation score E "
                                                                 "at least.", **_F)] = None,
-                sort: Annotated[Literal[tuple(Q.SORTS)], Query()] = "congruence",
-                order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+                sort: Annotated[Literal[tuple(Q.SORTS)], Query(description="kind (next-token, "
+                                                              "random, other; each by congruence), "
+                                                              "or a column.")] = Q.NeuronFilter.sort,
+                order: Annotated[Literal["asc", "desc"], Query()] = Q.NeuronFilter.order,
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                 per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
-        return _neurons(request, s, model, _fmt(fmt_json), layer, kind, q, min_congruence,
+        return _neurons(request, s, model, fmt, layer, kind, q, min_congruence,
                         max_congruence, min_score, sort, order, page, per_page)
     return handler
 
 
-router.get("/{model}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route(True))
+router.get("/{model}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route("json"))
+router.get("/{model}/neurons.csv", tags=["csv"], summary="Neurons of a run (CSV: the JSON twin's rows)",
+           response_class=Response)(_neuron_list_route("csv"))
 router.get("/{model}/neurons", response_class=HTMLResponse, tags=["pages"],
-           summary="Neurons of a run: sortable, filterable, paginated")(_neuron_list_route(False))
+           summary="Neurons of a run: sortable, filterable, paginated")(_neuron_list_route(None))
 
 
 @router.get("/{model}/goto", tags=["pages"], summary="Jump to a neuron by layer and index",
@@ -135,32 +143,59 @@ def goto_neuron(s: DB, model: str, layer: int, neuron: int):
 
 # --- neuron ------------------------------------------------------------------------------------
 
-def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
-                split: str, prompt: str | None, ablate: list[str], pos: int | None, fmt: str | None,
-                fragment: bool = False):
+async def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+                      split: str, prompt: str | None, ablate: list[str], pos: int | None,
+                      fmt: str | None, fragment: bool = False):
     """The neuron page (or, with ``fragment``, only its live panel); with ``prompt`` the live
-    pass is rendered server-side. Live errors keep the page and set the status (422/503)."""
-    live = request.app.state.live
+    pass is rendered server-side. Live errors keep the page and set the status (422/503).
+
+    The live pass is awaited, not waited for in a worker thread: database reads and rendering
+    run in the thread pool, the model on its own thread (``app.engine``), so queued live
+    requests never hold the threads that serve pages."""
     prompt = clean_text(prompt, name="prompt")
+    res = params = error = None
+    if prompt is not None:
+        try:
+            fut, params, partial = await run_in_threadpool(_submit, s, request.app.state.live, slug=model,
+                                                  layer=layer, neuron_=neuron, prompt=prompt,
+                                                  ablate=ablate, pos=pos)
+            # shielded: a client that goes away must not cancel a pass other requests share
+            res = views.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), partial)
+        except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
+            error = exc
+    return await run_in_threadpool(_neuron_response, request, s, model, layer, neuron, score=score,
+                                   split=split, prompt=prompt, pos=pos, fmt=fmt, fragment=fragment,
+                                   res=res, params=params, error=error)
+
+
+def _submit(s: Session, live, **kw):
+    """``views.live_request``, then the session lets go of its pooled connection, so that
+    requests waiting for the model hold no database connection either (the session reconnects
+    when the response is rendered)."""
+    try:
+        return views.live_request(s, live, **kw)
+    finally:
+        s.close()
+
+
+def _neuron_response(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+                     split: str, prompt: str | None, pos: int | None, fmt: str | None, fragment: bool,
+                     res: dict | None, params: dict | None, error: Exception | None):
     if fragment:
-        data = views.neuron_brief(s, slug=model, layer=layer, neuron_=neuron, score=score)
+        data = views.neuron_brief(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron, score=score)
     else:
-        data = views.neuron(s, live, slug=model, layer=layer, neuron_=neuron, score=score, split=split,
-                            settings=request.app.state.settings)
+        data = views.neuron(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron,
+                            score=score, split=split, settings=request.app.state.settings)
     status, extra, headers = 200, {}, {}
     page_params = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     if prompt is not None:
-        try:
-            res, params = views.live_result(s, live, slug=model, layer=layer, neuron_=neuron,
-                                            prompt=prompt, ablate=ablate, pos=pos)
+        if error is None:
             data["live"] = res
             page_params.update(params)
             extra.update(views.live_extra(res, data, score))
-        except (BadLiveInput, PromptTooLong) as exc:
-            status, data["live_error"] = 422, str(exc)
-            page_params.update(prompt=prompt)
-        except ModelNotAvailable as exc:
-            status, data["live_error"] = 503, str(exc)
+        else:
+            status = 503 if isinstance(error, ModelNotAvailable) else 422
+            data["live_error"] = str(error)
             page_params.update(prompt=prompt)
         if fmt == "json" and status != 200:
             return render(request, "", {"detail": data["live_error"], "status": status}, fmt="json",
@@ -179,14 +214,8 @@ def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: in
 
 
 def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
-    """Template-only URL builders of the neuron page (links keep the live state)."""
-    q = {k: v for k, v in params.items() if k not in ("split", "pos")}
-    page, frag = urls.neuron(model, layer, neuron, **q), urls.live(model, layer, neuron, **q)
-
-    def tok_link(i: int, fragment: bool = False) -> str:  # pos is the last canonical parameter
-        u = frag if fragment else page
-        return f"{u}{'&' if '?' in u else '?'}pos={i}"
-
+    """Template-only URL builders of the neuron page (links keep the live state). Live tokens
+    are buttons of the live form (``pos`` only), not links: see ``present.tokens_html``."""
     def with_score(score: str) -> str:
         return urls.neuron(model, layer, neuron, **{**params, "score": score if score != "raw" else None})
 
@@ -194,30 +223,30 @@ def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
         return urls.neuron(model, layer, neuron, **{**params, "split": split if split != "explain" else None})
 
     return {"live_url": urls.live(model, layer, neuron), "page_base": urls.neuron(model, layer, neuron),
-            "tok_link": tok_link, "with_score": with_score, "with_split": with_split,
+            "with_score": with_score, "with_split": with_split,
             "pair_url": lambda k, h: urls.pair(model, layer, neuron, k, h)}
 
 
 @router.get("/{model}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
             "with ?prompt= also the live pass")
-def neuron_json(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
-                split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                ablate: AblateQ = [], pos: PosQ = None):
-    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+async def neuron_json(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                      split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
+                      ablate: AblateQ = [], pos: PosQ = None):
+    return await neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
                        ablate=ablate, pos=pos, fmt="json")
 
 
 @router.get("/{model}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
             summary="One neuron: token, prompts, head attribution, pairs, live")
-def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
-                split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                ablate: AblateQ = [], pos: PosQ = None):
+async def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+                      split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
+                      ablate: AblateQ = [], pos: PosQ = None):
     if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
         return RedirectResponse(urls.neuron(model, layer, neuron, score=score if score != "raw" else None,
                                             split=split if split != "explain" else None, prompt=prompt,
                                             ablate=[a for a in ablate if a], pos=pos), status_code=303)
-    return neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
-                       ablate=ablate, pos=pos, fmt=None)
+    return await neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+                             ablate=ablate, pos=pos, fmt=None)
 
 
 # --- pair --------------------------------------------------------------------------------------
@@ -227,7 +256,8 @@ def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, sc
 def pair_json(request: Request, s: DB, model: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
     return render(request, "pair.html", views.pair(s, slug=model, layer=layer, neuron_=neuron,
-                                                   head_layer=head_layer, head=head, score=score), fmt="json")
+                                                   head_layer=head_layer, head=head, score=score,
+                                                   live=request.app.state.live), fmt="json")
 
 
 @router.get("/{model}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}", response_class=HTMLResponse,
@@ -235,7 +265,8 @@ def pair_json(request: Request, s: DB, model: str, layer: int, neuron: int, head
 def pair_page(request: Request, s: DB, model: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
     return render(request, "pair.html", views.pair(s, slug=model, layer=layer, neuron_=neuron,
-                                                   head_layer=head_layer, head=head, score=score), fmt=None)
+                                                   head_layer=head_layer, head=head, score=score,
+                                                   live=request.app.state.live), fmt=None)
 
 
 # --- head --------------------------------------------------------------------------------------
@@ -245,11 +276,19 @@ HeadOrder = Annotated[Literal["raw", "ln", "fraction"], Query(description="Sort 
 KeptQ = Annotated[bool, Query(description="Only kept pairs (active on 25-75% of prompts).")]
 
 
+@router.get("/{model}/heads/{layer}/{head}.csv", tags=["csv"], response_class=Response,
+            summary="Neurons a head drives (CSV: the JSON twin's rows)")
+def head_csv(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
+             kept: KeptQ = False):
+    data = views.head(s, slug=model, layer=layer, head_=head, order=order, kept=kept, live=request.app.state.live)
+    return csv_response(data["pairs"], filename=f"{model}-L{layer}H{head}-neurons.csv")
+
+
 @router.get("/{model}/heads/{layer}/{head}.json", tags=["json"], summary="Neurons a head drives (JSON)")
 def head_json(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
               kept: KeptQ = False):
     return render(request, "head.html", views.head(s, slug=model, layer=layer, head_=head, order=order,
-                                                   kept=kept), fmt="json")
+                                                   kept=kept, live=request.app.state.live), fmt="json")
 
 
 @router.get("/{model}/heads/{layer}/{head}", response_class=HTMLResponse, tags=["pages"],
@@ -257,4 +296,40 @@ def head_json(request: Request, s: DB, model: str, layer: int, head: int, order:
 def head_page(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
               kept: KeptQ = False):
     return render(request, "head.html", views.head(s, slug=model, layer=layer, head_=head, order=order,
-                                                   kept=kept), fmt=None)
+                                                   kept=kept, live=request.app.state.live), fmt=None)
+
+
+# --- a run's pairs -----------------------------------------------------------------------------
+
+def _pair_list_route(fmt: str | None):
+    def handler(request: Request, s: DB, model: str,
+                layer: Annotated[int | None, Blank, Query(description="Neuron layer (0-based).")] = None,
+                kind: Annotated[Literal["selected", "next_token", "random"],
+                                Query(description="Neuron kind.")] = Q.PairFilter.kind,
+                kept: Annotated[bool, Query(description="Only kept pairs (the default).")] = Q.PairFilter.kept,
+                explainer: Annotated[str | None, Query(max_length=200, description="Only this "
+                                                       "explainer's explanations.")] = None,
+                min_score: Annotated[float | None, Blank, Query(description="Explanation score E at "
+                                                                "least.", **_F)] = None,
+                sort: Annotated[Literal[Q.PAIR_SORTS], Query(description="score: best E first; "
+                                                             "neuron: by neuron and head.")] = Q.PairFilter.sort,
+                page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+                per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
+        explainer = clean_text(explainer, name="explainer", max_chars=200) or None
+        if min_score is not None and not math.isfinite(min_score):
+            raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
+        flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
+                           sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
+        data = views.pairs(s, slug=model, flt=flt, live=request.app.state.live)
+        if fmt == "csv":
+            return csv_response(data["pairs"], filename=f"{model}-pairs.csv")
+        return render(request, "pairs.html", data, fmt=fmt)
+    return handler
+
+
+router.get("/{model}/pairs.json", tags=["json"], summary="A run's pairs with explanations and "
+           "scores (JSON)")(_pair_list_route("json"))
+router.get("/{model}/pairs.csv", tags=["csv"], response_class=Response, summary="A run's pairs with "
+           "explanations and scores (CSV: the JSON twin's rows)")(_pair_list_route("csv"))
+router.get("/{model}/pairs", response_class=HTMLResponse, tags=["pages"], summary="A run's (neuron, "
+           "head) pairs with their explanations and scores E")(_pair_list_route(None))

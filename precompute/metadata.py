@@ -1,0 +1,63 @@
+"""Datasette's ``metadata.json`` for a context-lookups database (``lookups db metadata``).
+
+Datasette opens the database as it is; this file adds a description to every table and column
+and the units of the columns that have one. Everything comes from :mod:`precompute.schema`:
+table descriptions from the mapped classes' docstrings, column descriptions from each column's
+``doc=``, units from ``info["unit"]``; a key column without a ``doc`` is described by what it
+refers to.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from sqlalchemy import Column
+from sqlalchemy.engine import make_url
+
+from .schema import Base
+
+
+def column_description(col: Column) -> str:
+    """The column's ``doc``; for an undocumented key, what it refers to."""
+    if col.doc:
+        return col.doc
+    fks = list(col.foreign_keys)
+    if fks:
+        target = fks[0].column
+        return f"the {target.table.name} row it belongs to ({target.table.name}.{target.name})"
+    if col.primary_key:
+        return "row id (primary key)"
+    raise ValueError(f"column {col.table.name}.{col.name} has no doc= in precompute/schema.py")
+
+
+def database_name(db_url: str) -> str:
+    """The name Datasette gives the database: the SQLite file's stem (``lookups.db`` →
+    ``lookups``), or the database name of another backend."""
+    url = make_url(db_url)
+    name = url.database or "lookups"
+    return Path(name).stem if url.get_backend_name() == "sqlite" else name
+
+
+def datasette_metadata(db_url: str) -> dict:
+    """The metadata dict: ``{"title", "description", "databases": {name: {"tables": {table:
+    {"description", "columns": {column: description}, "units": {column: unit}}}}}}``.
+
+    Raises:
+        ValueError: a column of the schema has no description.
+    """
+    tables = {}
+    for mapper in sorted(Base.registry.mappers, key=lambda m: m.local_table.name):
+        table = mapper.local_table
+        doc = inspect.cleandoc(mapper.class_.__doc__ or "")
+        entry = {"description": " ".join(doc.split()),
+                 "columns": {c.name: column_description(c) for c in table.columns}}
+        units = {c.name: c.info["unit"] for c in table.columns if c.info.get("unit")}
+        if units:
+            entry["units"] = units
+        tables[table.name] = entry
+    return {"title": "context-lookups",
+            "description": "Next-token neurons, the attention heads that switch them on, their "
+                           "explanations and ablations (Neo, Cohen & Barez, Interpreting Context "
+                           "Look-ups in Transformers, EMNLP 2024). Written by `lookups precompute`.",
+            "source": "context-lookups", "databases": {database_name(db_url): {"tables": tables}}}

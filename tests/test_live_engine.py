@@ -1,0 +1,157 @@
+"""The live engine over real HTTP (a loopback uvicorn server): models load in the background
+and /healthz says when they are ready, queued live requests never hold the threads that serve
+pages, requests for different neurons and ablations share batched passes whose results equal
+precompute's reference functions, and the device / dtype settings."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from tests.web_fixtures import TOPK_RUN, Server, one, rows, web_db  # noqa: F401  (fixture)
+
+
+def make_app(web_db, tiny_model_dir, **over):  # noqa: F811
+    from app.main import create_app
+
+    over.setdefault("torch_threads", None)
+    over.setdefault("model_paths", {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")})
+    return create_app(db_url=f"sqlite:///{web_db}", **over)
+
+
+def wait_ready(base: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        h = httpx.get(base + "/healthz", timeout=10).json()
+        if h["ready"] or any(v.startswith("failed") for v in h["models"].values()):
+            return h
+        time.sleep(0.05)
+    raise AssertionError("the models did not load")
+
+
+def neurons(db, n: int):  # noqa: F811
+    return rows(db, "SELECT n.layer, n.neuron, n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id "
+                "WHERE r.slug = ? AND n.kind != 'other' ORDER BY n.layer, n.neuron LIMIT ?", TOPK_RUN, n)
+
+
+def test_models_load_in_the_background_and_healthz_says_when(web_db, tiny_model_dir):  # noqa: F811
+    app = make_app(web_db, tiny_model_dir)
+    with Server(app) as srv:
+        h = httpx.get(srv.url + "/healthz").json()  # answers at once, loaded or not
+        assert h["status"] == "ok" and set(h["models"]) == {s for (s,) in rows(web_db, "SELECT slug FROM runs")}
+        assert set(h["models"].values()) <= {"loading", "ready"}
+        h = wait_ready(srv.url)
+        assert h["ready"] and set(h["models"].values()) == {"ready"}
+        assert app.state.live.loaded(TOPK_RUN)  # before any live request
+    bad = make_app(web_db, tiny_model_dir, model_paths={TOPK_RUN: "/nonexistent/model-dir"})
+    with Server(bad) as srv:
+        h = wait_ready(srv.url)
+        assert not h["ready"] and "nonexistent/model-dir" in h["models"][TOPK_RUN]
+        assert h["models"][TOPK_RUN].startswith("failed")
+
+
+def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):  # noqa: F811
+    """60 live requests wait on a blocked model thread; a plain page still answers, and every
+    live request completes once the model is free. (Handlers that blocked a worker thread per
+    live request would exhaust the 40-thread pool and the page would time out.)"""
+    (layer, neuron, _), = neurons(web_db, 1)
+    app = make_app(web_db, tiny_model_dir)
+    with Server(app) as srv:
+        wait_ready(srv.url)
+        gate = threading.Event()
+        app.state.live.engine.call(lambda: gate.wait(120))  # the model thread is busy
+        url = f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}"
+
+        def live(i: int) -> int:
+            return httpx.get(url + "/live", params={"prompt": f"request {i} of the king"},
+                             headers={"HX-Request": "true"}, timeout=120).status_code
+
+        with ThreadPoolExecutor(60) as ex:
+            futs = [ex.submit(live, i) for i in range(60)]
+            deadline = time.time() + 60
+            while app.state.live.engine.waiting() < 60 and time.time() < deadline:
+                time.sleep(0.05)
+            assert app.state.live.engine.waiting() == 60  # all queued, none answered
+            page = httpx.get(url, timeout=30)
+            assert page.status_code == 200 and "Top explain prompts" in page.text
+            assert httpx.get(srv.url + "/healthz", timeout=30).json()["queue"] == 60
+            assert not any(f.done() for f in futs)
+            gate.set()
+            assert [f.result() for f in futs] == [200] * 60
+        stats = app.state.live.stats
+        assert stats["max_batch"] == app.state.settings.max_batch  # bounded batches
+        assert stats["batched"] >= 60
+
+
+def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model):  # noqa: F811
+    """Queued requests for several neurons, some with heads ablated, run as one batch; each
+    result equals precompute's reference attribute()/ablate() on that prompt alone."""
+    from precompute.ablation import ablate
+    from precompute.attribution import attribute
+
+    picked = neurons(web_db, 3)
+    app = make_app(web_db, tiny_model_dir)
+    cases = [(n, f"Prompt {i}: the son of the king went" + " far" * i, [(0, 1)] if i % 2 else [])
+             for i, n in enumerate(picked * 2)]
+    with Server(app) as srv:
+        wait_ready(srv.url)
+        gate = threading.Event()
+        app.state.live.engine.call(lambda: gate.wait(120))
+
+        def get(case):
+            (layer, neuron, _), prompt, heads = case
+            params = {"prompt": prompt, **({"ablate": "L0H1"} if heads else {})}
+            return httpx.get(f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params=params, timeout=120)
+
+        with ThreadPoolExecutor(len(cases)) as ex:
+            futs = [ex.submit(get, c) for c in cases]
+            while app.state.live.engine.waiting() < len(cases):
+                time.sleep(0.05)
+            gate.set()
+            got = [f.result() for f in futs]
+        assert app.state.live.stats["max_batch"] == len(cases)  # one batch across neurons
+    for ((layer, neuron, token_id), prompt, heads), r in zip(cases, got):
+        assert r.status_code == 200, r.text
+        live = r.json()["live"]
+        row = [tiny_model.bos_token_id] + tiny_model.encode(prompt)
+        att = attribute(tiny_model, [row], layer, neuron)
+        ref = ablate(tiny_model, [row], layer, neuron, token_id, heads)
+        assert live["acts"] == pytest.approx(att.acts[0][1:], rel=1e-4, abs=1e-5)
+        assert torch.allclose(torch.tensor(live["attr_raw"]), att.raw[0], rtol=1e-4, atol=1e-5)
+        assert torch.allclose(torch.tensor(live["attr_ln"]), att.ln[0], rtol=1e-4, atol=1e-5)
+        assert live["prob"] == pytest.approx(float(ref.prob_clean[0]), rel=1e-4)
+        if heads:
+            assert live["ablation"]["drop"] == pytest.approx(float(ref.drop[0]), rel=1e-3, abs=1e-7)
+            assert live["ablation"]["act_ablated"] == pytest.approx(float(ref.act_ablated[0]), rel=1e-4, abs=1e-5)
+        else:
+            assert live["ablation"] is None
+
+
+def test_device_and_dtype_settings(web_db, tiny_model_dir, capsys):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from app.cli import main
+
+    assert main(["serve", "--db", f"sqlite:///{web_db}", "--device", "nosuch"]) == 2
+    assert "Unknown device 'nosuch'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["serve", "--db", f"sqlite:///{web_db}", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    (layer, neuron, _), = neurons(web_db, 1)
+    url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json"
+    prompt = {"prompt": "The king of Judah was the son of the priest, and he"}
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        with TestClient(make_app(web_db, tiny_model_dir, dtype=dtype, device="auto")) as c:
+            got[dtype] = c.get(url, params=prompt).json()["live"]
+            assert c.app.state.live.device == ("cuda" if torch.cuda.is_available() else "cpu") or \
+                c.app.state.live.device == "mps"
+    f32, bf16 = got["float32"], got["bfloat16"]
+    assert f32["token_ids"] == bf16["token_ids"]
+    scale = max(abs(a) for a in f32["acts"])
+    assert max(abs(a - b) for a, b in zip(f32["acts"], bf16["acts"])) < 0.1 * scale
