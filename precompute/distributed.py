@@ -175,8 +175,10 @@ class RayExecutor:
     """Model work on Ray actors; the driver keeps the database.
 
     Workers: ``n_workers`` actors (default: one per GPU of the cluster; without GPUs, one per
-    node), each given an equal share of the cluster's CPUs as torch threads. Every node needs
-    context-lookups installed and the model available (the hub or a shared cache/directory).
+    node), each reserving an equal share of the cluster's CPUs; CPU workers run with this
+    process's torch thread count (the float reductions of the logits depend on it). Every node
+    needs context-lookups installed and the model available (the hub or a shared cache or
+    directory).
 
     Raises:
         ClusterUnavailable: see :func:`connect_ray`.
@@ -194,10 +196,14 @@ class RayExecutor:
         opts = dict(num_cpus=1 if gpus else cpus, num_gpus=1 if gpus else 0,
                     max_restarts=RAY_RETRIES, max_task_retries=RAY_RETRIES, scheduling_strategy="SPREAD")
         actor = self.ray.remote(_Worker).options(**opts)
-        self.actors = [actor.remote(model_name, device if gpus else "cpu", dtype, cpus)
+        # CPU workers compute with the driver's torch thread count: float reductions (the logits of
+        # the ablation passes) depend on it, and the rows must be those of a single-process run.
+        threads = torch.get_num_threads()
+        self.actors = [actor.remote(model_name, device if gpus else "cpu", dtype, threads)
                        for _ in range(self.n_workers)]
         self.pool = ActorPool(self.actors)
-        logger.info("Ray: %d workers (%s each)", self.n_workers, "1 GPU" if gpus else f"{cpus} CPUs")
+        logger.info("Ray: %d workers (%s each)", self.n_workers,
+                    "1 GPU" if gpus else f"{cpus} CPUs reserved, {threads} torch threads")
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator:
         """``fn(model, job)`` for each job on the workers; results in job order."""
