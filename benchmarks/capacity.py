@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import Text, cast, func, select, text  # noqa: E402
 
 MODELS = {  # public configurations (Hugging Face config.json of each)
     "GPT-2 small": dict(n_layer=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=1024, n_vocab=50257, parallel=False),
@@ -68,11 +68,13 @@ def measure(url: str) -> dict:
         for t in Base.metadata.sorted_tables:
             n = c.scalar(select(func.count()).select_from(t))
             out["tables"][t.name] = (n, sizes.get(t.name, 0))
-        per_tok = [func.length(Prompt.tokens), func.length(Prompt.token_ids), func.length(Prompt.acts),
-                   func.length(Prompt.text)]
+        def size(col):  # characters of a JSON or text column, on either backend
+            return func.length(cast(col, Text))
+
+        per_tok = [size(Prompt.tokens), size(Prompt.token_ids), size(Prompt.acts), size(Prompt.text)]
         tok_bytes, n_tok, head_bytes = c.execute(select(
             func.sum(sum(per_tok[1:], per_tok[0])), func.sum(Prompt.end - Prompt.start),
-            func.sum(func.length(Prompt.attr_raw) + func.length(Prompt.attr_ln)))).one()
+            func.sum(size(Prompt.attr_raw) + size(Prompt.attr_ln)))).one()
         # heads in a stored attribution: every upstream head of the neuron's layer
         n_heads_stored = c.scalar(select(func.sum((Neuron.layer + 1) * Run.n_heads))
                                   .select_from(Prompt).join(Neuron).join(Run))
