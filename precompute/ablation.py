@@ -268,19 +268,49 @@ def run_mean_values(session: Session, run_id: int, model: LoadedModel, settings)
     return stored_mean_values(session, run_id=run_id)
 
 
-def run_ablations(Session, run_id: int, model: LoadedModel, settings) -> dict:
+@dataclass
+class AblationJob:
+    """One kept pair's ablation (§6): its neuron, token and head, and the held-out prompts'
+    token rows (BOS first)."""
+
+    rows: list[list[int]]
+    layer: int
+    neuron: int
+    token_id: int
+    head: tuple[int, int]
+    method: str
+    mean_v: dict[int, Tensor] | None
+
+
+def ablation_values(model: LoadedModel, job: AblationJob) -> dict[str, list[float]]:
+    """:func:`ablate_fast` of one job, as the per-prompt floats the ``Ablation`` rows store
+    (``act_clean``, ``act_ablated``, ``prob_clean``, ``prob_ablated``, ``drop``) plus
+    ``mean_drop``. Touches no database, so it runs on any worker."""
+    res = ablate_fast(model, job.rows, job.layer, job.neuron, job.token_id, [job.head], method=job.method,
+                      mean_v=job.mean_v)
+    out = {k: getattr(res, k).tolist() for k in ("act_clean", "act_ablated", "prob_clean", "prob_ablated",
+                                                 "drop")}
+    return out | {"mean_drop": float(res.drop.mean())}
+
+
+def run_ablations(Session, run_id: int, model: LoadedModel, settings, *, executor=None) -> dict:
     """§6 for every kept pair of the run (next-token and random neurons): ablate the pair's head
     on up to ``settings.heldout_per_pair`` held-out prompts of its neuron (top by rank), one
     batch per pair, and store an :class:`~precompute.schema.Ablation` row per prompt.
 
-    Resumable and idempotent: one unit of work ``ablation:{method}:{pair_id}`` per pair; done
-    pairs are skipped. Returns ``{"pairs": done now, "prompts": rows written}``.
+    ``executor`` (``distributed``; default this process) runs the forward passes; this
+    function alone writes. Resumable and idempotent: one unit of work ``ablation:{method}:
+    {pair_id}`` per pair; done pairs are skipped. Returns ``{"pairs": done now, "prompts": rows
+    written}``.
     """
+    from .distributed import LocalExecutor
+
     method = settings.ablation
     if method == "none":
         return {"pairs": 0, "prompts": 0}
     if method not in METHODS:
         raise ValueError(f"Unknown ablation method {method!r}: use 'zero', 'mean' or 'none'.")
+    executor = executor or LocalExecutor(model)
     n_pairs = n_rows = 0
     with Session() as s:
         pairs = s.execute(select(Pair, Neuron).join(Neuron, Pair.neuron_id == Neuron.id)
@@ -290,9 +320,14 @@ def run_ablations(Session, run_id: int, model: LoadedModel, settings) -> dict:
         if not todo:
             return {"pairs": 0, "prompts": 0}
         mean_v = run_mean_values(s, run_id, model, settings) if method == "mean" else None
-        for pair, n in tqdm(todo, desc=f"ablation {method}", unit="pair", dynamic_ncols=True):
-            prompts = s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "heldout")
-                                .order_by(Prompt.rank).limit(settings.heldout_per_pair)).all()
+        work = [(pair, n, s.scalars(select(Prompt).where(Prompt.neuron_id == n.id, Prompt.split == "heldout")
+                                    .order_by(Prompt.rank).limit(settings.heldout_per_pair)).all())
+                for pair, n in todo]
+        results = executor.map(ablation_values, (
+            AblationJob([[model.bos_token_id] + list(p.token_ids) for p in prompts], n.layer, n.neuron,
+                        n.token_id, (pair.head_layer, pair.head), method, mean_v)
+            for pair, n, prompts in work if prompts))
+        for pair, n, prompts in tqdm(work, desc=f"ablation {method}", unit="pair", dynamic_ncols=True):
             label = head_label(pair.head_layer, pair.head)
             with unit_of_work(s, run_id, f"ablation:{method}:{pair.id}") as st:
                 s.execute(delete(Ablation).where(Ablation.pair_id == pair.id, Ablation.method == method))
@@ -300,17 +335,14 @@ def run_ablations(Session, run_id: int, model: LoadedModel, settings) -> dict:
                 n_pairs += 1
                 if not prompts:
                     continue
-                res = ablate_fast(model, [[model.bos_token_id] + list(p.token_ids) for p in prompts],
-                                  n.layer, n.neuron, n.token_id, [(pair.head_layer, pair.head)],
-                                  method=method, mean_v=mean_v)
+                res = next(results)
                 for j, p in enumerate(prompts):
                     s.add(Ablation(pair_id=pair.id, prompt_id=p.id, method=method,
-                                   active=label in p.active,
-                                   act_clean=float(res.act_clean[j]), act_ablated=float(res.act_ablated[j]),
-                                   prob_clean=float(res.prob_clean[j]),
-                                   prob_ablated=float(res.prob_ablated[j]), drop=float(res.drop[j])))
+                                   active=label in p.active, act_clean=res["act_clean"][j],
+                                   act_ablated=res["act_ablated"][j], prob_clean=res["prob_clean"][j],
+                                   prob_ablated=res["prob_ablated"][j], drop=res["drop"][j]))
                 st["active"] = sum(label in p.active for p in prompts)
-                st["mean_drop"] = float(res.drop.mean())
+                st["mean_drop"] = res["mean_drop"]
                 n_rows += len(prompts)
     return {"pairs": n_pairs, "prompts": n_rows}
 

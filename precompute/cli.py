@@ -158,8 +158,8 @@ def _dispatch(ns: argparse.Namespace) -> int:
             engine = open_writer(url)
             print(f"{url}: schema at revision {current_revision(engine)}")
         else:
-            from sqlalchemy import create_engine
-            print(current_revision(create_engine(url)))
+            from .db import connect
+            print(current_revision(connect(url)))
         return 0
     raise AssertionError(ns.command)
 

@@ -26,6 +26,14 @@ class SchemaTooNew(LookupsError):
     """The database was written by a newer version of context-lookups."""
 
 
+class DatabaseUnavailable(LookupsError):
+    """A database URL that cannot be opened: unreachable server, bad credentials, missing driver."""
+
+
+class ClusterUnavailable(LookupsError):
+    """A Ray address (``--ray``) that does not answer, or Ray not installed."""
+
+
 class NotFound(LookupsError):
     """A run, neuron, head or pair that does not exist; the message names the valid range."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from sqlalchemy import delete, insert, select, update
@@ -17,12 +18,13 @@ from tqdm.auto import tqdm
 from .attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
 from .db import open_writer, sessions
+from .distributed import LocalExecutor, ray_executor
 from .models import LoadedModel, load_model
 from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
                          select_next_token_neurons)
 from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
 from .passes import batched_pass
-from .scan import TrimTask, scan, tokenize_batch, trim_many
+from .scan import TrimTask, tokenize_batch, trim_many
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 from .settings import Settings
 from .store import get_or_create_run, is_done, now, phase_seconds, unit_of_work
@@ -33,15 +35,29 @@ logger = logging.getLogger(__name__)
 def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> dict:
     """Run (or resume) the whole job for ``settings``; returns the summary figures.
 
+    With ``settings.ray`` the model work runs on a Ray cluster (``distributed.RayExecutor``);
+    this process alone writes, and the rows are those of the single-process run.
+
     Raises:
-        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew:
-            bad input, each with a message saying what to change; nothing stored is lost.
+        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew,
+        DatabaseUnavailable, ClusterUnavailable: bad input, each with a message saying what to
+            change; nothing stored is lost.
     """
     t_start = time.time()
     torch.manual_seed(settings.seed)
     engine = open_writer(settings.db_url)
+    executor = ray_executor(settings)  # before anything slow: a bad --ray fails at once
+    try:
+        model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
+        return _run(engine, settings, model, executor or LocalExecutor(model), t_start)
+    finally:
+        if executor is not None:
+            executor.close()
+        engine.dispose()
+
+
+def _run(engine, settings: Settings, model: LoadedModel, executor, t_start: float) -> dict:
     Session = sessions(engine)
-    model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
     layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
         else default_layers(model.n_layers)
     ctx = settings.context_tokens or model.n_ctx
@@ -59,43 +75,43 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         scans = {}
         for split in SPLITS:
             if not is_done(s, run_id, f"scan:{split}"):
-                scans[split] = store_scan(s, run_id, model, corpus[split], split, layers, ctx, settings)
+                scans[split] = store_scan(s, run_id, executor, model, corpus[split], split, layers, ctx,
+                                          settings)
         selected = s.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")
                              .order_by(Neuron.layer, Neuron.neuron)).all()
         groups = [selected[i:i + settings.neurons_per_pass]
                   for i in range(0, len(selected), settings.neurons_per_pass)]
-        bar = tqdm(total=len(selected), desc="prompts+attribution", unit="neuron", dynamic_ncols=True)
-        for group in groups:
-            todo = [n for n in group if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}")]
-            if todo:  # the whole group is computed, so its batches are those of a run never killed
-                for n, (rows, stats) in zip(group, compute_prompts(s, run_id, model, group, ctx, settings)):
-                    if n in todo:
-                        with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
-                            store_prompts(s, n, rows, stats)
-                            st.update(stats)
-            bar.update(len(group))
-        bar.close()
+        # A group with any neuron to do is computed whole, so its batches are those of a run never
+        # killed; the executor computes groups (here or on Ray workers), this process writes.
+        todo = [g for g in groups if any(not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}") for n in g)]
+        results = executor.map(compute_prompts, (prompts_job(s, run_id, g, ctx, settings) for g in todo))
+        for group, outs in tqdm(zip(todo, results), total=len(todo), desc="prompts+attribution",
+                                unit="group", dynamic_ncols=True):
+            for n, (rows, stats) in zip(group, outs):
+                if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}"):
+                    with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
+                        store_prompts(s, n, rows, stats)
+                        st.update(stats)
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
                 st.update(store_pairs(s, run_id, model, settings))
         s.commit()  # no transaction of this session may hold SQLite's write lock meanwhile
-        run_followups(Session, run_id, model, settings)
+        run_followups(Session, run_id, model, settings, executor)
         summary = summarize(s, run_id, scans, time.time() - t_start, settings)
         s.execute(update(Run).where(Run.id == run_id).values(status="complete", finished_at=now(),
                                                              summary=summary))
         s.commit()
-    engine.dispose()
     return summary
 
 
-def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings) -> None:
+def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, executor=None) -> None:
     """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
     from . import ablation, explain
 
     if settings.explainer != "none":
         explain.run_explanations(Session, run_id, model, settings)
     if settings.ablation != "none":
-        ablation.run_ablations(Session, run_id, model, settings)
+        ablation.run_ablations(Session, run_id, model, settings, executor=executor)
 
 
 def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settings: Settings) -> None:
@@ -123,14 +139,13 @@ def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settin
         s.execute(insert(Neuron), rows)
 
 
-def store_scan(s, run_id: int, model: LoadedModel, docs, split: str, layers: list[int], ctx: int,
-               settings: Settings) -> dict:
-    """§2: one streaming scan of ``split``; stores every scanned neuron's top-k and the
-    documents they point to."""
+def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, layers: list[int],
+               ctx: int, settings: Settings) -> dict:
+    """§2: one streaming scan of ``split`` (by ``executor``: this process, or document shards on
+    Ray); stores every scanned neuron's top-k and the documents they point to."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
-        res = scan(model, (r["text"] for r in docs), layers=layers, k=settings.top_k,
-                   batch_size=settings.batch_size, context_tokens=ctx, n_docs=len(docs),
-                   desc=f"scan {split}")
+        res = executor.scan(docs, layers=layers, k=settings.top_k, batch_size=settings.batch_size,
+                            context_tokens=ctx, desc=f"scan {split}")
         rows = []
         vals, dids, poss = res.values.tolist(), res.docs.tolist(), res.positions.tolist()
         for j, layer in enumerate(layers):
@@ -153,28 +168,63 @@ def store_scan(s, run_id: int, model: LoadedModel, docs, split: str, layers: lis
         return st
 
 
-def compute_prompts(s, run_id: int, model: LoadedModel, neurons: list[Neuron], ctx: int,
-                    settings: Settings) -> list[tuple[list[dict], dict]]:
+@dataclass
+class Top:
+    """One of a neuron's top documents (a ``TopActivation`` row and the document's text)."""
+
+    rank: int
+    doc_idx: int
+    position: int
+    act: float
+    text: str
+
+
+@dataclass
+class _LayerNeuron:
+    layer: int
+    neuron: int
+
+
+@dataclass
+class PromptsJob:
+    """What §2-§3 need for a group of selected neurons: ``neurons[q] = (layer, neuron)`` and
+    ``tops[q][split]``, its top documents as ``(rank, doc_idx, position, act, text)`` by rank
+    (activation > 0 only)."""
+
+    neurons: list[tuple[int, int]]
+    tops: list[dict[str, list[Top]]]
+    ctx: int
+    settings: Settings
+
+
+def prompts_job(s, run_id: int, neurons: list[Neuron], ctx: int, settings: Settings) -> PromptsJob:
+    """Read a group's top documents of both splits (the scan's rows and their texts)."""
+    tops = [{split: [Top(*t) for t in s.execute(
+        select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position, TopActivation.act,
+               Document.text)
+        .join(Document, (Document.run_id == TopActivation.run_id) & (Document.split == TopActivation.split)
+              & (Document.idx == TopActivation.doc_idx))
+        .where(TopActivation.run_id == run_id, TopActivation.split == split,
+               TopActivation.layer == n.layer, TopActivation.neuron == n.neuron, TopActivation.act > 0)
+        .order_by(TopActivation.rank))] for split in SPLITS} for n in neurons]
+    return PromptsJob([(n.layer, n.neuron) for n in neurons], tops, ctx, settings)
+
+
+def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict], dict]]:
     """§2-§3 for a group of selected neurons (any layers), batched across neurons and prompts:
     trim the top documents of both splits (:func:`~precompute.scan.trim_many`), attribute each
     trimmed prompt to the upstream heads in batched passes, mark the active heads.
 
     Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.schema.Prompt` fields
     (without ``neuron_id``) in storage order (split, then rank), and ``{split: n_prompts}``.
-    Reads the database only; nothing is written.
+    Touches no database, so it runs on any worker (``distributed``).
     """
+    settings, ctx = job.settings, job.ctx
+    neurons = [_LayerNeuron(*x) for x in job.neurons]
     items = []  # (neuron index, split, top row, token row)
-    for q, n in enumerate(neurons):
+    for q, tops_q in enumerate(job.tops):
         for split in SPLITS:
-            tops = s.execute(select(TopActivation.rank, TopActivation.doc_idx, TopActivation.position,
-                                    TopActivation.act, Document.text)
-                             .join(Document, (Document.run_id == TopActivation.run_id)
-                                   & (Document.split == TopActivation.split)
-                                   & (Document.idx == TopActivation.doc_idx))
-                             .where(TopActivation.run_id == run_id, TopActivation.split == split,
-                                    TopActivation.layer == n.layer, TopActivation.neuron == n.neuron,
-                                    TopActivation.act > 0)
-                             .order_by(TopActivation.rank)).all()
+            tops = tops_q[split]
             if tops:
                 rows = tokenize_batch(model, [t.text for t in tops], ctx)
                 items += [(q, split, t, row) for t, row in zip(tops, rows)]

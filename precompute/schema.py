@@ -16,8 +16,32 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+                        TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+_ESC = "\uffff"  # a Unicode noncharacter
+
+
+class NulText(TypeDecorator):
+    """Text that may hold NUL (a byte-level token, a document): stored as is on SQLite; on
+    PostgreSQL, whose text cannot hold NUL, NUL is written as U+FFFF "0" and U+FFFF as U+FFFF
+    U+FFFF, and read back exactly. The column is TEXT either way (no migration)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None or dialect.name != "postgresql":
+            return value
+        return value.replace(_ESC, _ESC + _ESC).replace("\x00", _ESC + "0")
+
+    def process_result_value(self, value, dialect):
+        if value is None or dialect.name != "postgresql" or _ESC not in value:
+            return value
+        import re
+
+        return re.sub(f"{_ESC}(.)", lambda m: "\x00" if m.group(1) == "0" else m.group(1), value,
+                      flags=re.S)
 
 
 class Base(DeclarativeBase):
@@ -84,7 +108,7 @@ class Neuron(Base):
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="rank by congruence in layer")
     token_id: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="argmax_t W_out[l,i]·W_U[:,t]; "
                                                  "empty: not recorded (imported runs)")
-    token: Mapped[str] = mapped_column(Text, doc="text of token_id decoded alone (a partial UTF-8 "
+    token: Mapped[str] = mapped_column(NulText, doc="text of token_id decoded alone (a partial UTF-8 "
                                        "character shows as U+FFFD)")
     congruence: Mapped[float] = mapped_column(Float, doc="W_out[l,i]·W_U[:,token_id] after weight "
                                               "processing (paper §4.1)")
@@ -105,7 +129,7 @@ class Document(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     split: Mapped[str] = mapped_column(String(10), doc="explain|heldout")
     idx: Mapped[int] = mapped_column(Integer, doc="index in the split")
-    text: Mapped[str] = mapped_column(Text, doc="the document's text")
+    text: Mapped[str] = mapped_column(NulText, doc="the document's text")
     __table_args__ = (UniqueConstraint("run_id", "split", "idx"),)
 
 
@@ -139,7 +163,7 @@ class Prompt(Base):
                                               doc="prompt = [BOS] + doc_tokens_with_bos[start:end]")
     end: Mapped[int | None] = mapped_column(Integer, nullable=True,
                                             doc="exclusive; end - 1 = max-activating position")
-    text: Mapped[str] = mapped_column(Text, doc="decoded prompt (without BOS)")
+    text: Mapped[str] = mapped_column(NulText, doc="decoded prompt (without BOS)")
     token_ids: Mapped[list] = mapped_column(JSON, doc="without BOS")
     tokens: Mapped[list] = mapped_column(JSON, doc="token strings, without BOS")
     acts: Mapped[list] = mapped_column(JSON, doc="neuron act at each token, without BOS")
@@ -210,8 +234,8 @@ class Explanation(Base):
     explainer: Mapped[str] = mapped_column(String(100), doc="'baseline' or 'openai:<model>'")
     status: Mapped[str] = mapped_column(String(20),
                                         doc="ok|failed|single_class (ok may have score None: undefined E)")
-    text: Mapped[str | None] = mapped_column(Text, nullable=True, doc="the explanation")
-    prompt: Mapped[str | None] = mapped_column(Text, nullable=True, doc="the request shown to it")
+    text: Mapped[str | None] = mapped_column(NulText, nullable=True, doc="the explanation")
+    prompt: Mapped[str | None] = mapped_column(NulText, nullable=True, doc="the request shown to it")
     settings: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="explainer settings (JSON)")
     score: Mapped[float | None] = mapped_column(Float, nullable=True, doc="E, None if single class")
     tpr: Mapped[float | None] = mapped_column(Float, nullable=True,
@@ -237,7 +261,7 @@ class Classification(Base):
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"),
                                            primary_key=True)
     truth: Mapped[bool] = mapped_column(Boolean, doc="head active on the prompt")
-    answer: Mapped[str] = mapped_column(Text, doc="raw answer")
+    answer: Mapped[str] = mapped_column(NulText, doc="raw answer")
     predicted: Mapped[bool | None] = mapped_column(Boolean, nullable=True, doc="None: not Yes/No")
 
 

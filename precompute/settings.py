@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     dataset: str = Field(EMBEDDED_CORPUS, description="Hugging Face dataset name "
                          "(NeelNanda/pile-10k), a local .jsonl[.gz] file or a directory holding "
                          "explain/heldout .jsonl.gz splits. Default: the embedded scan corpus.")
-    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy URL of the SQLite database "
-                        "(default: lookups.db in the working directory).")
+    db_url: str = Field(DEFAULT_DB_URL, description="SQLAlchemy URL of the database: SQLite "
+                        "(default: lookups.db in the working directory) or PostgreSQL "
+                        "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB).")
     run_name: str | None = Field(None, description="Name (URL slug) of the run; default: derived "
                                  "from the model name. Use another name to keep a second run of "
                                  "the same model with other settings.")
@@ -59,6 +60,14 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of "
                                                              "the model's weights and forward "
                                                              "passes; statistics stay float32.")
+
+    # --- where the model work runs (not part of the run's identity: the rows are the same) -----
+    ray: str | None = Field(None, description="Run the model work on Ray: 'local' starts a local "
+                            "cluster, 'auto' joins the one running on this machine, else a Ray "
+                            "address (HOST:PORT or ray://HOST:PORT). Default: this process.")
+    ray_workers: int | None = Field(None, ge=1, description="Ray workers, each holding the model; "
+                                    "default one per GPU of the cluster, or one per node without "
+                                    "GPUs.")
 
     # --- §1 next-token neurons ---------------------------------------------------------------
     layers: list[int] | None = Field(None, description="0-based MLP layers to analyse; default "
