@@ -12,6 +12,7 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from precompute.attribution import head_label
+from precompute.redact import redact
 
 # --- colours -----------------------------------------------------------------------------------
 _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
@@ -158,9 +159,10 @@ def pair_dict(p) -> dict:
 
 
 def explanation_dict(e) -> dict:
+    # redact: a database written before errors were redacted may hold a key an endpoint echoed
     return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": e.text,
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
-            "n_unparsed": e.n_unparsed, "error": e.error}
+            "n_unparsed": e.n_unparsed, "error": redact(e.error)}
 
 
 def ablation_dict(a) -> dict:

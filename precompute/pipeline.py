@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 
 from .attribution import active_heads_of_run, attribute, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
-from .db import open_writer, sessions
+from .db import check_writable, open_writer, sessions
 from .models import LoadedModel, load_model
-from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
-                         select_next_token_neurons)
+from .next_token import (check_layers, check_neuron_counts, default_layers, layer_congruences,
+                         sample_random_neurons, select_next_token_neurons)
 from .scan import scan, tokenize_batch, trim
 from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 from .settings import Settings
@@ -32,22 +32,27 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     """Run (or resume) the whole job for ``settings``; returns the summary figures.
 
     Raises:
-        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew:
-            bad input, each with a message saying what to change; nothing stored is lost.
+        ModelNotAvailable, DatasetNotAvailable, BadSettings, BadDatabase, SettingsMismatch,
+            SchemaTooNew: bad input, each with a message saying what to change; nothing stored
+            is lost, and nothing is written before all but SettingsMismatch are ruled out.
     """
     t_start = time.time()
     torch.manual_seed(settings.seed)
-    engine = open_writer(settings.db_url)
-    Session = sessions(engine)
+    # Bad input is found before anything is written (nor the schema migrated): a bad --db
+    # before the model is loaded, then the settings against the model, then the corpus
+    # (opened memory-mapped).
+    check_writable(settings.db_url)
     model = model or load_model(settings.model)
     layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
         else default_layers(model.n_layers)
+    check_neuron_counts(settings.n_per_layer, settings.n_random, model.d_mlp)
     ctx = settings.context_tokens or model.n_ctx
     if ctx > model.n_ctx:
         from .errors import BadSettings
         raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
-    # Bad input is found before anything is written: the corpus is opened (memory-mapped) first.
     corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
+    engine = open_writer(settings.db_url)
+    Session = sessions(engine)
     with Session() as s:
         run = get_or_create_run(s, settings=settings, slug=settings.run_name or model.slug,
                                 model=model, layers=layers)
