@@ -12,6 +12,7 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from precompute.attribution import head_label
+from precompute.redact import redact
 from precompute.tokens import escaped, joined_text
 
 # --- colours -----------------------------------------------------------------------------------
@@ -278,9 +279,10 @@ def explanation_dict(e) -> dict:
     from precompute.scoring import authors_score
 
     st = e.settings or {}
+    # redact: a database written before errors were redacted may hold a key an endpoint echoed
     return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": e.text,
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
-            "n_unparsed": e.n_unparsed, "error": e.error,
+            "n_unparsed": e.n_unparsed, "error": redact(e.error),
             "score_authors": authors_score(e.score, e.tpr, e.tnr),
             "truncated": bool(st.get("truncated")), "source": st.get("source")}
 

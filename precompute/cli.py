@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 import typing
 
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
 from .errors import LookupsError
+from .redact import RedactingFilter
 from .settings import Settings
 
 logger = logging.getLogger("lookups")
@@ -103,14 +108,25 @@ def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = N
     ns = build_parser(extra).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "datasets", "filelock", "urllib3", "transformers", "huggingface_hub"):
+    for noisy in ("httpx", "datasets", "filelock", "urllib3", "transformers", "huggingface_hub",
+                  "alembic"):  # alembic: precompute.db logs the one line that matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for h in logging.getLogger().handlers:  # no API key reaches a log line (an endpoint may echo it)
+        h.addFilter(RedactingFilter())
     try:
         if handlers and ns.command in handlers:
             return handlers[ns.command](ns)
         return _dispatch(ns)
     except LookupsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValidationError as exc:  # a setting's value: one line per field
+        for line in validation_lines(exc):
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (SQLAlchemyError, sqlite3.Error) as exc:  # those precompute.db has not translated
+        from .db import database_error
+        print(f"error: {database_error(getattr(ns, 'db_url', None), exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -119,6 +135,17 @@ def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = N
         print("interrupted: everything committed so far is kept; run the same command to resume.",
               file=sys.stderr)
         return 130
+
+
+def validation_lines(exc: ValidationError) -> list[str]:
+    """One line per invalid setting: ``--active-sigma (LOOKUPS_ACTIVE_SIGMA) nan: Input should
+    be a finite number``."""
+    out = []
+    for e in exc.errors(include_url=False):
+        name = str(e["loc"][0]) if e["loc"] else ""
+        where = f"--{name.replace('_', '-')} (LOOKUPS_{name.upper()})" if name else "settings"
+        out.append(f"{where} {e['input']!r}: {e['msg']}" if "input" in e else f"{where}: {e['msg']}")
+    return out
 
 
 def _dispatch(ns: argparse.Namespace) -> int:

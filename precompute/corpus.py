@@ -9,8 +9,11 @@ ablate heads).
 from __future__ import annotations
 
 import glob
+import gzip
+import json
 import logging
 import os
+from contextlib import contextmanager
 
 from .errors import DatasetNotAvailable
 
@@ -36,11 +39,13 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
         documents removed.
 
     Raises:
-        DatasetNotAvailable: the source cannot be read, has no ``text`` field, or is empty.
+        DatasetNotAvailable: the source cannot be read, has no ``text`` field, or is empty; for
+            a local file the message names the file and the line at fault.
     """
     import datasets
 
     datasets.disable_progress_bars()
+    local: list[str] = []
     try:
         if os.path.isdir(name):
             files = {}
@@ -54,9 +59,13 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
             if not files:
                 raise DatasetNotAvailable(f"Directory {name!r} holds no explain.jsonl[.gz] / "
                                           f"heldout.jsonl[.gz] (or train/test) files.")
-            ds = datasets.load_dataset("json", data_files=files)
+            local = [f for fs in files.values() for f in fs]
+            with _quiet_json_loader():
+                ds = datasets.load_dataset("json", data_files=files)
         elif os.path.isfile(name):
-            ds = datasets.load_dataset("json", data_files={"train": [name]})
+            local = [name]
+            with _quiet_json_loader():
+                ds = datasets.load_dataset("json", data_files={"train": [name]})
         elif os.path.sep in name and not name.count("/") == 1:
             raise DatasetNotAvailable(f"Dataset file {name!r} does not exist.")
         else:
@@ -64,6 +73,11 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
     except DatasetNotAvailable:
         raise
     except Exception as exc:
+        if local:  # say which file and line, not "offline"
+            problem = local_file_problem(local) or f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise DatasetNotAvailable(f"Cannot read the corpus: {problem}. Each line must be a "
+                                      f"JSON object with a 'text' field; fix the file or pass "
+                                      f"another --dataset.") from exc
         raise DatasetNotAvailable(
             f"Cannot load dataset {name!r} ({type(exc).__name__}: {str(exc)[:200]}). Offline, "
             f"only local data can be used: run without --dataset for the embedded scan corpus, "
@@ -92,6 +106,54 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
     logger.info("corpus %s: %d explain, %d heldout documents", name, len(out["explain"]),
                 len(out["heldout"]))
     return out
+
+
+def local_file_problem(paths: list[str]) -> str | None:
+    """The first problem of local corpus files, naming the file (and the 1-based line): an
+    empty file, a line of a ``.jsonl[.gz]`` file that is not a JSON object, a ``.json`` file
+    that does not parse, an unreadable or undecodable file. None if every file reads."""
+    for path in paths:
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as fh:
+                if not path.endswith((".jsonl", ".jsonl.gz")):  # one JSON document
+                    text = fh.read()
+                    if not text.strip():
+                        return f"{path} is empty"
+                    try:
+                        json.loads(text)
+                    except json.JSONDecodeError as e:
+                        return f"{path}, line {e.lineno}: not valid JSON ({e.msg})"
+                    continue
+                seen = False
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    seen = True
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        return f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno})"
+                    if not isinstance(record, dict):
+                        return f"{path}, line {n}: a JSON {type(record).__name__}, not an object"
+                if not seen:
+                    return f"{path} is empty"
+        except (OSError, UnicodeDecodeError, EOFError) as e:  # unreadable, bad gzip, not UTF-8
+            return f"{path}: {e}"
+    return None
+
+
+@contextmanager
+def _quiet_json_loader():
+    """Silence the datasets JSON loader's own error log while loading local files: the error
+    is reported once, by :func:`local_file_problem`, with the file and line."""
+    log = logging.getLogger("datasets.packaged_modules.json.json")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _pick(ds, aliases, name) -> str:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 from sqlalchemy import create_engine, event, exc, inspect, text
@@ -19,7 +23,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from .errors import DatabaseUnavailable, SchemaTooNew
+from .errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
 from .resources import resource_dir
 
 logger = logging.getLogger(__name__)
@@ -112,11 +116,14 @@ def _json_dumps(value) -> str:
 
 
 def _probe(engine: Engine) -> None:
-    """Open one connection, turning a refused/unauthorised one into DatabaseUnavailable."""
+    """Open one connection, turning a refused/unauthorised one into DatabaseUnavailable (a
+    SQLite file that cannot be opened: BadDatabase, saying what to pass instead)."""
     try:
         with engine.connect():
             pass
     except exc.OperationalError as e:
+        if engine.url.get_backend_name() == "sqlite":
+            raise database_error(engine.url.render_as_string(hide_password=True), e) from None
         reason = str(e.orig).strip().splitlines()[-1] if e.orig else str(e)
         raise DatabaseUnavailable(
             f"Cannot open the database {safe_url(engine.url)} ({reason}). Check the URL (host, port, "
@@ -146,6 +153,86 @@ def _read_only_sessions(engine: Engine) -> None:
         dbapi_conn.commit()
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+_EXAMPLE = "sqlite:///lookups.db (in the working directory) or sqlite:////abs/path/lookups.db"
+
+
+def database_error(url: str | None, error: BaseException, *, writing: bool = True) -> BadDatabase:
+    """The one-line :class:`BadDatabase` for a driver or filesystem error ``error`` met while
+    opening or creating ``url`` (the password of a URL is never shown)."""
+    try:
+        where = make_url(url).render_as_string(hide_password=True) if url else "the database"
+    except exc.ArgumentError:
+        where = repr(url)
+    orig = getattr(error, "orig", None) or error
+    if isinstance(orig, OSError) and orig.strerror:
+        reason = f"{orig.strerror}: {orig.filename}" if orig.filename else orig.strerror
+    else:
+        reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if "not a database" in reason:
+        return BadDatabase(f"{where} is not a SQLite database ({reason}): pass --db the database "
+                           f"written by `lookups precompute`, or a new file name for a new one.")
+    if isinstance(error, exc.ArgumentError):
+        return BadDatabase(f"--db {where}: {reason}. Give a SQLAlchemy URL such as {_EXAMPLE}.")
+    if writing and (isinstance(orig, OSError) or any(
+            w in reason for w in ("unable to open", "readonly", "read-only", "disk I/O"))):
+        return BadDatabase(f"Cannot create or write the database {where} ({reason}): pass --db a "
+                           f"file in a directory you can write, e.g. {_EXAMPLE}.")
+    return BadDatabase(f"Cannot use the database {where}: {reason}.")
+
+
+@contextmanager
+def _database_errors(url: str, *, writing: bool) -> Iterator[None]:
+    """Driver and filesystem errors inside the block become one-line BadDatabase errors."""
+    try:
+        yield
+    except (exc.SQLAlchemyError, sqlite3.Error, OSError) as err:
+        raise database_error(url, err, writing=writing) from err
+
+
+def check_writable(url: str) -> None:
+    """Cheap checks of a database the precompute job will write, before a model is loaded:
+    ``url`` parses, a PostgreSQL server answers, and a SQLite path is an existing SQLite file (by its header; an empty file
+    is an empty database) or a new file whose nearest existing parent is a writable directory.
+    Nothing is left behind.
+
+    Raises:
+        BadDatabase, DatabaseUnavailable: any of these fails; the message says what to pass
+            instead.
+    """
+    u = parse_url(url)
+    if u.get_backend_name() != "sqlite":
+        connect(url).dispose()  # a server that does not answer fails here, before anything slow
+        return
+    if u.database in (None, "", ":memory:"):
+        return
+    path = Path(u.database)
+    where = u.render_as_string(hide_password=True)
+    if path.is_dir():
+        raise BadDatabase(f"--db {where} is a directory: name a file in it, e.g. "
+                          f"sqlite:///{path / 'lookups.db'}.")
+    if path.exists():
+        with _database_errors(url, writing=True), path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise database_error(url, sqlite3.DatabaseError("file is not a database"))
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    problem = None if parent.is_dir() else "is not a directory"
+    if problem is None:
+        try:  # a real probe (a permission check says yes to root even on /proc or a read-only
+            # mount); an anonymous temporary file (O_TMPFILE on Linux) leaves nothing behind
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as err:
+            problem = f"is not writable ({err.strerror})"
+    if problem:
+        raise BadDatabase(f"Cannot create the database {where}: {parent} {problem}. Pass --db a "
+                          f"file in a directory you can write, e.g. {_EXAMPLE}.")
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -162,21 +249,27 @@ def open_writer(url: str) -> Engine:
         SchemaTooNew: the database comes from a newer version (nothing is changed).
         DatabaseUnavailable: the URL is malformed, its driver is missing, or the database cannot
             be opened (server down, bad credentials).
+        BadDatabase: the file is not SQLite, or the database cannot be created or written (one
+            line saying what to pass instead).
     """
     from alembic import command
 
     u = parse_url(url)
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = _engine(u, json_serializer=_json_dumps)
-    if u.get_backend_name() == "sqlite":
-        _sqlite_pragmas(engine)
-    _probe(engine)
-    check_schema(engine)
-    with engine.begin() as conn:
-        cfg = _alembic_config(u.render_as_string(hide_password=False))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with _database_errors(url, writing=True):
+        if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = _engine(u, json_serializer=_json_dumps)
+        if u.get_backend_name() == "sqlite":
+            _sqlite_pragmas(engine)
+        _probe(engine)
+        check_schema(engine)
+        before = current_revision(engine)
+        with engine.begin() as conn:
+            cfg = _alembic_config(u.render_as_string(hide_password=False))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        if before != (after := current_revision(engine)):
+            logger.info("database %s: schema migrated from %s to %s", safe_url(u), before or "empty", after)
     # The default rollback journal (not WAL): a WAL database cannot be opened read-only where
     # SQLite cannot create its -shm file, e.g. the web service's read-only volume.
     return engine
@@ -199,6 +292,7 @@ def open_reader(url: str) -> Engine:
         FileNotFoundError: the SQLite file does not exist.
         SchemaTooNew: the database comes from a newer version.
         DatabaseUnavailable: the PostgreSQL server cannot be reached or refuses the login.
+        BadDatabase: the file is not SQLite.
     """
     u = parse_url(url)
     if u.get_backend_name() == "postgresql":
@@ -210,12 +304,15 @@ def open_reader(url: str) -> Engine:
         if not path.is_file():
             raise FileNotFoundError(f"Database {path} not found: run `lookups precompute` first "
                                     f"or pass --db.")
-        uri = f"file:{path.resolve()}?mode=ro"
+        # percent-quoted: '#', '?' and '%' in the path name the file rather than end the path
+        # or escape a byte (which made SQLite open another file for writing)
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         # A thread-safe pool of read-only connections: the server reads from many threads.
         engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
                                pool_timeout=30, json_deserializer=_loads,
                                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
-    check_schema(engine)
+    with _database_errors(url, writing=False):
+        check_schema(engine)
     return engine
 
 

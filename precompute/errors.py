@@ -40,3 +40,8 @@ class NotFound(LookupsError):
 
 class PromptTooLong(LookupsError):
     """A live prompt longer than the server's token cap."""
+
+
+class BadDatabase(LookupsError):
+    """A ``--db`` that is not a database URL, a file that is not SQLite, or a place the
+    database cannot be opened or created; the message says which, and what to pass instead."""

@@ -152,7 +152,9 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
 
     Raises:
         ModelNotAvailable: the name is not a local directory and the hub cannot provide it
-            (offline and not in the local cache, or unknown); the message says what to use.
+            (offline and not in the local cache, or unknown), or a local directory cannot be
+            loaded (the message names what is wrong with it: no config.json, a corrupt or
+            truncated weights file, ...); the message says what to use.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -164,6 +166,11 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
     try:
         bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except Exception as exc:  # the hub client raises many types (OSError, HfHubHTTPError, ...)
+        if local:  # the hub was not involved: say what is wrong with the directory
+            raise ModelNotAvailable(
+                f"Cannot load the model directory {name!r}: {local_dir_problem(name, exc)}. Fix "
+                f"or re-save that directory (config.json, model.safetensors, tokenizer.json), "
+                f"or run without --model to use the embedded default.") from exc
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(exc)
         where = ("it is not in the local Hugging Face cache and the hub is unreachable"
                  if offline else f"loading failed: {type(exc).__name__}: {str(exc)[:300]}")
@@ -178,6 +185,33 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
     logger.info("loaded %s: %d layers, %d heads, d_mlp %d, n_ctx %d", name, bridge.cfg.n_layers,
                 bridge.cfg.n_heads, bridge.cfg.d_mlp, bridge.cfg.n_ctx)
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, slug=model_slug(name))
+
+
+def local_dir_problem(path: str, exc: BaseException) -> str:
+    """What is wrong with a local model directory that failed to load with ``exc``: a missing
+    config.json, weights or tokenizer, a ``*.safetensors`` file whose header does not read
+    (corrupt or truncated), else ``exc`` itself, on one line."""
+    from safetensors import safe_open
+
+    d = Path(path)
+    if not (d / "config.json").is_file():
+        return "it holds no config.json"
+    weights = sorted(d.glob("*.safetensors"))
+    for w in weights:
+        try:
+            with safe_open(str(w), framework="pt") as fh:
+                fh.keys()
+        except Exception as bad:  # SafetensorError, OSError, ...
+            return f"{w.name} is corrupt or truncated ({_one_line(bad)})"
+    if not weights and not list(d.glob("pytorch_model*.bin")):
+        return "it holds no weights (model.safetensors or pytorch_model.bin)"
+    if not any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return "it holds no tokenizer (tokenizer.json, or vocab.json and merges.txt)"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
 
 
 def _looks_offline(exc: BaseException) -> bool:

@@ -48,6 +48,20 @@ def check_layers(layers: list[int], n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
+def check_neuron_counts(n_per_layer: int, n_random: int | None, d_mlp: int) -> None:
+    """The next-token and random neurons asked for per layer fit in the layer's ``d_mlp``
+    neurons (the random ones are drawn from those not picked as next-token neurons).
+
+    Raises:
+        BadSettings: they do not; the message names the model's ``d_mlp``.
+    """
+    n_rand = n_random or n_per_layer
+    if n_per_layer + n_rand > d_mlp:
+        raise BadSettings(f"--n-per-layer {n_per_layer} next-token plus {n_rand} random neurons "
+                          f"(--n-random, default: as many) exceed the {d_mlp} neurons (d_mlp) per "
+                          f"layer of this model: choose values that add up to at most {d_mlp}.")
+
+
 def token_allowed(text: str, *, reject: set[str], reject_numeric: bool) -> bool:
     """The paper's filter: the token starts with a space, is longer than two characters, is not
     on the reject list, and (optionally) is not a number or punctuation only."""

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from .attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
 from .corpus import SPLITS, load_corpus
-from .db import open_writer, sessions
+from .db import check_writable, open_writer, sessions
 from .distributed import LocalExecutor, ray_executor
 from .models import LoadedModel, load_model
-from .next_token import (check_layers, default_layers, layer_congruences, sample_random_neurons,
-                         select_next_token_neurons)
+from .next_token import (check_layers, check_neuron_counts, default_layers, layer_congruences,
+                         sample_random_neurons, select_next_token_neurons)
 from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
 from .passes import batched_pass
 from .scan import TrimTask, tokenize_batch, trim_many
@@ -39,33 +39,41 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     this process alone writes, and the rows are those of the single-process run.
 
     Raises:
-        ModelNotAvailable, DatasetNotAvailable, BadSettings, SettingsMismatch, SchemaTooNew,
-        DatabaseUnavailable, ClusterUnavailable: bad input, each with a message saying what to
-            change; nothing stored is lost.
+        ModelNotAvailable, DatasetNotAvailable, BadSettings, BadDatabase, SettingsMismatch,
+        SchemaTooNew, DatabaseUnavailable, ClusterUnavailable: bad input, each with a message
+            saying what to change; nothing stored is lost, and nothing is written (nor the schema
+            migrated) before all but SettingsMismatch are ruled out.
     """
     t_start = time.time()
     torch.manual_seed(settings.seed)
-    engine = open_writer(settings.db_url)
-    executor = ray_executor(settings)  # before anything slow: a bad --ray fails at once
+    # Bad input is found before anything is written: a bad --db first, then --ray (before
+    # anything slow), then the settings against the model, then the corpus (memory-mapped).
+    check_writable(settings.db_url)
+    executor = ray_executor(settings)
     try:
         model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
-        return _run(engine, settings, model, executor or LocalExecutor(model), t_start)
+        layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
+            else default_layers(model.n_layers)
+        check_neuron_counts(settings.n_per_layer, settings.n_random, model.d_mlp)
+        ctx = settings.context_tokens or model.n_ctx
+        if ctx > model.n_ctx:
+            from .errors import BadSettings
+            raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
+        corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
+        engine = open_writer(settings.db_url)
+        try:
+            return _run(engine, settings, model, executor or LocalExecutor(model), layers, ctx, corpus,
+                        t_start)
+        finally:
+            engine.dispose()
     finally:
         if executor is not None:
             executor.close()
-        engine.dispose()
 
 
-def _run(engine, settings: Settings, model: LoadedModel, executor, t_start: float) -> dict:
+def _run(engine, settings: Settings, model: LoadedModel, executor, layers: list[int], ctx: int,
+         corpus, t_start: float) -> dict:
     Session = sessions(engine)
-    layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
-        else default_layers(model.n_layers)
-    ctx = settings.context_tokens or model.n_ctx
-    if ctx > model.n_ctx:
-        from .errors import BadSettings
-        raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
-    # Bad input is found before anything is written: the corpus is opened (memory-mapped) first.
-    corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
     with Session() as s:
         run = get_or_create_run(s, settings=settings, slug=settings.run_name or model.slug,
                                 model=model, layers=layers)

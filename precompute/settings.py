@@ -40,7 +40,8 @@ ADDED_FIELDS = {"pair_min_prompts": 1}
 class Settings(BaseSettings):
     """The effective settings of one precompute run (paper defaults)."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOKUPS_", extra="ignore")
+    # allow_inf_nan=False: `--active-sigma nan` (or inf) is refused rather than keeping 0 pairs
+    model_config = SettingsConfigDict(env_prefix="LOOKUPS_", extra="ignore", allow_inf_nan=False)
 
     # --- inputs and output -------------------------------------------------------------------
     model: str = Field(EMBEDDED_MODEL, description="TransformerLens / Hugging Face model name "
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
                                      "used as a neuron's token (glitch tokens).")
     reject_numeric: bool = Field(True, description="Reject tokens that are numbers or "
                                  "punctuation only.")
-    n_random: int | None = Field(None, description="Random baseline neurons per layer; default: "
+    n_random: int | None = Field(None, ge=1, description="Random baseline neurons per layer; default: "
                                  "n_per_layer.")
     seed: int = Field(0, description="Seed of the random-neuron draw and of every RNG.")
 

@@ -57,7 +57,8 @@ class ChatServer:
     ``faults[content]``: actions used up one per request for that user message;
     ``always[content]``: an action for every request. Actions: ``"429"``, ``"500"``, ``"401"``,
     ``"sleep"`` (answer after ``sleep_s``, later than the client's timeout), ``"html"`` (200 with
-    a non-JSON body), ``"empty"`` (200 without choices), ``"hang"`` (wait for ``release``).
+    a non-JSON body), ``"empty"`` (200 without choices), ``"hang"`` (wait for ``release``),
+    ``"echo400"`` (400 whose error body echoes the request's headers, Authorization included).
     """
 
     def __init__(self, sleep_s: float = 1.6):
@@ -114,6 +115,9 @@ class ChatServer:
                     return self._send(429, err, extra={"retry-after-ms": "20"})
                 if action in ("500", "401"):
                     return self._send(int(action), err)
+                if action == "echo400":
+                    echo = f"bad request; you sent {dict(self.headers)}"
+                    return self._send(400, json.dumps({"error": {"message": echo, "type": "test"}}).encode())
                 if action == "html":
                     return self._send(200, b"<html>oops</html>", ctype="text/html")
                 if action == "empty":

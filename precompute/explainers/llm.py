@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
 from ..errors import BadSettings
+from ..redact import redact
 from ..schema import LLMCall
 from ..store import now
 from . import PairResult, PairTask, explainer_name
@@ -120,11 +121,14 @@ def response_text(response: dict | None, *, nonempty: bool = False) -> str:
 
 class ChatClient:
     """An ``openai.OpenAI`` client built from the settings (the key is read from the
-    environment variable ``llm_api_key_env`` and kept only inside the client).
+    environment variable ``llm_api_key_env`` and kept only inside the client; the messages of
+    its failures have the key and anything shaped like one redacted).
 
     Raises:
         BadSettings: no key and no ``llm_base_url`` (OpenAI itself needs a key).
     """
+
+    _secrets: tuple[str, ...] = ()
 
     def __init__(self, settings):
         import openai
@@ -137,6 +141,8 @@ class ChatClient:
                                   f"--llm-api-key-env), or point --llm-base-url at an "
                                   f"OpenAI-compatible server that needs none.")
             key = "none"  # local OpenAI-compatible servers accept any key
+        else:
+            self._secrets = (key,)  # redacted from every message (an endpoint may echo it)
         self.max_retries = settings.llm_max_retries
         self._client = openai.OpenAI(base_url=settings.llm_base_url, api_key=key,
                                      max_retries=settings.llm_max_retries, timeout=settings.llm_timeout)
@@ -145,7 +151,9 @@ class ChatClient:
         """Send one request (in a worker thread); the response as a JSON-able dict.
 
         Raises:
-            LLMFailure: an HTTP error, timeout or malformed answer after every retry.
+            LLMFailure: an HTTP error, timeout or malformed answer after every retry (the
+                message has the API key and key-shaped strings redacted: an endpoint may echo
+                the request's Authorization header in its error body).
             openai.AuthenticationError, openai.PermissionDeniedError: a bad key (not retried).
         """
         import openai
@@ -159,9 +167,9 @@ class ChatClient:
             except (openai.AuthenticationError, openai.PermissionDeniedError):
                 raise
             except openai.APIError as exc:  # the client has already retried what is retryable
-                raise LLMFailure(f"{type(exc).__name__}: {exc}") from None
+                raise LLMFailure(redact(f"{type(exc).__name__}: {exc}", *self._secrets)) from None
             except ValueError as exc:  # a 200 whose JSON body does not decode
-                last = MalformedResponse(f"{type(exc).__name__}: {exc}")
+                last = MalformedResponse(redact(f"{type(exc).__name__}: {exc}", *self._secrets))
                 logger.warning("malformed LLM response (attempt %d of %d): %s", attempt + 1,
                                self.max_retries + 1, last)
                 continue
@@ -170,9 +178,9 @@ class ChatClient:
                 response_text(data, nonempty=nonempty)
                 return data
             except MalformedResponse as exc:
-                last = exc
+                last = MalformedResponse(redact(str(exc), *self._secrets))
                 logger.warning("malformed LLM response (attempt %d of %d): %s", attempt + 1,
-                               self.max_retries + 1, exc)
+                               self.max_retries + 1, last)
         raise LLMFailure(f"malformed response after {self.max_retries + 1} attempts: {last}")
 
 
@@ -295,7 +303,9 @@ def _classified(st: _State) -> PairResult:
 
 
 def _record(session: Session, h: str, request: dict, response: dict | None, error: str | None) -> None:
-    """Store one request and its response (or failure) and commit at once."""
+    """Store one request and its response (or failure) and commit at once; a key-shaped
+    string in the error is redacted (the client has redacted its own key already)."""
+    error = redact(error)
     session.merge(LLMCall(request_hash=h, request=request, response=response,
                           status="failed" if error else "ok", error=error, created_at=now()))
     session.commit()
