@@ -30,7 +30,6 @@ from precompute.models import LoadedModel, load_model, resolve_device
 from precompute.schema import Neuron, Run
 from precompute.settings import EMBEDDED_MODEL, Settings
 from precompute.tokens import partial_tokens
-from precompute.tokens import partial_tokens
 
 from .engine import Engine
 from .settings import WebSettings
@@ -178,17 +177,6 @@ class Live:
                 logger.info("no tokenizer for run %s: %s", run.slug, exc)
             self._tokenizers[run.slug] = tok
         return self._tokenizers[run.slug]
-
-    def partial_tokens(self, run: Run) -> dict[int, bytes]:
-        """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
-        (:func:`precompute.tokens.partial_tokens`; empty without a tokenizer), kept per run."""
-        got = self._partial.get(run.slug)
-        if got is None:
-            tok = self.tokenizer(run)
-            with self.tok_lock:
-                got = partial_tokens(tok) if tok is not None else {}
-            self._partial[run.slug] = got
-        return got
 
     def partial_tokens(self, run: Run) -> dict[int, bytes]:
         """The run's vocabulary tokens that are parts of a UTF-8 character, ``{id: bytes}``
