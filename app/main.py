@@ -86,8 +86,9 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
 
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir)), name="static")
-    from .routes import docs, fragments, pages
+    from .routes import compare, docs, fragments, pages
 
+    app.include_router(compare.router)
     app.include_router(docs.router)
     app.include_router(fragments.router)
     app.include_router(pages.router)

@@ -129,7 +129,7 @@ def run_dict(run, counts: dict | None = None) -> dict:
          "n_heads": run.n_heads, "d_mlp": run.d_mlp, "d_model": run.d_model, "status": run.status,
          "started_at": run.started_at.isoformat() if run.started_at else None,
          "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-         "package_version": run.package_version}
+         "package_version": run.package_version, "provenance": getattr(run, "provenance", None)}
     if counts is not None:
         d["counts"] = counts
     return d
@@ -145,7 +145,9 @@ def neuron_dict(n) -> dict:
 def prompt_dict(p) -> dict:
     return {"id": p.id, "split": p.split, "rank": p.rank, "doc_idx": p.doc_idx, "start": p.start,
             "end": p.end, "text": p.text, "tokens": p.tokens, "token_ids": p.token_ids,
-            "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts else None,
+            # Without recorded per-token activations (imported runs) the max is the last token.
+            "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts
+            else (len(p.tokens) - 1 if p.tokens else None),
             "act": p.act, "doc_act": p.doc_act, "pre": p.pre,
             "attr_raw": p.attr_raw, "attr_ln": p.attr_ln, "other_ln": p.other_ln, "active": p.active}
 
@@ -158,9 +160,14 @@ def pair_dict(p) -> dict:
 
 
 def explanation_dict(e) -> dict:
+    from precompute.scoring import authors_score
+
+    st = e.settings or {}
     return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": e.text,
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
-            "n_unparsed": e.n_unparsed, "error": e.error}
+            "n_unparsed": e.n_unparsed, "error": e.error,
+            "score_authors": authors_score(e.score, e.tpr, e.tnr),
+            "truncated": bool(st.get("truncated")), "source": st.get("source")}
 
 
 def ablation_dict(a) -> dict:
@@ -187,7 +194,7 @@ def mean_grid(grids: list[list[list[float]]]) -> list[list[float]]:
 # --- histogram -----------------------------------------------------------------------------------
 
 def score_groups(table: dict) -> dict[str, list[float]]:
-    """{kind: scores} of an ``explain.score_table`` result (for the histogram)."""
+    """{kind: scores} of an ``report.score_table`` result (for the histogram)."""
     return {k: row.get("scores") or [] for k, row in (table.get("kinds") or {}).items()}
 
 

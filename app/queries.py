@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from precompute.ablation import ablation_table, pair_ablation_stats
 from precompute.errors import NotFound
-from precompute.explain import score_table
+from precompute.report import comparison_table, explainers_of_run, score_table
 from precompute.schema import (Ablation, Classification, Document, Explanation, Neuron, Pair,
                                Prompt, Run, TopActivation)
 
@@ -76,12 +76,34 @@ def ablation_methods(session: Session, *, run_id: int) -> list[str]:
 
 def findings(session: Session, *, run_id: int) -> dict:
     """The paper's two tables for one run, from precompute: explanation scores E of next-token
-    vs random neurons per explainer (``explain.score_table``) and ablation drops of active vs
-    inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed."""
-    return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex)
-                             for ex in explainers(session, run_id=run_id)},
+    vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
+    inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed.
+    ``comparisons``: each other explainer against the first LLM explainer (else the first) on
+    the same pairs (``report.comparison_table``)."""
+    names = explainers_of_run(session, run_id=run_id)
+    ref = next((n for n in names if n.startswith("openai:")), names[0] if names else None)
+    return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
             "ablation": {m: ablation_table(session, run_id=run_id, method=m)
-                         for m in ablation_methods(session, run_id=run_id)}}
+                         for m in ablation_methods(session, run_id=run_id)},
+            "comparisons": [comparison_table(session, run_id=run_id, a=ref, b=ex)
+                            for ex in names if ex != ref]}
+
+
+def layer_counts(session: Session, *, run_id: int) -> dict[int, dict]:
+    """Per scanned layer: selected neurons by kind, pairs scored and kept (next-token and
+    random neurons together)."""
+    out: dict[int, dict] = {}
+    for layer, kind, n in session.execute(select(Neuron.layer, Neuron.kind, func.count())
+                                          .where(Neuron.run_id == run_id, Neuron.kind != "other")
+                                          .group_by(Neuron.layer, Neuron.kind)):
+        out.setdefault(layer, {"next_token": 0, "random": 0, "pairs": 0, "kept_pairs": 0})[kind] = n
+    for layer, kept, n in session.execute(select(Neuron.layer, Pair.kept, func.count())
+                                          .join(Neuron, Neuron.id == Pair.neuron_id)
+                                          .where(Pair.run_id == run_id).group_by(Neuron.layer, Pair.kept)):
+        row = out.setdefault(layer, {"next_token": 0, "random": 0, "pairs": 0, "kept_pairs": 0})
+        row["pairs"] += n
+        row["kept_pairs"] += n if kept else 0
+    return dict(sorted(out.items()))
 
 
 # --- neurons ---------------------------------------------------------------------------------

@@ -52,5 +52,10 @@ def head(slug: str, layer: int, head_: int, *, fmt: str | None = None, **params)
     return _path(f"/{quote(slug)}/heads/{layer}/{head_}", fmt) + _query(params)
 
 
+def compare(*, fmt: str | None = None, **params) -> str:
+    """Runs side by side; ``runs`` a list of slugs."""
+    return _path("/compare", fmt) + _query(params)
+
+
 def static(path: str) -> str:
     return "/static/" + path

@@ -13,6 +13,7 @@ from precompute.settings import Settings
 
 from . import queries as Q
 from . import urls
+from .imported import model_notice, top3_view
 from .live import Live
 from .present import (ablation_dict, classification_dict, explanation_dict, mean_grid, neuron_dict,
                       nice_scale, pair_dict, prompt_dict, run_dict)
@@ -130,6 +131,7 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
                                       split=split if split != "explain" else None),
                   "neurons": urls.neurons(slug, layer=layer)},
         "live": None, "live_error": None,
+        "top3": top3_view(run, layer, prompts), "model_notice": model_notice(live, run),
     }
 
 

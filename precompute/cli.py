@@ -1,4 +1,5 @@
-"""The ``lookups`` command: precompute, explain, db upgrade, config (``serve``: app.cli).
+"""The ``lookups`` command: precompute, explain, import-paper, db upgrade, config (``serve``:
+app.cli).
 
 Logging is configured here (the entry point) and nowhere else.
 """
@@ -72,6 +73,12 @@ def build_parser(extra: typing.Callable | None = None) -> argparse.ArgumentParse
     _add_settings_options(p, ["db_url", "run_name", "model", "explainer", "heldout_per_pair", "llm_base_url",
                               "llm_model", "llm_api_key_env", "llm_temperature", "llm_max_tokens",
                               "llm_concurrency", "llm_timeout", "llm_max_retries", "seed"])
+    p.add_argument("--run", dest="run_name", default=None, help="the run to explain (same as --run-name)")
+    p = sub.add_parser("import-paper", help="import the authors' released GPT-2 results (their "
+                       "experiment_data folder) as one run per model: gpt2-small, -medium, -large")
+    p.add_argument("path", help="the authors' neuron_groups/experiment_data folder")
+    p.add_argument("--db", dest="db_url", default=None, help="SQLAlchemy URL of the database "
+                   "[default: sqlite:///lookups.db]")
     p = sub.add_parser("db", help="database maintenance")
     p.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to the newest "
                    "schema; current: print the schema revision")
@@ -125,8 +132,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
         print(f"done: database {s.db_url}. Browse it with: lookups serve --db {s.db_url}")
         return 0
     if ns.command == "explain":
-        from .explain import explain_command
         return explain_command(_settings(ns))
+    if ns.command == "import-paper":
+        from .import_paper import import_command
+        return import_command(ns.path, ns.db_url or Settings().db_url)
     if ns.command == "db":
         from .db import current_revision, open_writer
         url = ns.db_url or Settings().db_url
@@ -138,6 +147,70 @@ def _dispatch(ns: argparse.Namespace) -> int:
             print(current_revision(create_engine(url)))
         return 0
     raise AssertionError(ns.command)
+
+
+EXIT_ALL_FAILED = 1
+
+
+def explain_command(settings: Settings) -> int:
+    """``lookups explain``: explain and score the kept pairs of an existing run with
+    ``settings.explainer`` (no model is loaded), then print the score table, and on a run with
+    another explainer the per-pair comparison with it.
+
+    Returns: 0; ``EXIT_ALL_FAILED`` (1) when pairs were attempted and none succeeded (failure
+    counts are printed whenever some failed).
+
+    Raises:
+        FileNotFoundError: the SQLite database does not exist.
+        NotFound: no run to explain (message lists the runs).
+        ValueError: ``--explainer none``.
+        BadSettings: the LLM explainer without a usable API key.
+    """
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from .db import open_writer, sessions
+    from .explain import run_explanations
+    from .explainers import explainer_name
+    from .report import (comparison_table, explainers_of_run, find_run, format_comparison, format_table,
+                         score_table)
+
+    name = explainer_name(settings)
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        raise FileNotFoundError(f"Database {url.database} not found: run `lookups precompute` "
+                                f"first or pass --db.")
+    engine = open_writer(settings.db_url)
+    try:
+        Session = sessions(engine)
+        with Session() as s:
+            run = find_run(s, run_name=settings.run_name, model=settings.model)
+        stats = run_explanations(Session, run.id, None, settings)
+        with Session() as s:
+            table = format_table(score_table(s, run_id=run.id, explainer=name))
+            others = [e for e in explainers_of_run(s, run_id=run.id) if e != name]
+            cmp = format_comparison(comparison_table(s, run_id=run.id, a=others[0], b=name)) if others else None
+    finally:
+        engine.dispose()
+    # The command's output (logging is configured in main; results go to stdout).
+    print(table)
+    if cmp:
+        print(cmp)
+    extra = {k: v for k, v in stats.items() if k.startswith("requests_")}
+    done, failed = stats["pairs_done"], stats["failed"]
+    print(f"run {run.slug!r}: {done} pairs done now "
+          f"(ok {stats['ok']}, failed {failed}, single-class {stats['single_class']}, "
+          f"unparsed answers {stats['n_unparsed']})" + (f"; LLM {extra}" if extra else ""))
+    if done and failed == done:
+        print(f"error: all {done} pairs failed ({name}); nothing was explained. The reasons are "
+              f"logged above and stored with each explanation; fix them and run the same command.",
+              file=sys.stderr)
+        return EXIT_ALL_FAILED
+    if failed:
+        print(f"warning: {failed} of {done} pairs failed ({name}); run the same command to retry "
+              f"them.", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

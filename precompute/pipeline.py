@@ -249,7 +249,7 @@ def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
     from .ablation import ablation_table
-    from .explain import explainers_of_run, score_table
+    from .report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {

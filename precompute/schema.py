@@ -41,6 +41,9 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # figures of the last run
+    # Where an imported run's data came from (``lookups import-paper``): source repository,
+    # commit, licence, files read, what was missing. None for runs computed here.
+    provenance: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Phase(Base):
@@ -66,7 +69,7 @@ class Neuron(Base):
     neuron: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(12), default="other")  # next_token|random|other
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rank by congruence in layer
-    token_id: Mapped[int] = mapped_column(Integer)  # argmax_t W_out[l,i]·W_U[:,t]
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # argmax_t W_out[l,i]·W_U[:,t]; None: not recorded (imported)
     token: Mapped[str] = mapped_column(Text)
     congruence: Mapped[float] = mapped_column(Float)
     top_tokens: Mapped[list] = mapped_column(JSON)  # [[token_id, token, congruence], ...] top 10
@@ -113,20 +116,22 @@ class Prompt(Base):
     neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id", ondelete="CASCADE"))
     split: Mapped[str] = mapped_column(String(10))  # explain|heldout
     rank: Mapped[int] = mapped_column(Integer)  # rank of its document in the scan's top-k
-    doc_idx: Mapped[int] = mapped_column(Integer)
-    start: Mapped[int] = mapped_column(Integer)  # prompt = [BOS] + doc_tokens_with_bos[start:end]
-    end: Mapped[int] = mapped_column(Integer)  # exclusive; end - 1 = max-activating position
+    # Imported runs leave the fields below None (and token_ids/acts/attr_* empty) where the
+    # authors' files do not record them.
+    doc_idx: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    start: Mapped[int | None] = mapped_column(Integer, nullable=True)  # prompt = [BOS] + doc_tokens_with_bos[start:end]
+    end: Mapped[int | None] = mapped_column(Integer, nullable=True)  # exclusive; end - 1 = max-activating position
     text: Mapped[str] = mapped_column(Text)  # decoded prompt (without BOS)
     token_ids: Mapped[list] = mapped_column(JSON)  # without BOS
     tokens: Mapped[list] = mapped_column(JSON)  # token strings, without BOS
     acts: Mapped[list] = mapped_column(JSON)  # neuron act at each token, without BOS
-    act: Mapped[float] = mapped_column(Float)  # act at the last token of the trimmed prompt
-    doc_act: Mapped[float] = mapped_column(Float)  # act at the same token in the full document
+    act: Mapped[float | None] = mapped_column(Float, nullable=True)  # act at the last token of the trimmed prompt
+    doc_act: Mapped[float | None] = mapped_column(Float, nullable=True)  # act at the same token in the full document
     attr_raw: Mapped[list] = mapped_column(JSON)  # [attn_layer][head], paper's score
     attr_ln: Mapped[list] = mapped_column(JSON)  # [attn_layer][head], LN-aware score
     other_ln: Mapped[dict] = mapped_column(JSON)  # LN-aware non-head contributions
-    pre: Mapped[float] = mapped_column(Float)  # hook_pre at the last token
-    active: Mapped[list] = mapped_column(JSON)  # ["L0H3", ...] by the run's rule (raw score)
+    pre: Mapped[float | None] = mapped_column(Float, nullable=True)  # hook_pre at the last token
+    active: Mapped[list] = mapped_column(JSON)  # ["L0H3", ...] by the run's rule (raw score); top-k: largest first
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "split", "rank"),
                       Index("ix_prompts_neuron", "neuron_id", "split", "rank"))
@@ -145,8 +150,8 @@ class Pair(Base):
     n_prompts: Mapped[int] = mapped_column(Integer)
     n_active: Mapped[int] = mapped_column(Integer)
     active_fraction: Mapped[float] = mapped_column(Float)
-    mean_attr_raw: Mapped[float] = mapped_column(Float)
-    mean_attr_ln: Mapped[float] = mapped_column(Float)
+    mean_attr_raw: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: not recorded
+    mean_attr_ln: Mapped[float | None] = mapped_column(Float, nullable=True)
     kept: Mapped[bool] = mapped_column(Boolean)
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "head_layer", "head"),

@@ -80,6 +80,18 @@ def unit_of_work(session: Session, run_id: int, name: str, stats: dict | None = 
         raise
 
 
+@contextmanager
+def transaction(session: Session):
+    """Commit the rows added in the block together, or (on any exception, or a kill) none of
+    them: a unit of work without a phase mark (``lookups import-paper`` creates the run inside)."""
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
 def phase_seconds(session: Session, run_id: int) -> dict[str, float]:
     """Seconds spent per phase family (``scan``, ``prompts``, ...), summed over units."""
     out: dict[str, float] = {}

@@ -19,8 +19,10 @@ from sqlalchemy import select
 
 from precompute.cli import main as cli_main
 from precompute.db import open_writer, sessions
-from precompute.explain import (_describe, explanation_score, find_run, load_tasks, run_explanations,
-                                score_table, store_result)
+from precompute.explain import load_tasks, run_explanations, store_result
+from precompute.report import find_run, score_table
+from precompute.scoring import describe as _describe
+from precompute.scoring import explanation_score
 from precompute.explainers import Example, PairTask, explainer_name, parse_answer
 from precompute.explainers.baseline import best_threshold, explain_pair, features, fit, log_odds_z
 from precompute.schema import Classification, Explanation, Neuron, Pair, Prompt
@@ -206,12 +208,22 @@ def test_baseline_single_class_and_empty_side():
     task.heldout = [e for e in task.heldout if e.active]
     assert task.single_class
     res = explain_pair(task)
-    assert res.status == "single_class" and res.answers == [] and '" cat"' in res.text
+    # single-class held-out prompts are still answered (the authors' rule scores them by TPR)
+    assert res.status == "single_class" and '" cat"' in res.text
+    assert [a[0] for a in res.answers] == [e.prompt_id for e in task.heldout]
     with pytest.raises(ValueError):
         fit([], [[" a"]])
+    # a one-class explain split (no inactive example): the explanation says so and answers Yes
     one_sided = PairTask(1, 1, "next_token", "L0H0", " x", explain=[e for e in task.explain if e.active],
-                         heldout=task.heldout)
-    assert explain_pair(one_sided).status == "failed"
+                         heldout=_cat_task().heldout)
+    res = explain_pair(one_sided)
+    assert res.status == "ok" and "active on all" in res.text
+    assert [parse_answer(a) for _, _, a in res.answers] == [True] * len(one_sided.heldout)
+    # ... and never reads the held-out truth: flipping it changes no answer
+    flipped = PairTask(1, 1, "next_token", "L0H0", " x", explain=one_sided.explain,
+                       heldout=[Example(e.prompt_id, e.text, e.tokens, not e.active) for e in one_sided.heldout])
+    assert [a for _, _, a in explain_pair(flipped).answers] == [a for _, _, a in res.answers]
+    assert explain_pair(PairTask(1, 1, "next_token", "L0H0", " x", explain=[], heldout=[])).status == "failed"
 
 
 def test_explainer_name():
@@ -262,8 +274,9 @@ def test_run_explanations_on_the_real_database(db_copy):
             assert (e.n_pos, e.n_neg) == (sum(truth.values()), len(truth) - sum(truth.values()))
             cls = s.scalars(select(Classification).where(Classification.explanation_id == e.id)).all()
             assert e.text.startswith("Baseline")
-            if e.status == "single_class":
-                assert len(set(truth.values())) < 2 and e.score is None and cls == []
+            if e.status == "single_class":  # answered, but E undefined by the project's rule
+                assert len(set(truth.values())) < 2 and e.score is None
+                assert {c.prompt_id for c in cls} == set(truth) and (e.tpr is None) != (e.tnr is None)
                 continue
             assert e.status == "ok" and {c.prompt_id for c in cls} == set(truth)
             assert all(c.truth == truth[c.prompt_id] for c in cls)

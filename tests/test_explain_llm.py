@@ -20,7 +20,8 @@ from sqlalchemy import select
 
 from precompute.db import open_writer, sessions
 from precompute.errors import BadSettings
-from precompute.explain import find_run, run_explanations, score_table
+from precompute.explain import run_explanations
+from precompute.report import find_run, score_table
 from precompute.explainers.llm import CLASSIFIER_TEMPLATE, EXPLANATION_TEMPLATE, request_hash
 from precompute.schema import Classification, Explanation, LLMCall
 from precompute.settings import Settings

@@ -8,7 +8,9 @@ Features: tokens and token bigrams of a prompt (token strings as stored in ``Pro
 without BOS). A feature's value on a prompt is a recency weight ``x = 2 ** (-d / HALF_LIFE)``
 of its latest occurrence, ``d`` = tokens between the feature's last token and the prompt's last
 token (0 for the last token), and 0 when absent — so context near the end (where the head reads
-at the last position) counts more.
+at the last position) counts more. Length features: for each ``k`` in ``LENGTHS``, "the prompt
+has at most ``k`` tokens" or "more than ``k``" (value 1), since which head reads the context
+depends on how much context there is (trimmed prompts end where the neuron fires).
 
 Contrast: weighted log-odds with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008,
 "Fightin' Words", eq. 16-22), with weighted counts ``y_f^A = Σ_active x_f``,
@@ -29,6 +31,13 @@ balanced accuracy is added; selection stops when none raises it — so the expla
 fewest features that separate the explain prompts, and chance features that a larger fixed set
 would drag in stay out. The explanation text names the selected features, positive (active)
 and negative (inactive). Nothing is random.
+
+One-class explain splits (the authors' pairs have no upper bound on the active fraction, so a
+head can be active on every explain prompt): there is nothing to contrast, and the explanation
+is the split itself, "active on every prompt" (or "on none"), which answers every held-out
+prompt with that class. Held-out prompts are answered even when they are all one class, so the
+authors' single-class rule (``scoring.authors_score``) can score the pair. Only the explain
+prompts of the pair are ever read; the held-out truth is not.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from dataclasses import dataclass
 
 from . import BASELINE, PairResult, PairTask
 
+LENGTHS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tokens: thresholds of the length features
 HALF_LIFE = 8.0  # tokens: a feature 8 tokens before the end weighs half as much as at the end
 MAX_N = 2  # unigrams and bigrams
 N_CANDIDATES = 10  # candidate features per side, by |z|
@@ -49,7 +59,8 @@ _EPS = 1e-9
 
 METHOD_NOTE = (
     "Baseline explainer (no LLM; paper §4.4 calibration): weighted log-odds with an "
-    "informative Dirichlet prior (Monroe et al. 2008) of tokens and bigrams between the "
+    "informative Dirichlet prior (Monroe et al. 2008) of tokens, bigrams and prompt-length "
+    "thresholds between the "
     "{n_active} active and {n_inactive} inactive explain prompts of the pair, each occurrence "
     "weighted by 2^(-d/{half_life:g}) (d = tokens from the end of the prompt); held-out prompts "
     "are classified by the sum of z-scores of the named features against a threshold chosen on "
@@ -61,7 +72,8 @@ def features(tokens: Sequence[str], *, max_n: int = MAX_N, half_life: float = HA
 
     A feature is the concatenated text of 1..``max_n`` consecutive tokens; ``x`` is
     ``2 ** (-d / half_life)`` of its latest occurrence, ``d`` = distance in tokens between the
-    feature's last token and the prompt's last token.
+    feature's last token and the prompt's last token. Plus one length feature per ``LENGTHS``
+    threshold (``length_feature``), ``x`` = 1.
     """
     out: dict[str, float] = {}
     last = len(tokens) - 1
@@ -73,7 +85,26 @@ def features(tokens: Sequence[str], *, max_n: int = MAX_N, half_life: float = HA
             f = "".join(tokens[end - n + 1:end + 1])
             if w > out.get(f, 0.0):
                 out[f] = w
+    for k in LENGTHS:
+        out[length_feature(k, len(tokens) <= k)] = 1.0
     return out
+
+
+_LEN_MARK = "\x00len"  # length features cannot collide with token text (no token holds NUL + this)
+
+
+def length_feature(k: int, at_most: bool) -> str:
+    """The name of the length feature "at most ``k`` tokens" (or "more than ``k``")."""
+    return f"{_LEN_MARK}{'<=' if at_most else '>'}{k}"
+
+
+def feature_text(f: str) -> str:
+    """A feature as the explanation names it: quoted token text, or the length condition."""
+    if f.startswith(_LEN_MARK):
+        rest = f[len(_LEN_MARK):]
+        return (f"a prompt of at most {rest[2:]} tokens" if rest.startswith("<=")
+                else f"a prompt of more than {rest[1:]} tokens")
+    return json.dumps(f, ensure_ascii=False)
 
 
 def log_odds_z(active: Sequence[dict[str, float]], inactive: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -150,7 +181,7 @@ class BaselineExplanation:
     def text(self) -> str:
         """The readable explanation, labelled as the baseline."""
         def names(fs):
-            return ", ".join(json.dumps(f, ensure_ascii=False) for f, _ in fs)
+            return ", ".join(feature_text(f) for f, _ in fs)
 
         if not self.active_features and not self.inactive_features:
             return ("Baseline (token statistics, no LLM): no token or bigram of the context "
@@ -168,7 +199,8 @@ class BaselineExplanation:
                 "inactive_features": [[f, round(z, 6)] for f, z in self.inactive_features],
                 "threshold": self.threshold, "half_life": HALF_LIFE, "max_n": MAX_N,
                 "n_candidates": N_CANDIDATES, "max_features": MAX_FEATURES,
-                "min_support": MIN_SUPPORT, "prior": "pooled explain prompts of the pair"}
+                "min_support": MIN_SUPPORT, "lengths": list(LENGTHS),
+                "prior": "pooled explain prompts of the pair"}
 
 
 def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> BaselineExplanation:
@@ -218,16 +250,26 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> B
 
 
 def explain_pair(task: PairTask) -> PairResult:
-    """Explain one pair with the baseline and classify its held-out prompts (single-class
-    pairs get an explanation but no classifications)."""
+    """Explain one pair with the baseline and answer Yes / No on each of its held-out prompts
+    (also when they are all one class: status ``single_class``). Reads only the explain
+    prompts' labels; a pair without explain prompts fails."""
     act, inact = task.active, task.inactive
-    if not act or not inact:
-        return PairResult(status="failed", error=f"explain split has {len(act)} active and "
-                          f"{len(inact)} inactive prompts; both are needed")
+    status = "single_class" if task.single_class else "ok"
+    if not act and not inact:
+        return PairResult(status="failed", error="the pair has no explain prompt")
+    if not act or not inact:  # nothing to contrast: the split itself is the explanation
+        yes = bool(act)
+        n = len(act or inact)
+        text = (f"Baseline (token statistics, no LLM): the head was {'active' if yes else 'inactive'} "
+                f"on all {n} explain prompts, with no {'inactive' if yes else 'active'} example to "
+                f"contrast: it is taken to be {'active on every' if yes else 'inactive on every'} prompt.")
+        answer = f"{'Yes' if yes else 'No'} ({'active' if yes else 'inactive'} on every explain prompt)"
+        return PairResult(status=status, text=text, prompt=METHOD_NOTE.format(
+                              n_active=len(act), n_inactive=len(inact), half_life=HALF_LIFE),
+                          settings={"explainer": BASELINE, "one_class": "active" if yes else "inactive"},
+                          answers=[(e.prompt_id, e.active, answer) for e in task.heldout])
     model = fit([e.tokens for e in act], [e.tokens for e in inact])
     note = METHOD_NOTE.format(n_active=len(act), n_inactive=len(inact), half_life=HALF_LIFE)
-    res = PairResult(status="single_class" if task.single_class else "ok", text=model.text(),
-                     prompt=note, settings={"explainer": BASELINE, **model.as_dict()})
-    if not task.single_class:
-        res.answers = [(e.prompt_id, e.active, model.classify(e.tokens)[1]) for e in task.heldout]
-    return res
+    return PairResult(status=status, text=model.text(), prompt=note,
+                      settings={"explainer": BASELINE, **model.as_dict()},
+                      answers=[(e.prompt_id, e.active, model.classify(e.tokens)[1]) for e in task.heldout])
