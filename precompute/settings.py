@@ -79,8 +79,8 @@ class Settings(BaseSettings):
                                      "used as a neuron's token (glitch tokens).")
     reject_numeric: bool = Field(True, description="Reject tokens that are numbers or "
                                  "punctuation only.")
-    n_random: int | None = Field(None, ge=1, description="Random baseline neurons per layer; default: "
-                                 "n_per_layer.")
+    n_random: int | None = Field(None, ge=0, description="Random baseline neurons per layer; default: "
+                                 "n_per_layer; 0: no random baseline (as in imported authors' runs).")
     seed: int = Field(0, description="Seed of the random-neuron draw and of every RNG.")
 
     # --- §2 max-activating prompts -----------------------------------------------------------
