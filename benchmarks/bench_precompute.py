@@ -9,10 +9,11 @@ interleaved, best of ``--repeats``:
 
 1. Scan: ``precompute.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s; and its
    peak RSS alone, in a child process.
-2. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents: the former
-   per-neuron bridge code (bisection with one bridge pass per step, bridge ``attribute``) against
-   ``trim_many`` + ``batched_pass`` across neurons; and both against bare forwards of the same
-   rows.
+2. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents, as the job runs that
+   phase: the former per-neuron bridge code (bisection with one bridge pass per step, bridge
+   ``attribute`` of the prompts kept) against the job's ``compute_prompts`` (``trim_many`` +
+   ``batched_pass`` across neurons), checking that both keep the same prompts and starts; and
+   the searches run to the end without the job's early stop.
 3. Live pass: ``precompute.passes.clean_view`` of one ~64-token prompt against the former live
    computation (bridge ``attribute`` + ``ablate``) and the bare forward of the same prompt.
 4. Extrapolation to the paper's setting (pile-10k: ~10k documents x 1,024 tokens, layers 9-11,
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -114,13 +114,24 @@ def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
     return n_tok / scan_t
 
 
+def vm_hwm_kb(pid: int | str) -> int:
+    """Peak resident set of a process (``VmHWM``, kB), since its last exec. Not
+    ``getrusage``'s ``ru_maxrss``: Linux carries that across fork and exec, so a child would
+    report this benchmark's own peak (models and logits loaded) as its own."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
 def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
-    code = (f"import sys, resource; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
             f"import benchmarks.bench_precompute as b; from precompute.models import load_model;"
             f"from precompute.scan import scan; from precompute.next_token import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx});"
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            f"print(b.vm_hwm_kb('self'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         print(out.stderr[-2000:])
@@ -130,51 +141,75 @@ def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
 
 
 def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, float]:
-    """Seconds per (neuron, split) of trimming + attribution: old, new."""
+    """Seconds per (neuron, split) of trimming + attribution, as the job runs that phase: the
+    former per-neuron bridge code (one bridge pass per bisection step and neuron, prompts of
+    max_prompt_tokens or more dropped, bridge ``attribute`` of the rest) against the job's own
+    :func:`precompute.pipeline.compute_prompts` (every neuron's searches in one lockstep, one
+    layer a pass, batches cut to minimise padding, early stop of prompts that will be dropped,
+    ``batched_pass``). Also the searches run to the end (no early stop), as the former code did.
+    Returns (former, job) seconds per neuron and split."""
     from precompute.attribution import attribute
     from precompute.passes import batched_pass
+    from precompute.pipeline import PromptsJob, Top, compute_prompts
     from precompute.scan import TrimTask, trim_many
+    from precompute.settings import Settings
     from tests.test_fast_path import reference_trim
 
+    settings = Settings()
+    max_len = settings.max_prompt_tokens
     layer = model.n_layers - 1
     res = scan(model, docs, layers=[layer], k=k, batch_size=16, context_tokens=ctx)
     neurons = list(range(0, model.d_mlp, model.d_mlp // n_neurons))[:n_neurons]
     rows = tokenize_batch(model, docs, ctx)
-    tasks = []
+    tasks, tops = [], []
     for n in neurons:
         c = res.column(layer, n)
+        mine = []
         for r in range(k):
             d = int(res.docs[r, c])
             if d >= 0 and float(res.values[r, c]) > 0:
                 tasks.append(TrimTask(rows[d], int(res.positions[r, c]), layer, n, float(res.values[r, c])))
+                mine.append(Top(r, d, int(res.positions[r, c]), float(res.values[r, c]), docs[d]))
+        tops.append({"explain": mine, "heldout": []})
+    job = PromptsJob([(layer, n) for n in neurons], tops, ctx, settings)
 
     def old():
         out = []
         for n in neurons:
             ts = [t for t in tasks if t.neuron == n]
             tr = reference_trim(model, [t.row for t in ts], [t.max_position for t in ts], layer, n,
-                                act_ratio=0.8, orig_acts=[t.orig_act for t in ts])
-            prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for t, (s, _, _) in zip(ts, tr)]
-            attribute(model, prompts, layer, n)
-            out += [s for s, _, _ in tr]
+                                act_ratio=settings.act_ratio, orig_acts=[t.orig_act for t in ts])
+            kept = [(r, t, s) for r, (t, (s, _, _)) in enumerate(zip(ts, tr)) if t.max_position + 1 - s < max_len]
+            prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for _, t, s in kept]
+            if prompts:
+                attribute(model, prompts, layer, n)
+            out += [(n, r, s) for r, _, s in kept]
         return out
 
     def new():
-        tr = trim_many(model, tasks, act_ratio=0.8)
+        outs = compute_prompts(model, job)
+        return [(n, p["rank"], p["start"]) for n, (ps, _) in zip(neurons, outs) for p in ps]
+
+    def full():
+        tr = trim_many(model, tasks, act_ratio=settings.act_ratio)
         prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for t, (s, _, _) in zip(tasks, tr)]
         batched_pass(model, prompts, [(t.layer, t.neuron) for t in tasks])
-        return [s for s, _, _ in tr]
 
-    assert old() == new(), "the batched trimming found other starts"
-    o, nw = [], []
+    same = old() == new()
+    o, nw, fl = [], [], []
     for _ in range(repeats):
         o.append(timed(old, 1))
         nw.append(timed(new, 1))
-    old_t, new_t = min(o), min(nw)
-    print(f"trimming + attribution: {len(neurons)} neurons of layer {layer}, {len(tasks)} documents, context {ctx}")
+        fl.append(timed(full, 1))
+    old_t, new_t, full_t = min(o), min(nw), min(fl)
+    n_kept = len(new())
+    print(f"trimming + attribution: {len(neurons)} neurons of layer {layer}, {len(tasks)} documents, "
+          f"context {ctx}, {n_kept} prompts kept (< {max_len} tokens)")
     print(f"  former per-neuron bridge code: {old_t:8.2f} s   ({old_t / len(neurons):.2f} s per neuron and split)")
-    print(f"  batched across neurons:        {new_t:8.2f} s   ({new_t / len(neurons):.2f} s per neuron and split)"
-          f"   speed-up {old_t / new_t:.2f}x (goal >= 3x); same starts: yes")
+    print(f"  the job's compute_prompts:     {new_t:8.2f} s   ({new_t / len(neurons):.2f} s per neuron and split)"
+          f"   speed-up {old_t / new_t:.2f}x (goal >= 3x); same kept prompts and starts: {'yes' if same else 'NO'}")
+    print(f"  every search to the end (no early stop), all {len(tasks)} prompts attributed: {full_t:.2f} s, "
+          f"{old_t / full_t:.2f}x the former code")
     return old_t / len(neurons), new_t / len(neurons)
 
 
@@ -236,9 +271,9 @@ def main() -> None:
         model = load_model(path)
         hf = bare(path)
         ctx = a.context or model.n_ctx
-        scan_rate = trim_new = None
+        scan_rate = bare_rate = trim_new = None
         if "scan" not in a.skip:
-            scan_rate = bench_scan(model, hf, documents(model, a.docs, ctx), ctx, a.batch_size, a.repeats)
+            scan_rate, bare_rate = bench_scan(model, hf, documents(model, a.docs, ctx), ctx, a.batch_size, a.repeats)
         if "rss" not in a.skip:
             scan_rss(path, min(a.docs, 32), ctx, a.batch_size)
         if "trim" not in a.skip:
@@ -250,9 +285,10 @@ def main() -> None:
                 per = trim_new * (1024 / tctx) * (20 / a.trim_k)
                 print(f"extrapolation to the paper's setting (pile-10k ~10k docs x 1,024 tokens, 3 layers, "
                       f"20 + 20 neurons per layer, top 20, 2 splits), this machine:")
-                print(f"  scan {n_tok / scan_rate / 3600:.1f} h + trimming/attribution "
-                      f"{120 * 2 * per / 3600:.1f} h (measured at {tctx} tokens, k {a.trim_k}; scaled "
-                      f"linearly to 1,024 tokens and k 20)")
+                print(f"  scan {n_tok / scan_rate / 3600:.2f} h + trimming/attribution "
+                      f"{120 * 2 * per / 3600:.2f} h (measured at {tctx} tokens, k {a.trim_k}; scaled "
+                      f"linearly to 1,024 tokens and k 20); the bare HF forward over the same tokens: "
+                      f"{n_tok / bare_rate / 3600:.2f} h")
         if "live" not in a.skip:
             bench_live(model, hf, a.repeats)
     if a.job:
@@ -264,13 +300,23 @@ def bench_job(extra: list[str]) -> None:
         db = f"sqlite:///{d}/bench.db"
         cmd = [sys.executable, "-m", "app.cli", "precompute", "--db", db, *extra]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+            rss_kb = 0
+            while proc.poll() is None:  # the child's own peak, read while it runs
+                try:
+                    rss_kb = max(rss_kb, vm_hwm_kb(proc.pid))
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            wall = time.perf_counter() - t0
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
         if proc.returncode != 0:
-            print(proc.stderr[-3000:])
+            print(stderr[-3000:])
             raise SystemExit(f"job failed with exit code {proc.returncode}")
-        print(proc.stdout[proc.stdout.find("{"):])
+        print(stdout[stdout.find("{"):])
         print(f"whole default job: wall {wall:.1f} s ({wall / 60:.2f} min); peak RSS {rss_kb / 1024:.0f} MB")
 
 

@@ -114,13 +114,22 @@ def neuron_pass(model, rows: Sequence[Sequence[int]], targets: Sequence[Target],
         for k in sorted({int(k) for hs in ablate for k, _ in hs}):
             hooks.append(z_ablation_hook(fm, k, [[h for kk, h in hs if kk == k] for hs in ablate],
                                          method=method, mean_v=mean_v))
+    # Only the target positions of the deepest layer's MLP are read, and nothing runs after it:
+    # without per-position activations, attribution or logits its MLP runs on those positions
+    # alone ([batch, 1, d_model] instead of [batch, pos, d_model]).
+    sliced = not (all_acts or attribution or logits)
+    if sliced:
+        hooks.append((fm.blocks[top_layer].mlp, True, lambda m, a: (a[0][b, pos][:, None], *a[1:])))
     for lay in sorted(set(layers.tolist())):
         r = (layers == lay).nonzero().squeeze(1)
         nr, pr = neurons[r], pos[r]
 
         def post(mod, args, r=r, nr=nr, pr=pr, lay=lay):
             x = args[0]
-            got["post", lay] = (x[r, :, nr] if all_acts else x[r, pr, nr]).float()
+            if sliced and lay == top_layer:
+                got["post", lay] = x[r, 0, nr].float()
+            else:
+                got["post", lay] = (x[r, :, nr] if all_acts else x[r, pr, nr]).float()
         hooks.append((fm.blocks[lay].mlp_out, True, post))
         if attribution:
             hooks.append((fm.blocks[lay].mlp_in, False,
@@ -244,6 +253,27 @@ def batched_pass(model, rows: Sequence[Sequence[int]], targets: Sequence[Target]
                           [pos[j] for j in idx], **kw)
         for q, j in enumerate(idx):
             out[j] = _row(res, q)
+    return out
+
+
+def target_acts(model, rows: Sequence[Sequence[int]], targets: Sequence[Target], *,
+                max_tokens: int = 8192, max_rows: int = 64) -> list[float]:
+    """Each row's neuron activation (``hook_post``, float32) at its last token, for trimming
+    (paper §4.2): :func:`neuron_pass` without attribution, per-position activations or logits,
+    in length-sorted batches of one layer each (at most ``max_rows`` rows and ``max_tokens``
+    padded tokens), so that no row runs deeper than its neuron and the deepest MLP runs on the
+    last tokens alone. Returns one float per row, in the order given.
+
+    Raises:
+        ValueError: as :func:`neuron_pass`."""
+    out = [0.0] * len(rows)
+    for lay in sorted({int(t[0]) for t in targets}):
+        q = [i for i, t in enumerate(targets) if int(t[0]) == lay]
+        for idx in length_batches([len(rows[i]) for i in q], max_tokens, max_rows):
+            res = neuron_pass(model, [rows[q[j]] for j in idx], [targets[q[j]] for j in idx],
+                              attribution=False, all_acts=False)
+            for j, a in zip(idx, res.act.tolist()):
+                out[q[j]] = a
     return out
 
 

@@ -93,13 +93,16 @@ def _run(engine, settings: Settings, model: LoadedModel, executor, layers: list[
         # killed; the executor computes groups (here or on Ray workers), this process writes.
         todo = [g for g in groups if any(not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}") for n in g)]
         results = executor.map(compute_prompts, (prompts_job(s, run_id, g, ctx, settings) for g in todo))
+        t_wait = time.time()
         for group, outs in tqdm(zip(todo, results), total=len(todo), desc="prompts+attribution",
                                 unit="group", dynamic_ncols=True):
+            share = (time.time() - t_wait) / len(group)  # the group's computation, per neuron
             for n, (rows, stats) in zip(group, outs):
                 if not is_done(s, run_id, f"prompts:L{n.layer}N{n.neuron}"):
-                    with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}") as st:
+                    with unit_of_work(s, run_id, f"prompts:L{n.layer}N{n.neuron}", seconds_before=share) as st:
                         store_prompts(s, n, rows, stats)
                         st.update(stats)
+            t_wait = time.time()
         if not is_done(s, run_id, "pairs"):
             with unit_of_work(s, run_id, "pairs") as st:
                 st.update(store_pairs(s, run_id, model, settings))

@@ -210,7 +210,7 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
     then a start that keeps the ratio but not necessarily the latest, and its prompt is at
     least ``max_len`` tokens long.
     """
-    from .passes import batched_pass
+    from .passes import target_acts
 
     bos = model.bos_token_id
     full = [list(t.row[:t.max_position + 1]) for t in tasks]
@@ -226,9 +226,8 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
         mids = {j: (lo[j] + hi[j] + 1) // 2 for j in todo}
         rows = [[bos] + full[j][mids[j]:] for j in todo]
         if fast_supported(model):
-            got = [float(r.act[0]) for r in batched_pass(
-                model, rows, [(tasks[j].layer, tasks[j].neuron) for j in todo], attribution=False,
-                all_acts=False, max_tokens=max_tokens, max_rows=max_rows)]
+            got = target_acts(model, rows, [(tasks[j].layer, tasks[j].neuron) for j in todo],
+                              max_tokens=max_tokens, max_rows=max_rows)
         else:
             got = [neuron_acts(model, [r], tasks[j].layer, tasks[j].neuron)[0][-1] for j, r in zip(todo, rows)]
         for j, a in zip(todo, got):

@@ -62,13 +62,16 @@ def is_done(session: Session, run_id: int, name: str) -> bool:
 
 
 @contextmanager
-def unit_of_work(session: Session, run_id: int, name: str, stats: dict | None = None):
+def unit_of_work(session: Session, run_id: int, name: str, stats: dict | None = None,
+                 seconds_before: float = 0.0):
     """Do one unit of work atomically: rows added in the block and the phase mark are committed
     together, or (on any exception, or a kill) not at all.
 
-    Yields a dict the block may fill with figures, stored on the phase row.
+    Yields a dict the block may fill with figures, stored on the phase row. The phase's
+    ``seconds`` are the block's wall time plus ``seconds_before`` (work done for this unit
+    before the block, e.g. its share of a batched computation).
     """
-    t0 = time.time()
+    t0 = time.time() - seconds_before
     out = dict(stats or {})
     try:
         yield out
