@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -42,7 +43,7 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._name = name
-        self.stats = {"batches": 0, "batched": 0, "max_batch": 0}
+        self.stats = {"batches": 0, "batched": 0, "max_batch": 0, "busy_s": 0.0}
 
     # --- producer side (any thread) ----------------------------------------------------------
     def submit(self, job) -> None:
@@ -116,8 +117,10 @@ class Engine:
                 except Exception as exc:  # handed to whoever waits
                     fut.set_exception(exc)
                 continue
+            t0 = time.perf_counter()
             try:
                 self._run_batch(batch)
+                self.stats["busy_s"] = round(self.stats["busy_s"] + time.perf_counter() - t0, 4)
                 self.stats["batches"] += 1
                 self.stats["batched"] += len(batch)
                 self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))

@@ -156,7 +156,11 @@ class Live:
         # first live pass costs what a steady one does
         warm = Target("", m.n_layers - 1, 0, 0, "", run_rules({}))
         n = min(64, m.n_ctx - 1)
-        live_views(m, [[m.bos_token_id] * (n + 1)] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
+        ids = (m.encode(_WARM_TEXT) * n)[:n]  # real tokens: the shapes and code paths of a request
+        live_views(m, [[m.bos_token_id] + ids] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
+        if m.cfg.d_vocab <= 1 << 17:  # every token's text, decoded once (the cache of _token_str)
+            for i in range(m.cfg.d_vocab):
+                _token_str(m.tokenizer, i)
         self._models[source] = m
         for slug, src in self._sources.items():
             if src == source:
@@ -411,6 +415,10 @@ def _active(rs: Settings, raw: list[list[float]], n_scored: int, n_heads: int) -
 
 def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
     return [[int(i), _token_str(model.tokenizer, int(i)), float(v)] for i, v in top]
+
+
+_WARM_TEXT = ("The council met in the old hall by the river and argued about the harvest, the "
+              "roads and the taxes, while the children played outside in the rain.")
 
 
 @lru_cache(maxsize=1 << 17)

@@ -232,6 +232,37 @@ class HtmlCache:
                                                        joined=p["tokens_joined"]))))
 
 
+class LockedLRU:
+    """A thread-safe LRU mapping (``get`` and item assignment), for what a page derives from
+    rows that never change while the server runs (see ``views._prompts_part``)."""
+
+    def __init__(self, maxsize: int):
+        from threading import Lock
+
+        from cachetools import LRUCache
+
+        self._cache: LRUCache = LRUCache(maxsize)
+        self._lock = Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._cache.get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._cache[key] = value
+
+    def section(self, key, caller) -> Markup:
+        """A Jinja ``{% call %}`` block rendered once per ``key`` (None: not cached)."""
+        if key is None:
+            return Markup(caller())
+        hit = self.get(key)
+        if hit is None:
+            hit = Markup(caller())
+            self[key] = hit
+        return hit
+
+
 # --- rows as dicts -------------------------------------------------------------------------------
 
 def run_dict(run, counts: dict | None = None) -> dict:

@@ -106,15 +106,42 @@ def _tokenized_docs(live: Live, run, docs: list[dict], window: int) -> list[dict
     return docs
 
 
+def _prompts_part(s: Session, run, n, *, split: str, score: str, partial: dict, cache=None) -> dict:
+    """What the neuron page derives from the neuron's stored prompts of ``split``: the prompt
+    dicts, scored head layers, mean head attribution and the colour scales.
+
+    A neuron's prompts are written in one unit of work and never change after it (the job
+    refuses other settings on an existing run; the server only reads), so once they exist this
+    part is kept in ``cache`` (a dict-like LRU, by neuron id, split and score): later views of
+    the neuron read only its run, neuron and pairs. A neuron without prompts (not selected, or
+    its job still running) is never cached."""
+    key = (n.id, split, score)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+    prompts = Q.neuron_prompts(s, neuron_id=n.id, split=split)
+    attr = "attr_ln" if score == "ln" else "attr_raw"
+    grids = [getattr(p, attr) for p in prompts]
+    n_scored = _n_scored(run, n.layer, prompts)
+    part = {"prompts": [prompt_dict(p, partial) for p in prompts], "n_scored": n_scored,
+            "head_labels": [head_label(k, h) for k in range(n_scored) for h in range(run.n_heads)],
+            "act_scale": nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts]),
+            "mean_attr": mean_grid(grids), "attr_scale": _grid_scale(grids, n_scored),
+            "top3": top3_view(run, n.layer, prompts)}
+    if cache is not None and prompts:
+        cache[key] = part
+    return part
+
+
 def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score: str, split: str,
-           settings) -> dict:
+           settings, cache=None) -> dict:
+    """The neuron page's data (``cache``: see :func:`_prompts_part`)."""
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
-    prompts = Q.neuron_prompts(s, neuron_id=n.id, split=split)
     partial = live.partial_tokens(run)
-    n_scored = _n_scored(run, layer, prompts)
-    key = "attr_ln" if score == "ln" else "attr_raw"
-    grids = [getattr(p, key) for p in prompts]
+    part = _prompts_part(s, run, n, split=split, score=score, partial=partial, cache=cache)
+    prompts = part["prompts"]
     pairs = []
     kept_pairs = Q.neuron_pairs(s, neuron_id=n.id, kept_only=True)
     phases = Q.ablation_phases(s, run_id=run.id, pair_ids=[i["pair"].id for i in kept_pairs])
@@ -136,34 +163,36 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     if n.kind == "other" or not prompts:
         docs = _tokenized_docs(live, run, Q.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
                                                           limit=settings.top_docs), settings.doc_window)
-    act_scale = nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts])
     return {
         "run": run_dict(run), "neuron": neuron_dict(n, partial), "score": score, "split": split,
-        "n_scored": n_scored, "head_labels": [head_label(k, h) for k in range(n_scored)
-                                              for h in range(run.n_heads)],
-        "prompts": [prompt_dict(p, partial) for p in prompts], "act_scale": act_scale,
-        "mean_attr": mean_grid(grids), "attr_scale": _grid_scale(grids, n_scored),
+        "n_scored": part["n_scored"], "head_labels": part["head_labels"],
+        "prompts": prompts, "act_scale": part["act_scale"],
+        "mean_attr": part["mean_attr"], "attr_scale": part["attr_scale"],
         "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
         "links": {"page": urls.neuron(slug, layer, neuron_, score=score if score != "raw" else None,
                                       split=split if split != "explain" else None),
                   "neurons": urls.neurons(slug, layer=layer)},
         "live": None, "live_error": None,
-        "top3": top3_view(run, layer, prompts), "model_notice": model_notice(live, run),
+        "top3": part["top3"], "model_notice": model_notice(live, run),
     }
 
 
-def neuron_brief(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score: str) -> dict:
-    """What the live fragment needs besides the live result (no prompts, no pairs)."""
-    run = Q.get_run(s, slug=slug)
-    n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
+def neuron_brief(s: Session | None, live: Live, *, slug: str, layer: int, neuron_: int, score: str,
+                 run=None, n=None) -> dict:
+    """What the live fragment needs besides the live result (no prompts, no pairs); from
+    ``run`` and ``n`` when the caller has read them already."""
+    if run is None or n is None:
+        run = Q.get_run(s, slug=slug)
+        n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     return {"run": run_dict(run), "neuron": neuron_dict(n, live.partial_tokens(run)), "score": score,
             "split": "explain", "links": {}, "live": None, "live_error": None}
 
 
 def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
-                 ablate: list[str], pos: int | None) -> tuple[Future, dict, dict]:
+                 ablate: list[str], pos: int | None, score: str = "raw") -> tuple[Future, dict, dict, dict]:
     """Submit the live pass of the neuron page; returns its Future (to await), the canonical
-    page URL parameters and the run's partial tokens (for :func:`shown_live`).
+    page URL parameters, the run's partial tokens (for :func:`shown_live`) and the live
+    fragment's :func:`neuron_brief` (read now, so the fragment needs no second query).
 
     Raises:
         NotFound, BadLiveInput, LiveBusy (the Future may raise BadLiveInput, PromptTooLong,
@@ -174,7 +203,8 @@ def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int,
     heads = live.parse_ablate(run, ",".join(ablate))
     fut = live.submit(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
     params = {"prompt": prompt, "ablate": [head_label(k, h) for k, h in heads], "pos": pos}
-    return fut, params, live.partial_tokens(run)
+    brief = neuron_brief(None, live, slug=slug, layer=layer, neuron_=neuron_, score=score, run=run, n=n)
+    return fut, params, live.partial_tokens(run), brief
 
 
 def shown_live(res: dict, partial: dict) -> dict:

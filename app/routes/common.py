@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import orjson
 from fastapi import Request
@@ -13,10 +13,16 @@ from sqlalchemy.orm import Session
 from ..live import BadLiveInput
 
 
-def db(request: Request) -> Iterator[Session]:
-    """A read-only session for one request."""
-    with request.app.state.Session() as s:
+async def db(request: Request) -> AsyncIterator[Session]:
+    """A read-only session for one request. Async, so that FastAPI does not run it in the
+    thread pool (a sync generator dependency cost two thread hops per request): making a
+    session does no I/O (it connects on first use, in the handler's thread), and the handlers
+    that await a live pass close it in their own threads before they return."""
+    s = request.app.state.Session()
+    try:
         yield s
+    finally:
+        s.close()
 
 
 def is_htmx(request: Request) -> bool:

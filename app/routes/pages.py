@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
@@ -153,19 +154,29 @@ async def neuron_view(request: Request, s: Session, model: str, layer: int, neur
     run in the thread pool, the model on its own thread (``app.engine``), so queued live
     requests never hold the threads that serve pages."""
     prompt = clean_text(prompt, name="prompt")
-    res = params = error = None
+    res = params = error = brief = None
     if prompt is not None:
         try:
-            fut, params, partial = await run_in_threadpool(_submit, s, request.app.state.live, slug=model,
-                                                  layer=layer, neuron_=neuron, prompt=prompt,
-                                                  ablate=ablate, pos=pos)
+            fut, params, partial, brief = await run_in_threadpool(
+                _submit, s, request.app.state.live, slug=model, layer=layer, neuron_=neuron,
+                prompt=prompt, ablate=ablate, pos=pos, score=score)
             # shielded: a client that goes away must not cancel a pass other requests share
             res = views.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), partial)
         except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
             error = exc
-    return await run_in_threadpool(_neuron_response, request, s, model, layer, neuron, score=score,
-                                   split=split, prompt=prompt, pos=pos, fmt=fmt, fragment=fragment,
-                                   res=res, params=params, error=error)
+    return await run_in_threadpool(_closing, s, _neuron_response, request, s, model, layer, neuron,
+                                   score=score, split=split, prompt=prompt, pos=pos, fmt=fmt,
+                                   fragment=fragment, res=res, params=params, error=error,
+                                   brief=brief)
+
+
+def _closing(s: Session, fn, *args, **kw):
+    """``fn(*args, **kw)``, then the session gives its connection back to the pool in this
+    (worker) thread rather than on the event loop."""
+    try:
+        return fn(*args, **kw)
+    finally:
+        s.close()
 
 
 def _submit(s: Session, live, **kw):
@@ -180,12 +191,15 @@ def _submit(s: Session, live, **kw):
 
 def _neuron_response(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
                      split: str, prompt: str | None, pos: int | None, fmt: str | None, fragment: bool,
-                     res: dict | None, params: dict | None, error: Exception | None):
+                     res: dict | None, params: dict | None, error: Exception | None,
+                     brief: dict | None = None):
     if fragment:
-        data = views.neuron_brief(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron, score=score)
+        data = brief if brief is not None else views.neuron_brief(
+            s, request.app.state.live, slug=model, layer=layer, neuron_=neuron, score=score)
     else:
         data = views.neuron(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron,
-                            score=score, split=split, settings=request.app.state.settings)
+                            score=score, split=split, settings=request.app.state.settings,
+                            cache=request.app.state.view_cache)
     status, extra, headers = 200, {}, {}
     page_params = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     if prompt is not None:
@@ -206,11 +220,23 @@ def _neuron_response(request: Request, s: Session, model: str, layer: int, neuro
     data["live_prompt"] = prompt
     data["live_pos"] = pos
     extra.update(_neuron_helpers(model, layer, neuron, page_params))
+    extra["pair_urls"] = _pair_urls(model, layer, neuron, data["run"]["n_layers"], data["run"]["n_heads"])
+    # the stored prompts' sections depend on the neuron's prompts (immutable) and, through the
+    # score/split links, on the live state: rendered once per neuron, split and score without one
+    extra["prompts_key"] = (("neuron", data["run"]["slug"], layer, neuron, score, split)
+                            if prompt is None and data.get("prompts") else None)
     if fragment:
         if status == 200:
             headers["HX-Push-Url"] = url
         return render(request, "_live.html", data, fmt=None, status=status, extra=extra, headers=headers)
     return render(request, "neuron.html", data, fmt=fmt, status=status, extra=extra)
+
+
+@lru_cache(maxsize=4096)
+def _pair_urls(model: str, layer: int, neuron: int, n_layers: int, n_heads: int) -> dict[str, str]:
+    """``{"L{k}H{h}": pair page URL}`` of every head of the model, for one neuron (the page links
+    each prompt's active heads and every heatmap column)."""
+    return {f"L{k}H{h}": urls.pair(model, layer, neuron, k, h) for k in range(n_layers) for h in range(n_heads)}
 
 
 def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
