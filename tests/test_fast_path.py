@@ -311,3 +311,20 @@ def test_bfloat16_job_end_to_end_keeps_the_congruence_ranking(tmp_path, tiny_mod
     top_fp = {r[1] for r in fp if r[3] == "next_token"}
     assert len(top_bf & top_fp) >= len(top_fp) - 1
     assert n_bf > 0 and abs(n_bf - n_fp) <= max(2, n_fp // 5)
+
+
+def test_length_batches_cover_every_row_once_within_the_caps():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(0, 90))]
+        max_tokens, max_rows = rng.choice([64, 512, 4096]), rng.choice([1, 3, 16, 64])
+        got = length_batches(lengths, max_tokens, max_rows)
+        assert sorted(j for b in got for j in b) == list(range(len(lengths)))
+        for b in got:
+            assert 1 <= len(b) <= max_rows
+            assert len(b) == 1 or max(lengths[j] for j in b) * len(b) <= max_tokens
+    # a few short rows are not padded to one long row, and equal rows share one pass
+    assert length_batches([127] + [10] * 30, 8192, 64) == [[0], list(range(1, 31))]
+    assert len(length_batches([50] * 40, 8192, 64)) == 1

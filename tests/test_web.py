@@ -484,3 +484,36 @@ def test_model_source_resolves_the_embedded_model_and_overrides():
     assert model_source(Run(slug="embedded", model_name="embedded"), s) == EMBEDDED_MODEL
     assert model_source(Run(slug="gpt2", model_name="gpt2"), s) == "gpt2"
     assert model_source(Run(slug="other", model_name="gpt2"), s) == "/some/dir"
+
+
+def test_cached_neuron_sections_equal_a_fresh_render_and_pairs_stay_live(app, client, web_db, kept, tmp_path):  # noqa: F811
+    """What a neuron page keeps of its stored prompts (data and rendered sections) gives the page
+    a server that never saw the neuron renders; the rest (here: an explanation added by another
+    process after the page was cached) is read on every request."""
+    import shutil
+    import sqlite3
+
+    from app.main import create_app
+
+    layer, neuron, hl, h = kept
+    copy = tmp_path / "copy.db"
+    shutil.copy(web_db, copy)
+    fresh = create_app(db_url=f"sqlite:///{copy}", torch_threads=None, preload=False)
+    url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}"
+    with TestClient(fresh) as c:
+        for q in ("", "?score=ln", "?split=heldout"):
+            first = html_ok(c.get(url + q))
+            again = html_ok(c.get(url + q))  # from the caches
+            assert again == first
+            assert again == html_ok(client.get(url + q))  # the module's long-lived app
+            assert c.get(url + ".json" + q).json() == client.get(url + ".json" + q).json()
+        con = sqlite3.connect(copy)
+        (pid,) = con.execute("SELECT p.id FROM pairs p JOIN neurons n ON n.id = p.neuron_id JOIN runs r "
+                             "ON r.id = n.run_id WHERE r.slug = ? AND n.layer = ? AND n.neuron = ? AND "
+                             "p.head_layer = ? AND p.head = ?", (TOPK_RUN, layer, neuron, hl, h)).fetchone()
+        con.execute("INSERT INTO explanations (pair_id, explainer, status, text, settings, n_pos, n_neg, "
+                    "n_unparsed, created_at) VALUES (?, 'late-explainer', 'ok', 'a late explanation', "
+                    "'{}', 0, 0, 0, '2026-12-01 00:00:00')", (pid,))
+        con.commit()
+        con.close()
+        assert "a late explanation" in html_ok(c.get(url))
