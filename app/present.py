@@ -198,43 +198,15 @@ def prompt_heat_html(prompts: list[dict], key: str, n_scored: int, n_heads: int,
     the head is active on that prompt). Rows come from ``cache`` when given."""
     if cache is None:
         return Markup("".join(_heat_row(p, key, n_scored, scale) for p in prompts))
-    return Markup("".join(cache.get(("heat", p["id"], p["act"], key, n_scored, scale),
+    return Markup("".join(cache.get_or_make(("heat", p["id"], p["act"], key, n_scored, scale),
                                     lambda p=p: _heat_row(p, key, n_scored, scale)) for p in prompts))
 
 
-class HtmlCache:
-    """Rendered HTML of stored prompts, by (what, prompt id, parameters). Stored prompts never
-    change while the server runs (the database is read-only to it and a run's rows are
-    written once), so a prompt's tokens and heatmap row are rendered once per scale. One
-    cache per app (prompt ids are unique within one database); thread-safe LRU."""
-
-    def __init__(self, maxsize: int = 8192):
-        from threading import Lock
-
-        from cachetools import LRUCache
-
-        self._cache: LRUCache = LRUCache(maxsize)
-        self._lock = Lock()
-
-    def get(self, key: tuple, make) -> str:
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is None:
-            hit = make()
-            with self._lock:
-                self._cache[key] = hit
-        return hit
-
-    def prompt_tokens(self, p: dict, scale: float) -> Markup:
-        """:func:`tokens_html` of a stored prompt (a ``prompt_dict``), max token marked."""
-        return Markup(self.get(("tokens", p["id"], p["act"], scale),
-                               lambda: str(tokens_html(p["tokens_escaped"], p["acts"], scale, mark=p["max_pos"],
-                                                       joined=p["tokens_joined"]))))
-
-
 class LockedLRU:
-    """A thread-safe LRU mapping (``get`` and item assignment), for what a page derives from
-    rows that never change while the server runs (see ``views._prompts_part``)."""
+    """A thread-safe LRU mapping of what pages derive from rows that never change while the
+    server runs (the database is read-only to it and those rows are written once): rendered
+    prompts, ``views._prompts_part``, rendered page sections. One per app (row ids are unique
+    within one database)."""
 
     def __init__(self, maxsize: int):
         from threading import Lock
@@ -252,15 +224,31 @@ class LockedLRU:
         with self._lock:
             self._cache[key] = value
 
-    def section(self, key, caller) -> Markup:
-        """A Jinja ``{% call %}`` block rendered once per ``key`` (None: not cached)."""
-        if key is None:
-            return Markup(caller())
+    def get_or_make(self, key, make):
+        """The value kept for ``key``, else ``make()`` (kept)."""
         hit = self.get(key)
         if hit is None:
-            hit = Markup(caller())
+            hit = make()
             self[key] = hit
         return hit
+
+    def section(self, key, caller) -> Markup:
+        """A Jinja ``{% call %}`` block rendered once per ``key`` (None: not kept)."""
+        return Markup(caller()) if key is None else self.get_or_make(key, lambda: Markup(caller()))
+
+
+class HtmlCache(LockedLRU):
+    """Rendered HTML of stored prompts, by (what, prompt id, parameters): a prompt's tokens and
+    heatmap row are rendered once per scale."""
+
+    def __init__(self, maxsize: int = 8192):
+        super().__init__(maxsize)
+
+    def prompt_tokens(self, p: dict, scale: float) -> Markup:
+        """:func:`tokens_html` of a stored prompt (a ``prompt_dict``), max token marked."""
+        return Markup(self.get_or_make(("tokens", p["id"], p["act"], scale),
+                                       lambda: str(tokens_html(p["tokens_escaped"], p["acts"], scale,
+                                                               mark=p["max_pos"], joined=p["tokens_joined"]))))
 
 
 # --- rows as dicts -------------------------------------------------------------------------------
