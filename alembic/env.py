@@ -1,9 +1,9 @@
-"""Alembic environment: migrations of the context-lookups schema (precompute/schema.py)."""
+"""Alembic environment: migrations of the context-lookups schema (precompute/store/schema.py)."""
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from precompute.schema import Base
+from precompute.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -2,9 +2,9 @@
 start, one worker thread (:mod:`app.engine`) runs every forward pass, a token cap, single-flight
 and an LRU cache of recent results.
 
-The science is precompute's: a live view is :func:`precompute.passes.clean_view` (activations,
+The science is precompute's: a live view is :func:`precompute.model.passes.clean_view` (activations,
 raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass)
-and, when heads are ablated, :func:`precompute.passes.ablated_view` — the functions the
+and, when heads are ablated, :func:`precompute.model.passes.ablated_view` — the functions the
 precompute job batches its passes through; architectures the fast path does not support use
 the reference functions :func:`precompute.attribution.attribute` and
 :func:`precompute.ablation.ablate`. Nothing here re-derives them: :func:`live_views` is the one
@@ -23,12 +23,18 @@ from functools import lru_cache
 
 from cachetools import LRUCache, cached
 
-from precompute.attribution import active_heads_of_run, head_label, parse_heads, scored_layers, upstream_attn_layers
+from precompute.attribution import (
+    active_heads_of_run,
+    head_label,
+    parse_heads,
+    scored_layers,
+    upstream_attn_layers,
+)
 from precompute.errors import LookupsError, ModelNotAvailable, PromptTooLong
-from precompute.hooks import fast_supported, length_batches
-from precompute.models import LoadedModel, load_model, resolve_device
-from precompute.schema import Neuron, Run
+from precompute.model.hooks import fast_supported, length_batches
+from precompute.model.loading import LoadedModel, load_model, resolve_device
 from precompute.settings import EMBEDDED_MODEL, Settings
+from precompute.store.schema import Neuron, Run
 from precompute.tokens import partial_tokens
 
 from .engine import Engine
@@ -333,7 +339,7 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
     positions = [p + 1 for p in pos]  # BOS at 0
     abl = [j for j, hs in enumerate(heads) if hs]
     if fast_supported(model):
-        from precompute.passes import ablated_view, clean_view
+        from precompute.model.passes import ablated_view, clean_view
 
         tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
         c = clean_view(model, rows, tgt, positions)
@@ -369,7 +375,7 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
 
 
 def _view(p, j: int, n_attn: int) -> dict:
-    """Row ``j`` of a :class:`precompute.passes.NeuronPass` as plain Python values."""
+    """Row ``j`` of a :class:`precompute.model.passes.NeuronPass` as plain Python values."""
     return {"acts": p.acts[j], "act": float(p.act[j]), "pre": float(p.pre[j]),
             "raw": p.raw[j, :n_attn].tolist(), "ln": p.ln[j, :n_attn].tolist(),
             "prob": float(p.prob[j]), "top": p.top[j]}

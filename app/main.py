@@ -1,6 +1,6 @@
 """The explorer's FastAPI application: ``create_app(db_url=...)``.
 
-The database is opened read-only (``precompute.db.open_reader``); the runs' models load in the
+The database is opened read-only (``precompute.store.db.open_reader``); the runs' models load in the
 background at start-up, on the live model thread (``app.live``, ``app.engine``; ``/healthz``). Domain errors become HTTP
 statuses here, as JSON for ``.json`` routes and API clients and as a readable page otherwise.
 """
@@ -20,8 +20,8 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from precompute.db import open_reader, sessions
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
+from precompute.store.db import open_reader, sessions
 
 from . import present, states, urls
 from .engine import LiveBusy

@@ -17,8 +17,18 @@ from precompute.ablation import METHODS as ABLATION_METHODS
 from precompute.ablation import ablation_table, pair_ablation_stats
 from precompute.errors import NotFound
 from precompute.report import comparison_table, explainers_of_run, score_table
-from precompute.schema import (Ablation, Classification, Document, Explanation, Neuron, Pair, Phase,
-                               Prompt, Run, TopActivation)
+from precompute.store.schema import (
+    Ablation,
+    Classification,
+    Document,
+    Explanation,
+    Neuron,
+    Pair,
+    Phase,
+    Prompt,
+    Run,
+    TopActivation,
+)
 
 logger = logging.getLogger(__name__)
 

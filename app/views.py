@@ -15,8 +15,19 @@ from . import queries as Q
 from . import states, urls
 from .imported import model_notice, top3_view
 from .live import Live, run_rules
-from .present import (ablation_dict, classification_dict, explanation_dict, mean_grid, neuron_dict,
-                      nice_scale, pair_dict, prompt_dict, run_dict, token_escaped, token_fields)
+from .present import (
+    ablation_dict,
+    classification_dict,
+    explanation_dict,
+    mean_grid,
+    neuron_dict,
+    nice_scale,
+    pair_dict,
+    prompt_dict,
+    run_dict,
+    token_escaped,
+    token_fields,
+)
 
 
 def home(s: Session) -> dict:

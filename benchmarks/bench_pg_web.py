@@ -30,8 +30,8 @@ def copy_database(src: str, dst: str) -> None:
     """Every row of ``src`` into a new database ``dst`` (migrated first), ids kept."""
     from sqlalchemy import insert, select
 
-    from precompute.db import connect, open_writer
-    from precompute.schema import Base
+    from precompute.store.db import connect, open_writer
+    from precompute.store.schema import Base
 
     source, target = connect(src), open_writer(dst)
     with source.connect() as s, target.begin() as t:

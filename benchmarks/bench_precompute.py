@@ -14,7 +14,7 @@ interleaved, best of ``--repeats``:
    ``attribute`` of the prompts kept) against the job's ``compute_prompts`` (``trim_many`` +
    ``batched_pass`` across neurons), checking that both keep the same prompts and starts; and
    the searches run to the end without the job's early stop.
-3. Live pass: ``precompute.passes.clean_view`` of one ~64-token prompt against the former live
+3. Live pass: ``precompute.model.passes.clean_view`` of one ~64-token prompt against the former live
    computation (bridge ``attribute`` + ``ablate``) and the bare forward of the same prompt.
 4. Extrapolation to the paper's setting (pile-10k: ~10k documents x 1,024 tokens, layers 9-11,
    20 + 20 neurons per layer, top 20 of two splits) from the measured rates.
@@ -40,7 +40,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from precompute.corpus import load_corpus  # noqa: E402
-from precompute.models import load_model  # noqa: E402
+from precompute.model.loading import load_model  # noqa: E402
 from precompute.next_token import default_layers  # noqa: E402
 from precompute.scan import pad, scan, tokenize_batch  # noqa: E402
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
@@ -127,7 +127,7 @@ def vm_hwm_kb(pid: int | str) -> int:
 
 def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
-            f"import benchmarks.bench_precompute as b; from precompute.models import load_model;"
+            f"import benchmarks.bench_precompute as b; from precompute.model.loading import load_model;"
             f"from precompute.scan import scan; from precompute.next_token import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx});"
@@ -144,13 +144,13 @@ def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, floa
     """Seconds per (neuron, split) of trimming + attribution, as the job runs that phase: the
     former per-neuron bridge code (one bridge pass per bisection step and neuron, prompts of
     max_prompt_tokens or more dropped, bridge ``attribute`` of the rest) against the job's own
-    :func:`precompute.pipeline.compute_prompts` (every neuron's searches in one lockstep, one
+    :func:`precompute.job.pipeline.compute_prompts` (every neuron's searches in one lockstep, one
     layer a pass, batches cut to minimise padding, early stop of prompts that will be dropped,
     ``batched_pass``). Also the searches run to the end (no early stop), as the former code did.
     Returns (former, job) seconds per neuron and split."""
     from precompute.attribution import attribute
-    from precompute.passes import batched_pass
-    from precompute.pipeline import PromptsJob, Top, compute_prompts
+    from precompute.model.passes import batched_pass
+    from precompute.job.pipeline import PromptsJob, Top, compute_prompts
     from precompute.scan import TrimTask, trim_many
     from precompute.settings import Settings
     from tests.test_fast_path import reference_trim
@@ -216,7 +216,7 @@ def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, floa
 def bench_live(model, hf, repeats: int) -> None:
     from precompute.ablation import ablate
     from precompute.attribution import attribute
-    from precompute.passes import ablated_view, clean_view
+    from precompute.model.passes import ablated_view, clean_view
 
     text = ("The history of the city goes back to the Roman period, when a small fort was built on the "
             "hill above the river. In the middle ages the town grew around the market and the church")

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from precompute.corpus import load_corpus  # noqa: E402
-from precompute.distributed import LocalExecutor, RayExecutor  # noqa: E402
-from precompute.models import load_model  # noqa: E402
+from precompute.job.distributed import LocalExecutor, RayExecutor  # noqa: E402
+from precompute.model.loading import load_model  # noqa: E402
 from precompute.next_token import default_layers  # noqa: E402
 from precompute.scan import pad, tokenize_batch  # noqa: E402
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402

@@ -51,8 +51,8 @@ def flops_per_token(m: dict, logits: bool = False) -> float:
 def measure(url: str) -> dict:
     """Bytes per row of each table (indexes included) and the prompts' JSON bytes per token and
     per head, on the run's own backend."""
-    from precompute.db import connect
-    from precompute.schema import Base, Neuron, Pair, Phase, Prompt, Run
+    from precompute.store.db import connect
+    from precompute.store.schema import Base, Neuron, Pair, Phase, Prompt, Run
 
     engine = connect(url)
     out: dict = {"backend": engine.dialect.name, "tables": {}}

@@ -25,13 +25,13 @@ from sqlalchemy.orm import Session
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .attribution import head_label
-from .errors import NotFound
-from .models import LoadedModel
-from .hooks import batches, fast_supported, hook_post, hook_v, pad, tokenize_batch  # noqa: F401
-from .schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
-from .settings import Settings
-from .store import is_done, unit_of_work
+from precompute.attribution import head_label
+from precompute.errors import NotFound
+from precompute.model.hooks import batches, fast_supported, hook_post, hook_v, pad, tokenize_batch  # noqa: F401
+from precompute.model.loading import LoadedModel
+from precompute.settings import Settings
+from precompute.store.runs import is_done, unit_of_work
+from precompute.store.schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
@@ -205,13 +205,13 @@ def ablate_fast(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, n
                 token_id: int, heads: Sequence[tuple[int, int]], *, method: str = "zero",
                 mean_v: dict[int, Tensor] | None = None,
                 positions: Sequence[int] | None = None) -> AblationResult:
-    """:func:`ablate` on the fast path (:func:`precompute.passes.clean_view` and
-    :func:`~precompute.passes.ablated_view`: logits at the target positions only); the bridge
+    """:func:`ablate` on the fast path (:func:`precompute.model.passes.clean_view` and
+    :func:`~precompute.model.passes.ablated_view`: logits at the target positions only); the bridge
     (:func:`ablate`) where the architecture is not supported. Same arguments and errors."""
     if not fast_supported(model):
         return ablate(model, rows, layer, neuron, token_id, heads, method=method, mean_v=mean_v,
                       positions=positions)
-    from .passes import neuron_pass
+    from precompute.model.passes import neuron_pass
 
     heads = [(int(k), int(h)) for k, h in heads]
     for k, h in heads:
@@ -296,14 +296,14 @@ def ablation_values(model: LoadedModel, job: AblationJob) -> dict[str, list[floa
 def run_ablations(Session, run_id: int, model: LoadedModel, settings, *, executor=None) -> dict:
     """§6 for every kept pair of the run (next-token and random neurons): ablate the pair's head
     on up to ``settings.heldout_per_pair`` held-out prompts of its neuron (top by rank), one
-    batch per pair, and store an :class:`~precompute.schema.Ablation` row per prompt.
+    batch per pair, and store an :class:`~precompute.store.schema.Ablation` row per prompt.
 
     ``executor`` (``distributed``; default this process) runs the forward passes; this
     function alone writes. Resumable and idempotent: one unit of work ``ablation:{method}:
     {pair_id}`` per pair; done pairs are skipped. Returns ``{"pairs": done now, "prompts": rows
     written}``.
     """
-    from .distributed import LocalExecutor
+    from precompute.job.distributed import LocalExecutor
 
     method = settings.ablation
     if method == "none":

@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .models import LoadedModel
-from .scan import hook_post, hook_pre, pad, run_hooks
+from precompute.model.loading import LoadedModel
+from precompute.scan import hook_post, hook_pre, pad, run_hooks
 
 
 def head_label(layer: int, head: int) -> str:

@@ -16,9 +16,9 @@ import typing
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import LookupsError
-from .redact import RedactingFilter
-from .settings import Settings
+from precompute.errors import LookupsError
+from precompute.redact import RedactingFilter
+from precompute.settings import Settings
 
 logger = logging.getLogger("lookups")
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = N
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "datasets", "filelock", "urllib3", "transformers", "huggingface_hub",
-                  "alembic"):  # alembic: precompute.db logs the one line that matters
+                  "alembic"):  # alembic: precompute.store.db logs the one line that matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for h in logging.getLogger().handlers:  # no API key reaches a log line (an endpoint may echo it)
         h.addFilter(RedactingFilter())
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = N
         for line in validation_lines(exc):
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (SQLAlchemyError, sqlite3.Error) as exc:  # those precompute.db has not translated
-        from .db import database_error
+    except (SQLAlchemyError, sqlite3.Error) as exc:  # those precompute.store.db has not translated
+        from precompute.store.db import database_error
         print(f"error: {database_error(getattr(ns, 'db_url', None), exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (FileNotFoundError, ValueError) as exc:
@@ -155,7 +155,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     if ns.command == "precompute":
-        from .pipeline import run_precompute
+        from precompute.job.pipeline import run_precompute
         s = _settings(ns)
         summary = run_precompute(s)
         print(json.dumps(summary, indent=2, default=str))
@@ -164,13 +164,13 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "explain":
         return explain_command(_settings(ns))
     if ns.command == "import-paper":
-        from .import_paper import import_command
+        from precompute.paper.importer import import_command
         return import_command(ns.path, ns.db_url or Settings().db_url)
     if ns.command == "db":
-        from .db import current_revision, open_writer
+        from precompute.store.db import current_revision, open_writer
         url = ns.db_url or Settings().db_url
         if ns.action == "metadata":
-            from .metadata import datasette_metadata
+            from precompute.store.metadata import datasette_metadata
             text = json.dumps(datasette_metadata(url), indent=2, ensure_ascii=False) + "\n"
             if ns.output:
                 with open(ns.output, "w", encoding="utf-8") as fh:
@@ -185,7 +185,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
             engine = open_writer(url)
             print(f"{url}: schema at revision {current_revision(engine)}")
         else:
-            from .db import connect
+            from precompute.store.db import connect
             print(current_revision(connect(url)))
         return 0
     raise AssertionError(ns.command)
@@ -212,11 +212,17 @@ def explain_command(settings: Settings) -> int:
 
     from sqlalchemy.engine import make_url
 
-    from .db import open_writer, sessions
-    from .explain import run_explanations
-    from .explainers import explainer_name
-    from .report import (comparison_table, explainers_of_run, find_run, format_comparison, format_table,
-                         score_table)
+    from precompute.explain import run_explanations
+    from precompute.explainers import explainer_name
+    from precompute.report import (
+        comparison_table,
+        explainers_of_run,
+        find_run,
+        format_comparison,
+        format_table,
+        score_table,
+    )
+    from precompute.store.db import open_writer, sessions
 
     name = explainer_name(settings)
     url = make_url(settings.db_url)

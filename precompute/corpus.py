@@ -15,7 +15,7 @@ import logging
 import os
 from contextlib import contextmanager
 
-from .errors import DatasetNotAvailable
+from precompute.errors import DatasetNotAvailable
 
 logger = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from .explainers import BASELINE, Example, PairResult, PairTask, explainer_name, parse_answer
-from .schema import Classification, Explanation, Neuron, Pair, Prompt, Run
-from .scoring import explanation_score
-from .store import now
+from precompute.explainers import BASELINE, Example, PairResult, PairTask, explainer_name, parse_answer
+from precompute.scoring import explanation_score
+from precompute.store.runs import now
+from precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
                                task.neuron_id, exp.error)
 
         if name == BASELINE:
-            from .explainers.baseline import explain_pair
+            from precompute.explainers.baseline import explain_pair
 
             for t in tqdm(tasks, desc="explain baseline", unit="pair", dynamic_ncols=True):
                 try:
@@ -152,7 +152,7 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
                 result.settings = {**result.settings, "heldout_per_pair": settings.heldout_per_pair}
                 on_result(t, result)
         elif tasks:
-            from .explainers.llm import run_llm
+            from precompute.explainers.llm import run_llm
 
             out.update(run_llm(s, tasks, settings, on_result))
         out["best_scores"] = update_best_scores(s, run_id=run_id)

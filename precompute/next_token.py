@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import BadSettings
+from precompute.errors import BadSettings
 
 
 @dataclass

@@ -12,9 +12,19 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .hooks import batches, capture, fast_model, fast_supported, hook_post, pad, run_hooks, tokenize_batch
-from .hooks import hook_pre, length_batches  # noqa: F401  (re-exported: former home of the helpers)
-from .models import LoadedModel
+from precompute.model.hooks import (  # noqa: F401  (re-exported: former home of the helpers)
+    batches,
+    capture,
+    fast_model,
+    fast_supported,
+    hook_post,
+    hook_pre,
+    length_batches,
+    pad,
+    run_hooks,
+    tokenize_batch,
+)
+from precompute.model.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +220,7 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
     then a start that keeps the ratio but not necessarily the latest, and its prompt is at
     least ``max_len`` tokens long.
     """
-    from .passes import target_acts
+    from precompute.model.passes import target_acts
 
     bos = model.bos_token_id
     full = [list(t.row[:t.max_position + 1]) for t in tasks]

@@ -385,7 +385,7 @@ def card() -> None:
 
 A small GPT-2-architecture language model that context-lookups trains itself, so that the
 explorer runs where no weights can be downloaded. It is a standard Hugging Face
-`GPT2LMHeadModel` directory and is loaded by `precompute.models.load_model` exactly like `gpt2`.
+`GPT2LMHeadModel` directory and is loaded by `precompute.model.loading.load_model` exactly like `gpt2`.
 Reproduce it with `python scripts/build_embedded.py all` (see that script's docstring).
 
 ## Data

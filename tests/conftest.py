@@ -19,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
 
+# Fixture modules: the web database and loopback server, PostgreSQL, Chromium.
+pytest_plugins = ["tests.web_fixtures", "tests.pgserver", "tests.browser_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -56,7 +59,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from precompute.models import load_model
+    from precompute.model.loading import load_model
 
     return load_model(str(tiny_model_dir))
 
@@ -98,7 +101,7 @@ def small_settings(db_path: Path, model_dir: Path, corpus_dir: Path, **over) -> 
 def precomputed_db(tmp_path_factory, tiny_model_dir, tiny_model, small_corpus_dir) -> Path:
     """A real SQLite database written by the real precompute job on the small configuration,
     once per test session. Tests must not write to it (copy it first)."""
-    from precompute.pipeline import run_precompute
+    from precompute.job.pipeline import run_precompute
 
     db = tmp_path_factory.mktemp("db") / "lookups.db"
     run_precompute(small_settings(db, tiny_model_dir, small_corpus_dir), model=tiny_model)

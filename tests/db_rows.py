@@ -13,9 +13,20 @@ import json
 
 from sqlalchemy import create_engine, select
 
-from precompute.db import parse_url
-from precompute.schema import (Ablation, Classification, Document, Explanation, LLMCall, Neuron, Pair,
-                               Phase, Prompt, Run, TopActivation)
+from precompute.store.db import parse_url
+from precompute.store.schema import (
+    Ablation,
+    Classification,
+    Document,
+    Explanation,
+    LLMCall,
+    Neuron,
+    Pair,
+    Phase,
+    Prompt,
+    Run,
+    TopActivation,
+)
 
 TIMING = {"seconds", "finished_at", "started_at", "created_at", "scan_seconds", "tokens_per_s",
           "wall_seconds_this_invocation", "phase_seconds"}

@@ -12,13 +12,19 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from precompute.ablation import (ablate, ablation_hooks, ablation_table, mean_values,
-                                 pair_ablation_stats, run_ablations, stored_mean_values)
+from precompute.ablation import (
+    ablate,
+    ablation_hooks,
+    ablation_table,
+    mean_values,
+    pair_ablation_stats,
+    run_ablations,
+    stored_mean_values,
+)
 from precompute.attribution import attribute
-from precompute.db import open_writer, sessions
 from precompute.errors import NotFound
 from precompute.scan import tokenize_batch
-
+from precompute.store.db import open_writer, sessions
 from tests.conftest import small_settings
 
 TEXTS = ["The cat sat on the mat and looked at the door.",

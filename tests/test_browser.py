@@ -5,69 +5,18 @@ and no request leaving localhost. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.web_fixtures import TOPK_RUN, Server, one, rows, web_db  # noqa: F401  (fixture)
+from tests.browser_fixtures import shot
+from tests.web_fixtures import TOPK_RUN, one
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
 @pytest.fixture(scope="module")
-def server(web_db, tiny_model_dir):  # noqa: F811
-    from app.main import create_app
-
-    over = {"torch_threads": None}  # leave torch's global thread count to the rest of the suite
-    if os.environ.get("LOOKUPS_TEST_WEB_DB"):
-        over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
-    with Server(create_app(db_url=f"sqlite:///{web_db}", **over)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
-    pg = ctx.new_page()
-    pg.requests, pg.errors = [], []
-    pg.on("request", lambda r: pg.requests.append(r.url))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.set_default_timeout(60_000)  # a live pass on a busy 2-core machine can take seconds
-    yield pg
-    hosts = {urlsplit(u).hostname for u in pg.requests if not u.startswith(("data:", "about:"))}
-    assert hosts <= {"127.0.0.1", "localhost"}, f"requests left localhost: {hosts}"
-    assert pg.errors == [], pg.errors
-    ctx.close()
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
-@pytest.fixture(scope="module")
-def kept(web_db):  # noqa: F811
+def kept(web_db):
     return one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p JOIN neurons n ON "
                "n.id = p.neuron_id JOIN runs r ON r.id = p.run_id JOIN explanations e ON e.pair_id = p.id "
                "WHERE r.slug = ? AND p.kept AND e.status = 'ok' ORDER BY p.id LIMIT 1", TOPK_RUN)
@@ -151,7 +100,7 @@ def test_neuron_page_live_and_ablation(page, server, kept):
     assert n_tok > 0 and page.locator("#live .live-tokens button.tok:disabled").count() == n_tok
 
 
-def test_unselected_neuron_pair_head_and_api_docs(page, server, web_db, kept):  # noqa: F811
+def test_unselected_neuron_pair_head_and_api_docs(page, server, web_db, kept):
     layer, neuron, hl, h = kept
     page.goto(server.url + f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}")
     page.wait_for_selector("blockquote")
@@ -172,3 +121,66 @@ def test_unselected_neuron_pair_head_and_api_docs(page, server, web_db, kept):  
     page.goto(server.url + "/docs")
     page.wait_for_selector(".swagger-ui .opblock", timeout=60_000)
     shot(page, "docs.png")
+
+
+# --- what a new user sees first: byte tokens, the neuron list, the histogram legend ---------
+
+def test_byte_tokens_render_as_escapes(page, server, web_db):
+    layer, neuron = one(web_db, "SELECT n.layer, n.neuron FROM neurons n JOIN runs r ON r.id = n.run_id "
+                        "WHERE r.slug = ? AND n.token LIKE ? ORDER BY n.neuron LIMIT 1", TOPK_RUN, "%\ufffd%")
+    page.goto(server.url + f"/{TOPK_RUN}/neurons/{layer}/{neuron}")
+    assert re.search(r"\\x[0-9a-f]{2}", page.inner_text("code.tok.big"))
+    assert "\ufffd" not in page.inner_text("main")
+    page.fill("#live-prompt", "It costs 5 € today")
+    page.click("#live-form button[type=submit]")
+    page.wait_for_selector("#live .live-tokens .tok.bytes")
+    byte_toks = page.locator("#live .live-tokens .tok.bytes")
+    assert "".join(byte_toks.all_inner_texts()).replace(" ", "") == "\\xe2\\x82\\xac"
+    assert all("€" in (t.get_attribute("title") or "") for t in byte_toks.all())  # decoded text in the tooltip
+    assert "\ufffd" not in page.inner_text("main")
+    shot(page, "byte-tokens.png")
+    page.goto(server.url + f"/{TOPK_RUN}/neurons?kind=all&layer={layer}&per_page=500")
+    cells = page.locator("table.list code.tok").all_inner_texts()
+    assert any(re.search(r"\\x[0-9a-f]{2}", c) for c in cells) and not any("\ufffd" in c for c in cells)
+
+
+def test_neuron_list_opens_on_analysed_neurons(page, server):
+    page.goto(server.url + f"/{TOPK_RUN}/neurons")
+    kinds = page.locator("table.list tbody .badge").all_inner_texts()
+    assert kinds and kinds[0] == "next-token" and "other" not in kinds
+    assert kinds == sorted(kinds, key=["next-token", "random"].index)
+    shot(page, "neurons-default.png")
+    page.click("#kind-switch")
+    page.wait_for_url(re.compile(rf"/{TOPK_RUN}/neurons\?kind=all$"))
+    assert "other" in page.locator("table.list tbody .badge").all_inner_texts()
+    page.click("#kind-switch")  # and back to the default view
+    page.wait_for_url(re.compile(rf"/{TOPK_RUN}/neurons$"))
+
+
+OVERLAPS = """() => [...document.querySelectorAll('svg.hist')].flatMap(svg => {
+        const box = e => e.getBoundingClientRect();
+        const bars = [...svg.querySelectorAll(':scope > rect')].map(box).filter(b => b.height > 0);
+        const keys = [...svg.querySelectorAll('text')].filter(t => t.textContent.includes('(n='))
+            .map(t => t.closest('g.hist-key') || t).map(box);  // a key: its swatch and label
+        const frame = box(svg);
+        const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        return keys.flatMap((k, i) => [
+            ...bars.filter(b => hit(k, b)).map(() => 'key ' + i + ' over a bar'),
+            ...(k.right > frame.right + 0.5 || k.bottom > frame.bottom + 0.5 ? ['key ' + i + ' outside'] : []),
+            ...keys.slice(i + 1).filter(o => hit(k, o)).map(() => 'keys overlap')]);
+    })"""
+
+
+def test_histogram_legend_clear_of_bars(page, server):
+    from app.present import histogram_svg
+
+    page.goto(server.url + "/")
+    page.wait_for_selector("svg.hist")
+    assert page.locator("svg.hist text", has_text="(n=").count() >= 2
+    assert page.evaluate(OVERLAPS) == []
+    shot(page, "histogram.png")
+    # good explanations pile up at the right end, where the legend used to sit
+    high = {"next_token": [0.95] * 12 + [0.85] * 6, "random": [0.92] * 9 + [0.5] * 3, "other": [0.99] * 5}
+    page.set_content(f'<!doctype html><link rel="stylesheet" href="{server.url}/static/style.css">'
+                     f"<body>{histogram_svg(high)}</body>", wait_until="load")
+    assert page.evaluate(OVERLAPS) == []

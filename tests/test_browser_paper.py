@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser_fixtures import shot
 from tests.paper_data import build_paper_web_db, require_sample
-from tests.test_browser import ARTIFACTS, browser, page, shot  # noqa: F401  (fixtures)
 from tests.web_fixtures import Server
 
 pytestmark = pytest.mark.browser
@@ -24,7 +24,7 @@ def server(tmp_path_factory, precomputed_db):
         yield srv
 
 
-def test_imported_neuron_and_pair_pages(page, server):  # noqa: F811
+def test_imported_neuron_and_pair_pages(page, server):
     page.goto(server.url + "/gpt2-small/neurons/9/1690")
     notice = page.locator(".model-missing")
     assert notice.count() == 1 and "gpt2" in notice.inner_text()
@@ -44,7 +44,7 @@ def test_imported_neuron_and_pair_pages(page, server):  # noqa: F811
     shot(page, "paper-pair.png")
 
 
-def test_compare_page(page, server):  # noqa: F811
+def test_compare_page(page, server):
     page.goto(server.url + "/")
     page.click("a.compare-link")
     page.wait_for_selector("svg.overlay")

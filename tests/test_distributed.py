@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from precompute.cli import main as cli_main
-from precompute.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
+from precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
 from precompute.scan import scan
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows, first_difference
@@ -75,7 +75,7 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_run_equals_single_process_run(ray_cluster, tmp_path, precomputed_db, tiny_model_dir,
                                            small_corpus_dir, tiny_model):
-    from precompute.pipeline import run_precompute
+    from precompute.job.pipeline import run_precompute
 
     db = tmp_path / "ray.db"
     settings = small_settings(db, tiny_model_dir, small_corpus_dir, ray="local", ray_workers=2)
@@ -87,7 +87,7 @@ def test_ray_run_equals_single_process_run(ray_cluster, tmp_path, precomputed_db
 
 @pytest.mark.slow
 def test_killed_worker_task_is_retried(ray_cluster, tiny_model_dir):
-    from precompute.distributed import RayExecutor
+    from precompute.job.distributed import RayExecutor
 
     def pid(model, job):
         return os.getpid()

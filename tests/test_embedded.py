@@ -12,7 +12,7 @@ import torch
 
 from precompute.corpus import load_corpus
 from precompute.errors import ModelNotAvailable
-from precompute.models import load_model
+from precompute.model.loading import load_model
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL
 
 # Stated bound on held-out loss (nats/token) over the first 64 documents of the held-out scan

@@ -18,15 +18,15 @@ from scipy import stats
 from sqlalchemy import select
 
 from precompute.cli import main as cli_main
-from precompute.db import open_writer, sessions
 from precompute.explain import load_tasks, run_explanations, store_result
+from precompute.explainers import Example, PairTask, explainer_name, parse_answer
+from precompute.explainers.baseline import best_threshold, explain_pair, features, fit, log_odds_z
 from precompute.report import find_run, score_table
 from precompute.scoring import describe as _describe
 from precompute.scoring import explanation_score
-from precompute.explainers import Example, PairTask, explainer_name, parse_answer
-from precompute.explainers.baseline import best_threshold, explain_pair, features, fit, log_odds_z
-from precompute.schema import Classification, Explanation, Neuron, Pair, Prompt
 from precompute.settings import Settings
+from precompute.store.db import open_writer, sessions
+from precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt
 
 
 def relabel_topk(db: Path, k: int = 3) -> int:

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from precompute.db import open_writer, sessions
 from precompute.errors import BadSettings
 from precompute.explain import run_explanations
-from precompute.report import find_run, score_table
 from precompute.explainers.llm import CLASSIFIER_TEMPLATE, EXPLANATION_TEMPLATE, request_hash
-from precompute.schema import Classification, Explanation, LLMCall
+from precompute.report import find_run, score_table
 from precompute.settings import Settings
+from precompute.store.db import open_writer, sessions
+from precompute.store.schema import Classification, Explanation, LLMCall
 
 try:  # tests/ is a package
     from tests.test_explain import fresh_copy

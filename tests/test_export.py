@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.web_fixtures import FEW_RUN, TOPK_RUN, one, rows, web_db  # noqa: F401  (fixture)
+from tests.web_fixtures import FEW_RUN, TOPK_RUN, one, rows
 
 
 def make_client(db, tiny_model_dir):
@@ -25,7 +25,7 @@ def make_client(db, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def client(web_db, tiny_model_dir):  # noqa: F811
+def client(web_db, tiny_model_dir):
     with make_client(web_db, tiny_model_dir) as c:
         yield c
 
@@ -52,7 +52,7 @@ def same_rows(csv_rows: list[dict], json_rows: list[dict]) -> None:
 
 # --- item 10: the neuron list's first view ----------------------------------------------------------
 
-def test_neuron_list_leads_with_analysed_neurons(client, web_db):  # noqa: F811
+def test_neuron_list_leads_with_analysed_neurons(client, web_db):
     d = client.get(f"/{TOPK_RUN}/neurons.json", params={"per_page": 500}).json()
     kinds = [n["kind"] for n in d["neurons"]]
     assert "other" not in kinds and kinds == sorted(kinds, key=["next_token", "random"].index)
@@ -72,7 +72,7 @@ def test_neuron_list_leads_with_analysed_neurons(client, web_db):  # noqa: F811
 
 # --- item 9: byte tokens -----------------------------------------------------------------------
 
-def test_byte_tokens_are_escaped_in_html_and_json(client, web_db):  # noqa: F811
+def test_byte_tokens_are_escaped_in_html_and_json(client, web_db):
     layer, neuron, token = one(web_db, "SELECT n.layer, n.neuron, n.token FROM neurons n JOIN runs r ON "
                                "r.id = n.run_id WHERE r.slug = ? AND n.token LIKE ? ORDER BY n.neuron LIMIT 1",
                                TOPK_RUN, "%\ufffd%")
@@ -100,7 +100,7 @@ def pair_of(db, run: str, kept: bool):
                "ORDER BY p.id LIMIT 1", run, int(kept))
 
 
-def test_pair_states_done_and_not_applicable(client, web_db):  # noqa: F811
+def test_pair_states_done_and_not_applicable(client, web_db):
     layer, neuron, hl, h, _ = pair_of(web_db, TOPK_RUN, True)
     st = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}.json").json()["state"]
     assert st["explanation"]["state"] == st["ablation"]["state"] == "done" and st["kept_reason"] is None
@@ -113,7 +113,7 @@ def test_pair_states_done_and_not_applicable(client, web_db):  # noqa: F811
     assert "Ablation not applicable (only kept pairs are ablated" in html and "not computed" not in html
 
 
-def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):  # noqa: F811
+def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):
     stored = json.loads(one(web_db, "SELECT settings FROM runs WHERE slug = ?", FEW_RUN)[0])
     need = stored["pair_min_prompts"]
     assert one(web_db, "SELECT count(*) FROM pairs p JOIN runs r ON r.id = p.run_id WHERE r.slug = ? "
@@ -131,11 +131,11 @@ def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):  # 
     assert "fewer than the" in st["kept_reason"] and st["explanation"]["state"] == "not_applicable"
 
 
-def test_pair_states_skipped_and_not_computed(tmp_path, web_db, tiny_model, tiny_model_dir):  # noqa: F811
+def test_pair_states_skipped_and_not_computed(tmp_path, web_db, tiny_model, tiny_model_dir):
     """A kept pair whose neuron has no held-out prompt is ablated on nothing: "skipped"; a kept
     pair whose ablation has not run: "not computed"."""
     from precompute.ablation import run_ablations
-    from precompute.db import open_writer, sessions
+    from precompute.store.db import open_writer, sessions
     from tests.conftest import small_settings
 
     db = tmp_path / "states.db"
@@ -188,7 +188,7 @@ def test_neuron_list_csv_has_the_json_rows(client, params):
     assert f'href="{j["links"]["csv"]}"'.replace("&", "&amp;") in html
 
 
-def test_head_and_pair_list_csv_have_the_json_rows(client, web_db):  # noqa: F811
+def test_head_and_pair_list_csv_have_the_json_rows(client, web_db):
     _, _, hl, h, _ = pair_of(web_db, TOPK_RUN, True)
     for params in ({}, {"order": "fraction", "kept": "true"}):
         j = client.get(f"/{TOPK_RUN}/heads/{hl}/{h}.json", params=params).json()
@@ -211,9 +211,9 @@ def test_head_and_pair_list_csv_have_the_json_rows(client, web_db):  # noqa: F81
                                                      params={"min_score": 0.5}).json()["pairs"])
 
 
-def test_db_metadata_describes_every_table_and_column(tmp_path, web_db):  # noqa: F811
+def test_db_metadata_describes_every_table_and_column(tmp_path, web_db):
     from precompute.cli import main as cli_main
-    from precompute.schema import Base
+    from precompute.store.schema import Base
 
     out = tmp_path / "metadata.json"
     assert cli_main(["db", "metadata", "--db", f"sqlite:///{web_db}", "-o", str(out)]) == 0

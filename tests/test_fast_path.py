@@ -12,9 +12,9 @@ import torch
 
 from precompute.ablation import ablate, ablate_fast
 from precompute.attribution import active_heads_of_run, attribute, scored_layers, upstream_attn_layers
-from precompute.hooks import length_batches, pad, run_hooks
-from precompute.models import resolve_device, resolve_dtype
-from precompute.passes import ablated_view, batched_pass, clean_view, neuron_pass
+from precompute.model.hooks import length_batches, pad, run_hooks
+from precompute.model.loading import resolve_device, resolve_dtype
+from precompute.model.passes import ablated_view, batched_pass, clean_view, neuron_pass
 from precompute.scan import ScanResult, TopK, doc_maxima, neuron_acts, scan, tokenize_batch
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
@@ -34,7 +34,7 @@ def close(got, ref, rel=1e-5, scale=None):
 
 @pytest.fixture(scope="module")
 def embedded():
-    from precompute.models import load_model
+    from precompute.model.loading import load_model
 
     return load_model()
 
@@ -269,7 +269,7 @@ def test_device_and_dtype_resolution():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_pass_equals_cpu(tiny_model_dir, tiny_model):
-    from precompute.models import load_model
+    from precompute.model.loading import load_model
 
     gpu = load_model(str(tiny_model_dir), device="cuda")
     rows, targets = _rows(gpu), [(1, 5, 42)] * 4

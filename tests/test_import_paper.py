@@ -14,9 +14,9 @@ import pytest
 from scipy import stats
 
 from precompute.cli import main as cli_main
-from precompute.db import open_writer, sessions
-from precompute.import_paper import EXPLAINER, words
+from precompute.paper.importer import EXPLAINER, words
 from precompute.report import comparison_table, find_run, score_table
+from precompute.store.db import open_writer, sessions
 
 from .paper_data import import_sample, require_sample
 

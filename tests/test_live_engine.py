@@ -13,10 +13,10 @@ import httpx
 import pytest
 import torch
 
-from tests.web_fixtures import TOPK_RUN, Server, one, rows, web_db  # noqa: F401  (fixture)
+from tests.web_fixtures import TOPK_RUN, Server, rows
 
 
-def make_app(web_db, tiny_model_dir, **over):  # noqa: F811
+def make_app(web_db, tiny_model_dir, **over):
     from app.main import create_app
 
     over.setdefault("torch_threads", None)
@@ -34,12 +34,12 @@ def wait_ready(base: str, timeout: float = 120) -> dict:
     raise AssertionError("the models did not load")
 
 
-def neurons(db, n: int):  # noqa: F811
+def neurons(db, n: int):
     return rows(db, "SELECT n.layer, n.neuron, n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id "
                 "WHERE r.slug = ? AND n.kind != 'other' ORDER BY n.layer, n.neuron LIMIT ?", TOPK_RUN, n)
 
 
-def test_models_load_in_the_background_and_healthz_says_when(web_db, tiny_model_dir):  # noqa: F811
+def test_models_load_in_the_background_and_healthz_says_when(web_db, tiny_model_dir):
     app = make_app(web_db, tiny_model_dir)
     with Server(app) as srv:
         h = httpx.get(srv.url + "/healthz").json()  # answers at once, loaded or not
@@ -55,7 +55,7 @@ def test_models_load_in_the_background_and_healthz_says_when(web_db, tiny_model_
         assert h["models"][TOPK_RUN].startswith("failed")
 
 
-def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):  # noqa: F811
+def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
     """60 live requests wait on a blocked model thread; a plain page still answers, and every
     live request completes once the model is free. (Handlers that blocked a worker thread per
     live request would exhaust the 40-thread pool and the page would time out.)"""
@@ -88,7 +88,7 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir): 
         assert stats["batched"] >= 60
 
 
-def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model):  # noqa: F811
+def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model):
     """Queued requests for several neurons, some with heads ablated, run as one batch; each
     result equals precompute's reference attribute()/ablate() on that prompt alone."""
     from precompute.ablation import ablate
@@ -132,7 +132,7 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
             assert live["ablation"] is None
 
 
-def test_device_and_dtype_settings(web_db, tiny_model_dir, capsys):  # noqa: F811
+def test_device_and_dtype_settings(web_db, tiny_model_dir, capsys):
     from fastapi.testclient import TestClient
 
     from app.cli import main

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_tiny_model_dir
-from tests.web_fixtures import TOPK_RUN, one, rows, web_db  # noqa: F401  (fixture)
+from tests.web_fixtures import TOPK_RUN, one, rows
 
 N_CTX = 1024
 # Markup per token (a button with its colour, title and escaped text), counted twice since an
@@ -24,7 +24,7 @@ PER_BYTE = 30
 
 
 @pytest.fixture(scope="module")
-def client(web_db, tmp_path_factory):  # noqa: F811
+def client(web_db, tmp_path_factory):
     from app.main import create_app
 
     model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-long"), n_positions=N_CTX)
@@ -35,7 +35,7 @@ def client(web_db, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def base(web_db):  # noqa: F811
+def base(web_db):
     r = one(web_db, "SELECT n.layer, n.neuron FROM neurons n JOIN runs r ON r.id = n.run_id "
             "WHERE r.slug = ? AND n.kind = 'next_token' ORDER BY n.layer, n.neuron LIMIT 1", TOPK_RUN)
     return f"/{TOPK_RUN}/neurons/{r[0]}/{r[1]}"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from precompute.db import _alembic_config, open_writer
-from precompute.schema import Base
+from alembic import command
+from precompute.store.db import _alembic_config, open_writer
+from precompute.store.schema import Base
 
 
 def test_upgrade_from_0001_keeps_rows_and_matches_the_schema(tmp_path):

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from precompute.attribution import active_heads, attribute, parse_heads, scored_layers, upstream_attn_layers
-from precompute.next_token import (congruence, default_layers, layer_congruences,
-                                   sample_random_neurons, select_next_token_neurons, token_allowed)
+from precompute.next_token import (
+    congruence,
+    default_layers,
+    layer_congruences,
+    sample_random_neurons,
+    select_next_token_neurons,
+    token_allowed,
+)
 from precompute.scan import TopK, neuron_acts, scan, tokenize_batch, trim
 
 

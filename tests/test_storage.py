@@ -15,7 +15,6 @@ from sqlalchemy import select, text, update
 from precompute.cli import main as cli_main
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows, first_difference
-from tests.pgserver import db_url, pg_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -27,7 +26,7 @@ def stored_url(request, tmp_path_factory, precomputed_db, tiny_model_dir, tiny_m
         db = tmp_path_factory.mktemp("stored") / "copy.db"
         shutil.copy(precomputed_db, db)
         return f"sqlite:///{db}"
-    from precompute.pipeline import run_precompute
+    from precompute.job.pipeline import run_precompute
 
     url = request.getfixturevalue("pg_server").new_database()
     run_precompute(small_settings(precomputed_db, tiny_model_dir, small_corpus_dir, db_url=url),
@@ -37,10 +36,9 @@ def stored_url(request, tmp_path_factory, precomputed_db, tiny_model_dir, tiny_m
 
 # --- migrations and units of work (empty databases of each backend) ----------------------------
 
-def test_migrations_up_down_up(db_url, capsys):  # noqa: F811
+def test_migrations_up_down_up(db_url, capsys):
     from alembic import command
-
-    from precompute.db import _alembic_config, connect, current_revision, head_revision
+    from precompute.store.db import _alembic_config, connect, current_revision, head_revision
 
     assert cli_main(["db", "upgrade", "--db", db_url]) == 0
     assert "schema at revision" in capsys.readouterr().out
@@ -63,11 +61,11 @@ def test_migrations_up_down_up(db_url, capsys):  # noqa: F811
     engine.dispose()
 
 
-def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):  # noqa: F811
-    from precompute.db import open_reader, open_writer, sessions
+def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):
     from precompute.errors import SchemaTooNew
-    from precompute.schema import Document, Phase, Run
-    from precompute.store import is_done, now, unit_of_work
+    from precompute.store.db import open_reader, open_writer, sessions
+    from precompute.store.runs import is_done, now, unit_of_work
+    from precompute.store.schema import Document, Phase, Run
 
     engine = open_writer(db_url)
     with sessions(engine)() as s:
@@ -109,7 +107,7 @@ def test_postgres_run_equals_sqlite_run_row_for_row(stored_url, precomputed_db):
 def test_other_settings_are_refused_and_change_nothing(stored_url, tiny_model_dir, small_corpus_dir,
                                                        tiny_model, precomputed_db):
     from precompute.errors import SettingsMismatch
-    from precompute.pipeline import run_precompute
+    from precompute.job.pipeline import run_precompute
 
     before = canonical_rows(stored_url)
     s = small_settings(precomputed_db, tiny_model_dir, small_corpus_dir, db_url=stored_url, top_k=5)
@@ -124,8 +122,8 @@ def test_page_served_read_only(stored_url, precomputed_db):
     from sqlalchemy.exc import DBAPIError
 
     from app.main import create_app
-    from precompute.db import open_reader
-    from precompute.schema import Neuron, Run
+    from precompute.store.db import open_reader
+    from precompute.store.schema import Neuron, Run
 
     app = create_app(db_url=stored_url, torch_threads=None)
     with TestClient(app) as client, app.state.Session() as s:

@@ -12,13 +12,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tests.web_fixtures import TOPK_RUN, one, rows, web_db  # noqa: F401  (fixture)
+from tests.web_fixtures import TOPK_RUN, one, rows
 
 SCRIPT = "<script>alert(1)</script>"
 
 
 @pytest.fixture(scope="module")
-def app(web_db, tiny_model_dir):  # noqa: F811
+def app(web_db, tiny_model_dir):
     import os
 
     from app.main import create_app
@@ -36,7 +36,7 @@ def client(app):
 
 
 @pytest.fixture(scope="module")
-def kept(web_db):  # noqa: F811
+def kept(web_db):
     """(layer, neuron, head_layer, head) of a kept pair that has an explanation and ablations."""
     r = one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p "
             "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id "
@@ -59,7 +59,7 @@ def html_ok(r):
 
 # --- pages and twins ---------------------------------------------------------------------------
 
-def test_home_lists_runs_with_findings(client, web_db):  # noqa: F811
+def test_home_lists_runs_with_findings(client, web_db):
     html = html_ok(client.get("/"))
     data = client.get("/.json").json()
     slugs = {r["slug"] for r in data["runs"]}
@@ -76,7 +76,7 @@ def test_home_lists_runs_with_findings(client, web_db):  # noqa: F811
     assert "KS" in html and "mean E" in html
 
 
-def test_every_page_has_a_json_twin(client, web_db, kept):  # noqa: F811
+def test_every_page_has_a_json_twin(client, web_db, kept):
     layer, neuron, hl, h = kept
     other = neuron_of(web_db, "other")
     rnd = neuron_of(web_db, "random")
@@ -90,7 +90,7 @@ def test_every_page_has_a_json_twin(client, web_db, kept):  # noqa: F811
         assert r.json()["run"]["slug"] == TOPK_RUN
 
 
-def test_neuron_page_shows_prompts_heatmap_and_pairs(client, web_db, kept):  # noqa: F811
+def test_neuron_page_shows_prompts_heatmap_and_pairs(client, web_db, kept):
     layer, neuron, hl, h = kept
     d = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json").json()
     assert d["neuron"]["kind"] in ("next_token", "random") and d["prompts"]
@@ -112,7 +112,7 @@ def test_neuron_page_shows_prompts_heatmap_and_pairs(client, web_db, kept):  # n
     assert 'class="on">LN-aware' in ln
 
 
-def test_unselected_neuron_shows_congruence_and_top_documents(client, web_db):  # noqa: F811
+def test_unselected_neuron_shows_congruence_and_top_documents(client, web_db):
     layer, neuron, _ = neuron_of(web_db, "other")
     d = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json").json()
     assert d["neuron"]["kind"] == "other" and d["neuron"]["top_tokens"]
@@ -122,7 +122,7 @@ def test_unselected_neuron_shows_congruence_and_top_documents(client, web_db):  
     assert "was not selected" in html and "Top documents" in html
 
 
-def test_pair_page(client, web_db, kept):  # noqa: F811
+def test_pair_page(client, web_db, kept):
     layer, neuron, hl, h = kept
     d = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}.json").json()
     label = f"L{hl}H{h}"
@@ -145,7 +145,7 @@ def test_pair_page(client, web_db, kept):  # noqa: F811
     assert "active (" in html and "inactive (" in html and "<blockquote>" in html
 
 
-def test_head_page_is_a_reverse_index(client, web_db, kept):  # noqa: F811
+def test_head_page_is_a_reverse_index(client, web_db, kept):
     _, _, hl, h = kept
     d = client.get(f"/{TOPK_RUN}/heads/{hl}/{h}.json").json()
     n = one(web_db, "SELECT count(*) FROM pairs p JOIN runs r ON r.id = p.run_id WHERE r.slug = ? "
@@ -161,7 +161,7 @@ def test_head_page_is_a_reverse_index(client, web_db, kept):  # noqa: F811
 
 # --- list: filters, sorting, pagination ----------------------------------------------------------
 
-def test_neuron_list_filters(client, web_db):  # noqa: F811
+def test_neuron_list_filters(client, web_db):
     base = f"/{TOPK_RUN}/neurons.json"
     total = one(web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ?", TOPK_RUN)[0]
     assert client.get(base, params={"kind": "all"}).json()["total"] == total
@@ -209,7 +209,7 @@ def test_neuron_list_sorting_and_pagination(client):
     assert 'class="sorted asc"' in html and 'rel="next"' in html
 
 
-def test_goto_jumps_to_any_neuron(client, web_db):  # noqa: F811
+def test_goto_jumps_to_any_neuron(client, web_db):
     layer = int(one(web_db, "SELECT layers FROM runs WHERE slug = ?", TOPK_RUN)[0].strip("[]").split(",")[0])
     r = client.get(f"/{TOPK_RUN}/goto", params={"layer": layer, "neuron": 5}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/{TOPK_RUN}/neurons/{layer}/5"
@@ -232,7 +232,7 @@ def test_htmx_requests_get_fragments_and_push_canonical_urls(client):
 
 # --- errors ----------------------------------------------------------------------------------------
 
-def test_not_found_names_the_valid_range(client, web_db):  # noqa: F811
+def test_not_found_names_the_valid_range(client, web_db):
     layers = one(web_db, "SELECT layers FROM runs WHERE slug = ?", TOPK_RUN)[0]
     r = client.get(f"/{TOPK_RUN}/neurons/7/0.json")
     assert r.status_code == 404
@@ -255,7 +255,7 @@ def test_not_found_names_the_valid_range(client, web_db):  # noqa: F811
     assert r.status_code == 422 and "page" in r.json()["detail"]
 
 
-def test_live_errors_are_422_with_a_message(client, app, web_db, kept):  # noqa: F811
+def test_live_errors_are_422_with_a_message(client, app, web_db, kept):
     layer, neuron, _, _ = kept
     base = f"/{TOPK_RUN}/neurons/{layer}/{neuron}"
     r = client.get(base + ".json", params={"prompt": "  "})
@@ -294,7 +294,7 @@ def _no_raw_script(html: str) -> None:
     assert "alert(1)</script>" not in html
 
 
-def test_markup_in_documents_and_prompts_is_escaped(client, web_db):  # noqa: F811
+def test_markup_in_documents_and_prompts_is_escaped(client, web_db):
     # the test corpus holds a document with <script>; find a neuron whose top documents include it
     hits = rows(web_db, "SELECT t.layer, t.neuron, n.kind FROM top_activations t JOIN documents d ON "
                 "d.run_id = t.run_id AND d.split = t.split AND d.idx = t.doc_idx JOIN runs r ON r.id = t.run_id "
@@ -335,10 +335,10 @@ def test_security_headers(client, kept):
     docs = client.get("/docs").text
     assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs and "cdn" not in docs
     _no_raw_script(docs)
-    assert "/{model}/neurons/{layer}/{neuron}" in client.get("/openapi.json").json()["paths"]
+    assert "/{run}/neurons/{layer}/{neuron}" in client.get("/openapi.json").json()["paths"]
 
 
-def test_server_is_read_only(app, client, web_db):  # noqa: F811
+def test_server_is_read_only(app, client, web_db):
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
@@ -353,7 +353,7 @@ def test_server_is_read_only(app, client, web_db):  # noqa: F811
 
 # --- live -------------------------------------------------------------------------------------------
 
-def test_live_pass_matches_precompute_functions(client, app, web_db, kept, tiny_model):  # noqa: F811
+def test_live_pass_matches_precompute_functions(client, app, web_db, kept, tiny_model):
     from precompute.ablation import ablate
     from precompute.attribution import attribute
 
@@ -416,7 +416,7 @@ def test_live_fragment_and_page_urls_reproduce_the_view(client, kept):
     assert client.app.state.live.stats["hits"] == hits + 1
 
 
-def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_model):  # noqa: F811
+def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_model):
     """Concurrent live requests for one neuron may share a batched pass; each result equals
     precompute's attribute()/ablate() on that prompt alone."""
     from concurrent.futures import ThreadPoolExecutor
@@ -445,7 +445,7 @@ def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_
     assert stats["batched"] >= stats["batches"] >= 1
 
 
-def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kept):  # noqa: F811
+def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kept):
     from app.main import create_app
 
     layer, neuron, _, _ = kept
@@ -461,7 +461,7 @@ def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kep
 
 def test_empty_database_and_missing_file(tmp_path):
     from app.main import create_app
-    from precompute.db import open_writer
+    from precompute.store.db import open_writer
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     open_writer(url).dispose()  # schema only, no run
@@ -477,8 +477,8 @@ def test_empty_database_and_missing_file(tmp_path):
 def test_model_source_resolves_the_embedded_model_and_overrides():
     from app.live import model_source
     from app.settings import WebSettings
-    from precompute.schema import Run
     from precompute.settings import EMBEDDED_MODEL
+    from precompute.store.schema import Run
 
     s = WebSettings(model_paths={"other": "/some/dir"})
     assert model_source(Run(slug="embedded", model_name="embedded"), s) == EMBEDDED_MODEL
@@ -486,7 +486,7 @@ def test_model_source_resolves_the_embedded_model_and_overrides():
     assert model_source(Run(slug="other", model_name="gpt2"), s) == "/some/dir"
 
 
-def test_cached_neuron_sections_equal_a_fresh_render_and_pairs_stay_live(app, client, web_db, kept, tmp_path):  # noqa: F811
+def test_cached_neuron_sections_equal_a_fresh_render_and_pairs_stay_live(app, client, web_db, kept, tmp_path):
     """What a neuron page keeps of its stored prompts (data and rendered sections) gives the page
     a server that never saw the neuron renders; the rest (here: an explanation added by another
     process after the page was cached) is read on every request."""

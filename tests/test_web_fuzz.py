@@ -10,11 +10,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.web_fixtures import TOPK_RUN, rows, web_db  # noqa: F401  (fixture)
+from tests.web_fixtures import TOPK_RUN, rows
 
 
 @pytest.fixture(scope="module")
-def api_schema(web_db, tiny_model_dir):  # noqa: F811
+def api_schema(web_db, tiny_model_dir):
     from app.main import create_app
 
     over = {"token_cap": 32, "torch_threads": None}

@@ -14,12 +14,12 @@ from .pages import DB, AblateQ, PosQ, PromptQ, Score, neuron_view
 router = APIRouter()
 
 
-@router.get("/{model}/neurons/{layer}/{neuron}/live", response_class=HTMLResponse, tags=["fragments"],
+@router.get("/{run}/neurons/{layer}/{neuron}/live", response_class=HTMLResponse, tags=["fragments"],
             summary="Live panel of the neuron page (htmx fragment)")
-async def live_fragment(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+async def live_fragment(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                   prompt: PromptQ = "", ablate: AblateQ = [], pos: PosQ = None,
                   split: Literal["explain", "heldout"] = "explain"):
     """Run ``prompt`` live (optionally with ``ablate`` heads zero-ablated, attributing at
     ``pos``) and return the panel. The page URL with the same query renders the same panel."""
-    return await neuron_view(request, s, model, layer, neuron, score=score, split=split,
+    return await neuron_view(request, s, run, layer, neuron, score=score, split=split,
                              prompt=prompt or "", ablate=ablate, pos=pos, fmt=None, fragment=True)

@@ -12,11 +12,10 @@ import math
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator
-
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from precompute.errors import ModelNotAvailable, PromptTooLong
@@ -79,7 +78,7 @@ def home_page(request: Request, s: DB):
 
 # --- neuron list -------------------------------------------------------------------------------
 
-def _neurons(request: Request, s: Session, model: str, fmt: str | None, layer, kind, q, min_congruence,
+def _neurons(request: Request, s: Session, run: str, fmt: str | None, layer, kind, q, min_congruence,
              max_congruence, min_score, sort, order, page, per_page):
     q = clean_text(q, name="q", max_chars=200)
     settings = request.app.state.settings
@@ -90,10 +89,10 @@ def _neurons(request: Request, s: Session, model: str, fmt: str | None, layer, k
         v = getattr(flt, name)
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
-    data = views.neurons(s, slug=model, flt=flt, default_per_page=settings.page_size,
+    data = views.neurons(s, slug=run, flt=flt, default_per_page=settings.page_size,
                          live=request.app.state.live)
     if fmt == "csv":
-        return csv_response(data["neurons"], filename=f"{model}-neurons.csv")
+        return csv_response(data["neurons"], filename=f"{run}-neurons.csv")
     if is_htmx(request) and fmt is None:
         return render(request, "_neuron_table.html", data, fmt=None,
                       headers={"HX-Push-Url": data["links"]["page"]})
@@ -104,7 +103,7 @@ _F: dict = {}
 
 
 def _neuron_list_route(fmt: str | None):
-    def handler(request: Request, s: DB, model: str,
+    def handler(request: Request, s: DB, run: str,
                 layer: Annotated[int | None, Blank, Query(description="Scanned layer (0-based).")] = None,
                 kind: Annotated[Literal[Q.KINDS], Query(description="selected (next-token and "
                                                         "random: the default), all, next_token, "
@@ -121,30 +120,30 @@ def _neuron_list_route(fmt: str | None):
                 order: Annotated[Literal["asc", "desc"], Query()] = Q.NeuronFilter.order,
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                 per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
-        return _neurons(request, s, model, fmt, layer, kind, q, min_congruence,
+        return _neurons(request, s, run, fmt, layer, kind, q, min_congruence,
                         max_congruence, min_score, sort, order, page, per_page)
     return handler
 
 
-router.get("/{model}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route("json"))
-router.get("/{model}/neurons.csv", tags=["csv"], summary="Neurons of a run (CSV: the JSON twin's rows)",
+router.get("/{run}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route("json"))
+router.get("/{run}/neurons.csv", tags=["csv"], summary="Neurons of a run (CSV: the JSON twin's rows)",
            response_class=Response)(_neuron_list_route("csv"))
-router.get("/{model}/neurons", response_class=HTMLResponse, tags=["pages"],
+router.get("/{run}/neurons", response_class=HTMLResponse, tags=["pages"],
            summary="Neurons of a run: sortable, filterable, paginated")(_neuron_list_route(None))
 
 
-@router.get("/{model}/goto", tags=["pages"], summary="Jump to a neuron by layer and index",
+@router.get("/{run}/goto", tags=["pages"], summary="Jump to a neuron by layer and index",
             status_code=303, response_class=RedirectResponse)
-def goto_neuron(s: DB, model: str, layer: int, neuron: int):
+def goto_neuron(s: DB, run: str, layer: int, neuron: int):
     """303 to the neuron's page (404 naming the valid range if it does not exist)."""
-    run = Q.get_run(s, slug=model)
-    Q.get_neuron(s, run=run, layer=layer, neuron=neuron)
-    return RedirectResponse(urls.neuron(model, layer, neuron), status_code=303)
+    found = Q.get_run(s, slug=run)
+    Q.get_neuron(s, run=found, layer=layer, neuron=neuron)
+    return RedirectResponse(urls.neuron(run, layer, neuron), status_code=303)
 
 
 # --- neuron ------------------------------------------------------------------------------------
 
-async def neuron_view(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+async def neuron_view(request: Request, s: Session, run: str, layer: int, neuron: int, *, score: str,
                       split: str, prompt: str | None, ablate: list[str], pos: int | None,
                       fmt: str | None, fragment: bool = False):
     """The neuron page (or, with ``fragment``, only its live panel); with ``prompt`` the live
@@ -158,13 +157,13 @@ async def neuron_view(request: Request, s: Session, model: str, layer: int, neur
     if prompt is not None:
         try:
             fut, params, partial, brief = await run_in_threadpool(
-                _submit, s, request.app.state.live, slug=model, layer=layer, neuron_=neuron,
+                _submit, s, request.app.state.live, slug=run, layer=layer, neuron_=neuron,
                 prompt=prompt, ablate=ablate, pos=pos, score=score)
             # shielded: a client that goes away must not cancel a pass other requests share
             res = views.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), partial)
         except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
             error = exc
-    return await run_in_threadpool(_closing, s, _neuron_response, request, s, model, layer, neuron,
+    return await run_in_threadpool(_closing, s, _neuron_response, request, s, run, layer, neuron,
                                    score=score, split=split, prompt=prompt, pos=pos, fmt=fmt,
                                    fragment=fragment, res=res, params=params, error=error,
                                    brief=brief)
@@ -189,15 +188,15 @@ def _submit(s: Session, live, **kw):
         s.close()
 
 
-def _neuron_response(request: Request, s: Session, model: str, layer: int, neuron: int, *, score: str,
+def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron: int, *, score: str,
                      split: str, prompt: str | None, pos: int | None, fmt: str | None, fragment: bool,
                      res: dict | None, params: dict | None, error: Exception | None,
                      brief: dict | None = None):
     if fragment:
         data = brief if brief is not None else views.neuron_brief(
-            s, request.app.state.live, slug=model, layer=layer, neuron_=neuron, score=score)
+            s, request.app.state.live, slug=run, layer=layer, neuron_=neuron, score=score)
     else:
-        data = views.neuron(s, request.app.state.live, slug=model, layer=layer, neuron_=neuron,
+        data = views.neuron(s, request.app.state.live, slug=run, layer=layer, neuron_=neuron,
                             score=score, split=split, settings=request.app.state.settings,
                             cache=request.app.state.view_cache)
     status, extra, headers = 200, {}, {}
@@ -214,13 +213,13 @@ def _neuron_response(request: Request, s: Session, model: str, layer: int, neuro
         if fmt == "json" and status != 200:
             return render(request, "", {"detail": data["live_error"], "status": status}, fmt="json",
                           status=status)
-    url = urls.neuron(model, layer, neuron, **page_params)
+    url = urls.neuron(run, layer, neuron, **page_params)
     data["links"]["page"] = url
-    data["links"]["json"] = urls.neuron(model, layer, neuron, fmt="json", **page_params)
+    data["links"]["json"] = urls.neuron(run, layer, neuron, fmt="json", **page_params)
     data["live_prompt"] = prompt
     data["live_pos"] = pos
-    extra.update(_neuron_helpers(model, layer, neuron, page_params))
-    extra["pair_urls"] = _pair_urls(model, layer, neuron, data["run"]["n_layers"], data["run"]["n_heads"])
+    extra.update(_neuron_helpers(run, layer, neuron, page_params))
+    extra["pair_urls"] = _pair_urls(run, layer, neuron, data["run"]["n_layers"], data["run"]["n_heads"])
     # the stored prompts' sections depend on the neuron's prompts (immutable) and, through the
     # score/split links, on the live state: rendered once per neuron, split and score without one
     extra["prompts_key"] = (("neuron", data["run"]["slug"], layer, neuron, score, split)
@@ -233,64 +232,64 @@ def _neuron_response(request: Request, s: Session, model: str, layer: int, neuro
 
 
 @lru_cache(maxsize=4096)
-def _pair_urls(model: str, layer: int, neuron: int, n_layers: int, n_heads: int) -> dict[str, str]:
+def _pair_urls(run: str, layer: int, neuron: int, n_layers: int, n_heads: int) -> dict[str, str]:
     """``{"L{k}H{h}": pair page URL}`` of every head of the model, for one neuron (the page links
     each prompt's active heads and every heatmap column)."""
-    return {f"L{k}H{h}": urls.pair(model, layer, neuron, k, h) for k in range(n_layers) for h in range(n_heads)}
+    return {f"L{k}H{h}": urls.pair(run, layer, neuron, k, h) for k in range(n_layers) for h in range(n_heads)}
 
 
-def _neuron_helpers(model: str, layer: int, neuron: int, params: dict) -> dict:
+def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
     """Template-only URL builders of the neuron page (links keep the live state). Live tokens
     are buttons of the live form (``pos`` only), not links: see ``present.tokens_html``."""
     def with_score(score: str) -> str:
-        return urls.neuron(model, layer, neuron, **{**params, "score": score if score != "raw" else None})
+        return urls.neuron(run, layer, neuron, **{**params, "score": score if score != "raw" else None})
 
     def with_split(split: str) -> str:
-        return urls.neuron(model, layer, neuron, **{**params, "split": split if split != "explain" else None})
+        return urls.neuron(run, layer, neuron, **{**params, "split": split if split != "explain" else None})
 
-    return {"live_url": urls.live(model, layer, neuron), "page_base": urls.neuron(model, layer, neuron),
+    return {"live_url": urls.live(run, layer, neuron), "page_base": urls.neuron(run, layer, neuron),
             "with_score": with_score, "with_split": with_split,
-            "pair_url": lambda k, h: urls.pair(model, layer, neuron, k, h)}
+            "pair_url": lambda k, h: urls.pair(run, layer, neuron, k, h)}
 
 
-@router.get("/{model}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
+@router.get("/{run}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
             "with ?prompt= also the live pass")
-async def neuron_json(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+async def neuron_json(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
                       ablate: AblateQ = [], pos: PosQ = None):
-    return await neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+    return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
                        ablate=ablate, pos=pos, fmt="json")
 
 
-@router.get("/{model}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
+@router.get("/{run}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
             summary="One neuron: token, prompts, head attribution, pairs, live")
-async def neuron_page(request: Request, s: DB, model: str, layer: int, neuron: int, score: Score = "raw",
+async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
                       ablate: AblateQ = [], pos: PosQ = None):
     if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
-        return RedirectResponse(urls.neuron(model, layer, neuron, score=score if score != "raw" else None,
+        return RedirectResponse(urls.neuron(run, layer, neuron, score=score if score != "raw" else None,
                                             split=split if split != "explain" else None, prompt=prompt,
                                             ablate=[a for a in ablate if a], pos=pos), status_code=303)
-    return await neuron_view(request, s, model, layer, neuron, score=score, split=split, prompt=prompt,
+    return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
                              ablate=ablate, pos=pos, fmt=None)
 
 
 # --- pair --------------------------------------------------------------------------------------
 
-@router.get("/{model}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}.json", tags=["json"],
+@router.get("/{run}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}.json", tags=["json"],
             summary="One (neuron, head) pair (JSON)")
-def pair_json(request: Request, s: DB, model: str, layer: int, neuron: int, head_layer: int, head: int,
+def pair_json(request: Request, s: DB, run: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
-    return render(request, "pair.html", views.pair(s, slug=model, layer=layer, neuron_=neuron,
+    return render(request, "pair.html", views.pair(s, slug=run, layer=layer, neuron_=neuron,
                                                    head_layer=head_layer, head=head, score=score,
                                                    live=request.app.state.live), fmt="json")
 
 
-@router.get("/{model}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}", response_class=HTMLResponse,
+@router.get("/{run}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}", response_class=HTMLResponse,
             tags=["pages"], summary="One (neuron, head) pair: prompts, explanation, scoring, ablation")
-def pair_page(request: Request, s: DB, model: str, layer: int, neuron: int, head_layer: int, head: int,
+def pair_page(request: Request, s: DB, run: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
-    return render(request, "pair.html", views.pair(s, slug=model, layer=layer, neuron_=neuron,
+    return render(request, "pair.html", views.pair(s, slug=run, layer=layer, neuron_=neuron,
                                                    head_layer=head_layer, head=head, score=score,
                                                    live=request.app.state.live), fmt=None)
 
@@ -302,33 +301,33 @@ HeadOrder = Annotated[Literal["raw", "ln", "fraction"], Query(description="Sort 
 KeptQ = Annotated[bool, Query(description="Only kept pairs (active on 25-75% of prompts).")]
 
 
-@router.get("/{model}/heads/{layer}/{head}.csv", tags=["csv"], response_class=Response,
+@router.get("/{run}/heads/{layer}/{head}.csv", tags=["csv"], response_class=Response,
             summary="Neurons a head drives (CSV: the JSON twin's rows)")
-def head_csv(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
+def head_csv(request: Request, s: DB, run: str, layer: int, head: int, order: HeadOrder = "raw",
              kept: KeptQ = False):
-    data = views.head(s, slug=model, layer=layer, head_=head, order=order, kept=kept, live=request.app.state.live)
-    return csv_response(data["pairs"], filename=f"{model}-L{layer}H{head}-neurons.csv")
+    data = views.head(s, slug=run, layer=layer, head_=head, order=order, kept=kept, live=request.app.state.live)
+    return csv_response(data["pairs"], filename=f"{run}-L{layer}H{head}-neurons.csv")
 
 
-@router.get("/{model}/heads/{layer}/{head}.json", tags=["json"], summary="Neurons a head drives (JSON)")
-def head_json(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
+@router.get("/{run}/heads/{layer}/{head}.json", tags=["json"], summary="Neurons a head drives (JSON)")
+def head_json(request: Request, s: DB, run: str, layer: int, head: int, order: HeadOrder = "raw",
               kept: KeptQ = False):
-    return render(request, "head.html", views.head(s, slug=model, layer=layer, head_=head, order=order,
+    return render(request, "head.html", views.head(s, slug=run, layer=layer, head_=head, order=order,
                                                    kept=kept, live=request.app.state.live), fmt="json")
 
 
-@router.get("/{model}/heads/{layer}/{head}", response_class=HTMLResponse, tags=["pages"],
+@router.get("/{run}/heads/{layer}/{head}", response_class=HTMLResponse, tags=["pages"],
             summary="Neurons a head drives (reverse index over pairs)")
-def head_page(request: Request, s: DB, model: str, layer: int, head: int, order: HeadOrder = "raw",
+def head_page(request: Request, s: DB, run: str, layer: int, head: int, order: HeadOrder = "raw",
               kept: KeptQ = False):
-    return render(request, "head.html", views.head(s, slug=model, layer=layer, head_=head, order=order,
+    return render(request, "head.html", views.head(s, slug=run, layer=layer, head_=head, order=order,
                                                    kept=kept, live=request.app.state.live), fmt=None)
 
 
 # --- a run's pairs -----------------------------------------------------------------------------
 
 def _pair_list_route(fmt: str | None):
-    def handler(request: Request, s: DB, model: str,
+    def handler(request: Request, s: DB, run: str,
                 layer: Annotated[int | None, Blank, Query(description="Neuron layer (0-based).")] = None,
                 kind: Annotated[Literal["selected", "next_token", "random"],
                                 Query(description="Neuron kind.")] = Q.PairFilter.kind,
@@ -346,16 +345,16 @@ def _pair_list_route(fmt: str | None):
             raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
                            sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
-        data = views.pairs(s, slug=model, flt=flt, live=request.app.state.live)
+        data = views.pairs(s, slug=run, flt=flt, live=request.app.state.live)
         if fmt == "csv":
-            return csv_response(data["pairs"], filename=f"{model}-pairs.csv")
+            return csv_response(data["pairs"], filename=f"{run}-pairs.csv")
         return render(request, "pairs.html", data, fmt=fmt)
     return handler
 
 
-router.get("/{model}/pairs.json", tags=["json"], summary="A run's pairs with explanations and "
+router.get("/{run}/pairs.json", tags=["json"], summary="A run's pairs with explanations and "
            "scores (JSON)")(_pair_list_route("json"))
-router.get("/{model}/pairs.csv", tags=["csv"], response_class=Response, summary="A run's pairs with "
+router.get("/{run}/pairs.csv", tags=["csv"], response_class=Response, summary="A run's pairs with "
            "explanations and scores (CSV: the JSON twin's rows)")(_pair_list_route("csv"))
-router.get("/{model}/pairs", response_class=HTMLResponse, tags=["pages"], summary="A run's (neuron, "
+router.get("/{run}/pairs", response_class=HTMLResponse, tags=["pages"], summary="A run's (neuron, "
            "head) pairs with their explanations and scores E")(_pair_list_route(None))

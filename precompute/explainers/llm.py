@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from ..errors import BadSettings
-from ..redact import redact
-from ..schema import LLMCall
-from ..store import now
-from . import PairResult, PairTask, explainer_name
+from precompute.errors import BadSettings
+from precompute.explainers import PairResult, PairTask, explainer_name
+from precompute.redact import redact
+from precompute.store.runs import now
+from precompute.store.schema import LLMCall
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Datasette's ``metadata.json`` for a context-lookups database (``lookups db metadata``).
 
 Datasette opens the database as it is; this file adds a description to every table and column
-and the units of the columns that have one. Everything comes from :mod:`precompute.schema`:
+and the units of the columns that have one. Everything comes from :mod:`precompute.store.schema`:
 table descriptions from the mapped classes' docstrings, column descriptions from each column's
 ``doc=``, units from ``info["unit"]``; a key column without a ``doc`` is described by what it
 refers to.
@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import Column
 from sqlalchemy.engine import make_url
 
-from .schema import Base
+from precompute.store.schema import Base
 
 
 def column_description(col: Column) -> str:
@@ -28,7 +28,7 @@ def column_description(col: Column) -> str:
         return f"the {target.table.name} row it belongs to ({target.table.name}.{target.name})"
     if col.primary_key:
         return "row id (primary key)"
-    raise ValueError(f"column {col.table.name}.{col.name} has no doc= in precompute/schema.py")
+    raise ValueError(f"column {col.table.name}.{col.name} has no doc= in precompute/store/schema.py")
 
 
 def database_name(db_url: str) -> str:

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import __version__
-from .errors import SettingsMismatch
-from .schema import Phase, Run
-from .settings import Settings
+from precompute import __version__
+from precompute.errors import SettingsMismatch
+from precompute.settings import Settings
+from precompute.store.schema import Phase, Run
 
 logger = logging.getLogger(__name__)
 

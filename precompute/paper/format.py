@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LookupsError
+from precompute.errors import LookupsError
 
 MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large")
 _KEY = re.compile(r"^\((\d+(?:, \d+)*)\)$")

@@ -35,15 +35,26 @@ import regex
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import __version__
-from .errors import LookupsError
-from .explainers import parse_answer
-from .paper_format import (MODELS, ModelFiles, PaperFormatError, Record, find_files, load_json,
-                           load_results, read_attributions, read_neurons, read_pair_keys, read_records)
-from .schema import Classification, Explanation, Neuron, Pair, Prompt, Run
-from .scoring import explanation_score
-from .settings import Settings
-from .store import now, transaction
+from precompute import __version__
+from precompute.errors import LookupsError
+from precompute.explainers import parse_answer
+from precompute.paper.format import (
+    MODELS,
+    ModelFiles,
+    PaperFormatError,
+    Record,
+    find_files,
+    load_json,
+    load_results,
+    read_attributions,
+    read_neurons,
+    read_pair_keys,
+    read_records,
+)
+from precompute.scoring import explanation_score
+from precompute.settings import Settings
+from precompute.store.runs import now, transaction
+from precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +196,7 @@ def import_model(session: Session, mf: ModelFiles) -> dict:
         pairs = _pairs(session, run, by_key, attrs.get("attr", {}), kept, n_heads, counts)
         session.flush()
         _explanations(session, mf, pairs, by_key, heldout, counts)
-        from .explain import update_best_scores
+        from precompute.explain import update_best_scores
 
         update_best_scores(session, run_id=run.id)
         run.provenance = {**PROVENANCE, "model": model, "files": {r: mf.rel(r) for r in sorted(mf.found)},
@@ -312,8 +323,8 @@ def import_folder(Session, path: str | Path) -> list[dict]:
 def import_command(path: str, db_url: str) -> int:
     """``lookups import-paper PATH [--db URL]``: import, then print per run what was imported,
     what is missing, and E by the authors' rule. Returns 0."""
-    from .db import open_writer, sessions
-    from .report import score_table
+    from precompute.report import score_table
+    from precompute.store.db import open_writer, sessions
 
     engine = open_writer(db_url)
     try:

@@ -8,15 +8,26 @@ docstring gives.
 
 Each table's description is its class docstring and each column's its ``doc=`` (a Pint unit,
 where one applies, in ``info["unit"]``): ``lookups db metadata`` turns them into Datasette's
-``metadata.json`` (:mod:`precompute.metadata`), so they are written once, here.
+``metadata.json`` (:mod:`precompute.store.metadata`), so they are written once, here.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        TypeDecorator, UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 _ESC = "\uffff"  # a Unicode noncharacter

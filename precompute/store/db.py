@@ -23,8 +23,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from .errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
-from .resources import resource_dir
+from precompute.errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
+from precompute.resources import resource_dir
 
 logger = logging.getLogger(__name__)
 

@@ -15,19 +15,25 @@ import torch
 from sqlalchemy import delete, insert, select, update
 from tqdm.auto import tqdm
 
-from .attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
-from .corpus import SPLITS, load_corpus
-from .db import check_writable, open_writer, sessions
-from .distributed import LocalExecutor, ray_executor
-from .models import LoadedModel, load_model
-from .next_token import (check_layers, check_neuron_counts, default_layers, layer_congruences,
-                         sample_random_neurons, select_next_token_neurons)
-from .pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
-from .passes import batched_pass
-from .scan import TrimTask, tokenize_batch, trim_many
-from .schema import Document, Neuron, Pair, Prompt, Run, TopActivation
-from .settings import Settings
-from .store import get_or_create_run, is_done, now, phase_seconds, unit_of_work
+from precompute.attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
+from precompute.corpus import SPLITS, load_corpus
+from precompute.job.distributed import LocalExecutor, ray_executor
+from precompute.model.loading import LoadedModel, load_model
+from precompute.model.passes import batched_pass
+from precompute.next_token import (
+    check_layers,
+    check_neuron_counts,
+    default_layers,
+    layer_congruences,
+    sample_random_neurons,
+    select_next_token_neurons,
+)
+from precompute.pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
+from precompute.scan import TrimTask, tokenize_batch, trim_many
+from precompute.settings import Settings
+from precompute.store.db import check_writable, open_writer, sessions
+from precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
+from precompute.store.schema import Document, Neuron, Pair, Prompt, Run, TopActivation
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         check_neuron_counts(settings.n_per_layer, settings.n_random, model.d_mlp)
         ctx = settings.context_tokens or model.n_ctx
         if ctx > model.n_ctx:
-            from .errors import BadSettings
+            from precompute.errors import BadSettings
             raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
         corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
         engine = open_writer(settings.db_url)
@@ -117,7 +123,7 @@ def _run(engine, settings: Settings, model: LoadedModel, executor, layers: list[
 
 def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, executor=None) -> None:
     """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
-    from . import ablation, explain
+    from precompute import ablation, explain
 
     if settings.explainer != "none":
         explain.run_explanations(Session, run_id, model, settings)
@@ -226,7 +232,7 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
     trim the top documents of both splits (:func:`~precompute.scan.trim_many`), attribute each
     trimmed prompt to the upstream heads in batched passes, mark the active heads.
 
-    Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.schema.Prompt` fields
+    Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.store.schema.Prompt` fields
     (without ``neuron_id``) in storage order (split, then rank), and ``{split: n_prompts}``.
     Touches no database, so it runs on any worker (``distributed``).
     """
@@ -314,8 +320,8 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
 def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -> dict:
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
-    from .ablation import ablation_table
-    from .report import explainers_of_run, score_table
+    from precompute.ablation import ablation_table
+    from precompute.report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {
@@ -329,7 +335,7 @@ def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -
 
     from sqlalchemy import func
 
-    from .schema import Phase
+    from precompute.store.schema import Phase
 
     def count(q):
         return s.scalar(q) or 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelNotAvailable
-from .settings import EMBEDDED_MODEL
+from precompute.errors import ModelNotAvailable
+from precompute.settings import EMBEDDED_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class LoadedModel:
     tokenizer: object
     name: str
     slug: str
-    _fast: object = field(default=None, repr=False)  # precompute.hooks.FastModel, built on use
+    _fast: object = field(default=None, repr=False)  # precompute.model.hooks.FastModel, built on use
 
     @property
     def cfg(self):
@@ -90,7 +90,7 @@ def resolve_device(name: str | None = "auto") -> str:
     Raises:
         BadSettings: an unknown device, or one this machine does not have.
     """
-    from .errors import BadSettings
+    from precompute.errors import BadSettings
 
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
@@ -115,7 +115,7 @@ def resolve_dtype(name: str | torch.dtype | None = "float32") -> torch.dtype:
     Raises:
         BadSettings: another name.
     """
-    from .errors import BadSettings
+    from precompute.errors import BadSettings
 
     if isinstance(name, torch.dtype):
         return name

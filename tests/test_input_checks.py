@@ -1,16 +1,11 @@
-"""Hostile input and faults (issue 12): an endpoint that echoes the API key, database paths
-with URI metacharacters, bad --db values, a corrupt model directory, settings out of range, and
-broken corpus files. Each gets one clear line (exit code 2 on the CLI) and nothing is lost or
-leaked. Real subprocesses, real SQLite files, a real loopback HTTP endpoint."""
+"""Bad input and faults: database paths with URI metacharacters, bad --db values, a corrupt model
+directory, settings out of range, broken corpus files. Each gets one clear line (exit code 2 on
+the CLI) and nothing is lost. Real subprocesses, real SQLite files."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,105 +15,8 @@ from sqlalchemy.engine import URL
 
 from precompute.errors import BadSettings, DatasetNotAvailable, ModelNotAvailable
 from precompute.settings import Settings
+from tests.cli_helpers import assert_one_line_exit_2, lookups, tree
 from tests.conftest import small_settings
-from tests.test_explain import fresh_copy
-from tests.test_explain_llm import ChatServer, expected_pairs
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def lookups(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """The real ``lookups`` command (``python -m app.cli``) in a subprocess."""
-    full_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                    PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_exit_2(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit code 2, no traceback, and the error on a single ``error:`` line naming ``needles``."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in errors if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
-
-
-def tree(root: Path) -> dict:
-    """Every path under ``root`` with its mtime, size and (for files) content hash."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        st = p.stat()
-        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-        out[str(p.relative_to(root))] = (st.st_mtime_ns, st.st_size, digest)
-    return out
-
-
-# --- 1. the API key is never logged, stored or shown ---------------------------------------------
-
-def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomputed_db):
-    from app import urls
-    from app.main import create_app
-
-    key = "sk-PROBE-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:32]
-    db = fresh_copy(precomputed_db, tmp_path / "lookups.db")
-    pairs = expected_pairs(db)
-    server = ChatServer()
-    try:
-        for p in pairs:  # every explanation request gets a 400 that echoes the request headers
-            server.always[p["prompt"]] = "echo400"
-        proc = lookups("-v", "explain", "--db", f"sqlite:///{db}", "--explainer", "openai",
-                       "--llm-model", "test-model", "--llm-base-url", server.url,
-                       "--llm-max-retries", "0", env={"OPENAI_API_KEY": key})
-    finally:
-        server.close()
-    # the endpoint did receive the key, and its error bodies carried it back
-    sent = [v for h in server.headers for k, v in h.items() if k.lower() == "authorization"]
-    assert sent and all(v == f"Bearer {key}" for v in sent), proc.stderr[-3000:]
-    assert len(server.received) == len({p["prompt"] for p in pairs})
-
-    def leaks(text: str) -> bool:  # the key, or any long piece of it
-        return key in text or key[9:25] in text or key[-16:] in text
-
-    logs = proc.stdout + proc.stderr
-    assert "failed" in logs and not leaks(logs), logs[-3000:]
-    with sqlite3.connect(db) as c:
-        dump = "\n".join(c.iterdump())
-        calls = c.execute("SELECT status, error FROM llm_calls").fetchall()
-        exps = c.execute("SELECT status, error FROM explanations").fetchall()
-    assert calls and all(s == "failed" and "400" in e and "[redacted]" in e for s, e in calls)
-    assert exps and all(s == "failed" and "[redacted]" in e for s, e in exps)
-    assert not leaks(dump) and not leaks(db.read_bytes().decode("latin-1"))
-
-    # A database written before the fix holds the key: the pages redact it when shown.
-    with sqlite3.connect(db) as c:
-        c.execute("UPDATE explanations SET error = ?", (f"BadRequestError: you sent "
-                                                        f"{{'Authorization': 'Bearer {key}'}} {key}",))
-        slug, layer, neuron, hl, h = c.execute(
-            "SELECT r.slug, n.layer, n.neuron, p.head_layer, p.head FROM explanations e "
-            "JOIN pairs p ON p.id = e.pair_id JOIN neurons n ON n.id = p.neuron_id "
-            "JOIN runs r ON r.id = p.run_id LIMIT 1").fetchone()
-    with TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as client:
-        page = client.get(urls.pair(slug, layer, neuron, hl, h))
-        twin = client.get(urls.pair(slug, layer, neuron, hl, h, fmt="json"))
-    assert page.status_code == 200 and twin.status_code == 200
-    assert "[redacted]" in page.text and "[redacted]" in twin.text
-    assert not leaks(page.text) and not leaks(twin.text)
-
-
-def test_redact_covers_bearer_tokens_and_key_shapes():
-    from precompute.redact import redact
-
-    assert redact("Authorization: Bearer abc.DEF-123_456") == "Authorization: Bearer [redacted]"
-    assert redact("{'authorization': 'bearer xyz12345'}") == "{'authorization': 'bearer [redacted]'}"
-    assert redact("key sk-proj-AbC123xyz789, more") == "key [redacted], more"
-    assert redact("custom-key-0042 here", "custom-key-0042") == "[redacted] here"
-    assert redact("a task-list and sk- alone stay") == "a task-list and sk- alone stay"
-    assert redact(None) is None
-
 
 # --- 3. #, % and ? in the database path; the server never writes ----------------------------------
 
@@ -180,7 +78,7 @@ def test_bad_db_values_exit_2_with_one_line(tmp_path, case):
 # --- 5. a corrupt local model directory --------------------------------------------------------------
 
 def test_truncated_safetensors_names_the_directory_and_the_file(tmp_path, tiny_model_dir):
-    from precompute.models import load_model
+    from precompute.model.loading import load_model
 
     d = shutil.copytree(tiny_model_dir, tmp_path / "broken-model")
     weights = d / "model.safetensors"
@@ -216,7 +114,7 @@ def test_invalid_options_print_one_line_each_and_write_nothing(tmp_path):
 
 def test_neuron_counts_are_checked_against_the_model_before_anything_is_written(
         tmp_path, tiny_model_dir, tiny_model, small_corpus_dir):
-    from precompute.pipeline import run_precompute
+    from precompute.job.pipeline import run_precompute
 
     d_mlp = tiny_model.d_mlp
     for over in (dict(n_per_layer=5000), dict(n_per_layer=d_mlp // 2, n_random=d_mlp // 2 + 1)):

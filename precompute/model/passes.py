@@ -1,4 +1,4 @@
-"""Batched neuron passes on the fast path (:mod:`precompute.hooks`): one forward pass gives, for
+"""Batched neuron passes on the fast path (:mod:`precompute.model.hooks`): one forward pass gives, for
 rows that may each target a different neuron, the neuron's activations, its raw and LN-aware
 head attributions (paper §4.3, docs/method.md §3), its pre-activation, and the probability of
 its token with the top next tokens (§6) — the unembedding applied at the target positions only.
@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hooks import FastModel, capture, fast_model, length_batches, pad, z_ablation_hook
+from precompute.model.hooks import FastModel, capture, fast_model, length_batches, pad, z_ablation_hook
 
 Target = tuple  # (layer, neuron) or (layer, neuron, token_id)
 

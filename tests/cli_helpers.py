@@ -1,0 +1,41 @@
+"""Helpers of the tests that run the real ``lookups`` command in a subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lookups(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The real ``lookups`` command (``python -m app.cli``) in a subprocess."""
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                    PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_exit_2(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit code 2, no traceback, and the error on a single ``error:`` line naming ``needles``."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in errors if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def tree(root: Path) -> dict:
+    """Every path under ``root`` with its mtime, size and (for files) content hash."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.stat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        out[str(p.relative_to(root))] = (st.st_mtime_ns, st.st_size, digest)
+    return out
