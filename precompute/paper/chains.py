@@ -140,9 +140,9 @@ def _read(folder: Folder, info: FileInfo) -> None:
     if info.kind == "ablation":
         from precompute.paper.pickled import read_ablation
 
-        info.pairs = frozenset(read_ablation(folder.read_bytes(info.path), info.rel))
-        m = _PKL_MODEL.search(info.name)
+        m = _PKL_MODEL.search(info.name)  # the model its name gives, even when it cannot be read
         info.model = MODEL_OF[m.group(1)] if m else None
+        info.pairs = frozenset(read_ablation(folder.read_bytes(info.path), info.rel))
         return
     if info.kind == "expl_results":
         hashes = set()
@@ -389,6 +389,11 @@ def _orphans(files: list[FileInfo]) -> list[Experiment]:
             other = by_stem.get((sub, f.prior)) if f.prior else None
             if other:
                 parent[root(f.rel)] = root(other)
+    keys = {f.rel: set(f.neurons) | {p[:2] for p in f.pairs} for f in files}
+    for i, f in enumerate(files):  # the same model's neurons: the same experiment (training, held-out)
+        for g in files[i + 1:]:
+            if f.model == g.model and keys[f.rel] & keys[g.rel]:
+                parent[root(f.rel)] = root(g.rel)
     groups: dict[str, list[FileInfo]] = {}
     for f in files:
         groups.setdefault(root(f.rel), []).append(f)

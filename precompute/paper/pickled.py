@@ -49,10 +49,12 @@ def load_storage(b: bytes):
         raise pickle.UnpicklingError("a nested storage that is not bytes")
     try:
         obj = torch.load(io.BytesIO(b), weights_only=True)
-    except Exception as exc:  # torch's message spans many lines: keep its first
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise pickle.UnpicklingError(f"a nested torch stream was refused by torch.load(weights_only=True): "
-                                     f"{first[:200]}") from None
+    except Exception as exc:  # torch's message spans many lines: keep the one naming the object
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        what = next((x for x in lines if "Unsupported global" in x or "GLOBAL" in x),
+                    lines[-1] if lines else type(exc).__name__)
+        raise pickle.UnpicklingError(f"a nested torch stream holds objects torch.load(weights_only=True) "
+                                     f"does not allow ({what[:160]})") from None
     if not isinstance(obj, (torch.UntypedStorage, torch.TypedStorage)):
         raise pickle.UnpicklingError(f"a nested torch stream holds {type(obj).__name__}, not a storage")
     return obj
