@@ -277,3 +277,28 @@ def test_explain_exit_codes_when_pairs_fail(imported, tmp_path, capsys, monkeypa
     c.close()
     assert cli_main(["explain", "--db", url, "--run", "gpt2-small", "--explainer", "baseline"]) == 0
     assert "warning: 4 of 29 pairs failed" in capsys.readouterr().err
+
+
+def test_rebuilt_classification_prompts_are_the_authors(imported):
+    """The import rebuilds each classification prompt with the authors' template; on the sample
+    that reproduces every entry of their mapping file (which the gpt2-medium and -large chains
+    need not have: those files are 4+ MB)."""
+    from precompute.paper.importer import CLASSIFY, HELDOUT_PER_PAIR
+
+    root = require_sample()
+    mapping = json.loads(next((root / "6_explanation_eval").glob("*_test_20.json")).read_text())["classify_prompts"]
+    c = sqlite3.connect(imported)
+    rows = c.execute("""SELECT n.layer, n.neuron, p.head_layer * 12 + p.head, n.token, e.text, e.settings
+                        FROM explanations e JOIN pairs p ON p.id = e.pair_id JOIN neurons n ON n.id = p.neuron_id
+                        WHERE e.explainer = ?""", (EXPLAINER,)).fetchall()
+    test_attr = json.loads(next((root / "4_head_attributions").glob("*_gpt2-small_test.json")).read_text())
+    n_items = 0
+    for layer, neuron, flat, token, text, settings in rows:
+        lead = json.loads(settings)["lead_in"]
+        assert text.startswith(lead + " ")
+        content = text[len(lead) + 1:]
+        texts = list(test_attr["head_attributions"][str((layer, neuron))])[:HELDOUT_PER_PAIR]
+        rebuilt = {CLASSIFY.format(explanation=content.replace("\n", " "), shown=t + token): t + token for t in texts}
+        assert rebuilt == mapping[str((layer, neuron, flat))]
+        n_items += len(rebuilt)
+    assert n_items == 562

@@ -34,7 +34,7 @@ import math
 
 import regex
 from sqlalchemy import select
-from sqlalchemy.orm import Session  # noqa: F401
+from sqlalchemy.orm import Session
 
 from precompute import __version__
 from precompute.explainers import parse_answer
@@ -103,8 +103,8 @@ def import_run(session: Session, data: Loaded) -> dict:
         how = "from other files" if old.provenance else "by `lookups precompute`"
         raise PaperFormatError(f"run {e.slug!r} already exists in this database, made {how}; it was left "
                                f"as it is (import into another --db to keep both).")
-    layers = sorted({l for l, *_ in data.neurons})
-    per_layer = max(sum(1 for l, *_ in data.neurons if l == x) for x in layers)
+    layers = sorted({row[0] for row in data.neurons})
+    per_layer = max(sum(1 for row in data.neurons if row[0] == x) for x in layers)
     settings = science(model, layers, per_layer)
     counts = {"neurons": len(data.neurons), "prompts": 0, "pairs": 0, "kept_pairs": 0, "explanations": 0,
               "truncated": 0, "answered": 0, "classifications": 0, "unmatched_records": 0,

@@ -96,7 +96,7 @@ def load(folder: Folder, e: Experiment) -> Loaded:
         out.dropped.append(f"{len(out.neurons) - len(kept)} neurons beyond the first {MAX_NEURONS_PER_LAYER} "
                            f"of a layer (the authors: at most 40)")
     out.neurons = kept
-    known = {(l, i) for l, i, _, _ in kept}
+    known = {(row[0], row[1]) for row in kept}
     for split, trole, arole in (("explain", "trim", "attr"), ("heldout", "trim_test", "attr_test")):
         recs = _read(folder, e, trole, lambda f: read_records(data(f), f.rel), used)
         attrs = _read(folder, e, arole, lambda f: read_attributions(data(f), f.rel, n_heads), used)
