@@ -9,14 +9,13 @@ router = APIRouter()
 
 @router.get("/healthz", tags=["json"], summary="Server health and live model readiness (JSON)")
 def healthz(request: Request) -> dict:
-    """``ready`` is true once every run's model that is on this server has loaded (pages
-    never need it); ``models`` gives each run's state (``ready``, ``loading``, ``failed: <why>``
-    or ``unavailable: <why>``: not on this server, known at start, live passes off), ``live``
-    whether each run can run live passes now or once loaded, ``queue`` the live requests
-    waiting for the model."""
+    """``ready`` is true once every run's model has loaded (pages never need it); ``models``
+    gives each run's state (``ready``, ``loading``, ``failed: <why>``, or ``unavailable:
+    <why>``: not on this server, known at start, never loaded), ``live`` whether each run can
+    run live passes (now, or once its model has loaded), ``queue`` the live requests waiting
+    for the model."""
     live = request.app.state.live
     models = live.status()
-    waiting = [v for v in models.values() if not v.startswith("unavailable")]
-    return {"status": "ok", "ready": bool(waiting) and all(v == "ready" for v in waiting),
+    return {"status": "ok", "ready": bool(models) and all(v == "ready" for v in models.values()),
             "models": models, "live": {k: not v.startswith(("unavailable", "failed")) for k, v in models.items()},
             "queue": live.engine.waiting(), "stats": live.stats}
