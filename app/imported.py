@@ -1,29 +1,22 @@
-"""What the explorer shows differently for runs imported from the authors' data
-(``lookups import-paper``): the live model's availability in one line, and the top-3 head
-counts that stand in for attribution values the files do not record."""
+"""What the explorer shows differently when something is not there: the live model's
+availability in one line (any run; imported runs usually lack their model), and, for runs
+imported from the authors' data (``lookups import-paper``), the top-3 head counts that stand in
+for attribution values the files do not record."""
 
 from __future__ import annotations
-
-import json
 
 from precompute.attribution import head_label, scored_layers
 from precompute.settings import Settings
 
-from .live import Live, model_source
+from .live import Live
 
 
 def model_notice(live: Live, run) -> str | None:
-    """One line saying the run's model cannot be loaded for live passes and how to get it;
-    None when it can (or for runs computed here, whose model the job itself loaded)."""
-    if run.provenance is None or live.loaded(run.slug) or live.tokenizer(run) is not None:
-        return None
-    name = model_source(run, live.settings)
-    paths = json.dumps({run.slug: f"/path/to/{name}"})
-    return (f"Live passes need the model {name}, which is not available here (not in the local "
-            f"Hugging Face cache, and the hub is unreachable): fetch it once on a machine with a "
-            f"network (python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('{name}'); "
-            f"t.AutoTokenizer.from_pretrained('{name}')\") or point the server at a local copy with "
-            f"LOOKUPS_MODEL_PATHS='{paths}'. Browsing the stored results works without it.")
+    """One line saying live passes cannot run on this run and why (its model is not on this
+    server, or failed to load), known without waiting on anything; None when they can. The
+    page then disables its Run button."""
+    why = live.unavailable(run)
+    return f"Live passes are off for this run: {why}." if why else None
 
 
 def top3_view(run, layer: int, prompts: list) -> dict | None:

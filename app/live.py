@@ -101,6 +101,7 @@ class Live:
         self._models: dict[str, LoadedModel] = {}
         self._failed: dict[str, ModelNotAvailable] = {}
         self._sources: dict[str, str] = {}  # run slug -> model source
+        self._local: dict[str, tuple[str | None, str | None]] = {}  # source -> (directory, why not here)
         self._tokenizers: dict[str, object] = {}
         self._partial: dict[str, dict[int, bytes]] = {}
         self._lock = threading.Lock()  # cache, in-flight requests, counters
@@ -121,19 +122,42 @@ class Live:
         futs = []
         for run in runs:
             src = self._sources.setdefault(run.slug, model_source(run, self.settings))
+            if self.local(src)[1] is not None:  # not on this server: known now, never loaded
+                continue
             self.engine.call(lambda run=run: self.partial_tokens(run))  # pages and live need it
             futs.append(self.engine.call(lambda src=src: self._model(src)))
         return futs
+
+    # --- availability (local files only: no request ever waits on the hub) -------------------
+    def local(self, source: str) -> tuple[str | None, str | None]:
+        """``app.model_cache.local_model(source)``, decided once per source."""
+        got = self._local.get(source)
+        if got is None:
+            from .model_cache import local_model
+
+            got = self._local[source] = local_model(source)
+        return got
+
+    def unavailable(self, run: Run) -> str | None:
+        """Why live passes cannot run on ``run`` (its model is not on this server, or failed
+        to load), one line for the page; None when they can."""
+        src = self._sources.setdefault(run.slug, model_source(run, self.settings))
+        why = self.local(src)[1]
+        if why is None and src in self._failed:
+            why = f"the model {src} could not be loaded"
+        return why
 
     def loaded(self, slug: str) -> bool:
         return self._sources.get(slug) in self._models
 
     def status(self) -> dict:
-        """``{slug: "ready" | "loading" | "failed: <why>"}`` of every run seen."""
+        """``{slug: "ready" | "loading" | "failed: <why>" | "unavailable: <why>"}`` of every run
+        seen (unavailable: its model is not on this server; known at start)."""
         out = {}
         for slug, src in self._sources.items():
-            out[slug] = ("ready" if src in self._models else f"failed: {self._failed[src]}"
-                         if src in self._failed else "loading")
+            why = self.local(src)[1]
+            out[slug] = ("ready" if src in self._models else f"unavailable: {why}" if why is not None
+                         else f"failed: {self._failed[src]}" if src in self._failed else "loading")
         return out
 
     def _model(self, source: str) -> LoadedModel:
@@ -153,11 +177,17 @@ class Live:
 
             torch.set_num_threads(self.settings.torch_threads)
         t0 = time.perf_counter()
+        path, why = self.local(source)
+        if why is not None:  # never the hub: not on this server is final
+            self._failed[source] = ModelNotAvailable(f"Live passes are off for this run: {why}.")
+            raise self._failed[source]
         try:
-            m = load_model(source, device=self.device, dtype=self.settings.dtype)
+            m = load_model(path, device=self.device, dtype=self.settings.dtype)
         except ModelNotAvailable as exc:
-            self._failed[source] = exc
-            raise
+            logger.warning("live model %s: %s", source, exc)
+            self._failed[source] = ModelNotAvailable(f"Live passes are off for this run: the model {source} "
+                                                     f"could not be loaded.")
+            raise self._failed[source] from exc
         # warm-up: the fast path's weights and torch's first-call costs are paid here, so the
         # first live pass costs what a steady one does
         warm = Target("", m.n_layers - 1, 0, 0, "", run_rules({}))
@@ -179,11 +209,13 @@ class Live:
         directory or the local Hugging Face cache; None if that is not possible."""
         if run.slug not in self._tokenizers:
             tok = None
+            path = self.local(self._sources.setdefault(run.slug, model_source(run, self.settings)))[0]
             try:
-                from transformers import AutoTokenizer
+                if path is not None:  # a model not on this server: plain text, never the hub
+                    from transformers import AutoTokenizer
 
-                tok = AutoTokenizer.from_pretrained(model_source(run, self.settings))
-            except Exception as exc:  # offline, unknown name, ...: fall back to plain text
+                    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except Exception as exc:  # a broken directory: fall back to plain text
                 logger.info("no tokenizer for run %s: %s", run.slug, exc)
             self._tokenizers[run.slug] = tok
         return self._tokenizers[run.slug]

@@ -15,6 +15,8 @@ from precompute.attribution import head_label
 from precompute.redact import redact
 from precompute.tokens import escaped, joined_text
 
+from .states import explanation_status, neuron_status
+
 # --- colours -----------------------------------------------------------------------------------
 _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
 _NEG = (67, 147, 195)  # cool end (negative)
@@ -254,15 +256,32 @@ class HtmlCache(LockedLRU):
 # --- rows as dicts -------------------------------------------------------------------------------
 
 def run_dict(run, counts: dict | None = None) -> dict:
+    """A run row. For an imported run (``provenance``), ``started_at`` / ``finished_at`` are
+    the authors' run dates (their file names, their local time), ``imported_at`` when it was
+    imported (UTC), and ``missing``: what it lacks, one line each."""
+    prov = getattr(run, "provenance", None)
+    imported = getattr(run, "imported_at", None)
     d = {"slug": run.slug, "model_name": run.model_name, "dataset": run.dataset,
          "settings": run.settings, "layers": run.layers, "n_layers": run.n_layers,
          "n_heads": run.n_heads, "d_mlp": run.d_mlp, "d_model": run.d_model, "status": run.status,
          "started_at": run.started_at.isoformat() if run.started_at else None,
          "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-         "package_version": run.package_version, "provenance": getattr(run, "provenance", None)}
+         "imported_at": imported.isoformat() if imported else None,
+         "package_version": run.package_version, "provenance": prov,
+         "missing": missing_lines(prov)}
     if counts is not None:
         d["counts"] = counts
     return d
+
+
+def missing_lines(provenance: dict | None) -> list[str]:
+    """What an imported run lacks, one line each ("what: cost"); older imports stored bare
+    file patterns, shown as they are."""
+    out = []
+    for m in (provenance or {}).get("missing") or []:
+        out.append(f"{m.get('what', m.get('role'))}: {m.get('cost', '')}".rstrip(": ") if isinstance(m, dict)
+                   else str(m))
+    return out
 
 
 def neuron_dict(n, partial=None) -> dict:
@@ -273,7 +292,8 @@ def neuron_dict(n, partial=None) -> dict:
             "token_escaped": token_escaped(n.token_id, n.token, partial), "congruence": n.congruence,
             "top_tokens": [{"token_id": t[0], "token": t[1], "token_escaped": token_escaped(t[0], t[1], partial),
                             "congruence": t[2]} for t in n.top_tokens or []],
-            "max_act": n.max_act, "status": n.status, "best_score": n.best_score}
+            "max_act": n.max_act, "status": n.status, "status_text": neuron_status(n.status),
+            "best_score": n.best_score}
 
 
 def prompt_dict(p, partial=None) -> dict:
@@ -295,11 +315,17 @@ def pair_dict(p) -> dict:
 
 
 def explanation_dict(e) -> dict:
+    """An explanation row; ``text`` as the explainer wrote it, with the lead-in of the authors'
+    prompt for their GPT-4 explanations (imports made before it was stored get it here);
+    ``status_text``: the status in words."""
+    from precompute.paper.format import full_text
     from precompute.scoring import authors_score
 
     st = e.settings or {}
+    text = full_text(e.text) if st.get("source") == "paper" else e.text
     # redact: a database written before errors were redacted may hold a key an endpoint echoed
-    return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": e.text,
+    return {"id": e.id, "explainer": e.explainer, "status": e.status,
+            "status_text": explanation_status(e.status), "text": text,
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
             "n_unparsed": e.n_unparsed, "error": redact(e.error),
             "score_authors": authors_score(e.score, e.tpr, e.tnr),

@@ -39,6 +39,11 @@ SORTS = {"kind": KIND_ORDER, "congruence": Neuron.congruence, "best_score": Neur
          "max_act": Neuron.max_act, "layer": Neuron.layer, "neuron": Neuron.neuron, "token": Neuron.token}
 
 
+# Bounds of what one page may show (a hostile or huge import cannot make a page unbounded):
+MAX_PAGE_PROMPTS = 200  # prompts of one neuron and split on a neuron or pair page
+MAX_PAGE_ROWS = 500  # rows of a list that is not paginated (a head's neurons, findings' pair rows)
+
+
 def _ranges(values: list[int]) -> str:
     return ", ".join(map(str, values)) if values else "none"
 
@@ -95,11 +100,16 @@ def findings(session: Session, *, run_id: int) -> dict:
     the same pairs (``report.comparison_table``)."""
     names = explainers_of_run(session, run_id=run_id)
     ref = next((n for n in names if n.startswith("openai:")), names[0] if names else None)
+    comparisons = []
+    for ex in names:
+        if ex != ref:
+            c = comparison_table(session, run_id=run_id, a=ref, b=ex)
+            c["n_rows"], c["rows"] = len(c["rows"]), c["rows"][:MAX_PAGE_ROWS]  # all pairs: /{run}/pairs
+            comparisons.append(c)
     return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
             "ablation": {m: ablation_table(session, run_id=run_id, method=m)
                          for m in ablation_methods(session, run_id=run_id)},
-            "comparisons": [comparison_table(session, run_id=run_id, a=ref, b=ex)
-                            for ex in names if ex != ref]}
+            "comparisons": comparisons}
 
 
 def layer_counts(session: Session, *, run_id: int) -> dict[int, dict]:
@@ -188,9 +198,11 @@ def get_neuron(session: Session, *, run: Run, layer: int, neuron: int) -> Neuron
     return n
 
 
-def neuron_prompts(session: Session, *, neuron_id: int, split: str = "explain") -> list[Prompt]:
-    return list(session.scalars(select(Prompt).where(Prompt.neuron_id == neuron_id, Prompt.split == split)
-                                .order_by(Prompt.rank)))
+def neuron_prompts(session: Session, *, neuron_id: int, split: str = "explain",
+                   limit: int | None = MAX_PAGE_PROMPTS) -> list[Prompt]:
+    """The neuron's prompts of ``split`` by rank, at most ``limit`` (None: all)."""
+    q = select(Prompt).where(Prompt.neuron_id == neuron_id, Prompt.split == split).order_by(Prompt.rank)
+    return list(session.scalars(q if limit is None else q.limit(limit)))
 
 
 def neuron_pairs(session: Session, *, neuron_id: int, kept_only: bool = True) -> list[dict]:
@@ -357,9 +369,10 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
 
 
 def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False,
-               order: str = "raw") -> list[dict]:
+               order: str = "raw", limit: int = MAX_PAGE_ROWS) -> list[dict]:
     """Reverse index: the neurons this head was scored against, with attribution, active
-    fraction and best explanation score, most driven first."""
+    fraction and best explanation score, most driven first (at most ``limit``; see
+    :func:`count_head_pairs`)."""
     _check_head(run, head_layer, head)
     cond = [Pair.run_id == run.id, Pair.head_layer == head_layer, Pair.head == head]
     if kept_only:
@@ -369,5 +382,13 @@ def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_o
             .group_by(Explanation.pair_id).subquery())
     rows = session.execute(select(Pair, Neuron, best.c.best).join(Neuron, Neuron.id == Pair.neuron_id)
                            .outerjoin(best, best.c.pair_id == Pair.id)
-                           .where(*cond).order_by(col.desc(), Neuron.layer, Neuron.neuron)).all()
+                           .where(*cond).order_by(col.desc(), Neuron.layer, Neuron.neuron).limit(limit)).all()
     return [{"pair": p, "neuron": n, "best_score": b} for p, n, b in rows]
+
+
+def count_head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False) -> int:
+    """How many neurons the head was scored against (kept pairs only with ``kept_only``)."""
+    cond = [Pair.run_id == run.id, Pair.head_layer == head_layer, Pair.head == head]
+    if kept_only:
+        cond.append(Pair.kept.is_(True))
+    return session.scalar(select(func.count()).select_from(Pair).where(*cond)) or 0

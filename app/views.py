@@ -132,6 +132,7 @@ def _prompts_part(s: Session, run, n, *, split: str, score: str, partial: dict, 
         if hit is not None:
             return hit
     prompts = Q.neuron_prompts(s, neuron_id=n.id, split=split)
+    n_total = len(prompts) if len(prompts) < Q.MAX_PAGE_PROMPTS else Q.count_prompts(s, neuron_id=n.id, split=split)
     attr = "attr_ln" if score == "ln" else "attr_raw"
     grids = [getattr(p, attr) for p in prompts]
     n_scored = _n_scored(run, n.layer, prompts)
@@ -139,7 +140,7 @@ def _prompts_part(s: Session, run, n, *, split: str, score: str, partial: dict, 
             "head_labels": [head_label(k, h) for k in range(n_scored) for h in range(run.n_heads)],
             "act_scale": nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts]),
             "mean_attr": mean_grid(grids), "attr_scale": _grid_scale(grids, n_scored),
-            "top3": top3_view(run, n.layer, prompts)}
+            "top3": top3_view(run, n.layer, prompts), "n_prompts_total": n_total}
     if cache is not None and prompts:
         cache[key] = part
     return part
@@ -156,15 +157,17 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     pairs = []
     kept_pairs = Q.neuron_pairs(s, neuron_id=n.id, kept_only=True)
     phases = Q.ablation_phases(s, run_id=run.id, pair_ids=[i["pair"].id for i in kept_pairs])
+    prov = run.provenance
     for item in kept_pairs:
         p = item["pair"]
         d = pair_dict(p)
         d["url"] = urls.pair(slug, layer, neuron_, p.head_layer, p.head)
         d["explanations"] = [explanation_dict(e) for e in item["explanations"]]
         d["ablation"] = item["ablation"]
-        d["explanation_state"] = states.explanation_state(kept_why=None, n_explanations=len(d["explanations"]))
+        d["explanation_state"] = states.explanation_state(kept_why=None, n_explanations=len(d["explanations"]),
+                                                          provenance=prov)
         d["ablation_state"] = states.ablation_state(kept_why=None, n_rows=len(d["ablation"]),
-                                                    phases=phases.get(p.id, {}))
+                                                    phases=phases.get(p.id, {}), provenance=prov)
         pairs.append(d)
     no_pair_reason = None
     if not pairs and n.kind != "other":
@@ -175,9 +178,10 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
         docs = _tokenized_docs(live, run, Q.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
                                                           limit=settings.top_docs), settings.doc_window)
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n, partial), "score": score, "split": split,
+        "run": run_dict(run), "neuron": neuron_dict(n, partial), "best": best_scores(run, pairs),
+        "score": score, "split": split,
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
-        "prompts": prompts, "act_scale": part["act_scale"],
+        "prompts": prompts, "n_prompts_total": part["n_prompts_total"], "act_scale": part["act_scale"],
         "mean_attr": part["mean_attr"], "attr_scale": part["attr_scale"],
         "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
         "links": {"page": urls.neuron(slug, layer, neuron_, score=score if score != "raw" else None,
@@ -186,6 +190,18 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
         "live": None, "live_error": None,
         "top3": part["top3"], "model_notice": model_notice(live, run),
     }
+
+
+def best_scores(run, pairs: list[dict]) -> dict:
+    """The neuron's best E over its kept pairs by the run's own rule (``Neuron.best_score``:
+    the authors' for imported runs, the project's otherwise) and by the other rule, labelled."""
+    def best(key):
+        vals = [e[key] for p in pairs for e in p["explanations"] if e[key] is not None]
+        return max(vals) if vals else None
+
+    own, other = ("authors", "project") if run.provenance is not None else ("project", "authors")
+    keys = {"authors": "score_authors", "project": "score"}
+    return {"rule": own, "score": best(keys[own]), "other_rule": other, "other": best(keys[other])}
 
 
 def neuron_brief(s: Session | None, live: Live, *, slug: str, layer: int, neuron_: int, score: str,
@@ -255,10 +271,12 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
     abl = Q.pair_ablations(s, pair_id=p.id)
     kept_why = states.kept_reason(p, run_rules(run.settings))
     pair_state = {"kept_reason": kept_why,
-                  "explanation": states.explanation_state(kept_why=kept_why, n_explanations=len(expl)),
+                  "explanation": states.explanation_state(kept_why=kept_why, n_explanations=len(expl),
+                                                          provenance=run.provenance),
                   "ablation": states.ablation_state(
                       kept_why=kept_why, n_rows=sum(len(a) for a in abl.values()),
-                      phases=Q.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}))}
+                      phases=Q.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}),
+                      provenance=run.provenance)}
     key = "attr_ln" if score == "ln" else "attr_raw"
 
     def row(pr, with_outcomes: bool) -> dict:
@@ -303,8 +321,9 @@ def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: boo
                  best_score=r["best_score"], url=urls.neuron(slug, n.layer, n.neuron),
                  pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
         items.append(d)
+    total = Q.count_head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept)
     return {"run": run_dict(run), "head": {"layer": layer, "head": head_, "label": head_label(layer, head_)},
-            "order": order, "kept": kept, "pairs": items,
+            "order": order, "kept": kept, "pairs": items, "total": total,
             "raw_scale": nice_scale(i["mean_attr_raw"] for i in items),
             "ln_scale": nice_scale(i["mean_attr_ln"] for i in items),
             "links": {f: urls.head(slug, layer, head_, fmt=f, order=order if order != "raw" else None,
@@ -323,7 +342,8 @@ def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None)
              "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
         d.pop("id")
         ex = explanation_dict(e) if e is not None else {}
-        d.update(explainer=ex.get("explainer"), status=ex.get("status"), score=ex.get("score"),
+        d.update(explainer=ex.get("explainer"), status=ex.get("status"), status_text=ex.get("status_text"),
+                 score=ex.get("score"), score_authors=ex.get("score_authors"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
                  explanation=ex.get("text"), url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
         items.append(d)

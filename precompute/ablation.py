@@ -374,31 +374,61 @@ def drop_stats(rows: Sequence[tuple[int, bool, float]]) -> dict:
             "active": _side(act), "inactive": _side(ina), "ks": ks}
 
 
+def authors_stats(rows: Sequence[tuple[int, bool, float, int]]) -> dict:
+    """The authors' ablation statistic (``notebooks/8_head_ablation.ipynb``, docs/method.md §6)
+    of ``(pair_id, active, drop, n_records)`` rows: per pair, the mean drop over its active
+    prompts and over its inactive ones (each prompt counted ``n_records`` times, as the authors'
+    records were), a pair without prompts on a side giving no value there (their NaN, dropped);
+    then ``scipy.stats.ks_2samp`` of the active pairs' means against the inactive pairs' means.
+    ``active`` / ``inactive``: ``n`` (pairs with a value), mean and median of the per-pair means;
+    ``ks``: D, p (None with a ``reason`` when a side is empty)."""
+    from scipy.stats import ks_2samp
+
+    sums: dict[tuple[int, bool], list[float]] = {}
+    for pid, active, drop, n in rows:
+        acc = sums.setdefault((pid, bool(active)), [0.0, 0])
+        acc[0] += drop * (n or 1)
+        acc[1] += n or 1
+    act = [s / n for (_, a), (s, n) in sorted(sums.items()) if a]
+    ina = [s / n for (_, a), (s, n) in sorted(sums.items()) if not a]
+    ks = {"D": None, "p": None, "reason": None}
+    if not act or not ina:
+        ks["reason"] = "no ablation rows" if not rows else f"no pair with {'active' if not act else 'inactive'} prompts"
+    else:
+        r = ks_2samp(act, ina)
+        ks.update(D=float(r.statistic), p=float(r.pvalue))
+    return {"statistic": "KS over per-pair mean drops (the authors')", "active": _side(act),
+            "inactive": _side(ina), "ks": ks}
+
+
 def ablation_table(session: Session, *, run_id: int, method: str = "zero") -> dict:
     """The run's ablation study (paper §5.4, Table 3): for next-token and random-neuron pairs
-    separately, ``drop_stats`` of every stored ablation row of ``method``, plus ``n_kept`` (kept
-    pairs of that kind, ablated or not).
+    separately, ``drop_stats`` of every stored ablation row of ``method`` (the project's
+    statistic: KS over prompts), ``authors``: :func:`authors_stats` of the same rows (KS over
+    per-pair mean drops), plus ``n_kept`` (kept pairs of that kind, ablated or not).
 
     Returns ``{"run_id", "method", "next_token": {...}, "random": {...}}``.
     """
     out = {"run_id": run_id, "method": method}
     for kind in ("next_token", "random"):
         rows = session.execute(
-            select(Ablation.pair_id, Ablation.active, Ablation.drop)
+            select(Ablation.pair_id, Ablation.active, Ablation.drop, Ablation.n_records)
             .join(Pair, Pair.id == Ablation.pair_id).join(Neuron, Neuron.id == Pair.neuron_id)
             .where(Pair.run_id == run_id, Neuron.kind == kind, Ablation.method == method)
             .order_by(Ablation.pair_id, Ablation.prompt_id)).all()
         n_kept = len(session.scalars(select(Pair.id).join(Neuron, Neuron.id == Pair.neuron_id)
                                      .where(Pair.run_id == run_id, Pair.kept,
                                             Neuron.kind == kind)).all())
-        out[kind] = {**drop_stats([tuple(r) for r in rows]), "n_kept": n_kept}
+        out[kind] = {**drop_stats([tuple(r[:3]) for r in rows]), "n_kept": n_kept,
+                     "statistic": "KS over prompts (the project's)", "authors": authors_stats(rows)}
     return out
 
 
 def pair_ablation_stats(session: Session, *, pair_id: int, method: str = "zero") -> dict:
-    """``drop_stats`` of one pair, plus its per-prompt rows (``prompts``: ``prompt_id``,
-    ``rank``, ``active``, ``act_clean``, ``act_ablated``, ``prob_clean``, ``prob_ablated``,
-    ``drop``, by rank).
+    """``drop_stats`` of one pair, ``authors_mean``: its mean drops where active / inactive as the
+    authors computed them (each prompt counted ``n_records`` times), plus its per-prompt rows
+    (``prompts``: ``prompt_id``, ``rank``, ``active``, ``act_clean``, ``act_ablated``,
+    ``prob_clean``, ``prob_ablated``, ``drop``, ``n_records``, by rank).
 
     Raises:
         NotFound: no pair with that id.
@@ -410,8 +440,12 @@ def pair_ablation_stats(session: Session, *, pair_id: int, method: str = "zero")
                            .where(Ablation.pair_id == pair_id, Ablation.method == method)
                            .order_by(Prompt.rank)).all()
     out = drop_stats([(a.pair_id, a.active, a.drop) for a, _ in rows])
+    auth = authors_stats([(a.pair_id, a.active, a.drop, a.n_records) for a, _ in rows])
+    out["authors_mean"] = {"active": auth["active"]["mean_drop"], "inactive": auth["inactive"]["mean_drop"],
+                           "records": sum(a.n_records for a, _ in rows)}
     out.update(pair_id=pair_id, method=method, head=head_label(pair.head_layer, pair.head),
                prompts=[dict(prompt_id=a.prompt_id, rank=rank, active=a.active, act_clean=a.act_clean,
                              act_ablated=a.act_ablated, prob_clean=a.prob_clean,
-                             prob_ablated=a.prob_ablated, drop=a.drop) for a, rank in rows])
+                             prob_ablated=a.prob_ablated, drop=a.drop, n_records=a.n_records)
+                        for a, rank in rows])
     return out

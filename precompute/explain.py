@@ -25,15 +25,16 @@ Decisions:
   parsed or not).
 - Idempotent and resumable: one ``Explanation`` per (pair, explainer), committed with its
   ``Classification`` rows; a re-run does the pairs that have none or a ``failed`` one.
-- ``Neuron.best_score``: max E over the neuron's pairs, taken from the LLM explainers when any
-  has scored the neuron, otherwise from the baseline (the same whatever order they ran in).
+- ``Neuron.best_score``: max E over the neuron's pairs by the run's own rule (the authors' for
+  imported runs), taken from the LLM explainers when any has scored the neuron, otherwise from
+  the baseline (the same whatever order they ran in).
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
@@ -45,14 +46,17 @@ from precompute.store.schema import Classification, Explanation, Neuron, Pair, P
 logger = logging.getLogger(__name__)
 
 
-def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pair: int) -> list[PairTask]:
+def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pair: int,
+               pending_only: bool = True) -> list[PairTask]:
     """The kept pairs of the run still to do for ``explainer`` (no explanation, or a failed
-    one), with their explain prompts and top ``heldout_per_pair`` held-out prompts by rank (on
-    an imported run: the prompts the recorded explainer classified)."""
+    one; every kept pair with ``pending_only=False``), with their explain prompts and top
+    ``heldout_per_pair`` held-out prompts by rank (on an imported run: the prompts the
+    recorded explainer classified)."""
     done = (select(Explanation.pair_id).where(Explanation.explainer == explainer,
                                               Explanation.status.in_(("ok", "single_class"))))
+    cond = [Pair.run_id == run_id, Pair.kept] + ([Pair.id.not_in(done)] if pending_only else [])
     rows = session.execute(select(Pair, Neuron).join(Neuron, Pair.neuron_id == Neuron.id)
-                           .where(Pair.run_id == run_id, Pair.kept, Pair.id.not_in(done))
+                           .where(*cond)
                            .order_by(Neuron.layer, Neuron.neuron, Pair.head_layer, Pair.head)).all()
     # Imported runs: the held-out prompts the recorded explainer classified, per pair.
     classified: dict[int, set[int]] = {}
@@ -140,12 +144,16 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
                 logger.warning("pair %d (%s of neuron %d): %s", task.pair_id, task.label,
                                task.neuron_id, exp.error)
 
-        if name == BASELINE:
-            from precompute.explainers.baseline import explain_pair
+        if name == BASELINE and tasks:
+            from precompute.explainers.selection import choose, explain_with
 
+            # the configuration per neuron, by cross-validation across neurons on explain
+            # prompts of every kept pair (done or not: a resumed run chooses the same)
+            chosen = choose(load_tasks(s, run_id=run_id, explainer=name, pending_only=False,
+                                       heldout_per_pair=settings.heldout_per_pair))
             for t in tqdm(tasks, desc="explain baseline", unit="pair", dynamic_ncols=True):
                 try:
-                    result = explain_pair(t)
+                    result = explain_with(t, chosen)
                 except Exception as exc:  # record and go on; the run must not stop on one pair
                     logger.exception("baseline failed on pair %d", t.pair_id)
                     result = PairResult(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -162,16 +170,24 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
 
 
 def update_best_scores(session: Session, *, run_id: int) -> int:
-    """Set ``Neuron.best_score`` = max E over the neuron's pairs (LLM explainers preferred over
-    the baseline; see the module docstring). Returns the number of neurons with a score.
-    The caller commits."""
-    rows = session.execute(select(Pair.neuron_id, Explanation.explainer, func.max(Explanation.score))
+    """Set ``Neuron.best_score`` = max E over the neuron's pairs by the run's own rule: the
+    project's for runs computed here, the authors' (``scoring.authors_score``: a single-class
+    pair scores its one defined rate) for imported runs (LLM explainers preferred over the
+    baseline; see the module docstring). Returns the number of neurons with a score. The
+    caller commits."""
+    from precompute.scoring import authors_score
+
+    authors = session.get(Run, run_id).provenance is not None
+    rows = session.execute(select(Pair.neuron_id, Explanation.explainer, Explanation.score, Explanation.tpr,
+                                  Explanation.tnr)
                            .join(Explanation, Explanation.pair_id == Pair.id)
-                           .where(Pair.run_id == run_id, Explanation.score.is_not(None))
-                           .group_by(Pair.neuron_id, Explanation.explainer)).all()
+                           .where(Pair.run_id == run_id, Explanation.status != "failed")).all()
     best: dict[int, tuple[bool, float]] = {}
-    for nid, explainer, score in rows:
-        key = (explainer != BASELINE, score)
+    for nid, explainer, score, tpr, tnr in rows:
+        e = authors_score(score, tpr, tnr) if authors else score
+        if e is None:
+            continue
+        key = (explainer != BASELINE, e)
         if nid not in best or key > best[nid]:
             best[nid] = key
     for n in session.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")):

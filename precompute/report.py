@@ -22,7 +22,8 @@ RULES = {
     "project": "E = ½(TPR + TNR) over parsed answers; undefined (left out) when the held-out "
                "prompts of a pair are all one class",
     "authors": "the authors' rule: single-class pairs score the one defined rate (TPR or TNR), "
-               "so every answered pair counts; population std (np.std)",
+               "so every answered pair counts; population std (np.std); skew test one-sided "
+               "(alternative='greater')",
 }
 
 
@@ -38,10 +39,12 @@ def _explanations(session: Session, run_id: int, explainer: str, kind: str | Non
 
 def score_table(session: Session, *, run_id: int, explainer: str) -> dict:
     """The paper's Table 3 for one run and explainer: per neuron kind (``next_token``,
-    ``random``) the mean, std, skew and ``scipy.stats.skewtest`` of E (project rule), with
-    counts of kept pairs, scored, single-class, failed and missing pairs and unparsed answers,
-    the sorted scores, and ``authors_rule``: the same summary by the authors' rule
-    (``scoring.authors_score``) with ``n_fallback`` single-class pairs scored by one rate.
+    ``random``) the mean, std, skew and ``scipy.stats.skewtest`` (two-sided) of E (project
+    rule), with counts of kept pairs, scored, single-class, unanswered (imported explanations
+    without held-out answers), failed and missing pairs and unparsed answers, the sorted
+    scores, and ``authors_rule``: the same summary by the authors' rule
+    (``scoring.authors_score``; skew test one-sided, ``alternative='greater'``, as theirs) with
+    ``n_fallback`` single-class pairs scored by one rate.
 
     Raises:
         NotFound: no run ``run_id``.
@@ -56,6 +59,7 @@ def score_table(session: Session, *, run_id: int, explainer: str) -> dict:
         scores = sorted(e.score for e in exps if e.score is not None)
         row = {"kept_pairs": kept, "explained": len(exps),
                "single_class": sum(e.status == "single_class" for e in exps),
+               "unanswered": sum(e.status == "unanswered" for e in exps),
                "failed": sum(e.status == "failed" for e in exps),
                "unscored": sum(e.status == "ok" and e.score is None for e in exps),
                "missing": kept - len(exps), "n_unparsed": sum(e.n_unparsed for e in exps)}
@@ -63,7 +67,7 @@ def score_table(session: Session, *, run_id: int, explainer: str) -> dict:
         row["scores"] = scores
         auth = [authors_score(e.score, e.tpr, e.tnr) for e in exps if e.status != "failed"]
         auth = sorted(a for a in auth if a is not None)
-        row["authors_rule"] = {**describe(auth), "scores": auth,
+        row["authors_rule"] = {**describe(auth, alternative="greater"), "scores": auth,
                                "n_fallback": sum(e.score is None and authors_score(e.score, e.tpr, e.tnr)
                                                  is not None for e in exps)}
         out["kinds"][kind] = row
@@ -127,7 +131,10 @@ def format_table(table: dict) -> str:
         au = r.get("authors_rule")
         if au and au["n"] != r["n"]:
             lines.append(f"{'':<11}authors' rule (single-class fallback): {_f(au['mean'], '.4f')} ± "
-                         f"{_f(au['std'], '.4f')} over {au['n']} pairs ({au['n_fallback']} by one rate)")
+                         f"{_f(au['std'], '.4f')} over {au['n']} pairs ({au['n_fallback']} by one rate); "
+                         f"skew test p {_f(au['skewtest']['pvalue'], '.2g')} (one-sided, greater)")
+        if r.get("unanswered"):
+            lines.append(f"{'':<11}{r['unanswered']} explained pairs have no held-out answers in the data")
     return "\n".join(lines)
 
 

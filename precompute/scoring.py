@@ -66,16 +66,18 @@ def authors_score(score: float | None, tpr: float | None, tnr: float | None) -> 
     return None
 
 
-def describe(scores: Sequence[float]) -> dict:
+def describe(scores: Sequence[float], *, alternative: str = "two-sided") -> dict:
     """Summary of a set of E values: ``n``, ``mean``, ``std`` (population, ddof=0, as the
     authors' ``np.std``), ``skew`` (``scipy.stats.skew``, biased) and ``skewtest``
-    (``{"statistic", "pvalue", "reason"}``; p None with a reason below 8 scores or when all
-    scores are equal)."""
+    (``{"statistic", "pvalue", "alternative", "reason"}``: ``scipy.stats.skewtest`` with
+    ``alternative`` — the project's ``two-sided``, the authors' ``greater`` (their notebook:
+    is E skewed to the right?); p None with a reason below 8 scores or when all scores are
+    equal)."""
     import numpy as np
     from scipy import stats
 
     out: dict = {"n": len(scores), "mean": None, "std": None, "skew": None,
-                 "skewtest": {"statistic": None, "pvalue": None, "reason": None}}
+                 "skewtest": {"statistic": None, "pvalue": None, "alternative": alternative, "reason": None}}
     if not len(scores):
         out["skewtest"]["reason"] = "no scored pairs"
         return out
@@ -89,7 +91,7 @@ def describe(scores: Sequence[float]) -> dict:
     elif constant:
         out["skewtest"]["reason"] = "all scores are equal"
     else:
-        res = stats.skewtest(a)
+        res = stats.skewtest(a, alternative=alternative)
         out["skewtest"].update(statistic=float(res.statistic), pvalue=float(res.pvalue))
     return out
 

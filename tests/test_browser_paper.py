@@ -1,7 +1,8 @@
 """An imported run of the authors' GPT-2 small sample in real Chromium (Debian's chromium via
-Playwright) against a real uvicorn server: the neuron page (the model-not-available line, the
-firing token marked, the top-3 grid leading to a pair), the pair page with GPT-4's and the
-baseline's explanations side by side, and /compare. Screenshots go to test-artifacts/."""
+Playwright) against a real uvicorn server: the neuron page (the disabled live box with its
+reason, the authors' dates, GPT-4's explanations with their lead-in, the imported ablation, the
+firing token marked, the top-3 grid leading to a pair), the pair page (the explainers side by
+side, the ablation with where it comes from) and /compare. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from tests.paper_data import build_paper_web_db, require_sample
 from tests.web_fixtures import Server
 
 pytestmark = pytest.mark.browser
+
+LEAD = "This attention head is active when the document"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,14 @@ def server(tmp_path_factory, precomputed_db):
 def test_imported_neuron_and_pair_pages(page, server):
     page.goto(server.url + "/gpt2-small/neurons/9/1690")
     notice = page.locator(".model-missing")
-    assert notice.count() == 1 and "gpt2" in notice.inner_text()
+    assert notice.count() == 1 and "gpt2" in notice.inner_text() and "not on this server" in notice.inner_text()
+    run = page.locator("#live-form button[type=submit]")
+    assert run.is_disabled() and "not on this server" in run.get_attribute("title")
+    dates = page.locator(".provenance").inner_text()
+    assert "2023-10-11" in dates and "2023-10-14" in dates and "imported" in dates
+    kept = page.locator("section.card", has_text="Kept (neuron, head) pairs")
+    assert kept.locator(".expl", has_text=LEAD).count() == 2  # GPT-4's, lead-in included
+    assert kept.locator("td.num", has_text="zero:").count() == 2  # the imported ablation, per pair
     n_rows = page.locator("table.prompts tbody tr").count()
     assert n_rows == 18 and page.locator("table.prompts .tok.max").count() == n_rows
     # no per-token activation: every token white, the firing token outlined
@@ -40,7 +50,11 @@ def test_imported_neuron_and_pair_pages(page, server):
     assert blocks.count() == 2
     a, b = blocks.nth(0).bounding_box(), blocks.nth(1).bounding_box()
     assert abs(a["y"] - b["y"]) < 2 and a["x"] + a["width"] <= b["x"] + 1  # side by side
-    assert "0.817" in page.locator('.expl-block[data-explainer="openai:gpt-4"]').inner_text()
+    gpt = page.locator('.expl-block[data-explainer="openai:gpt-4"]').inner_text()
+    assert "0.817" in gpt and LEAD in gpt
+    summary = page.locator(".ablation-summary").inner_text()
+    assert "zero-ablation of L8H1" in summary and "7_head_ablation/" in summary and "KS over prompts" in summary
+    assert "2023-10-11" in page.locator(".provenance").inner_text()
     shot(page, "paper-pair.png")
 
 

@@ -363,3 +363,54 @@ def test_explain_command(db_copy, capsys):
     assert cli_main(["explain", "--db", url, "--run-name", slugs[0], "--explainer", "openai",
                      "--llm-api-key-env", "LOOKUPS_TEST_NO_SUCH_KEY"]) == 2
     assert "LOOKUPS_TEST_NO_SUCH_KEY" in capsys.readouterr().err
+
+
+# --- the baseline's configuration, by cross-validation across neurons ------------------------
+
+def _neuron_tasks(neuron_id: int, seed: int, n_pairs: int = 2) -> list[PairTask]:
+    out = []
+    for j in range(n_pairs):
+        t = _cat_task(seed=seed * 10 + j)
+        out.append(PairTask(pair_id=neuron_id * 100 + j, neuron_id=neuron_id, kind="next_token",
+                            label=f"L1H{j}", token=" meow", explain=t.explain, heldout=t.heldout))
+    return out
+
+
+def test_baseline_configuration_never_depends_on_the_neurons_own_prompts():
+    from precompute.explainers.selection import GRID, choose, cv_scores, explain_with
+
+    pool = [t for n in range(1, 5) for t in _neuron_tasks(n, seed=n)]
+    chosen = choose(pool)
+    assert set(chosen) == {1, 2, 3, 4} and all(c in GRID for c, _ in chosen.values())
+    # the mean CV score that chose neuron 1's configuration is over the other neurons' pairs
+    cv = cv_scores(pool)
+    j = GRID.index(chosen[1][0])
+    others = [cv[t.pair_id][j] for t in pool if t.neuron_id != 1 and cv[t.pair_id][j] is not None]
+    assert chosen[1][1] == pytest.approx(sum(others) / len(others))
+    # scrambling neuron 1's own explain labels changes nothing of its choice ...
+    rng = random.Random(3)
+    scrambled = [PairTask(t.pair_id, t.neuron_id, t.kind, t.label, t.token,
+                          explain=[Example(e.prompt_id, e.text, e.tokens, rng.random() < 0.5) for e in t.explain],
+                          heldout=t.heldout) if t.neuron_id == 1 else t for t in pool]
+    assert choose(scrambled)[1] == chosen[1]
+    # ... and the held-out truth is never read: flipping it changes no answer
+    t = pool[0]
+    flipped = PairTask(t.pair_id, t.neuron_id, t.kind, t.label, t.token, explain=t.explain,
+                       heldout=[Example(e.prompt_id, e.text, e.tokens, not e.active) for e in t.heldout])
+    a, b = explain_with(t, chosen), explain_with(flipped, chosen)
+    assert [x[2] for x in a.answers] == [x[2] for x in b.answers]
+    assert a.settings["config"] == chosen[1][0].label() and a.settings["cv"]["mean_bacc_other_neurons"] is not None
+
+
+def test_out_of_fold_threshold_and_folds():
+    from precompute.explainers.baseline import Config, folds
+
+    fs = folds(7, 3)
+    assert len(fs) == 3 and sorted(x for f in fs for x in f) == sorted([(True, i) for i in range(7)] +
+                                                                        [(False, i) for i in range(3)])
+    assert all(any(a for a, _ in f) and any(not a for a, _ in f) for f in fs)  # stratified
+    assert folds(5, 1) == []
+    t = _cat_task()
+    oof = explain_pair(t, Config(threshold="oof"))
+    assert oof.settings["threshold_from"] == "oof"
+    assert [parse_answer(a) for _, _, a in oof.answers] == [e.active for e in t.heldout]

@@ -28,7 +28,7 @@ def wait_ready(base: str, timeout: float = 120) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         h = httpx.get(base + "/healthz", timeout=10).json()
-        if h["ready"] or any(v.startswith("failed") for v in h["models"].values()):
+        if h["ready"] or any(v.startswith(("failed", "unavailable")) for v in h["models"].values()):
             return h
         time.sleep(0.05)
     raise AssertionError("the models did not load")
@@ -52,7 +52,9 @@ def test_models_load_in_the_background_and_healthz_says_when(web_db, tiny_model_
     with Server(bad) as srv:
         h = wait_ready(srv.url)
         assert not h["ready"] and "nonexistent/model-dir" in h["models"][TOPK_RUN]
-        assert h["models"][TOPK_RUN].startswith("failed")
+        # not on this server: known at start, without trying to load it
+        assert h["models"][TOPK_RUN].startswith("unavailable") and h["live"][TOPK_RUN] is False
+        assert h["live"] == {s: s != TOPK_RUN for s in h["models"]}
 
 
 def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):

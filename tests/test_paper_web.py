@@ -4,8 +4,12 @@ line, the explainers side by side, and /compare."""
 
 from __future__ import annotations
 
+import csv
+import io
+from html import unescape
 import re
 import sqlite3
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -45,7 +49,9 @@ def test_imported_neuron_page(client, db):
     assert r.status_code == 200
     notices = re.findall(r'<p class="notice model-missing">(.*?)</p>', r.text, re.S)
     assert len(notices) == 1 and "\n" not in notices[0] and "gpt2" in notices[0]
-    assert "LOOKUPS_MODEL_PATHS" in notices[0]
+    # one line saying why, no command-line advice; Run is disabled
+    assert not re.search(r"LOOKUPS_|python -c|--model|lookups ", notices[0])
+    assert re.search(r'<button type="submit" disabled title="Live passes are off', r.text)
     n_prompts = sqlite3.connect(db).execute(
         "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
         "WHERE r.slug = 'gpt2-small' AND n.layer = 9 AND n.neuron = 1360 AND p.split = 'explain'").fetchone()[0]
@@ -55,9 +61,97 @@ def test_imported_neuron_page(client, db):
     j = client.get("/gpt2-small/neurons/9/1360.json").json()
     assert j["neuron"]["token"] == " they" and all(p["acts"] == [] for p in j["prompts"])
     assert all(p["max_pos"] == len(p["tokens"]) - 1 for p in j["prompts"])
-    # a live pass on a model that cannot be loaded: the page, with the reason, never an error page
+    # /healthz knew at start; a live request answers at once, with the reason, never an error page
+    h = client.get("/healthz").json()
+    assert h["models"]["gpt2-small"].startswith("unavailable: ") and h["live"]["gpt2-small"] is False
+    t0 = time.monotonic()
     r = client.get("/gpt2-small/neurons/9/1360", params={"prompt": "They said"})
+    assert time.monotonic() - t0 < 10
     assert r.status_code == 503 and "Top-3 heads" in r.text and 'role="alert"' in r.text
+    assert "not on this server" in r.text and "--model" not in r.text
+
+
+def test_imported_run_reads_as_what_it_is(client):
+    # GPT-4's explanation with the lead-in of the authors' prompt, in every view
+    lead = "This attention head is active when the document"
+    page = client.get("/gpt2-small/neurons/9/1690").text
+    assert page.count(lead) == 2  # both kept pairs' GPT-4 explanations
+    pairs = client.get("/gpt2-small/pairs.json", params={"explainer": "openai:gpt-4"}).json()["pairs"]
+    assert len(pairs) == 29 and all(p["explanation"].startswith(lead + " ") for p in pairs)
+    rows = list(csv.DictReader(io.StringIO(client.get("/gpt2-small/pairs.csv",
+                                                      params={"explainer": "openai:gpt-4"}).text)))
+    assert len(rows) == 29 and all(r["explanation"].startswith(lead) for r in rows)
+    pair = client.get("/gpt2-small/neurons/9/1690/heads/8/1").text
+    assert pair.count(lead) == 1
+    # no raw status strings: a single-class pair and a neuron whose records could not be matched
+    r = client.get("/gpt2-small/neurons/9/1360/heads/7/4").text
+    assert "single class" in r and ">single_class<" not in r
+    r = client.get("/gpt2-small/neurons/9/2209").text
+    assert "records_not_matched" not in r and "could not be matched to the explain and held-out prompt texts" in r
+    # best E by the run's own rule (the authors'), the project's alongside
+    j = client.get("/gpt2-small/neurons/10/1687.json").json()
+    assert j["best"]["rule"] == "authors" and j["best"]["score"] == pytest.approx(1.0)
+    assert j["best"]["other_rule"] == "project" and j["best"]["other"] == pytest.approx(0.596, abs=5e-4)
+    assert j["neuron"]["best_score"] == pytest.approx(1.0)
+    html = client.get("/gpt2-small/neurons/10/1687").text
+    assert re.search(r"best E <span[^>]*>1\.000</span> \(authors(&#39;|') rule; project(&#39;|')s rule <span[^>]*>0\.596",
+                     html)
+    # the authors' dates and the import date, as such
+    run = next(x for x in client.get("/.json").json()["runs"] if x["slug"] == "gpt2-small")
+    assert run["started_at"].startswith("2023-10-11T19:07:38") and run["finished_at"].startswith("2023-10-14")
+    assert run["imported_at"][:4] >= "2025" and run["missing"] == []
+    home = client.get("/").text
+    assert "authors' run" in home and "imported" in home
+    # ablation: where the figures come from, both statistics labelled
+    assert "per-pair means (authors')" in home and "per prompt (project's)" in home
+    assert "0.3985" in home and "0.0156" in home
+    abl = run["findings"]["ablation"]["zero"]["next_token"]
+    assert abl["authors"]["ks"]["D"] == pytest.approx(0.3985, abs=1e-4)
+    j = client.get("/gpt2-small/neurons/9/2209/heads/7/0.json").json()
+    assert j["state"]["ablation"]["state"] == "imported" and "7_head_ablation/" in j["state"]["ablation"]["reason"]
+    assert j["ablation_summary"]["zero"]["authors_mean"]["records"] == 30  # the authors' 30 records, 21 texts
+    assert "7_head_ablation/nh_token_prob_attn_ablated_vs_normal_noabs_small.pkl" in \
+        client.get("/gpt2-small/neurons/9/2209/heads/7/0").text
+
+
+@pytest.fixture(scope="module")
+def partial_client(tmp_path_factory):
+    """The sample without its answer files and ablation file: an imported run that lacks them."""
+    import shutil
+
+    from app.main import create_app
+
+    from .paper_data import copy_sample, import_sample
+
+    d = tmp_path_factory.mktemp("partial-web")
+    src = copy_sample(d / "experiment_data")
+    for p in (src / "6_explanation_eval").glob("*_results.jsonl"):
+        p.unlink()
+    shutil.rmtree(src / "7_head_ablation")
+    db = d / "p.db"
+    import_sample(db, src)
+    with TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as c:
+        yield c
+
+
+def test_partial_import_says_unanswered_and_not_in_the_data(partial_client):
+    c = partial_client
+    for url in ("/gpt2-small/neurons/9/1360/heads/7/4", "/gpt2-small/neurons/9/1360", "/"):
+        html = unescape(c.get(url).text)
+        assert "not computed yet" not in html.lower() and "lookups precompute" not in html, url
+        assert "single_class" not in html and "0 active / 0 inactive" not in html, url
+    pair = unescape(c.get("/gpt2-small/neurons/9/1360/heads/7/4").text)
+    assert "unanswered" in pair and "E cannot be computed" in pair
+    assert "not in the authors' data" in pair and "no ablation file of these pairs" in pair
+    j = c.get("/gpt2-small/neurons/9/1360/heads/7/4.json").json()
+    assert j["state"]["ablation"]["state"] == "not_in_data"
+    assert j["explanations"][0]["status_text"].startswith("unanswered")
+    run = c.get("/.json").json()["runs"][0]
+    assert run["status"] == "partial" and len(run["missing"]) == 2
+    t = run["findings"]["explanations"]["openai:gpt-4"]["kinds"]["next_token"]
+    assert (t["unanswered"], t["single_class"]) == (29, 0)
+    home = unescape(c.get("/").text)
+    assert "held-out answers" in home and "no E" in home
 
 
 def test_pair_page_explainers_side_by_side(client):
@@ -74,7 +168,9 @@ def test_pair_page_explainers_side_by_side(client):
     j = client.get("/gpt2-small/neurons/9/1360/heads/7/4.json").json()
     gpt = next(e for e in j["explanations"] if e["explainer"] == "openai:gpt-4")
     assert gpt["score"] is None and gpt["score_authors"] == pytest.approx(0.75)
-    assert all(set(h["classifications"]) == {"baseline", "openai:gpt-4"} for h in j["heldout"])
+    answered = [h for h in j["heldout"] if h["classifications"]]
+    assert len(answered) == 20 and all(set(h["classifications"]) == {"baseline", "openai:gpt-4"} for h in answered)
+    assert all(h["ablations"] for h in j["heldout"])  # the ablation covers every held-out prompt
 
 
 def test_compare(client, db):

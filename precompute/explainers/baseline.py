@@ -55,7 +55,27 @@ MAX_N = 2  # unigrams and bigrams
 N_CANDIDATES = 10  # candidate features per side, by |z|
 MAX_FEATURES = 6  # features named in all
 MIN_SUPPORT = 2  # prompts of the side that must contain a candidate feature
+FOLDS = 5  # folds of the explain prompts for out-of-fold thresholds
 _EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Config:
+    """The baseline's choices that cross-validation selects (``explainers.selection``):
+    ``half_life`` of the recency weight (tokens), at most ``max_features`` named features, and
+    where the threshold comes from: ``"fit"`` (the explain prompts the features were chosen
+    on) or ``"oof"`` (their out-of-fold scores: each prompt scored by a fit on the other
+    folds, so the threshold is not set on scores the selection has already pushed apart)."""
+
+    half_life: float = HALF_LIFE
+    max_features: int = MAX_FEATURES
+    threshold: str = "fit"
+
+    def label(self) -> str:
+        return f"half-life {self.half_life:g}, at most {self.max_features} features, threshold {self.threshold}"
+
+
+DEFAULT = Config()
 
 METHOD_NOTE = (
     "Baseline explainer (no LLM; paper §4.4 calibration): weighted log-odds with an "
@@ -107,20 +127,22 @@ def feature_text(f: str) -> str:
     return json.dumps(f, ensure_ascii=False)
 
 
-def log_odds_z(active: Sequence[dict[str, float]], inactive: Sequence[dict[str, float]]) -> dict[str, float]:
-    """z-scores of the weighted log-odds ratio (active vs inactive) of every feature, with an
-    informative Dirichlet prior from the pooled counts (Monroe et al. 2008). Positive z: more
-    typical of active prompts."""
-    ya: dict[str, float] = {}
-    yi: dict[str, float] = {}
-    for xs, y in ((active, ya), (inactive, yi)):
-        for x in xs:
-            for f, v in x.items():
-                y[f] = y.get(f, 0.0) + v
+def _counts(xs: Sequence[dict[str, float]]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per feature: the summed weights ``y_f`` and the number of prompts holding it."""
+    y: dict[str, float] = {}
+    n: dict[str, int] = {}
+    for x in xs:
+        for f, v in x.items():
+            y[f] = y.get(f, 0.0) + v
+            n[f] = n.get(f, 0) + 1
+    return y, n
+
+
+def _z(ya: dict[str, float], yi: dict[str, float], feats) -> dict[str, float]:
     na, ni = sum(ya.values()), sum(yi.values())
     a0 = na + ni
     out = {}
-    for f in set(ya) | set(yi):
+    for f in feats:
         a, i = ya.get(f, 0.0), yi.get(f, 0.0)
         alpha = a + i
         # The floors only matter when one feature holds all the mass (single-token prompts).
@@ -130,19 +152,33 @@ def log_odds_z(active: Sequence[dict[str, float]], inactive: Sequence[dict[str, 
     return out
 
 
+def log_odds_z(active: Sequence[dict[str, float]], inactive: Sequence[dict[str, float]]) -> dict[str, float]:
+    """z-scores of the weighted log-odds ratio (active vs inactive) of every feature, with an
+    informative Dirichlet prior from the pooled counts (Monroe et al. 2008). Positive z: more
+    typical of active prompts."""
+    ya, _ = _counts(active)
+    yi, _ = _counts(inactive)
+    return _z(ya, yi, set(ya) | set(yi))
+
+
 def _threshold(scores: Sequence[float], truth: Sequence[bool]) -> tuple[float, float]:
-    """``(balanced accuracy, threshold)`` of the best threshold (see ``best_threshold``)."""
-    vals = sorted(set(scores))
-    cands = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1.0]
-    n_pos = sum(truth)
+    """``(balanced accuracy, threshold)`` of the best threshold (see ``best_threshold``); one
+    sort and one sweep over the distinct scores."""
+    n_pos = sum(1 for y in truth if y)
     n_neg = len(truth) - n_pos
-
-    def bacc(t: float) -> float:
-        tp = sum(1 for s, y in zip(scores, truth) if y and s > t)
-        tn = sum(1 for s, y in zip(scores, truth) if not y and s <= t)
-        return 0.5 * ((tp / n_pos if n_pos else 0.0) + (tn / n_neg if n_neg else 0.0))
-
-    accs = [bacc(t) for t in cands]
+    counts: dict[float, list[int]] = {}
+    for s, y in zip(scores, truth):
+        counts.setdefault(s, [0, 0])[0 if y else 1] += 1
+    vals = sorted(counts)
+    cands = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1.0]
+    accs = []
+    below_pos = below_neg = 0  # prompts with a score below the candidate: predicted inactive
+    for j in range(len(cands)):
+        if j:
+            below_pos += counts[vals[j - 1]][0]
+            below_neg += counts[vals[j - 1]][1]
+        tp, tn = n_pos - below_pos, below_neg
+        accs.append(0.5 * ((tp / n_pos if n_pos else 0.0) + (tn / n_neg if n_neg else 0.0)))
     best = max(accs)
     tied = [t for t, a in zip(cands, accs) if a == best]
     return best, tied[(len(tied) - 1) // 2]
@@ -165,9 +201,10 @@ class BaselineExplanation:
     threshold: float
     n_active: int
     n_inactive: int
+    config: Config = DEFAULT
 
     def score(self, tokens: Sequence[str]) -> float:
-        x = features(tokens)
+        x = features(tokens, half_life=self.config.half_life)
         return sum(z * x.get(f, 0.0) for f, z in self.active_features + self.inactive_features)
 
     def classify(self, tokens: Sequence[str]) -> tuple[bool, str]:
@@ -197,14 +234,17 @@ class BaselineExplanation:
     def as_dict(self) -> dict:
         return {"active_features": [[f, round(z, 6)] for f, z in self.active_features],
                 "inactive_features": [[f, round(z, 6)] for f, z in self.inactive_features],
-                "threshold": self.threshold, "half_life": HALF_LIFE, "max_n": MAX_N,
-                "n_candidates": N_CANDIDATES, "max_features": MAX_FEATURES,
+                "threshold": self.threshold, "half_life": self.config.half_life, "max_n": MAX_N,
+                "n_candidates": N_CANDIDATES, "max_features": self.config.max_features,
+                "threshold_from": self.config.threshold,
                 "min_support": MIN_SUPPORT, "lengths": list(LENGTHS),
                 "prior": "pooled explain prompts of the pair"}
 
 
-def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> BaselineExplanation:
-    """Fit the baseline on the token lists of the active and inactive explain prompts.
+def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]],
+        config: Config = DEFAULT) -> BaselineExplanation:
+    """Fit the baseline on the token lists of the active and inactive explain prompts, with
+    ``config`` (the threshold is the in-sample one; ``explain_pair`` applies ``"oof"``).
 
     Raises:
         ValueError: either side is empty (a kept pair always has both).
@@ -212,16 +252,21 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> B
     if not active or not inactive:
         raise ValueError(f"The baseline needs active and inactive examples, got {len(active)} "
                          f"active and {len(inactive)} inactive.")
-    xa = [features(t) for t in active]
-    xi = [features(t) for t in inactive]
-    z = log_odds_z(xa, xi)
+    return fit_features([features(t, half_life=config.half_life) for t in active],
+                        [features(t, half_life=config.half_life) for t in inactive], config)
 
-    def support(xs, f):
-        return sum(1 for x in xs if f in x)
 
+def fit_features(xa: Sequence[dict[str, float]], xi: Sequence[dict[str, float]],
+                 config: Config = DEFAULT) -> BaselineExplanation:
+    """:func:`fit` on the prompts' features (``features(tokens, half_life=config.half_life)``)."""
+    ya, sa = _counts(xa)
+    yi, si = _counts(xi)
+    # z only of the features that can be candidates (enough support on one side): the same
+    # candidates as ranking every feature, without the work
+    z = _z(ya, yi, [f for f in set(ya) | set(yi) if sa.get(f, 0) >= MIN_SUPPORT or si.get(f, 0) >= MIN_SUPPORT])
     ranked = sorted(z.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-    pos = [(f, v) for f, v in ranked if v > 0 and support(xa, f) >= MIN_SUPPORT][:N_CANDIDATES]
-    neg = [(f, v) for f, v in ranked if v < 0 and support(xi, f) >= MIN_SUPPORT][:N_CANDIDATES]
+    pos = [(f, v) for f, v in ranked if v > 0 and sa.get(f, 0) >= MIN_SUPPORT][:N_CANDIDATES]
+    neg = [(f, v) for f, v in ranked if v < 0 and si.get(f, 0) >= MIN_SUPPORT][:N_CANDIDATES]
     cands = sorted(pos + neg, key=lambda kv: (-abs(kv[1]), kv[0]))
     xs = xa + xi
     truth = [True] * len(xa) + [False] * len(xi)
@@ -230,7 +275,7 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> B
     chosen: list[tuple[str, float]] = []
     cur = [0.0] * len(xs)
     best = 0.5  # a constant score: chance
-    while len(chosen) < MAX_FEATURES:
+    while len(chosen) < config.max_features:
         trial = None
         for f, v in cands:
             if any(f == c for c, _ in chosen):
@@ -245,14 +290,48 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]]) -> B
         chosen.append((f, v))
     model = BaselineExplanation(sorted(((f, v) for f, v in chosen if v > 0), key=lambda kv: -kv[1]),
                                 sorted(((f, v) for f, v in chosen if v < 0), key=lambda kv: kv[1]),
-                                _threshold(cur, truth)[1], len(active), len(inactive))
+                                _threshold(cur, truth)[1], len(xa), len(xi), config)
     return model
 
 
-def explain_pair(task: PairTask) -> PairResult:
-    """Explain one pair with the baseline and answer Yes / No on each of its held-out prompts
-    (also when they are all one class: status ``single_class``). Reads only the explain
-    prompts' labels; a pair without explain prompts fails."""
+def folds(n_active: int, n_inactive: int, k: int = FOLDS) -> list[list[tuple[bool, int]]]:
+    """Stratified folds of a pair's explain prompts: ``[(active, index within its side)]``
+    per fold, each side dealt round-robin in order (deterministic); at most ``k`` folds, fewer
+    when a side is small, and none when a side has fewer than 2 prompts."""
+    k = min(k, n_active, n_inactive)
+    if k < 2:
+        return []
+    out: list[list[tuple[bool, int]]] = [[] for _ in range(k)]
+    for side, n in ((True, n_active), (False, n_inactive)):
+        for i in range(n):
+            out[i % k].append((side, i))
+    return out
+
+
+def out_of_fold(xa: Sequence[dict], xi: Sequence[dict], config: Config) -> list[tuple[bool, float]] | None:
+    """Each explain prompt's score under a fit on the other folds (:func:`folds`), as
+    ``(active, score)``; None when the sides are too small to fold."""
+    fs = folds(len(xa), len(xi))
+    if not fs:
+        return None
+    out = []
+    for f in fs:
+        held = set(f)
+        model = fit_features([x for i, x in enumerate(xa) if (True, i) not in held],
+                             [x for i, x in enumerate(xi) if (False, i) not in held], config)
+        feats = model.active_features + model.inactive_features
+        for side, i in f:
+            x = (xa if side else xi)[i]
+            out.append((side, sum(z * x.get(name, 0.0) for name, z in feats)))
+    return out
+
+
+def explain_pair(task: PairTask, config: Config = DEFAULT) -> PairResult:
+    """Explain one pair with the baseline (``config``: see :class:`Config`; the precompute job
+    and ``lookups explain`` choose it by cross-validation across neurons,
+    ``explainers.selection``) and answer Yes / No on each of its held-out prompts (also when
+    they are all one class: status ``single_class``). Reads only the explain prompts' labels;
+    a pair without explain prompts fails."""
     act, inact = task.active, task.inactive
     status = "single_class" if task.single_class else "ok"
     if not act and not inact:
@@ -268,8 +347,14 @@ def explain_pair(task: PairTask) -> PairResult:
                               n_active=len(act), n_inactive=len(inact), half_life=HALF_LIFE),
                           settings={"explainer": BASELINE, "one_class": "active" if yes else "inactive"},
                           answers=[(e.prompt_id, e.active, answer) for e in task.heldout])
-    model = fit([e.tokens for e in act], [e.tokens for e in inact])
-    note = METHOD_NOTE.format(n_active=len(act), n_inactive=len(inact), half_life=HALF_LIFE)
+    xa = [features(e.tokens, half_life=config.half_life) for e in act]
+    xi = [features(e.tokens, half_life=config.half_life) for e in inact]
+    model = fit_features(xa, xi, config)
+    if config.threshold == "oof":
+        oof = out_of_fold(xa, xi, config)
+        if oof is not None:
+            model.threshold = best_threshold([s for _, s in oof], [a for a, _ in oof])
+    note = METHOD_NOTE.format(n_active=len(act), n_inactive=len(inact), half_life=config.half_life)
     return PairResult(status=status, text=model.text(), prompt=note,
                       settings={"explainer": BASELINE, **model.as_dict()},
                       answers=[(e.prompt_id, e.active, model.classify(e.tokens)[1]) for e in task.heldout])

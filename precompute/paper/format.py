@@ -1,43 +1,53 @@
-"""Reading the authors' released experiment data (Neo, Cohen & Barez, commit ``b98f23e``,
-``neuron_groups/experiment_data``) into plain Python, checking every field on the way.
+"""The fields of the authors' released experiment data (Neo, Cohen & Barez, commit ``b98f23e``,
+``neuron_groups/experiment_data``), read from parsed files into plain Python and checked on the
+way. Which files form an experiment is :mod:`precompute.paper.chains`; reading bytes safely is
+:mod:`precompute.paper.files`.
 
-The files, per model ``M`` (``gpt2-small``, ``gpt2-medium``, ``gpt2-large``), by step folder:
+The files, by step folder (``<stem>`` = ``<date>_<time>_<model>[...]``):
 
-- ``1_next_token_neurons/*_M.json``: ``neurons``: ``"(layer, neuron)"`` → token, congruence.
-- ``3_trimmed_texts/*_M.json`` / ``*_M_test.json``: per neuron, its top-30 documents:
+- ``1_next_token_neurons/<stem>.json``: ``parameters`` (``model_name``, ``layers``) and
+  ``neurons``: ``"(layer, neuron)"`` → token, congruence.
+- ``3_trimmed_texts/<stem>.json`` / ``<stem>_test.json``: per neuron, its top-30 documents:
   ``dataset_index``, ``og_act``, ``token_pos``, ``start_pos``, ``trunc_act`` (positions only).
-- ``4_head_attributions/*_M.json`` / ``*_M_test.json``: per neuron, trimmed prompt text →
+- ``4_head_attributions/<stem>.json`` / ``<stem>_test.json``: per neuron, trimmed prompt text →
   the flat indices of its top-3 heads (``flat = layer * n_heads + head``), largest first.
-- ``4_head_attributions/*_M_prompts.json``: the pairs the authors explained, with the
-  neuron's training prompts split by the head (prompt + token).
-- ``5_head_explanations/*_M_prompts_dict.json`` and ``*_prompts_results.jsonl``: the explain
-  prompt of each pair, and GPT-4's answers (``[request, response]`` lines, completion order).
-- ``6_explanation_eval/*_M_test_20.json``: per pair, classification prompt → shown held-out
-  prompt; the answers are in the ``_test_prompts_results.jsonl`` and
-  ``_test_prompts_10_results.jsonl`` files named after its ``classify_filepath``.
+- ``4_head_attributions/<stem>_prompts*.json``: ``nh_to_pos_neg_prompts``, the pairs the
+  authors explained.
+- ``5_head_explanations/<attribution stem>_prompts_dict.json`` and ``..._results.jsonl``: the
+  explain prompt of each pair, and GPT-4's answers (``[request, response]`` lines, completion
+  order).
+- ``6_explanation_eval/<test attribution stem>_prompts*_results.jsonl``: GPT-4's Yes / No on
+  the classification prompts; ``*.json`` files with ``classify_prompts`` map them to held-out
+  prompts and name the test attribution file (``prior_filename``).
+- ``7_head_ablation/*_{small,medium,large}.pkl``: :mod:`precompute.paper.pickled`.
 
 Rules that follow the authors' notebooks: tuple-repr keys; results joined to requests by
-``messages[0].content``; a prompt sent twice keeps the answer of the *later* line (the
-classification answers: the first file, then updated by the ``_10`` file); shown prompts carry
-the neuron's token appended, stripped by its length.
+``messages[0].content``; a prompt sent twice keeps the answer of the *later* line; shown
+prompts carry the neuron's token appended, stripped by its length.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime
 
-from precompute.errors import LookupsError
+from precompute.paper.files import NonFinite, PaperFormatError, check_number
 
-MODELS = ("gpt2-small", "gpt2-medium", "gpt2-large")
-_KEY = re.compile(r"^\((\d+(?:, \d+)*)\)$")
+__all__ = ["PaperFormatError", "Record", "parse_key", "read_neurons", "read_records", "read_attributions",
+           "read_pair_keys", "read_explain_dict", "read_results", "file_date", "full_text", "SHAPES", "MODEL_OF",
+           "LEAD_IN"]
 
+# model name -> (Hugging Face name, n_layers, n_heads, d_mlp, d_model)
+SHAPES = {"gpt2-small": ("gpt2", 12, 12, 3072, 768), "gpt2-medium": ("gpt2-medium", 24, 16, 4096, 1024),
+          "gpt2-large": ("gpt2-large", 36, 20, 5120, 1280), "gpt2-xl": ("gpt2-xl", 48, 25, 6400, 1600)}
+# the ablation files' suffixes (``..._noabs_small.pkl``) -> model
+MODEL_OF = {"small": "gpt2-small", "medium": "gpt2-medium", "large": "gpt2-large", "xl": "gpt2-xl"}
+MAX_TOKEN_CHARS = 200  # a vocabulary token (GPT-2's longest is 128 characters)
+LEAD_IN = "This attention head is active when the document"  # the end of the authors' explain prompt
 
-class PaperFormatError(LookupsError):
-    """A file of the folder is not in the authors' format (the message names the file and the
-    first field that does not fit)."""
+_KEY = re.compile(r"^\((\d{1,9}(?:, \d{1,9})*)\)$")
+_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_")
 
 
 def parse_key(key: str, n: int, where: str) -> tuple[int, ...]:
@@ -49,61 +59,82 @@ def parse_key(key: str, n: int, where: str) -> tuple[int, ...]:
     m = _KEY.match(key) if isinstance(key, str) else None
     out = tuple(int(x) for x in m.group(1).split(", ")) if m else ()
     if len(out) != n:
-        raise PaperFormatError(f"{where}: key {key!r} is not a tuple of {n} integers like "
+        raise PaperFormatError(f"{where}: key {str(key)[:60]!r} is not a tuple of {n} integers like "
                                f"{str(tuple(range(9, 9 + n)))!r}.")
     return out
 
 
-def _need(obj, key, kind, where: str):
-    """``obj[key]``, checked to be of type ``kind``."""
+def file_date(name: str) -> datetime | None:
+    """The date and time a file name starts with (``2023-10-12_14-43-12_...``, the authors'
+    local time), or None."""
+    m = _DATE.match(name)
+    if not m:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y-%m-%d_%H-%M-%S")
+    except ValueError:
+        return None
+
+
+def full_text(content: str | None) -> str | None:
+    """GPT-4's explanation as a sentence: the lead-in its prompt ended with (:data:`LEAD_IN`),
+    then its words (which continue it)."""
+    if content is None or content.startswith(LEAD_IN):
+        return content
+    return f"{LEAD_IN}{'' if content[:1].isspace() else ' '}{content}"
+
+
+def need(obj, key, kind, where: str):
+    """``obj[key]``, checked to be of type ``kind`` (``float``: a finite number).
+
+    Raises:
+        PaperFormatError: missing, of another type, or not finite (names ``where`` and ``key``).
+    """
     if not isinstance(obj, dict) or key not in obj:
         raise PaperFormatError(f"{where}: missing field {key!r}.")
     v = obj[key]
-    if kind is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+    if kind is float:
+        return check_number(v, where, key)
+    if isinstance(v, NonFinite) or not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
         raise PaperFormatError(f"{where}: field {key!r} should be {getattr(kind, '__name__', kind)}, "
                                f"got {type(v).__name__}.")
     return v
 
 
-def load_json(path: Path, rel: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PaperFormatError(f"{rel}: not a JSON file ({exc}).") from None
+def parameters(data, where: str) -> tuple[str | None, tuple[int, ...] | None]:
+    """``(model_name, layers)`` of a file's ``parameters`` block (None where absent)."""
+    p = data.get("parameters") if isinstance(data, dict) else None
+    if not isinstance(p, dict):
+        return None, None
+    model = p.get("model_name") if isinstance(p.get("model_name"), str) else None
+    layers = p.get("layers")
+    if not (isinstance(layers, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
+        layers = None
+    return model, tuple(layers) if layers is not None else None
 
 
-def load_results(path: Path, rel: str) -> dict[str, dict]:
-    """A ``*_results.jsonl`` file of OpenAI's parallel-request script: request content →
-    ``{"content", "finish_reason", "model", "error"}``; a later line wins."""
-    out: dict[str, dict] = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{rel} line {i}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PaperFormatError(f"{where}: not JSON ({exc}).") from None
-        if not isinstance(item, list) or len(item) != 2:
-            raise PaperFormatError(f"{where}: expected a [request, response] array.")
-        request, response = item
-        msgs = _need(request, "messages", list, f"{where} request")
-        if not msgs:
-            raise PaperFormatError(f"{where} request: 'messages' is empty.")
-        content = _need(msgs[0], "content", str, f"{where} request messages[0]")
-        if isinstance(response, list):  # the script's record of a request that failed for good
-            out[content] = {"content": None, "finish_reason": None, "model": request.get("model"),
-                            "error": "; ".join(map(str, response)) or "failed"}
-            continue
-        choices = _need(response, "choices", list, f"{where} response")
-        if not choices:
-            raise PaperFormatError(f"{where} response: 'choices' is empty.")
-        msg = _need(choices[0], "message", dict, f"{where} response choices[0]")
-        out[content] = {"content": _need(msg, "content", str, f"{where} response choices[0].message"),
-                        "finish_reason": choices[0].get("finish_reason"),
-                        "model": response.get("model"), "error": None}
+def read_neurons(data, rel: str, model: str) -> list[tuple[int, int, str, float]]:
+    """``[(layer, neuron, token, congruence)]`` in file order (layer by layer, congruence
+    descending), each checked to exist in ``model``.
+
+    Raises:
+        PaperFormatError: a field missing or of the wrong type, a non-finite congruence, a
+            neuron outside the model, a token longer than any vocabulary entry.
+    """
+    _, n_layers, _, d_mlp, _ = SHAPES[model]
+    items = need(data, "neurons", dict, rel)
+    out = []
+    for k, v in items.items():
+        layer, idx = parse_key(k, 2, f"{rel} neurons")
+        where = f"{rel} neurons[{k!r}]"
+        if not (0 <= layer < n_layers and 0 <= idx < d_mlp):
+            raise PaperFormatError(f"{rel}: neuron ({layer}, {idx}) does not exist in {model} "
+                                   f"({n_layers} layers × {d_mlp} neurons).")
+        token = need(v, "token", str, where)
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise PaperFormatError(f"{where}: field 'token' should be one vocabulary token, got "
+                                   f"{len(token)} characters.")
+        out.append((layer, idx, token, need(v, "congruence", float, where)))
     return out
 
 
@@ -122,124 +153,113 @@ class Record:
         return self.token_pos - self.start_pos
 
 
-@dataclass
-class ModelFiles:
-    """The files found for one model (paths relative to the folder; None when absent)."""
-
-    model: str
-    root: Path
-    found: dict[str, Path] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-
-    def rel(self, role: str) -> str:
-        return str(self.found[role].relative_to(self.root))
+_RECORD = (("dataset_index", int), ("og_act", float), ("token_pos", int), ("start_pos", int),
+           ("trunc_act", float))
 
 
-# role -> (step folder, file name suffix after "_<model>")
-ROLES = {
-    "neurons": ("1_next_token_neurons", ".json"),
-    "trim": ("3_trimmed_texts", ".json"),
-    "trim_test": ("3_trimmed_texts", "_test.json"),
-    "attr": ("4_head_attributions", ".json"),
-    "attr_test": ("4_head_attributions", "_test.json"),
-    "pairs": ("4_head_attributions", "_prompts.json"),
-    "expl_dict": ("5_head_explanations", "_prompts_dict.json"),
-    "expl_results": ("5_head_explanations", "_prompts_results.jsonl"),
-    "eval": ("6_explanation_eval", "_test_20.json"),
-    "cls_results": ("6_explanation_eval", "_test_prompts_results.jsonl"),
-    "cls_results_10": ("6_explanation_eval", "_test_prompts_10_results.jsonl"),
-}
-# A file named by another's ``prior_filename`` is preferred over the latest of its pattern.
-_PRIOR = {"attr": "pairs", "attr_test": "eval", "trim": "attr", "trim_test": "attr_test"}
+def read_records(data, rel: str) -> dict[tuple[int, int], list[Record]]:
+    """Step-3 records per neuron, in file order (activation descending).
 
-
-def find_files(root: Path, model: str) -> ModelFiles:
-    """The authors' files of ``model`` under ``root`` (the ``experiment_data`` folder): per role
-    the latest by name, unless the chain of ``prior_filename`` names another; the
-    classification results are those named after the evaluation file's ``classify_filepath``."""
-    mf = ModelFiles(model, root)
-    for role, (folder, suffix) in ROLES.items():
-        hits = sorted((root / folder).glob(f"*_{model}{suffix}"))
-        if hits:
-            mf.found[role] = hits[-1]
-    for role in ("attr", "trim", "attr_test", "trim_test"):  # follow the chain back
-        parent = _PRIOR[role]
-        if parent in mf.found:
-            prior = load_json(mf.found[parent], mf.rel(parent)).get("prior_filename") \
-                if mf.found[parent].suffix == ".json" else None
-            named = root / ROLES[role][0] / f"{prior}.json" if isinstance(prior, str) else None
-            if named is not None and named.is_file():
-                mf.found[role] = named
-    if "eval" in mf.found:
-        cf = load_json(mf.found["eval"], mf.rel("eval")).get("classify_filepath")
-        if isinstance(cf, str) and cf.endswith("_20.jsonl"):
-            base = Path(cf).name[:-len("_20.jsonl")]
-            for role, name in (("cls_results", f"{base}_results.jsonl"),
-                               ("cls_results_10", f"{base}_10_results.jsonl")):
-                p = root / ROLES[role][0] / name
-                if p.is_file():
-                    mf.found[role] = p
-    mf.missing = [f"{ROLES[r][0]}/*_{model}{ROLES[r][1]}" for r in ROLES if r not in mf.found]
-    return mf
-
-
-def read_neurons(mf: ModelFiles) -> list[tuple[int, int, str, float]]:
-    """``[(layer, neuron, token, congruence)]`` in file order (layer by layer, congruence
-    descending)."""
-    rel = mf.rel("neurons")
-    data = _need(load_json(mf.found["neurons"], rel), "neurons", dict, rel)
-    out = []
-    for k, v in data.items():
-        layer, idx = parse_key(k, 2, f"{rel} neurons")
-        out.append((layer, idx, _need(v, "token", str, f"{rel} neurons[{k!r}]"),
-                    _need(v, "congruence", float, f"{rel} neurons[{k!r}]")))
-    return out
-
-
-def read_records(mf: ModelFiles, role: str) -> dict[tuple[int, int], list[Record]]:
-    """Step-3 records per neuron, in file order (activation descending)."""
-    rel = mf.rel(role)
-    data = _need(load_json(mf.found[role], rel), "neuron_to_trunc_data", dict, rel)
+    Raises:
+        PaperFormatError: a field missing, of the wrong type, negative or not finite.
+    """
+    items = need(data, "neuron_to_trunc_data", dict, rel)
     out = {}
-    for k, recs in data.items():
+    for k, recs in items.items():
         key = parse_key(k, 2, f"{rel} neuron_to_trunc_data")
         if not isinstance(recs, list):
             raise PaperFormatError(f"{rel}: neuron_to_trunc_data[{k!r}] should be a list of records.")
-        out[key] = [Record(**{f: _need(r, f, t, f"{rel} neuron_to_trunc_data[{k!r}][{i}]")
-                              for f, t in (("dataset_index", int), ("og_act", float), ("token_pos", int),
-                                           ("start_pos", int), ("trunc_act", float))})
-                    for i, r in enumerate(recs)]
+        rows = []
+        for i, r in enumerate(recs):
+            where = f"{rel} neuron_to_trunc_data[{k!r}][{i}]"
+            vals = {f: need(r, f, t, where) for f, t in _RECORD}
+            if min(vals["dataset_index"], vals["token_pos"], vals["start_pos"]) < 0 or \
+                    vals["start_pos"] > vals["token_pos"]:
+                raise PaperFormatError(f"{where}: positions should satisfy 0 <= start_pos <= token_pos, got "
+                                       f"start_pos {vals['start_pos']}, token_pos {vals['token_pos']}.")
+            rows.append(Record(**vals))
+        out[key] = rows
     return out
 
 
-def read_attributions(mf: ModelFiles, role: str, n_heads: int) -> dict[tuple[int, int], dict[str, list[int]]]:
+def read_attributions(data, rel: str, n_heads: int) -> dict[tuple[int, int], dict[str, list[int]]]:
     """Step-4 top-3 flat head indices per neuron and prompt text, in file order.
 
     Raises:
         PaperFormatError: a head index outside ``[0, layer * n_heads)`` (heads below the
-            neuron's layer), or not a list of integers.
+            neuron's layer), or not a non-empty list of integers.
     """
-    rel = mf.rel(role)
-    data = _need(load_json(mf.found[role], rel), "head_attributions", dict, rel)
+    items = need(data, "head_attributions", dict, rel)
     out = {}
-    for k, prompts in data.items():
+    for k, prompts in items.items():
         layer, idx = parse_key(k, 2, f"{rel} head_attributions")
         if not isinstance(prompts, dict):
             raise PaperFormatError(f"{rel}: head_attributions[{k!r}] should map prompt texts to heads.")
         for text, heads in prompts.items():
-            if not (isinstance(heads, list) and heads and all(isinstance(h, int) and 0 <= h < layer * n_heads
-                                                              for h in heads)):
+            if not (isinstance(heads, list) and heads and len(heads) <= 16 and
+                    all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h < layer * n_heads
+                        for h in heads)):
                 raise PaperFormatError(f"{rel}: head_attributions[{k!r}][{text[:40]!r}] should be flat "
-                                       f"head indices in 0..{layer * n_heads - 1}, got {heads!r}.")
+                                       f"head indices in 0..{layer * n_heads - 1}, got {str(heads)[:60]}.")
         out[(layer, idx)] = prompts
     return out
 
 
-def read_pair_keys(mf: ModelFiles, role: str, field_: str | None) -> dict[tuple[int, int, int], object]:
-    """A file keyed by ``"(layer, neuron, flat_head)"`` (under ``field_``, or at the top level)."""
-    rel = mf.rel(role)
-    data = load_json(mf.found[role], rel)
-    data = _need(data, field_, dict, rel) if field_ else data
-    if not isinstance(data, dict):
+def read_pair_keys(data, rel: str, field: str | None) -> dict[tuple[int, int, int], object]:
+    """A file keyed by ``"(layer, neuron, flat_head)"`` (under ``field``, or at the top level).
+
+    Raises:
+        PaperFormatError: not an object, or a key that is not a pair.
+    """
+    items = need(data, field, dict, rel) if field else data
+    if not isinstance(items, dict):
         raise PaperFormatError(f"{rel}: expected an object keyed by \"(layer, neuron, head)\".")
-    return {parse_key(k, 3, f"{rel} {field_ or 'top level'}"): v for k, v in data.items()}
+    return {parse_key(k, 3, f"{rel} {field or 'top level'}"): v for k, v in items.items()}
+
+
+def read_explain_dict(data, rel: str) -> dict[tuple[int, int, int], str]:
+    """``5_head_explanations/*_prompts_dict.json``: pair → the explain prompt sent to GPT-4.
+
+    Raises:
+        PaperFormatError: not pair keys, or a prompt that is not a string.
+    """
+    out = read_pair_keys(data, rel, None)
+    for key, prompt in out.items():
+        if not isinstance(prompt, str) or isinstance(prompt, NonFinite):
+            raise PaperFormatError(f"{rel}[{str(key)!r}]: the explain prompt should be a string.")
+    return out
+
+
+def read_results(lines: list[tuple[int, object]], rel: str) -> dict[str, dict]:
+    """A ``*_results.jsonl`` file of OpenAI's parallel-request script (lines from
+    :meth:`Folder.lines`): request content → ``{"content", "finish_reason", "model", "error"}``;
+    a later line wins.
+
+    Raises:
+        PaperFormatError: a line that is not ``[request, response]`` or lacks the fields read.
+    """
+    out: dict[str, dict] = {}
+    for i, item in lines:
+        where = f"{rel} line {i}"
+        if not isinstance(item, list) or len(item) != 2:
+            raise PaperFormatError(f"{where}: expected a [request, response] array.")
+        request, response = item
+        msgs = need(request, "messages", list, f"{where} request")
+        if not msgs:
+            raise PaperFormatError(f"{where} request: 'messages' is empty.")
+        content = need(msgs[0], "content", str, f"{where} request messages[0]")
+        model = request.get("model") if isinstance(request.get("model"), str) else None
+        if isinstance(response, list):  # the script's record of a request that failed for good
+            out[content] = {"content": None, "finish_reason": None, "model": model,
+                            "error": "; ".join(map(str, response))[:500] or "failed"}
+            continue
+        choices = need(response, "choices", list, f"{where} response")
+        if not choices:
+            raise PaperFormatError(f"{where} response: 'choices' is empty.")
+        msg = need(choices[0], "message", dict, f"{where} response choices[0]")
+        fin = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        out[content] = {"content": need(msg, "content", str, f"{where} response choices[0].message"),
+                        "finish_reason": fin if isinstance(fin, str) else None,
+                        "model": response.get("model") if isinstance(response.get("model"), str) else model,
+                        "error": None}
+    return out

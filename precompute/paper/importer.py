@@ -1,69 +1,59 @@
-"""``lookups import-paper PATH``: the authors' released GPT-2 results as runs of the explorer
-(one per model found: ``gpt2-small``, ``gpt2-medium``, ``gpt2-large``).
+"""``lookups import-paper PATH``: the authors' released GPT-2 results as runs of the explorer,
+one per experiment found (:mod:`precompute.paper.chains`): ``gpt2-small``, ``gpt2-medium``,
+``gpt2-large``, ``gpt2-large-l16-20``, ``gpt2-xl`` on the authors' repository.
 
-What is imported (files and traps: ``paper_format``):
+What a run holds (docs/method.md §7):
 
 - neurons: layer, index, token, congruence, rank in layer (``kind`` next_token; no token id);
 - prompts: the step-4 prompt texts of the training (``explain``) and held-out (``heldout``)
-  files, in file order (``rank``), with ``active`` = their top-3 heads, largest attribution
-  first (the authors' rule, docs/method.md §3). The step-3 record of a text (document index,
-  positions, ``doc_act`` = ``og_act``) is attached only when the neuron's records under 100
-  tokens and its texts are equally many (duplicate texts collapse, so otherwise the match is
-  unknown). ``act`` is ``trunc_act`` only when that value is the kept prompt's (``trunc_act >
-  0.8 · og_act``); else None. No per-token activation or attribution value is recorded, so
-  ``acts`` and ``attr_*`` are empty, and ``tokens`` are GPT-2's pre-tokenizer words (the BPE
-  split needs the tokenizer);
+  attribution files, ``rank`` = position in the file, ``active`` = their top-3 heads, largest
+  attribution first. The step-3 record of a text (document index, positions, ``doc_act`` =
+  ``og_act``) only when the neuron's records under 100 tokens and its texts are equally many;
+  ``act`` = ``trunc_act`` only when that is the kept prompt's (``trunc_act > 0.8 · og_act``).
+  No per-token values are recorded; ``tokens`` are GPT-2's pre-tokenizer words;
 - pairs: every head in a top 3 of the neuron's training prompts, ``kept`` = the pairs the
-  authors explained (their rule: active on more than 25 % of the prompts, no upper bound);
-- GPT-4's explanations (explainer ``openai:gpt-4``; ``settings.finish_reason``, ``truncated``
-  when cut at ``max_tokens``) and its Yes/No answer on each held-out prompt of the pair
-  (``Classification``), scored as in ``explain`` (``scoring``: project rule in ``score``,
-  both rates kept so ``scoring.authors_score`` gives the authors' figure).
+  authors explained (their rule without the pairs file: active on more than 25 %);
+- GPT-4's explanations (explainer ``openai:gpt-4``), text with the lead-in of the authors'
+  prompt ("This attention head is active when the document ..."), and its Yes / No on each of
+  the first 20 held-out prompts: the classification prompts are rebuilt with the authors'
+  template and looked up in the answer files (later answers win, as in their notebook);
+  status ``unanswered`` when no answer is in the data;
+- ablation (:mod:`precompute.paper.pickled`): per held-out prompt, the probability of the
+  token with the head zero-ablated and without, ``active`` by the authors' rule, and
+  ``n_records`` = how many of the authors' records had that text (their per-pair means count
+  each).
 
-One transaction per model: a model is imported completely or not at all. Re-importing the same
-files changes nothing (the files' digest is on ``Run.provenance``); a run of that name made
-from other files, or by ``lookups precompute``, is refused, and other runs are never touched.
+Each run is written in one transaction. Re-importing the same files changes nothing (their
+digest is on ``Run.provenance``); a run of that name made otherwise is refused and left alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
+import math
 
 import regex
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from precompute import __version__
-from precompute.errors import LookupsError
 from precompute.explainers import parse_answer
-from precompute.paper.format import (
-    MODELS,
-    ModelFiles,
-    PaperFormatError,
-    Record,
-    find_files,
-    load_json,
-    load_results,
-    read_attributions,
-    read_neurons,
-    read_pair_keys,
-    read_records,
-)
+from precompute.paper.files import PaperFormatError
+from precompute.paper.format import LEAD_IN, SHAPES, full_text
+from precompute.paper.loader import Loaded, prompt_records
 from precompute.scoring import explanation_score
 from precompute.settings import Settings
 from precompute.store.runs import now, transaction
-from precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt, Run
+from precompute.store.schema import Ablation, Classification, Explanation, Neuron, Pair, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
-# Shapes of the models (TransformerLens names -> Hugging Face names for live passes).
-SHAPES = {"gpt2-small": ("gpt2", 12, 12, 3072, 768), "gpt2-medium": ("gpt2-medium", 24, 16, 4096, 1024),
-          "gpt2-large": ("gpt2-large", 36, 20, 5120, 1280)}
 N_CTX = 1024
 DATASET = "NeelNanda/pile-10k"
 EXPLAINER = "openai:gpt-4"
+HELDOUT_PER_PAIR = 20  # the authors' max_per_nh
+CLASSIFY = ("Is the given example an active example? (Yes/No)\nThe example is active when the example "
+            "{explanation}\nExample: \"\"\"\n{shown}\n\"\"\"\nAnswer: ")
 PROVENANCE = {"source": "Neo, Cohen & Barez, Interpreting Context Look-ups in Transformers "
                         "(EMNLP 2024), released experiment data",
               "repository": "github.com/fbarez/Interpreting-Context-Look-ups",
@@ -72,7 +62,8 @@ PROVENANCE = {"source": "Neo, Cohen & Barez, Interpreting Context Look-ups in Tr
               "dataset": DATASET, "explainer": "gpt-4 (answered as gpt-4-0613)",
               "active_rule": "top-3 heads by raw attribution, heads of lower layers (Oct 2023 run)",
               "pair_rule": "head active on more than 25% of the neuron's prompts (no upper bound)",
-              "heldout_per_pair": 20,
+              "heldout_per_pair": HELDOUT_PER_PAIR,
+              "dates": "from the file names: the authors' local time",
               "tokens": "GPT-2 pre-tokenizer words: the files hold texts, not token ids"}
 MAX_PROMPT_TOKENS = 100
 ACT_RATIO = 0.8
@@ -85,205 +76,175 @@ def words(text: str) -> list[str]:
     return _WORDS.findall(text)
 
 
-def _digest(mf: ModelFiles) -> str:
-    h = hashlib.sha256()
-    for role in sorted(mf.found):
-        h.update(role.encode() + b"\0" + mf.found[role].read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def science(model: str, layers: list[int], n_per_layer: int) -> Settings:
     """The run's settings in the project's terms (the authors' Oct 2023 rules)."""
     return Settings(model=SHAPES[model][0], dataset=DATASET, layers=layers, n_per_layer=n_per_layer,
                     reject_tokens=[], reject_numeric=False, seed=0, n_docs=None, context_tokens=N_CTX,
                     top_k=30, act_ratio=ACT_RATIO, max_prompt_tokens=MAX_PROMPT_TOKENS, heads_upto="lt",
                     active_rule="topk", active_sigma=2.0, active_topk=3, pair_min_fraction=0.25,
-                    pair_max_fraction=1.0, n_random=0)
+                    pair_max_fraction=1.0, n_random=0, pair_min_prompts=1,
+                    heldout_per_pair=HELDOUT_PER_PAIR)
 
 
-def _prompt_rows(neuron: Neuron, split: str, texts: dict[str, list[int]], records: list[Record] | None,
-                 n_heads: int) -> tuple[list[Prompt], bool]:
-    """The neuron's prompts of one split, and whether its step-3 records could be matched."""
-    recs = [r for r in records or [] if r.n_tokens < MAX_PROMPT_TOKENS]
-    matched = records is not None and len(recs) == len(texts)
-    rows = []
-    for i, (text, heads) in enumerate(texts.items()):
-        r = recs[i] if matched else None
-        toks = words(text)
-        rows.append(Prompt(
-            neuron_id=neuron.id, split=split, rank=i, text=text, tokens=toks, token_ids=[], acts=[],
-            doc_idx=r.dataset_index if r else None, start=r.start_pos if r else None,
-            end=r.token_pos if r else None, doc_act=r.og_act if r else None,
-            act=r.trunc_act if r and r.trunc_act > ACT_RATIO * r.og_act else None,
-            attr_raw=[], attr_ln=[], other_ln={}, pre=None,
-            active=[f"L{h // n_heads}H{h % n_heads}" for h in heads]))
-    return rows, matched
-
-
-def import_model(session: Session, mf: ModelFiles) -> dict:
-    """Import one model's files as the run ``mf.model`` (one transaction). Returns counts.
+def import_run(session: Session, data: Loaded) -> dict:
+    """Write one experiment as a run (one transaction). Returns its counts.
 
     Raises:
-        PaperFormatError: a file or field not in the authors' format (names it).
-        LookupsError: the run exists and was not imported from these files.
+        PaperFormatError: a run of that name exists and was not imported from these files
+            (nothing is changed).
     """
-    model = mf.model
+    e = data.exp
+    model = e.model
     hf, n_layers, n_heads, d_mlp, d_model = SHAPES[model]
-    digest = _digest(mf)
-    old = session.scalar(select(Run).where(Run.slug == model))
+    old = session.scalar(select(Run).where(Run.slug == e.slug))
     if old is not None:
-        if (old.provenance or {}).get("digest") == digest:
-            return {"model": model, "unchanged": True, **(old.provenance or {}).get("counts", {})}
+        if (old.provenance or {}).get("digest") == data.digest:
+            return {"unchanged": True, **(old.provenance or {}).get("counts", {})}
         how = "from other files" if old.provenance else "by `lookups precompute`"
-        raise LookupsError(f"Run {model!r} already exists in this database, made {how}; nothing was "
-                           f"changed. Import into another --db.")
-    if "neurons" not in mf.found:
-        raise PaperFormatError(f"{model}: no 1_next_token_neurons/*_{model}.json; the neurons are needed "
-                               f"for everything else.")
-    neurons = read_neurons(mf)
-    layers = sorted({l for l, *_ in neurons})
-    per_layer = max(sum(1 for l, *_ in neurons if l == x) for x in layers)
-    for layer, idx, _, _ in neurons:
-        if not (0 <= layer < n_layers and 0 <= idx < d_mlp):
-            raise PaperFormatError(f"{mf.rel('neurons')}: neuron ({layer}, {idx}) does not exist in "
-                                   f"{model} ({n_layers} layers × {d_mlp} neurons).")
-    read = {role: read_records(mf, role) for role in ("trim", "trim_test") if role in mf.found}
-    attrs = {role: read_attributions(mf, role, n_heads) for role in ("attr", "attr_test") if role in mf.found}
-    kept = set(read_pair_keys(mf, "pairs", "nh_to_pos_neg_prompts")) if "pairs" in mf.found else None
+        raise PaperFormatError(f"run {e.slug!r} already exists in this database, made {how}; it was left "
+                               f"as it is (import into another --db to keep both).")
+    layers = sorted({row[0] for row in data.neurons})
+    per_layer = max(sum(1 for row in data.neurons if row[0] == x) for x in layers)
     settings = science(model, layers, per_layer)
-    counts = {"neurons": len(neurons), "prompts": 0, "pairs": 0, "kept_pairs": 0, "explanations": 0,
-              "truncated": 0, "classifications": 0, "unmatched_records": 0}
-    known = {(l, i) for l, i, _, _ in neurons}
-    for key in kept or ():
-        if key[:2] not in known:
-            raise PaperFormatError(f"{mf.rel('pairs')}: pair {key} names a neuron that is not in "
-                                   f"{mf.rel('neurons')}.")
+    counts = {"neurons": len(data.neurons), "prompts": 0, "pairs": 0, "kept_pairs": 0, "explanations": 0,
+              "truncated": 0, "answered": 0, "classifications": 0, "unmatched_records": 0,
+              "ablated_pairs": 0, "ablation_rows": 0}
+    dates = [f.date for fs in e.roles.values() for f in fs if f.date is not None]
     with transaction(session):
-        run = Run(slug=model, model_name=hf, dataset=DATASET, settings=settings.science(),
+        run = Run(slug=e.slug, model_name=hf, dataset=DATASET, settings=settings.science(),
                   settings_hash=settings.science_hash(), package_version=__version__,
                   n_layers=n_layers, n_heads=n_heads, d_mlp=d_mlp, d_model=d_model, n_ctx=N_CTX,
-                  layers=layers, status="running", started_at=now())
+                  layers=layers, status="running", started_at=min(dates) if dates else now(),
+                  finished_at=max(dates) if dates else None, imported_at=now())
         session.add(run)
         session.flush()
-        by_key: dict[tuple[int, int], Neuron] = {}
-        ranks: dict[int, int] = {}
-        for layer, idx, token, cong in neurons:
-            n = Neuron(run_id=run.id, layer=layer, neuron=idx, kind="next_token", rank=ranks.get(layer, 0),
-                       token_id=None, token=token, congruence=cong, top_tokens=[[None, token, cong]])
-            ranks[layer] = ranks.get(layer, 0) + 1
-            recs = read.get("trim", {}).get((layer, idx))
-            n.max_act = max((r.og_act for r in recs), default=None) if recs else None
-            session.add(n)
-            by_key[(layer, idx)] = n
+        by_key = _neurons(session, run, data)
+        prompts = _prompts(session, data, by_key, n_heads, counts)
+        pairs = _pairs(session, run, data, by_key, prompts["explain"], n_heads, counts)
         session.flush()
-        heldout: dict[tuple[int, int], dict[str, Prompt]] = {}
-        for (layer, idx), n in by_key.items():
-            unmatched = []
-            for split, arole, trole in (("explain", "attr", "trim"), ("heldout", "attr_test", "trim_test")):
-                texts = attrs.get(arole, {}).get((layer, idx))
-                if texts is None:
-                    continue
-                rows, matched = _prompt_rows(n, split, texts, read.get(trole, {}).get((layer, idx)), n_heads)
-                session.add_all(rows)
-                counts["prompts"] += len(rows)
-                if not matched:
-                    unmatched.append(split)
-                if split == "heldout":
-                    heldout[(layer, idx)] = {p.text: p for p in rows}
-            if unmatched:
-                counts["unmatched_records"] += 1
-                n.status = "records_not_matched:" + "+".join(unmatched)
-        pairs = _pairs(session, run, by_key, attrs.get("attr", {}), kept, n_heads, counts)
-        session.flush()
-        _explanations(session, mf, pairs, by_key, heldout, counts)
+        _explanations(session, data, pairs, by_key, prompts["heldout"], counts)
+        _ablations(session, data, pairs, prompts["heldout"], counts)
         from precompute.explain import update_best_scores
 
         update_best_scores(session, run_id=run.id)
-        run.provenance = {**PROVENANCE, "model": model, "files": {r: mf.rel(r) for r in sorted(mf.found)},
-                          "missing": mf.missing, "digest": digest, "counts": counts}
-        run.status = "complete" if not mf.missing else "partial"
-        run.finished_at = now()
-    return {"model": model, "unchanged": False, **counts}
+        run.provenance = {**PROVENANCE, "experiment": e.slug, "model": model, "layers": list(e.layers),
+                          "files": {role: [f.rel for f in fs] for role, fs in e.roles.items()},
+                          "missing": e.missing, "notes": e.notes, "dropped": data.dropped,
+                          "digest": data.digest, "counts": counts}
+        run.status = "complete" if not e.missing else "partial"
+    return {"unchanged": False, **counts}
 
 
-def _pairs(session, run, by_key, attr, kept, n_heads, counts) -> dict[tuple[int, int, int], Pair]:
-    """Every head in a top 3 of a neuron's training prompts, in order of first appearance."""
-    out = {}
-    for (layer, idx), prompts in attr.items():
-        n = by_key.get((layer, idx))
-        if n is None:
-            raise PaperFormatError(f"head attributions name neuron ({layer}, {idx}), which is not a "
-                                   f"next-token neuron of the run.")
-        seen: dict[int, int] = {}
-        for heads in prompts.values():
-            for h in heads:
-                seen[h] = seen.get(h, 0) + 1
-        total = len(prompts)
-        for h, c in seen.items():
-            is_kept = ((layer, idx, h) in kept) if kept is not None else c > 0.25 * total
-            p = Pair(run_id=run.id, neuron_id=n.id, head_layer=h // n_heads, head=h % n_heads,
-                     n_prompts=total, n_active=c, active_fraction=c / total, mean_attr_raw=None,
-                     mean_attr_ln=None, kept=is_kept)
-            session.add(p)
-            out[(layer, idx, h)] = p
-            counts["pairs"] += 1
-            counts["kept_pairs"] += is_kept
-    for key in kept or ():
-        if key not in out:
-            raise PaperFormatError(f"pair {key} of the pairs file has no head in the top 3 of any "
-                                   f"training prompt of its neuron.")
+def _neurons(session, run, data: Loaded) -> dict[tuple[int, int], Neuron]:
+    by_key, ranks = {}, {}
+    trim = data.records.get("explain", {})
+    for layer, idx, token, cong in data.neurons:
+        recs = trim.get((layer, idx))
+        n = Neuron(run_id=run.id, layer=layer, neuron=idx, kind="next_token", rank=ranks.get(layer, 0),
+                   token_id=None, token=token, congruence=cong, top_tokens=[[None, token, cong]],
+                   max_act=max((r.og_act for r in recs), default=None) if recs else None)
+        ranks[layer] = ranks.get(layer, 0) + 1
+        session.add(n)
+        by_key[(layer, idx)] = n
+    session.flush()
+    return by_key
+
+
+def _prompts(session, data: Loaded, by_key, n_heads: int, counts) -> dict[str, dict]:
+    """The neurons' prompts per split: ``{split: {neuron: {index in file: Prompt}}}``."""
+    out: dict[str, dict] = {"explain": {}, "heldout": {}}
+    for key, n in by_key.items():
+        unmatched = []
+        for split in ("explain", "heldout"):
+            texts = data.attrs.get(split, {}).get(key)
+            if texts is None:
+                continue
+            items = list(texts.items())
+            recs = prompt_records([t for t, _ in items], data.records.get(split, {}).get(key))
+            if data.records.get(split, {}).get(key) is not None and recs and recs[0] is None:
+                unmatched.append(split)
+            rows = {}
+            for i in data.keep[split][key]:
+                text, heads = items[i]
+                r = recs[i]
+                rows[i] = Prompt(
+                    neuron_id=n.id, split=split, rank=i, text=text, tokens=words(text), token_ids=[], acts=[],
+                    doc_idx=r.dataset_index if r else None, start=r.start_pos if r else None,
+                    end=r.token_pos if r else None, doc_act=r.og_act if r else None,
+                    act=r.trunc_act if r and r.trunc_act > ACT_RATIO * r.og_act else None,
+                    attr_raw=[], attr_ln=[], other_ln={}, pre=None,
+                    active=[f"L{h // n_heads}H{h % n_heads}" for h in heads])
+            session.add_all(rows.values())
+            counts["prompts"] += len(rows)
+            out[split][key] = rows
+        if unmatched:
+            counts["unmatched_records"] += 1
+            n.status = "records_not_matched:" + "+".join(unmatched)
+    session.flush()
     return out
 
 
-def _explanations(session, mf: ModelFiles, pairs, by_key, heldout, counts) -> None:
-    """GPT-4's explanation of each pair and its answers on the pair's held-out prompts."""
-    if not {"expl_dict", "expl_results"} <= set(mf.found):
-        return
-    prompts = read_pair_keys(mf, "expl_dict", None)
-    results = load_results(mf.found["expl_results"], mf.rel("expl_results"))
-    # Answers need the held-out prompts' ground truth, i.e. the test attributions too.
-    cls_prompts = (read_pair_keys(mf, "eval", "classify_prompts")
-                   if {"eval", "attr_test"} <= set(mf.found) else {})
-    answers: dict[str, dict] = {}
-    for role in ("cls_results", "cls_results_10"):  # the authors' dict, then .update (later wins)
-        if role in mf.found:
-            answers.update(load_results(mf.found[role], mf.rel(role)))
-    for key, prompt in prompts.items():
-        where = f"{mf.rel('expl_dict')}[{str(key)!r}]"
-        if not isinstance(prompt, str):
-            raise PaperFormatError(f"{where}: the explain prompt should be a string.")
+def _pairs(session, run, data: Loaded, by_key, explain, n_heads, counts) -> dict[tuple[int, int, int], Pair]:
+    """Every head in a top 3 of a neuron's (imported) training prompts, in order of first
+    appearance; kept = explained by the authors (or their rule without the pairs file)."""
+    out = {}
+    for key, rows in explain.items():
+        n = by_key[key]
+        seen: dict[int, int] = {}
+        for p in rows.values():
+            for lab in p.active:
+                k, h = (int(x) for x in lab[1:].split("H"))
+                seen[k * n_heads + h] = seen.get(k * n_heads + h, 0) + 1
+        total = len(rows)
+        for h, c in seen.items():
+            kept = ((*key, h) in data.pairs) if data.pairs is not None else c > 0.25 * total
+            p = Pair(run_id=run.id, neuron_id=n.id, head_layer=h // n_heads, head=h % n_heads,
+                     n_prompts=total, n_active=c, active_fraction=c / total, mean_attr_raw=None,
+                     mean_attr_ln=None, kept=kept)
+            session.add(p)
+            out[(*key, h)] = p
+            counts["pairs"] += 1
+            counts["kept_pairs"] += kept
+    return out
+
+
+def _explanations(session, data: Loaded, pairs, by_key, heldout, counts) -> None:
+    """GPT-4's explanation of each kept pair and its answers on the pair's first 20 held-out
+    prompts (classification prompts rebuilt with the authors' template)."""
+    no_pair = no_result = 0
+    for key, prompt in data.explain_prompts.items():
         pair = pairs.get(key)
-        if pair is None:
-            raise PaperFormatError(f"{where}: no such pair among the training attributions.")
-        res = results.get(prompt)
+        if pair is None or not pair.kept:
+            no_pair += 1
+            continue
+        res = data.explanations.get(prompt)
         if res is None:
+            no_result += 1
             continue
         n = by_key[key[:2]]
+        texts = list((data.attrs.get("heldout", {}).get(key[:2]) or {}))[:HELDOUT_PER_PAIR]
+        held = heldout.get(key[:2], {})
+        label = f"L{pair.head_layer}H{pair.head}"
         rows = []
-        for cprompt, shown in (cls_prompts.get(key) or {}).items():
-            cwhere = f"{mf.rel('eval')} classify_prompts[{str(key)!r}]"
-            if not isinstance(shown, str) or not shown.endswith(n.token):
-                raise PaperFormatError(f"{cwhere}: held-out prompt {str(shown)[:40]!r} does not end with "
-                                       f"the neuron's token {n.token!r}.")
-            p = heldout.get(key[:2], {}).get(shown[:-len(n.token)])
-            if p is None:
-                raise PaperFormatError(f"{cwhere}: held-out prompt {shown[:40]!r} is not a text of the "
-                                       f"neuron in {mf.rel('attr_test')}.")
-            ans = answers.get(cprompt)
-            if ans is None or ans["content"] is None:
+        for i, text in enumerate(texts):
+            p = held.get(i)
+            if p is None or res["content"] is None:
                 continue
-            rows.append((p, f"L{pair.head_layer}H{pair.head}" in p.active, ans["content"]))
+            ans = data.answers.get(CLASSIFY.format(explanation=res["content"].replace("\n", " "),
+                                                   shown=text + n.token))
+            if ans is not None and ans["content"] is not None:
+                rows.append((p, label in p.active, ans["content"][:200]))
         preds = [parse_answer(a) for _, _, a in rows]
         sc = explanation_score([t for _, t, _ in rows], preds)
-        single = len({t for _, t, _ in rows}) < 2
         truncated = res["finish_reason"] == "length"
-        exp = Explanation(pair_id=pair.id, explainer=EXPLAINER,
-                          status="failed" if res["error"] else "single_class" if single else "ok",
-                          text=res["content"], prompt=prompt, score=sc.score, tpr=sc.tpr, tnr=sc.tnr,
-                          n_pos=sc.n_pos, n_neg=sc.n_neg, n_unparsed=sc.n_unparsed, error=res["error"],
+        status = ("failed" if res["error"] else "unanswered" if not rows
+                  else "single_class" if len({t for _, t, _ in rows}) < 2 else "ok")
+        exp = Explanation(pair_id=pair.id, explainer=EXPLAINER, status=status, text=full_text(res["content"]),
+                          prompt=prompt, score=sc.score, tpr=sc.tpr, tnr=sc.tnr, n_pos=sc.n_pos, n_neg=sc.n_neg,
+                          n_unparsed=sc.n_unparsed, error=res["error"],
                           settings={"source": "paper", "model": res["model"], "max_tokens": 200,
                                     "finish_reason": res["finish_reason"], "truncated": truncated,
-                                    "sentence": "This attention head is active when the document …"},
+                                    "lead_in": LEAD_IN},
                           created_at=now())
         session.add(exp)
         session.flush()
@@ -291,61 +252,110 @@ def _explanations(session, mf: ModelFiles, pairs, by_key, heldout, counts) -> No
                         for (p, t, a), pr in zip(rows, preds))
         counts["explanations"] += 1
         counts["truncated"] += truncated
+        counts["answered"] += bool(rows)
         counts["classifications"] += len(rows)
+    if no_pair:
+        data.exp.notes.append(f"{no_pair} explain prompts name a pair that is not kept here; not imported")
+    if no_result:
+        data.exp.notes.append(f"{no_result} explain prompts have no answer in the results files")
 
 
-def import_folder(Session, path: str | Path) -> list[dict]:
-    """Import every model found under ``path`` (the ``experiment_data`` folder, or a folder
-    holding it). Returns one dict of counts per model, with ``missing`` files.
+def _ablations(session, data: Loaded, pairs, heldout, counts) -> None:
+    """The authors' per-prompt ablation values, mapped to the held-out prompts (see
+    :func:`match_values`), as ``Ablation`` rows (method ``zero``)."""
+    if data.ablation is None:
+        return
+    e = data.exp
+    if not data.attrs.get("heldout"):
+        e.lack("ablation", "the ablation file was read, but without the held-out attributions its values "
+                           "cannot be given to prompts or split active / inactive")
+        return
+    by_neuron: dict[tuple[int, int], dict] = {}
+    for key, v in data.ablation.items():
+        by_neuron.setdefault(key[:2], {})[key] = v
+    unknown = [k for k in data.ablation if k not in pairs or not pairs[k].kept]
+    if unknown:
+        e.notes.append(f"{len(unknown)} pairs of the ablation file are not kept pairs here (e.g. {unknown[0]}); "
+                       f"not imported")
+    for nkey, entries in by_neuron.items():
+        texts = data.attrs["heldout"].get(nkey)
+        if texts is None:
+            continue
+        n_heads = SHAPES[e.model][2]
+        why, groups = match_values(list(texts.items()), entries, data.records.get("heldout", {}).get(nkey), n_heads)
+        if why:
+            e.notes.append(f"ablation of L{nkey[0]}N{nkey[1]} not imported: {why}")
+            continue
+        held = heldout.get(nkey, {})
+        for key, v in entries.items():
+            pair = pairs.get(key)
+            if pair is None or not pair.kept:
+                continue
+            label = f"L{pair.head_layer}H{pair.head}"
+            n_rows = 0
+            for g, positions in enumerate(groups):
+                p = held.get(g)
+                if p is None:
+                    continue
+                i = positions[0]
+                session.add(Ablation(pair_id=pair.id, prompt_id=p.id, method="zero", active=label in p.active,
+                                     act_clean=None, act_ablated=None, prob_clean=v["normal"][i],
+                                     prob_ablated=v["ablated"][i], drop=v["normal"][i] - v["ablated"][i],
+                                     n_records=len(positions)))
+                n_rows += 1
+            counts["ablated_pairs"] += bool(n_rows)
+            counts["ablation_rows"] += n_rows
 
-    Raises:
-        FileNotFoundError: ``path`` is not a directory.
-        PaperFormatError: no model's files found, or a file not in the authors' format.
+
+def match_values(items: list[tuple[str, list[int]]], entries: dict, records, n_heads: int
+                 ) -> tuple[str | None, list[list[int]]]:
+    """Give each of a neuron's ablation values (one per held-out record under 100 tokens,
+    duplicates included, in the authors' order) its prompt text.
+
+    Equal texts collapse into one attribution key (first position kept), and equal texts give
+    equal values; so positions are grouped by their values across every pair of the neuron,
+    and the groups, in order of first appearance, are the texts in file order. The match is
+    kept only when it is exact: as many groups as texts, as many values as records (when the
+    records are there), and every pair's mean drops where active / inactive reproduce the
+    authors' ``act_diff_relevant`` / ``act_diff_irrelevant``.
+
+    Returns:
+        ``(None, groups)``: ``groups[g]`` = the value positions of text ``g``; or
+        ``(reason, [])`` when the values cannot be matched.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory: pass the authors' experiment_data folder.")
-    if (root / "experiment_data").is_dir():
-        root = root / "experiment_data"
-    found = [mf for mf in (find_files(root, m) for m in MODELS) if mf.found]
-    if not found:
-        raise PaperFormatError(f"{root}: no files of {', '.join(MODELS)} found; expected the authors' "
-                               f"experiment_data folder (1_next_token_neurons/, 3_trimmed_texts/, ...).")
-    out = []
-    for mf in found:
-        with Session() as s:
-            res = import_model(s, mf)
-        res["missing"] = mf.missing
-        out.append(res)
-    return out
+    import numpy as np
+
+    lens = {len(v["normal"]) for v in entries.values()}
+    if len(lens) != 1:
+        return "its pairs hold different numbers of values", []
+    length = lens.pop()
+    recs = [r for r in records or [] if r.n_tokens < MAX_PROMPT_TOKENS]
+    if records is not None and len(recs) != length:
+        return f"{length} values for {len(recs)} held-out records under {MAX_PROMPT_TOKENS} tokens", []
+    keys = sorted(entries)
+    sig = [tuple(entries[k]["normal"][i] for k in keys) + tuple(entries[k]["ablated"][i] for k in keys)
+           for i in range(length)]
+    order: dict[tuple, list[int]] = {}
+    for i, s in enumerate(sig):
+        order.setdefault(s, []).append(i)
+    groups = list(order.values())
+    if len(groups) != len(items):
+        return f"{length} values fall into {len(groups)} distinct groups for {len(items)} held-out texts", []
+    for key, v in entries.items():
+        mask = np.zeros(length, dtype=bool)
+        for g, positions in enumerate(groups):
+            mask[positions] = key[2] in items[g][1]
+        drop = np.asarray(v["normal"], dtype=np.float32) - np.asarray(v["ablated"], dtype=np.float32)
+        for want, sel in ((v["relevant"], mask), (v["irrelevant"], ~mask)):
+            got = float(np.mean(drop[sel])) if sel.any() else math.nan
+            if not (math.isnan(want) and math.isnan(got)) and not abs(want - got) <= 1e-6:
+                return (f"pair {key}: the mean drop {got:.6g} of its {'active' if sel is mask else 'inactive'} "
+                        f"prompts is not the authors' {want:.6g}"), []
+    return None, groups
 
 
 def import_command(path: str, db_url: str) -> int:
-    """``lookups import-paper PATH [--db URL]``: import, then print per run what was imported,
-    what is missing, and E by the authors' rule. Returns 0."""
-    from precompute.report import score_table
-    from precompute.store.db import open_writer, sessions
+    """``lookups import-paper PATH [--db URL]`` (see :mod:`precompute.paper.command`)."""
+    from precompute.paper.command import import_command as run
 
-    engine = open_writer(db_url)
-    try:
-        Session = sessions(engine)
-        results = import_folder(Session, path)
-        for r in results:
-            with Session() as s:
-                run = s.scalar(select(Run).where(Run.slug == r["model"]))
-                t = score_table(s, run_id=run.id, explainer=EXPLAINER)["kinds"]["next_token"]
-            au = t["authors_rule"]
-            state = "unchanged (already imported)" if r["unchanged"] else "imported"
-            print(f"{r['model']}: {state}: {r.get('neurons', 0)} neurons, {r.get('prompts', 0)} prompts, "
-                  f"{r.get('kept_pairs', 0)} kept pairs, {r.get('explanations', 0)} explanations "
-                  f"({r.get('truncated', 0)} cut at max_tokens), {r.get('classifications', 0)} answers")
-            if au["n"]:
-                print(f"  E (authors' rule) {au['mean']:.4f} ± {au['std']:.4f} over {au['n']} pairs; "
-                      f"project rule {t['mean'] or float('nan'):.4f} ± {t['std'] or float('nan'):.4f} "
-                      f"over {t['n']} two-class pairs")
-            for m in r["missing"]:
-                print(f"  missing: {m}")
-    finally:
-        engine.dispose()
-    print(f"done: database {db_url}. Browse it with: lookups serve --db {db_url}")
-    return 0
+    return run(path, db_url)

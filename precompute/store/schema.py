@@ -89,6 +89,10 @@ class Run(Base):
                                                     "came from (lookups import-paper): source repository, "
                                                     "commit, licence, files read, what was missing; empty "
                                                     "for runs computed here")
+    imported_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, doc="UTC; when "
+                                                         "`lookups import-paper` wrote the run (started_at "
+                                                         "and finished_at are then the authors' run dates); "
+                                                         "empty for runs computed here")
 
 
 class Phase(Base):
@@ -244,7 +248,9 @@ class Explanation(Base):
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
     explainer: Mapped[str] = mapped_column(String(100), doc="'baseline' or 'openai:<model>'")
     status: Mapped[str] = mapped_column(String(20),
-                                        doc="ok|failed|single_class (ok may have score None: undefined E)")
+                                        doc="ok|failed|single_class|unanswered (ok may have score None: "
+                                        "undefined E; unanswered: an imported explanation without held-out "
+                                        "answers in the data)")
     text: Mapped[str | None] = mapped_column(NulText, nullable=True, doc="the explanation")
     prompt: Mapped[str | None] = mapped_column(NulText, nullable=True, doc="the request shown to it")
     settings: Mapped[dict | None] = mapped_column(JSON, nullable=True, doc="explainer settings (JSON)")
@@ -285,10 +291,16 @@ class Ablation(Base):
                                            primary_key=True)
     method: Mapped[str] = mapped_column(String(10), primary_key=True, doc="zero|mean")
     active: Mapped[bool] = mapped_column(Boolean, doc="head active on the prompt (the run's rule)")
-    act_clean: Mapped[float] = mapped_column(Float,
-                                             doc="neuron post-GELU activation at the last token, clean")
-    act_ablated: Mapped[float] = mapped_column(Float, doc="the same with the head ablated")
+    act_clean: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                                    doc="neuron post-GELU activation at the last token, "
+                                                    "clean; empty: not recorded (imported runs)")
+    act_ablated: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                                      doc="the same with the head ablated")
     prob_clean: Mapped[float] = mapped_column(Float, doc="softmax prob of the neuron's token")
     prob_ablated: Mapped[float] = mapped_column(Float,
                                                 doc="the same, head ablated")
     drop: Mapped[float] = mapped_column(Float, doc="prob_clean - prob_ablated")
+    n_records: Mapped[int] = mapped_column(Integer, default=1, server_default="1",
+                                           doc="how many of the source's held-out records had this "
+                                           "prompt text (imported runs: the authors' per-pair means count "
+                                           "each); 1 for runs computed here")

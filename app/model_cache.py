@@ -1,0 +1,50 @@
+"""Whether a run's model is on this server, decided from local files only (never the hub), so
+that the answer is known at start and no request ever waits on the network.
+
+A run's model source is a local Hugging Face directory (the embedded model, a
+``LOOKUPS_MODEL_PATHS`` entry, a ``--model`` directory) or a hub name (``gpt2``): a name is
+looked up in the local Hugging Face cache with ``local_files_only=True``, and the live engine
+then loads the cached directory itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _complete(d: Path) -> str | None:
+    """Why directory ``d`` cannot hold a loadable model (None when it has a config, weights
+    and a tokenizer)."""
+    if not (d / "config.json").is_file():
+        return "it has no config.json"
+    if not any(any(d.glob(p)) for p in _WEIGHTS):
+        return "it has no weights"
+    if not any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return "it has no tokenizer"
+    return None
+
+
+def local_model(source: str) -> tuple[str | None, str | None]:
+    """``(directory to load from, None)`` when ``source``'s model is on this machine, else
+    ``(None, why not)`` (one short sentence for a web page: no command-line advice).
+
+    Only the local file system is read: a hub name is looked up in the local Hugging Face
+    cache, and a model that is not there counts as absent even when the hub could be reached.
+    """
+    if os.path.isdir(source):
+        why = _complete(Path(source))
+        return (source, None) if why is None else (None, f"the model directory {source} is incomplete ({why})")
+    if os.path.sep in source and not re.match(r"^[\w.-]+/[\w.-]+$", source):
+        return None, f"the model directory {source} is not on this server"
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo_id=source, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        return None, f"the model {source} is not on this server"
+    why = _complete(Path(path))
+    return (path, None) if why is None else (None, f"the model {source} is only partly on this server ({why})")
