@@ -10,7 +10,9 @@ import json
 import sys
 
 from precompute.cli import main as _main
+from precompute.cli import printable
 from precompute.options import Options, given
+from precompute.redact import mask_db_url
 from precompute.settings import Settings
 
 from .settings import WebSettings
@@ -29,15 +31,15 @@ def _serve(ns) -> int:
     from .main import create_app
 
     app = create_app(**given(ns, WebSettings))
-    url = app.state.settings.db_url
+    url = mask_db_url(app.state.settings.db_url)
     print(f"context-lookups: serving {url} at http://{ns.host}:{ns.port}/", flush=True)
     uvicorn.run(app, host=ns.host, port=ns.port, log_level="info")
     return 0
 
 
 def _config(ns) -> int:
-    out = {"precompute": Settings(**given(ns, Settings)).model_dump(),
-           "serve": WebSettings(**given(ns, WebSettings)).model_dump()}
+    out = {"precompute": printable(Settings(**given(ns, Settings)).model_dump()),
+           "serve": printable(WebSettings(**given(ns, WebSettings)).model_dump())}
     print(json.dumps(out, indent=2, default=str))
     return 0
 

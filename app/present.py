@@ -298,8 +298,8 @@ def explanation_dict(e) -> dict:
     from precompute.scoring import authors_score
 
     st = e.settings or {}
-    # redact: a database written before errors were redacted may hold a key an endpoint echoed
-    return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": e.text,
+    # redacted: a database written before answers were redacted may hold a key an endpoint echoed
+    return {"id": e.id, "explainer": e.explainer, "status": e.status, "text": redact(e.text),
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
             "n_unparsed": e.n_unparsed, "error": redact(e.error),
             "score_authors": authors_score(e.score, e.tpr, e.tnr),
@@ -313,7 +313,8 @@ def ablation_dict(a) -> dict:
 
 
 def classification_dict(c) -> dict:
-    return {"truth": c.truth, "answer": c.answer, "predicted": c.predicted}
+    """A classifier answer (the endpoint's text, redacted as in :func:`explanation_dict`)."""
+    return {"truth": c.truth, "answer": redact(c.answer), "predicted": c.predicted}
 
 
 # --- heatmaps ------------------------------------------------------------------------------------

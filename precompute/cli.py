@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from precompute.errors import LookupsError
 from precompute.options import Options, given
-from precompute.redact import RedactingFilter
+from precompute.redact import RedactingFilter, mask_db_url, mask_url
 from precompute.settings import Settings
 
 logger = logging.getLogger("lookups")
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = N
     ns = build_parser(extra, config_classes).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "datasets", "filelock", "urllib3", "transformers", "huggingface_hub",
-                  "alembic"):  # alembic: precompute.store.db logs the one line that matters
+    # httpx/httpx2 log every request's URL at INFO (an --llm-base-url may hold credentials);
+    # alembic: precompute.store.db logs the one line that matters
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "datasets", "filelock",
+                  "urllib3", "transformers", "huggingface_hub", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for h in logging.getLogger().handlers:  # no API key reaches a log line (an endpoint may echo it)
         h.addFilter(RedactingFilter())
@@ -126,18 +128,28 @@ def validation_lines(exc: ValidationError) -> list[str]:
     return out
 
 
+def printable(settings: dict) -> dict:
+    """A settings dump as it may be printed: the database password and the credentials of
+    the LLM URL masked."""
+    out = dict(settings)
+    if "db_url" in out:
+        out["db_url"] = mask_db_url(out["db_url"])
+    if "llm_base_url" in out:
+        out["llm_base_url"] = mask_url(out["llm_base_url"])
+    return out
+
+
 def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "config":
-        s = _settings(ns)
-        out = s.model_dump()
-        print(json.dumps(out, indent=2, default=str))
+        print(json.dumps(printable(_settings(ns).model_dump()), indent=2, default=str))
         return 0
     if ns.command == "precompute":
         from precompute.job.pipeline import run_precompute
         s = _settings(ns)
         summary = run_precompute(s)
         print(json.dumps(summary, indent=2, default=str))
-        print(f"done: database {s.db_url}. Browse it with: lookups serve --db {s.db_url}")
+        shown = mask_db_url(s.db_url)
+        print(f"done: database {shown}. Browse it with: lookups serve --db {shown}")
         return 0
     if ns.command == "explain":
         return explain_command(_settings(ns))
@@ -161,7 +173,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
             return 0
         if ns.action == "upgrade":
             engine = open_writer(url)
-            print(f"{url}: schema at revision {current_revision(engine)}")
+            print(f"{mask_db_url(url)}: schema at revision {current_revision(engine)}")
         else:
             from precompute.store.db import connect
             print(current_revision(connect(url)))

@@ -347,5 +347,7 @@ def import_command(path: str, db_url: str) -> int:
                 print(f"  missing: {m}")
     finally:
         engine.dispose()
-    print(f"done: database {db_url}. Browse it with: lookups serve --db {db_url}")
+    from precompute.redact import mask_db_url  # the password is never printed
+
+    print(f"done: database {mask_db_url(db_url)}. Browse it with: lookups serve --db {mask_db_url(db_url)}")
     return 0

@@ -316,6 +316,32 @@ def open_reader(url: str) -> Engine:
     return engine
 
 
+# docs/scaling.md: a role the server can use that cannot write, whatever its sessions do.
+GRANT_SELECT = ("CREATE ROLE reader LOGIN PASSWORD '...'; GRANT CONNECT ON DATABASE {db} TO reader; "
+                "GRANT USAGE ON SCHEMA public TO reader; GRANT SELECT ON ALL TABLES IN SCHEMA "
+                "public TO reader;")
+
+
+def writable_tables(engine: Engine) -> list[str]:
+    """The project's tables the PostgreSQL role of ``engine`` may write (INSERT, UPDATE, DELETE
+    or TRUNCATE, by ``has_table_privilege``), sorted; empty for SQLite (opened ``mode=ro``) and
+    for a role with ``SELECT`` only. The server's sessions are read-only either way, but a
+    session could undo that (``SET TRANSACTION READ WRITE``); a role cannot grant itself."""
+    if engine.url.get_backend_name() != "postgresql":
+        return []
+    from precompute.store.schema import Base
+
+    names = sorted(Base.metadata.tables)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname = ANY(:names) "
+            "AND (has_table_privilege(c.oid, 'INSERT') OR has_table_privilege(c.oid, 'UPDATE') "
+            "OR has_table_privilege(c.oid, 'DELETE') OR has_table_privilege(c.oid, 'TRUNCATE')) "
+            "ORDER BY c.relname"), {"names": names}).scalars().all()
+    return list(rows)
+
+
 def sessions(engine: Engine) -> sessionmaker[Session]:
     """Session factory bound to ``engine`` (objects stay usable after commit)."""
     return sessionmaker(engine, expire_on_commit=False)
