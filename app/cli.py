@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import sys
 
+from pydantic import ValidationError
+
+from precompute.cli import EXIT_BAD_INPUT, printable, validation_lines
 from precompute.cli import main as _main
-from precompute.cli import printable
 from precompute.options import Options, given
 from precompute.redact import mask_db_url
 from precompute.settings import Settings
@@ -38,8 +40,16 @@ def _serve(ns) -> int:
 
 
 def _config(ns) -> int:
-    out = {"precompute": printable(Settings(**given(ns, Settings)).model_dump()),
-           "serve": printable(WebSettings(**given(ns, WebSettings)).model_dump())}
+    out, errors = {}, []
+    for part, cls in (("precompute", Settings), ("serve", WebSettings)):
+        try:
+            out[part] = printable(cls(**given(ns, cls)).model_dump())
+        except ValidationError as exc:  # both classes checked: every bad value at once
+            errors += validation_lines(exc)
+    for line in dict.fromkeys(errors):
+        print(f"error: {line}", file=sys.stderr)
+    if errors:
+        return EXIT_BAD_INPUT
     print(json.dumps(out, indent=2, default=str))
     return 0
 

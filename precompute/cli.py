@@ -160,7 +160,9 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from precompute.store.db import current_revision, open_writer
         url = ns.db_url or Settings().db_url
         if ns.action == "metadata":
-            from precompute.store.metadata import datasette_metadata
+            from precompute.store.metadata import check_output, datasette_metadata
+            if ns.output:
+                check_output(ns.output)  # never the database, nor any file but a metadata file
             text = json.dumps(datasette_metadata(url), indent=2, ensure_ascii=False) + "\n"
             if ns.output:
                 with open(ns.output, "w", encoding="utf-8") as fh:
@@ -174,9 +176,13 @@ def _dispatch(ns: argparse.Namespace) -> int:
         if ns.action == "upgrade":
             engine = open_writer(url)
             print(f"{mask_db_url(url)}: schema at revision {current_revision(engine)}")
-        else:
-            from precompute.store.db import connect
-            print(current_revision(connect(url)))
+        else:  # read-only: never creates the file
+            from precompute.store.db import read_only_engine
+            engine = read_only_engine(url)
+            try:
+                print(current_revision(engine))
+            finally:
+                engine.dispose()
         return 0
     raise AssertionError(ns.command)
 

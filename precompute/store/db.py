@@ -284,35 +284,61 @@ def _loads(text: str):
         return json.loads(text)
 
 
-def open_reader(url: str) -> Engine:
-    """Read-only engine for the server: SQLite opened with ``mode=ro``; PostgreSQL with every
-    session read-only (``_read_only_sessions``).
+def read_only_engine(url: str, **pool) -> Engine:
+    """An engine that can only read ``url`` and never creates anything: SQLite opened with
+    ``mode=ro`` (a missing file is an error, not a new empty database); PostgreSQL with every
+    session read-only (``_read_only_sessions``). No schema check (see :func:`open_reader`).
 
     Raises:
         FileNotFoundError: the SQLite file does not exist.
-        SchemaTooNew: the database comes from a newer version.
         DatabaseUnavailable: the PostgreSQL server cannot be reached or refuses the login.
         BadDatabase: the file is not SQLite.
     """
     u = parse_url(url)
     if u.get_backend_name() == "postgresql":
-        engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads)
+        engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads, **pool)
         _read_only_sessions(engine)
         _probe(engine)
-    elif u.get_backend_name() == "sqlite":
-        path = Path(u.database or "")
-        if not path.is_file():
-            raise FileNotFoundError(f"Database {path} not found: run `lookups precompute` first "
-                                    f"or pass --db.")
-        # percent-quoted: '#', '?' and '%' in the path name the file rather than end the path
-        # or escape a byte (which made SQLite open another file for writing)
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-        # A thread-safe pool of read-only connections: the server reads from many threads.
-        engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
-                               pool_timeout=30, json_deserializer=_loads,
-                               creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+        return engine
+    path = Path(u.database or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"Database {path} not found: run `lookups precompute` first "
+                                f"or pass --db.")
+    # percent-quoted: '#', '?' and '%' in the path name the file rather than end the path
+    # or escape a byte (which made SQLite open another file for writing)
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    # A thread-safe pool of read-only connections: the server reads from many threads.
+    return create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
+                         pool_timeout=30, json_deserializer=_loads,
+                         creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+
+
+def open_reader(url: str) -> Engine:
+    """Read-only engine for the server (:func:`read_only_engine`) on a database at this
+    version's schema.
+
+    Raises:
+        FileNotFoundError: the SQLite file does not exist.
+        SchemaTooNew: the database comes from a newer version.
+        BadDatabase: the file is not SQLite; or the database has no context-lookups tables (an
+            empty file, another program's database) or an older schema: the message says which
+            command to run.
+        DatabaseUnavailable: the PostgreSQL server cannot be reached or refuses the login.
+    """
+    engine = read_only_engine(url)
     with _database_errors(url, writing=False):
         check_schema(engine)
+        rev, head = current_revision(engine), head_revision()
+    if rev != head:
+        engine.dispose()
+        where = safe_url(parse_url(url))
+        if rev is None:
+            raise BadDatabase(f"{where} is not a context-lookups database (it has no schema "
+                              f"revision: empty, or another program's): write one with `lookups "
+                              f"precompute --db {where}`, or pass --db the database it wrote.")
+        raise BadDatabase(f"{where} has schema revision {rev!r}, older than this context-lookups' "
+                          f"{head!r}: migrate it with `lookups db upgrade --db {where}` (nothing "
+                          f"stored is lost), then serve it.")
     return engine
 
 
