@@ -13,7 +13,7 @@ from markupsafe import Markup, escape
 
 from precompute.attribution import head_label
 from precompute.redact import redact
-from precompute.tokens import escaped, joined_text
+from precompute.tokens import escape_controls, escaped, joined_text
 
 # --- colours -----------------------------------------------------------------------------------
 _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
@@ -77,7 +77,7 @@ def token_fields(token_ids, texts, partial) -> dict:
     texts are then shown as stored). Every token shown by the explorer goes through here."""
     texts = list(texts or [])
     if token_ids is None or len(token_ids) != len(texts):  # no ids (imported data): as stored
-        return {"tokens_escaped": texts, "tokens_joined": [None] * len(texts)}
+        return {"tokens_escaped": [escape_controls(t) for t in texts], "tokens_joined": [None] * len(texts)}
     return {"tokens_escaped": escaped(token_ids, texts, partial),
             "tokens_joined": joined_text(token_ids, partial)}
 
