@@ -258,3 +258,13 @@ def test_serve_says_when_its_postgres_role_can_write(pg_server, caplog):
         assert len(lines) == expect, (who, lines)
         if expect:
             assert "can write to" in lines[0] and "\n" not in lines[0]
+
+
+def test_config_prints_the_llm_url_and_database_password_masked(tmp_path):
+    proc = lookups("config", "--llm-base-url", "http://probeuser:Pw0rd-secret@h:1/v1?api-key=QK9secret&m=1",
+                   "--db", "postgresql+psycopg://u:DbPw0rd-secret@h:5432/db", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(proc.stdout)
+    assert cfg["precompute"]["llm_base_url"] == "http://[redacted]@h:1/v1?api-key=[redacted]&m=1"
+    assert cfg["precompute"]["db_url"] == cfg["serve"]["db_url"] == "postgresql+psycopg://u:***@h:5432/db"
+    assert "secret" not in proc.stdout + proc.stderr

@@ -284,7 +284,7 @@ def _loads(text: str):
         return json.loads(text)
 
 
-def read_only_engine(url: str, **pool) -> Engine:
+def read_only_engine(url: str) -> Engine:
     """An engine that can only read ``url`` and never creates anything: SQLite opened with
     ``mode=ro`` (a missing file is an error, not a new empty database); PostgreSQL with every
     session read-only (``_read_only_sessions``). No schema check (see :func:`open_reader`).
@@ -296,7 +296,7 @@ def read_only_engine(url: str, **pool) -> Engine:
     """
     u = parse_url(url)
     if u.get_backend_name() == "postgresql":
-        engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads, **pool)
+        engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads)
         _read_only_sessions(engine)
         _probe(engine)
         return engine
