@@ -9,19 +9,22 @@ from __future__ import annotations
 import json
 import sys
 
-from precompute.cli import _add_settings_options, _settings, given_options
+from pydantic import ValidationError
+
+from precompute.cli import EXIT_BAD_INPUT, printable, validation_lines
 from precompute.cli import main as _main
+from precompute.options import Options, given
+from precompute.redact import mask_db_url
+from precompute.settings import Settings
 
 from .settings import WebSettings
 
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve the explorer on a database (read-only)")
-    _add_settings_options(p, cls=WebSettings)
+    Options(p, WebSettings)
     p.add_argument("--host", default="127.0.0.1", help="bind address [default: 127.0.0.1]")
     p.add_argument("--port", type=int, default=8000, help="port [default: 8000]")
-    # `lookups config` prints the web settings too; it accepts their options
-    _add_settings_options(sub.choices["config"], cls=WebSettings)
 
 
 def _serve(ns) -> int:
@@ -29,22 +32,31 @@ def _serve(ns) -> int:
 
     from .main import create_app
 
-    app = create_app(**given_options(ns, WebSettings))
-    url = app.state.settings.db_url
+    app = create_app(**given(ns, WebSettings))
+    url = mask_db_url(app.state.settings.db_url)
     print(f"context-lookups: serving {url} at http://{ns.host}:{ns.port}/", flush=True)
     uvicorn.run(app, host=ns.host, port=ns.port, log_level="info")
     return 0
 
 
 def _config(ns) -> int:
-    out = {"precompute": _settings(ns).model_dump(),
-           "serve": WebSettings(**given_options(ns, WebSettings)).model_dump()}
+    out, errors = {}, []
+    for part, cls in (("precompute", Settings), ("serve", WebSettings)):
+        try:
+            out[part] = printable(cls(**given(ns, cls)).model_dump())
+        except ValidationError as exc:  # both classes checked: every bad value at once
+            errors += validation_lines(exc)
+    for line in dict.fromkeys(errors):
+        print(f"error: {line}", file=sys.stderr)
+    if errors:
+        return EXIT_BAD_INPUT
     print(json.dumps(out, indent=2, default=str))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _main(argv, extra=_add_serve, handlers={"serve": _serve, "config": _config})
+    return _main(argv, extra=_add_serve, handlers={"serve": _serve, "config": _config},
+                 config_classes=(Settings, WebSettings))
 
 
 if __name__ == "__main__":

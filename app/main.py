@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
-from precompute.store.db import open_reader, sessions
+from precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
 
 from . import present, states, urls
 from .engine import LiveBusy
@@ -59,6 +59,11 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     """
     settings = WebSettings(**({"db_url": db_url} if db_url else {}), **overrides)
     engine = open_reader(settings.db_url)
+    if writable := writable_tables(engine):  # PostgreSQL: say once that the role could write
+        logger.warning("the database role %r can write to %d tables (%s, ...): the server's sessions "
+                       "are read-only, but a session can undo that; serve with a role that has "
+                       "SELECT only (docs/scaling.md): %s", engine.url.username, len(writable),
+                       ", ".join(writable[:3]), GRANT_SELECT.format(db=engine.url.database))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

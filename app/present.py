@@ -13,7 +13,7 @@ from markupsafe import Markup, escape
 
 from precompute.attribution import head_label
 from precompute.redact import redact
-from precompute.tokens import escaped, joined_text
+from precompute.tokens import escape_controls, escaped, joined_text
 
 from .states import explanation_status, neuron_status
 
@@ -79,7 +79,7 @@ def token_fields(token_ids, texts, partial) -> dict:
     texts are then shown as stored). Every token shown by the explorer goes through here."""
     texts = list(texts or [])
     if token_ids is None or len(token_ids) != len(texts):  # no ids (imported data): as stored
-        return {"tokens_escaped": texts, "tokens_joined": [None] * len(texts)}
+        return {"tokens_escaped": [escape_controls(t) for t in texts], "tokens_joined": [None] * len(texts)}
     return {"tokens_escaped": escaped(token_ids, texts, partial),
             "tokens_joined": joined_text(token_ids, partial)}
 
@@ -323,9 +323,9 @@ def explanation_dict(e) -> dict:
 
     st = e.settings or {}
     text = full_text(e.text) if st.get("source") == "paper" else e.text
-    # redact: a database written before errors were redacted may hold a key an endpoint echoed
+    # redacted: a database written before answers and errors were redacted may hold a key an endpoint echoed
     return {"id": e.id, "explainer": e.explainer, "status": e.status,
-            "status_text": explanation_status(e.status), "text": text,
+            "status_text": explanation_status(e.status), "text": redact(text),
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
             "n_unparsed": e.n_unparsed, "error": redact(e.error),
             "score_authors": authors_score(e.score, e.tpr, e.tnr),
@@ -339,7 +339,8 @@ def ablation_dict(a) -> dict:
 
 
 def classification_dict(c) -> dict:
-    return {"truth": c.truth, "answer": c.answer, "predicted": c.predicted}
+    """A classifier answer (the endpoint's text, redacted as in :func:`explanation_dict`)."""
+    return {"truth": c.truth, "answer": redact(c.answer), "predicted": c.predicted}
 
 
 # --- heatmaps ------------------------------------------------------------------------------------

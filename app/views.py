@@ -59,12 +59,17 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
             "links": {"prev": urls.neurons(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
                       "next": urls.neurons(slug, page=flt.page + 1, **params) if flt.page < pages else None,
                       "json": urls.neurons(slug, fmt="json", page=flt.page if flt.page > 1 else None, **params),
-                      "csv": urls.neurons(slug, fmt="csv", page=flt.page if flt.page > 1 else None, **params),
+                      "csv": urls.neurons(slug, fmt="csv", **_all_rows(params)),  # every page
                       "page": urls.neurons(slug, page=flt.page if flt.page > 1 else None, **params)},
             "sort_links": {k: urls.neurons(slug, **_sort_params(params, flt, k)) for k in Q.SORTS},
             "kind_links": {"all": urls.neurons(slug, **{**params, "kind": "all"}),
                            "selected": urls.neurons(slug, **{**params, "kind": None})},
             "layers": run.layers, "kinds": Q.KINDS, "sorts": list(Q.SORTS)}
+
+
+def _all_rows(params: dict) -> dict:
+    """A list's filter parameters without its paging (the CSV twin holds every row)."""
+    return {k: v for k, v in params.items() if k != "per_page"}
 
 
 def _sort_params(params: dict, flt: Q.NeuronFilter, key: str) -> dict:
@@ -358,4 +363,4 @@ def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None)
                       "next": urls.pairs(slug, page=flt.page + 1, **params) if flt.page < pages else None,
                       "page": urls.pairs(slug, page=page, **params),
                       "json": urls.pairs(slug, fmt="json", page=page, **params),
-                      "csv": urls.pairs(slug, fmt="csv", page=page, **params)}}
+                      "csv": urls.pairs(slug, fmt="csv", **_all_rows(params))}}  # every page

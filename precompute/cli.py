@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from precompute.errors import LookupsError
-from precompute.redact import RedactingFilter
+from precompute.options import Options, given
+from precompute.redact import RedactingFilter, mask_db_url, mask_url
 from precompute.settings import Settings
 
 logger = logging.getLogger("lookups")
@@ -25,91 +26,62 @@ logger = logging.getLogger("lookups")
 EXIT_BAD_INPUT = 2
 
 
-def _add_settings_options(p: argparse.ArgumentParser, fields: typing.Iterable[str] | None = None,
-                          cls: type = Settings) -> None:
-    """One option per field of the settings class ``cls`` (``n_per_layer`` → ``--n-per-layer``),
-    help from its description; unset options fall back to the environment (LOOKUPS_*) and the
-    defaults. Fields of other types (dicts) are set through the environment only."""
-    for name, f in cls.model_fields.items():
-        if fields is not None and name not in fields:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if typing.get_origin(f.annotation) is dict or flag in p._option_string_actions:
-            continue  # dicts: environment only; a field both classes share: one option
-        ann = f.annotation
-        args = typing.get_args(ann)
-        kw: dict = {"dest": name, "default": None, "help": (f.description or "") + f" [default: {f.default!r}]"
-                    if f.default_factory is None else f.description}
-        if ann is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(ann) is typing.Literal:
-            kw["choices"] = list(args)
-        elif list in (typing.get_origin(ann), *map(typing.get_origin, args)):
-            inner = typing.get_args(next(a for a in (ann, *args) if typing.get_origin(a) is list))[0]
-            kw.update(nargs="+", type=inner)
-        else:
-            base = next((a for a in (ann, *args) if a in (int, float, str)), str)
-            kw["type"] = base
-        p.add_argument(flag, **kw)
-
-
-def given_options(ns: argparse.Namespace, cls: type = Settings) -> dict:
-    """The options of ``cls`` given on the command line (the others come from the environment
-    and the defaults when ``cls(**given)`` is built)."""
-    return {k: v for k, v in vars(ns).items() if k in cls.model_fields and v is not None}
-
-
 def _settings(ns: argparse.Namespace) -> Settings:
-    return Settings(**given_options(ns))
+    """The precompute settings of a parsed command: its options, then the environment and the
+    defaults (validated by :class:`Settings`)."""
+    return Settings(**given(ns, Settings))
 
 
-def build_parser(extra: typing.Callable | None = None) -> argparse.ArgumentParser:
+EXPLAIN_FIELDS = ("db_url", "run_name", "model", "explainer", "heldout_per_pair", "llm_base_url",
+                  "llm_model", "llm_api_key_env", "llm_temperature", "llm_max_tokens",
+                  "llm_concurrency", "llm_timeout", "llm_max_retries", "seed")
+
+
+def build_parser(extra: typing.Callable | None = None,
+                 config_classes: tuple = (Settings,)) -> argparse.ArgumentParser:
     """The ``lookups`` parser; ``extra(subparsers)`` adds commands of other layers (``serve``
-    is added by ``app.cli`` so that this package never imports the web layer)."""
+    is added by ``app.cli`` so that this package never imports the web layer), and
+    ``config_classes`` are the settings classes whose options ``lookups config`` takes."""
     ap = argparse.ArgumentParser(prog="lookups", description="context-lookups: how attention heads "
                                  "switch on next-token neurons (Neo, Cohen & Barez, EMNLP 2024).")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("precompute", help="find next-token neurons, their prompts, head "
                        "attributions, explanations and ablations; store them in SQLite")
-    _add_settings_options(p)
+    Options(p, Settings)
     p = sub.add_parser("explain", help="explain and score the kept (neuron, head) pairs of an "
                        "existing run (baseline explainer or an OpenAI-compatible LLM)")
-    _add_settings_options(p, ["db_url", "run_name", "model", "explainer", "heldout_per_pair", "llm_base_url",
-                              "llm_model", "llm_api_key_env", "llm_temperature", "llm_max_tokens",
-                              "llm_concurrency", "llm_timeout", "llm_max_retries", "seed"])
-    p.add_argument("--run", dest="run_name", default=None, help="the run to explain (same as --run-name)")
+    Options(p, Settings, fields=EXPLAIN_FIELDS, shortcuts={"run-name": "run"})
     p = sub.add_parser("import-paper", help="import the authors' released GPT-2 results (their "
                        "experiment_data folder) as one run per model: gpt2-small, -medium, -large")
     p.add_argument("path", help="the authors' neuron_groups/experiment_data folder")
-    p.add_argument("--db", dest="db_url", default=None, help="SQLAlchemy URL of the database "
-                   "[default: sqlite:///lookups.db]")
+    p.add_argument("--db", "--db-url", dest="db_url", default=None, help="SQLAlchemy URL of the "
+                   "database [default: sqlite:///lookups.db]")
     p = sub.add_parser("db", help="database maintenance")
     p.add_argument("action", choices=["upgrade", "current", "metadata"], help="upgrade: migrate to "
                    "the newest schema; current: print the schema revision; metadata: write "
                    "Datasette's metadata.json (table and column descriptions, units)")
-    p.add_argument("--db", dest="db_url", default=None)
+    p.add_argument("--db", "--db-url", dest="db_url", default=None, help="SQLAlchemy URL of the "
+                   "database [default: sqlite:///lookups.db]")
     p.add_argument("-o", "--output", default=None, help="metadata: write to this file (default: "
-                   "standard output)")
+                   "standard output); an existing file is replaced only if it is a metadata file")
     p = sub.add_parser("config", help="print the effective settings (defaults, environment, options)")
-    _add_settings_options(p)
+    Options(p, *config_classes)
     if extra is not None:
         extra(sub)
-    for a in sub.choices.values():  # `--db` is the short spelling of --db-url everywhere
-        if not any("--db" in act.option_strings for act in a._actions) and any(
-                "--db-url" in act.option_strings for act in a._actions):
-            a._option_string_actions["--db-url"].option_strings.append("--db")
-            a._option_string_actions["--db"] = a._option_string_actions["--db-url"]
     return ap
 
 
-def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = None) -> int:
+def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = None,
+         config_classes: tuple = (Settings,)) -> int:
     """Entry point: parse, configure logging, dispatch; domain errors exit 2 with a message."""
-    ns = build_parser(extra).parse_args(argv)
+    ns = build_parser(extra, config_classes).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "datasets", "filelock", "urllib3", "transformers", "huggingface_hub",
-                  "alembic"):  # alembic: precompute.store.db logs the one line that matters
+    # httpx/httpx2 log every request's URL at INFO (an --llm-base-url may hold credentials);
+    # alembic: precompute.store.db logs the one line that matters
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "datasets", "filelock",
+                  "urllib3", "transformers", "huggingface_hub", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for h in logging.getLogger().handlers:  # no API key reaches a log line (an endpoint may echo it)
         h.addFilter(RedactingFilter())
@@ -144,22 +116,40 @@ def validation_lines(exc: ValidationError) -> list[str]:
     for e in exc.errors(include_url=False):
         name = str(e["loc"][0]) if e["loc"] else ""
         where = f"--{name.replace('_', '-')} (LOOKUPS_{name.upper()})" if name else "settings"
-        out.append(f"{where} {e['input']!r}: {e['msg']}" if "input" in e else f"{where}: {e['msg']}")
+        if not e["loc"] and e["type"] == "value_error":  # a rule across fields: its own words
+            out.append(str(e["ctx"]["error"]))
+            continue
+        if "input" not in e:
+            out.append(f"{where}: {e['msg']}")
+            continue
+        value = e["input"]  # as typed (options arrive as text): 1e26, not '1e26'
+        shown = value if isinstance(value, str) and value.strip() == value and value else repr(value)
+        out.append(f"{where} {shown}: {e['msg']}")
+    return out
+
+
+def printable(settings: dict) -> dict:
+    """A settings dump as it may be printed: the database password and the credentials of
+    the LLM URL masked."""
+    out = dict(settings)
+    if "db_url" in out:
+        out["db_url"] = mask_db_url(out["db_url"])
+    if "llm_base_url" in out:
+        out["llm_base_url"] = mask_url(out["llm_base_url"])
     return out
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "config":
-        s = _settings(ns)
-        out = s.model_dump()
-        print(json.dumps(out, indent=2, default=str))
+        print(json.dumps(printable(_settings(ns).model_dump()), indent=2, default=str))
         return 0
     if ns.command == "precompute":
         from precompute.job.pipeline import run_precompute
         s = _settings(ns)
         summary = run_precompute(s)
         print(json.dumps(summary, indent=2, default=str))
-        print(f"done: database {s.db_url}. Browse it with: lookups serve --db {s.db_url}")
+        shown = mask_db_url(s.db_url)
+        print(f"done: database {shown}. Browse it with: lookups serve --db {shown}")
         return 0
     if ns.command == "explain":
         return explain_command(_settings(ns))
@@ -170,7 +160,9 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from precompute.store.db import current_revision, open_writer
         url = ns.db_url or Settings().db_url
         if ns.action == "metadata":
-            from precompute.store.metadata import datasette_metadata
+            from precompute.store.metadata import check_output, datasette_metadata
+            if ns.output:
+                check_output(ns.output)  # never the database, nor any file but a metadata file
             text = json.dumps(datasette_metadata(url), indent=2, ensure_ascii=False) + "\n"
             if ns.output:
                 with open(ns.output, "w", encoding="utf-8") as fh:
@@ -183,10 +175,14 @@ def _dispatch(ns: argparse.Namespace) -> int:
             return 0
         if ns.action == "upgrade":
             engine = open_writer(url)
-            print(f"{url}: schema at revision {current_revision(engine)}")
-        else:
-            from precompute.store.db import connect
-            print(current_revision(connect(url)))
+            print(f"{mask_db_url(url)}: schema at revision {current_revision(engine)}")
+        else:  # read-only: never creates the file
+            from precompute.store.db import read_only_engine
+            engine = read_only_engine(url)
+            try:
+                print(current_revision(engine))
+            finally:
+                engine.dispose()
         return 0
     raise AssertionError(ns.command)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 import logging
 import os
-from contextlib import contextmanager
+import zlib
+from collections.abc import Iterator
 
 from precompute.errors import DatasetNotAvailable
 
@@ -45,43 +47,31 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    local: list[str] = []
-    try:
-        if os.path.isdir(name):
-            files = {}
-            for split, aliases in _ALIASES.items():
-                for alias in aliases:
-                    found = sorted(glob.glob(os.path.join(name, f"{alias}.jsonl*")) +
-                                   glob.glob(os.path.join(name, f"{alias}.json")))
-                    if found:
-                        files[split] = found
-                        break
-            if not files:
-                raise DatasetNotAvailable(f"Directory {name!r} holds no explain.jsonl[.gz] / "
-                                          f"heldout.jsonl[.gz] (or train/test) files.")
-            local = [f for fs in files.values() for f in fs]
-            with _quiet_json_loader():
-                ds = datasets.load_dataset("json", data_files=files)
-        elif os.path.isfile(name):
-            local = [name]
-            with _quiet_json_loader():
-                ds = datasets.load_dataset("json", data_files={"train": [name]})
-        elif os.path.sep in name and not name.count("/") == 1:
-            raise DatasetNotAvailable(f"Dataset file {name!r} does not exist.")
-        else:
+    if os.path.isdir(name):
+        files = {}
+        for split, aliases in _ALIASES.items():
+            for alias in aliases:
+                found = sorted(glob.glob(os.path.join(name, f"{alias}.jsonl*")) +
+                               glob.glob(os.path.join(name, f"{alias}.json")))
+                if found:
+                    files[split] = found
+                    break
+        if not files:
+            raise DatasetNotAvailable(f"Directory {name!r} holds no explain.jsonl[.gz] / "
+                                      f"heldout.jsonl[.gz] (or train/test) files.")
+        ds = {split: local_dataset(fs) for split, fs in files.items()}
+    elif os.path.isfile(name):
+        ds = {"train": local_dataset([name])}
+    elif os.path.sep in name and not name.count("/") == 1:
+        raise DatasetNotAvailable(f"Dataset file {name!r} does not exist.")
+    else:
+        try:
             ds = datasets.load_dataset(name)
-    except DatasetNotAvailable:
-        raise
-    except Exception as exc:
-        if local:  # say which file and line, not "offline"
-            problem = local_file_problem(local) or f"{type(exc).__name__}: {str(exc)[:200]}"
-            raise DatasetNotAvailable(f"Cannot read the corpus: {problem}. Each line must be a "
-                                      f"JSON object with a 'text' field; fix the file or pass "
-                                      f"another --dataset.") from exc
-        raise DatasetNotAvailable(
-            f"Cannot load dataset {name!r} ({type(exc).__name__}: {str(exc)[:200]}). Offline, "
-            f"only local data can be used: run without --dataset for the embedded scan corpus, "
-            f"or pass a .jsonl[.gz] file with a 'text' field.") from exc
+        except Exception as exc:
+            raise DatasetNotAvailable(
+                f"Cannot load dataset {name!r} ({type(exc).__name__}: {str(exc)[:200]}). Offline, "
+                f"only local data can be used: run without --dataset for the embedded scan corpus, "
+                f"or pass a .jsonl[.gz] file with a 'text' field.") from exc
     if "explain" not in ds or "heldout" not in ds:
         first = ds[next(iter(ds))] if len(ds) == 1 else None
         if first is not None:
@@ -108,52 +98,91 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
     return out
 
 
-def local_file_problem(paths: list[str]) -> str | None:
-    """The first problem of local corpus files, naming the file (and the 1-based line): an
-    empty file, a line of a ``.jsonl[.gz]`` file that is not a JSON object, a ``.json`` file
-    that does not parse, an unreadable or undecodable file. None if every file reads."""
-    for path in paths:
-        try:
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as fh:
-                if not path.endswith((".jsonl", ".jsonl.gz")):  # one JSON document
-                    text = fh.read()
-                    if not text.strip():
-                        return f"{path} is empty"
-                    try:
-                        json.loads(text)
-                    except json.JSONDecodeError as e:
-                        return f"{path}, line {e.lineno}: not valid JSON ({e.msg})"
-                    continue
-                seen = False
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    seen = True
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        return f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno})"
-                    if not isinstance(record, dict):
-                        return f"{path}, line {n}: a JSON {type(record).__name__}, not an object"
-                if not seen:
-                    return f"{path} is empty"
-        except (OSError, UnicodeDecodeError, EOFError) as e:  # unreadable, bad gzip, not UTF-8
-            return f"{path}: {e}"
-    return None
+def read_texts(path: str) -> Iterator[str | None]:
+    """The ``text`` of each record of a local corpus file (None for a record without a string
+    ``text``), read with Python's own JSON parser: a ``.jsonl[.gz]`` file line by line (blank
+    lines skipped), any other file as one JSON array of objects. Python's parser cannot crash on
+    hostile input (nesting too deep is an error, where pyarrow's reader crashes the process).
 
-
-@contextmanager
-def _quiet_json_loader():
-    """Silence the datasets JSON loader's own error log while loading local files: the error
-    is reported once, by :func:`local_file_problem`, with the file and line."""
-    log = logging.getLogger("datasets.packaged_modules.json.json")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    Raises:
+        DatasetNotAvailable: the file is empty, unreadable, corrupt (gzip), not UTF-8, not JSON,
+            nested too deeply, or a record is not an object; the message names the file and
+            the 1-based line.
+    """
+    n, seen = 0, False
     try:
-        yield
-    finally:
-        log.setLevel(level)
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            if not path.endswith((".jsonl", ".jsonl.gz")):
+                records = _record(path, 1, fh.read())
+                if not isinstance(records, list):
+                    raise DatasetNotAvailable(f"{path}: a JSON {type(records).__name__}, not an array "
+                                              f"of objects")
+                for i, r in enumerate(records):
+                    yield _text(path, f"record {i + 1}", r)
+                if not records:
+                    raise DatasetNotAvailable(f"{path} is empty")
+                return
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    seen = True
+                    yield _text(path, f"line {n}", _record(path, n, line))
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a corrupt/truncated gzip
+        where = f", line {n + 1}"
+        raise DatasetNotAvailable(f"{path}{where}: cannot read it ({type(e).__name__}: {e})") from None
+    if not seen:
+        raise DatasetNotAvailable(f"{path} is empty")
+
+
+def _record(path: str, n: int, raw: bytes):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetNotAvailable(f"{path}, line {n}: not UTF-8 (byte 0x{raw[e.start]:02x} at "
+                                  f"column {e.start + 1})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetNotAvailable(f"{path}, line {n + e.lineno - 1}: not valid JSON ({e.msg}, "
+                                  f"column {e.colno})") from None
+    except RecursionError:
+        raise DatasetNotAvailable(f"{path}, line {n}: JSON nested too deeply") from None
+
+
+def _text(path: str, where: str, record) -> str | None:
+    if not isinstance(record, dict):
+        raise DatasetNotAvailable(f"{path}, {where}: a JSON {type(record).__name__}, not an object")
+    text = record.get("text")
+    return text if isinstance(text, str) else None
+
+
+def local_dataset(paths: list[str]):
+    """A Hugging Face dataset with the ``text`` column of local corpus files
+    (:func:`read_texts`), written once to the datasets cache as memory-mapped Arrow (keyed by
+    each file's path, size and modification time).
+
+    Raises:
+        DatasetNotAvailable: as :func:`read_texts`, naming the file and line.
+    """
+    import datasets
+
+    stats = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    key = hashlib.sha256(json.dumps(["corpus-v2", stats]).encode()).hexdigest()[:16]
+    try:
+        return datasets.Dataset.from_generator(
+            _texts_of, gen_kwargs={"paths": list(paths)}, fingerprint=key,
+            features=datasets.Features({"text": datasets.Value("string")}))
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, DatasetNotAvailable):
+            raise DatasetNotAvailable(str(cause)) from None
+        raise
+
+
+def _texts_of(paths: list[str]) -> Iterator[dict]:
+    for p in paths:
+        for text in read_texts(p):
+            yield {"text": text}
 
 
 def _pick(ds, aliases, name) -> str:

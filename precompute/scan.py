@@ -4,6 +4,7 @@ docs/method.md §2)."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,9 +30,56 @@ from precompute.model.loading import LoadedModel
 logger = logging.getLogger(__name__)
 
 
+# Peak memory per (kept document, neuron) of a scan: the running top-k and its merges (~90-140
+# bytes, measured) plus the rows stored from it (~320 bytes), rounded up.
+SCAN_BYTES_PER_ENTRY = 600
+
+
+def top_k_for(top_k: int, n_docs: int) -> int:
+    """The k a scan of ``n_docs`` documents keeps: ``--top-k``, capped by the documents (a
+    neuron has no more top documents than there are; the stored rows are the same)."""
+    return max(1, min(top_k, n_docs))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; else the free
+    physical pages), None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None = None) -> int:
+    """The scan's estimated peak memory in bytes (``k × n_layers × d_mlp ×
+    SCAN_BYTES_PER_ENTRY``), checked before anything is allocated or written.
+
+    Raises:
+        BadSettings: the estimate exceeds ``available`` (default: :func:`available_memory`);
+            the message says what to lower.
+    """
+    from precompute.errors import BadSettings
+
+    need = k * n_layers * d_mlp * SCAN_BYTES_PER_ENTRY
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        raise BadSettings(f"--top-k {k} over {n_layers} layers x {d_mlp} neurons needs about "
+                          f"{need / 1e9:.1f} GB for the scan's top documents, and {available / 1e9:.1f} "
+                          f"GB of memory is available: lower --top-k or analyse fewer --layers.")
+    return need
+
+
 class TopK:
     """Running top-k documents per neuron; memory ``3 × k × n_neurons`` numbers, whatever the
-    corpus size.
+    corpus size (peak with merges and storage: :data:`SCAN_BYTES_PER_ENTRY` bytes per entry,
+    checked by :func:`check_scan_memory`).
 
     ``values[r, n]`` is the r-th largest (descending) max activation of neuron column ``n``,
     ``docs[r, n]`` its document index (-1 where fewer than k documents were seen) and

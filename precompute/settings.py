@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
@@ -35,6 +35,9 @@ SCIENCE_FIELDS = (
 # stored without them computed. ``Settings.of_run`` fills them in, and ``science_hash`` leaves a
 # field out at that value, so an older run still reads back and resumes as it was computed.
 ADDED_FIELDS = {"pair_min_prompts": 1}
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and datasets' splits accept no more
+MAX_TOP_K = 1000  # the paper kept 20; each kept document is trimmed and attributed
 
 
 class Settings(BaseSettings):
@@ -81,7 +84,8 @@ class Settings(BaseSettings):
                                  "punctuation only.")
     n_random: int | None = Field(None, ge=0, description="Random baseline neurons per layer; default: "
                                  "n_per_layer; 0: no random baseline (as in imported authors' runs).")
-    seed: int = Field(0, description="Seed of the random-neuron draw and of every RNG.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the random-neuron draw and of "
+                      "every RNG (0 to 2**32 - 1, what every RNG used accepts).")
 
     # --- §2 max-activating prompts -----------------------------------------------------------
     n_docs: int | None = Field(None, ge=1, description="Use at most this many documents of each "
@@ -92,7 +96,8 @@ class Settings(BaseSettings):
     neurons_per_pass: int = Field(8, ge=1, description="Selected neurons whose trimming and "
                                   "attribution share batched forward passes (a resumed job "
                                   "recomputes an interrupted group whole).")
-    top_k: int = Field(20, ge=1, description="Top documents kept per neuron and split.")
+    top_k: int = Field(20, ge=1, le=MAX_TOP_K, description="Top documents kept per neuron and "
+                       f"split (at most {MAX_TOP_K}; more than a split's documents keeps them all).")
     act_ratio: float = Field(0.8, gt=0, le=1, description="Trimming keeps the latest start at "
                              "which the neuron still reaches this fraction of its activation.")
     max_prompt_tokens: int = Field(100, ge=2, description="Trimmed prompts of this many tokens "
@@ -128,7 +133,8 @@ class Settings(BaseSettings):
     llm_temperature: float | None = Field(None, description="Sampling temperature (None: the "
                                           "endpoint's default, as the authors).")
     llm_max_tokens: int = Field(200, ge=1, description="Max tokens of an explanation.")
-    llm_concurrency: int = Field(4, ge=1, description="Concurrent LLM requests.")
+    llm_concurrency: int = Field(4, ge=1, le=256, description="Concurrent LLM requests (one "
+                                 "thread each).")
     llm_timeout: float = Field(60.0, gt=0, description="Seconds per LLM request.")
     llm_max_retries: int = Field(4, ge=0, description="Retries per request (429/5xx/timeouts).")
 
@@ -136,6 +142,14 @@ class Settings(BaseSettings):
     ablation: Literal["zero", "mean", "none"] = Field("zero", description="Ablate a head's value "
                                                       "vectors with zeros (paper) or their mean "
                                                       "over the scan corpus.")
+
+    @model_validator(mode="after")
+    def _pair_fractions_in_order(self) -> "Settings":
+        if self.pair_min_fraction > self.pair_max_fraction:
+            raise ValueError(f"--pair-min-fraction {self.pair_min_fraction} is above "
+                             f"--pair-max-fraction {self.pair_max_fraction}: no pair could be kept. "
+                             f"Give a minimum at most the maximum (paper: 0.25 and 0.75).")
+        return self
 
     @classmethod
     def of_run(cls, stored: dict | None) -> "Settings":

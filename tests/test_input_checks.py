@@ -163,3 +163,152 @@ def test_corpus_error_comes_before_any_database_work(tmp_path, tiny_model_dir):
     assert_one_line_exit_2(proc, str(bad), "line 2")
     assert proc.stderr.strip().splitlines()[-1].startswith("error:")
     assert "alembic" not in proc.stderr.lower() and not db.exists()
+
+
+# --- issue 18, item 13: a model directory without a tokenizer ------------------------------------------
+
+def test_model_directory_without_tokenizer_files_is_named_and_exits_2(tmp_path, tiny_model_dir):
+    d = shutil.copytree(tiny_model_dir, tmp_path / "no-tokenizer")
+    removed = [p.name for p in d.iterdir() if p.name.startswith(("tokenizer", "vocab", "merges", "special"))]
+    for name in removed:
+        (d / name).unlink()
+    assert "tokenizer.json" in removed
+    db = tmp_path / "new.db"
+    proc = lookups("precompute", "--model", str(d), "--db", f"sqlite:///{db}", cwd=tmp_path)
+    assert_one_line_exit_2(proc, str(d), "no tokenizer", "tokenizer.json", "vocab.json + merges.txt")
+    assert not db.exists()
+
+
+# --- item 14: empty or table-less SQLite; readers never create a file -----------------------------------
+
+def test_empty_tableless_or_old_sqlite_is_one_line_and_readers_create_nothing(tmp_path, precomputed_db):
+    from app.main import create_app
+    from precompute.errors import BadDatabase
+
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as c:
+        c.execute("CREATE TABLE notes (body TEXT)")
+    old = tmp_path / "old.db"
+    shutil.copy(precomputed_db, old)
+    with sqlite3.connect(old) as c:
+        c.execute("UPDATE alembic_version SET version_num = '0001'")
+    before = tree(tmp_path)
+    for db, needle in ((empty, "not a context-lookups database"), (other, "not a context-lookups database"),
+                       (old, "lookups db upgrade")):
+        proc = lookups("serve", "--db", f"sqlite:///{db}", "--no-preload", cwd=tmp_path)
+        assert_one_line_exit_2(proc, str(db), needle)
+        with pytest.raises(BadDatabase, match=needle):
+            create_app(db_url=f"sqlite:///{db}", preload=False)
+    proc = lookups("db", "current", "--db", f"sqlite:///{tmp_path / 'new.db'}", cwd=tmp_path)
+    assert_one_line_exit_2(proc, "new.db", "not found")
+    for db, rev in ((empty, "None"), (old, "0001")):
+        proc = lookups("db", "current", "--db", f"sqlite:///{db}", cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stdout.strip() == rev, proc.stderr
+    assert tree(tmp_path) == before  # nothing created, nothing changed
+
+
+# --- item 15: corpus files that crashed the reader ---------------------------------------------------
+
+def test_corpus_bytes_gzip_and_nesting_errors_name_file_and_line(tmp_path, tiny_model_dir):
+    """Non-UTF-8 bytes, a corrupt .jsonl.gz and a line of 200k nested '[' (pyarrow's JSON reader
+    crashes the process on it): each one line naming the file and line, exit 2, nothing written."""
+    import gzip
+
+    good = [f'{{"text": "document number {i} is here"}}' for i in range(6)]
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(("\n".join(good[:2]) + "\n").encode() + b'{"text": "caf\xe9"}\n')
+    deep = write_jsonl(tmp_path / "deep.jsonl", good[:1] + ["[" * 200_000] + good[1:])
+    packed = gzip.compress(("\n".join(good * 200) + "\n").encode())
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(packed[: len(packed) // 2] + b"\x00garbage" * 16)
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(packed[: len(packed) // 2])
+    for path, needles in ((latin, ["line 3", "not UTF-8", "0xe9"]), (deep, ["line 2", "nested too deeply"]),
+                          (corrupt, ["line "]), (truncated, ["cannot read it"])):
+        db = tmp_path / "new.db"
+        proc = lookups("precompute", "--model", str(tiny_model_dir), "--dataset", str(path),
+                       "--db", f"sqlite:///{db}", cwd=tmp_path)
+        assert proc.returncode == 2, (path, proc.returncode, proc.stderr[-2000:])  # not -11 (SIGSEGV)
+        assert_one_line_exit_2(proc, str(path), *needles)
+        assert not db.exists()
+
+
+def test_local_corpus_reads_as_before(tmp_path):
+    """The same documents, in the same order, as a plain reading of the files; a record without
+    a string text is dropped; a changed file is read again (not a stale cache)."""
+    import gzip
+    import json
+
+    from precompute.corpus import load_corpus
+    from precompute.settings import EMBEDDED_CORPUS
+
+    corpus = load_corpus(EMBEDDED_CORPUS)
+    for split in ("explain", "heldout"):
+        with gzip.open(Path(EMBEDDED_CORPUS) / f"{split}.jsonl.gz", "rt", encoding="utf-8") as fh:
+            texts = [json.loads(line)["text"] for line in fh if line.strip()]
+        assert corpus[split]["text"] == [t for t in texts if t.strip()]
+    d = tmp_path / "c"
+    d.mkdir()
+    write_jsonl(d / "explain.jsonl", ['{"text": "one two"}', '{"other": 1}', '{"text": 5}', '{"text": "three"}'])
+    write_jsonl(d / "heldout.jsonl", ['{"text": "four"}'])
+    assert load_corpus(str(d))["explain"]["text"] == ["one two", "three"]
+    write_jsonl(d / "heldout.jsonl", ['{"text": "five"}', '{"text": "six"}'])
+    assert load_corpus(str(d))["heldout"]["text"] == ["five", "six"]
+
+
+# --- item 16: --ray at a port that is not Ray -------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_ray_address_that_is_not_ray_is_refused_within_seconds(tmp_path, scheme):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)  # answers, but HTTP/1.1, not Ray's gRPC
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        t0 = time.time()
+        proc = lookups("precompute", "--ray", f"{scheme}127.0.0.1:{httpd.server_port}",
+                       "--db", f"sqlite:///{tmp_path / 'new.db'}", cwd=tmp_path)
+        took = time.time() - t0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert_one_line_exit_2(proc, "is not a Ray cluster", str(httpd.server_port))
+    assert took < 60 and "requires ray[client]" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ray_client_is_installed_with_the_ray_extra():
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    extra = [Requirement(r) for r in md.requires("context-lookups") or [] if 'extra == "ray"' in r]
+    assert any(r.name == "ray" and "client" in r.extras for r in extra), extra
+    import grpc  # noqa: F401  (ray[client]'s dependency: ray:// addresses work)
+
+
+# --- item 17: db metadata -o never overwrites another file --------------------------------------------------
+
+def test_db_metadata_output_never_overwrites_a_file_that_is_not_metadata(tmp_path, precomputed_db):
+    db = tmp_path / "lookups.db"
+    shutil.copy(precomputed_db, db)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    before = tree(tmp_path)
+    for target in (db, notes):
+        proc = lookups("db", "metadata", "--db", f"sqlite:///{db}", "-o", str(target), cwd=tmp_path)
+        assert_one_line_exit_2(proc, str(target), "not a metadata file", "not overwritten")
+    assert tree(tmp_path) == before
+    out = tmp_path / "metadata.json"
+    for _ in range(2):  # a new file, then the previous metadata file is replaced
+        proc = lookups("db", "metadata", "--db", f"sqlite:///{db}", "-o", str(out), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert '"source": "context-lookups"' in out.read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -22,7 +23,8 @@ from precompute.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views
-from ..export import csv_response
+from ..export import CHUNK as CSV_CHUNK
+from ..export import all_pages_csv, csv_response
 from ..live import BadLiveInput
 from .common import clean_text, db, is_htmx, render
 
@@ -89,10 +91,14 @@ def _neurons(request: Request, s: Session, run: str, fmt: str | None, layer, kin
         v = getattr(flt, name)
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
+    if fmt == "csv":  # every row matching the filters, streamed (app.export)
+        def fetch(session: Session, page: int) -> tuple[list[dict], int]:
+            d = views.neurons(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),
+                              default_per_page=settings.page_size, live=request.app.state.live)
+            return d["neurons"], d["pages"]
+        return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-neurons.csv")
     data = views.neurons(s, slug=run, flt=flt, default_per_page=settings.page_size,
                          live=request.app.state.live)
-    if fmt == "csv":
-        return csv_response(data["neurons"], filename=f"{run}-neurons.csv")
     if is_htmx(request) and fmt is None:
         return render(request, "_neuron_table.html", data, fmt=None,
                       headers={"HX-Push-Url": data["links"]["page"]})
@@ -126,7 +132,8 @@ def _neuron_list_route(fmt: str | None):
 
 
 router.get("/{run}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route("json"))
-router.get("/{run}/neurons.csv", tags=["csv"], summary="Neurons of a run (CSV: the JSON twin's rows)",
+router.get("/{run}/neurons.csv", tags=["csv"], summary="Neurons of a run (CSV: every row matching "
+           "the filters, streamed; page and per_page are ignored)",
            response_class=Response)(_neuron_list_route("csv"))
 router.get("/{run}/neurons", response_class=HTMLResponse, tags=["pages"],
            summary="Neurons of a run: sortable, filterable, paginated")(_neuron_list_route(None))
@@ -345,9 +352,13 @@ def _pair_list_route(fmt: str | None):
             raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
                            sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
+        if fmt == "csv":  # every row matching the filters, streamed (app.export)
+            def fetch(session: Session, page: int) -> tuple[list[dict], int]:
+                d = views.pairs(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),
+                                live=request.app.state.live)
+                return d["pairs"], d["pages"]
+            return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-pairs.csv")
         data = views.pairs(s, slug=run, flt=flt, live=request.app.state.live)
-        if fmt == "csv":
-            return csv_response(data["pairs"], filename=f"{run}-pairs.csv")
         return render(request, "pairs.html", data, fmt=fmt)
     return handler
 
@@ -355,6 +366,7 @@ def _pair_list_route(fmt: str | None):
 router.get("/{run}/pairs.json", tags=["json"], summary="A run's pairs with explanations and "
            "scores (JSON)")(_pair_list_route("json"))
 router.get("/{run}/pairs.csv", tags=["csv"], response_class=Response, summary="A run's pairs with "
-           "explanations and scores (CSV: the JSON twin's rows)")(_pair_list_route("csv"))
+           "explanations and scores (CSV: every row matching the filters, streamed; page and "
+           "per_page are ignored)")(_pair_list_route("csv"))
 router.get("/{run}/pairs", response_class=HTMLResponse, tags=["pages"], summary="A run's (neuron, "
            "head) pairs with their explanations and scores E")(_pair_list_route(None))

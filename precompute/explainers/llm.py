@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from precompute.errors import BadSettings
 from precompute.explainers import PairResult, PairTask, explainer_name
-from precompute.redact import redact
+from precompute.redact import mask_url, redact, redact_tree, register_secret, url_secrets
 from precompute.store.runs import now
 from precompute.store.schema import LLMCall
 
@@ -119,30 +119,42 @@ def response_text(response: dict | None, *, nonempty: bool = False) -> str:
     return content
 
 
+def api_key(settings) -> str | None:
+    """The API key from the environment variable ``llm_api_key_env`` (None: not set, which a
+    local endpoint given by ``llm_base_url`` may accept).
+
+    Raises:
+        BadSettings: no key and no ``llm_base_url`` (OpenAI itself needs a key); checked by
+            the precompute job before anything is written.
+    """
+    key = os.environ.get(settings.llm_api_key_env)
+    if not key and settings.llm_base_url is None:
+        raise BadSettings(f"No API key: set the environment variable {settings.llm_api_key_env} "
+                          f"(or name another one with --llm-api-key-env), or point "
+                          f"--llm-base-url at an OpenAI-compatible server that needs none.")
+    return key or None
+
+
 class ChatClient:
     """An ``openai.OpenAI`` client built from the settings (the key is read from the
-    environment variable ``llm_api_key_env`` and kept only inside the client; the messages of
-    its failures have the key and anything shaped like one redacted).
+    environment variable ``llm_api_key_env`` and kept only inside the client). Everything that
+    comes back from the endpoint, answers and failure messages alike, has the credentials it
+    was sent (``secrets``: the key, the userinfo and secret query values of ``llm_base_url``,
+    in every encoding they went out in) and anything shaped like a key redacted
+    (:mod:`precompute.redact`).
 
     Raises:
         BadSettings: no key and no ``llm_base_url`` (OpenAI itself needs a key).
     """
 
-    _secrets: tuple[str, ...] = ()
-
     def __init__(self, settings):
         import openai
 
-        key = os.environ.get(settings.llm_api_key_env)
-        if not key:
-            if settings.llm_base_url is None:
-                raise BadSettings(f"No API key: set the environment variable "
-                                  f"{settings.llm_api_key_env} (or name another one with "
-                                  f"--llm-api-key-env), or point --llm-base-url at an "
-                                  f"OpenAI-compatible server that needs none.")
-            key = "none"  # local OpenAI-compatible servers accept any key
-        else:
-            self._secrets = (key,)  # redacted from every message (an endpoint may echo it)
+        key = api_key(settings)
+        # redacted from every answer, message and log line (an endpoint may echo them)
+        self.secrets: tuple[str, ...] = tuple(s for s in (key, *url_secrets(settings.llm_base_url)) if s)
+        register_secret(*self.secrets)
+        key = key or "none"  # local OpenAI-compatible servers accept any key
         self.max_retries = settings.llm_max_retries
         self._client = openai.OpenAI(base_url=settings.llm_base_url, api_key=key,
                                      max_retries=settings.llm_max_retries, timeout=settings.llm_timeout)
@@ -167,21 +179,27 @@ class ChatClient:
             except (openai.AuthenticationError, openai.PermissionDeniedError):
                 raise
             except openai.APIError as exc:  # the client has already retried what is retryable
-                raise LLMFailure(redact(f"{type(exc).__name__}: {exc}", *self._secrets)) from None
+                raise LLMFailure(redact(f"{type(exc).__name__}: {exc}", *self.secrets)) from None
             except ValueError as exc:  # a 200 whose JSON body does not decode
-                last = MalformedResponse(redact(f"{type(exc).__name__}: {exc}", *self._secrets))
+                last = MalformedResponse(redact(f"{type(exc).__name__}: {exc}", *self.secrets))
                 logger.warning("malformed LLM response (attempt %d of %d): %s", attempt + 1,
                                self.max_retries + 1, last)
                 continue
             try:
                 data = resp.model_dump(mode="json") if hasattr(resp, "model_dump") else resp
+                data = self.clean(data)
                 response_text(data, nonempty=nonempty)
                 return data
             except MalformedResponse as exc:
-                last = MalformedResponse(redact(str(exc), *self._secrets))
+                last = MalformedResponse(redact(str(exc), *self.secrets))
                 logger.warning("malformed LLM response (attempt %d of %d): %s", attempt + 1,
                                self.max_retries + 1, last)
         raise LLMFailure(f"malformed response after {self.max_retries + 1} attempts: {last}")
+
+    def clean(self, response):
+        """A response (JSON-able) with the credentials sent and key-shaped strings redacted in
+        every string it holds (:func:`precompute.redact.redact_tree`)."""
+        return redact_tree(response, *self.secrets)
 
 
 @dataclass
@@ -217,7 +235,7 @@ def run_llm(session: Session, tasks: list[PairTask], settings,
     pool = ThreadPoolExecutor(max_workers=settings.llm_concurrency, thread_name_prefix="llm")
     bar = tqdm(total=len(tasks), desc=f"explain {name}", unit="pair", dynamic_ncols=True)
     common = {"explainer": name, "llm_model": settings.llm_model,
-              "llm_base_url": settings.llm_base_url, "llm_temperature": settings.llm_temperature,
+              "llm_base_url": mask_url(settings.llm_base_url), "llm_temperature": settings.llm_temperature,
               "llm_max_tokens": settings.llm_max_tokens, "classifier_max_tokens": CLASSIFIER_MAX_TOKENS,
               "heldout_per_pair": settings.heldout_per_pair}
 
@@ -231,8 +249,8 @@ def run_llm(session: Session, tasks: list[PairTask], settings,
         h = request_hash(request)
         row = session.get(LLMCall, h)
         if row is not None and row.status == "ok":
-            stats["requests_cached"] += 1
-            deliver(pair_id, slot, row.response, None)
+            stats["requests_cached"] += 1  # (stored before answers were redacted: cleaned now)
+            deliver(pair_id, slot, client.clean(row.response), None)
             return
         if h not in waiting:  # identical requests in flight are sent once
             fut = pool.submit(client.complete, request, nonempty=slot is None)
@@ -303,9 +321,10 @@ def _classified(st: _State) -> PairResult:
 
 
 def _record(session: Session, h: str, request: dict, response: dict | None, error: str | None) -> None:
-    """Store one request and its response (or failure) and commit at once; a key-shaped
-    string in the error is redacted (the client has redacted its own key already)."""
-    error = redact(error)
+    """Store one request and its response (or failure) and commit at once; key-shaped
+    strings in the response and the error are redacted (the client has redacted the
+    credentials it sent already)."""
+    error, response = redact(error), redact_tree(response)
     session.merge(LLMCall(request_hash=h, request=request, response=response,
                           status="failed" if error else "ok", error=error, created_at=now()))
     session.commit()
@@ -313,6 +332,6 @@ def _record(session: Session, h: str, request: dict, response: dict | None, erro
         logger.warning("LLM request %s… failed: %s", h[:12], error)
 
 
-__all__ = ["EXPLANATION_TEMPLATE", "CLASSIFIER_TEMPLATE", "CLASSIFIER_MAX_TOKENS", "ChatClient",
+__all__ = ["EXPLANATION_TEMPLATE", "CLASSIFIER_TEMPLATE", "CLASSIFIER_MAX_TOKENS", "ChatClient", "api_key",
            "LLMFailure", "chat_request", "classifier_prompt", "explanation_prompt", "request_hash",
            "response_text", "run_llm", "shown"]

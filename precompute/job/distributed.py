@@ -144,16 +144,49 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                                  f"written.") from None
 
 
+def _check_speaks_grpc(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` that accepts connections but is not a Ray cluster: Ray's
+    GCS (``HOST:PORT``) and its client server (``ray://``) speak gRPC, and a gRPC channel (the
+    ``grpcio`` of ``ray[client]``) becomes ready within ``timeout`` seconds only on a gRPC
+    server (``ray.init`` would retry for minutes on anything else).
+
+    Raises:
+        ClusterUnavailable: no gRPC handshake within ``timeout``; or a ``ray://`` address
+            without ``grpcio`` (``ray[client]``).
+    """
+    try:
+        import grpc
+    except ImportError:
+        if address.startswith("ray://"):
+            raise ClusterUnavailable(f"--ray {address} needs Ray's client: pip install "
+                                     f"'context-lookups[ray]' (it includes ray[client]).") from None
+        return  # plain ray without grpcio: cannot check, ray.init decides
+    if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
+        return  # a TLS cluster: an insecure handshake says nothing
+    channel = grpc.insecure_channel(address.split("://", 1)[-1].rstrip("/"))
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ClusterUnavailable(f"--ray {address} is not a Ray cluster: the port accepts "
+                                 f"connections but did not answer as Ray does (gRPC) within "
+                                 f"{timeout:g} s. Give the cluster's address (ray status prints it), "
+                                 f"or use --ray local; nothing was written.") from None
+    finally:
+        channel.close()
+
+
 def connect_ray(address: str):
     """Connect this process to Ray: ``local`` starts a local cluster (or reuses this process's
     Ray), ``auto`` joins the cluster running on this machine, anything else is a Ray address.
 
     Raises:
-        ClusterUnavailable: Ray is not installed, or the address does not answer.
+        ClusterUnavailable: Ray is not installed, the address does not answer, or it answers
+            but is not a Ray cluster (checked within seconds).
     """
     ray, _ = _import_ray()
     if address not in ("local", "auto"):
         _check_reachable(address)
+        _check_speaks_grpc(address)
     if ray.is_initialized():
         return ray
     try:

@@ -29,7 +29,7 @@ from precompute.next_token import (
     select_next_token_neurons,
 )
 from precompute.pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
-from precompute.scan import TrimTask, tokenize_batch, trim_many
+from precompute.scan import TrimTask, check_scan_memory, tokenize_batch, top_k_for, trim_many
 from precompute.settings import Settings
 from precompute.store.db import check_writable, open_writer, sessions
 from precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
@@ -55,6 +55,9 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     # Bad input is found before anything is written: a bad --db first, then --ray (before
     # anything slow), then the settings against the model, then the corpus (memory-mapped).
     check_writable(settings.db_url)
+    if settings.explainer == "openai":  # the key is needed only after the scan: check it now
+        from precompute.explainers.llm import api_key
+        api_key(settings)
     executor = ray_executor(settings)
     try:
         model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
@@ -66,6 +69,8 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
             from precompute.errors import BadSettings
             raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
         corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
+        check_scan_memory(top_k_for(settings.top_k, max(len(corpus[s]) for s in SPLITS)), len(layers),
+                          model.d_mlp)
         engine = open_writer(settings.db_url)
         try:
             return _run(engine, settings, model, executor or LocalExecutor(model), layers, ctx, corpus,
@@ -161,7 +166,8 @@ def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, l
     """§2: one streaming scan of ``split`` (by ``executor``: this process, or document shards on
     Ray); stores every scanned neuron's top-k and the documents they point to."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
-        res = executor.scan(docs, layers=layers, k=settings.top_k, batch_size=settings.batch_size,
+        res = executor.scan(docs, layers=layers, k=top_k_for(settings.top_k, len(docs)),
+                            batch_size=settings.batch_size,
                             context_tokens=ctx, desc=f"scan {split}")
         rows = []
         vals, dids, poss = res.values.tolist(), res.docs.tolist(), res.positions.tolist()

@@ -163,6 +163,8 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
     if not local and os.path.sep in name and not re.match(r"^[\w.-]+/[\w.-]+$", name):
         raise ModelNotAvailable(f"Model directory {name!r} does not exist. Give a Hugging Face "
                                 f"model name (gpt2, pythia-160m) or an existing local directory.")
+    if local:
+        check_tokenizer_files(name)
     try:
         bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except Exception as exc:  # the hub client raises many types (OSError, HfHubHTTPError, ...)
@@ -185,6 +187,26 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
     logger.info("loaded %s: %d layers, %d heads, d_mlp %d, n_ctx %d", name, bridge.cfg.n_layers,
                 bridge.cfg.n_heads, bridge.cfg.d_mlp, bridge.cfg.n_ctx)
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, slug=model_slug(name))
+
+
+# A local directory's tokenizer: any one of these sets of files (fast, BPE, SentencePiece).
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+
+
+def check_tokenizer_files(path: str) -> None:
+    """A local model directory holds a tokenizer (:data:`TOKENIZER_FILES`): without one the
+    model loads with another tokenizer, or none, and finds no next-token neuron.
+
+    Raises:
+        ModelNotAvailable: none of the sets is complete; the message names the files.
+    """
+    d = Path(path)
+    if any(all((d / f).is_file() for f in files) for files in TOKENIZER_FILES):
+        return
+    wanted = " or ".join(" + ".join(files) for files in TOKENIZER_FILES)
+    raise ModelNotAvailable(f"The model directory {path!r} holds no tokenizer: it needs {wanted}. "
+                            f"Save the tokenizer next to the weights (tokenizer.save_pretrained(DIR)), "
+                            f"or run without --model to use the embedded default.")
 
 
 def local_dir_problem(path: str, exc: BaseException) -> str:

@@ -79,7 +79,8 @@ def run_figures(s, slug: str) -> dict:
 def import_command(path: str, db_url: str) -> int:
     """``lookups import-paper``: import, print per run what it holds and lacks, then the table.
     Returns the exit code (module docstring)."""
-    from precompute.store.db import open_writer, safe_url, sessions
+    from precompute.redact import mask_db_url
+    from precompute.store.db import open_writer, sessions
 
     engine = open_writer(db_url)
     rows = []
@@ -132,7 +133,7 @@ def import_command(path: str, db_url: str) -> int:
                 print(f"not read: {f.error}")
     finally:
         engine.dispose()
-    print(f"done: database {safe_url(db_url)}. Browse it with: lookups serve --db {safe_url(db_url)}")
+    print(f"done: database {mask_db_url(db_url)}. Browse it with: lookups serve --db {mask_db_url(db_url)}")
     head = ("experiment", "status", "neurons", "pairs", "explained", "answered", "ablation", "E (authors')")
     width = max([len(head[0])] + [len(r[0]) for r in rows])
     print(f"{head[0]:<{width}}  {head[1]:<12}" + "".join(f"{h:>10}" for h in head[2:7]) + f"  {head[7]}")

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from precompute.errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
+from precompute.redact import mask_db_url
 from precompute.resources import resource_dir
 
 logger = logging.getLogger(__name__)
@@ -86,15 +87,9 @@ def parse_url(url: str) -> URL:
     if u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
     if u.get_backend_name() not in ("sqlite", "postgresql"):
-        raise DatabaseUnavailable(f"--db {safe_url(u)}: only SQLite (sqlite:///PATH) and PostgreSQL "
+        raise DatabaseUnavailable(f"--db {mask_db_url(u)}: only SQLite (sqlite:///PATH) and PostgreSQL "
                                   f"(postgresql+psycopg://...) are supported.")
     return u
-
-
-def safe_url(url: str | URL) -> str:
-    """``url`` with its password masked, for messages and logs."""
-    u = url if isinstance(url, URL) else make_url(url)
-    return u.render_as_string(hide_password=True)
 
 
 def _engine(u: URL, **kw) -> Engine:
@@ -105,7 +100,7 @@ def _engine(u: URL, **kw) -> Engine:
     try:
         return create_engine(u, **kw)
     except ImportError as e:
-        raise DatabaseUnavailable(f"--db {safe_url(u)} needs the {e.name or 'database'} driver: "
+        raise DatabaseUnavailable(f"--db {mask_db_url(u)} needs the {e.name or 'database'} driver: "
                                   f"pip install 'context-lookups[postgres]'.") from None
 
 
@@ -126,7 +121,7 @@ def _probe(engine: Engine) -> None:
             raise database_error(engine.url.render_as_string(hide_password=True), e) from None
         reason = str(e.orig).strip().splitlines()[-1] if e.orig else str(e)
         raise DatabaseUnavailable(
-            f"Cannot open the database {safe_url(engine.url)} ({reason}). Check the URL (host, port, "
+            f"Cannot open the database {mask_db_url(engine.url)} ({reason}). Check the URL (host, port, "
             f"user, password, database name) and that the server is running; nothing was "
             f"written.") from None
 
@@ -269,7 +264,7 @@ def open_writer(url: str) -> Engine:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         if before != (after := current_revision(engine)):
-            logger.info("database %s: schema migrated from %s to %s", safe_url(u), before or "empty", after)
+            logger.info("database %s: schema migrated from %s to %s", mask_db_url(u), before or "empty", after)
     # The default rollback journal (not WAL): a WAL database cannot be opened read-only where
     # SQLite cannot create its -shm file, e.g. the web service's read-only volume.
     return engine
@@ -284,13 +279,13 @@ def _loads(text: str):
         return json.loads(text)
 
 
-def open_reader(url: str) -> Engine:
-    """Read-only engine for the server: SQLite opened with ``mode=ro``; PostgreSQL with every
-    session read-only (``_read_only_sessions``).
+def read_only_engine(url: str) -> Engine:
+    """An engine that can only read ``url`` and never creates anything: SQLite opened with
+    ``mode=ro`` (a missing file is an error, not a new empty database); PostgreSQL with every
+    session read-only (``_read_only_sessions``). No schema check (see :func:`open_reader`).
 
     Raises:
         FileNotFoundError: the SQLite file does not exist.
-        SchemaTooNew: the database comes from a newer version.
         DatabaseUnavailable: the PostgreSQL server cannot be reached or refuses the login.
         BadDatabase: the file is not SQLite.
     """
@@ -299,21 +294,73 @@ def open_reader(url: str) -> Engine:
         engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads)
         _read_only_sessions(engine)
         _probe(engine)
-    elif u.get_backend_name() == "sqlite":
-        path = Path(u.database or "")
-        if not path.is_file():
-            raise FileNotFoundError(f"Database {path} not found: run `lookups precompute` first "
-                                    f"or pass --db.")
-        # percent-quoted: '#', '?' and '%' in the path name the file rather than end the path
-        # or escape a byte (which made SQLite open another file for writing)
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-        # A thread-safe pool of read-only connections: the server reads from many threads.
-        engine = create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
-                               pool_timeout=30, json_deserializer=_loads,
-                               creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+        return engine
+    path = Path(u.database or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"Database {path} not found: run `lookups precompute` first "
+                                f"or pass --db.")
+    # percent-quoted: '#', '?' and '%' in the path name the file rather than end the path
+    # or escape a byte (which made SQLite open another file for writing)
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    # A thread-safe pool of read-only connections: the server reads from many threads.
+    return create_engine("sqlite://", poolclass=QueuePool, pool_size=8, max_overflow=32,
+                         pool_timeout=30, json_deserializer=_loads,
+                         creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+
+
+def open_reader(url: str) -> Engine:
+    """Read-only engine for the server (:func:`read_only_engine`) on a database at this
+    version's schema.
+
+    Raises:
+        FileNotFoundError: the SQLite file does not exist.
+        SchemaTooNew: the database comes from a newer version.
+        BadDatabase: the file is not SQLite; or the database has no context-lookups tables (an
+            empty file, another program's database) or an older schema: the message says which
+            command to run.
+        DatabaseUnavailable: the PostgreSQL server cannot be reached or refuses the login.
+    """
+    engine = read_only_engine(url)
     with _database_errors(url, writing=False):
         check_schema(engine)
+        rev, head = current_revision(engine), head_revision()
+    if rev != head:
+        engine.dispose()
+        where = mask_db_url(parse_url(url))
+        if rev is None:
+            raise BadDatabase(f"{where} is not a context-lookups database (it has no schema "
+                              f"revision: empty, or another program's): write one with `lookups "
+                              f"precompute --db {where}`, or pass --db the database it wrote.")
+        raise BadDatabase(f"{where} has schema revision {rev!r}, older than this context-lookups' "
+                          f"{head!r}: migrate it with `lookups db upgrade --db {where}` (nothing "
+                          f"stored is lost), then serve it.")
     return engine
+
+
+# docs/scaling.md: a role the server can use that cannot write, whatever its sessions do.
+GRANT_SELECT = ("CREATE ROLE reader LOGIN PASSWORD '...'; GRANT CONNECT ON DATABASE {db} TO reader; "
+                "GRANT USAGE ON SCHEMA public TO reader; GRANT SELECT ON ALL TABLES IN SCHEMA "
+                "public TO reader;")
+
+
+def writable_tables(engine: Engine) -> list[str]:
+    """The project's tables the PostgreSQL role of ``engine`` may write (INSERT, UPDATE, DELETE
+    or TRUNCATE, by ``has_table_privilege``), sorted; empty for SQLite (opened ``mode=ro``) and
+    for a role with ``SELECT`` only. The server's sessions are read-only either way, but a
+    session could undo that (``SET TRANSACTION READ WRITE``); a role cannot grant itself."""
+    if engine.url.get_backend_name() != "postgresql":
+        return []
+    from precompute.store.schema import Base
+
+    names = sorted(Base.metadata.tables)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = current_schema() AND c.relname = ANY(:names) "
+            "AND (has_table_privilege(c.oid, 'INSERT') OR has_table_privilege(c.oid, 'UPDATE') "
+            "OR has_table_privilege(c.oid, 'DELETE') OR has_table_privilege(c.oid, 'TRUNCATE')) "
+            "ORDER BY c.relname"), {"names": names}).scalars().all()
+    return list(rows)
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:

@@ -61,3 +61,36 @@ def datasette_metadata(db_url: str) -> dict:
                            "explanations and ablations (Neo, Cohen & Barez, Interpreting Context "
                            "Look-ups in Transformers, EMNLP 2024). Written by `lookups precompute`.",
             "source": "context-lookups", "databases": {database_name(db_url): {"tables": tables}}}
+
+
+MAX_METADATA_BYTES = 10_000_000  # ours are ~10 kB; anything far larger is not one
+
+
+def check_output(path: str) -> None:
+    """``lookups db metadata -o PATH`` may write ``path``: it does not exist, is empty, or is a
+    metadata file this command wrote before (JSON with ``"source": "context-lookups"`` and
+    ``"databases"``). Anything else (the database itself, another file) is never overwritten.
+
+    Raises:
+        BadSettings: ``path`` is a directory, or an existing file that is not such a metadata file.
+    """
+    import json
+
+    from precompute.errors import BadSettings
+
+    p = Path(path)
+    if p.is_dir():
+        raise BadSettings(f"-o {path} is a directory: name a file, e.g. -o {p / 'metadata.json'}.")
+    if not p.exists() or p.stat().st_size == 0:
+        return
+    previous = None
+    if p.is_file() and p.stat().st_size <= MAX_METADATA_BYTES:
+        try:
+            previous = json.loads(p.read_bytes().decode("utf-8"))
+        except (ValueError, OSError):  # not UTF-8 or not JSON (e.g. a SQLite file)
+            previous = None
+    if not (isinstance(previous, dict) and previous.get("source") == "context-lookups"
+            and isinstance(previous.get("databases"), dict)):
+        raise BadSettings(f"-o {path} exists and is not a metadata file written by `lookups db "
+                          f"metadata`: it was not overwritten. Give -o a new file name (e.g. "
+                          f"metadata.json).")
