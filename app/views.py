@@ -18,9 +18,12 @@ from .live import Live, run_rules
 from .present import (
     ablation_dict,
     classification_dict,
+    act_floor,
     explanation_dict,
+    flat_uncertainty,
     mean_grid,
     neuron_dict,
+    rank_note,
     nice_scale,
     pair_dict,
     prompt_dict,
@@ -45,6 +48,8 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
     run = Q.get_run(s, slug=slug)
     rows, total = Q.list_neurons(s, run=run, flt=flt)
     partial = live.partial_tokens(run) if live else {}
+    best = Q.best_explanations(s, neurons=rows)
+    counts = Q.answer_counts(s, explanation_ids=[e.id for e in best.values()])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -52,6 +57,8 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
     for n in rows:
         d = neuron_dict(n, partial)
         d.pop("top_tokens")
+        ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
+        d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
     return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
@@ -138,6 +145,7 @@ def _prompts_part(s: Session, run, n, *, split: str, score: str, partial: dict, 
     part = {"prompts": [prompt_dict(p, partial) for p in prompts], "n_scored": n_scored,
             "head_labels": [head_label(k, h) for k in range(n_scored) for h in range(run.n_heads)],
             "act_scale": nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts]),
+            "act_lo": act_floor(a for p in prompts for a in p.acts),
             "mean_attr": mean_grid(grids), "attr_scale": _grid_scale(grids, n_scored),
             "top3": top3_view(run, n.layer, prompts)}
     if cache is not None and prompts:
@@ -156,11 +164,12 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     pairs = []
     kept_pairs = Q.neuron_pairs(s, neuron_id=n.id, kept_only=True)
     phases = Q.ablation_phases(s, run_id=run.id, pair_ids=[i["pair"].id for i in kept_pairs])
+    counts = Q.answer_counts(s, explanation_ids=[e.id for i in kept_pairs for e in i["explanations"]])
     for item in kept_pairs:
         p = item["pair"]
         d = pair_dict(p)
         d["url"] = urls.pair(slug, layer, neuron_, p.head_layer, p.head)
-        d["explanations"] = [explanation_dict(e) for e in item["explanations"]]
+        d["explanations"] = [explanation_dict(e, counts.get(e.id)) for e in item["explanations"]]
         d["ablation"] = item["ablation"]
         d["explanation_state"] = states.explanation_state(kept_why=None, n_explanations=len(d["explanations"]))
         d["ablation_state"] = states.ablation_state(kept_why=None, n_rows=len(d["ablation"]),
@@ -176,8 +185,11 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
                                                           limit=settings.top_docs), settings.doc_window)
     return {
         "run": run_dict(run), "neuron": neuron_dict(n, partial), "score": score, "split": split,
+        "rank_note": rank_note(n, run.d_mlp, Q.selected_above(s, run_id=run.id, layer=layer, rank=n.rank)
+                               if n.kind == "next_token" and n.rank is not None else None),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
         "prompts": prompts, "act_scale": part["act_scale"],
+        "act_lo": min(part["act_lo"], act_floor(d["act"] for d in docs)),
         "mean_attr": part["mean_attr"], "attr_scale": part["attr_scale"],
         "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
         "links": {"page": urls.neuron(slug, layer, neuron_, score=score if score != "raw" else None,
@@ -237,7 +249,7 @@ def live_extra(res: dict, data: dict, score: str) -> dict:
     n_scored = res["n_scored"]
     grids = [res[key]] + ([res["ablation"][key]] if res.get("ablation") else [])
     acts = res["acts"] + (res["ablation"]["acts"] if res.get("ablation") else [])
-    return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]),
+    return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]), "live_act_lo": act_floor(acts),
             "live_attr_scale": _grid_scale(grids, n_scored)}
 
 
@@ -282,11 +294,21 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
         "active": [row(pr, False) for pr in explain if label in pr.active],
         "inactive": [row(pr, False) for pr in explain if label not in pr.active],
         "heldout": held,
-        "explanations": [explanation_dict(e) for e in expl],
+        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {}))) for e in expl],
         "ablation_summary": Q.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
         "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
+        "act_lo": act_floor(a for pr in prompts for a in pr.acts),
         "links": {"neuron": urls.neuron(slug, layer, neuron_), "head": urls.head(slug, head_layer, head)},
     }
+
+
+def _counts(answers: dict) -> tuple[int, int, int, int] | None:
+    """(TP, FN, TN, FP) of one explanation's stored answers (``{prompt_id: Classification}``)."""
+    parsed = [(c.truth, c.predicted) for c in answers.values() if c.predicted is not None]
+    if not parsed:
+        return None
+    return (sum(t and p for t, p in parsed), sum(t and not p for t, p in parsed),
+            sum(not t and not p for t, p in parsed), sum(not t and p for t, p in parsed))
 
 
 def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: bool,
@@ -294,13 +316,16 @@ def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: boo
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
     rows = Q.head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept, order=order)
+    counts = Q.answer_counts(s, explanation_ids=[r["best"].id for r in rows if r["best"] is not None])
     items = []
     for r in rows:
-        n, p = r["neuron"], r["pair"]
+        n, p, best = r["neuron"], r["pair"], r["best"]
         d = pair_dict(p)
+        ex = explanation_dict(best, counts.get(best.id)) if best is not None else {}
         d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token,
                  token_escaped=token_escaped(n.token_id, n.token, partial), congruence=n.congruence,
-                 best_score=r["best_score"], url=urls.neuron(slug, n.layer, n.neuron),
+                 best_score=r["best_score"], best_explainer=ex.get("explainer"), n_pos=ex.get("n_pos"),
+                 n_neg=ex.get("n_neg"), **flat_uncertainty(ex), url=urls.neuron(slug, n.layer, n.neuron),
                  pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
         items.append(d)
     return {"run": run_dict(run), "head": {"layer": layer, "head": head_, "label": head_label(layer, head_)},
@@ -317,15 +342,17 @@ def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None)
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
     rows, total = Q.list_pairs(s, run=run, flt=flt)
+    counts = Q.answer_counts(s, explanation_ids=[e.id for _, _, e in rows if e is not None])
     items = []
     for p, n, e in rows:
         d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
              "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
         d.pop("id")
-        ex = explanation_dict(e) if e is not None else {}
+        ex = explanation_dict(e, counts.get(e.id)) if e is not None else {}
         d.update(explainer=ex.get("explainer"), status=ex.get("status"), score=ex.get("score"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
-                 explanation=ex.get("text"), url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
+                 **flat_uncertainty(ex), explanation=ex.get("text"),
+                 url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
         items.append(d)
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.PairFilter())
