@@ -36,15 +36,24 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
                   width: int = 440, height: int = 190, title: str = "explanation score E") -> Markup:
     """A grouped histogram of E in [lo, hi]: per bin, the share of each group's pairs (so groups
     of different sizes compare), bars side by side, y axis in % of the group with ticks at round
-    steps, x axis labelled, and a legend naming each group with its n in its own row below the
-    axis (``height`` is the plot's; the legend adds 18 px), so it never covers a bar."""
+    steps, x axis labelled, and a legend naming each group with its n in its own rows below the
+    axis (``height`` is the plot's; the legend adds 18 px per row), so it never covers a bar."""
     names = [k for k in ("next_token", "random", "other") if groups.get(k)] + \
         [k for k in groups if k not in KIND_COLOURS and groups[k]]
     if not names:
         return Markup("")
     shares = {k: _shares(groups[k], bins, lo, hi) for k in names}
     ymax, step = share_axis(max(max(s) for s in shares.values()))
-    ml, mb, mt, lh = 44, 40, 22, 18  # margins; lh: the legend's own band below the axis
+    ml, mb, mt = 44, 40, 22  # margins
+    keys, x, row = [], ml, 0  # legend keys (label, x, row), wrapped to the width
+    for k in names:
+        label = f"{KIND_LABELS.get(k, k)} (n={len(groups[k])})"
+        w = 14 + 6 * len(label) + 12  # ~6 px per character at the 10 px font
+        if x > ml and x + w > width:
+            x, row = ml, row + 1
+        keys.append((k, label, x, row))
+        x += w
+    lh = 18 * (row + 1)  # the legend's own band below the axis
     height += lh
     pw, ph = width - ml - 8, height - mb - mt - lh
     bw = pw / bins
@@ -76,13 +85,11 @@ def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float =
                  f'{escape(title)} (0.5 = chance)</text>'
                  f'<text transform="translate(10,{mt + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
                  f'class="axis-label">share of pairs</text>')
-    x, y = ml, height - lh + 4  # legend in a row below the axis labels, never over the bars
-    for k in names:
-        label = f"{KIND_LABELS.get(k, k)} (n={len(groups[k])})"
+    for k, label, x, row in keys:  # legend rows below the axis labels, never over the bars
+        y = height - lh + 4 + 18 * row
         parts.append(f'<g class="hist-key"><rect x="{x}" y="{y}" width="10" height="10" '
                      f'fill="{KIND_COLOURS.get(k, "#666")}"/>'
                      f'<text x="{x + 14}" y="{y + 9}">{escape(label)}</text></g>')
-        x += 14 + 6 * len(label) + 12  # ~6 px per character at the 10 px font
     parts.append("</svg>")
     return Markup("".join(parts))
 
