@@ -1,8 +1,8 @@
 """Alembic environment: migrations of the context-lookups schema (precompute/store/schema.py)."""
 
-from alembic import context
 from sqlalchemy import create_engine, pool
 
+from alembic import context
 from precompute.store.schema import Base, include_name
 
 config = context.config

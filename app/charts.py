@@ -121,7 +121,8 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
         parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="grid"/>'
                      f'<text x="{ml - 4}" y="{y(v) + 3:.1f}" text-anchor="end">{v:.0%}</text>')
     for i in range(0, bins + 1, 2):
-        parts.append(f'<text x="{ml + i * bw:.1f}" y="{mt + ph + 13}" text-anchor="middle">{i / bins:.1f}</text>')
+        parts.append(f'<text x="{ml + i * bw:.1f}" y="{mt + ph + 13}" text-anchor="middle">'
+                     f'{i / bins:.1f}</text>')
     parts.append(f'<text x="{ml + pw / 2:.1f}" y="{mt + ph + 27}" text-anchor="middle" class="axis-label">'
                  f'{escape(title)} (0.5 = chance)</text>'
                  f'<text transform="translate(10,{mt + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '

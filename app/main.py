@@ -21,9 +21,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
-from precompute.store.db import open_reader, sessions
-
 from precompute.scoring import MIN_HELDOUT_PER_CLASS
+from precompute.store.db import open_reader, sessions
 from precompute.verdict import WORDS
 
 from . import charts, formats, glossary, present, states, urls

@@ -17,7 +17,6 @@ from precompute.ablation import METHODS as ABLATION_METHODS
 from precompute.ablation import ablation_table, pair_ablation_stats
 from precompute.errors import NotFound
 from precompute.report import comparison_table, explainers_of_run, score_table
-from precompute.verdict import run_verdict
 from precompute.store.schema import (
     Ablation,
     Classification,
@@ -30,6 +29,7 @@ from precompute.store.schema import (
     Run,
     TopActivation,
 )
+from precompute.verdict import run_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +191,6 @@ def get_neuron(session: Session, *, run: Run, layer: int, neuron: int) -> Neuron
     return n
 
 
-def selected_above(session: Session, *, run_id: int, layer: int, rank: int) -> int:
-    """Selected next-token neurons of ``layer`` ranked above ``rank`` (0-based, by congruence)."""
-    return session.scalar(select(func.count()).select_from(Neuron).where(
-        Neuron.run_id == run_id, Neuron.layer == layer, Neuron.kind == "next_token",
-        Neuron.rank < rank)) or 0
-
-
 def neuron_prompts(session: Session, *, neuron_id: int, split: str = "explain") -> list[Prompt]:
     return list(session.scalars(select(Prompt).where(Prompt.neuron_id == neuron_id, Prompt.split == split)
                                 .order_by(Prompt.rank)))
@@ -296,42 +289,6 @@ def pair_classifications(session: Session, *, explanation_ids: list[int]) -> dic
         for c in session.scalars(select(Classification).where(Classification.explanation_id.in_(explanation_ids))):
             out.setdefault(c.explanation_id, {})[c.prompt_id] = c
     return out
-
-
-def answer_counts(session: Session, *, explanation_ids: list[int]) -> dict[int, tuple[int, int, int, int]]:
-    """``{explanation_id: (TP, FN, TN, FP)}`` of the stored Yes/No answers (unparsed answers left
-    out, as in ``scoring.explanation_score``); explanations without answers are absent."""
-    out: dict[int, list[int]] = {}
-    if not explanation_ids:
-        return {}
-    for eid, truth, pred, n in session.execute(
-            select(Classification.explanation_id, Classification.truth, Classification.predicted, func.count())
-            .where(Classification.explanation_id.in_(explanation_ids), Classification.predicted.is_not(None))
-            .group_by(Classification.explanation_id, Classification.truth, Classification.predicted)):
-        c = out.setdefault(eid, [0, 0, 0, 0])
-        c[(0 if pred else 1) if truth else (3 if pred else 2)] += n
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def best_explanations(session: Session, *, neurons: list[Neuron]) -> dict[int, Explanation]:
-    """``{neuron_id: explanation}``: for each neuron with a ``best_score``, the explanation of one
-    of its pairs that scores it (by either rule; an LLM's preferred, then the most held-out
-    prompts), so a list can show that E's held-out size and interval."""
-    from precompute.scoring import authors_score
-
-    want = {n.id: n.best_score for n in neurons if n.best_score is not None}
-    if not want:
-        return {}
-    best: dict[int, Explanation] = {}
-    for e, nid in session.execute(select(Explanation, Pair.neuron_id).join(Pair, Pair.id == Explanation.pair_id)
-                                  .where(Pair.neuron_id.in_(list(want)), Explanation.status != "failed")):
-        if want[nid] not in (e.score, authors_score(e.score, e.tpr, e.tnr)):
-            continue
-        old = best.get(nid)
-        key = (e.explainer.startswith("openai:"), e.n_pos + e.n_neg, -e.id)
-        if old is None or key > (old.explainer.startswith("openai:"), old.n_pos + old.n_neg, -old.id):
-            best[nid] = e
-    return best
 
 
 def pair_ablations(session: Session, *, pair_id: int) -> dict[str, dict[int, Ablation]]:

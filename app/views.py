@@ -11,22 +11,23 @@ from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
 
+from . import evidence as QE
 from . import queries as Q
 from . import states, urls
 from .imported import model_notice, top3_view
 from .live import Live, run_rules
 from .present import (
     ablation_dict,
-    classification_dict,
     act_floor,
+    classification_dict,
     explanation_dict,
     flat_uncertainty,
     mean_grid,
     neuron_dict,
-    rank_note,
     nice_scale,
     pair_dict,
     prompt_dict,
+    rank_note,
     run_dict,
     token_escaped,
     token_fields,
@@ -48,8 +49,8 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
     run = Q.get_run(s, slug=slug)
     rows, total = Q.list_neurons(s, run=run, flt=flt)
     partial = live.partial_tokens(run) if live else {}
-    best = Q.best_explanations(s, neurons=rows)
-    counts = Q.answer_counts(s, explanation_ids=[e.id for e in best.values()])
+    best = QE.best_explanations(s, neurons=rows)
+    counts = QE.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -153,6 +154,20 @@ def _prompts_part(s: Session, run, n, *, split: str, score: str, partial: dict, 
     return part
 
 
+def _selected_above(s: Session, run, n, cache=None) -> int | None:
+    """``queries.selected_above`` for a next-token neuron (None for others), kept in ``cache``:
+    the neurons of a run are written once, in the job's first phase."""
+    if n.kind != "next_token" or n.rank is None:
+        return None
+    key = ("selected_above", run.id, n.layer, n.rank)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        hit = QE.selected_above(s, run_id=run.id, layer=n.layer, rank=n.rank)
+        if cache is not None:
+            cache[key] = hit
+    return hit
+
+
 def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score: str, split: str,
            settings, cache=None) -> dict:
     """The neuron page's data (``cache``: see :func:`_prompts_part`)."""
@@ -164,7 +179,9 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     pairs = []
     kept_pairs = Q.neuron_pairs(s, neuron_id=n.id, kept_only=True)
     phases = Q.ablation_phases(s, run_id=run.id, pair_ids=[i["pair"].id for i in kept_pairs])
-    counts = Q.answer_counts(s, explanation_ids=[e.id for i in kept_pairs for e in i["explanations"]])
+    # the rates give the answer counts exactly unless some answers were unparsed (uncertainty())
+    counts = QE.answer_counts(s, explanation_ids=[e.id for i in kept_pairs for e in i["explanations"]
+                                                 if e.n_unparsed])
     for item in kept_pairs:
         p = item["pair"]
         d = pair_dict(p)
@@ -185,8 +202,7 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
                                                           limit=settings.top_docs), settings.doc_window)
     return {
         "run": run_dict(run), "neuron": neuron_dict(n, partial), "score": score, "split": split,
-        "rank_note": rank_note(n, run.d_mlp, Q.selected_above(s, run_id=run.id, layer=layer, rank=n.rank)
-                               if n.kind == "next_token" and n.rank is not None else None),
+        "rank_note": rank_note(n, run.d_mlp, _selected_above(s, run, n, cache)),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
         "prompts": prompts, "act_scale": part["act_scale"],
         "act_lo": min(part["act_lo"], act_floor(d["act"] for d in docs)),
@@ -249,7 +265,8 @@ def live_extra(res: dict, data: dict, score: str) -> dict:
     n_scored = res["n_scored"]
     grids = [res[key]] + ([res["ablation"][key]] if res.get("ablation") else [])
     acts = res["acts"] + (res["ablation"]["acts"] if res.get("ablation") else [])
-    return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]), "live_act_lo": act_floor(acts),
+    return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]),
+            "live_act_lo": act_floor(acts),
             "live_attr_scale": _grid_scale(grids, n_scored)}
 
 
@@ -316,7 +333,8 @@ def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: boo
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
     rows = Q.head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept, order=order)
-    counts = Q.answer_counts(s, explanation_ids=[r["best"].id for r in rows if r["best"] is not None])
+    counts = QE.answer_counts(s, explanation_ids=[r["best"].id for r in rows
+                                                 if r["best"] is not None and r["best"].n_unparsed])
     items = []
     for r in rows:
         n, p, best = r["neuron"], r["pair"], r["best"]
@@ -342,7 +360,7 @@ def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None)
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
     rows, total = Q.list_pairs(s, run=run, flt=flt)
-    counts = Q.answer_counts(s, explanation_ids=[e.id for _, _, e in rows if e is not None])
+    counts = QE.answer_counts(s, explanation_ids=[e.id for _, _, e in rows if e is not None and e.n_unparsed])
     items = []
     for p, n, e in rows:
         d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,

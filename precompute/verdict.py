@@ -146,7 +146,8 @@ def pair_scores(session: Session, *, run_id: int, explainer: str, kind: str, rul
     """E of every kept pair of ``kind`` neurons explained by ``explainer``, by ``rule``
     (``"project"``: undefined for single-class held-out sets; ``"authors"``: their fallback)."""
     rows = session.execute(select(Explanation.score, Explanation.tpr, Explanation.tnr, Explanation.status)
-                           .join(Pair, Pair.id == Explanation.pair_id).join(Neuron, Neuron.id == Pair.neuron_id)
+                           .join(Pair, Pair.id == Explanation.pair_id)
+                           .join(Neuron, Neuron.id == Pair.neuron_id)
                            .where(Pair.run_id == run_id, Pair.kept, Neuron.kind == kind,
                                   Explanation.explainer == explainer)).all()
     if rule == "authors":

@@ -110,7 +110,6 @@ LEGENDS = """() => [...document.querySelectorAll('.legend')].map(l => ({
 
 
 def test_legends_fit_their_quantity_and_name_the_unit(wpage, server, pages, web_db):
-    from tests.web_fixtures import one
 
     wpage.goto(server.url + pages["neuron, live"])
     wpage.wait_for_selector("#live-act")

@@ -14,7 +14,6 @@ from precompute.cli import main as cli_main
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows, first_difference
 
-
 # --- migrations and units of work (empty databases of each backend) ----------------------------
 
 def test_migrations_up_down_up(db_url, capsys):
