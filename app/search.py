@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label
 from precompute.errors import NotFound
+from precompute.scoring import authors_score
 
 from . import urls
+from .present import flat_uncertainty, uncertainty
 
 _START, _STOP = "\ue000", "\ue001"  # private-use marks around matched words in snippets
 _PHRASE = re.compile(r'"([^"]*)"|(\w+)', re.UNICODE)
@@ -87,8 +89,8 @@ _SQLITE = {
                 "SELECT count(*) FROM search_prompts JOIN prompts p ON p.id = search_prompts.rowid "
                 "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
                 "WHERE search_prompts MATCH :q {run}"),
-    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.n_pos AS n_pos, "
-                     "e.n_neg AS n_neg, pr.head_layer AS head_layer, pr.head AS head, n.layer AS layer, "
+    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.tpr AS tpr, e.tnr AS tnr, "
+                     "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, pr.head_layer AS head_layer, pr.head AS head, n.layer AS layer, "
                      "n.neuron AS neuron, n.kind AS kind, r.slug AS run, "
                      "snippet(search_explanations, 0, :a, :b, '…', 24) AS marked "
                      "FROM search_explanations JOIN explanations e ON e.id = search_explanations.rowid "
@@ -113,8 +115,8 @@ _PG = {
                 "DESC, p.id LIMIT :lim OFFSET :off",
                 "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
                 "WHERE " + _TSV.format(col="p.text") + " @@ websearch_to_tsquery('english'::regconfig, :q) {run}"),
-    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.n_pos AS n_pos, "
-                     "e.n_neg AS n_neg, pr.head_layer AS head_layer, pr.head AS head, n.layer AS layer, "
+    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.tpr AS tpr, e.tnr AS tnr, "
+                     "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, pr.head_layer AS head_layer, pr.head AS head, n.layer AS layer, "
                      "n.neuron AS neuron, n.kind AS kind, r.slug AS run, "
                      + _HEADLINE.format(col="e.text", w=35, m=15) + " AS marked "
                      "FROM explanations e JOIN pairs pr ON pr.id = e.pair_id "
@@ -135,6 +137,9 @@ def _link(kind: str, row) -> dict:
     d["neuron_url"] = urls.neuron(d["run"], d["layer"], d["neuron"])
     if kind == "explanations":
         d["label"] = head_label(d["head_layer"], d["head"])
+        d.update(flat_uncertainty(uncertainty(
+            score=d["score"], score_authors=authors_score(d["score"], d["tpr"], d["tnr"]), tpr=d["tpr"],
+            tnr=d["tnr"], n_pos=d["n_pos"], n_neg=d["n_neg"], n_unparsed=d["n_unparsed"], counts=None)))
         d["url"] = urls.pair(d["run"], d["layer"], d["neuron"], d["head_layer"], d["head"])
     else:
         d["url"] = urls.neuron(d["run"], d["layer"], d["neuron"],
