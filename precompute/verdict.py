@@ -193,10 +193,10 @@ def run_verdict(session: Session, run: Run, *, explainers: Sequence[str], method
         nt = pair_scores(session, run_id=run.id, explainer=ex, kind="next_token", rule=rule)
         rnd = pair_scores(session, run_id=run.id, explainer=ex, kind="random", rule=rule)
         p_e, p_r = ref["E"][0], ref["E_random"][0]
-        expl.append({"explainer": ex,
-                     "vs_chance": claim([nt], null=0.5, paper=p_e),
-                     "vs_random": claim([nt, rnd], null=0.0,
-                                        paper=round(PAPER["gpt2-large"]["E"][0] - p_r, 6))})
+        vs_random = claim([nt, rnd], null=0.0, paper=round(PAPER["gpt2-large"]["E"][0] - p_r, 6))
+        if not rnd:
+            vs_random["reason"] = "no scored pairs of random neurons in this run"
+        expl.append({"explainer": ex, "vs_chance": claim([nt], null=0.5, paper=p_e), "vs_random": vs_random})
     abl = []
     for m in methods:
         d = pair_mean_drops(session, run_id=run.id, method=m)
