@@ -8,6 +8,7 @@ statuses here, as JSON for ``.json`` routes and API clients and as a readable pa
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,6 +75,8 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
         if settings.preload:  # the models load on the model thread while pages are served
             with app.state.Session() as s:
                 app.state.live.preload(list_runs(s))
+            # and the findings' bootstrap intervals (cached) in a thread, not on a first visitor
+            threading.Thread(target=_warm_findings, args=(app,), name="warm-findings", daemon=True).start()
         yield
         app.state.live.close()
         engine.dispose()
@@ -101,6 +104,18 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     app.include_router(fragments.router)
     app.include_router(pages.router)
     return app
+
+
+def _warm_findings(app: FastAPI) -> None:
+    """Compute every run's findings once (scipy's import and the verdict's bootstrap intervals,
+    which are cached), so the first view of the home page is not the slow one."""
+    try:
+        from .views import home
+
+        with app.state.Session() as s:
+            home(s)
+    except Exception:  # a warm-up only: the page computes and reports the same on request
+        logger.exception("warming the findings failed")
 
 
 class SecurityHeaders:
