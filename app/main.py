@@ -8,6 +8,7 @@ statuses here, as JSON for ``.json`` routes and API clients and as a readable pa
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,9 +22,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
+from precompute.scoring import MIN_HELDOUT_PER_CLASS
 from precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
+from precompute.verdict import WORDS
 
-from . import present, states, urls
+from . import charts, formats, glossary, present, states, urls
 from .engine import LiveBusy
 from .live import BadLiveInput, Live
 from .queries import list_runs
@@ -40,12 +43,17 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env = Environment(loader=FileSystemLoader(str(directory)),
                       autoescape=select_autoescape(["html", "xml", "svg"], default=True),
                       trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-    env.filters.update(tok=present.visible, colour=present.colour, fmt=present.fmt)
-    env.globals.update(urls=urls, legend=present.legend, histogram_svg=present.histogram_svg,
+    env.filters.update(tok=formats.token_html, tok_plain=formats.token_plain, colour=present.colour,
+                       fmt=formats.fmt, fixed=formats.fixed, signed=formats.signed, pval=formats.pval,
+                       pct=formats.pct, date=formats.date)
+    env.globals.update(urls=urls, legend=charts.legend, histogram_svg=charts.histogram_svg,
+                       decimals=formats.decimals, term=glossary.term, verdict_words=WORDS,
+                       min_heldout=MIN_HELDOUT_PER_CLASS,
                        score_groups=present.score_groups, tokens_html=present.tokens_html,
                        prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
                        html_cache=present.HtmlCache(), section_cache=present.LockedLRU(1024),
-                       state_text=states.text)
+                       state_text=states.text, marked=formats.marked, pair_drops=present.pair_drops,
+                       heldout_ablations=present.heldout_ablations, answer_parts=present.answer_parts)
     return Jinja2Templates(env=env)
 
 
@@ -72,6 +80,8 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
         if settings.preload:  # the models load on the model thread while pages are served
             with app.state.Session() as s:
                 app.state.live.preload(list_runs(s))
+            # and the findings' bootstrap intervals (cached) in a thread, not on a first visitor
+            threading.Thread(target=_warm_findings, args=(app,), name="warm-findings", daemon=True).start()
         yield
         app.state.live.close()
         engine.dispose()
@@ -90,14 +100,27 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir)), name="static")
-    from .routes import compare, docs, fragments, health, pages
+    from .routes import compare, docs, fragments, health, pages, search
 
     app.include_router(compare.router)
+    app.include_router(search.router)
     app.include_router(docs.router)
     app.include_router(health.router)
     app.include_router(fragments.router)
     app.include_router(pages.router)
     return app
+
+
+def _warm_findings(app: FastAPI) -> None:
+    """Compute every run's findings once (scipy's import and the verdict's bootstrap intervals,
+    which are cached), so the first view of the home page is not the slow one."""
+    try:
+        from .views import home
+
+        with app.state.Session() as s:
+            home(s)
+    except Exception:  # a warm-up only: the page computes and reports the same on request
+        logger.exception("warming the findings failed")
 
 
 class SecurityHeaders:

@@ -17,6 +17,8 @@ from precompute.tokens import escape_controls, escaped, joined_text
 
 from .states import explanation_status, neuron_status
 
+from .formats import decimals, fixed, fmt, has_hidden, visible
+
 # --- colours -----------------------------------------------------------------------------------
 _POS = (214, 96, 77)  # warm end of the diverging scale (positive)
 _NEG = (67, 147, 195)  # cool end (negative)
@@ -41,12 +43,6 @@ def colour(value: float | None, scale: float) -> str:
     return _rgb(round(t * _STEPS))
 
 
-def legend(scale: float, n: int = 5) -> list[dict]:
-    """Stops of the legend bar: ``[{value, colour}]`` from -scale to +scale."""
-    return [{"value": v, "colour": colour(v, scale)}
-            for v in (scale * (2 * i / (n - 1) - 1) for i in range(n))]
-
-
 def nice_scale(values, floor: float = 1e-9) -> float:
     """The largest finite ``|v|`` of ``values`` (None, NaN and infinities skipped), at least
     ``floor``."""
@@ -59,17 +55,61 @@ def nice_scale(values, floor: float = 1e-9) -> float:
     return m
 
 
+def act_floor(acts) -> float:
+    """The low end of an activation legend: the smallest activation shown, or 0 if none is
+    negative (GELU's outputs are above about -0.17, so a symmetric legend would show colours
+    that never occur)."""
+    lo = 0.0
+    for a in acts:
+        if a is not None and a < lo and math.isfinite(a):
+            lo = a
+    return lo
+
+
+def rank_note(n, d_mlp: int, selected_above: int | None) -> str | None:
+    """The neuron's rank by congruence in words (docs/method.md §1): for a selected next-token
+    neuron, how many higher-ranked neurons were passed over because their tokens fail the
+    selection rules (``selected_above``: selected next-token neurons ranked higher)."""
+    if n.rank is None:
+        return None
+    r = n.rank + 1
+    where = f"Rank {r:,} of {d_mlp:,} by congruence in layer {n.layer}"
+    if n.kind != "next_token" or selected_above is None:
+        return f"{where}." if n.kind == "other" else f"{where} (a random baseline neuron: drawn, not ranked)."
+    skipped = n.rank - selected_above
+    if skipped <= 0:
+        return f"{where}: every neuron ranked above it was selected too."
+    return (f"{where}: the {skipped:,} higher-ranked neuron{'s' if skipped != 1 else ''} that "
+            f"{'were' if skipped != 1 else 'was'} not selected predict tokens that fail the selection rules "
+            f"(a leading space, more than two characters, a letter, not on the reject list); "
+            f"{selected_above:,} ranked above it {'were' if selected_above != 1 else 'was'} selected.")
+
+
+def pair_drops(pairs: list[dict]) -> list[float]:
+    """Every mean ablation drop the neuron page's pair table shows (to write them with one
+    number of decimals)."""
+    return [side["mean_drop"] for p in pairs for a in p["ablation"].values()
+            for side in a.values() if side and side.get("mean_drop") is not None]
+
+
+def heldout_ablations(heldout: list[dict]) -> list[dict]:
+    """The ablation row the pair page shows beside each held-out prompt (the first method's)."""
+    return [next(iter(h["ablations"].values())) for h in heldout if h.get("ablations")]
+
+
+def answer_parts(answer: str) -> dict:
+    """A classifier's answer split for display: ``word`` (Yes / No, or the answer as given) and
+    ``detail``, the baseline's score and threshold that it adds in parentheses (shown beside
+    the word, not hidden in a tooltip)."""
+    import re
+
+    m = re.match(r"\s*(Yes|No)\b\s*(?:\((.*)\))?\s*$", answer or "", re.S)
+    if m:
+        return {"word": m.group(1), "detail": m.group(2)}
+    return {"word": answer, "detail": None}
+
+
 # --- tokens ------------------------------------------------------------------------------------
-_VISIBLE = {i: chr(0x2400 + i) for i in range(32)}  # control characters: ␀ ␁ ...
-_VISIBLE.update({ord("\n"): "↵", ord("\r"): "⏎", ord("\t"): "⇥", 127: "␡"})
-
-
-@lru_cache(maxsize=65536)
-def visible(token: str) -> str:
-    """A token's text with newlines, tabs and control characters made visible (↵, ⇥, ␀...);
-    an empty token shows as ∅. Escaping is the template's job (autoescape)."""
-    return token.translate(_VISIBLE) if token else "∅"
-
 
 def token_fields(token_ids, texts, partial) -> dict:
     """The shown form of a sequence of tokens: ``tokens_escaped`` (each token's text, partial
@@ -87,24 +127,6 @@ def token_fields(token_ids, texts, partial) -> dict:
 def token_escaped(token_id: int, text: str, partial) -> str:
     """One token's shown text (see :func:`token_fields`)."""
     return escaped([token_id], [text], partial)[0]
-
-
-def fmt(x, digits: int = 3) -> str:
-    if type(x) is float:  # the common case first: a page formats thousands of floats
-        if not math.isfinite(x):
-            return str(x)
-        if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 10 ** 6):
-            return f"{x:.{digits}g}"
-        return f"{x:.{digits}f}"
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return fmt(float(x), digits)
-    return str(x)
 
 
 @lru_cache(maxsize=65536)
@@ -137,6 +159,9 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
         if part is not None:
             cls += " bytes"
             note = f" (bytes of “{escape(visible(part))}”)"
+        elif has_hidden(t):
+            cls += " ctl"
+            note = " (control or invisible character, escaped)"
         text = _tok_text(t)
         style = colour(a, scale)
         if pick is not None:
@@ -156,6 +181,7 @@ def head_grid_html(grid: list[list[float]], n_scored: int, n_heads: int, scale: 
     active heads are outlined, ablated ones marked. (Python, not a Jinja macro: it is on every
     neuron page and live view.)"""
     active, ablated = set(active or ()), set(ablated or ())
+    d = decimals((v for row in grid[:n_scored] for v in row), sig=2, most=3)
     out = ['<table class="heat">\n  <thead><tr><th></th>', "".join(f"<th>H{h}</th>" for h in range(n_heads)),
            "</tr></thead>\n  <tbody>\n"]
     form = escape(boxes) if boxes else None
@@ -165,16 +191,16 @@ def head_grid_html(grid: list[list[float]], n_scored: int, n_heads: int, scale: 
             lab = f"L{k}H{h}"
             on, off = lab in active, lab in ablated
             out.append(f'    <td class="cell{" act" if on else ""}{" abl" if off else ""}" '
-                       f'style="background:{colour(v, scale)}" title="{lab}: {fmt(v, 4)}'
+                       f'style="background:{colour(v, scale)}" title="{lab}: {fixed(v, d + 2)}'
                        f'{" (active)" if on else ""}{" (ablated)" if off else ""}">')
             if form:
                 out.append(f'<label><input type="checkbox" class="abl-box" name="ablate" value="{lab}" '
                            f'form="{form}"{" checked" if off else ""} aria-label="ablate {lab}">'
-                           f'<span>{fmt(v, 2)}</span></label>')
+                           f'<span>{fixed(v, d)}</span></label>')
             elif pair_url and k < n_scored:
-                out.append(f'<a href="{escape(pair_url(k, h))}">{fmt(v, 2)}</a>')
+                out.append(f'<a href="{escape(pair_url(k, h))}">{fixed(v, d)}</a>')
             else:
-                out.append(fmt(v, 2))
+                out.append(fixed(v, d))
             out.append("</td>\n")
         out.append("  </tr>\n")
     out.append("  </tbody>\n</table>")
@@ -314,21 +340,61 @@ def pair_dict(p) -> dict:
             "mean_attr_raw": p.mean_attr_raw, "mean_attr_ln": p.mean_attr_ln, "kept": p.kept}
 
 
-def explanation_dict(e) -> dict:
-    """An explanation row; ``text`` as the explainer wrote it, with the lead-in of the authors'
-    prompt for their GPT-4 explanations (imports made before it was stored get it here);
-    ``status_text``: the status in words."""
+def uncertainty(*, score, score_authors, tpr, tnr, n_pos: int, n_neg: int, n_unparsed: int,
+                counts: tuple[int, int, int, int] | None) -> dict:
+    """The uncertainty of one pair's E (docs/method.md §5): ``answered`` = (active, inactive)
+    held-out prompts with a Yes/No answer, ``interval`` of E (``scoring.score_interval``; by the
+    authors' rule, ``interval_authors``, where E is their one-rate fallback) and ``small``: below
+    the documented minimum (``scoring.small_sample``). ``counts`` = (TP, FN, TN, FP) from the
+    stored answers; without them (no stored answers) they are recovered from the rates when no
+    answer was unparsed, else the interval is None."""
+    from precompute.scoring import score_interval, small_sample
+
+    if counts is None and not n_unparsed and (tpr is not None or tnr is not None):
+        tp = round(tpr * n_pos) if tpr is not None else 0
+        tn = round(tnr * n_neg) if tnr is not None else 0
+        counts = (tp, n_pos - tp if tpr is not None else 0, tn, n_neg - tn if tnr is not None else 0)
+    if counts is None:
+        return {"answered": None, "interval": None, "interval_authors": None,
+                "small": small_sample(n_pos, n_neg)}
+    tp, fn, tn, fp = counts
+    iv = score_interval(tp, fn, tn, fp) if score is not None else None
+    iv_a = score_interval(tp, fn, tn, fp, rule="authors") if score is None and score_authors is not None else None
+    return {"answered": [tp + fn, tn + fp], "interval": list(iv) if iv else None,
+            "interval_authors": list(iv_a) if iv_a else None, "small": small_sample(tp + fn, tn + fp)}
+
+
+def flat_uncertainty(ex: dict) -> dict:
+    """An :func:`explanation_dict`'s uncertainty as flat fields for list rows (and their CSV):
+    ``e_lo``/``e_hi`` (E's interval, the authors' rule's where only it defines E),
+    ``n_answered_active``/``n_answered_inactive`` and ``small_sample``; None without one."""
+    iv = ex.get("interval") or ex.get("interval_authors")
+    ans = ex.get("answered")
+    return {"e_lo": iv[0] if iv else None, "e_hi": iv[1] if iv else None,
+            "n_answered_active": ans[0] if ans else None, "n_answered_inactive": ans[1] if ans else None,
+            "small_sample": ex.get("small") if ex else None}
+
+
+def explanation_dict(e, counts: tuple[int, int, int, int] | None = None) -> dict:
+    """An explanation with its E, rates, held-out sizes and :func:`uncertainty` (``counts``:
+    (TP, FN, TN, FP) of its stored answers, ``queries.answer_counts``). ``text`` as the
+    explainer wrote it, with the lead-in of the authors' prompt for their GPT-4 explanations
+    (imports made before it was stored get it here); ``status_text``: the status in words."""
     from precompute.paper.format import full_text
     from precompute.scoring import authors_score
 
     st = e.settings or {}
+    auth = authors_score(e.score, e.tpr, e.tnr)
     text = full_text(e.text) if st.get("source") == "paper" else e.text
-    # redacted: a database written before answers and errors were redacted may hold a key an endpoint echoed
+    # redacted: a database written before answers and errors were redacted may hold a key an
+    # endpoint echoed
     return {"id": e.id, "explainer": e.explainer, "status": e.status,
             "status_text": explanation_status(e.status), "text": redact(text),
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
             "n_unparsed": e.n_unparsed, "error": redact(e.error),
-            "score_authors": authors_score(e.score, e.tpr, e.tnr),
+            "score_authors": auth,
+            **uncertainty(score=e.score, score_authors=auth, tpr=e.tpr, tnr=e.tnr, n_pos=e.n_pos,
+                          n_neg=e.n_neg, n_unparsed=e.n_unparsed, counts=counts),
             "truncated": bool(st.get("truncated")), "source": st.get("source")}
 
 
@@ -354,61 +420,6 @@ def mean_grid(grids: list[list[list[float]]]) -> list[list[float]]:
             for k in range(len(grids[0]))]
 
 
-# --- histogram -----------------------------------------------------------------------------------
-
 def score_groups(table: dict) -> dict[str, list[float]]:
     """{kind: scores} of an ``report.score_table`` result (for the histogram)."""
     return {k: row.get("scores") or [] for k, row in (table.get("kinds") or {}).items()}
-
-
-_KIND_COLOURS = {"next_token": "#d6604d", "random": "#4393c3", "other": "#999999"}
-
-
-def histogram_svg(groups: dict[str, list[float]], *, bins: int = 10, lo: float = 0.0, hi: float = 1.0,
-                  width: int = 420, height: int = 180, title: str = "explanation score E") -> Markup:
-    """A grouped histogram of E in [lo, hi] as inline SVG (no JavaScript), bars side by side
-    per bin, with axis ticks and a legend in its own row below the axis (``height`` is the
-    plot's; the legend adds 18 px), so it never covers a bar. Labels are escaped."""
-    names = [k for k in ("next_token", "random", "other") if groups.get(k)] + \
-        [k for k in groups if k not in _KIND_COLOURS and groups[k]]
-    if not names:
-        return Markup("")
-    counts = {k: [0] * bins for k in names}
-    for k in names:
-        for v in groups[k]:
-            i = min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))
-            counts[k][i] += 1
-    top = max(max(c) for c in counts.values()) or 1
-    ml, mb, mt, lh = 34, 28, 22, 18  # margins; lh: the legend's own band below the axis
-    height += lh
-    pw, ph = width - ml - 8, height - mb - mt - lh
-    bw = pw / bins
-    parts = [f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             f'font-size="10" role="img" aria-label="{escape(title)} histogram">',
-             f'<text x="{ml}" y="14" class="hist-title">{escape(title)}</text>']
-    for j in range(5):
-        y = mt + ph - ph * j / 4
-        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{ml - 4}" y="{y + 3:.1f}" text-anchor="end">{round(top * j / 4, 1):g}</text>')
-    for i in range(bins):
-        for j, k in enumerate(names):
-            c = counts[k][i]
-            h = ph * c / top
-            x = ml + i * bw + 1 + j * (bw - 2) / len(names)
-            parts.append(f'<rect x="{x:.1f}" y="{mt + ph - h:.1f}" width="{(bw - 2) / len(names):.1f}" '
-                         f'height="{h:.1f}" fill="{_KIND_COLOURS.get(k, "#666")}">'
-                         f'<title>{escape(k)}: {c} in [{lo + i * (hi - lo) / bins:.2f}, '
-                         f'{lo + (i + 1) * (hi - lo) / bins:.2f})</title></rect>')
-    for i in range(0, bins + 1, max(1, bins // 5)):
-        x = ml + i * bw
-        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" text-anchor="middle">'
-                     f'{lo + i * (hi - lo) / bins:.1f}</text>')
-    x, y = ml, height - lh + 4  # legend in a row below the axis labels, never over the bars
-    for k in names:
-        label = f"{k} (n={len(groups[k])})"
-        parts.append(f'<g class="hist-key"><rect x="{x}" y="{y}" width="10" height="10" '
-                     f'fill="{_KIND_COLOURS.get(k, "#666")}"/>'
-                     f'<text x="{x + 14}" y="{y + 9}">{escape(label)}</text></g>')
-        x += 14 + 6 * len(label) + 12  # ~6 px per character at the 10 px font
-    parts.append("</svg>")
-    return Markup("".join(parts))

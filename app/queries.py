@@ -29,6 +29,7 @@ from precompute.store.schema import (
     Run,
     TopActivation,
 )
+from precompute.verdict import run_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -93,22 +94,24 @@ def ablation_methods(session: Session, *, run_id: int) -> list[str]:
 
 
 def findings(session: Session, *, run_id: int) -> dict:
-    """The paper's two tables for one run, from precompute: explanation scores E of next-token
+    """The paper's two claims for one run: the ``verdict`` (``precompute.verdict.run_verdict``)
+    and the two tables behind it, from precompute: explanation scores E of next-token
     vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
     inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed.
     ``comparisons``: each other explainer against the first LLM explainer (else the first) on
     the same pairs (``report.comparison_table``)."""
     names = explainers_of_run(session, run_id=run_id)
     ref = next((n for n in names if n.startswith("openai:")), names[0] if names else None)
+    methods = ablation_methods(session, run_id=run_id)
     comparisons = []
     for ex in names:
         if ex != ref:
             c = comparison_table(session, run_id=run_id, a=ref, b=ex)
             c["n_rows"], c["rows"] = len(c["rows"]), c["rows"][:MAX_PAGE_ROWS]  # all pairs: /{run}/pairs
             comparisons.append(c)
-    return {"explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
-            "ablation": {m: ablation_table(session, run_id=run_id, method=m)
-                         for m in ablation_methods(session, run_id=run_id)},
+    return {"verdict": run_verdict(session, session.get(Run, run_id), explainers=names, methods=methods),
+            "explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
+            "ablation": {m: ablation_table(session, run_id=run_id, method=m) for m in methods},
             "comparisons": comparisons}
 
 
@@ -329,17 +332,23 @@ class PairFilter:
     kept: bool = True
     explainer: str | None = None
     min_score: float | None = None
+    min_n: int | None = None
     sort: str = "score"
     page: int = 1
     per_page: int = 100
 
 
-PAIR_SORTS = ("score", "neuron")
+# "n": the smaller class of the held-out set first-largest (the figure that limits how precise E
+# is, docs/method.md §5), then E.
+PAIR_SORTS = ("score", "neuron", "n")
+_SMALLER_CLASS = case((Explanation.n_pos < Explanation.n_neg, Explanation.n_pos), else_=Explanation.n_neg)
 
 
 def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tuple], int]:
     """One page of ``(Pair, Neuron, Explanation | None)`` rows of the run matching ``flt`` and
-    their total: best E first (unscored last), or by neuron and head.
+    their total: best E first (unscored last), by neuron and head, or by held-out size (``n``:
+    the smaller of the active and inactive held-out counts, largest first). ``min_n``: that
+    smaller count at least.
 
     Raises:
         NotFound: ``flt.layer`` is not a scanned layer.
@@ -358,11 +367,16 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
         cond.append(Neuron.kind == flt.kind)
     if flt.min_score is not None:
         cond.append(Explanation.score >= flt.min_score)
+    if flt.min_n is not None:
+        cond.append(_SMALLER_CLASS >= flt.min_n)
     base = (select(Pair, Neuron, Explanation).join(Neuron, Neuron.id == Pair.neuron_id)
             .outerjoin(Explanation, on).where(*cond))
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     by_neuron = (Neuron.layer, Neuron.neuron, Pair.head_layer, Pair.head, Explanation.explainer)
-    order = by_neuron if flt.sort == "neuron" else (Explanation.score.desc().nulls_last(), *by_neuron)
+    score = Explanation.score.desc().nulls_last()
+    order = {"neuron": by_neuron, "score": (score, *by_neuron),
+             "n": (_SMALLER_CLASS.desc().nulls_last(), (Explanation.n_pos + Explanation.n_neg).desc().nulls_last(),
+                   score, *by_neuron)}[flt.sort]
     rows = session.execute(base.order_by(*order).limit(flt.per_page)
                            .offset((flt.page - 1) * flt.per_page)).all()
     return [tuple(r) for r in rows], total
@@ -371,19 +385,24 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
 def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False,
                order: str = "raw", limit: int = MAX_PAGE_ROWS) -> list[dict]:
     """Reverse index: the neurons this head was scored against, with attribution, active
-    fraction and best explanation score, most driven first (at most ``limit``; see
-    :func:`count_head_pairs`)."""
+    fraction and best explanation (``best``, with its score ``best_score``), most driven first
+    (at most ``limit``; see :func:`count_head_pairs`)."""
     _check_head(run, head_layer, head)
     cond = [Pair.run_id == run.id, Pair.head_layer == head_layer, Pair.head == head]
     if kept_only:
         cond.append(Pair.kept.is_(True))
     col = {"raw": Pair.mean_attr_raw, "ln": Pair.mean_attr_ln, "fraction": Pair.active_fraction}[order]
-    best = (select(Explanation.pair_id, func.max(Explanation.score).label("best"))
-            .group_by(Explanation.pair_id).subquery())
-    rows = session.execute(select(Pair, Neuron, best.c.best).join(Neuron, Neuron.id == Pair.neuron_id)
-                           .outerjoin(best, best.c.pair_id == Pair.id)
+    rows = session.execute(select(Pair, Neuron).join(Neuron, Neuron.id == Pair.neuron_id)
                            .where(*cond).order_by(col.desc(), Neuron.layer, Neuron.neuron).limit(limit)).all()
-    return [{"pair": p, "neuron": n, "best_score": b} for p, n, b in rows]
+    best: dict[int, Explanation] = {}
+    ids = [p.id for p, _ in rows]
+    for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+        for e in session.scalars(select(Explanation).where(Explanation.pair_id.in_(ids[i:i + 900]),
+                                                           Explanation.score.is_not(None))):
+            if e.pair_id not in best or e.score > best[e.pair_id].score:
+                best[e.pair_id] = e
+    return [{"pair": p, "neuron": n, "best": best.get(p.id),
+             "best_score": best[p.id].score if p.id in best else None} for p, n in rows]
 
 
 def count_head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False) -> int:

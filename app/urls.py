@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
-_ORDER = ("layer", "kind", "q", "min_congruence", "max_congruence", "min_score", "sort", "order",
+_ORDER = ("layer", "kind", "q", "min_congruence", "max_congruence", "min_score", "min_n", "sort", "order",
           "page", "per_page", "score", "split", "prompt", "ablate", "pos")
 
 
@@ -61,6 +61,16 @@ def head(slug: str, layer: int, head_: int, *, fmt: str | None = None, **params)
 def compare(*, fmt: str | None = None, **params) -> str:
     """Runs side by side; ``runs`` a list of slugs."""
     return _path("/compare", fmt) + _query(params)
+
+
+def glossary(*, fmt: str | None = None) -> str:
+    """Every term the pages use, defined."""
+    return _path("/glossary", fmt)
+
+
+def search(*, fmt: str | None = None, **params) -> str:
+    """Full-text search over explanations and prompt texts; ``q`` the words, ``run`` a slug."""
+    return _path("/search", fmt) + _query(params)
 
 
 def static(path: str) -> str:

@@ -11,19 +11,23 @@ from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
 
+from . import evidence as QE
 from . import queries as Q
 from . import states, urls
 from .imported import model_notice, top3_view
 from .live import Live, run_rules
 from .present import (
     ablation_dict,
+    act_floor,
     classification_dict,
     explanation_dict,
+    flat_uncertainty,
     mean_grid,
     neuron_dict,
     nice_scale,
     pair_dict,
     prompt_dict,
+    rank_note,
     run_dict,
     token_escaped,
     token_fields,
@@ -45,6 +49,8 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
     run = Q.get_run(s, slug=slug)
     rows, total = Q.list_neurons(s, run=run, flt=flt)
     partial = live.partial_tokens(run) if live else {}
+    best = QE.best_explanations(s, neurons=rows)
+    counts = QE.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -52,6 +58,8 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
     for n in rows:
         d = neuron_dict(n, partial)
         d.pop("top_tokens")
+        ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
+        d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
     return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
@@ -144,11 +152,26 @@ def _prompts_part(s: Session, run, n, *, split: str, score: str, partial: dict, 
     part = {"prompts": [prompt_dict(p, partial) for p in prompts], "n_scored": n_scored,
             "head_labels": [head_label(k, h) for k in range(n_scored) for h in range(run.n_heads)],
             "act_scale": nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts]),
+            "act_lo": act_floor(a for p in prompts for a in p.acts),
             "mean_attr": mean_grid(grids), "attr_scale": _grid_scale(grids, n_scored),
             "top3": top3_view(run, n.layer, prompts), "n_prompts_total": n_total}
     if cache is not None and prompts:
         cache[key] = part
     return part
+
+
+def _selected_above(s: Session, run, n, cache=None) -> int | None:
+    """``queries.selected_above`` for a next-token neuron (None for others), kept in ``cache``:
+    the neurons of a run are written once, in the job's first phase."""
+    if n.kind != "next_token" or n.rank is None:
+        return None
+    key = ("selected_above", run.id, n.layer, n.rank)
+    hit = cache.get(key) if cache is not None else None
+    if hit is None:
+        hit = QE.selected_above(s, run_id=run.id, layer=n.layer, rank=n.rank)
+        if cache is not None:
+            cache[key] = hit
+    return hit
 
 
 def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score: str, split: str,
@@ -163,11 +186,14 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     kept_pairs = Q.neuron_pairs(s, neuron_id=n.id, kept_only=True)
     phases = Q.ablation_phases(s, run_id=run.id, pair_ids=[i["pair"].id for i in kept_pairs])
     prov = run.provenance
+    # the rates give the answer counts exactly unless some answers were unparsed (uncertainty())
+    counts = QE.answer_counts(s, explanation_ids=[e.id for i in kept_pairs for e in i["explanations"]
+                                                 if e.n_unparsed])
     for item in kept_pairs:
         p = item["pair"]
         d = pair_dict(p)
         d["url"] = urls.pair(slug, layer, neuron_, p.head_layer, p.head)
-        d["explanations"] = [explanation_dict(e) for e in item["explanations"]]
+        d["explanations"] = [explanation_dict(e, counts.get(e.id)) for e in item["explanations"]]
         d["ablation"] = item["ablation"]
         d["explanation_state"] = states.explanation_state(kept_why=None, n_explanations=len(d["explanations"]),
                                                           provenance=prov)
@@ -185,8 +211,10 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
     return {
         "run": run_dict(run), "neuron": neuron_dict(n, partial), "best": best_scores(run, pairs),
         "score": score, "split": split,
+        "rank_note": rank_note(n, run.d_mlp, _selected_above(s, run, n, cache)),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
         "prompts": prompts, "n_prompts_total": part["n_prompts_total"], "act_scale": part["act_scale"],
+        "act_lo": min(part["act_lo"], act_floor(d["act"] for d in docs)),
         "mean_attr": part["mean_attr"], "attr_scale": part["attr_scale"],
         "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
         "links": {"page": urls.neuron(slug, layer, neuron_, score=score if score != "raw" else None,
@@ -259,6 +287,7 @@ def live_extra(res: dict, data: dict, score: str) -> dict:
     grids = [res[key]] + ([res["ablation"][key]] if res.get("ablation") else [])
     acts = res["acts"] + (res["ablation"]["acts"] if res.get("ablation") else [])
     return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]),
+            "live_act_lo": act_floor(acts),
             "live_attr_scale": _grid_scale(grids, n_scored)}
 
 
@@ -305,11 +334,21 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
         "active": [row(pr, False) for pr in explain if label in pr.active],
         "inactive": [row(pr, False) for pr in explain if label not in pr.active],
         "heldout": held,
-        "explanations": [explanation_dict(e) for e in expl],
+        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {}))) for e in expl],
         "ablation_summary": Q.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
         "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
+        "act_lo": act_floor(a for pr in prompts for a in pr.acts),
         "links": {"neuron": urls.neuron(slug, layer, neuron_), "head": urls.head(slug, head_layer, head)},
     }
+
+
+def _counts(answers: dict) -> tuple[int, int, int, int] | None:
+    """(TP, FN, TN, FP) of one explanation's stored answers (``{prompt_id: Classification}``)."""
+    parsed = [(c.truth, c.predicted) for c in answers.values() if c.predicted is not None]
+    if not parsed:
+        return None
+    return (sum(t and p for t, p in parsed), sum(t and not p for t, p in parsed),
+            sum(not t and not p for t, p in parsed), sum(not t and p for t, p in parsed))
 
 
 def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: bool,
@@ -317,13 +356,17 @@ def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: boo
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
     rows = Q.head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept, order=order)
+    counts = QE.answer_counts(s, explanation_ids=[r["best"].id for r in rows
+                                                 if r["best"] is not None and r["best"].n_unparsed])
     items = []
     for r in rows:
-        n, p = r["neuron"], r["pair"]
+        n, p, best = r["neuron"], r["pair"], r["best"]
         d = pair_dict(p)
+        ex = explanation_dict(best, counts.get(best.id)) if best is not None else {}
         d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token,
                  token_escaped=token_escaped(n.token_id, n.token, partial), congruence=n.congruence,
-                 best_score=r["best_score"], url=urls.neuron(slug, n.layer, n.neuron),
+                 best_score=r["best_score"], best_explainer=ex.get("explainer"), n_pos=ex.get("n_pos"),
+                 n_neg=ex.get("n_neg"), **flat_uncertainty(ex), url=urls.neuron(slug, n.layer, n.neuron),
                  pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
         items.append(d)
     total = Q.count_head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept)
@@ -341,16 +384,18 @@ def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None)
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
     rows, total = Q.list_pairs(s, run=run, flt=flt)
+    counts = QE.answer_counts(s, explanation_ids=[e.id for _, _, e in rows if e is not None and e.n_unparsed])
     items = []
     for p, n, e in rows:
         d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
              "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
         d.pop("id")
-        ex = explanation_dict(e) if e is not None else {}
+        ex = explanation_dict(e, counts.get(e.id)) if e is not None else {}
         d.update(explainer=ex.get("explainer"), status=ex.get("status"), status_text=ex.get("status_text"),
                  score=ex.get("score"), score_authors=ex.get("score_authors"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
-                 explanation=ex.get("text"), url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
+                 **flat_uncertainty(ex), explanation=ex.get("text"),
+                 url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
         items.append(d)
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.PairFilter())

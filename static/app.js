@@ -14,12 +14,63 @@
       { code: "...", swap: false },
     ];
   }
+  // htmx keeps a snapshot of the page's HTML for Back; a form field's typed value is not part of
+  // the HTML, so write it in before the snapshot is taken (Back then restores the prompt box
+  // together with the live view it produced).
+  document.addEventListener("htmx:beforeHistorySave", function () {
+    document.querySelectorAll("textarea").forEach(function (t) { t.textContent = t.value; });
+    document.querySelectorAll("input").forEach(function (i) {
+      if (i.type === "checkbox" || i.type === "radio") {
+        if (i.checked) { i.setAttribute("checked", ""); } else { i.removeAttribute("checked"); }
+      } else if (i.type !== "hidden" && i.type !== "submit") {
+        i.setAttribute("value", i.value);
+      }
+    });
+  });
+  // A restored snapshot taken before that fix, or any view whose box is empty: take the prompt
+  // back from the live result it shows.
+  document.addEventListener("htmx:historyRestore", function () {
+    var box = document.getElementById("live-prompt");
+    var res = document.querySelector("#live .live-result");
+    if (box && res && !box.value) { box.value = res.getAttribute("data-prompt") || ""; }
+  });
+
+  // Keep keyboard focus on the control that was used: the live panel is replaced by the
+  // response, which would drop focus to <body>. Remember the control (a token button by its
+  // position, a head checkbox by its head) and focus its counterpart in the new panel.
+  var refocus = null;
+  function describe(el) {
+    if (!el || !el.matches) { return null; }
+    if (el.matches("#live button.tok")) { return "#live button.tok[value='" + el.value + "']"; }
+    if (el.matches("#live input.abl-box")) { return "#live input.abl-box[value='" + el.value + "']"; }
+    if (el.id) { return "#" + el.id; }
+    return null;
+  }
+  document.addEventListener("submit", function (ev) {
+    if (ev.target && ev.target.id === "live-form") {
+      refocus = describe(ev.submitter && ev.submitter !== ev.target ? ev.submitter : document.activeElement);
+    }
+  }, true);
+  document.addEventListener("htmx:afterSettle", function (ev) {
+    if (!refocus || !ev.detail || !ev.detail.target || ev.detail.target.id !== "live") { return; }
+    var el = document.querySelector(refocus);
+    refocus = null;
+    if (el && document.activeElement !== el) { el.focus({ preventScroll: true }); }
+  });
+  // Ctrl+Enter (Cmd+Enter on a Mac) in the prompt box runs it.
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && ev.target && ev.target.id === "live-prompt") {
+      ev.preventDefault();
+      var form = document.getElementById("live-form");
+      if (form) { form.requestSubmit(); }
+    }
+  });
   // Ticking a head in the live heatmap re-runs the live pass with those heads ablated.
   document.addEventListener("change", function (ev) {
     var t = ev.target;
     if (t && t.classList && t.classList.contains("abl-box")) {
       var form = document.getElementById("live-form");
-      if (form) { form.requestSubmit(); }
+      if (form) { refocus = describe(t); form.requestSubmit(); }
     }
   });
   // A new prompt forgets the clicked position of the previous one, and the tokens of the

@@ -41,9 +41,10 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+def _checked_page(browser, width: int):
+    """A page of ``width`` px that records its requests and console errors (a generator: the
+    test runs at its ``yield``, then no request may have left localhost and no error logged)."""
+    ctx = browser.new_context(viewport={"width": width, "height": 900})
     pg = ctx.new_page()
     pg.requests, pg.errors = [], []
     pg.on("request", lambda r: pg.requests.append(r.url))
@@ -55,6 +56,22 @@ def page(browser):
     assert hosts <= {"127.0.0.1", "localhost"}, f"requests left localhost: {hosts}"
     assert pg.errors == [], pg.errors
     ctx.close()
+
+
+@pytest.fixture
+def page(browser):
+    yield from _checked_page(browser, 1360)
+
+
+WIDTHS = (1400, 400)  # a desktop window and a phone held upright
+
+
+@pytest.fixture(params=WIDTHS, ids=[f"{w}px" for w in WIDTHS])
+def wpage(browser, request):
+    """:func:`page` at each width of :data:`WIDTHS` (``wpage.width``)."""
+    for pg in _checked_page(browser, request.param):
+        pg.width = request.param
+        yield pg
 
 
 def shot(page, name: str) -> None:

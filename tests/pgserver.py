@@ -103,3 +103,22 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'lookups.db'}"
     return request.getfixturevalue("pg_server").new_database()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def stored_url(request, tmp_path_factory, precomputed_db, tiny_model_dir, tiny_model,
+               small_corpus_dir) -> str:
+    """The small run on each backend: a copy of the session's SQLite run, and the same settings
+    run by the real precompute job into a new PostgreSQL database (once per session: the
+    storage and search tests share it)."""
+    if request.param == "sqlite":
+        db = tmp_path_factory.mktemp("stored") / "copy.db"
+        shutil.copy(precomputed_db, db)
+        return f"sqlite:///{db}"
+    from precompute.job.pipeline import run_precompute
+    from tests.conftest import small_settings
+
+    url = request.getfixturevalue("pg_server").new_database()
+    run_precompute(small_settings(precomputed_db, tiny_model_dir, small_corpus_dir, db_url=url),
+                   model=tiny_model)
+    return url

@@ -15,13 +15,6 @@ from tests.web_fixtures import TOPK_RUN, one
 
 pytestmark = pytest.mark.browser
 
-@pytest.fixture(scope="module")
-def kept(web_db):
-    return one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p JOIN neurons n ON "
-               "n.id = p.neuron_id JOIN runs r ON r.id = p.run_id JOIN explanations e ON e.pair_id = p.id "
-               "WHERE r.slug = ? AND p.kept AND e.status = 'ok' ORDER BY p.id LIMIT 1", TOPK_RUN)
-
-
 def test_home_and_neuron_list(page, server):
     page.goto(server.url + "/")
     page.wait_for_selector("svg.hist")
@@ -172,7 +165,7 @@ OVERLAPS = """() => [...document.querySelectorAll('svg.hist')].flatMap(svg => {
 
 
 def test_histogram_legend_clear_of_bars(page, server):
-    from app.present import histogram_svg
+    from app.charts import histogram_svg
 
     page.goto(server.url + "/")
     page.wait_for_selector("svg.hist")

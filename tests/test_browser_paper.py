@@ -63,5 +63,5 @@ def test_compare_page(page, server):
     page.click("a.compare-link")
     page.wait_for_selector("svg.overlay")
     assert page.locator("svg.overlay polygon.series").count() == 2
-    assert "0.663 ± 0.223" in page.inner_text("table.compare >> nth=1")
+    assert "0.663 ± 0.223" in page.inner_text("table#compare-e")
     shot(page, "paper-compare.png")

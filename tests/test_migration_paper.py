@@ -11,7 +11,7 @@ from sqlalchemy import create_engine
 
 from alembic import command
 from precompute.store.db import _alembic_config, open_writer
-from precompute.store.schema import Base
+from precompute.store.schema import Base, include_name
 
 
 def test_upgrade_from_0001_keeps_rows_and_matches_the_schema(tmp_path):
@@ -31,7 +31,8 @@ def test_upgrade_from_0001_keeps_rows_and_matches_the_schema(tmp_path):
     c.close()
     engine = open_writer(url)  # upgrades to head
     with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert compare_metadata(MigrationContext.configure(conn, opts={"include_name": include_name}),
+                                Base.metadata) == []
     engine.dispose()
     c = sqlite3.connect(db)
     assert c.execute("SELECT slug, provenance FROM runs").fetchall() == [("old", None)]

@@ -37,7 +37,7 @@ def _other(db) -> str:
 
 def test_home_links_compare_and_shows_provenance(client):
     html = client.get("/").text
-    assert 'href="/compare"' in html and "b98f23e" in html and "… authors' rule" in html
+    assert 'href="/compare"' in html and "b98f23e" in html and "… by the <a class=\"term\" href=\"/glossary#authors-rule\"" in html
     data = client.get("/.json").json()
     run = next(r for r in data["runs"] if r["slug"] == "gpt2-small")
     comp = run["findings"]["comparisons"][0]

@@ -56,6 +56,14 @@ def web_db(request, tmp_path_factory) -> Path:
                         get("small_corpus_dir"), get("tiny_model"))
 
 
+@pytest.fixture(scope="session")
+def kept(web_db) -> tuple[int, int, int, int]:
+    """(layer, neuron, head_layer, head) of the first kept, explained pair of the top-3 run."""
+    return one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p JOIN neurons n ON "
+               "n.id = p.neuron_id JOIN runs r ON r.id = p.run_id JOIN explanations e ON e.pair_id = p.id "
+               "WHERE r.slug = ? AND p.kept AND e.status = 'ok' ORDER BY p.id LIMIT 1", TOPK_RUN)
+
+
 def one(db: Path, sql: str, *args):
     found = rows(db, sql, *args)
     return found[0] if found else None

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from .. import compare as C
+from ..charts import overlay_svg
 from .common import clean_text, db, render
 
 router = APIRouter()
@@ -37,4 +38,4 @@ def compare_page(request: Request, s: DB, runs: RunsQ = [], rule: RuleQ = "autho
     data = _data(s, runs, rule)
     series = [(c["run"]["slug"] + (f" · {c['distribution']['explainer']}" if c["distribution"]["explainer"] else ""),
                c["distribution"]["scores"]) for c in data["runs"]]
-    return render(request, "compare.html", data, fmt=None, extra={"overlay": C.overlay_svg(series)})
+    return render(request, "compare.html", data, fmt=None, extra={"overlay": overlay_svg(series)})

@@ -343,15 +343,18 @@ def _pair_list_route(fmt: str | None):
                                                        "explainer's explanations.")] = None,
                 min_score: Annotated[float | None, Blank, Query(description="Explanation score E at "
                                                                 "least.", **_F)] = None,
+                min_n: Annotated[int | None, _int_in(0, 1_000_000), Query(
+                    description="Held-out prompts of the smaller class (active or inactive) at least.")] = None,
                 sort: Annotated[Literal[Q.PAIR_SORTS], Query(description="score: best E first; "
-                                                             "neuron: by neuron and head.")] = Q.PairFilter.sort,
+                                                             "neuron: by neuron and head; n: largest "
+                                                             "held-out set first.")] = Q.PairFilter.sort,
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                 per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
         explainer = clean_text(explainer, name="explainer", max_chars=200) or None
         if min_score is not None and not math.isfinite(min_score):
             raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
-                           sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
+                           min_n=min_n, sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
         if fmt == "csv":  # every row matching the filters, streamed (app.export)
             def fetch(session: Session, page: int) -> tuple[list[dict], int]:
                 d = views.pairs(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),

@@ -15,7 +15,30 @@ from pathlib import Path
 from sqlalchemy import Column
 from sqlalchemy.engine import make_url
 
-from precompute.store.schema import Base
+from precompute.store.schema import SEARCH_TABLES, Base
+
+# The FTS5 index of migration 0004_search (SQLite only) and the shadow tables FTS5 keeps it in.
+_FTS5_SHADOW = {
+    "data": ("FTS5 index storage (internal)", {"id": "block id", "block": "index b-tree block"}),
+    "idx": ("FTS5 segment index (internal)", {"segid": "segment id", "term": "first term of the page",
+                                              "pgno": "page number"}),
+    "docsize": ("FTS5 token counts per row (internal)", {"id": "row id of the indexed table",
+                                                         "sz": "token counts, varint-encoded"}),
+    "config": ("FTS5 settings (internal)", {"k": "setting", "v": "value"}),
+}
+
+
+def search_tables() -> dict:
+    """Descriptions of the full-text search tables of a SQLite database (docs/method.md §9):
+    the FTS5 index of each indexed table's ``text`` and its shadow tables (hidden)."""
+    out = {}
+    for fts, table in SEARCH_TABLES.items():
+        out[fts] = {"description": f"full-text index (FTS5, Porter stemming) of {table}.text, kept "
+                                   f"current by triggers; rowid = {table}.id",
+                    "columns": {"text": f"the {table} row's text, as indexed"}}
+        for suffix, (doc, cols) in _FTS5_SHADOW.items():
+            out[f"{fts}_{suffix}"] = {"description": doc, "columns": cols, "hidden": True}
+    return out
 
 
 def column_description(col: Column) -> str:
@@ -56,6 +79,8 @@ def datasette_metadata(db_url: str) -> dict:
         if units:
             entry["units"] = units
         tables[table.name] = entry
+    if make_url(db_url).get_backend_name() == "sqlite":
+        tables.update(search_tables())
     return {"title": "context-lookups",
             "description": "Next-token neurons, the attention heads that switch them on, their "
                            "explanations and ablations (Neo, Cohen & Barez, Interpreting Context "

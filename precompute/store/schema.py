@@ -59,6 +59,22 @@ class Base(DeclarativeBase):
     pass
 
 
+# Full-text search (migration 0004_search, docs/method.md §9) lives outside these tables: on
+# SQLite two FTS5 external-content indexes over prompts.text and explanations.text, kept current
+# by triggers; on PostgreSQL GIN indexes on to_tsvector('english', text). Alembic's autogenerate
+# leaves them alone (``include_name``).
+SEARCH_TABLES = {"search_prompts": "prompts", "search_explanations": "explanations"}  # index: table
+SEARCH_INDEXES = ("ix_prompts_text_search", "ix_explanations_text_search")
+
+
+def include_name(name: str | None, type_: str, parent_names) -> bool:
+    """Alembic ``include_name`` hook: False for the search objects (the FTS5 tables, their
+    shadow tables and the PostgreSQL search indexes), which no table here describes."""
+    if type_ == "table" and name and name.startswith(tuple(SEARCH_TABLES)):
+        return False
+    return not (type_ == "index" and name in SEARCH_INDEXES)
+
+
 class Run(Base):
     """One precompute run: a model, a dataset and the settings that define the computation."""
 
