@@ -67,11 +67,11 @@ def signed(x, d: int) -> str:
     return s.replace("-", "−") if s.startswith("-") else "+" + s
 
 
-def pval(p) -> str:
-    """A p-value: three decimals, ``< 0.001`` below that ("–" for None)."""
+def pval(p, d: int = 3) -> str:
+    """A p-value: ``d`` decimals, ``< 0.001`` (for ``d`` = 3) below that ("–" for None)."""
     if p is None or not isinstance(p, (int, float)) or not math.isfinite(p):
         return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return f"< {10 ** -d:.{d}f}" if p < 10 ** -d else f"{p:.{d}f}"
 
 
 def pct(x, d: int = 0) -> str:
@@ -115,9 +115,15 @@ def visible(token: str) -> str:
     return _HIDDEN.sub(_escape_char, token.translate(_ARROWS))
 
 
+# A control character already escaped upstream (``precompute.tokens.escape_controls`` writes
+# C0 but tab and newline, DEL and C1 as ``\xNN`` in ``tokens_escaped``).
+_ESCAPED_CONTROL = re.compile(r"\\x(?:0[0-8b-f]|1[0-9a-f]|7f|[89][0-9a-f])")
+
+
 def has_hidden(token: str) -> bool:
-    """Whether :func:`visible` escapes a character of ``token``."""
-    return bool(token) and _HIDDEN.search(token) is not None
+    """Whether :func:`visible` escapes a character of ``token``, or ``token`` holds a control
+    character escaped upstream."""
+    return bool(token) and (_HIDDEN.search(token) is not None or _ESCAPED_CONTROL.search(token) is not None)
 
 
 @lru_cache(maxsize=65536)
