@@ -6,9 +6,9 @@ MLP post-activation (input of ``W_out``: ``hook_post``), its pre-activation (out
 ``hook_pre``), the per-head ``z`` (input of ``W_O``), the residual stream the MLP's norm reads,
 embeddings and MLP outputs — and only at the positions needed; the forward stops after the last
 module needed (no unembedding unless asked). What processing changes is computed from the
-Hugging Face weights by TransformerLens' own functions (:mod:`precompute.model.processing`), a
-block at a time: the value offset ``b_V`` and ``b_O`` of every block at load, ``W_in``/``b_in``
-of a block when a neuron of it is first attributed.
+Hugging Face weights by TransformerLens' own functions (:mod:`precompute.model.processing`), half
+a block at a time: the value offset ``b_V`` and ``b_O`` of every block's attention at load,
+``W_in``/``b_in`` of a block's MLP when a neuron of it is first attributed.
 
 ``hook_result`` at the target position is ``centre((z - b_V) @ W_O)`` with the Hugging Face
 ``W_O``: the processed ``hook_z`` is ``z - b_V`` (attention weights sum to one), and
@@ -78,7 +78,7 @@ class FastBackend(Backend):
         f32 = dict(device=self.device, dtype=torch.float32)
         b_V, b_O = [], []
         for layer in range(self.dims.n_layers):
-            w = process_block(cfg, self.tl_block(layer))
+            w = self._block(layer, "attn")
             b_V.append(w["attn.b_V_folded"].to(**f32))
             b_O.append(w["attn.b_O"].to(**f32))
         self.b_V, self.b_O_proc = torch.stack(b_V), torch.stack(b_O)
@@ -109,13 +109,20 @@ class FastBackend(Backend):
         raise NotImplementedError
 
     # --- processed weights -----------------------------------------------------------------------
-    def _block(self, layer: int) -> dict[str, Tensor]:
-        return process_block(self.cfg, self.tl_block(layer))
+    # The halves of a block that TransformerLens' processing treats independently: the attention
+    # with the norm before it, the MLP with its own (a family whose MLP reads the attention's norm
+    # overrides this).
+    PARTS = {"attn": ("ln1.", "attn."), "mlp": ("ln2.", "mlp.")}
+
+    def _block(self, layer: int, part: str) -> dict[str, Tensor]:
+        """The processed weights of one half of block ``layer`` (:data:`PARTS`)."""
+        keep = self.PARTS[part]
+        return process_block(self.cfg, {k: v for k, v in self.tl_block(layer).items() if k.startswith(keep)})
 
     def _w_in(self, layer: int) -> tuple[Tensor, Tensor]:
         got = self._mlp_in.get(layer)
         if got is None:
-            w = self._block(layer)
+            w = self._block(layer, "mlp")
             got = self._mlp_in[layer] = (w["mlp.W_in"].to(self.device), w["mlp.b_in"].to(self.device))
         return got
 
@@ -126,10 +133,10 @@ class FastBackend(Backend):
         return self._w_in(layer)[1]
 
     def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
-        return self._block(layer)["mlp.W_out"].to(self.device)
+        return self._block(layer, "mlp")["mlp.W_out"].to(self.device)
 
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
-        return self._block(layer)["attn.W_O"].to(self.device)
+        return self._block(layer, "attn")["attn.W_O"].to(self.device)
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         return self.b_O_proc[layer]

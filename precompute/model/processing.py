@@ -6,9 +6,9 @@ fold_value_biases), keeping a processed copy next to the Hugging Face one. A fas
 only the Hugging Face weights and runs the same function on one block (or the unembedding) at
 a time, given in TransformerLens format (``ln1.w``, ``attn.W_Q [n_heads, d_model, d_head]``,
 ``mlp.W_in [d_model, d_mlp]``, ...; views of the Hugging Face tensors). Every step of that
-processing is local to a block (its two norms, its attention and MLP weights) or to the
-unembedding (the final norm), so a part processed alone equals the same part processed with
-the whole model; ``tests/test_backend_equality.py`` checks this against the bridge's weights.
+processing is local to a block's attention with the norm before it, to its MLP with its norm,
+or to the unembedding with the final norm, so a part processed alone equals the same part
+processed with the whole model; ``tests/test_backend_equality.py`` checks this against the bridge's weights.
 The embedding, positional embedding and unembedding that ``process_weights`` expects in every
 state dict are given as one-row zero stand-ins when they are not the part processed (zeros
 stay zeros under centring), and dropped from the result.
@@ -38,8 +38,9 @@ def _process(cfg, state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
 
 
 def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The processed weights of one block. ``block``: TransformerLens-format tensors of the block
-    without the ``blocks.{l}.`` prefix (``ln1.w``, ``ln1.b``, ``attn.W_Q``, ..., ``mlp.b_out``);
+    """The processed weights of one block, or of a part of it (its attention with ``ln1``, its MLP
+    with ``ln2``). ``block``: TransformerLens-format tensors without the ``blocks.{l}.`` prefix
+    (``ln1.w``, ``ln1.b``, ``attn.W_Q``, ..., ``mlp.b_out``);
     ``cfg``: the model's TransformerLens config. Returns the same keys, processed, float32.
 
     Besides the processed tensors, ``"attn.b_V_folded"`` is the value bias after folding the
