@@ -109,7 +109,7 @@ def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
     def sc():
         scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx)
 
-    scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32)  # warm-up: builds the fast path
+    scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32)  # warm-up: first-call costs
     f, s = [], []
     for _ in range(repeats):  # interleaved, so both see the same machine load
         f.append(timed(full, 1))

@@ -69,6 +69,13 @@ def test_auto_picks_the_fast_backend_for_gpt2_and_the_bridge_otherwise(tiny_mode
     assert neox.backend.name == "bridge"
     assert neox.dims.parallel_attn_mlp and neox.dims.architecture == "GPTNeoXForCausalLM"
     assert neox.dims.upstream_attn_layers(1) == 1  # the same layer's heads are not upstream
+    from precompute.attribution import attribute
+
+    rows = tokenize_batch(neox, TEXTS, 30)
+    for layer, n_heads_up in ((0, 0), (1, 1)):  # layer 0 of a parallel model: no upstream head
+        att = attribute(neox, rows, layer, 5)
+        assert att.raw.shape == (len(rows), n_heads_up, neox.n_heads)
+        torch.testing.assert_close(att.ln_total(), att.pre, rtol=1e-4, atol=1e-5)
 
 
 def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, tiny_neox_dir, small_corpus_dir, capsys, caplog):

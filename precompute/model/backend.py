@@ -56,7 +56,7 @@ Extension points (designed now, used later):
     requested head ``[n_src]`` (pattern) and ``[n_src, d_head]`` (values, processed
     ``hook_v = v - b_V``), with ``b_V`` the fast backend's value offset.
 
-Adding an architecture to the fast path means subclassing
+Adding an architecture to the fast backends means subclassing
 :class:`~precompute.model.fast.FastBackend` (module map, TransformerLens-format weights of one
 layer, how ``v`` is read) and registering it in :data:`precompute.model.loading.FAST_BACKENDS`.
 """

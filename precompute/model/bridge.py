@@ -173,7 +173,9 @@ class BridgeBackend(Backend):
         layers = res.layers
         w = torch.stack([self.W_in(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
         scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
-        result = torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, p] for k in range(K)], 1).float()
+        d = self.dims
+        result = (torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, p] for k in range(K)], 1).float() if K
+                  else torch.zeros(len(b), 0, d.n_heads, d.d_model, device=self.device))  # [batch, K, H, d_model]
         upstream = (torch.arange(K, device=self.device)[None, :]
                     < torch.tensor(res.n_attn, device=self.device)[:, None])[:, :, None]
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
@@ -183,7 +185,7 @@ class BridgeBackend(Backend):
         if self._has_pos:
             parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
         parts = {k: (centre(v) * w).sum(-1) / scale for k, v in parts.items()}
-        b_O = torch.stack([self.b_O(k) for k in range(K)])  # [K, d_model]
+        b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=self.device)
         b_O_w = (centre(b_O) @ w.T).T  # [batch, K]
         for j, (lay, n) in enumerate(zip(layers, res.neurons)):
             o = {k: float(v[j]) for k, v in parts.items()}

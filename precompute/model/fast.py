@@ -302,9 +302,12 @@ class FastBackend(Backend):
             pre[r], resid[r], eps[r] = got["pre", lay], got["resid", lay], self.ln2_eps[lay]
             w[r], b_in[r] = W[:, nr].T, bias[nr]
         scale = (centre(resid).pow(2).mean(-1) + eps).sqrt()  # the norm's hook_scale, [batch]
-        z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
-        result = centre(torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k], self.W_O_plain(k).float())
-                                     for k in range(K)], 1))  # hook_result at pos, [batch, K, H, d_model]
+        # hook_result at the target positions, [batch, K, H, d_model] (K = 0: no upstream head)
+        result = torch.zeros(B, 0, H, self.dims.d_model, device=dev)
+        if K:
+            z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
+            result = centre(torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
+                                                      self.W_O_plain(k).float()) for k in range(K)], 1))
         upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
         res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream[:, :, None]
