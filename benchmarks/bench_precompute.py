@@ -13,9 +13,9 @@ interleaved, best of ``--repeats``:
 2. Peak RSS of the whole job, ``lookups precompute`` at ``--context`` tokens (small neuron
    counts, documents of the embedded corpus concatenated to the context), against "weights +
    activations": the bytes of the model's parameters (one copy) plus the peak growth of RSS
-   during one bare forward of the base model (no unembedding: the scan needs none) on a batch
-   of the scan's shape, both measured in a child process that first imports what the job
-   imports. The ratio is (job peak - that runtime) / (weights + activations); goal <= 1.3.
+   during one bare forward of the base model (no unembedding: the scan needs none; GPT-2's GELU
+   fused as the job runs it) on a batch of the scan's shape, both measured in a child process
+   that first imports what the job imports and faults the weights in. The ratio is (job peak - that runtime) / (weights + activations); goal <= 1.3.
 3. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents, as the job runs that
    phase: the former per-neuron code on the bridge backend (bisection with one bridge pass per
    step, ``attribute`` of the prompts kept) against the job's ``compute_prompts``
@@ -174,7 +174,10 @@ def rss(key):
             return int(line.split()[1]) * 1024
 runtime = rss("VmRSS:")
 hf = AutoModelForCausalLM.from_pretrained({path!r}, dtype=torch.float32, attn_implementation="sdpa").eval()
+precompute.model.gpt2.fuse_gelu(hf)  # the model as the job runs it (one fused GELU kernel), without hooks
 weights = sum(t.untyped_storage().nbytes() for t in {{p.data_ptr(): p for p in hf.parameters()}}.values())
+with torch.no_grad():  # fault the weights in (safetensors may be memory-mapped): not activations
+    sum(float(p.sum()) for p in hf.parameters())
 loaded = rss("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM: the peak of the forward alone
 tokens = torch.randint(0, hf.config.vocab_size, ({batch}, {ctx}))

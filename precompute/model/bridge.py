@@ -25,6 +25,7 @@ from precompute.model.backend import (
     PostObserver,
     Target,
     centre,
+    doc_max,
     head_mask,
     probabilities,
 )
@@ -91,7 +92,7 @@ class BridgeBackend(Backend):
         def keep_max(act: Tensor, hook, layer: int) -> None:
             if observe is not None:
                 observe(layer, act, real)
-            reduced[layer] = act.float().masked_fill(~real[:, :, None], float("-inf")).max(dim=1)
+            reduced[layer] = doc_max(act, lengths)
 
         with torch.no_grad(), self.bridge.hooks(fwd_hooks=[
                 (hook_post(lay), lambda act, hook, lay=lay: keep_max(act, hook, lay)) for lay in layers]):

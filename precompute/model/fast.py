@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from precompute.model.backend import Backend, Dims, NeuronPass, centre, head_mask, probabilities
+from precompute.model.backend import Backend, Dims, NeuronPass, centre, doc_max, head_mask, probabilities
 from precompute.model.batching import pad
 from precompute.model.processing import process_block, process_unembed
 
@@ -179,7 +179,7 @@ class FastBackend(Backend):
         def keep_max(act: Tensor, layer: int) -> None:
             if observe is not None:
                 observe(layer, act, real)
-            reduced[layer] = act.float().masked_fill(~real[:, :, None], float("-inf")).max(dim=1)
+            reduced[layer] = doc_max(act, lengths)
 
         hooks = [(self.blocks[lay].mlp_out, True, lambda m, a, lay=lay: keep_max(a[0], lay)) for lay in layers]
         self.capture(tokens, hooks, stop=self.blocks[max(layers)].mlp_out)
