@@ -21,6 +21,7 @@ one there is. The LN-aware score here assumes a LayerNorm before the MLP (GPT-2,
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,29 +85,30 @@ class FastBackend(Backend):
         self.b_V, self.b_O_proc = torch.stack(b_V), torch.stack(b_O)
 
     # --- what a family provides ----------------------------------------------------------------
+    @abc.abstractmethod
     def _blocks(self) -> list[Block]:
-        raise NotImplementedError
+        """The hooked modules of each block, in order."""
 
+    @abc.abstractmethod
     def _embeddings(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         """The token embedding and the positional embedding added to the stream (or None)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def tl_block(self, layer: int) -> dict[str, Tensor]:
         """Block ``layer``'s weights in TransformerLens format (views; see
         :func:`precompute.model.processing.process_block`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def tl_unembed(self) -> dict[str, Tensor]:
         """``ln_final.w``, ``ln_final.b``, ``unembed.W_U [d_model, d_vocab]``, ``unembed.b_U``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def W_O_plain(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         """The Hugging Face ``W_O`` of ``layer`` (unprocessed; a view)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
         """The plain value vectors (``hook_v + b_V``) from the output of ``Block.qkv``."""
-        raise NotImplementedError
 
     # --- processed weights -----------------------------------------------------------------------
     # The halves of a block that TransformerLens' processing treats independently: the attention

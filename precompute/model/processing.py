@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 
-def _standins(cfg) -> dict[str, Tensor]:
-    out = {"embed.W_E": torch.zeros(1, cfg.d_model), "unembed.W_U": torch.zeros(cfg.d_model, 1)}
+def _standins(cfg, device) -> dict[str, Tensor]:
+    out = {"embed.W_E": torch.zeros(1, cfg.d_model, device=device),
+           "unembed.W_U": torch.zeros(cfg.d_model, 1, device=device)}
     if cfg.positional_embedding_type not in ("rotary", "alibi", "none"):
-        out["pos_embed.W_pos"] = torch.zeros(1, cfg.d_model)
+        out["pos_embed.W_pos"] = torch.zeros(1, cfg.d_model, device=device)
     return out
 
 
@@ -49,11 +50,12 @@ def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
     ``hook_z`` (attention weights sum to one)."""
     from transformer_lens.weight_processing import ProcessWeights
 
-    state = {f"blocks.0.{k}": v for k, v in block.items()} | _standins(cfg)
+    dev = next(iter(block.values())).device
+    state = {f"blocks.0.{k}": v for k, v in block.items()} | _standins(cfg, dev)
     out = _process(cfg, state, 1)
     res = {k[len("blocks.0."):]: v.float() for k, v in out.items() if k.startswith("blocks.0.")}
     b_v = block.get("attn.b_V")
-    b_v = torch.zeros(cfg.n_heads, cfg.d_head) if b_v is None else b_v.detach().float()
+    b_v = torch.zeros(cfg.n_heads, cfg.d_head, device=dev) if b_v is None else b_v.detach().float()
     if block.get("ln1.b") is not None and cfg.normalization_type in ("LN", "LNPre"):
         b_v = ProcessWeights.fold_layer_norm_bias_single(block["attn.W_V"].detach().float(), b_v,
                                                          block["ln1.b"].detach().float())
@@ -64,5 +66,6 @@ def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
 def process_unembed(cfg, unembed: dict[str, Tensor]) -> Tensor:
     """The processed unembedding ``W_U [d_model, d_vocab]`` (float32) from ``ln_final.w``,
     ``ln_final.b``, ``unembed.W_U`` (``[d_model, d_vocab]``) and ``unembed.b_U``."""
-    out = _process(cfg, {k: v for k, v in _standins(cfg).items() if k != "unembed.W_U"} | unembed, 0)
+    dev = unembed["unembed.W_U"].device
+    out = _process(cfg, {k: v for k, v in _standins(cfg, dev).items() if k != "unembed.W_U"} | unembed, 0)
     return out["unembed.W_U"].float()
