@@ -2,13 +2,11 @@
 start, one worker thread (:mod:`app.engine`) runs every forward pass, a token cap, single-flight
 and an LRU cache of recent results.
 
-The science is precompute's: a live view is :func:`precompute.model.passes.clean_view` (activations,
+The science is precompute's: a live view is the model backend's ``clean_view`` (activations,
 raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass)
-and, when heads are ablated, :func:`precompute.model.passes.ablated_view` — the functions the
-precompute job batches its passes through; architectures the fast path does not support use
-the reference functions :func:`precompute.attribution.attribute` and
-:func:`precompute.ablation.ablate`. Nothing here re-derives them: :func:`live_views` is the one
-place where the live server does model work.
+and, when heads are ablated, its ``ablated_view`` — the passes the precompute job batches
+through, on whichever backend the model was loaded with (:mod:`precompute.model`). Nothing here
+re-derives them: :func:`live_views` is the one place where the live server does model work.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ from precompute.attribution import (
     upstream_attn_layers,
 )
 from precompute.errors import LookupsError, ModelNotAvailable, PromptTooLong
-from precompute.model.hooks import fast_supported, length_batches
-from precompute.model.loading import LoadedModel, load_model, resolve_device
+from precompute.model import LoadedModel, NeuronPass, length_batches, load_model, resolve_device
 from precompute.settings import EMBEDDED_MODEL, Settings
 from precompute.store.schema import Neuron, Run
 from precompute.tokens import partial_tokens
@@ -188,14 +185,14 @@ class Live:
             self._failed[source] = ModelNotAvailable(f"Live passes are off for this run: the model {source} "
                                                      f"could not be loaded.")
             raise self._failed[source] from exc
-        # warm-up: the fast path's weights and torch's first-call costs are paid here, so the
+        # warm-up: the backend's processed weights and torch's first-call costs are paid here, so the
         # first live pass costs what a steady one does
         warm = Target("", m.n_layers - 1, 0, 0, "", run_rules({}))
         n = min(64, m.n_ctx - 1)
         ids = (m.encode(_WARM_TEXT) * n)[:n]  # real tokens: the shapes and code paths of a request
         live_views(m, [[m.bos_token_id] + ids] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
-        if m.cfg.d_vocab <= 1 << 17:  # every token's text, decoded once (the cache of _token_str)
-            for i in range(m.cfg.d_vocab):
+        if m.d_vocab <= 1 << 17:  # every token's text, decoded once (the cache of _token_str)
+            for i in range(m.d_vocab):
                 _token_str(m.tokenizer, i)
         self._models[source] = m
         for slug, src in self._sources.items():
@@ -370,19 +367,14 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
     """
     positions = [p + 1 for p in pos]  # BOS at 0
     abl = [j for j, hs in enumerate(heads) if hs]
-    if fast_supported(model):
-        from precompute.model.passes import ablated_view, clean_view
-
-        tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
-        c = clean_view(model, rows, tgt, positions)
-        clean = [_view(c, j, c.n_attn[j]) for j in range(len(rows))]
-        ablated = {}
-        if abl:
-            a = ablated_view(model, [rows[j] for j in abl], [tgt[j] for j in abl],
-                             [list(heads[j]) for j in abl], [positions[j] for j in abl])
-            ablated = {j: _view(a, q, a.n_attn[q]) for q, j in enumerate(abl)}
-    else:
-        clean, ablated = _reference_views(model, rows, positions, targets, heads)
+    tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
+    c = model.backend.clean_view(rows, tgt, positions)
+    clean = [_view(c, j) for j in range(len(rows))]
+    ablated = {}
+    if abl:
+        a = model.backend.ablated_view([rows[j] for j in abl], [tgt[j] for j in abl],
+                                       [list(heads[j]) for j in abl], [positions[j] for j in abl])
+        ablated = {j: _view(a, q) for q, j in enumerate(abl)}
     outs = []
     for j, (x, t) in enumerate(zip(rows, targets)):
         ids = x[1:]
@@ -406,42 +398,12 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
     return outs
 
 
-def _view(p, j: int, n_attn: int) -> dict:
-    """Row ``j`` of a :class:`precompute.model.passes.NeuronPass` as plain Python values."""
+def _view(p: NeuronPass, j: int) -> dict:
+    """Row ``j`` of a backend's :class:`~precompute.model.NeuronPass` as plain Python values."""
+    n = p.n_attn[j]
     return {"acts": p.acts[j], "act": float(p.act[j]), "pre": float(p.pre[j]),
-            "raw": p.raw[j, :n_attn].tolist(), "ln": p.ln[j, :n_attn].tolist(),
+            "raw": p.raw[j, :n].tolist(), "ln": p.ln[j, :n].tolist(),
             "prob": float(p.prob[j]), "top": p.top[j]}
-
-
-def _reference_views(model: LoadedModel, rows, positions, targets, heads) -> tuple[list, dict]:
-    """The bridge (reference) path for architectures the fast path does not support:
-    :func:`precompute.attribution.attribute` and :func:`precompute.ablation.ablate` per
-    (neuron, heads) group, attribute() again under the ablation hooks."""
-    from precompute.ablation import ablate, ablation_hooks
-    from precompute.attribution import attribute
-
-    clean: list = [None] * len(rows)
-    ablated: dict = {}
-    groups: dict[tuple, list[int]] = {}
-    for j, t in enumerate(targets):
-        groups.setdefault((t.layer, t.neuron, t.token_id, heads[j]), []).append(j)
-    for (layer, neuron, token_id, hs), idx in groups.items():
-        rs, ps = [rows[j] for j in idx], [positions[j] for j in idx]
-        att = attribute(model, rs, layer, neuron, positions=ps)
-        res = ablate(model, rs, layer, neuron, token_id, list(hs), method="zero", positions=ps)
-        abl = None
-        if hs:
-            with model.bridge.hooks(fwd_hooks=ablation_hooks(list(hs), method="zero", mean_v=None)):
-                abl = attribute(model, rs, layer, neuron, positions=ps)
-        for q, j in enumerate(idx):
-            clean[j] = {"acts": att.acts[q], "act": float(att.act[q]), "pre": float(att.pre[q]),
-                        "raw": att.raw[q].tolist(), "ln": att.ln[q].tolist(),
-                        "prob": float(res.prob_clean[q]), "top": res.top_clean[q]}
-            if abl is not None:
-                ablated[j] = {"acts": res.acts_ablated[q], "act": float(res.act_ablated[q]),
-                              "raw": abl.raw[q].tolist(), "ln": abl.ln[q].tolist(),
-                              "prob": float(res.prob_ablated[q]), "top": res.top_ablated[q]}
-    return clean, ablated
 
 
 def _active(rs: Settings, raw: list[list[float]], n_scored: int, n_heads: int) -> list[str]:

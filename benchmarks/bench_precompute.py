@@ -1,4 +1,4 @@
-"""Benchmark of the precompute job and the live pass (issue 13). Prints figures; not a test.
+"""Benchmark of the precompute job and the live pass (issues 13, 19). Prints figures; not a test.
 
     python benchmarks/bench_precompute.py [--model embedded|gpt2-small|DIR] [--docs 64]
         [--context 1024] [--trim-neurons 4] [--trim-context 256] [--job]
@@ -7,16 +7,23 @@ Every ratio is against the bare Hugging Face forward (``AutoModelForCausalLM``, 
 included, SDPA) of the same model on the same batches, measured in the same process,
 interleaved, best of ``--repeats``:
 
-1. Scan: ``precompute.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s; and its
-   peak RSS alone, in a child process.
-2. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents, as the job runs that
-   phase: the former per-neuron bridge code (bisection with one bridge pass per step, bridge
-   ``attribute`` of the prompts kept) against the job's ``compute_prompts`` (``trim_many`` +
-   ``batched_pass`` across neurons), checking that both keep the same prompts and starts; and
-   the searches run to the end without the job's early stop.
-3. Live pass: ``precompute.model.passes.clean_view`` of one ~64-token prompt against the former live
-   computation (bridge ``attribute`` + ``ablate``) and the bare forward of the same prompt.
-4. Extrapolation to the paper's setting (pile-10k: ~10k documents x 1,024 tokens, layers 9-11,
+1. Scan: ``precompute.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s on the
+   backend ``load_model`` picks (``--backend auto``: the fast one for GPT-2); and its peak RSS
+   alone, in a child process.
+2. Peak RSS of the whole job, ``lookups precompute`` at ``--context`` tokens (small neuron
+   counts, documents of the embedded corpus concatenated to the context), against "weights +
+   activations": the bytes of the model's parameters (one copy) plus the peak growth of RSS
+   during one bare forward of the base model (no unembedding: the scan needs none; GPT-2's GELU
+   fused as the job runs it) on a batch of the scan's shape, both measured in a child process
+   that first imports what the job imports and faults the weights in. The ratio is (job peak - that runtime) / (weights + activations); goal <= 1.3.
+3. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents, as the job runs that
+   phase: the former per-neuron code on the bridge backend (bisection with one bridge pass per
+   step, ``attribute`` of the prompts kept) against the job's ``compute_prompts``
+   (``trim_many`` + ``batched_pass`` across neurons), checking that both keep the same prompts
+   and starts; and the searches run to the end without the job's early stop.
+4. Live pass: the backend's ``clean_view`` of one ~64-token prompt against the former live
+   computation (``attribute`` + ``ablate`` on the bridge backend) and the bare forward.
+5. Extrapolation to the paper's setting (pile-10k: ~10k documents x 1,024 tokens, layers 9-11,
    20 + 20 neurons per layer, top 20 of two splits) from the measured rates.
 
 ``gpt2-small`` is a random-weight ``GPT2Config()`` model (no download) with the embedded
@@ -40,9 +47,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from precompute.corpus import load_corpus  # noqa: E402
-from precompute.model.loading import load_model  # noqa: E402
+from precompute.model import load_model, pad, tokenize_batch  # noqa: E402
 from precompute.next_token import default_layers  # noqa: E402
-from precompute.scan import pad, scan, tokenize_batch  # noqa: E402
+from precompute.scan import scan  # noqa: E402
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
 
 
@@ -102,7 +109,7 @@ def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
     def sc():
         scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx)
 
-    scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32)  # warm-up: builds the fast path
+    scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32)  # warm-up: first-call costs
     f, s = [], []
     for _ in range(repeats):  # interleaved, so both see the same machine load
         f.append(timed(full, 1))
@@ -127,7 +134,7 @@ def vm_hwm_kb(pid: int | str) -> int:
 
 def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
-            f"import benchmarks.bench_precompute as b; from precompute.model.loading import load_model;"
+            f"import benchmarks.bench_precompute as b; from precompute.model import load_model;"
             f"from precompute.scan import scan; from precompute.next_token import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx});"
@@ -140,20 +147,110 @@ def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
           f"small, 1,024 tokens, batch 16)")
 
 
-def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, float]:
+def write_corpus(model, d: str, n_docs: int, ctx: int) -> str:
+    """A corpus directory of two splits of ``n_docs`` documents of at least ``ctx`` tokens."""
+    import gzip
+    import json
+
+    docs = documents(model, 2 * n_docs, ctx)
+    os.makedirs(d, exist_ok=True)
+    for split, part in (("explain", docs[:n_docs]), ("heldout", docs[n_docs:])):
+        with gzip.open(os.path.join(d, f"{split}.jsonl.gz"), "wt") as fh:
+            for t in part:
+                fh.write(json.dumps({"text": t}) + "\n")
+    return d
+
+
+_BARE_RSS = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import app.cli, precompute.job.pipeline, precompute.model.gpt2, precompute.model.processing  # the job's runtime
+import transformer_lens.weight_processing
+from transformers import AutoModelForCausalLM
+import benchmarks.bench_precompute as b
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+runtime = rss("VmRSS:")
+hf = AutoModelForCausalLM.from_pretrained({path!r}, dtype=torch.float32, attn_implementation="sdpa").eval()
+precompute.model.gpt2.fuse_gelu(hf)  # the model as the job runs it (one fused GELU kernel), without hooks
+weights = sum(t.untyped_storage().nbytes() for t in {{p.data_ptr(): p for p in hf.parameters()}}.values())
+with torch.no_grad():  # fault the weights in (safetensors may be memory-mapped): not activations
+    sum(float(p.sum()) for p in hf.parameters())
+loaded = rss("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM: the peak of the forward alone
+tokens = torch.randint(0, hf.config.vocab_size, ({batch}, {ctx}))
+with torch.no_grad():
+    hf.base_model(input_ids=tokens, use_cache=False)
+print(runtime, weights, loaded, rss("VmHWM:") - loaded)
+"""
+
+
+def job_rss(model, path: str, n_docs: int, ctx: int, batch_size: int) -> None:
+    """Peak RSS of ``lookups precompute`` at ``ctx`` tokens against weights + activations (see
+    the module docstring)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _BARE_RSS.format(root=root, path=path, batch=batch_size, ctx=ctx)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        print(out.stderr[-2000:])
+        return
+    runtime, weights, loaded, acts = map(int, out.stdout.split()[-4:])
+    with tempfile.TemporaryDirectory() as d:
+        corpus = write_corpus(model, os.path.join(d, "corpus"), n_docs, ctx)
+        extra = ["--model", path, "--dataset", corpus, "--context-tokens", str(ctx), "--n-docs", str(n_docs),
+                 "--batch-size", str(batch_size), "--n-per-layer", "2", "--top-k", "4", "--heldout-per-pair", "4",
+                 "--pair-min-prompts", "2", "--explainer", "none"]
+        t0 = time.perf_counter()
+        peak_kb, backend, _ = run_job(os.path.join(d, "job.db"), extra)
+    gb = 1024 ** 3
+    print(f"whole job, peak RSS ({backend}; {n_docs} documents x 2 splits, {ctx} tokens, batch {batch_size}, "
+          f"{time.perf_counter() - t0:.0f} s):")
+    print(f"  job peak {peak_kb * 1024 / gb:.2f} GB; runtime (imports) {runtime / gb:.2f} GB, weights (one copy) "
+          f"{weights / gb:.2f} GB, activations (bare base-model forward, batch {batch_size} x {ctx}) {acts / gb:.2f} GB")
+    print(f"  (job peak - runtime) / (weights + activations) = "
+          f"{(peak_kb * 1024 - runtime) / (weights + acts):.2f} (goal <= 1.3); job peak / bare process peak = "
+          f"{peak_kb * 1024 / (loaded + acts):.2f}")
+
+
+def run_job(db: str, extra: list[str]) -> tuple[int, str, str]:
+    """Run ``lookups precompute`` in a child process; its peak RSS (kB, VmHWM polled while it
+    runs), the backend it logged and its output."""
+    cmd = [sys.executable, "-m", "app.cli", "precompute", "--db", f"sqlite:///{db}", *extra]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        rss_kb = 0
+        while proc.poll() is None:  # the child's own peak, read while it runs
+            try:
+                rss_kb = max(rss_kb, vm_hwm_kb(proc.pid))
+            except OSError:
+                pass
+            time.sleep(0.2)
+        err.seek(0)
+        out.seek(0)
+        log, stdout = err.read(), out.read()
+    if proc.returncode != 0:
+        print(log[-3000:])
+        raise SystemExit(f"job failed with exit code {proc.returncode}")
+    backend = next((line.split("backend: ", 1)[1].strip() for line in log.splitlines()
+                    if "backend: " in line and "loaded" not in line), "?")
+    return rss_kb, f"backend: {backend}", stdout
+
+
+def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, float]:
     """Seconds per (neuron, split) of trimming + attribution, as the job runs that phase: the
-    former per-neuron bridge code (one bridge pass per bisection step and neuron, prompts of
-    max_prompt_tokens or more dropped, bridge ``attribute`` of the rest) against the job's own
+    former per-neuron code on the bridge backend ``ref`` (one pass per bisection step and
+    neuron, prompts of max_prompt_tokens or more dropped, ``attribute`` of the rest) against the job's own
     :func:`precompute.job.pipeline.compute_prompts` (every neuron's searches in one lockstep, one
     layer a pass, batches cut to minimise padding, early stop of prompts that will be dropped,
     ``batched_pass``). Also the searches run to the end (no early stop), as the former code did.
     Returns (former, job) seconds per neuron and split."""
     from precompute.attribution import attribute
-    from precompute.model.passes import batched_pass
     from precompute.job.pipeline import PromptsJob, Top, compute_prompts
     from precompute.scan import TrimTask, trim_many
     from precompute.settings import Settings
-    from tests.test_fast_path import reference_trim
+    from tests.test_backend_equality import reference_trim
 
     settings = Settings()
     max_len = settings.max_prompt_tokens
@@ -177,12 +274,12 @@ def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, floa
         out = []
         for n in neurons:
             ts = [t for t in tasks if t.neuron == n]
-            tr = reference_trim(model, [t.row for t in ts], [t.max_position for t in ts], layer, n,
+            tr = reference_trim(ref, [t.row for t in ts], [t.max_position for t in ts], layer, n,
                                 act_ratio=settings.act_ratio, orig_acts=[t.orig_act for t in ts])
             kept = [(r, t, s) for r, (t, (s, _, _)) in enumerate(zip(ts, tr)) if t.max_position + 1 - s < max_len]
             prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for _, t, s in kept]
             if prompts:
-                attribute(model, prompts, layer, n)
+                attribute(ref, prompts, layer, n)
             out += [(n, r, s) for r, _, s in kept]
         return out
 
@@ -193,7 +290,7 @@ def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, floa
     def full():
         tr = trim_many(model, tasks, act_ratio=settings.act_ratio)
         prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for t, (s, _, _) in zip(tasks, tr)]
-        batched_pass(model, prompts, [(t.layer, t.neuron) for t in tasks])
+        model.backend.batched_pass(prompts, [(t.layer, t.neuron) for t in tasks])
 
     same = old() == new()
     o, nw, fl = [], [], []
@@ -205,7 +302,7 @@ def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, floa
     n_kept = len(new())
     print(f"trimming + attribution: {len(neurons)} neurons of layer {layer}, {len(tasks)} documents, "
           f"context {ctx}, {n_kept} prompts kept (< {max_len} tokens)")
-    print(f"  former per-neuron bridge code: {old_t:8.2f} s   ({old_t / len(neurons):.2f} s per neuron and split)")
+    print(f"  former per-neuron code, bridge: {old_t:7.2f} s   ({old_t / len(neurons):.2f} s per neuron and split)")
     print(f"  the job's compute_prompts:     {new_t:8.2f} s   ({new_t / len(neurons):.2f} s per neuron and split)"
           f"   speed-up {old_t / new_t:.2f}x (goal >= 3x); same kept prompts and starts: {'yes' if same else 'NO'}")
     print(f"  every search to the end (no early stop), all {len(tasks)} prompts attributed: {full_t:.2f} s, "
@@ -213,10 +310,9 @@ def bench_trim(model, hf, docs, ctx, n_neurons, k, repeats) -> tuple[float, floa
     return old_t / len(neurons), new_t / len(neurons)
 
 
-def bench_live(model, hf, repeats: int) -> None:
+def bench_live(model, ref, hf, repeats: int) -> None:
     from precompute.ablation import ablate
     from precompute.attribution import attribute
-    from precompute.model.passes import ablated_view, clean_view
 
     text = ("The history of the city goes back to the Roman period, when a small fort was built on the "
             "hill above the river. In the middle ages the town grew around the market and the church")
@@ -229,15 +325,15 @@ def bench_live(model, hf, repeats: int) -> None:
             hf(tokens)
 
     def old():
-        attribute(model, [row], layer, neuron)
-        ablate(model, [row], layer, neuron, tok, [])
+        attribute(ref, [row], layer, neuron)
+        ablate(ref, [row], layer, neuron, tok, [])
 
     def new():
-        clean_view(model, [row], [(layer, neuron, tok)])
+        model.backend.clean_view([row], [(layer, neuron, tok)])
 
     def new_abl():
-        clean_view(model, [row], [(layer, neuron, tok)])
-        ablated_view(model, [row], [(layer, neuron, tok)], [(0, 1)])
+        model.backend.clean_view([row], [(layer, neuron, tok)])
+        model.backend.ablated_view([row], [(layer, neuron, tok)], [(0, 1)])
 
     new()
     t = {k: [] for k in ("bare", "old", "new", "abl")}
@@ -246,7 +342,7 @@ def bench_live(model, hf, repeats: int) -> None:
             t[k].append(timed(fn, 1))
     p50 = {k: statistics.median(v) * 1000 for k, v in t.items()}
     print(f"live pass, one {len(row)}-token prompt, 1 client, p50:")
-    print(f"  bare HF forward {p50['bare']:.1f} ms; former (bridge attribute + ablate) {p50['old']:.1f} ms; "
+    print(f"  bare HF forward {p50['bare']:.1f} ms; bridge backend (attribute + ablate) {p50['old']:.1f} ms; "
           f"clean_view {p50['new']:.1f} ms (= {p50['new'] / p50['bare']:.2f}x bare); "
           f"with one head ablated {p50['abl']:.1f} ms")
 
@@ -261,7 +357,9 @@ def main() -> None:
     ap.add_argument("--trim-neurons", type=int, default=4)
     ap.add_argument("--trim-context", type=int, default=256)
     ap.add_argument("--trim-k", type=int, default=8)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["scan", "rss", "trim", "live"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["scan", "rss", "job-rss", "trim", "live"])
+    ap.add_argument("--job-docs", type=int, default=8, help="documents per split of the job whose peak RSS "
+                    "is measured")
     ap.add_argument("--job", action="store_true", help="also time the whole default job")
     a, extra = ap.parse_known_args()
     torch.set_num_threads(os.cpu_count() or 2)
@@ -269,6 +367,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = model_dir(a.model, tmp)
         model = load_model(path)
+        print(f"{model.name}: backend {model.backend.name}")
         hf = bare(path)
         ctx = a.context or model.n_ctx
         scan_rate = bare_rate = trim_new = None
@@ -276,48 +375,35 @@ def main() -> None:
             scan_rate, bare_rate = bench_scan(model, hf, documents(model, a.docs, ctx), ctx, a.batch_size, a.repeats)
         if "rss" not in a.skip:
             scan_rss(path, min(a.docs, 32), ctx, a.batch_size)
+        if "job-rss" not in a.skip:
+            job_rss(model, path, a.job_docs, ctx, a.batch_size)
+        ref = load_model(path, backend="bridge") if {"trim", "live"} - set(a.skip) else None
         if "trim" not in a.skip:
             tctx = min(a.trim_context, model.n_ctx)
-            _, trim_new = bench_trim(model, hf, documents(model, max(a.docs, 32), tctx), tctx,
+            _, trim_new = bench_trim(model, ref, documents(model, max(a.docs, 32), tctx), tctx,
                                      a.trim_neurons, a.trim_k, a.repeats)
             if scan_rate:
                 n_tok = 10_000 * 1024
                 per = trim_new * (1024 / tctx) * (20 / a.trim_k)
-                print(f"extrapolation to the paper's setting (pile-10k ~10k docs x 1,024 tokens, 3 layers, "
-                      f"20 + 20 neurons per layer, top 20, 2 splits), this machine:")
+                print("extrapolation to the paper's setting (pile-10k ~10k docs x 1,024 tokens, 3 layers, "
+                      "20 + 20 neurons per layer, top 20, 2 splits), this machine:")
                 print(f"  scan {n_tok / scan_rate / 3600:.2f} h + trimming/attribution "
                       f"{120 * 2 * per / 3600:.2f} h (measured at {tctx} tokens, k {a.trim_k}; scaled "
                       f"linearly to 1,024 tokens and k 20); the bare HF forward over the same tokens: "
                       f"{n_tok / bare_rate / 3600:.2f} h")
         if "live" not in a.skip:
-            bench_live(model, hf, a.repeats)
+            bench_live(model, ref, hf, a.repeats)
     if a.job:
         bench_job(extra)
 
 
 def bench_job(extra: list[str]) -> None:
     with tempfile.TemporaryDirectory() as d:
-        db = f"sqlite:///{d}/bench.db"
-        cmd = [sys.executable, "-m", "app.cli", "precompute", "--db", db, *extra]
         t0 = time.perf_counter()
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-            rss_kb = 0
-            while proc.poll() is None:  # the child's own peak, read while it runs
-                try:
-                    rss_kb = max(rss_kb, vm_hwm_kb(proc.pid))
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            wall = time.perf_counter() - t0
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read(), err.read()
-        if proc.returncode != 0:
-            print(stderr[-3000:])
-            raise SystemExit(f"job failed with exit code {proc.returncode}")
+        rss_kb, backend, stdout = run_job(os.path.join(d, "bench.db"), extra)
+        wall = time.perf_counter() - t0
         print(stdout[stdout.find("{"):])
-        print(f"whole default job: wall {wall:.1f} s ({wall / 60:.2f} min); peak RSS {rss_kb / 1024:.0f} MB")
+        print(f"whole default job ({backend}): wall {wall:.1f} s ({wall / 60:.2f} min); peak RSS {rss_kb / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,17 @@ The effect measured is the drop in the softmax probability of the neuron's token
 last position, ``drop = prob_clean - prob_ablated``, on held-out prompts where the head is active
 versus inactive, compared with a two-sample Kolmogorov–Smirnov test.
 
-One implementation serves the precompute job (:func:`run_ablations`) and the live server
-(:func:`ablate`, :func:`ablation_hooks`); :func:`ablation_table` and :func:`pair_ablation_stats`
-only read the database.
+The forward passes are the model backend's (``neuron_pass`` with ``ablate``, ``value_sums``;
+:mod:`precompute.model`); :func:`ablate` serves the precompute job (:func:`run_ablations`) and
+tests, the live server's views run the same backend passes; :func:`ablation_table` and
+:func:`pair_ablation_stats` only read the database.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,52 +28,15 @@ from tqdm.auto import tqdm
 
 from precompute.attribution import head_label
 from precompute.errors import NotFound
-from precompute.model.hooks import batches, fast_supported, hook_post, hook_v, pad, tokenize_batch  # noqa: F401
-from precompute.model.loading import LoadedModel
+from precompute.model import METHODS, LoadedModel, batches, tokenize_batch
 from precompute.settings import Settings
 from precompute.store.runs import is_done, unit_of_work
 from precompute.store.schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("zero", "mean")
 TOP_N = 5
 MEAN_PHASE = "ablation:mean_v"
-
-
-def ablation_hooks(heads: Sequence[tuple[int, int]], *, method: str = "zero",
-                   mean_v: dict[int, Tensor] | None = None) -> list[tuple[str, Callable]]:
-    """Forward hooks that ablate ``heads`` (0-based ``(layer, head)``) at every position.
-
-    Use with ``model.bridge.hooks(fwd_hooks=...)`` or ``run_with_hooks``. ``"zero"`` sets
-    ``hook_v[:, :, h] = 0``; ``"mean"`` sets it to ``mean_v[layer][h]`` (``[d_head]``, see
-    :func:`mean_values`). One hook per layer; the hook returns a modified copy.
-
-    Raises:
-        ValueError: an unknown method, or ``"mean"`` without ``mean_v`` for a head's layer.
-    """
-    if method not in METHODS:
-        raise ValueError(f"Unknown ablation method {method!r}: use 'zero' or 'mean'.")
-    by_layer: dict[int, list[int]] = {}
-    for k, h in heads:
-        if h not in by_layer.setdefault(int(k), []):
-            by_layer[int(k)].append(int(h))
-    if method == "mean":
-        missing = sorted(k for k in by_layer if mean_v is None or k not in mean_v)
-        if missing:
-            raise ValueError(f"Mean ablation needs the mean value vectors of layers {missing}; "
-                             f"compute them with mean_values().")
-    out = []
-    for k, hs in sorted(by_layer.items()):
-        def fn(v: Tensor, hook=None, hs=tuple(hs), k=k) -> Tensor:
-            v = v.clone()
-            if method == "zero":
-                v[:, :, list(hs)] = 0.0
-            else:
-                v[:, :, list(hs)] = mean_v[k][list(hs)].to(v.dtype)
-            return v
-        out.append((hook_v(k), fn))
-    return out
 
 
 def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: Iterable[int], *,
@@ -95,20 +59,13 @@ def mean_values(model: LoadedModel, rows_iter: Iterable[Sequence[int]], layers: 
     layers = sorted(set(int(k) for k in layers))
     if not layers:
         raise ValueError("mean_values needs at least one layer.")
-    names = [hook_v(k) for k in layers]
     sums: dict[int, Tensor] = {}
     n_pos = 0
     bar = tqdm(desc=desc, total=total, unit="doc", dynamic_ncols=True)
     for batch in batches(rows_iter, batch_size):
-        tokens, lengths = pad(batch, model.bos_token_id)
-        real = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).double()  # [batch, pos]
-        with torch.no_grad():
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=names,
-                                                   stop_at_layer=max(layers) + 1)
-        for k, name in zip(layers, names):
-            s = torch.einsum("bp,bphd->hd", real, cache[name].double())
+        for k, s in model.backend.value_sums(batch, layers).items():
             sums[k] = sums[k] + s if k in sums else s
-        n_pos += int(lengths.sum())
+        n_pos += sum(len(r) for r in batch)
         bar.update(len(batch))
     bar.close()
     if n_pos == 0:
@@ -140,18 +97,13 @@ class AblationResult:
     top_ablated: list[list[tuple[int, float]]]
 
 
-def _forward(model: LoadedModel, tokens: Tensor, layer: int, hooks: list) -> tuple[Tensor, Tensor]:
-    with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
-        logits, cache = model.bridge.run_with_cache(tokens, names_filter=[hook_post(layer)])
-    return logits, cache[hook_post(layer)]
-
-
 def ablate(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int, token_id: int,
            heads: Sequence[tuple[int, int]], *, method: str = "zero",
            mean_v: dict[int, Tensor] | None = None,
            positions: Sequence[int] | None = None) -> AblationResult:
     """Ablate ``heads`` and measure neuron (layer, neuron) and the probability of ``token_id``
-    (paper §5.4): one clean and one ablated full forward pass, each one right-padded batch.
+    (paper §5.4): one clean and one ablated pass of the model's backend, each one right-padded
+    batch, with the unembedding applied at the target positions.
 
     Args:
         rows: token rows with BOS at index 0.
@@ -163,67 +115,12 @@ def ablate(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron
         ValueError: no rows; a layer, neuron, head, token or position out of range; an unknown
             method or missing mean values.
     """
-    if not rows:
-        raise ValueError("ablate needs at least one prompt.")
-    if not 0 <= layer < model.n_layers or not 0 <= neuron < model.d_mlp:
-        raise ValueError(f"Neuron L{layer}N{neuron} out of range: layers 0..{model.n_layers - 1}, "
-                         f"neurons 0..{model.d_mlp - 1}.")
-    d_vocab = model.cfg.d_vocab
-    if not 0 <= token_id < d_vocab:
-        raise ValueError(f"Token id {token_id} out of range 0..{d_vocab - 1}.")
     heads = [(int(k), int(h)) for k, h in heads]
-    for k, h in heads:
-        if not (0 <= k < model.n_layers and 0 <= h < model.n_heads):
-            raise ValueError(f"Head L{k}H{h} out of range: layers 0..{model.n_layers - 1}, "
-                             f"heads 0..{model.n_heads - 1}.")
-    hooks = ablation_hooks(heads, method=method, mean_v=mean_v)
-    tokens, lengths = pad(rows, model.bos_token_id)
-    pos = torch.as_tensor(positions if positions is not None else (lengths - 1).tolist())
-    if bool(((pos < 0) | (pos >= lengths)).any()):
-        raise ValueError("A target position lies outside its prompt.")
-    b = torch.arange(tokens.shape[0])
-    logits_c, post_c = _forward(model, tokens, layer, [])
-    logits_a, post_a = _forward(model, tokens, layer, hooks) if heads else (logits_c, post_c)
-    probs_c = logits_c[b, pos].double().softmax(-1)  # [batch, d_vocab]
-    probs_a = logits_a[b, pos].double().softmax(-1)
-    a_c, a_a = post_c[:, :, neuron].float(), post_a[:, :, neuron].float()
-
-    def top(p: Tensor) -> list[list[tuple[int, float]]]:
-        v, i = p.topk(min(TOP_N, p.shape[-1]), dim=-1)
-        return [list(zip(i[j].tolist(), v[j].tolist())) for j in range(len(b))]
-
-    prob_c, prob_a = probs_c[:, token_id], probs_a[:, token_id]
-    return AblationResult(
-        heads=heads, method=method, act_clean=a_c[b, pos], act_ablated=a_a[b, pos],
-        prob_clean=prob_c, prob_ablated=prob_a, drop=prob_c - prob_a,
-        acts_clean=[a_c[j, :lengths[j]].tolist() for j in range(len(b))],
-        acts_ablated=[a_a[j, :lengths[j]].tolist() for j in range(len(b))],
-        top_clean=top(probs_c), top_ablated=top(probs_a))
-
-
-def ablate_fast(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int,
-                token_id: int, heads: Sequence[tuple[int, int]], *, method: str = "zero",
-                mean_v: dict[int, Tensor] | None = None,
-                positions: Sequence[int] | None = None) -> AblationResult:
-    """:func:`ablate` on the fast path (:func:`precompute.model.passes.clean_view` and
-    :func:`~precompute.model.passes.ablated_view`: logits at the target positions only); the bridge
-    (:func:`ablate`) where the architecture is not supported. Same arguments and errors."""
-    if not fast_supported(model):
-        return ablate(model, rows, layer, neuron, token_id, heads, method=method, mean_v=mean_v,
-                      positions=positions)
-    from precompute.model.passes import neuron_pass
-
-    heads = [(int(k), int(h)) for k, h in heads]
-    for k, h in heads:
-        if not (0 <= k < model.n_layers and 0 <= h < model.n_heads):
-            raise ValueError(f"Head L{k}H{h} out of range: layers 0..{model.n_layers - 1}, "
-                             f"heads 0..{model.n_heads - 1}.")
-    ablation_hooks(heads, method=method, mean_v=mean_v)  # validates the method and mean_v
     targets = [(layer, neuron, token_id)] * len(rows)
     kw = dict(attribution=False, logits=True, top_n=TOP_N)
-    c = neuron_pass(model, rows, targets, positions, **kw)
-    a = neuron_pass(model, rows, targets, positions, ablate=[heads] * len(rows), method=method,
-                    mean_v=mean_v, **kw) if heads else c
+    be = model.backend
+    a = be.neuron_pass(rows, targets, positions, ablate=[heads] * len(rows), method=method, mean_v=mean_v, **kw)
+    c = be.neuron_pass(rows, targets, positions, **kw) if heads else a
     return AblationResult(heads=heads, method=method, act_clean=c.act, act_ablated=a.act,
                           prob_clean=c.prob, prob_ablated=a.prob, drop=c.prob - a.prob,
                           acts_clean=c.acts, acts_ablated=a.acts, top_clean=c.top, top_ablated=a.top)
@@ -283,10 +180,10 @@ class AblationJob:
 
 
 def ablation_values(model: LoadedModel, job: AblationJob) -> dict[str, list[float]]:
-    """:func:`ablate_fast` of one job, as the per-prompt floats the ``Ablation`` rows store
+    """:func:`ablate` of one job, as the per-prompt floats the ``Ablation`` rows store
     (``act_clean``, ``act_ablated``, ``prob_clean``, ``prob_ablated``, ``drop``) plus
     ``mean_drop``. Touches no database, so it runs on any worker."""
-    res = ablate_fast(model, job.rows, job.layer, job.neuron, job.token_id, [job.head], method=job.method,
+    res = ablate(model, job.rows, job.layer, job.neuron, job.token_id, [job.head], method=job.method,
                       mean_v=job.mean_v)
     out = {k: getattr(res, k).tolist() for k in ("act_clean", "act_ablated", "prob_clean", "prob_ablated",
                                                  "drop")}

@@ -5,7 +5,8 @@ LN-aware score (beyond the paper): ``A[k, h] / ln2_scale[l][p]`` after centring,
 contributions of all components — heads, ``b_O``, earlier MLPs, embeddings and ``b_in`` — add
 up to the neuron's pre-activation ``hook_pre[l][p, i]``.
 
-The live server calls these same functions.
+The model work is the backend's (:mod:`precompute.model`: ``neuron_pass`` computes both scores
+in batched passes); this module holds the rules. The live server calls these same functions.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from precompute.model.loading import LoadedModel
-from precompute.scan import hook_post, hook_pre, pad, run_hooks
+from precompute.model import LoadedModel, check_head
 
 
 def head_label(layer: int, head: int) -> str:
@@ -40,9 +40,7 @@ def parse_heads(text: str, *, n_layers: int, n_heads: int) -> list[tuple[int, in
         if not m:
             raise ValueError(f"Head {part!r} is not of the form L<layer>H<head>, e.g. L1H3.")
         k, h = int(m.group(1)), int(m.group(2))
-        if not (0 <= k < n_layers and 0 <= h < n_heads):
-            raise ValueError(f"Head {part} is out of range: layers 0..{n_layers - 1}, "
-                             f"heads 0..{n_heads - 1}.")
+        check_head(k, h, n_layers=n_layers, n_heads=n_heads)
         if (k, h) not in out:
             out.append((k, h))
     return out
@@ -51,7 +49,7 @@ def parse_heads(text: str, *, n_layers: int, n_heads: int) -> list[tuple[int, in
 def upstream_attn_layers(model: LoadedModel, layer: int) -> int:
     """Number of attention layers that write to the residual stream before MLP ``layer`` reads
     it: ``layer + 1`` for GPT-2-style blocks, ``layer`` for parallel attention/MLP (Pythia)."""
-    return layer if getattr(model.cfg, "parallel_attn_mlp", False) else layer + 1
+    return model.dims.upstream_attn_layers(layer)
 
 
 def scored_layers(layer: int, heads_upto: str, n_upstream: int) -> int:
@@ -96,57 +94,28 @@ class Attribution:
         return self.ln.sum(dim=(1, 2)) + sum(self.other.values())
 
 
-def _centre(x: Tensor) -> Tensor:
-    return x - x.mean(dim=-1, keepdim=True)
-
-
 def attribute(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int, *,
-              positions: Sequence[int] | None = None) -> Attribution:
-    """Attribute neuron (layer, neuron)'s pre-activation to upstream components (paper §4.3).
+              positions: Sequence[int] | None = None,
+              ablate: Sequence[tuple[int, int]] | None = None) -> Attribution:
+    """Attribute neuron (layer, neuron)'s pre-activation to upstream components (paper §4.3),
+    in one batched pass of the model's backend.
 
     Args:
         rows: token rows including BOS at index 0 (right-padded internally, one batch).
         positions: the 0-based target position in each row (default: each row's last token).
+        ablate: heads ``(layer, head)`` zero-ablated in every row (docs/method.md §6), if any.
 
     Returns:
         Attribution with raw (paper) and LN-aware head scores for every upstream head.
 
     Raises:
-        ValueError: a layer or neuron out of range, or a position outside its row.
+        ValueError: no rows, a layer, neuron or head out of range, or a position outside its row.
     """
-    if not 0 <= layer < model.n_layers or not 0 <= neuron < model.d_mlp:
-        raise ValueError(f"Neuron L{layer}N{neuron} out of range: layers 0..{model.n_layers - 1}, "
-                         f"neurons 0..{model.d_mlp - 1}.")
-    tokens, lengths = pad(rows, model.bos_token_id)
-    pos = torch.as_tensor(positions if positions is not None else (lengths - 1).tolist())
-    if bool(((pos < 0) | (pos >= lengths)).any()):
-        raise ValueError("A target position lies outside its prompt.")
-    n_attn = upstream_attn_layers(model, layer)
-    names = [hook_post(layer), hook_pre(layer), f"blocks.{layer}.ln2.hook_scale", "hook_embed"]
-    has_pos = "hook_pos_embed" in model.bridge.hook_dict and model.cfg.positional_embedding_type == "standard"
-    if has_pos:
-        names.append("hook_pos_embed")
-    names += [f"blocks.{k}.attn.hook_result" for k in range(n_attn)]
-    names += [f"blocks.{k}.hook_mlp_out" for k in range(layer)]
-    cache = run_hooks(model, tokens, names, stop_at_layer=layer + 1)
-    b = torch.arange(tokens.shape[0])
-    w_in = model.bridge.W_in[layer][:, neuron].detach().float()  # [d_model]
-    scale = cache[f"blocks.{layer}.ln2.hook_scale"][b, pos, 0].float()  # [batch]
-    result = torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, pos] for k in range(n_attn)], 1)
-    raw = result.float() @ w_in  # [batch, n_attn, n_heads]
-    ln = (_centre(result.float()) @ w_in) / scale[:, None, None]
-    other = {"embed": _centre(cache["hook_embed"][b, pos].float()) @ w_in / scale}
-    if has_pos:
-        other["pos_embed"] = _centre(cache["hook_pos_embed"][b, pos].float()) @ w_in / scale
-    b_O = model.bridge.b_O[:n_attn].detach().float()  # [n_attn, d_model]
-    other["b_O"] = (_centre(b_O) @ w_in).sum().expand(len(b)) / scale
-    for k in range(layer):
-        other[f"mlp{k}"] = _centre(cache[f"blocks.{k}.hook_mlp_out"][b, pos].float()) @ w_in / scale
-    other["b_in"] = model.bridge.b_in[layer][neuron].detach().float().expand(len(b))
-    post = cache[hook_post(layer)][:, :, neuron].float()
-    acts = [post[j, :lengths[j]].tolist() for j in range(len(b))]
-    return Attribution(raw=raw, ln=ln, act=post[b, pos], pre=cache[hook_pre(layer)][b, pos, neuron].float(),
-                       acts=acts, other=other)
+    res = model.backend.neuron_pass(rows, [(layer, neuron)] * len(rows), positions,
+                                    ablate=None if ablate is None else [list(ablate)] * len(rows))
+    n = upstream_attn_layers(model, layer)
+    return Attribution(raw=res.raw[:, :n], ln=res.ln[:, :n], act=res.act, pre=res.pre, acts=res.acts,
+                       other={k: torch.tensor([o[k] for o in res.other]) for k in res.other[0]})
 
 
 def active_heads(scores: Float[Tensor, "... n"], *, rule: str = "2sigma", sigma: float = 2.0,

@@ -45,3 +45,8 @@ class PromptTooLong(LookupsError):
 class BadDatabase(LookupsError):
     """A ``--db`` that is not a database URL, a file that is not SQLite, or a place the
     database cannot be opened or created; the message says which, and what to pass instead."""
+
+
+class ModelNotSupported(ModelNotAvailable):
+    """A model whose architecture no backend runs (or ``--backend fast`` for one without a fast
+    backend); the message names the architecture and what to use instead."""

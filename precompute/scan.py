@@ -13,19 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from precompute.model.hooks import (  # noqa: F401  (re-exported: former home of the helpers)
-    batches,
-    capture,
-    fast_model,
-    fast_supported,
-    hook_post,
-    hook_pre,
-    length_batches,
-    pad,
-    run_hooks,
-    tokenize_batch,
-)
-from precompute.model.loading import LoadedModel
+from precompute.model import LoadedModel, PostObserver, batches, tokenize_batch
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +153,16 @@ class ScanResult:
 
 def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: list[int], k: int,
          batch_size: int, context_tokens: int, n_docs: int | None = None,
-         desc: str = "scan", doc_offset: int = 0) -> ScanResult:
+         desc: str = "scan", doc_offset: int = 0, observe: PostObserver | None = None) -> ScanResult:
     """One streaming pass over ``texts`` keeping, for every neuron of ``layers``, the ``k``
     documents with the highest max activation (paper §4.2).
 
     The activation of neuron (l, i) on a document is ``max_pos hook_post[l][pos, i]`` over the
     document's real tokens after BOS (BOS itself is excluded: its activation is the same in
-    every document). Forward passes (:func:`doc_maxima`) stop before ``W_out`` of the last
-    layer needed and keep only per-document maxima.
+    every document). Forward passes (the backend's ``doc_maxima``) stop before ``W_out`` of
+    the last layer needed and keep only per-document maxima; ``observe(layer, hook_post, real)``
+    sees every batch's whole ``hook_post`` of each layer first (extension point (a) of
+    :mod:`precompute.model.backend`: per-layer accumulators such as activation histograms).
 
     A shard of a corpus is scanned with ``doc_offset`` = the index of its first document, so
     its top-k carries global document indices; :meth:`ScanResult.merge` combines shards exactly.
@@ -188,7 +178,7 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     bar = tqdm(total=n_docs, desc=desc, unit="doc", dynamic_ncols=True)
     for batch in batches(texts, batch_size):
         rows = tokenize_batch(model, batch, context_tokens)
-        vals, idxs, lengths = doc_maxima(model, rows, layers)
+        vals, idxs, lengths = model.backend.doc_maxima(rows, layers, observe=observe)
         top.update(vals, idxs, torch.arange(doc_offset + n_seen, doc_offset + n_seen + len(batch)))
         n_seen += len(batch)
         n_tok += int(lengths.sum())
@@ -201,44 +191,13 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
                       n_seen, n_tok, time.time() - t0)
 
 
-def doc_maxima(model: LoadedModel, rows: Sequence[Sequence[int]], layers: list[int]
-               ) -> tuple[Float[Tensor, "batch n"], Int[Tensor, "batch n"], Int[Tensor, "batch"]]:
-    """Per-document max of ``hook_post`` of every neuron of ``layers`` over the real positions
-    after BOS, and its position (columns ``j * d_mlp + i`` as in :class:`ScanResult`); with
-    each row's length. One right-padded forward pass that stops right before ``W_out`` of the
-    last layer of ``layers``; the maxima are taken inside the hooks (nothing is cached), in
-    float32 whatever the model's dtype. The fast path when the architecture allows it, else
-    the bridge."""
-    fast = fast_supported(model)
-    fm = fast_model(model) if fast else None
-    dev = fm.device if fast else model.device
-    tokens, lengths = pad(rows, model.bos_token_id, dev)
-    pos = torch.arange(tokens.shape[1], device=dev)
-    invalid = (pos[None, :] >= lengths[:, None]) | (pos[None, :] == 0)  # [batch, pos]
-    reduced: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def keep_max(act: Tensor, layer: int) -> None:
-        reduced[layer] = act.float().masked_fill(invalid[:, :, None], float("-inf")).max(dim=1)
-
-    if fast:
-        hooks = [(fm.blocks[lay].mlp_out, True, lambda m, a, lay=lay: keep_max(a[0], lay)) for lay in layers]
-        capture(fm, tokens, hooks, stop=fm.blocks[max(layers)].mlp_out)
-    else:
-        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[
-                (hook_post(lay), lambda act, hook, lay=lay: keep_max(act, lay)) for lay in layers]):
-            model.bridge(tokens, stop_at_layer=max(layers) + 1)
-    vals = torch.cat([reduced[lay][0] for lay in layers], 1)
-    idxs = torch.cat([reduced[lay][1] for lay in layers], 1)
-    return vals, idxs, lengths.cpu()
-
-
 def neuron_acts(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int) -> list[list[float]]:
-    """Post-GELU activation of neuron (layer, neuron) at every position of each token row
-    (rows include BOS), in one right-padded batch, through the bridge (the reference path)."""
-    tokens, lengths = pad(rows, model.bos_token_id, model.device)
-    acts = run_hooks(model, tokens, [hook_post(layer)], stop_at_layer=layer + 1)[hook_post(layer)]
-    a = acts[:, :, neuron].float()
-    return [a[j, :lengths[j]].tolist() for j in range(len(rows))]
+    """Post-GELU activation (``hook_post``) of neuron (layer, neuron) at every position of each
+    token row (rows include BOS), in one right-padded batch.
+
+    Raises:
+        ValueError: a layer or neuron out of range, or an empty row."""
+    return model.backend.neuron_pass(rows, [(layer, neuron)] * len(rows), attribution=False).acts
 
 
 @dataclass
@@ -260,7 +219,7 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
     """:func:`trim` of many (document, neuron) tasks at once (paper §4.2): the binary searches
     of all tasks advance in lockstep, and each step's candidates — of any neurons — run in
     length-sorted batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens, each
-    reading only its own neuron at its last token (fast path when the architecture allows it).
+    reading only its own neuron at its last token (the backend's ``target_acts``).
 
     Returns per task ``(start, original_act, trimmed_act)`` exactly as :func:`trim`. With
     ``max_len`` (the job's ``max_prompt_tokens``), a search stops as soon as its prompt can no
@@ -268,8 +227,6 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
     then a start that keeps the ratio but not necessarily the latest, and its prompt is at
     least ``max_len`` tokens long.
     """
-    from precompute.model.passes import target_acts
-
     bos = model.bos_token_id
     full = [list(t.row[:t.max_position + 1]) for t in tasks]
     orig = [float(t.orig_act) for t in tasks]
@@ -283,11 +240,8 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
             break
         mids = {j: (lo[j] + hi[j] + 1) // 2 for j in todo}
         rows = [[bos] + full[j][mids[j]:] for j in todo]
-        if fast_supported(model):
-            got = target_acts(model, rows, [(tasks[j].layer, tasks[j].neuron) for j in todo],
-                              max_tokens=max_tokens, max_rows=max_rows)
-        else:
-            got = [neuron_acts(model, [r], tasks[j].layer, tasks[j].neuron)[0][-1] for j, r in zip(todo, rows)]
+        got = model.backend.target_acts(rows, [(tasks[j].layer, tasks[j].neuron) for j in todo],
+                                        max_tokens=max_tokens, max_rows=max_rows)
         for j, a in zip(todo, got):
             if a >= act_ratio * orig[j]:
                 lo[j], best[j] = mids[j], a

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     ray: str | None = Field(None, description="Run the model work on Ray: 'local' starts a local "
                             "cluster, 'auto' joins the one running on this machine, else a Ray "
                             "address (HOST:PORT or ray://HOST:PORT). Default: this process.")
+    backend: Literal["auto", "bridge", "fast"] = Field("auto", description="How the model is "
+                                                      "run: auto (the fast backend of the "
+                                                      "architecture if there is one, else the "
+                                                      "bridge), bridge (TransformerBridge hook "
+                                                      "points, any architecture TransformerLens "
+                                                      "supports) or fast (hooks on the plain "
+                                                      "Hugging Face model; GPT-2).")
     ray_workers: int | None = Field(None, ge=1, description="Ray workers, each holding the model; "
                                     "default one per GPU of the cluster, or one per node without "
                                     "GPUs.")

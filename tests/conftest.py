@@ -59,9 +59,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from precompute.model.loading import load_model
+    """The tiny GPT-2 as the job loads it (``--backend auto``: the fast GPT-2 backend)."""
+    from precompute.model import load_model
 
-    return load_model(str(tiny_model_dir))
+    m = load_model(str(tiny_model_dir))
+    assert m.backend.name == "fast (gpt2)"
+    return m
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge(tiny_model_dir):
+    """The same tiny GPT-2 on the bridge backend (TransformerBridge hook points): the reference
+    the fast backend is tested against."""
+    from precompute.model import load_model
+
+    m = load_model(str(tiny_model_dir), backend="bridge")
+    assert m.backend.name == "bridge"
+    return m
 
 
 @pytest.fixture(scope="session")

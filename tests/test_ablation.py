@@ -14,7 +14,6 @@ from scipy.stats import ks_2samp
 
 from precompute.ablation import (
     ablate,
-    ablation_hooks,
     ablation_table,
     mean_values,
     pair_ablation_stats,
@@ -23,7 +22,7 @@ from precompute.ablation import (
 )
 from precompute.attribution import attribute
 from precompute.errors import NotFound
-from precompute.scan import tokenize_batch
+from precompute.model import tokenize_batch
 from precompute.store.db import open_writer, sessions
 from tests.conftest import small_settings
 
@@ -38,11 +37,17 @@ def rows(tiny_model):
     return tokenize_batch(tiny_model, TEXTS, 48)
 
 
-def manual_probs(model, row, hooks, pos, token_id):
-    """Probability of token_id at pos for one unpadded row, with hooks applied directly."""
+def manual_probs(bridge_model, row, hooks, pos, token_id):
+    """Probability of token_id at pos for one unpadded row, with TransformerBridge hooks
+    applied directly (the bridge backend's model)."""
     with torch.no_grad():
-        logits = model.bridge.run_with_hooks(torch.tensor([row]), fwd_hooks=hooks)
+        logits = bridge_model.backend.bridge.run_with_hooks(torch.tensor([row]), fwd_hooks=hooks)
     return logits[0, pos].double().softmax(-1)[token_id].item()
+
+
+def bridge_ablation_hooks(bridge_model, heads, method="zero", mean_v=None):
+    """The bridge backend's own ablation hooks for one unpadded row."""
+    return bridge_model.backend.ablation_hooks([heads], method, mean_v)
 
 
 def zero_head(h):
@@ -71,76 +76,83 @@ def test_ablating_nothing_changes_nothing(tiny_model, rows):
     assert all(len(t) == 5 for t in res.top_clean)
 
 
-def test_drop_matches_a_direct_computation(tiny_model, rows):
+@pytest.mark.parametrize("backend", ["tiny_model", "tiny_bridge"])
+def test_drop_matches_a_direct_computation(request, backend, tiny_bridge, rows):
+    model = request.getfixturevalue(backend)
     head = (0, 1)
     positions = [len(rows[0]) - 1, 3, len(rows[2]) - 2]
-    res = ablate(tiny_model, rows, 1, 7, TOKEN, [head], positions=positions)
+    res = ablate(model, rows, 1, 7, TOKEN, [head], positions=positions)
     for j, row in enumerate(rows):
-        clean = manual_probs(tiny_model, row, [], positions[j], TOKEN)
-        abl = manual_probs(tiny_model, row, [("blocks.0.attn.hook_v", zero_head(1))], positions[j], TOKEN)
+        clean = manual_probs(tiny_bridge, row, [], positions[j], TOKEN)
+        abl = manual_probs(tiny_bridge, row, [("blocks.0.attn.hook_v", zero_head(1))], positions[j], TOKEN)
         assert res.prob_clean[j].item() == pytest.approx(clean, rel=1e-5)
         assert res.prob_ablated[j].item() == pytest.approx(abl, rel=1e-5)
         assert res.drop[j].item() == pytest.approx(clean - abl, rel=1e-4, abs=1e-12)
         # the neuron's ablated activation at the target, and the top tokens
         with torch.no_grad():
-            _, cache = tiny_model.bridge.run_with_cache(torch.tensor([row]),
-                                                        names_filter=["blocks.1.mlp.hook_post"])
+            _, cache = tiny_bridge.backend.bridge.run_with_cache(torch.tensor([row]),
+                                                                 names_filter=["blocks.1.mlp.hook_post"])
         assert res.act_clean[j].item() == pytest.approx(cache["blocks.1.mlp.hook_post"][0, positions[j], 7].item(), abs=1e-5)
     assert res.top_ablated[0][0][1] >= res.top_ablated[0][-1][1]
     assert res.prob_clean.shape == (len(rows),)
 
 
-def test_zero_ablation_zeroes_the_heads_value_vectors(tiny_model, rows):
+def test_zero_ablation_zeroes_the_heads_value_vectors(tiny_bridge, rows):
     x = torch.tensor([rows[0]])
     names = ["blocks.0.attn.hook_v", "blocks.0.attn.hook_result"]
+    bridge = tiny_bridge.backend.bridge
     with torch.no_grad():
-        _, clean = tiny_model.bridge.run_with_cache(x, names_filter=names)
-        with tiny_model.bridge.hooks(fwd_hooks=ablation_hooks([(0, 3)], method="zero")):
-            _, abl = tiny_model.bridge.run_with_cache(x, names_filter=names)
+        _, clean = bridge.run_with_cache(x, names_filter=names)
+        with bridge.hooks(fwd_hooks=bridge_ablation_hooks(tiny_bridge, [(0, 3)])):
+            _, abl = bridge.run_with_cache(x, names_filter=names)
     v, v0 = abl["blocks.0.attn.hook_v"], clean["blocks.0.attn.hook_v"]
     assert bool((v[:, :, 3] == 0).all()) and bool((v0[:, :, 3] != 0).any())
     assert torch.equal(v[:, :, :3], v0[:, :, :3])
     assert bool((abl["blocks.0.attn.hook_result"][:, :, 3] == 0).all())
 
 
-def test_live_attribution_under_ablation(tiny_model, rows):
-    """The live server's path: head attribution computed inside the ablation hooks."""
-    clean = attribute(tiny_model, rows, 1, 7)
-    with tiny_model.bridge.hooks(fwd_hooks=ablation_hooks([(0, 2)], method="zero")):
-        abl = attribute(tiny_model, rows, 1, 7)
-    assert bool((abl.raw[:, 0, 2] == 0).all()) and bool((clean.raw[:, 0, 2] != 0).all())
-    res = ablate(tiny_model, rows, 1, 7, TOKEN, [(0, 2)])
+@pytest.mark.parametrize("backend", ["tiny_model", "tiny_bridge"])
+def test_live_attribution_under_ablation(request, backend, rows):
+    """The live server's path: head attribution in the pass with the heads ablated."""
+    model = request.getfixturevalue(backend)
+    clean = attribute(model, rows, 1, 7)
+    abl = attribute(model, rows, 1, 7, ablate=[(0, 2)])
+    assert bool((abl.raw[:, 0, 2].abs() < 1e-6).all()) and bool((clean.raw[:, 0, 2] != 0).all())
+    res = ablate(model, rows, 1, 7, TOKEN, [(0, 2)])
     assert torch.allclose(abl.act, res.act_ablated, atol=1e-5)
 
 
-def test_mean_values_average_real_positions_and_mean_ablation_uses_them(tiny_model, rows):
-    mv = mean_values(tiny_model, iter(rows), [0, 1], batch_size=2)
-    # direct: each row alone (no padding at all), all its positions
+@pytest.mark.parametrize("backend", ["tiny_model", "tiny_bridge"])
+def test_mean_values_average_real_positions_and_mean_ablation_uses_them(request, backend, tiny_bridge, rows):
+    model = request.getfixturevalue(backend)
+    mv = mean_values(model, iter(rows), [0, 1], batch_size=2)
+    bridge = tiny_bridge.backend.bridge
+    # direct: each row alone (no padding at all), all its positions, on the bridge
     vs = {0: [], 1: []}
     for row in rows:
         with torch.no_grad():
-            _, c = tiny_model.bridge.run_with_cache(torch.tensor([row]), names_filter=[
+            _, c = bridge.run_with_cache(torch.tensor([row]), names_filter=[
                 "blocks.0.attn.hook_v", "blocks.1.attn.hook_v"])
         for k in (0, 1):
             vs[k].append(c[f"blocks.{k}.attn.hook_v"][0].double())
     for k in (0, 1):
         want = torch.cat(vs[k]).mean(0).float()
-        assert mv[k].shape == (tiny_model.n_heads, tiny_model.cfg.d_head)
+        assert mv[k].shape == (model.n_heads, model.d_head)
         assert torch.allclose(mv[k], want, atol=1e-5)
     x = torch.tensor([rows[1]])
-    with torch.no_grad(), tiny_model.bridge.hooks(fwd_hooks=ablation_hooks([(0, 1)], method="mean", mean_v=mv)):
-        _, abl = tiny_model.bridge.run_with_cache(x, names_filter=["blocks.0.attn.hook_v"])
+    with torch.no_grad(), bridge.hooks(fwd_hooks=bridge_ablation_hooks(tiny_bridge, [(0, 1)], "mean", mv)):
+        _, abl = bridge.run_with_cache(x, names_filter=["blocks.0.attn.hook_v"])
     v = abl["blocks.0.attn.hook_v"][0, :, 1]
     assert torch.equal(v, mv[0][1].expand_as(v))
-    res = ablate(tiny_model, rows, 1, 7, TOKEN, [(0, 1)], method="mean", mean_v=mv)
+    res = ablate(model, rows, 1, 7, TOKEN, [(0, 1)], method="mean", mean_v=mv)
 
     def mean_hook(v, hook):
         v = v.clone()
         v[:, :, 1] = mv[0][1]
         return v
-    got = manual_probs(tiny_model, rows[2], [("blocks.0.attn.hook_v", mean_hook)], len(rows[2]) - 1, TOKEN)
+    got = manual_probs(tiny_bridge, rows[2], [("blocks.0.attn.hook_v", mean_hook)], len(rows[2]) - 1, TOKEN)
     assert res.prob_ablated[2].item() == pytest.approx(got, rel=1e-5)
-    zero = ablate(tiny_model, rows, 1, 7, TOKEN, [(0, 1)])
+    zero = ablate(model, rows, 1, 7, TOKEN, [(0, 1)])
     assert not torch.equal(zero.prob_ablated, res.prob_ablated)
 
 
@@ -152,7 +164,11 @@ def test_bad_input_raises(tiny_model, rows):
     with pytest.raises(ValueError, match="outside"):
         ablate(tiny_model, rows, 1, 7, TOKEN, [], positions=[0, 1, 99])
     with pytest.raises(ValueError, match="Unknown"):
-        ablation_hooks([(0, 1)], method="random")
+        ablate(tiny_model, rows, 1, 7, TOKEN, [(0, 1)], method="random")
+    with pytest.raises(ValueError, match="Token id"):
+        ablate(tiny_model, rows, 1, 7, tiny_model.d_vocab, [])
+    with pytest.raises(ValueError, match="Neuron L1N"):
+        ablate(tiny_model, rows, 1, tiny_model.d_mlp, TOKEN, [])
 
 
 # --- precompute and statistics on the real database ------------------------------------------

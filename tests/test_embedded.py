@@ -26,13 +26,21 @@ def embedded():
     return load_model(EMBEDDED_MODEL)
 
 
-def test_embedded_model_loads_through_the_same_function_as_gpt2(embedded):
-    cfg = embedded.cfg
-    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.n_ctx, cfg.d_vocab) == (4, 256, 8, 1024, 256, 8192)
-    assert embedded.slug == "embedded"
-    assert type(embedded.bridge).__name__ == "TransformerBridge"
-    # weight processing is on: the unembedding is centred (center_unembed)
-    assert embedded.bridge.W_U.mean(-1).abs().max() < 1e-4
+@pytest.fixture(scope="module")
+def embedded_bridge():
+    """The embedded model on the bridge backend: its TransformerBridge computes the loss."""
+    return load_model(EMBEDDED_MODEL, backend="bridge")
+
+
+def test_embedded_model_loads_through_the_same_function_as_gpt2(embedded, embedded_bridge):
+    for m in (embedded, embedded_bridge):
+        d = m.dims
+        assert (d.n_layers, d.d_model, d.n_heads, d.d_mlp, d.n_ctx, d.d_vocab) == (4, 256, 8, 1024, 256, 8192)
+        assert m.slug == "embedded" and d.architecture == "GPT2LMHeadModel"
+        # weight processing is on: the unembedding is centred (center_unembed)
+        assert m.backend.W_U().mean(-1).abs().max() < 1e-4
+    assert embedded.backend.name == "fast (gpt2)" and embedded_bridge.backend.name == "bridge"
+    assert type(embedded_bridge.backend.bridge).__name__ == "TransformerBridge"
     files = {p.name for p in Path(EMBEDDED_MODEL).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "MODEL_CARD.md", "loss_curve.png"} <= files
     assert (Path(EMBEDDED_MODEL) / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
@@ -49,25 +57,27 @@ def test_tokenizer_round_trips(embedded, text):
     assert len(embedded.tokenizer) == 8192
 
 
-def test_heldout_loss_is_below_the_stated_bound(embedded):
+def test_heldout_loss_is_below_the_stated_bound(embedded_bridge):
+    embedded = embedded_bridge
     docs = [r["text"] for r in load_corpus(EMBEDDED_CORPUS, n_docs=64)["heldout"]]
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(docs), 16):
             for text in docs[i:i + 16]:
                 ids = torch.tensor([[embedded.bos_token_id] + embedded.encode(text)[:255]])
-                loss = embedded.bridge(ids, return_type="loss")
+                loss = embedded.backend.bridge(ids, return_type="loss")
                 total += float(loss) * (ids.shape[1] - 1)
                 count += ids.shape[1] - 1
     loss = total / count
     assert loss < HELDOUT_LOSS_BOUND, f"held-out loss {loss:.3f} (perplexity {math.exp(loss):.1f})"
 
 
-def test_greedy_continuation_is_english(embedded):
+def test_greedy_continuation_is_english(embedded_bridge):
+    embedded = embedded_bridge
     ids = torch.tensor([[0] + embedded.encode("In the beginning God")])
     with torch.no_grad():
         for _ in range(8):
-            nxt = embedded.bridge(ids)[0, -1].argmax()
+            nxt = embedded.backend.bridge(ids)[0, -1].argmax()
             ids = torch.cat([ids, nxt.view(1, 1)], 1)
     text = embedded.tokenizer.decode(ids[0, 1:].tolist())
     words = text.split()

@@ -90,9 +90,9 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
         assert stats["batched"] >= 60
 
 
-def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model):
+def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model, tiny_bridge):
     """Queued requests for several neurons, some with heads ablated, run as one batch; each
-    result equals precompute's reference attribute()/ablate() on that prompt alone."""
+    result equals precompute's attribute()/ablate() on that prompt alone, on the bridge backend."""
     from precompute.ablation import ablate
     from precompute.attribution import attribute
 
@@ -121,8 +121,8 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
         assert r.status_code == 200, r.text
         live = r.json()["live"]
         row = [tiny_model.bos_token_id] + tiny_model.encode(prompt)
-        att = attribute(tiny_model, [row], layer, neuron)
-        ref = ablate(tiny_model, [row], layer, neuron, token_id, heads)
+        att = attribute(tiny_bridge, [row], layer, neuron)
+        ref = ablate(tiny_bridge, [row], layer, neuron, token_id, heads)
         assert live["acts"] == pytest.approx(att.acts[0][1:], rel=1e-4, abs=1e-5)
         assert torch.allclose(torch.tensor(live["attr_raw"]), att.raw[0], rtol=1e-4, atol=1e-5)
         assert torch.allclose(torch.tensor(live["attr_ln"]), att.ln[0], rtol=1e-4, atol=1e-5)

@@ -20,14 +20,13 @@ from precompute.scan import TopK, neuron_acts, scan, tokenize_batch, trim
 
 def test_congruence_and_selection_match_direct_computation(tiny_model):
     layer = 1
-    W_out = tiny_model.bridge.W_out[layer].detach().double().numpy()
-    W_U = tiny_model.bridge.W_U.detach().double().numpy()
+    W_out = tiny_model.backend.W_out(layer).double().numpy()
+    W_U = tiny_model.backend.W_U().double().numpy()
     direct = W_out @ W_U  # [d_mlp, d_vocab]
-    got = congruence(tiny_model.bridge.W_out[layer].detach(), tiny_model.bridge.W_U.detach())
+    got = congruence(tiny_model.backend.W_out(layer), tiny_model.backend.W_U())
     np.testing.assert_allclose(got.numpy(), direct, rtol=1e-4, atol=1e-4)
 
-    infos = layer_congruences(tiny_model.bridge.W_out[layer].detach(), tiny_model.bridge.W_U.detach(),
-                              layer, chunk=17)
+    infos = layer_congruences(tiny_model.backend.W_out(layer), tiny_model.backend.W_U(), layer, chunk=17)
     assert [x.neuron for x in infos] == list(range(tiny_model.d_mlp))
     for x in infos[:50]:
         assert x.token_id == int(direct[x.neuron].argmax())
@@ -126,17 +125,19 @@ def test_trimming_invariants(tiny_model, small_corpus_dir):
     assert checked >= 3
 
 
+@pytest.mark.parametrize("backend", ["tiny_model", "tiny_bridge"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_ln_aware_contributions_add_up_to_hook_pre(tiny_model, layer):
-    rows = [[0] + tiny_model.encode(" In the beginning God created the heaven"),
-            [0] + tiny_model.encode("def f(x): return x + 1  # a comment"),
+def test_ln_aware_contributions_add_up_to_hook_pre(request, backend, layer):
+    model = request.getfixturevalue(backend)
+    rows = [[0] + model.encode(" In the beginning God created the heaven"),
+            [0] + model.encode("def f(x): return x + 1  # a comment"),
             [0, 17]]
     for neuron in (0, 31, 200):
-        att = attribute(tiny_model, rows, layer, neuron)
+        att = attribute(model, rows, layer, neuron)
         total, pre = att.ln_total(), att.pre
         assert torch.allclose(total, pre, rtol=1e-4, atol=1e-5 * float(pre.abs().max()) + 1e-6)
         # raw score is hook_result · W_in exactly (no LN scale)
-        assert att.raw.shape == (3, layer + 1, tiny_model.n_heads)
+        assert att.raw.shape == (3, layer + 1, model.n_heads)
         assert not torch.allclose(att.raw, att.ln)
 
 

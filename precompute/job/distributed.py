@@ -107,11 +107,11 @@ def merge_scans(parts: Sequence[ScanResult]) -> ScanResult:
 class _Worker:
     """A Ray actor: loads the model once and runs ``fn(model, job)`` for the driver."""
 
-    def __init__(self, model_name: str, device: str, dtype: str, threads: int):
-        from precompute.model.loading import load_model
+    def __init__(self, model_name: str, device: str, dtype: str, threads: int, backend: str = "auto"):
+        from precompute.model import load_model
 
         torch.set_num_threads(threads)
-        self.model = load_model(model_name, device=device, dtype=dtype)
+        self.model = load_model(model_name, device=device, dtype=dtype, backend=backend)
 
     def call(self, fn: Callable, job):
         with torch.no_grad():
@@ -218,7 +218,7 @@ class RayExecutor:
     """
 
     def __init__(self, address: str, model_name: str, *, n_workers: int | None = None,
-                 device: str = "auto", dtype: str = "float32"):
+                 device: str = "auto", dtype: str = "float32", backend: str = "auto"):
         self.ray = connect_ray(address)
         _, ActorPool = _import_ray()
         res = self.ray.cluster_resources()
@@ -232,7 +232,7 @@ class RayExecutor:
         # CPU workers compute with the driver's torch thread count: float reductions (the logits of
         # the ablation passes) depend on it, and the rows must be those of a single-process run.
         threads = torch.get_num_threads()
-        self.actors = [actor.remote(model_name, device if gpus else "cpu", dtype, threads)
+        self.actors = [actor.remote(model_name, device if gpus else "cpu", dtype, threads, backend)
                        for _ in range(self.n_workers)]
         self.pool = ActorPool(self.actors)
         logger.info("Ray: %d workers (%s each)", self.n_workers,
@@ -272,4 +272,4 @@ def ray_executor(settings) -> RayExecutor | None:
     if not settings.ray:
         return None
     return RayExecutor(settings.ray, settings.model, n_workers=settings.ray_workers,
-                       device=settings.device, dtype=settings.dtype)
+                       device=settings.device, dtype=settings.dtype, backend=settings.backend)

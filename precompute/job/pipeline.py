@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 from precompute.attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
 from precompute.corpus import SPLITS, load_corpus
 from precompute.job.distributed import LocalExecutor, ray_executor
-from precompute.model.loading import LoadedModel, load_model
-from precompute.model.passes import batched_pass
+from precompute.model import LoadedModel, load_model, tokenize_batch
 from precompute.next_token import (
     check_layers,
     check_neuron_counts,
@@ -29,7 +28,7 @@ from precompute.next_token import (
     select_next_token_neurons,
 )
 from precompute.pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
-from precompute.scan import TrimTask, check_scan_memory, tokenize_batch, top_k_for, trim_many
+from precompute.scan import TrimTask, check_scan_memory, top_k_for, trim_many
 from precompute.settings import Settings
 from precompute.store.db import check_writable, open_writer, sessions
 from precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
@@ -60,7 +59,9 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         api_key(settings)
     executor = ray_executor(settings)
     try:
-        model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype)
+        model = model or load_model(settings.model, device=settings.device, dtype=settings.dtype,
+                                    backend=settings.backend)
+        logger.info("backend: %s", model.backend.name)
         layers = check_layers(settings.layers, model.n_layers) if settings.layers is not None \
             else default_layers(model.n_layers)
         check_neuron_counts(settings.n_per_layer, settings.n_random, model.d_mlp)
@@ -139,12 +140,12 @@ def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, 
 def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settings: Settings) -> None:
     """§1: congruence of every neuron of ``layers``; mark next-token and random neurons."""
     with unit_of_work(s, run_id, "neurons") as st:
-        W_U = model.bridge.W_U.detach()
+        W_U = model.backend.W_U()
         vocab = {i: model.token_str(i) for i in range(W_U.shape[1])}
         reject = set(settings.reject_tokens)
         rows = []
         for layer in layers:
-            infos = layer_congruences(model.bridge.W_out[layer].detach(), W_U, layer)
+            infos = layer_congruences(model.backend.W_out(layer), W_U, layer)
             chosen = select_next_token_neurons(infos, vocab, n=settings.n_per_layer, reject=reject,
                                                reject_numeric=settings.reject_numeric)
             rank = {x.neuron: r for r, x in enumerate(sorted(infos, key=lambda x: (-x.congruence, x.neuron)))}
@@ -257,8 +258,8 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
     keep = [(it, tr) for it, tr in zip(items, trims)
             if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
     prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
-    atts = batched_pass(model, prompts, [(neurons[q].layer, neurons[q].neuron) for (q, _, _, _), _ in keep]) \
-        if prompts else []
+    atts = model.backend.batched_pass(prompts, [(neurons[q].layer, neurons[q].neuron)
+                                                for (q, _, _, _), _ in keep]) if prompts else []
     out: list[tuple[list[dict], dict]] = [([], {split: 0 for split in SPLITS}) for _ in neurons]
     for ((q, split, t, row), tr), prompt, att in zip(keep, prompts, atts):
         n = neurons[q]

@@ -1,0 +1,29 @@
+"""The model backend: loading a model and every forward pass the method needs, behind one
+protocol (:class:`Backend`, docs/method.md §1-§3, §6). Modules outside this package use only
+what is exported here; ``app/`` imports nothing else from it.
+
+- :mod:`~precompute.model.backend`: the protocol, :class:`Dims`, :class:`NeuronPass`, range checks;
+- :mod:`~precompute.model.loading`: :func:`load_model` (``backend="auto"|"bridge"|"fast"``);
+- :mod:`~precompute.model.bridge`: the TransformerBridge backend (every architecture; the reference);
+- :mod:`~precompute.model.fast`, :mod:`~precompute.model.gpt2`: hooks on the plain Hugging Face
+  modules (GPT-2), one copy of the weights, processed a block at a time
+  (:mod:`~precompute.model.processing`);
+- :mod:`~precompute.model.batching`: tokenizing with BOS, padding, length-sorted batches.
+"""
+
+from precompute.model.backend import (
+    METHODS,
+    Backend,
+    Dims,
+    NeuronPass,
+    PostObserver,
+    centre,
+    check_head,
+    check_neuron,
+    check_token,
+)
+from precompute.model.batching import batches, length_batches, pad, tokenize_batch
+from precompute.model.loading import BACKENDS, LoadedModel, load_model, resolve_device, resolve_dtype
+
+__all__ = ["BACKENDS", "METHODS", "Backend", "Dims", "LoadedModel", "NeuronPass", "PostObserver", "batches",
+           "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model", "pad", "resolve_device", "resolve_dtype", "tokenize_batch"]

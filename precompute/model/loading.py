@@ -1,4 +1,6 @@
-"""Load a model by TransformerLens / Hugging Face name or local directory (docs/method.md §1).
+"""Load a model by TransformerLens / Hugging Face name or local directory, with the backend that
+runs it, chosen once here (docs/method.md §1, §7): the fast backend of its architecture
+(``GPT2LMHeadModel``) unless ``backend="bridge"``, else the TransformerBridge.
 
 The embedded default is a local Hugging Face directory and goes through the same path as
 ``gpt2``: there is no special case for it.
@@ -9,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from precompute.errors import ModelNotAvailable
+from precompute.errors import BadSettings, ModelNotAvailable, ModelNotSupported
+from precompute.model.backend import Backend, Dims
 from precompute.settings import EMBEDDED_MODEL
 
 logger = logging.getLogger(__name__)
@@ -22,48 +25,59 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    """A processed model and what the science needs to know about it.
+    """A loaded model: its backend (the one way the method reaches the model), its tokenizer,
+    ``name`` (what the user asked for) and ``slug`` (a URL-safe name).
 
-    ``bridge`` is a ``TransformerBridge`` with compatibility mode on (fold_ln,
-    center_writing_weights, center_unembed) and ``hook_result`` enabled; ``tokenizer`` is its
-    Hugging Face tokenizer; ``name`` is what the user asked for; ``slug`` a URL-safe name.
+    ``backend`` is a :class:`~precompute.model.backend.Backend`, chosen once at load time
+    (:func:`load_model`); the dims, device and dtype below are the backend's.
     """
 
-    bridge: object
+    backend: Backend
     tokenizer: object
     name: str
     slug: str
-    _fast: object = field(default=None, repr=False)  # precompute.model.hooks.FastModel, built on use
 
     @property
-    def cfg(self):
-        return self.bridge.cfg
+    def dims(self) -> Dims:
+        return self.backend.dims
 
     @property
     def device(self) -> torch.device:
         """The device of the model's weights."""
-        return next(self.bridge.parameters()).device
+        return self.backend.device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights (statistics are computed in float32 regardless)."""
-        return next(self.bridge.parameters()).dtype
+        return self.backend.dtype
 
     @property
     def n_layers(self) -> int:
-        return self.bridge.cfg.n_layers
+        return self.dims.n_layers
 
     @property
     def n_heads(self) -> int:
-        return self.bridge.cfg.n_heads
+        return self.dims.n_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.dims.d_head
+
+    @property
+    def d_model(self) -> int:
+        return self.dims.d_model
 
     @property
     def d_mlp(self) -> int:
-        return self.bridge.cfg.d_mlp
+        return self.dims.d_mlp
+
+    @property
+    def d_vocab(self) -> int:
+        return self.dims.d_vocab
 
     @property
     def n_ctx(self) -> int:
-        return self.bridge.cfg.n_ctx
+        return self.dims.n_ctx
 
     @property
     def bos_token_id(self) -> int:
@@ -90,8 +104,6 @@ def resolve_device(name: str | None = "auto") -> str:
     Raises:
         BadSettings: an unknown device, or one this machine does not have.
     """
-    from precompute.errors import BadSettings
-
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
             return "cuda"
@@ -115,8 +127,6 @@ def resolve_dtype(name: str | torch.dtype | None = "float32") -> torch.dtype:
     Raises:
         BadSettings: another name.
     """
-    from precompute.errors import BadSettings
-
     if isinstance(name, torch.dtype):
         return name
     if name is None:
@@ -134,9 +144,19 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-").lower() or "model"
 
 
+BACKENDS = ("auto", "bridge", "fast")
+
+
+def _fast_backends() -> dict:
+    """Hugging Face architecture -> fast backend class (phase 2 adds GPT-NeoX and Llama)."""
+    from precompute.model.gpt2 import GPT2Backend
+
+    return {"GPT2LMHeadModel": GPT2Backend}
+
+
 def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
-               dtype: torch.dtype | str = torch.float32) -> LoadedModel:
-    """Load ``name`` as a processed ``TransformerBridge`` plus tokenizer (docs/method.md §1).
+               dtype: torch.dtype | str = torch.float32, backend: str = "auto") -> LoadedModel:
+    """Load ``name`` with its tokenizer and the backend that runs it (docs/method.md §1).
 
     Args:
         name: a TransformerLens / Hugging Face model name (``gpt2``, ``gpt2-medium``,
@@ -145,48 +165,149 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
         device: torch device, or ``"auto"`` (:func:`resolve_device`).
         dtype: weights are cast to this dtype (float32: the embedded weights are stored fp16),
             a ``torch.dtype`` or its name (:func:`resolve_dtype`).
+        backend: ``"auto"`` (the fast backend of the architecture if there is one, else the
+            bridge), ``"bridge"`` (TransformerBridge hook points, the reference: every
+            architecture TransformerLens supports) or ``"fast"`` (hooks on the plain Hugging
+            Face modules; GPT-2). Either way the weights are those of TransformerLens' weight
+            processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases).
 
     Returns:
-        LoadedModel with compatibility mode on (fold_ln, center_writing_weights,
-        center_unembed) and ``hook_result`` (per-head output ``z @ W_O``) enabled.
+        LoadedModel whose ``backend.name`` says which backend runs it (``"fast (gpt2)"``,
+        ``"bridge"``).
 
     Raises:
         ModelNotAvailable: the name is not a local directory and the hub cannot provide it
             (offline and not in the local cache, or unknown), or a local directory cannot be
             loaded (the message names what is wrong with it: no config.json, a corrupt or
             truncated weights file, ...); the message says what to use.
+        ModelNotSupported: neither backend supports the architecture, or ``backend="fast"``
+            for one without a fast backend.
+        BadSettings: an unknown backend, device or dtype.
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if backend not in BACKENDS:
+        raise BadSettings(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}.")
     local = os.path.isdir(name)
     if not local and os.path.sep in name and not re.match(r"^[\w.-]+/[\w.-]+$", name):
         raise ModelNotAvailable(f"Model directory {name!r} does not exist. Give a Hugging Face "
                                 f"model name (gpt2, pythia-160m) or an existing local directory.")
     if local:
         check_tokenizer_files(name)
+    source = name if local else _official_name(name)
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(source)
     except Exception as exc:  # the hub client raises many types (OSError, HfHubHTTPError, ...)
-        if local:  # the hub was not involved: say what is wrong with the directory
-            raise ModelNotAvailable(
-                f"Cannot load the model directory {name!r}: {local_dir_problem(name, exc)}. Fix "
-                f"or re-save that directory (config.json, model.safetensors, tokenizer.json), "
-                f"or run without --model to use the embedded default.") from exc
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(exc)
-        where = ("it is not in the local Hugging Face cache and the hub is unreachable"
-                 if offline else f"loading failed: {type(exc).__name__}: {str(exc)[:300]}")
-        raise ModelNotAvailable(
-            f"Cannot load model {name!r}: {where}. Run without --model to use the embedded "
-            f"default ({EMBEDDED_MODEL}), or pass --model a local Hugging Face directory "
-            f"(config.json, model.safetensors, tokenizer.json).") from exc
+        raise _not_available(name, local, exc) from exc
+    arch, cfg = _tl_config(hf_config, name, source, dtype)
+    fast = _fast_backends().get(arch)
+    if backend == "fast" and fast is None:
+        raise ModelNotSupported(f"--backend fast supports {', '.join(_fast_backends())}; {name!r} is a "
+                                f"{arch}. Use --backend auto (or bridge) to run it on the bridge.")
+    try:
+        if fast is not None and backend != "bridge":
+            be, tokenizer = _load_fast(fast, source, arch, cfg, device, dtype)
+        else:
+            be, tokenizer = _load_bridge(source, arch, device, dtype)
+    except Exception as exc:
+        raise _not_available(name, local, exc) from exc
+    d = be.dims
+    logger.info("loaded %s (%s): %d layers, %d heads, d_mlp %d, n_ctx %d; backend: %s", name, arch,
+                d.n_layers, d.n_heads, d.d_mlp, d.n_ctx, be.name)
+    return LoadedModel(backend=be, tokenizer=tokenizer, name=name, slug=model_slug(name))
+
+
+def _official_name(name: str) -> str:
+    """TransformerLens' official Hugging Face name of a deprecated alias, else ``name``."""
+    from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
+
+    return resolve_model_alias(name) or name
+
+
+def _tl_config(hf_config, name: str, source: str, dtype: torch.dtype):
+    """The architecture name and TransformerLens config of a Hugging Face config, as the bridge
+    derives them (no weights are read).
+
+    Raises:
+        ModelNotSupported: TransformerLens has no adapter for the architecture."""
+    from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_config_from_hf
+    from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+
+    try:
+        arch = determine_architecture_from_hf_config(hf_config)
+        adapter = ArchitectureAdapterFactory.select_architecture_adapter(
+            build_bridge_config_from_hf(hf_config, arch, source, dtype))
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        archs = getattr(hf_config, "architectures", None) or [getattr(hf_config, "model_type", "?")]
+        raise ModelNotSupported(f"Model {name!r} ({', '.join(map(str, archs))}) is supported by neither "
+                                f"backend: TransformerLens has no bridge for it ({_one_line(exc)}). Use a "
+                                f"model TransformerLens supports (gpt2, pythia-160m, ...).") from exc
+    return arch, adapter.cfg
+
+
+def _load_fast(cls, source: str, arch: str, cfg, device: str, dtype: torch.dtype):
+    """The plain Hugging Face model (SDPA attention, one copy of the weights) in a fast backend,
+    and the tokenizer set up as the bridge sets it up."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    tokenizer = _tokenizer(source, cfg)
+    return cls(hf, cfg, pad_id=_bos(tokenizer), architecture=arch), tokenizer
+
+
+def _load_bridge(source: str, arch: str, device: str, dtype: torch.dtype):
+    """A processed ``TransformerBridge`` (compatibility mode, ``hook_result`` on) in the
+    bridge backend, and its tokenizer."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from precompute.model.bridge import BridgeBackend
+
+    bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
     bridge.enable_compatibility_mode()
     bridge.set_use_attn_result(True)
     bridge.eval()
-    tokenizer = bridge.tokenizer
-    logger.info("loaded %s: %d layers, %d heads, d_mlp %d, n_ctx %d", name, bridge.cfg.n_layers,
-                bridge.cfg.n_heads, bridge.cfg.d_mlp, bridge.cfg.n_ctx)
-    return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, slug=model_slug(name))
+    return BridgeBackend(bridge, pad_id=_bos(bridge.tokenizer), architecture=arch), bridge.tokenizer
+
+
+def _tokenizer(source: str, cfg):
+    """The tokenizer of ``source`` exactly as ``TransformerBridge.boot_transformers`` makes it."""
+    from transformer_lens.model_bridge.sources._bridge_builder import configure_tokenizer
+    from transformer_lens.utilities.hf_utils import autotokenizer_with_special_token_compat
+    from transformers import AutoTokenizer
+
+    try:
+        tok = autotokenizer_with_special_token_compat(source, auto_tokenizer=AutoTokenizer, add_bos_token=True,
+                                                      use_fast=getattr(cfg, "use_fast", True))
+    except ValueError:
+        tok = AutoTokenizer.from_pretrained(source, use_fast=getattr(cfg, "use_fast", True))
+    return configure_tokenizer(tok, cfg)
+
+
+def _bos(tokenizer) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def _not_available(name: str, local: bool, exc: BaseException) -> ModelNotAvailable:
+    """The one-line error of a model that cannot be loaded: what is wrong with a local
+    directory, or that the hub cannot provide the name."""
+    if isinstance(exc, ModelNotAvailable):
+        return exc
+    if local:  # the hub was not involved: say what is wrong with the directory
+        return ModelNotAvailable(
+            f"Cannot load the model directory {name!r}: {local_dir_problem(name, exc)}. Fix "
+            f"or re-save that directory (config.json, model.safetensors, tokenizer.json), "
+            f"or run without --model to use the embedded default.")
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(exc)
+    where = ("it is not in the local Hugging Face cache and the hub is unreachable"
+             if offline else f"loading failed: {type(exc).__name__}: {str(exc)[:300]}")
+    return ModelNotAvailable(
+        f"Cannot load model {name!r}: {where}. Run without --model to use the embedded "
+        f"default ({EMBEDDED_MODEL}), or pass --model a local Hugging Face directory "
+        f"(config.json, model.safetensors, tokenizer.json).")
 
 
 # A local directory's tokenizer: any one of these sets of files (fast, BPE, SentencePiece).

@@ -45,7 +45,7 @@ def get_or_create_run(session: Session, *, settings: Settings, slug: str, model,
             run.status = "running"
             session.commit()
         return run
-    cfg = model.cfg
+    cfg = model.dims
     run = Run(slug=slug, model_name=settings.model if science["model"] != "embedded" else "embedded",
               dataset=settings.dataset if science["dataset"] != "embedded" else "embedded",
               settings=science, settings_hash=settings.science_hash(), package_version=__version__,

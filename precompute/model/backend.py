@@ -1,0 +1,397 @@
+"""The model backend protocol: everything the method asks of a model, in one class (docs/method.md
+§1-§3, §6). The scan, trimming, head attribution, ablation, congruence and the live engine call
+only this; they never see hook names, Hugging Face modules or a ``TransformerBridge``.
+
+A backend is chosen once, when the model is loaded (:func:`precompute.model.load_model`,
+``--backend auto|bridge|fast``), and carried by the :class:`~precompute.model.loading.LoadedModel`
+as ``model.backend``. Implementations:
+
+* :class:`precompute.model.bridge.BridgeBackend` — TransformerBridge hook points with
+  TransformerLens' weight processing: every architecture TransformerLens supports; the reference.
+* :class:`precompute.model.gpt2.GPT2Backend` — a fast backend (:class:`precompute.model.fast.FastBackend`):
+  forward hooks on the plain Hugging Face GPT-2 modules, one copy of the weights; equal to the
+  bridge to 1e-5 (``tests/test_backend_equality.py``).
+
+What a backend offers (all indices 0-based; ``rows`` are token rows with BOS at index 0, right-
+padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per row;
+``positions`` the 0-based target position per row, default each row's last token):
+
+========================  ===========================================================================
+``dims``                  :class:`Dims`: ``n_layers``, ``n_heads``, ``d_head``, ``d_model``,
+                          ``d_mlp``, ``d_vocab``, ``n_ctx``, ``parallel_attn_mlp``, ...
+``W_in(l)`` ``b_in(l)``   processed weights (fold_ln, center_writing_weights, center_unembed,
+``W_out(l)`` ``W_O(l)``   fold_value_biases: TransformerLens' ``ProcessWeights``), float32:
+``b_O(l)`` ``W_U()``      ``[d_model, d_mlp]``, ``[d_mlp]``, ``[d_mlp, d_model]``,
+                          ``[n_heads, d_head, d_model]``, ``[d_model]``, ``[d_model, d_vocab]``
+``doc_maxima``            the scan's reduction: per-document max of ``hook_post`` per neuron
+``neuron_pass``           one batched pass: activations, raw + LN-aware head attribution,
+                          ``hook_pre``, token probability and top-n, heads ablated (zero or mean)
+``value_sums``            sums of ``hook_v`` over real positions (mean value vectors, §6)
+``batched_pass``          ``neuron_pass`` over many rows in length-sorted batches
+``target_acts``           trimming's activations at the last token (§2)
+``clean_view``            a live view: ``neuron_pass`` with probabilities
+``ablated_view``          the same with heads ablated
+========================  ===========================================================================
+
+Extension points (designed now, used later):
+
+(a) **Per-layer accumulators in the scan.** :meth:`Backend.doc_maxima` takes ``observe``, a
+    callable ``observe(layer, post, real)`` called once per analysed layer and batch with that
+    layer's whole ``hook_post`` (``[batch, pos, d_mlp]``, the model's dtype) and ``real``
+    (``[batch, pos]`` bool: the positions the maxima range over — real tokens after BOS).
+    :func:`precompute.scan.scan` passes it through (``scan(..., observe=...)``). Fixed-bin
+    activation histograms go there: an accumulator object with ``__call__`` (add the batch) and
+    ``merge`` (add another shard's counts; integer counts merge exactly, in any order), carried
+    by ``distributed.ScanShard`` to the Ray worker and back on the ``ScanResult``.
+(b) **Per-source-token decomposition of head attribution** (issue 20:
+    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_in[:, i] + bias term``). The attribution capture is
+    where each backend reads the per-head quantities at the target position: the bridge in
+    :meth:`BridgeBackend._attribution_names <precompute.model.bridge.BridgeBackend._attribution_names>`
+    (add ``blocks.{k}.attn.hook_pattern`` — row ``p`` — and ``blocks.{k}.attn.hook_v`` for the
+    requested heads), the fast backend in
+    :meth:`FastBackend._attribution_hooks <precompute.model.fast.FastBackend._attribution_hooks>`
+    (SDPA returns no pattern: capture ``q`` at ``p`` and ``k``, ``v`` at every source position
+    from the attention's input projection and form ``a[p, :] = softmax(q_p k_s / sqrt(d_head))``
+    over ``s <= p``). The result goes on :class:`NeuronPass` next to ``raw``/``ln``, per row and
+    requested head ``[n_src]`` (pattern) and ``[n_src, d_head]`` (values, processed
+    ``hook_v = v - b_V``), with ``b_V`` the fast backend's value offset.
+
+Adding an architecture to the fast backends means subclassing
+:class:`~precompute.model.fast.FastBackend` (module map, TransformerLens-format weights of one
+layer, how ``v`` is read) and registering it in :data:`precompute.model.loading.FAST_BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from precompute.model.batching import length_batches
+
+Target = tuple  # (layer, neuron) or (layer, neuron, token_id), 0-based
+PostObserver = Callable[[int, Tensor, Tensor], None]  # observe(layer, hook_post, real)
+METHODS = ("zero", "mean")  # ablation methods (docs/method.md §6)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The dimensions of a model (TransformerLens names) and the facts about its block that the
+    method depends on: whether attention and MLP run in parallel (GPT-NeoX/Pythia), the
+    normalisation (``LN``, ``LNPre``, ``RMS``, ``RMSPre``), the positional embedding
+    (``standard``: added to the residual stream, ``rotary``, ...) and the Hugging Face
+    architecture name (``GPT2LMHeadModel``)."""
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    parallel_attn_mlp: bool = False
+    normalization: str = "LN"
+    positional: str = "standard"
+    architecture: str = ""
+
+    @classmethod
+    def of_cfg(cls, cfg, architecture: str = "") -> "Dims":
+        """The dims of a TransformerLens config (``TransformerBridgeConfig``)."""
+        return cls(n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, d_model=cfg.d_model,
+                   d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
+                   parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+                   normalization=str(cfg.normalization_type), positional=str(cfg.positional_embedding_type),
+                   architecture=architecture)
+
+    def upstream_attn_layers(self, layer: int) -> int:
+        """Number of attention layers that write to the residual stream before MLP ``layer``
+        reads it: ``layer + 1`` for GPT-2-style blocks, ``layer`` for parallel attention/MLP."""
+        return layer if self.parallel_attn_mlp else layer + 1
+
+
+@dataclass
+class NeuronPass:
+    """Per-row results of one batched pass (row ``j`` targets ``layers[j]``, ``neurons[j]`` at
+    ``positions[j]``).
+
+    ``acts``: the neuron's ``hook_post`` at every position incl. BOS (one list per row);
+    ``act``/``pre``: ``hook_post``/``hook_pre`` at the target position, ``[batch]`` float32. With
+    attribution: ``raw``/``ln`` ``[batch, K, n_heads]`` (K = attention layers upstream of the
+    deepest target; row ``j``'s scores are ``[:n_attn[j]]``, zeros beyond), residual-stream
+    units (raw) and pre-activation units (ln); ``other``: per row, the LN-aware contributions of
+    the non-head components (``embed``, ``pos_embed``, ``b_O``, ``mlp{k}``, ``b_in``, in that
+    order). With a token: ``prob`` (softmax probability of the row's token, float64) and ``top``
+    (the ``top_n`` most probable next tokens, ``[(id, prob)]``). Extension point (b) adds the
+    per-source-token terms here (module docstring).
+    """
+
+    layers: list[int]
+    neurons: list[int]
+    positions: list[int]
+    acts: list[list[float]] = field(default_factory=list)
+    act: Float[Tensor, "batch"] | None = None
+    pre: Float[Tensor, "batch"] | None = None
+    raw: Float[Tensor, "batch K n_heads"] | None = None
+    ln: Float[Tensor, "batch K n_heads"] | None = None
+    n_attn: list[int] = field(default_factory=list)
+    other: list[dict[str, float]] = field(default_factory=list)
+    prob: Float[Tensor, "batch"] | None = None
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+
+    def row(self, q: int) -> "NeuronPass":
+        """Row ``q`` as a one-row :class:`NeuronPass` (scores cut to its ``n_attn`` layers)."""
+        def pick(t):
+            return None if t is None else t[q:q + 1]
+        n = self.n_attn[q] if self.n_attn else None
+        return NeuronPass(layers=[self.layers[q]], neurons=[self.neurons[q]], positions=[self.positions[q]],
+                          acts=self.acts[q:q + 1], act=pick(self.act), pre=pick(self.pre),
+                          raw=None if self.raw is None else self.raw[q:q + 1, :n],
+                          ln=None if self.ln is None else self.ln[q:q + 1, :n],
+                          n_attn=self.n_attn[q:q + 1], other=self.other[q:q + 1], prob=pick(self.prob),
+                          top=self.top[q:q + 1])
+
+
+def centre(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    """``x`` minus its mean over the last (``d_model``) axis: what a LayerNorm does before it
+    scales, so ``centre(x) · w / scale`` is ``x``'s contribution to a LayerNorm-read
+    pre-activation (docs/method.md §3)."""
+    return x - x.mean(dim=-1, keepdim=True)
+
+
+# --- range checks: the one home of every neuron / head / token / position check -----------------
+
+def check_neuron(layer: int, neuron: int, *, n_layers: int, d_mlp: int) -> None:
+    """Raises ValueError naming the valid ranges if neuron ``L{layer}N{neuron}`` does not exist."""
+    if not 0 <= layer < n_layers or not 0 <= neuron < d_mlp:
+        raise ValueError(f"Neuron L{layer}N{neuron} out of range: layers 0..{n_layers - 1}, "
+                         f"neurons 0..{d_mlp - 1}.")
+
+
+def check_head(layer: int, head: int, *, n_layers: int, n_heads: int) -> None:
+    """Raises ValueError naming the valid ranges if head ``L{layer}H{head}`` does not exist."""
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise ValueError(f"Head L{layer}H{head} out of range: layers 0..{n_layers - 1}, "
+                         f"heads 0..{n_heads - 1}.")
+
+
+def check_token(token_id: int, *, d_vocab: int) -> None:
+    """Raises ValueError if ``token_id`` is not in the vocabulary ``0..d_vocab-1``."""
+    if not 0 <= token_id < d_vocab:
+        raise ValueError(f"Token id {token_id} out of range 0..{d_vocab - 1}.")
+
+
+def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+               positions: Sequence[int] | None, ablate: Sequence[Sequence[tuple[int, int]]] | None = None,
+               method: str = "zero", mean_v: dict[int, Tensor] | None = None) -> list[int]:
+    """Check the inputs of a neuron pass; return each row's target position (default its last
+    token).
+
+    Raises:
+        ValueError: no rows; as many targets as rows; a layer, neuron, token, head or position out
+            of range; an unknown ablation method; mean ablation without the means of a layer.
+    """
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("A neuron pass needs at least one non-empty prompt.")
+    if len(targets) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(targets)} targets.")
+    for t in targets:
+        check_neuron(int(t[0]), int(t[1]), n_layers=dims.n_layers, d_mlp=dims.d_mlp)
+        if len(t) > 2 and t[2] is not None:
+            check_token(int(t[2]), d_vocab=dims.d_vocab)
+    pos = [len(r) - 1 for r in rows] if positions is None else [int(p) for p in positions]
+    if len(pos) != len(rows) or any(not 0 <= p < len(r) for p, r in zip(pos, rows)):
+        raise ValueError("A target position lies outside its prompt.")
+    if ablate is not None:
+        if method not in METHODS:
+            raise ValueError(f"Unknown ablation method {method!r}: use 'zero' or 'mean'.")
+        if len(ablate) != len(rows):
+            raise ValueError(f"{len(rows)} rows but {len(ablate)} lists of ablated heads.")
+        for hs in ablate:
+            for k, h in hs:
+                check_head(int(k), int(h), n_layers=dims.n_layers, n_heads=dims.n_heads)
+                if method == "mean" and (mean_v is None or int(k) not in mean_v):
+                    raise ValueError(f"Mean ablation needs the mean value vectors of layer {k}; "
+                                     f"compute them with ablation.mean_values().")
+    return pos
+
+
+class Backend(abc.ABC):
+    """What the method asks of a model (see the module docstring for the table and the
+    extension points). Subclasses implement the abstract methods; the public pass methods check
+    their inputs here (:func:`check_pass`) and batch through :meth:`neuron_pass`.
+
+    Attributes:
+        name: what the job logs, e.g. ``"fast (gpt2)"`` or ``"bridge"``.
+        dims: the model's :class:`Dims`.
+        pad_id: the token rows are right-padded with (the BOS token).
+        device, dtype: of the weights and forward passes (statistics are float32 regardless).
+    """
+
+    name: str
+    dims: Dims
+    pad_id: int
+    device: torch.device
+    dtype: torch.dtype
+
+    # --- processed weights (float32, on ``device``) ----------------------------------------------
+    @abc.abstractmethod
+    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        """Processed MLP input weights of ``layer`` (LayerNorm folded in, centred)."""
+
+    @abc.abstractmethod
+    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        """Processed MLP input bias of ``layer`` (LayerNorm bias folded in)."""
+
+    @abc.abstractmethod
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """Processed MLP output weights of ``layer`` (centred): congruence reads them (§1)."""
+
+    @abc.abstractmethod
+    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        """Processed attention output weights of ``layer`` (centred)."""
+
+    @abc.abstractmethod
+    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        """Processed attention output bias of ``layer`` (value biases folded in, centred)."""
+
+    @abc.abstractmethod
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """Processed unembedding (final LayerNorm folded in, centred): congruence reads it (§1)."""
+
+    # --- passes ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def doc_maxima(self, rows: Sequence[Sequence[int]], layers: Sequence[int], *,
+                   observe: PostObserver | None = None
+                   ) -> tuple[Float[Tensor, "batch n"], Int[Tensor, "batch n"], Int[Tensor, "batch"]]:
+        """The scan's reduction (docs/method.md §2): per row, the max of ``hook_post`` of every
+        neuron of ``layers`` over the real positions after BOS, and its position (columns
+        ``j * d_mlp + i`` for neuron ``i`` of ``layers[j]``), float32 on ``device``; with each
+        row's length (CPU). One right-padded pass that stops after the last layer needed and
+        keeps no activation beyond the maxima. ``observe``: extension point (a)."""
+
+    @abc.abstractmethod
+    def _neuron_pass(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], pos: list[int], *,
+                     attribution: bool, all_acts: bool, logits: bool, top_n: int,
+                     ablate: Sequence[Sequence[tuple[int, int]]] | None, method: str,
+                     mean_v: dict[int, Tensor] | None) -> NeuronPass:
+        """:meth:`neuron_pass` on checked inputs."""
+
+    @abc.abstractmethod
+    def value_sums(self, rows: Sequence[Sequence[int]], layers: Sequence[int]
+                   ) -> dict[int, Float[Tensor, "n_heads d_head"]]:
+        """Sum of ``hook_v`` of each of ``layers`` over every real position of the rows (BOS
+        included, padding excluded), float64 on the CPU: the mean value vectors of §6 are these
+        sums over all batches divided by the number of positions."""
+
+    def neuron_pass(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                    positions: Sequence[int] | None = None, *, attribution: bool = True,
+                    all_acts: bool = True, logits: bool = False, top_n: int = 5,
+                    ablate: Sequence[Sequence[tuple[int, int]]] | None = None, method: str = "zero",
+                    mean_v: dict[int, Tensor] | None = None) -> NeuronPass:
+        """One forward pass (one right-padded batch) of ``rows``, each row for its own neuron
+        (paper §4.2-§4.3, §5.4; docs/method.md §2-§3, §6).
+
+        Args:
+            targets: ``(layer, neuron[, token_id])`` per row (0-based).
+            attribution: compute ``raw``/``ln``/``pre``/``other`` (§3).
+            all_acts: keep the activation at every position (else only ``act``).
+            logits: run to the end and compute ``prob``/``top`` at the target positions.
+            ablate: per row, the ``(layer, head)`` whose value vectors are replaced at every
+                position by zeros (``method="zero"``) or ``mean_v[layer][head]`` (``"mean"``).
+
+        Raises:
+            ValueError: see :func:`check_pass`.
+        """
+        pos = check_pass(self.dims, rows, targets, positions, ablate, method, mean_v)
+        return self._neuron_pass(rows, targets, pos, attribution=attribution, all_acts=all_acts,
+                                 logits=logits, top_n=top_n, ablate=ablate, method=method, mean_v=mean_v)
+
+    def batched_pass(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                     positions: Sequence[int] | None = None, *, max_tokens: int = 8192,
+                     max_rows: int = 64, **kw) -> list[NeuronPass]:
+        """:meth:`neuron_pass` over many rows in length-sorted batches of at most ``max_rows``
+        rows and ``max_tokens`` padded tokens; one single-row :class:`NeuronPass` per row, in
+        the order given. Raises as :meth:`neuron_pass`."""
+        pos = check_pass(self.dims, rows, targets, positions) if rows else []
+        out: list = [None] * len(rows)
+        for idx in length_batches([len(r) for r in rows], max_tokens, max_rows):
+            res = self.neuron_pass([rows[j] for j in idx], [targets[j] for j in idx], [pos[j] for j in idx], **kw)
+            for q, j in enumerate(idx):
+                out[j] = res.row(q)
+        return out
+
+    def target_acts(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], *,
+                    max_tokens: int = 8192, max_rows: int = 64) -> list[float]:
+        """Each row's neuron activation (``hook_post``, float32) at its last token, for trimming
+        (paper §4.2): passes without attribution, per-position activations or logits, in
+        length-sorted batches of one layer each (so no row runs deeper than its neuron). One
+        float per row, in the order given. Raises as :meth:`neuron_pass`."""
+        out = [0.0] * len(rows)
+        for lay in sorted({int(t[0]) for t in targets}):
+            q = [i for i, t in enumerate(targets) if int(t[0]) == lay]
+            for idx in length_batches([len(rows[i]) for i in q], max_tokens, max_rows):
+                res = self.neuron_pass([rows[q[j]] for j in idx], [targets[q[j]] for j in idx],
+                                       attribution=False, all_acts=False)
+                for j, a in zip(idx, res.act.tolist()):
+                    out[q[j]] = a
+        return out
+
+    def clean_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                   positions: Sequence[int] | None = None, *, top_n: int = 5) -> NeuronPass:
+        """Everything of a live clean view in one forward pass (paper §4.3, §6): activations at
+        every position, raw and LN-aware head attribution, ``hook_pre``, ``prob`` of each row's
+        token and the ``top_n`` next tokens. Raises as :meth:`neuron_pass`."""
+        return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n)
+
+    def ablated_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], heads: Sequence,
+                     positions: Sequence[int] | None = None, *, method: str = "zero",
+                     mean_v: dict[int, Tensor] | None = None, top_n: int = 5) -> NeuronPass:
+        """:meth:`clean_view` with ``heads`` ablated (paper §5.4): ``[(layer, head)]`` for every
+        row, or one such list per row. Raises as :meth:`neuron_pass`."""
+        per_row = ([list(heads)] * len(rows) if not heads or isinstance(heads[0][0], int)
+                   else [list(h) for h in heads])
+        return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n, ablate=per_row,
+                                method=method, mean_v=mean_v)
+
+
+def doc_max(post: Float[Tensor, "batch pos d_mlp"], lengths: Int[Tensor, "batch"]
+            ) -> tuple[Float[Tensor, "batch d_mlp"], Int[Tensor, "batch d_mlp"]]:
+    """The scan's reduction of one layer (docs/method.md §2): per row, the max of ``hook_post``
+    over its real positions after BOS (``1 .. length - 1``) and the position of that max,
+    float32; ``-inf`` and 0 for a row with no token after BOS. Row by row, so no masked copy of
+    ``post`` is made (at 1,024 tokens and batch 16 that copy was as large as the MLP's own
+    activations)."""
+    vals = torch.full((post.shape[0], post.shape[2]), float("-inf"), device=post.device)
+    idxs = torch.zeros(post.shape[0], post.shape[2], dtype=torch.long, device=post.device)
+    for j, n in enumerate(lengths.tolist()):
+        if n > 1:
+            v, i = post[j, 1:n].max(dim=0)
+            vals[j], idxs[j] = v.float(), i + 1
+    return vals, idxs
+
+
+def probabilities(logits: Float[Tensor, "batch d_vocab"], targets: Sequence[Target], top_n: int
+                  ) -> tuple[Float[Tensor, "batch"], list[list[tuple[int, float]]]]:
+    """Softmax (float64) of each row's logits at its target position: the probability of the
+    row's token (0 when it has none) and the ``top_n`` most probable tokens ``[(id, prob)]``."""
+    probs = logits.double().softmax(-1)
+    tok = torch.tensor([int(t[2]) if len(t) > 2 and t[2] is not None else 0 for t in targets],
+                       device=probs.device)
+    v, i = probs.topk(min(top_n, probs.shape[-1]), dim=-1)
+    return (probs[torch.arange(len(tok), device=probs.device), tok],
+            [list(zip(i[j].tolist(), v[j].tolist())) for j in range(len(tok))])
+
+
+def head_mask(ablate: Sequence[Sequence[tuple[int, int]]], layer: int, n_heads: int,
+              device: torch.device) -> Bool[Tensor, "batch n_heads"]:
+    """Which heads of ``layer`` each row ablates."""
+    mask = torch.zeros(len(ablate), n_heads, dtype=torch.bool, device=device)
+    for j, hs in enumerate(ablate):
+        for k, h in hs:
+            if int(k) == layer:
+                mask[j, int(h)] = True
+    return mask

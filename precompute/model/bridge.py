@@ -1,0 +1,198 @@
+"""The reference backend: TransformerLens' ``TransformerBridge`` hook points, for every
+architecture TransformerLens supports (docs/method.md §1-§3, §6).
+
+The bridge is loaded with compatibility mode on (fold_ln, center_writing_weights,
+center_unembed, fold_value_biases) and ``hook_result`` enabled, so every quantity is read where
+TransformerLens defines it: ``blocks.{l}.mlp.hook_post`` (the neuron's activation),
+``blocks.{l}.mlp.hook_pre``, ``blocks.{l}.ln2.hook_scale``, ``blocks.{k}.attn.hook_result``,
+``blocks.{k}.hook_mlp_out``, ``hook_embed``, ``hook_pos_embed``, ``blocks.{k}.attn.hook_v``.
+Exact and slow: every hook point runs, attention is eager, and ``hook_result`` is materialised
+at every position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from precompute.model.backend import (
+    Backend,
+    Dims,
+    NeuronPass,
+    PostObserver,
+    Target,
+    centre,
+    doc_max,
+    head_mask,
+    probabilities,
+)
+from precompute.model.batching import pad
+
+
+def hook_post(layer: int) -> str:
+    """The MLP post-activation of a 0-based layer, ``[batch, pos, d_mlp]``."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def hook_pre(layer: int) -> str:
+    """The MLP pre-activation ``ln2(x) @ W_in + b_in`` of a 0-based layer."""
+    return f"blocks.{layer}.mlp.hook_pre"
+
+
+def hook_v(layer: int) -> str:
+    """The value vectors of a 0-based attention layer, ``[batch, pos, n_heads, d_head]``."""
+    return f"blocks.{layer}.attn.hook_v"
+
+
+class BridgeBackend(Backend):
+    """:class:`~precompute.model.backend.Backend` on a processed ``TransformerBridge``
+    (``bridge``), the reference every fast backend is tested against."""
+
+    def __init__(self, bridge, *, pad_id: int, architecture: str = ""):
+        self.bridge = bridge
+        self.name = "bridge"
+        self.dims = Dims.of_cfg(bridge.cfg, architecture)
+        self.pad_id = pad_id
+        p = next(bridge.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self._has_pos = "hook_pos_embed" in bridge.hook_dict and self.dims.positional == "standard"
+
+    # --- processed weights ---------------------------------------------------------------------
+    def _f32(self, t: Tensor) -> Tensor:
+        return t.detach().to(dtype=torch.float32)
+
+    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        return self._f32(self.bridge.blocks[layer].mlp.W_in)
+
+    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        return self._f32(self.bridge.blocks[layer].mlp.b_in)
+
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        return self._f32(self.bridge.blocks[layer].mlp.W_out)
+
+    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        return self._f32(self.bridge.W_O[layer])
+
+    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        return self._f32(self.bridge.b_O[layer])
+
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self._f32(self.bridge.W_U)
+
+    # --- passes --------------------------------------------------------------------------------
+    def doc_maxima(self, rows, layers, *, observe: PostObserver | None = None):
+        tokens, lengths = pad(rows, self.pad_id, self.device)
+        pos = torch.arange(tokens.shape[1], device=self.device)
+        real = (pos[None, :] < lengths[:, None]) & (pos[None, :] > 0)  # [batch, pos]
+        reduced: dict[int, tuple[Tensor, Tensor]] = {}
+
+        def keep_max(act: Tensor, hook, layer: int) -> None:
+            if observe is not None:
+                observe(layer, act, real)
+            reduced[layer] = doc_max(act, lengths)
+
+        with torch.no_grad(), self.bridge.hooks(fwd_hooks=[
+                (hook_post(lay), lambda act, hook, lay=lay: keep_max(act, hook, lay)) for lay in layers]):
+            self.bridge(tokens, stop_at_layer=max(layers) + 1)
+        return (torch.cat([reduced[lay][0] for lay in layers], 1),
+                torch.cat([reduced[lay][1] for lay in layers], 1), lengths.cpu())
+
+    def value_sums(self, rows, layers):
+        layers = sorted({int(k) for k in layers})
+        tokens, lengths = pad(rows, self.pad_id, self.device)
+        real = (torch.arange(tokens.shape[1], device=self.device)[None, :] < lengths[:, None]).double()
+        with torch.no_grad():
+            _, cache = self.bridge.run_with_cache(tokens, names_filter=[hook_v(k) for k in layers],
+                                                  stop_at_layer=max(layers) + 1)
+        return {k: torch.einsum("bp,bphd->hd", real, cache[hook_v(k)].double()).cpu() for k in layers}
+
+    def ablation_hooks(self, ablate: Sequence[Sequence[tuple[int, int]]], method: str,
+                        mean_v: dict[int, Tensor] | None) -> list:
+        """Forward hooks (for ``bridge.hooks(fwd_hooks=...)``) on ``hook_v`` replacing, for each
+        row ``j`` of the batch, the heads ``ablate[j]`` lists — their value vectors at every
+        position — by zeros (``"zero"``) or ``mean_v[layer][head]`` (``"mean"``; docs/method.md
+        §6). Inputs as checked by :func:`~precompute.model.backend.check_pass`."""
+        out = []
+        for k in sorted({int(k) for hs in ablate for k, _ in hs}):
+            mask = head_mask(ablate, k, self.dims.n_heads, self.device)  # [batch, n_heads]
+
+            def fn(v: Tensor, hook=None, k=k, mask=mask) -> Tensor:
+                fill = (mean_v[k].to(v.device, v.dtype) if method == "mean"
+                        else torch.zeros(v.shape[-2:], device=v.device, dtype=v.dtype))
+                return torch.where(mask[:, None, :, None], fill, v)
+            out.append((hook_v(k), fn))
+        return out
+
+    def _attribution_names(self, layers: list[int], K: int, top: int) -> list[str]:
+        """The hook points head attribution reads (docs/method.md §3); extension point (b)
+        adds ``hook_pattern`` and ``hook_v`` of the requested heads here."""
+        names = [hook_pre(lay) for lay in layers] + [f"blocks.{lay}.ln2.hook_scale" for lay in layers]
+        names += ["hook_embed"] + (["hook_pos_embed"] if self._has_pos else [])
+        names += [f"blocks.{k}.attn.hook_result" for k in range(K)]
+        names += [f"blocks.{k}.hook_mlp_out" for k in range(top)]
+        return names
+
+    def _neuron_pass(self, rows, targets: Sequence[Target], pos: list[int], *, attribution, all_acts,
+                     logits, top_n, ablate, method, mean_v) -> NeuronPass:
+        tokens, lengths = pad(rows, self.pad_id, self.device)
+        B = tokens.shape[0]
+        layers = [int(t[0]) for t in targets]
+        neurons = [int(t[1]) for t in targets]
+        uniq = sorted(set(layers))
+        top = max(layers)
+        n_attn = [self.dims.upstream_attn_layers(lay) for lay in layers]
+        K = max(n_attn)
+        names = [hook_post(lay) for lay in uniq]
+        if attribution:
+            names += self._attribution_names(uniq, K, top)
+        hooks = self.ablation_hooks(ablate, method, mean_v) if ablate is not None else []
+        with torch.no_grad(), self.bridge.hooks(fwd_hooks=hooks):
+            out, cache = self.bridge.run_with_cache(tokens, names_filter=names,
+                                                    stop_at_layer=None if logits else top + 1)
+        b = torch.arange(B, device=self.device)
+        p = torch.tensor(pos, device=self.device)
+        nr = torch.tensor(neurons, device=self.device)
+
+        def per_row(name_of) -> Tensor:  # row j of the cache entry of its own layer
+            return torch.stack([cache[name_of(lay)][j] for j, lay in enumerate(layers)]).float()
+
+        post = per_row(hook_post)[b, :, nr]  # [batch, pos]
+        res = NeuronPass(layers=layers, neurons=neurons, positions=pos, n_attn=n_attn, act=post[b, p])
+        if all_acts:
+            res.acts = [post[j, :int(lengths[j])].tolist() for j in range(B)]
+        if attribution:
+            self._attribute(res, cache, per_row, b, p, nr, K)
+        if logits:
+            res.prob, res.top = probabilities(out[b, p], targets, top_n)
+        return res
+
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int) -> None:
+        """raw, ln, pre and other of ``res`` from the cached hook points (float32)."""
+        layers = res.layers
+        w = torch.stack([self.W_in(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
+        scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
+        d = self.dims
+        result = (torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, p] for k in range(K)], 1).float() if K
+                  else torch.zeros(len(b), 0, d.n_heads, d.d_model, device=self.device))  # [batch, K, H, d_model]
+        upstream = (torch.arange(K, device=self.device)[None, :]
+                    < torch.tensor(res.n_attn, device=self.device)[:, None])[:, :, None]
+        res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
+        res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream
+        res.pre = per_row(hook_pre)[b, p, nr]
+        parts = {"embed": cache["hook_embed"][b, p].float()}
+        if self._has_pos:
+            parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
+        parts = {k: (centre(v) * w).sum(-1) / scale for k, v in parts.items()}
+        b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=self.device)
+        b_O_w = (centre(b_O) @ w.T).T  # [batch, K]
+        for j, (lay, n) in enumerate(zip(layers, res.neurons)):
+            o = {k: float(v[j]) for k, v in parts.items()}
+            o["b_O"] = float(b_O_w[j, :res.n_attn[j]].sum() / scale[j])
+            for k in range(lay):
+                mlp = cache[f"blocks.{k}.hook_mlp_out"][j, p[j]].float()
+                o[f"mlp{k}"] = float((centre(mlp) * w[j]).sum() / scale[j])
+            o["b_in"] = float(self.b_in(lay)[n])
+            res.other.append(o)

@@ -1,0 +1,326 @@
+"""Fast backends: forward hooks on the plain Hugging Face modules (docs/method.md §1-§3, §6).
+
+One copy of the weights: the Hugging Face model as loaded (SDPA attention, no hook points). The
+hooks capture only quantities that TransformerLens' weight processing leaves unchanged — the
+MLP post-activation (input of ``W_out``: ``hook_post``), its pre-activation (output of ``W_in``:
+``hook_pre``), the per-head ``z`` (input of ``W_O``), the residual stream the MLP's norm reads,
+embeddings and MLP outputs — and only at the positions needed; the forward stops after the last
+module needed (no unembedding unless asked). What processing changes is computed from the
+Hugging Face weights by TransformerLens' own functions (:mod:`precompute.model.processing`), half
+a block at a time: the value offset ``b_V`` and ``b_O`` of every block's attention at load,
+``W_in``/``b_in`` of a block's MLP when a neuron of it is first attributed.
+
+``hook_result`` at the target position is ``centre((z - b_V) @ W_O)`` with the Hugging Face
+``W_O``: the processed ``hook_z`` is ``z - b_V`` (attention weights sum to one), and
+center_writing_weights centres ``W_O`` over ``d_model``, which centres the product.
+
+A family subclasses :class:`FastBackend` with its module map (:class:`Block`), its weights in
+TransformerLens format and how ``v`` is read; :class:`precompute.model.gpt2.GPT2Backend` is the
+one there is. The LN-aware score here assumes a LayerNorm before the MLP (GPT-2, GPT-NeoX).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from precompute.model.backend import Backend, Dims, NeuronPass, centre, doc_max, head_mask, probabilities
+from precompute.model.batching import pad
+from precompute.model.processing import process_block, process_unembed
+
+
+class _Stop(Exception):
+    """Raised by the last hook needed: the rest of the forward pass is not run."""
+
+
+@dataclass
+class Block:
+    """The Hugging Face modules of one block that a fast backend hooks."""
+
+    ln2: torch.nn.Module        # forward pre-hook input: the residual stream the MLP's norm reads
+    attn_o: torch.nn.Module     # forward pre-hook input: z, [batch, pos, n_heads * d_head]; W_O
+    mlp: torch.nn.Module        # output: the MLP's output (hook_mlp_out); input: the normed stream
+    mlp_in: torch.nn.Module     # output: hook_pre; W_in
+    mlp_out: torch.nn.Module    # forward pre-hook input: hook_post; W_out
+    qkv: torch.nn.Module        # output: carries v (read by FastBackend._values)
+
+
+Hook = tuple[torch.nn.Module, bool, Callable]  # (module, pre-hook?, fn)
+
+
+class FastBackend(Backend):
+    """A :class:`~precompute.model.backend.Backend` on a plain Hugging Face model ``hf`` of a
+    supported family; ``cfg`` is its TransformerLens config (dims, weight processing).
+
+    Attributes (float32 on ``device``): ``b_V [n_layers, n_heads, d_head]``, what the plain
+    ``z`` holds beyond the processed ``hook_z``; ``b_O_proc [n_layers, d_model]``, the
+    processed ``b_O``; ``ln2_eps``: each block's norm epsilon.
+    """
+
+    family = ""
+
+    def __init__(self, hf: torch.nn.Module, cfg, *, pad_id: int, architecture: str):
+        self.hf, self.cfg, self.pad_id = hf, cfg, pad_id
+        self.dims = Dims.of_cfg(cfg, architecture)
+        self.name = f"fast ({self.family})"
+        p = next(hf.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.base = hf.base_model
+        self.head = hf.get_output_embeddings()
+        self.blocks = self._blocks()
+        self.embed, self.pos_embed = self._embeddings()
+        self.ln2_eps = [float(b.ln2.eps) for b in self.blocks]
+        self._mlp_in: dict[int, tuple[Tensor, Tensor]] = {}
+        f32 = dict(device=self.device, dtype=torch.float32)
+        b_V, b_O = [], []
+        for layer in range(self.dims.n_layers):
+            w = self._block(layer, "attn")
+            b_V.append(w["attn.b_V_folded"].to(**f32))
+            b_O.append(w["attn.b_O"].to(**f32))
+        self.b_V, self.b_O_proc = torch.stack(b_V), torch.stack(b_O)
+
+    # --- what a family provides ----------------------------------------------------------------
+    @abc.abstractmethod
+    def _blocks(self) -> list[Block]:
+        """The hooked modules of each block, in order."""
+
+    @abc.abstractmethod
+    def _embeddings(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The token embedding and the positional embedding added to the stream (or None)."""
+
+    @abc.abstractmethod
+    def tl_block(self, layer: int) -> dict[str, Tensor]:
+        """Block ``layer``'s weights in TransformerLens format (views; see
+        :func:`precompute.model.processing.process_block`)."""
+
+    @abc.abstractmethod
+    def tl_unembed(self) -> dict[str, Tensor]:
+        """``ln_final.w``, ``ln_final.b``, ``unembed.W_U [d_model, d_vocab]``, ``unembed.b_U``."""
+
+    @abc.abstractmethod
+    def W_O_plain(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        """The Hugging Face ``W_O`` of ``layer`` (unprocessed; a view)."""
+
+    @abc.abstractmethod
+    def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
+        """The plain value vectors (``hook_v + b_V``) from the output of ``Block.qkv``."""
+
+    # --- processed weights -----------------------------------------------------------------------
+    # The halves of a block that TransformerLens' processing treats independently: the attention
+    # with the norm before it, the MLP with its own (a family whose MLP reads the attention's norm
+    # overrides this).
+    PARTS = {"attn": ("ln1.", "attn."), "mlp": ("ln2.", "mlp.")}
+
+    def _block(self, layer: int, part: str) -> dict[str, Tensor]:
+        """The processed weights of one half of block ``layer`` (:data:`PARTS`)."""
+        keep = self.PARTS[part]
+        return process_block(self.cfg, {k: v for k, v in self.tl_block(layer).items() if k.startswith(keep)})
+
+    def _w_in(self, layer: int) -> tuple[Tensor, Tensor]:
+        got = self._mlp_in.get(layer)
+        if got is None:
+            w = self._block(layer, "mlp")
+            got = self._mlp_in[layer] = (w["mlp.W_in"].to(self.device), w["mlp.b_in"].to(self.device))
+        return got
+
+    def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        return self._w_in(layer)[0]
+
+    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        return self._w_in(layer)[1]
+
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        return self._block(layer, "mlp")["mlp.W_out"].to(self.device)
+
+    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        return self._block(layer, "attn")["attn.W_O"].to(self.device)
+
+    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+        return self.b_O_proc[layer]
+
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return process_unembed(self.cfg, self.tl_unembed()).to(self.device)
+
+    # --- the forward pass ------------------------------------------------------------------------
+    def capture(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[Hook], *,
+                stop: torch.nn.Module | None, final: bool = False) -> Tensor | None:
+        """One forward pass of the plain model with ``hooks`` — ``(module, pre, fn)``: a forward
+        pre-hook ``fn(module, args)`` if ``pre`` else a forward hook ``fn(module, args, output)``;
+        a pre-hook may return new args (ablation) — registered in order. The pass stops right
+        before ``stop`` runs (after its pre-hooks); with ``final`` it runs to the end and returns
+        the base model's last hidden state ``[batch, pos, d_model]`` (no unembedding)."""
+        handles = []
+        try:
+            for mod, pre, fn in hooks:
+                handles.append(mod.register_forward_pre_hook(fn) if pre else mod.register_forward_hook(fn))
+            if stop is not None:
+                def halt(mod, args):
+                    raise _Stop
+                handles.append(stop.register_forward_pre_hook(halt))
+            with torch.no_grad():
+                try:
+                    out = self.base(input_ids=tokens, use_cache=False)
+                except _Stop:
+                    return None
+            return out.last_hidden_state if final else None
+        finally:
+            for h in handles:
+                h.remove()
+
+    def doc_maxima(self, rows, layers, *, observe=None):
+        tokens, lengths = pad(rows, self.pad_id, self.device)
+        pos = torch.arange(tokens.shape[1], device=self.device)
+        real = (pos[None, :] < lengths[:, None]) & (pos[None, :] > 0)  # [batch, pos]
+        reduced: dict[int, tuple[Tensor, Tensor]] = {}
+
+        def keep_max(act: Tensor, layer: int) -> None:
+            if observe is not None:
+                observe(layer, act, real)
+            reduced[layer] = doc_max(act, lengths)
+
+        hooks = [(self.blocks[lay].mlp_out, True, lambda m, a, lay=lay: keep_max(a[0], lay)) for lay in layers]
+        self.capture(tokens, hooks, stop=self.blocks[max(layers)].mlp_out)
+        return (torch.cat([reduced[lay][0] for lay in layers], 1),
+                torch.cat([reduced[lay][1] for lay in layers], 1), lengths.cpu())
+
+    def value_sums(self, rows, layers):
+        layers = sorted({int(k) for k in layers})
+        tokens, lengths = pad(rows, self.pad_id, self.device)
+        real = (torch.arange(tokens.shape[1], device=self.device)[None, :] < lengths[:, None]).double()
+        sums: dict[int, Tensor] = {}
+
+        def add(layer: int, out: Tensor) -> None:
+            v = self._values(layer, out).double() - self.b_V[layer].double()  # hook_v
+            sums[layer] = torch.einsum("bp,bphd->hd", real, v).cpu()
+        hooks = [(self.blocks[k].qkv, False, lambda m, a, out, k=k: add(k, out)) for k in layers]
+        self.capture(tokens, hooks, stop=self.blocks[max(layers)].mlp)
+        return sums
+
+    def _ablation_hook(self, layer: int, ablate, method: str, mean_v) -> Hook:
+        """A pre-hook on ``W_O`` of ``layer`` that ablates, per row, the heads listed for it:
+        equal to setting ``hook_v[:, :, h]`` to 0 (``"zero"``) or ``mean_v[layer][h]``
+        (``"mean"``) at every position, since attention weights sum to one: the processed
+        ``hook_z`` becomes 0 (or the mean value vector), i.e. the plain ``z`` becomes ``b_V``
+        (+ the mean)."""
+        H, D = self.dims.n_heads, self.dims.d_head
+        mask = head_mask(ablate, layer, H, self.device)
+        fill = self.b_V[layer] + (mean_v[layer].to(self.device) if method == "mean" else 0.0)
+
+        def fn(mod, args):
+            z = args[0].unflatten(-1, (H, D))
+            z = torch.where(mask[:, None, :, None], fill.to(z.dtype), z)
+            return (z.flatten(-2), *args[1:])
+        return (self.blocks[layer].attn_o, True, fn)
+
+    def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int) -> list[Hook]:
+        """Hooks reading, at each row's target position, the per-head ``z`` of the ``K``
+        upstream attention layers, the embeddings, the earlier MLPs' outputs, and per target
+        layer the pre-activation and the stream its norm reads (docs/method.md §3). Extension
+        point (b) adds its captures (pattern row, values at every source) here."""
+        B = len(b)
+        hooks: list[Hook] = [(self.embed, False, lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
+        if self.pos_embed is not None:
+            hooks.append((self.pos_embed, False, lambda m, a, out: got.__setitem__(
+                "pos_embed", out.expand(B, *out.shape[1:])[b, pos].float())))
+        for lay, (r, nr, pr) in r_of.items():
+            hooks.append((self.blocks[lay].mlp_in, False, lambda mod, args, out, r=r, nr=nr, pr=pr, lay=lay:
+                          got.__setitem__(("pre", lay), out[r, pr, nr].float())))
+            hooks.append((self.blocks[lay].ln2, True, lambda mod, args, r=r, pr=pr, lay=lay:
+                          got.__setitem__(("resid", lay), args[0][r, pr].float())))
+        for k in range(K):
+            hooks.append((self.blocks[k].attn_o, True, lambda m, a, k=k: got.__setitem__(("z", k), a[0][b, pos].float())))
+        for k in range(top):
+            hooks.append((self.blocks[k].mlp, False, lambda m, a, out, k=k: got.__setitem__(
+                ("mlp", k), (out[0] if isinstance(out, tuple) else out)[b, pos].float())))
+        return hooks
+
+    def _neuron_pass(self, rows, targets, pos_l, *, attribution, all_acts, logits, top_n, ablate, method,
+                     mean_v) -> NeuronPass:
+        dev = self.device
+        tokens, _ = pad(rows, self.pad_id, dev)
+        B, L = tokens.shape
+        layers = torch.tensor([int(t[0]) for t in targets], device=dev)
+        neurons = torch.tensor([int(t[1]) for t in targets], device=dev)
+        pos = torch.tensor(pos_l, device=dev)
+        b = torch.arange(B, device=dev)
+        top = int(layers.max())
+        n_attn = [self.dims.upstream_attn_layers(x) for x in layers.tolist()]
+        got: dict = {}
+        hooks: list[Hook] = []
+        if ablate is not None:
+            hooks += [self._ablation_hook(k, ablate, method, mean_v)
+                      for k in sorted({int(k) for hs in ablate for k, _ in hs})]
+        # Only the target positions of the deepest layer's MLP are read, and nothing runs after it:
+        # without per-position activations, attribution or logits its MLP runs on those positions
+        # alone ([batch, 1, d_model] instead of [batch, pos, d_model]).
+        sliced = not (all_acts or attribution or logits)
+        if sliced:
+            hooks.append((self.blocks[top].mlp, True, lambda m, a: (a[0][b, pos][:, None], *a[1:])))
+        r_of = {}
+        for lay in sorted(set(layers.tolist())):
+            r = (layers == lay).nonzero().squeeze(1)
+            r_of[lay] = (r, neurons[r], pos[r])
+
+            def post(mod, args, r=r, nr=neurons[r], pr=pos[r], lay=lay):
+                x = args[0]
+                if sliced and lay == top:
+                    got["post", lay] = x[r, 0, nr].float()
+                else:
+                    got["post", lay] = (x[r, :, nr] if all_acts else x[r, pr, nr]).float()
+            hooks.append((self.blocks[lay].mlp_out, True, post))
+        if attribution:
+            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top)
+        hidden = self.capture(tokens, hooks, stop=None if logits else self.blocks[top].mlp_out, final=logits)
+
+        res = NeuronPass(layers=layers.tolist(), neurons=neurons.tolist(), positions=pos_l, n_attn=n_attn)
+        post_all = torch.empty((B, L) if all_acts else (B,), device=dev)
+        for lay, (r, _, _) in r_of.items():
+            post_all[r] = got["post", lay]
+        res.act = post_all[b, pos] if all_acts else post_all
+        if all_acts:
+            res.acts = [post_all[j, :len(rows[j])].tolist() for j in range(B)]
+        if attribution:
+            self._attribute(res, got, r_of, layers, neurons)
+        if logits:
+            res.prob, res.top = probabilities(self.head(hidden[b, pos]), targets, top_n)
+        return res
+
+    def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor) -> None:
+        """raw, ln, pre and other of ``res`` from the captured quantities (float32)."""
+        dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)
+        B, K, top = len(res.layers), max(res.n_attn), int(layers.max())
+        pre = torch.empty(B, device=dev)
+        resid = torch.empty(B, self.dims.d_model, device=dev)
+        eps = torch.empty(B, device=dev)
+        w = torch.empty(B, self.dims.d_model, device=dev)  # each row's processed W_in[:, i]
+        b_in = torch.empty(B, device=dev)
+        for lay, (r, nr, _) in r_of.items():
+            W, bias = self._w_in(lay)
+            pre[r], resid[r], eps[r] = got["pre", lay], got["resid", lay], self.ln2_eps[lay]
+            w[r], b_in[r] = W[:, nr].T, bias[nr]
+        scale = (centre(resid).pow(2).mean(-1) + eps).sqrt()  # the norm's hook_scale, [batch]
+        # hook_result at the target positions, [batch, K, H, d_model] (K = 0: no upstream head)
+        result = torch.zeros(B, 0, H, self.dims.d_model, device=dev)
+        if K:
+            z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
+            result = centre(torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
+                                                      self.W_O_plain(k).float()) for k in range(K)], 1))
+        upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
+        res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
+        res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream[:, :, None]
+        res.pre = pre
+        parts = {k: (centre(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
+        b_O = (centre(self.b_O_proc[:K]) @ w.T).T  # [batch, K]
+        mlp = {k: (centre(got["mlp", k]) * w).sum(-1) / scale for k in range(top)}
+        for j in range(B):
+            o = {k: float(v[j]) for k, v in parts.items()}
+            o["b_O"] = float(b_O[j, :res.n_attn[j]].sum() / scale[j])
+            for k in range(res.layers[j]):
+                o[f"mlp{k}"] = float(mlp[k][j])
+            o["b_in"] = float(b_in[j])
+            res.other.append(o)
