@@ -1,5 +1,5 @@
 """Load a model by TransformerLens / Hugging Face name or local directory, with the backend that
-runs it, chosen once here (docs/method.md §1, §7): the fast backend of its architecture
+runs it, chosen once here (docs/method.md §1, §10): the fast backend of its architecture
 (``GPT2LMHeadModel``) unless ``backend="bridge"``, else the TransformerBridge.
 
 The embedded default is a local Hugging Face directory and goes through the same path as
