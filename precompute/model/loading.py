@@ -1,6 +1,7 @@
 """Load a model by TransformerLens / Hugging Face name or local directory, with the backend that
 runs it, chosen once here (docs/method.md §1, §10): the fast backend of its architecture
-(``GPT2LMHeadModel``) unless ``backend="bridge"``, else the TransformerBridge.
+(:func:`_fast_backends`: GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral) unless
+``backend="bridge"``, else the TransformerBridge.
 
 The embedded default is a local Hugging Face directory and goes through the same path as
 ``gpt2``: there is no special case for it.
@@ -148,10 +149,14 @@ BACKENDS = ("auto", "bridge", "fast")
 
 
 def _fast_backends() -> dict:
-    """Hugging Face architecture -> fast backend class (phase 2 adds GPT-NeoX and Llama)."""
+    """Hugging Face architecture -> fast backend class. Every other architecture TransformerLens
+    supports runs on the bridge."""
     from precompute.model.gpt2 import GPT2Backend
+    from precompute.model.llama import LlamaBackend
+    from precompute.model.neox import NeoXBackend
 
-    return {"GPT2LMHeadModel": GPT2Backend}
+    return {"GPT2LMHeadModel": GPT2Backend, "GPTNeoXForCausalLM": NeoXBackend, "LlamaForCausalLM": LlamaBackend,
+            "Qwen2ForCausalLM": LlamaBackend, "MistralForCausalLM": LlamaBackend}
 
 
 def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
@@ -168,11 +173,13 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
         backend: ``"auto"`` (the fast backend of the architecture if there is one, else the
             bridge), ``"bridge"`` (TransformerBridge hook points, the reference: every
             architecture TransformerLens supports) or ``"fast"`` (hooks on the plain Hugging
-            Face modules; GPT-2). Either way the weights are those of TransformerLens' weight
-            processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases).
+            Face modules; GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral). Either way the
+            weights are those of TransformerLens' weight processing (fold_ln,
+            center_writing_weights, center_unembed, fold_value_biases).
 
     Returns:
         LoadedModel whose ``backend.name`` says which backend runs it (``"fast (gpt2)"``,
+        ``"fast (gpt-neox)"``, ``"fast (llama)"``, ``"fast (qwen2)"``, ``"fast (mistral)"``,
         ``"bridge"``).
 
     Raises:
