@@ -19,8 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
 
-# Fixture modules: the web database and loopback server, PostgreSQL, Chromium.
-pytest_plugins = ["tests.web_fixtures", "tests.pgserver", "tests.browser_fixtures"]
+# Fixture modules: the web database and loopback server, PostgreSQL, Chromium, the tiny models of
+# the other fast-backend families (GPT-NeoX, Llama, Qwen2, Mistral).
+pytest_plugins = ["tests.web_fixtures", "tests.pgserver", "tests.browser_fixtures", "tests.family_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
