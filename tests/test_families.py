@@ -68,6 +68,43 @@ def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, ti
     assert "backend: bridge" in caplog.text
 
 
+SIZE = dict(vocab_size=8192, hidden_size=64, intermediate_size=256, max_position_embeddings=128, bos_token_id=0,
+            eos_token_id=0)
+REFUSED = {  # a block §3 cannot be read off: (config, what the one line says)
+    "Gemma2": (lambda T: T.Gemma2Config(**SIZE, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        head_dim=16, pad_token_id=0), "through a norm"),
+    "Phi": (lambda T: T.PhiConfig(**SIZE, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0),
+            "no norm of their own"),
+    "GPTNeo": (lambda T: T.GPTNeoConfig(**SIZE, num_layers=2, num_heads=4,
+                                        attention_types=[[["global", "local"], 1]]), "no per-head output"),
+}
+
+
+@pytest.mark.parametrize("arch", REFUSED)
+def test_blocks_the_method_cannot_read_are_refused_with_one_line(tmp_path, small_corpus_dir, capsys, arch):
+    """Architectures TransformerLens' bridge loads but whose blocks do not fit head attribution
+    (post-sublayer norms, a norm shared by parallel attention and MLP, no ``hook_result``) are
+    refused at load time: one ``error:`` line, exit 2, nothing written — not a traceback or a
+    silently wrong LN-aware score."""
+    import transformers as T
+
+    from precompute.cli import main as cli_main
+    from precompute.settings import EMBEDDED_MODEL
+    from tests.test_precompute_job import _args
+
+    make, says = REFUSED[arch]
+    d = tmp_path / arch.lower()
+    T.AutoModelForCausalLM.from_config(make(T)).save_pretrained(d)
+    T.AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(d)
+    db = tmp_path / "x.db"
+    capsys.readouterr()
+    assert cli_main(_args(db, d, small_corpus_dir) + ["--explainer", "none"]) == 2
+    err = [x for x in capsys.readouterr().err.strip().splitlines()
+           if not x.startswith("Loading weights")]  # the bridge loaded the weights (transformers' bar)
+    assert len(err) == 1 and err[0].startswith("error: ") and "neither backend" in err[0], err
+    assert f"{arch}ForCausalLM" in err[0] and says in err[0] and not db.exists()
+
+
 @pytest.mark.parametrize("family", GQA)
 def test_gated_attribution_projects_on_the_gate_and_adds_up_through_rmsnorm(families, family):
     """§3 on a gated MLP, from the bridge's own hooks and processed weights: ``hook_pre`` is the

@@ -55,6 +55,21 @@ def hook_z(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
 
 
+def unsupported(bridge) -> str | None:
+    """Why the method (docs/method.md §3) cannot be read off this bridge's blocks, or None: it
+    needs a norm before each MLP of its own (``ln2``, whose scale the LN-aware score divides by)
+    and sublayers that add their output to the residual stream unnormalised (so a head's
+    ``hook_result`` is what the MLP's norm reads)."""
+    names = bridge.hook_dict
+    if "blocks.0.ln2.hook_scale" not in names:
+        return ("its MLPs read no norm of their own (a parallel block sharing one norm, as Phi and GPT-J, "
+                "or a post-norm block, as OLMo-2)")
+    if any(f"blocks.0.{n}.hook_scale" in names for n in ("ln1_post", "ln2_post")):
+        return ("its attention and MLP write to the residual stream through a norm (as Gemma 2 and 3), so a "
+                "head's output is not what the MLP reads")
+    return None
+
+
 class BridgeBackend(Backend):
     """:class:`~precompute.model.backend.Backend` on a processed ``TransformerBridge``
     (``bridge``), the reference every fast backend is tested against."""

@@ -268,14 +268,27 @@ def _load_fast(cls, source: str, arch: str, cfg, device: str, dtype: torch.dtype
 
 def _load_bridge(source: str, arch: str, device: str, dtype: torch.dtype):
     """A processed ``TransformerBridge`` (compatibility mode, ``hook_result`` on) in the
-    bridge backend, and its tokenizer."""
+    bridge backend, and its tokenizer.
+
+    Raises:
+        ModelNotSupported: the bridge loads the model but the method cannot be read off its
+            blocks (:func:`~precompute.model.bridge.unsupported`) or it has no ``hook_result``."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from precompute.model.bridge import BridgeBackend
+    from precompute.model.bridge import BridgeBackend, unsupported
 
     bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
-    bridge.enable_compatibility_mode()
-    bridge.set_use_attn_result(True)
+    why = unsupported(bridge)
+    if why is None:
+        bridge.enable_compatibility_mode()
+        try:
+            bridge.set_use_attn_result(True)
+        except NotImplementedError:
+            why = "TransformerLens exposes no per-head output (hook_result) for its attention"
+    if why is not None:
+        raise ModelNotSupported(f"{arch} is supported by neither backend: TransformerLens' bridge loads it, but "
+                                f"{why}. Use a model of an architecture listed in the README (GPT-2, Pythia, "
+                                f"Llama, Qwen2, Mistral, ...).")
     bridge.eval()
     return BridgeBackend(bridge, pad_id=_bos(bridge.tokenizer), architecture=arch), bridge.tokenizer
 
