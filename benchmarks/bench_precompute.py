@@ -70,9 +70,10 @@ def shape_config(name: str):
     if name == "gpt2-small":
         return T.GPT2Config()
     if name == "pythia-160m":
-        return T.GPTNeoXConfig(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                               intermediate_size=3072, rotary_pct=0.25, max_position_embeddings=2048,
-                               use_parallel_residual=True, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+        return T.GPTNeoXConfig(vocab_size=50304, hidden_size=768, num_hidden_layers=12,
+                               num_attention_heads=12, intermediate_size=3072, rotary_pct=0.25,
+                               max_position_embeddings=2048, use_parallel_residual=True,
+                               tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
     if name == "llama-160m":
         return T.LlamaConfig(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                              num_key_value_heads=4, intermediate_size=3072, max_position_embeddings=2048,

@@ -48,17 +48,20 @@ Extension points (designed now, used later):
     ``merge`` (add another shard's counts; integer counts merge exactly, in any order), carried
     by ``distributed.ScanShard`` to the Ray worker and back on the ``ScanResult``.
 (b) **Per-source-token decomposition of head attribution** (issue 20:
-    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_in[:, i] + bias term``). The attribution capture is
-    where each backend reads the per-head quantities at the target position: the bridge in
+    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_pre[:, i] + bias term``). The attribution capture
+    is where each backend reads the per-head quantities at the target position: the bridge in
     :meth:`BridgeBackend._attribution_names <precompute.model.bridge.BridgeBackend._attribution_names>`
     (add ``blocks.{k}.attn.hook_pattern`` — row ``p`` — and ``blocks.{k}.attn.hook_v`` for the
-    requested heads), the fast backend in
+    requested heads; with grouped-query attention ``hook_v`` has one head per kv head, and query
+    head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``), the fast backend in
     :meth:`FastBackend._attribution_hooks <precompute.model.fast.FastBackend._attribution_hooks>`
-    (SDPA returns no pattern: capture ``q`` at ``p`` and ``k``, ``v`` at every source position
-    from the attention's input projection and form ``a[p, :] = softmax(q_p k_s / sqrt(d_head))``
-    over ``s <= p``). The result goes on :class:`NeuronPass` next to ``raw``/``ln``, per row and
-    requested head ``[n_src]`` (pattern) and ``[n_src, d_head]`` (values, processed
-    ``hook_v = v - b_V``), with ``b_V`` the fast backend's value offset.
+    (SDPA returns no pattern: take ``q`` at ``p`` and ``k``, ``v`` at every source position and
+    form ``a[p, :] = softmax(q_p k_s / sqrt(d_head))`` over ``s <= p``;
+    :meth:`FastBackend.qkv_hook <precompute.model.fast.FastBackend.qkv_hook>` gives them per
+    family, after rotary: GPT-NeoX and Llama-style have ``_qkv``, GPT-2's is to add). The
+    result goes on :class:`NeuronPass` next to ``raw``/``ln``, per row and requested head
+    ``[n_src]`` (pattern) and ``[n_src, d_head]`` (values, processed ``hook_v = v - b_V``), with
+    ``b_V`` the fast backend's value offset.
 
 Adding an architecture to the fast backends means subclassing
 :class:`~precompute.model.fast.FastBackend` (module map, TransformerLens-format weights of one
@@ -73,7 +76,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from precompute.model.batching import length_batches

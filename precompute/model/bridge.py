@@ -142,8 +142,8 @@ class BridgeBackend(Backend):
             _, cache = self.bridge.run_with_cache(tokens, names_filter=[hook_v(k) for k in layers],
                                                   stop_at_layer=max(layers) + 1)
         group = self.dims.n_heads // self.dims.n_kv_heads  # per query head: the kv head it reads
-        return {k: torch.einsum("bp,bphd->hd", real, cache[hook_v(k)].double()).repeat_interleave(group, 0).cpu()
-                for k in layers}
+        return {k: torch.einsum("bp,bphd->hd", real, cache[hook_v(k)].double()).repeat_interleave(group, 0)
+                .cpu() for k in layers}
 
     def ablation_hooks(self, ablate: Sequence[Sequence[tuple[int, int]]], method: str,
                         mean_v: dict[int, Tensor] | None) -> list:

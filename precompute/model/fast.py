@@ -128,14 +128,16 @@ class FastBackend(Backend):
         read it)."""
 
     def _qkv(self, layer: int, hidden: Tensor, position_embeddings
-             ) -> tuple[Float[Tensor, "batch pos n_heads d_head"], Float[Tensor, "batch pos n_kv_heads d_head"],
-                        Float[Tensor, "batch pos n_kv_heads d_head"]]:
+             ) -> tuple[Float[Tensor, "batch pos n_heads d_head"], Float[Tensor, "batch pos n_kv d_head"],
+                        Float[Tensor, "batch pos n_kv d_head"]]:
         """Queries, keys (after rotary, where the family has it) and plain values of block
         ``layer``'s attention from its input ``hidden`` (the normed stream, ``[batch, pos,
         d_model]``) and the ``position_embeddings`` (``(cos, sin)``) it was called with; query
         head ``h`` attends with ``softmax(q_h k_g^T / sqrt(d_head))`` over ``s <= p`` to kv head
-        ``g = h // (n_heads // n_kv_heads)``. Read through :meth:`qkv_hook`. Raises
-        NotImplementedError for a family without it."""
+        ``g = h // (n_heads // n_kv_heads)``. Read through :meth:`qkv_hook`.
+
+        Raises:
+            NotImplementedError: a family without it (GPT-2, for now)."""
         raise NotImplementedError(f"{self.name} does not form q, k, v")
 
     def qkv_hook(self, layer: int, fn: Callable[[Tensor, Tensor, Tensor], None]) -> Hook:
@@ -364,8 +366,8 @@ class FastBackend(Backend):
         result = torch.zeros(B, 0, H, self.dims.d_model, device=dev)
         if K:
             z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
-            result = torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k], self.W_O_plain(k).float())
-                                  for k in range(K)], 1)
+            result = torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
+                                               self.W_O_plain(k).float()) for k in range(K)], 1)
             result = centre(result) if self.centred else result
         upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]

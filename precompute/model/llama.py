@@ -28,8 +28,7 @@ import torch
 from torch import Tensor
 
 from precompute.model.fast import Block, FastBackend
-from precompute.model.neox import put
-from precompute.model.processing import kv_prefix
+from precompute.model.processing import kv_prefix, put
 
 
 class LlamaBackend(FastBackend):
@@ -38,15 +37,17 @@ class LlamaBackend(FastBackend):
     family = "llama"
 
     def __init__(self, hf: torch.nn.Module, cfg, *, pad_id: int, architecture: str = "LlamaForCausalLM"):
-        self.family = {"Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}.get(architecture, "llama")
+        self.family = {"Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}.get(architecture,
+                                                                                         "llama")
         super().__init__(hf, cfg, pad_id=pad_id, architecture=architecture)
 
     def _layers(self):
         return self.hf.model.layers
 
     def _blocks(self) -> list[Block]:
-        return [Block(ln2=h.post_attention_layernorm, attn_o=h.self_attn.o_proj, mlp=h.mlp, mlp_in=h.mlp.gate_proj,
-                      mlp_out=h.mlp.down_proj, qkv=h.self_attn.v_proj, attn=h.self_attn) for h in self._layers()]
+        return [Block(ln2=h.post_attention_layernorm, attn_o=h.self_attn.o_proj, mlp=h.mlp,
+                      mlp_in=h.mlp.gate_proj, mlp_out=h.mlp.down_proj, qkv=h.self_attn.v_proj,
+                      attn=h.self_attn) for h in self._layers()]
 
     def _embeddings(self):
         return self.hf.model.embed_tokens, None
@@ -63,8 +64,8 @@ class LlamaBackend(FastBackend):
         a, m = h.self_attn, h.mlp
         kv = kv_prefix(self.cfg)
         out = {"ln1.w": h.input_layernorm.weight, "ln2.w": h.post_attention_layernorm.weight,
-               "attn.W_O": self.W_O_plain(layer), "mlp.W_in": m.up_proj.weight.T, "mlp.W_gate": m.gate_proj.weight.T,
-               "mlp.W_out": m.down_proj.weight.T}
+               "attn.W_O": self.W_O_plain(layer), "mlp.W_in": m.up_proj.weight.T,
+               "mlp.W_gate": m.gate_proj.weight.T, "mlp.W_out": m.down_proj.weight.T}
         for n, lin, pre in (("Q", a.q_proj, ""), ("K", a.k_proj, kv), ("V", a.v_proj, kv)):
             W, b = self._heads(lin)
             out[f"attn.{pre}W_{n}"] = W
@@ -85,7 +86,8 @@ class LlamaBackend(FastBackend):
 
     def _values(self, layer: int, qkv_out: Tensor) -> Tensor:
         d = self.dims
-        return qkv_out.unflatten(-1, (d.n_kv_heads, d.d_head)).repeat_interleave(d.n_heads // d.n_kv_heads, dim=-2)
+        v = qkv_out.unflatten(-1, (d.n_kv_heads, d.d_head))
+        return v.repeat_interleave(d.n_heads // d.n_kv_heads, dim=-2)
 
     def _qkv(self, layer: int, hidden: Tensor, position_embeddings):
         attn, D = self.blocks[layer].attn, self.dims.d_head

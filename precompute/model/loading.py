@@ -155,8 +155,9 @@ def _fast_backends() -> dict:
     from precompute.model.llama import LlamaBackend
     from precompute.model.neox import NeoXBackend
 
-    return {"GPT2LMHeadModel": GPT2Backend, "GPTNeoXForCausalLM": NeoXBackend, "LlamaForCausalLM": LlamaBackend,
-            "Qwen2ForCausalLM": LlamaBackend, "MistralForCausalLM": LlamaBackend}
+    return {"GPT2LMHeadModel": GPT2Backend, "GPTNeoXForCausalLM": NeoXBackend,
+            "LlamaForCausalLM": LlamaBackend, "Qwen2ForCausalLM": LlamaBackend,
+            "MistralForCausalLM": LlamaBackend}
 
 
 def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
@@ -286,9 +287,9 @@ def _load_bridge(source: str, arch: str, device: str, dtype: torch.dtype):
         except NotImplementedError:
             why = "TransformerLens exposes no per-head output (hook_result) for its attention"
     if why is not None:
-        raise ModelNotSupported(f"{arch} is supported by neither backend: TransformerLens' bridge loads it, but "
-                                f"{why}. Use a model of an architecture listed in the README (GPT-2, Pythia, "
-                                f"Llama, Qwen2, Mistral, ...).")
+        raise ModelNotSupported(f"{arch} is supported by neither backend: TransformerLens' bridge loads it, "
+                                f"but {why}. Use a model of an architecture listed in the README (GPT-2, "
+                                f"Pythia, Llama, Qwen2, Mistral, ...).")
     bridge.eval()
     return BridgeBackend(bridge, pad_id=_bos(bridge.tokenizer), architecture=arch), bridge.tokenizer
 

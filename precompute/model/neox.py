@@ -24,12 +24,7 @@ import torch
 from torch import Tensor
 
 from precompute.model.fast import Block, FastBackend
-
-
-def put(out: dict, key: str, t: Tensor | None) -> None:
-    """``out[key] = t`` unless the model has no such tensor (a bias-free projection)."""
-    if t is not None:
-        out[key] = t
+from precompute.model.processing import put
 
 
 class NeoXBackend(FastBackend):
@@ -42,8 +37,8 @@ class NeoXBackend(FastBackend):
 
     def _blocks(self) -> list[Block]:
         return [Block(ln2=h.post_attention_layernorm, attn_o=h.attention.dense, mlp=h.mlp,
-                      mlp_in=h.mlp.dense_h_to_4h, mlp_out=h.mlp.dense_4h_to_h, qkv=h.attention.query_key_value,
-                      attn=h.attention) for h in self._layers()]
+                      mlp_in=h.mlp.dense_h_to_4h, mlp_out=h.mlp.dense_4h_to_h,
+                      qkv=h.attention.query_key_value, attn=h.attention) for h in self._layers()]
 
     def _embeddings(self):
         return self.hf.gpt_neox.embed_in, None

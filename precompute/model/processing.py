@@ -60,6 +60,13 @@ def kv_prefix(cfg) -> str:
     return "" if getattr(cfg, "n_key_value_heads", None) is None else "_"
 
 
+def put(out: dict, key: str, t: Tensor | None) -> None:
+    """``out[key] = t`` unless the model has no such tensor (a bias-free projection): a
+    TransformerLens-format block holds only the biases the model has."""
+    if t is not None:
+        out[key] = t
+
+
 def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
     """The processed weights of one block, or of a part of it (its attention with ``ln1``, its MLP
     with ``ln2``). ``block``: TransformerLens-format tensors without the ``blocks.{l}.`` prefix
