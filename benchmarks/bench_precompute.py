@@ -15,7 +15,8 @@ interleaved, best of ``--repeats``:
    activations": the bytes of the model's parameters (one copy) plus the peak growth of RSS
    during one bare forward of the base model (no unembedding: the scan needs none; GPT-2's GELU
    fused as the job runs it) on a batch of the scan's shape, both measured in a child process
-   that first imports what the job imports and faults the weights in. The ratio is (job peak - that runtime) / (weights + activations); goal <= 1.3.
+   that first imports what the job imports and faults the weights in. The ratio is (job peak -
+   that runtime) / (weights + activations); goal <= 1.3.
 3. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents, as the job runs that
    phase: the former per-neuron code on the bridge backend (bisection with one bridge pass per
    step, ``attribute`` of the prompts kept) against the job's ``compute_prompts``
@@ -168,7 +169,7 @@ def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx});"
             f"print(b.vm_hwm_kb('self'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return
@@ -221,7 +222,7 @@ def job_rss(model, path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     the module docstring)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", _BARE_RSS.format(root=root, path=path, batch=batch_size, ctx=ctx)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 FAMILIES = ("neox", "llama", "qwen2", "mistral")
-COMMON = dict(vocab_size=8192, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-              max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
+COMMON = {"vocab_size": 8192, "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 256,
+              "max_position_embeddings": 128, "bos_token_id": 0, "eos_token_id": 0}
 
 
 def family_config(family: str):

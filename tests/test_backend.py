@@ -140,7 +140,7 @@ def test_topk_merge_of_shards_is_exact(tiny_model, small_corpus_dir):
     from precompute.corpus import load_corpus
 
     docs = [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]]
-    kw = dict(layers=[0, 1], k=5, batch_size=8, context_tokens=32)
+    kw = {"layers": [0, 1], "k": 5, "batch_size": 8, "context_tokens": 32}
     whole = scan(tiny_model, docs, **kw)
     a = scan(tiny_model, docs[:23], **kw)
     b = scan(tiny_model, docs[23:], doc_offset=23, **kw)

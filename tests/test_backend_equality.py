@@ -157,7 +157,7 @@ def test_scan_maxima_equal_the_bridge_and_observe_sees_every_real_position(pair)
         close(s, rs, scale=rs.abs().max() + 1)
         for b, r in enumerate(rows):
             acts = neuron_acts(ref, [r], lay, 7)[0]
-            v, i = max((a, p) for p, a in enumerate(acts) if p > 0)
+            v, _ = max((a, p) for p, a in enumerate(acts) if p > 0)
             close(vals[b, (lay - 1) * fast.d_mlp + 7], v, scale=acts)
 
 
@@ -302,9 +302,7 @@ def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_pa
             for a, b in zip(g, w):
                 if isinstance(b, float):
                     assert a == pytest.approx(b, rel=1e-5, abs=1e-6), name
-                elif isinstance(b, str) and b.startswith("[") and b[1:2] not in ('"', "]", "["):
-                    close(json.loads(a), json.loads(b))
-                elif isinstance(b, str) and b.startswith("[["):
+                elif isinstance(b, str) and (b.startswith("[[") or b[:1] == "[" and b[1:2] not in ('"', "]")):
                     close(json.loads(a), json.loads(b))
                 else:
                     assert a == b, name

@@ -68,8 +68,8 @@ def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, ti
     assert "backend: bridge" in caplog.text
 
 
-SIZE = dict(vocab_size=8192, hidden_size=64, intermediate_size=256, max_position_embeddings=128, bos_token_id=0,
-            eos_token_id=0)
+SIZE = {"vocab_size": 8192, "hidden_size": 64, "intermediate_size": 256, "max_position_embeddings": 128, "bos_token_id": 0,
+            "eos_token_id": 0}
 REFUSED = {  # a block §3 cannot be read off: (config, what the one line says)
     "Gemma2": (lambda T: T.Gemma2Config(**SIZE, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                         head_dim=16, pad_token_id=0), "through a norm"),

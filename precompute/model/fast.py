@@ -33,6 +33,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -91,7 +92,7 @@ class FastBackend(Backend):
         self.ln2_eps = [float(getattr(b.ln2, "eps", None) or b.ln2.variance_epsilon) for b in self.blocks]
         self.centred = centres_writes(cfg)
         self._mlp_in: dict[int, tuple[Tensor, Tensor]] = {}
-        f32 = dict(device=self.device, dtype=torch.float32)
+        f32 = {"device": self.device, "dtype": torch.float32}
         b_V, b_O = [], []
         for layer in range(self.dims.n_layers):
             w = self._block(layer, "attn")
@@ -154,7 +155,7 @@ class FastBackend(Backend):
     # The halves of a block that TransformerLens' processing treats independently: the attention
     # with the norm before it, the MLP with its own (a family whose MLP reads the attention's norm
     # overrides this).
-    PARTS = {"attn": ("ln1.", "attn."), "mlp": ("ln2.", "mlp.")}
+    PARTS: ClassVar[dict[str, tuple[str, str]]] = {"attn": ("ln1.", "attn."), "mlp": ("ln2.", "mlp.")}
 
     def _block(self, layer: int, part: str) -> dict[str, Tensor]:
         """The processed weights of one half of block ``layer`` (:data:`PARTS`)."""

@@ -386,5 +386,5 @@ def _looks_offline(exc: BaseException) -> bool:
         seen.add(id(cause))
         text += f" {type(cause).__name__} {cause}".lower()
         cause = cause.__cause__ or cause.__context__
-    return any(w in text for w in ("offline", "connect", "resolve", "network", "cannot find the "
-                                   "requested files", "localentrynotfound", "outgoing traffic"))
+    return any(w in text for w in ("offline", "connect", "resolve", "network",
+                                   "cannot find the requested files", "localentrynotfound", "outgoing traffic"))
