@@ -92,27 +92,6 @@ def _key_bins() -> np.ndarray:
 KEY_BINS = _key_bins()
 
 
-def _count_numba():
-    """The compiled CPU counting pass (numba; compiled once, cached on disk)."""
-    global _COUNT
-    if _COUNT is None:
-        import numba
-
-        @numba.njit(nogil=True, cache=True)
-        def count(bits, real, shift, key_bins, counts):  # pragma: no cover - compiled
-            # bits [batch, pos, d_mlp] int32 (float32 patterns) or int16 (bfloat16); counts
-            # [N_BINS, d_mlp]; each real position's activations add one to their bins
-            for b in range(bits.shape[0]):
-                for p in range(bits.shape[1]):
-                    if real[b, p]:
-                        row = bits[b, p]
-                        for d in range(bits.shape[2]):
-                            counts[key_bins[(row[d] >> shift) + 1024], d] += 1
-        _COUNT = count
-    return _COUNT
-
-
-_COUNT = None
 
 
 def count_batch(post: Float[Tensor, "batch pos d_mlp"], real: Bool[Tensor, "batch pos"], *,
@@ -131,7 +110,9 @@ def count_batch(post: Float[Tensor, "batch pos d_mlp"], real: Bool[Tensor, "batc
     if use_numba:
         n_real = int(real.sum())
         counts = np.zeros((N_BINS, d_mlp), dtype=np.uint16 if n_real < 1 << 16 else np.int64)
-        _count_numba()(bits.numpy(), real.cpu().numpy(), shift, KEY_BINS, counts)
+        from precompute.histogram_pass import count_keys
+
+        count_keys(bits.numpy(), real.cpu().numpy(), shift, KEY_BINS, counts)
         return torch.from_numpy(counts.astype(np.int64, copy=False))
     keys = (bits[real].to(torch.int64) >> shift) + 1024  # [n_real, d_mlp]
     idx = torch.as_tensor(KEY_BINS, device=post.device)[keys] * d_mlp + torch.arange(d_mlp, device=post.device)
