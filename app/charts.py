@@ -219,10 +219,10 @@ def activation_histogram_svg(h: dict, *, label: str = "", height: int = 230) -> 
 
     n = h["n_tokens"]
     name = f"{label}: " if label else ""
-    parts = [f'<svg class="act-hist" width="100%" height="{height}" role="img" aria-label="{escape(name)}'
-             f'tokens per activation bin over {n:,} {h["split"]} tokens, log scales">',
+    parts = [(f'<svg class="act-hist" width="100%" height="{height}" role="img" aria-label="{escape(name)}'
+              f'tokens per activation bin over {n:,} {h["split"]} tokens, log scales">'),
              f'<text x="{left - 0.5}%" y="9" text-anchor="end" class="axis-label">tokens</text>']
-    for k in range(0, round(math.log10(y_hi)) + 1):  # horizontal grid at 1, 10, 100, ...
+    for k in range(round(math.log10(y_hi)) + 1):  # horizontal grid at 1, 10, 100, ...
         yy = y(10 ** k)
         parts.append(f'<line x1="{left}%" x2="{right}%" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
                      f'<text x="{left - 0.5}%" y="{yy + 3:.1f}" text-anchor="end">{_count_label(10 ** k)}</text>')

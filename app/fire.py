@@ -145,7 +145,7 @@ def run_fire_batch(live, model: LoadedModel, jobs: list[FireJob], check_ids) -> 
             batch = [group[i] for i in idx]
             try:
                 outs = fire_views(model, [[model.bos_token_id] + j.ids for j in batch], index)
-            except Exception as exc:  # every request of this sub-batch gets the error
+            except Exception as exc:  # noqa: BLE001 - every request of this sub-batch gets the error
                 for j in batch:
                     live._settle(j, error=exc)
                 continue

@@ -97,6 +97,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
+    from precompute.histogram import Histograms
+
     layers = default_layers(model.n_layers)
     batches = [pad(tokenize_batch(model, docs[i:i + batch_size], ctx), model.bos_token_id)
                for i in range(0, len(docs), batch_size)]
@@ -113,37 +115,51 @@ def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
     def sch():  # the job's scan: with the activation histograms (docs/method.md §2)
         scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx, histograms=True)
 
+    def sct():  # the same histograms counted by the pure-torch pass (no numba)
+        scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx,
+             observe=Histograms(layers, model.d_mlp, use_numba=False))
+
     # warm-up: first-call costs (and the histogram pass's compilation, cached on disk after)
     scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32, histograms=True)
-    f, s, h = [], [], []
+    f, s, h, t = [], [], [], []
     for _ in range(repeats):  # interleaved, so all see the same machine load
         f.append(timed(full, 1))
         s.append(timed(sc, 1))
         h.append(timed(sch, 1))
-    full_t, scan_t, hist_t = min(f), min(s), min(h)
+        t.append(timed(sct, 1))
+    full_t, scan_t, hist_t, torch_t = min(f), min(s), min(h), min(t)
     # the histogram pass's own share of a scan (timed inside it: robust to the machine's load)
-    from precompute.histogram import Histograms
+    # the histogram pass's own share of a scan, timed inside it (robust to the machine's load),
+    # for the compiled pass the job runs and for the pure-torch one
+    shares, pass_s = {}, {}
+    for name, use_numba in (("compiled (numba)", True), ("pure torch", False)):
+        hist, spent = Histograms(layers, model.d_mlp, use_numba=use_numba), []
 
-    hist, spent = Histograms(layers, model.d_mlp), []
+        def timed_obs(layer, post, real, hist=hist, spent=spent):
+            t0 = time.perf_counter()
+            hist(layer, post, real)
+            spent.append(time.perf_counter() - t0)
 
-    def timed_obs(layer, post, real):
-        t0 = time.perf_counter()
-        hist(layer, post, real)
-        spent.append(time.perf_counter() - t0)
-
-    shares = []
-    for _ in range(repeats):
-        spent.clear()
-        t0 = time.perf_counter()
-        scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx, observe=timed_obs)
-        shares.append(sum(spent) / (time.perf_counter() - t0))
+        shares[name], pass_s[name] = [], []
+        for _ in range(repeats):
+            spent.clear()
+            t0 = time.perf_counter()
+            scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx, observe=timed_obs)
+            shares[name].append(sum(spent) / (time.perf_counter() - t0))
+            pass_s[name].append(sum(spent))
     print(f"scan: layers {layers}, {len(docs)} docs, {n_tok:,} tokens, batch {batch_size}, context {ctx}")
     print(f"  bare HF forward (logits):  {n_tok / full_t:9,.0f} tok/s")
     print(f"  scan (maxima + top-k):     {n_tok / scan_t:9,.0f} tok/s   ratio {full_t / scan_t:.2f} (goal >= 0.95)")
     print(f"  + histograms (the job's):  {n_tok / hist_t:9,.0f} tok/s   ratio {full_t / hist_t:.2f} "
           f"({100 * (hist_t / scan_t - 1):+.1f}% time vs the scan without)")
-    print(f"  histogram pass, timed inside the scan: {100 * min(shares):.1f}% of its time (median "
-          f"{100 * statistics.median(shares):.1f}%; {len(layers)} layers x {model.d_mlp} neurons)")
+    print(f"  + histograms, torch pass:  {n_tok / torch_t:9,.0f} tok/s   ratio {full_t / torch_t:.2f} "
+          f"({100 * (torch_t / scan_t - 1):+.1f}% time; the pure-torch count_batch, no numba)")
+    n_act = n_tok * len(layers) * model.d_mlp
+    for name, sh in shares.items():
+        best = min(pass_s[name])
+        print(f"  histogram pass, {name:16s} timed inside the scan: {100 * min(sh):.1f}% of its "
+              f"time (median {100 * statistics.median(sh):.1f}%), {best:.2f} s, "
+              f"{1e9 * best / n_act:.1f} ns per activation ({len(layers)} layers x {model.d_mlp})")
     return n_tok / hist_t, n_tok / full_t
 
 

@@ -114,9 +114,13 @@ def count_batch(post: Float[Tensor, "batch pos d_mlp"], real: Bool[Tensor, "batc
 
         count_keys(bits.numpy(), real.cpu().numpy(), shift, KEY_BINS, counts)
         return torch.from_numpy(counts.astype(np.int64, copy=False))
-    keys = (bits[real].to(torch.int64) >> shift) + 1024  # [n_real, d_mlp]
-    idx = torch.as_tensor(KEY_BINS, device=post.device)[keys] * d_mlp + torch.arange(d_mlp, device=post.device)
-    return torch.bincount(idx.flatten(), minlength=N_BINS * d_mlp).view(N_BINS, d_mlp).cpu()
+    # count (key, neuron) pairs, then add the 2048 keys' rows into their bins
+    dev = post.device
+    cols = torch.arange(d_mlp, dtype=torch.int32, device=dev) + 1024 * d_mlp
+    idx = (bits[real].to(torch.int32) >> shift) * d_mlp + cols  # [n_real, d_mlp], key-major
+    per_key = torch.bincount(idx.flatten(), minlength=2048 * d_mlp).view(2048, d_mlp)
+    bins = torch.zeros(N_BINS, d_mlp, dtype=torch.int64, device=dev)
+    return bins.index_add_(0, torch.as_tensor(KEY_BINS, device=dev), per_key).cpu()
 
 
 class Histograms:
@@ -136,7 +140,7 @@ class Histograms:
         if layer in self.counts:
             self.counts[layer] += count_batch(post.detach(), real, use_numba=self.use_numba)
 
-    def merge(self, other: "Histograms") -> "Histograms":
+    def merge(self, other: Histograms) -> Histograms:
         """Add ``other``'s counts (another shard of the same split and layers); returns self.
 
         Raises:

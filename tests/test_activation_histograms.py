@@ -7,6 +7,7 @@ tokens) equal on SQLite and PostgreSQL. Ray: tests/test_distributed.py compares 
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -39,11 +40,11 @@ def _special_values() -> np.ndarray:
 def test_bins_are_ordered_and_cover_the_line():
     bounds = [bin_bounds(i) for i in range(N_BINS)]
     assert bounds[0][0] == -np.inf and bounds[-1][1] == np.inf
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])), "bins must tile the real line"
+    assert all(a[1] == b[0] for a, b in pairwise(bounds)), "bins must tile the real line"
     assert bounds[ZERO] == (-2.0 ** -10, 2.0 ** -10)
     e = magnitude_edges()
     assert len(e) == 81 and e[0] == 2.0 ** -10 and e[-1] == 1024.0
-    widths = [(b - a) / a for a, b in zip(e, e[1:])]
+    widths = [(b - a) / a for a, b in pairwise(e)]
     assert min(widths) > 0.14 and max(widths) <= 0.25  # 4 equal bins per octave
 
 
@@ -115,7 +116,7 @@ def test_shards_merge_to_the_single_scan(tiny_model, small_corpus_dir):
     from precompute.scan import scan
 
     texts = _texts(small_corpus_dir)
-    kw = dict(layers=[0, 1], k=4, batch_size=8, context_tokens=24)
+    kw = {"layers": [0, 1], "k": 4, "batch_size": 8, "context_tokens": 24}
     full = scan(tiny_model, texts, **kw, histograms=True)
     parts = [scan_shard(tiny_model, ScanShard(texts[a:b], a, **kw)) for a, b in shard_ranges(len(texts), 8, 3)]
     merged = merge_scans(parts[::-1])  # any order

@@ -1,6 +1,7 @@
 """The precompute sharded on Ray: the exact top-k merge (no Ray needed), a run on a real local
-Ray cluster equal row for row to the single-process run (activation histograms included), a killed worker's task retried, and a
-Ray address that does not answer refused in one line with nothing lost."""
+Ray cluster equal row for row to the single-process run (activation histograms included), a
+killed worker's task retried, and a Ray address that does not answer refused in one line with
+nothing lost."""
 
 from __future__ import annotations
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from html import unescape
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from html import unescape
 
 import httpx
 import pytest
@@ -185,7 +185,7 @@ def test_imported_run_without_weights_says_so_and_nothing_waits(tmp_path, precom
     with TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as c:
         page = c.get("/fire", params={"run": "gpt2-small"})
         assert page.status_code == 200
-        notices = re.findall(r'<p class="notice model-missing" id="fire-notice">(.*?)</p>', page.text, re.S)
+        notices = re.findall(r'<p class="notice model-missing" id="fire-notice">(.*?)</p>', page.text, re.DOTALL)
         assert len(notices) == 1 and "\n" not in notices[0] and "not on this server" in notices[0]
         assert re.search(r'<button type="submit" disabled', page.text)
         assert "gpt2-small (no model here)" in page.text

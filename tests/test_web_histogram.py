@@ -53,7 +53,7 @@ def test_neuron_page_shows_the_split_distribution_with_the_top_prompts_marked(cl
     assert {m["bin"] for m in h["marks"]} <= nonzero
     assert max(m["bin"] for m in h["marks"]) == max(nonzero)  # the top prompt is the split's maximum
     html = client.get(url).text
-    svg = re.search(r'<section class="card" id="distribution">.*?</section>', html, re.S).group(0)
+    svg = re.search(r'<section class="card" id="distribution">.*?</section>', html, re.DOTALL).group(0)
     assert svg.count('<rect class="bar"') == len(nonzero) and svg.count('class="mark"') == len(h["marks"])
     assert f"{h['n_tokens']:,} tokens" in svg and "activation (hook_post)" in svg and ">tokens<" in svg
     assert re.search(r'class="on">%s</a>' % ("explain" if split == "explain" else "held-out"), svg)
@@ -75,7 +75,7 @@ def test_negative_congruent_tokens_beside_the_top_ones(client, web_db, kept):
     vals = [t["congruence"] for t in j["bottom_tokens"]]
     assert vals == sorted(vals) and vals[-1] < j["top_tokens"][-1]["congruence"]
     html = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}").text
-    bottom = re.search(r'<div id="bottom-tokens">(.*?)</div>', html, re.S).group(1)
+    bottom = re.search(r'<div id="bottom-tokens">(.*?)</div>', html, re.DOTALL).group(1)
     assert bottom.count("<li>") == 10 and f"{vals[0]:.4f}" in bottom
 
 
@@ -93,7 +93,6 @@ def test_a_run_from_before_histograms_shows_top_tokens_alone(tmp_path, precomput
     """Downgraded to 0004 and upgraded again: the run's histogram rows and bottom tokens are
     gone, as for a run computed before 0005."""
     from alembic import command
-
     from app.main import create_app
     from precompute.store.db import _alembic_config, connect
 

@@ -8,15 +8,16 @@ the search triggers of 0004 on ``prompts``/``explanations`` are untouched).
 Revision ID: 0005_histograms
 Revises: 0004_search
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision: str = "0005_histograms"
-down_revision: Union[str, Sequence[str], None] = "0004_search"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0004_search"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

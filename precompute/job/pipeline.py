@@ -189,8 +189,8 @@ def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, l
                                      for i in used])
         if res.histograms is not None:
             s.execute(insert(ActivationHistogram), [
-                dict(run_id=run_id, split=split, layer=layer, neuron=i, scheme=HISTOGRAM_SCHEME,
-                     first_bin=first, counts=counts)
+                {"run_id": run_id, "split": split, "layer": layer, "neuron": i, "scheme": HISTOGRAM_SCHEME,
+                 "first_bin": first, "counts": counts}
                 for layer in layers for i, (first, counts) in enumerate(res.histograms.rows(layer))])
             st.update(histogram_tokens=res.histograms.n_tokens())
         if split == "explain":

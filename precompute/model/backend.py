@@ -343,7 +343,7 @@ class Backend(abc.ABC):
         return out
 
     def layer_acts(self, rows: Sequence[Sequence[int]], layers: Sequence[int]
-                   ) -> tuple[Float[Tensor, "batch pos n"], Int[Tensor, "batch"]]:
+                   ) -> tuple[Float[Tensor, "batch pos n"], Int[Tensor, " batch"]]:
         """``hook_post`` of every neuron of ``layers`` at every position of each row (BOS at 0;
         padding beyond each row's length), float32 on ``device``, columns ``j * d_mlp + i`` for
         neuron ``i`` of ``layers[j]`` as in :meth:`doc_maxima`; with each row's length (CPU).
