@@ -1,12 +1,15 @@
 """Server-rendered charts (inline SVG, no JavaScript) and colour legends: the histogram of E per
-kind of neuron as shares of each group, the overlay of several runs' E distributions, and the
-legend of a colour scale with its unit. Labels are escaped."""
+kind of neuron as shares of each group, the overlay of several runs' E distributions, a
+neuron's activation distribution (log scales, top prompts marked), and the legend of a colour
+scale with its unit. Labels are escaped."""
 
 from __future__ import annotations
 
 import math
 
 from markupsafe import Markup, escape
+
+from precompute.histogram import bin_bounds, bin_of
 
 from .formats import decimals, fixed
 from .present import colour
@@ -166,3 +169,98 @@ def legend(scale: float, *, lo: float | None = None, hi: float | None = None, la
         ticks.insert(1, {"pos": 100 * -lo / (hi - lo), "text": "0"})
     return {"label": label, "unit": unit, "gradient": f"linear-gradient(to right, {stops})",
             "lo": lo, "hi": hi, "ticks": ticks}
+
+
+def _count_label(v: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
+def _value_label(v: float) -> str:
+    return "0" if v == 0 else ("−" if v < 0 else "") + f"{abs(v):g}"
+
+
+def activation_histogram_svg(h: dict, *, label: str = "", height: int = 230) -> Markup:
+    """The activation distribution of one neuron (``app.distribution.histogram``) as an SVG as
+    wide as its box (x in percent, text at a fixed size, so it stays legible on a phone): one
+    bar per fixed bin from the lowest to the highest occupied one (the central bin always
+    shown), each bin the same width, so the x axis is logarithmic on either side of 0 (bins of a
+    quarter octave) with ticks at the powers of ten; bar heights on a log scale of token counts
+    (a bin of one token still shows), each bar's range, count and share in its tooltip; the
+    marks (top prompts' activations) as triangles above the bars at their values; axes
+    labelled; then a legend (HTML)."""
+    bins = h["bins"]
+    if not bins:
+        return Markup("")
+    zero = h["zero_bin"]
+    lo_bin = min(bins[0]["bin"], zero)
+    hi_bin = max(bins[-1]["bin"], zero)
+    n_shown = hi_bin - lo_bin + 1
+    left, right = 7.0, 99.5  # the plot's x range, % of the width (the left for the count labels)
+    mt, mb = 24, 40
+    ph = height - mt - mb
+    bw = (right - left) / n_shown
+    top = max(b["count"] for b in bins)
+    y_hi = 10 ** max(1, math.ceil(math.log10(top)))
+    y_lo = 0.5  # the baseline below a count of 1, so that a single token shows
+
+    def y(c: float) -> float:
+        return mt + ph - ph * (math.log10(c) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo))
+
+    def x_of(bin_: int, frac: float = 0.0) -> float:
+        return left + (bin_ - lo_bin + frac) * bw
+
+    def x_value(v: float, bin_: int) -> float:
+        lo, hi = bin_bounds(bin_)
+        frac = 0.5 if not (math.isfinite(lo) and math.isfinite(hi)) else (v - lo) / (hi - lo)
+        return x_of(bin_, min(1.0, max(0.0, frac)))
+
+    n = h["n_tokens"]
+    name = f"{label}: " if label else ""
+    parts = [(f'<svg class="act-hist" width="100%" height="{height}" role="img" aria-label="{escape(name)}'
+              f'tokens per activation bin over {n:,} {h["split"]} tokens, log scales">'),
+             f'<text x="{left - 0.5}%" y="9" text-anchor="end" class="axis-label">tokens</text>']
+    for k in range(round(math.log10(y_hi)) + 1):  # horizontal grid at 1, 10, 100, ...
+        yy = y(10 ** k)
+        parts.append(f'<line x1="{left}%" x2="{right}%" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
+                     f'<text x="{left - 0.5}%" y="{yy + 3:.1f}" text-anchor="end">{_count_label(10 ** k)}</text>')
+    for b in bins:
+        c = b["count"]
+        if not c:
+            continue
+        yy = y(c)
+        lo = "−∞" if b["lo"] is None else _value_label(b["lo"])
+        hi = "∞" if b["hi"] is None else _value_label(b["hi"])
+        rng = (f"({lo}, {hi})" if b["bin"] == zero else f"[{lo}, {hi})" if b["bin"] > zero else f"({lo}, {hi}]")
+        parts.append(f'<rect class="bar" x="{x_of(b["bin"], 0.06):.3f}%" y="{yy:.1f}" width="{bw * 0.88:.3f}%" '
+                     f'height="{mt + ph - yy:.1f}"><title>{rng}: {c:,} tokens ({100 * c / n:.2g} %)</title></rect>')
+    # x ticks: 0 at the central bin, then ±10^k where they fall inside the shown range, placed
+    # by priority (1, 0.1, 10, ...) where they do not crowd a tick already placed
+    placed: list[float] = []
+    for v in [0.0] + [s * 10.0 ** k for k in (0, -1, 1, -2, 2, -3, 3) for s in (1, -1)]:
+        b = int(bin_of([v])[0])
+        if not lo_bin <= b <= hi_bin or (v != 0 and b == zero):
+            continue
+        xx = x_of(zero, 0.5) if v == 0 else x_value(v, b)
+        if any(abs(xx - p) < 6 for p in placed):
+            continue
+        placed.append(xx)
+        parts.append(f'<line x1="{xx:.3f}%" x2="{xx:.3f}%" y1="{mt + ph}" y2="{mt + ph + 4}" class="tick"/>'
+                     f'<text x="{xx:.3f}%" y="{mt + ph + 15}" text-anchor="middle">{_value_label(v)}</text>')
+    for m in h["marks"]:
+        xx = x_value(m["act"], m["bin"])
+        parts.append(f'<line x1="{xx:.3f}%" x2="{xx:.3f}%" y1="{mt}" y2="{mt + ph}" class="mark-line"/>'
+                     f'<svg x="{xx:.3f}%" y="{mt - 9}" overflow="visible"><path class="mark" d="M-4,0 L4,0 L0,8 Z">'
+                     f'<title>top prompt #{m["rank"]}: activation {m["act"]:.3f}</title></path></svg>')
+    parts.append(f'<line x1="{left}%" x2="{right}%" y1="{mt + ph}" y2="{mt + ph}" class="tick"/>'
+                 f'<text x="{(left + right) / 2:.1f}%" y="{height - 6}" text-anchor="middle" class="axis-label">'
+                 f'activation (hook_post), log scale either side of 0</text></svg>')
+    parts.append('<p class="hist-legend"><span class="key-bar"></span> tokens per bin (4 bins per octave; '
+                 'the bin at 0 holds |a| &lt; 0.001)')
+    if h["marks"]:
+        parts.append(f' <span class="key-mark">▼</span> the top {len(h["marks"])} {escape(h["split"])} '
+                     f'prompts\' activations')
+    parts.append("</p>")
+    return Markup("".join(parts))

@@ -37,6 +37,17 @@ TERMS: dict[str, tuple[str, str, str]] = {
         "document activation",
         "The neuron's largest activation in the whole, untrimmed document: prompts are ranked "
         "by it. The trimmed prompt's own activation at its last token is shown beside it.", "§2"),
+    "activation-distribution": (
+        "activation distribution",
+        ("How often the neuron takes each activation value over every token the scan read (after "
+         "BOS), counted in fixed bins: four per doubling of the value on either side of 0, from "
+         "0.001 to 1024 (smaller values share a central bin, larger ones the outer bins). Counts "
+         "are on a log scale; the marks are the activations of the neuron's top prompts."), "§2"),
+    "relative-activation": (
+        "relative activation",
+        ("A neuron's activation on a token divided by its own maximum over the explain documents "
+         "of the scan: 1 means as strongly as on its top document, above 1 more strongly. Neurons "
+         "whose maximum is not positive are left out."), "§11"),
     "explain-heldout": (
         "explain / held-out prompts",
         "Two disjoint sets of documents: explain prompts are shown to the explainer, held-out "

@@ -86,6 +86,7 @@ class LiveJob:
     pos: int | None
     future: Future = field(default_factory=Future)
     ids: list[int] = field(default_factory=list)
+    kind: str = "neuron"  # the engine batches jobs of one model and kind (app.fire: "fire")
 
 
 class Live:
@@ -106,7 +107,7 @@ class Live:
         self._inflight: dict[tuple, Future] = {}
         self._counts = {"hits": 0, "misses": 0}
         self.ready_at: dict[str, float] = {}
-        self.engine = Engine(self._run_batch, group=lambda j: j.source, max_rows=settings.max_batch,
+        self.engine = Engine(self._run_batch, group=lambda j: (j.source, j.kind), max_rows=settings.max_batch,
                              max_queue=settings.live_queue)
 
     @property
@@ -256,6 +257,29 @@ class Live:
         """
         self.check_prompt(prompt)
         key = (run.slug, neuron.layer, neuron.neuron, prompt, tuple(ablate), pos)
+        return self._enqueue(key, lambda src: LiveJob(
+            key=key, source=src, prompt=prompt, heads=tuple(ablate), pos=pos,
+            target=Target(run.slug, neuron.layer, neuron.neuron, neuron.token_id, neuron.token,
+                          run_rules(run.settings))), run)
+
+    def submit_fire(self, *, run: Run, index, text: str) -> Future:
+        """Queue ``text`` for "which neurons fire" (:mod:`app.fire`; ``index``: the run's
+        :class:`app.fire.RunIndex`); cached and shared like :meth:`submit`.
+
+        Raises:
+            BadLiveInput: an empty text (at once). LiveBusy: too many requests are waiting (at
+            once). From the Future: PromptTooLong, ModelNotAvailable.
+        """
+        from .fire import FireJob
+
+        if not text or not text.strip():
+            raise BadLiveInput("The text is empty: type some text to run the model on.")
+        key = ("fire", run.slug, text)
+        return self._enqueue(key, lambda src: FireJob(key=key, source=src, prompt=text, index=index), run)
+
+    def _enqueue(self, key: tuple, make, run: Run) -> Future:
+        """The cached result of ``key``, the Future of the same request in flight, or a new job
+        ``make(model source)`` queued for the model thread."""
         with self._lock:
             if self._cache is not None and key in self._cache:
                 self._counts["hits"] += 1
@@ -265,10 +289,7 @@ class Live:
             if key in self._inflight:
                 self._counts["hits"] += 1
                 return self._inflight[key]
-            src = self._sources.setdefault(run.slug, model_source(run, self.settings))
-            job = LiveJob(key=key, source=src, prompt=prompt, heads=tuple(ablate), pos=pos,
-                          target=Target(run.slug, neuron.layer, neuron.neuron, neuron.token_id,
-                                        neuron.token, run_rules(run.settings)))
+            job = make(self._sources.setdefault(run.slug, model_source(run, self.settings)))
             self._inflight[key] = job.future
         try:
             self.engine.submit(job)
@@ -285,7 +306,8 @@ class Live:
     def _run_batch(self, jobs: list[LiveJob]) -> None:
         """Tokenize and check a batch of one model's jobs, then run them through
         :func:`live_views` in length-sorted sub-batches of at most ``max_batch_tokens``
-        padded tokens; settle each job's Future (and the cache)."""
+        padded tokens; settle each job's Future (and the cache). Jobs of "which neurons fire"
+        (one kind per batch) go to :func:`app.fire.run_fire_batch`."""
         try:
             model = self._model(jobs[0].source)
         except ModelNotAvailable as exc:
@@ -293,6 +315,10 @@ class Live:
                 self._settle(j, error=exc)
             return
         cap = min(self.settings.token_cap, model.n_ctx - 1)  # BOS takes one position
+        if jobs[0].kind == "fire":
+            from .fire import run_fire_batch
+
+            return run_fire_batch(self, model, jobs, lambda ids: _check_ids(ids, None, cap, self.settings.token_cap))
         enc = model.tokenizer([j.prompt for j in jobs], add_special_tokens=False)["input_ids"]
         ok = []
         for j, ids in zip(jobs, enc):

@@ -47,6 +47,7 @@ def make_templates(directory: Path) -> Jinja2Templates:
                        fmt=formats.fmt, fixed=formats.fixed, signed=formats.signed, pval=formats.pval,
                        pct=formats.pct, date=formats.date)
     env.globals.update(urls=urls, legend=charts.legend, histogram_svg=charts.histogram_svg,
+                       activation_histogram_svg=charts.activation_histogram_svg,
                        decimals=formats.decimals, term=glossary.term, verdict_words=WORDS,
                        min_heldout=MIN_HELDOUT_PER_CLASS,
                        score_groups=present.score_groups, tokens_html=present.tokens_html,
@@ -100,9 +101,10 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir)), name="static")
-    from .routes import compare, docs, fragments, health, pages, search
+    from .routes import compare, docs, fire, fragments, health, pages, search
 
     app.include_router(compare.router)
+    app.include_router(fire.router)
     app.include_router(search.router)
     app.include_router(docs.router)
     app.include_router(health.router)

@@ -135,7 +135,8 @@ def _tok_text(token: str) -> str:
 
 
 def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | None = None,
-                pick: str | None = None, selected: int | None = None, joined: list | None = None) -> Markup:
+                pick: str | None = None, selected: int | None = None, joined: list | None = None,
+                what: str = "act", href: str | None = None) -> Markup:
     """Tokens as spans coloured by activation, each with its value in ``title``.
 
     Built here rather than in a Jinja macro because a page holds thousands of tokens. Every
@@ -144,7 +145,8 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
     names the text its bytes form with their neighbours (in the tooltip). With ``pick`` (a
     form's id), each token is a submit button of that form carrying only ``pos=i``: the form
     holds the prompt once, so the markup grows linearly with the prompt (a link per token
-    repeating the whole prompt grew with its square)."""
+    repeating the whole prompt grew with its square). ``what`` names the value in the tooltip;
+    with ``href`` (e.g. ``"#pos-"``) each token links to ``href`` + its position."""
     out = ['<span class="toks">']
     n_acts = len(acts) if acts else 0
     for i, t in enumerate(toks):
@@ -166,10 +168,13 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
         style = colour(a, scale)
         if pick is not None:
             out.append(f'<button type="submit" form="{pick}" name="pos" value="{i}" class="{cls}" '
-                       f'style="background:{style}" title="#{i}{note}: act {fmt(a, 4)}">{text}</button>')
+                       f'style="background:{style}" title="#{i}{note}: {what} {fmt(a, 4)}">{text}</button>')
+        elif href is not None:
+            out.append(f'<a class="{cls}" href="{href}{i}" style="background:{style}" '
+                       f'title="#{i}{note}: {what} {fmt(a, 4)}">{text}</a>')
         else:
             out.append(f'<span class="{cls}" style="background:{style}" '
-                       f'title="#{i}{note}: act {fmt(a, 4)}">{text}</span>')
+                       f'title="#{i}{note}: {what} {fmt(a, 4)}">{text}</span>')
     out.append("</span>")
     return Markup("".join(out))
 
@@ -310,14 +315,21 @@ def missing_lines(provenance: dict | None) -> list[str]:
     return out
 
 
+def _congruent(rows, partial) -> list[dict]:
+    return [{"token_id": t[0], "token": t[1], "token_escaped": token_escaped(t[0], t[1], partial),
+             "congruence": t[2]} for t in rows or []]
+
+
 def neuron_dict(n, partial=None) -> dict:
-    """A neuron row; ``token_escaped`` is its token as shown (:func:`token_fields`)."""
+    """A neuron row; ``token_escaped`` is its token as shown (:func:`token_fields`);
+    ``top_tokens`` its most congruent tokens and ``bottom_tokens`` its most negative ones
+    (None for runs that did not record them)."""
     partial = partial or {}
     return {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "rank": n.rank,
             "token_id": n.token_id, "token": n.token,
             "token_escaped": token_escaped(n.token_id, n.token, partial), "congruence": n.congruence,
-            "top_tokens": [{"token_id": t[0], "token": t[1], "token_escaped": token_escaped(t[0], t[1], partial),
-                            "congruence": t[2]} for t in n.top_tokens or []],
+            "top_tokens": _congruent(n.top_tokens, partial),
+            "bottom_tokens": _congruent(n.bottom_tokens, partial) if n.bottom_tokens is not None else None,
             "max_act": n.max_act, "status": n.status, "status_text": neuron_status(n.status),
             "best_score": n.best_score}
 

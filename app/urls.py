@@ -73,5 +73,10 @@ def search(*, fmt: str | None = None, **params) -> str:
     return _path("/search", fmt) + _query(params)
 
 
+def fire(*, fmt: str | None = None, **params) -> str:
+    """Which neurons fire on a text; ``run`` a slug, ``text`` the text."""
+    return _path("/fire", fmt) + _query(params)
+
+
 def static(path: str) -> str:
     return "/static/" + path

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from precompute.attribution import head_label, scored_layers
 
+from . import distribution as DIST
 from . import evidence as QE
 from . import queries as Q
 from . import states, urls
@@ -58,6 +59,7 @@ def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int
     for n in rows:
         d = neuron_dict(n, partial)
         d.pop("top_tokens")
+        d.pop("bottom_tokens")
         ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
         d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
@@ -222,6 +224,8 @@ def neuron(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, score
                   "neurons": urls.neurons(slug, layer=layer)},
         "live": None, "live_error": None,
         "top3": part["top3"], "model_notice": model_notice(live, run),
+        "histogram": DIST.neuron_histogram(s, run_id=run.id, neuron=n, split=split, prompts=prompts,
+                                           docs=docs, cache=cache),
     }
 
 

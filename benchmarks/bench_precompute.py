@@ -8,8 +8,9 @@ included, SDPA) of the same model on the same batches, measured in the same proc
 interleaved, best of ``--repeats``:
 
 1. Scan: ``precompute.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s on the
-   backend ``load_model`` picks (``--backend auto``: the fast one for GPT-2); and its peak RSS
-   alone, in a child process.
+   backend ``load_model`` picks (``--backend auto``: the fast one for GPT-2), without and with
+   the activation histograms the job keeps (docs/method.md §2); and its peak RSS alone, in a
+   child process.
 2. Peak RSS of the whole job, ``lookups precompute`` at ``--context`` tokens (small neuron
    counts, documents of the embedded corpus concatenated to the context), against "weights +
    activations": the bytes of the model's parameters (one copy) plus the peak growth of RSS
@@ -126,6 +127,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
+    from precompute.histogram import Histograms
+
     layers = default_layers(model.n_layers)
     batches = [pad(tokenize_batch(model, docs[i:i + batch_size], ctx), model.bos_token_id)
                for i in range(0, len(docs), batch_size)]
@@ -139,16 +142,55 @@ def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
     def sc():
         scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx)
 
-    scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32)  # warm-up: first-call costs
-    f, s = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine load
+    def sch():  # the job's scan: with the activation histograms (docs/method.md §2)
+        scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx, histograms=True)
+
+    def sct():  # the same histograms counted by the pure-torch pass (no numba)
+        scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx,
+             observe=Histograms(layers, model.d_mlp, use_numba=False))
+
+    # warm-up: first-call costs (and the histogram pass's compilation, cached on disk after)
+    scan(model, docs[:2], layers=layers, k=20, batch_size=2, context_tokens=32, histograms=True)
+    f, s, h, t = [], [], [], []
+    for _ in range(repeats):  # interleaved, so all see the same machine load
         f.append(timed(full, 1))
         s.append(timed(sc, 1))
-    full_t, scan_t = min(f), min(s)
+        h.append(timed(sch, 1))
+        t.append(timed(sct, 1))
+    full_t, scan_t, hist_t, torch_t = min(f), min(s), min(h), min(t)
+    # the histogram pass's own share of a scan (timed inside it: robust to the machine's load)
+    # the histogram pass's own share of a scan, timed inside it (robust to the machine's load),
+    # for the compiled pass the job runs and for the pure-torch one
+    shares, pass_s = {}, {}
+    for name, use_numba in (("compiled (numba)", True), ("pure torch", False)):
+        hist, spent = Histograms(layers, model.d_mlp, use_numba=use_numba), []
+
+        def timed_obs(layer, post, real, hist=hist, spent=spent):
+            t0 = time.perf_counter()
+            hist(layer, post, real)
+            spent.append(time.perf_counter() - t0)
+
+        shares[name], pass_s[name] = [], []
+        for _ in range(repeats):
+            spent.clear()
+            t0 = time.perf_counter()
+            scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx, observe=timed_obs)
+            shares[name].append(sum(spent) / (time.perf_counter() - t0))
+            pass_s[name].append(sum(spent))
     print(f"scan: layers {layers}, {len(docs)} docs, {n_tok:,} tokens, batch {batch_size}, context {ctx}")
     print(f"  bare HF forward (logits):  {n_tok / full_t:9,.0f} tok/s")
     print(f"  scan (maxima + top-k):     {n_tok / scan_t:9,.0f} tok/s   ratio {full_t / scan_t:.2f} (goal >= 0.95)")
-    return n_tok / scan_t, n_tok / full_t
+    print(f"  + histograms (the job's):  {n_tok / hist_t:9,.0f} tok/s   ratio {full_t / hist_t:.2f} "
+          f"({100 * (hist_t / scan_t - 1):+.1f}% time vs the scan without)")
+    print(f"  + histograms, torch pass:  {n_tok / torch_t:9,.0f} tok/s   ratio {full_t / torch_t:.2f} "
+          f"({100 * (torch_t / scan_t - 1):+.1f}% time; the pure-torch count_batch, no numba)")
+    n_act = n_tok * len(layers) * model.d_mlp
+    for name, sh in shares.items():
+        best = min(pass_s[name])
+        print(f"  histogram pass, {name:16s} timed inside the scan: {100 * min(sh):.1f}% of its "
+              f"time (median {100 * statistics.median(sh):.1f}%), {best:.2f} s, "
+              f"{1e9 * best / n_act:.1f} ns per activation ({len(layers)} layers x {model.d_mlp})")
+    return n_tok / hist_t, n_tok / full_t
 
 
 def vm_hwm_kb(pid: int | str) -> int:
@@ -167,13 +209,13 @@ def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
             f"import benchmarks.bench_precompute as b; from precompute.model import load_model;"
             f"from precompute.scan import scan; from precompute.next_token import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
-            f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx});"
+            f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx}, histograms=True);"
             f"print(b.vm_hwm_kb('self'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return
-    print(f"  scan alone, peak RSS: {int(out.stdout.split()[-1]) / 1024 ** 2:.2f} GB (goal <= 4 GB at GPT-2 "
+    print(f"  scan alone (with histograms), peak RSS: {int(out.stdout.split()[-1]) / 1024 ** 2:.2f} GB (goal <= 4 GB at GPT-2 "
           f"small, 1,024 tokens, batch 16)")
 
 

@@ -8,7 +8,8 @@
    rows, measured in this process between the rounds, at the server's torch thread count:
    - start-up: seconds until ``/healthz`` says ready, the first live pass vs a steady one
      (goal <= 2x);
-   - 1 client: p50 vs the bare forward of one prompt (goal <= 3x bare + 5 ms);
+   - 1 client: p50 vs the bare forward of one prompt (goal <= 3x bare + 5 ms); the same for
+     ``/fire`` (which neurons fire on the text: every analysed neuron, the page rendered);
    - 8 clients: live tokens/s vs bare batched tokens/s (8 rows; goal >= 0.5x), p95 <= 200 ms;
      then the same with requests spread over neurons and half of them ablating a head;
    - 60 clients: errors (goal 0), the server's peak RSS (goal <= 2 GB) and a plain page's
@@ -272,6 +273,16 @@ def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float |
     summary("1 client", steady, 0)
     print(f"  p50 / bare forward = {p50 / bare1:.2f}; goal p50 <= 3 x bare + 5 ms = {3 * bare1 + 5:.1f} ms: "
           f"{'met' if p50 <= 3 * bare1 + 5 else 'NOT met'}")
+    fire_ms: list[float] = []  # which neurons fire: one pass over every analysed neuron, page rendered
+    with httpx.Client(base_url=base, timeout=300) as c:
+        for i in range(ns.per_client):
+            t = time.perf_counter()
+            r = c.get("/fire", params={"run": slug, "text": f"f{i}:{prompt}"})
+            if r.status_code == 200:
+                fire_ms.append((time.perf_counter() - t) * 1000)
+    summary("fire page (/fire, which neurons fire), 1 client, uncached", fire_ms, ns.per_client - len(fire_ms))
+    if fire_ms:
+        print(f"  p50 / bare forward = {statistics.median(fire_ms) / bare1:.2f}; {len(r.content) / 1000:.0f} KB")
     for name, rnd in (("8 clients, one neuron, clean", clean),
                       ("8 clients, 24 neurons, half ablating a head", Round(base, many, [prompt], [None, head]))):
         r = rnd.run(8, ns.per_client, f"r{len(name)}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from precompute.errors import BadSettings
 @dataclass
 class NeuronInfo:
     """One neuron's congruence summary. ``layer``/``neuron`` are 0-based; ``congruence`` is a
-    raw dot product in (residual stream × unembedding) units."""
+    raw dot product in (residual stream × unembedding) units. ``top_*``: its most congruent
+    tokens, largest first; ``bottom_*``: its most negative ones, lowest first."""
 
     layer: int
     neuron: int
@@ -24,6 +25,8 @@ class NeuronInfo:
     congruence: float
     top_token_ids: list[int]
     top_congruences: list[float]
+    bottom_token_ids: list[int] = field(default_factory=list)
+    bottom_congruences: list[float] = field(default_factory=list)
 
 
 def congruence(W_out: Float[Tensor, "d_mlp d_model"],
@@ -74,17 +77,20 @@ def token_allowed(text: str, *, reject: set[str], reject_numeric: bool) -> bool:
 
 def layer_congruences(W_out: Float[Tensor, "d_mlp d_model"], W_U: Float[Tensor, "d_model d_vocab"],
                       layer: int, *, top_n: int = 10, chunk: int = 512) -> list[NeuronInfo]:
-    """Every neuron of one layer: its token (argmax congruence), congruence (max) and its
-    ``top_n`` most congruent tokens. Computed in chunks of neurons so memory stays
-    ``chunk × d_vocab`` floats."""
+    """Every neuron of one layer: its token (argmax congruence), congruence (max), its
+    ``top_n`` most congruent tokens and its ``top_n`` most negative ones (the tokens whose
+    logits its output lowers most; docs/method.md §1). Computed in chunks of neurons so memory
+    stays ``chunk × d_vocab`` floats."""
     out: list[NeuronInfo] = []
     with torch.no_grad():
         for start in range(0, W_out.shape[0], chunk):
             s = congruence(W_out[start:start + chunk].float(), W_U.float())
             vals, ids = s.topk(top_n, dim=-1)
+            lows, low_ids = s.topk(top_n, dim=-1, largest=False)
             for j in range(s.shape[0]):
                 out.append(NeuronInfo(layer, start + j, int(ids[j, 0]), float(vals[j, 0]),
-                                      ids[j].tolist(), [round(v, 4) for v in vals[j].tolist()]))
+                                      ids[j].tolist(), [round(v, 4) for v in vals[j].tolist()],
+                                      low_ids[j].tolist(), [round(v, 4) for v in lows[j].tolist()]))
     return out
 
 

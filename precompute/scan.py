@@ -13,6 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from precompute.histogram import N_BINS, Histograms
 from precompute.model import LoadedModel, PostObserver, batches, tokenize_batch
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 # Peak memory per (kept document, neuron) of a scan: the running top-k and its merges (~90-140
 # bytes, measured) plus the rows stored from it (~320 bytes), rounded up.
 SCAN_BYTES_PER_ENTRY = 600
+# Peak memory per scanned neuron of its activation histogram: the running counts, one batch's
+# counts and the rows stored from them (int64 and Python ints), rounded up.
+HISTOGRAM_BYTES_PER_NEURON = N_BINS * 48
 
 
 def top_k_for(top_k: int, n_docs: int) -> int:
@@ -47,7 +51,8 @@ def available_memory() -> int | None:
 
 def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None = None) -> int:
     """The scan's estimated peak memory in bytes (``k × n_layers × d_mlp ×
-    SCAN_BYTES_PER_ENTRY``), checked before anything is allocated or written.
+    SCAN_BYTES_PER_ENTRY`` for the top-k, plus ``n_layers × d_mlp × HISTOGRAM_BYTES_PER_NEURON``
+    for the activation histograms), checked before anything is allocated or written.
 
     Raises:
         BadSettings: the estimate exceeds ``available`` (default: :func:`available_memory`);
@@ -55,11 +60,11 @@ def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None =
     """
     from precompute.errors import BadSettings
 
-    need = k * n_layers * d_mlp * SCAN_BYTES_PER_ENTRY
+    need = n_layers * d_mlp * (k * SCAN_BYTES_PER_ENTRY + HISTOGRAM_BYTES_PER_NEURON)
     available = available_memory() if available is None else available
     if available is not None and need > available:
         raise BadSettings(f"--top-k {k} over {n_layers} layers x {d_mlp} neurons needs about "
-                          f"{need / 1e9:.1f} GB for the scan's top documents, and {available / 1e9:.1f} "
+                          f"{need / 1e9:.1f} GB for the scan's top documents and histograms, and {available / 1e9:.1f} "
                           f"GB of memory is available: lower --top-k or analyse fewer --layers.")
     return need
 
@@ -119,7 +124,9 @@ class ScanResult:
     """Top-k of one split for every neuron of the scanned layers.
 
     ``values/docs/positions``: ``[k, len(layers) * d_mlp]``; column ``j * d_mlp + i`` is neuron
-    ``i`` of ``layers[j]``. ``n_docs``/``n_tokens``: what was scanned; ``seconds``: wall time.
+    ``i`` of ``layers[j]``. ``n_docs``/``n_tokens``: what was scanned (tokens with BOS);
+    ``seconds``: wall time; ``histograms``: the activation histograms of the scanned tokens
+    (:class:`precompute.histogram.Histograms`) when the scan kept them.
     """
 
     layers: list[int]
@@ -130,6 +137,7 @@ class ScanResult:
     n_docs: int
     n_tokens: int
     seconds: float
+    histograms: Histograms | None = None
 
     def column(self, layer: int, neuron: int) -> int:
         return self.layers.index(layer) * self.d_mlp + neuron
@@ -137,23 +145,29 @@ class ScanResult:
     def merge(self, other: "ScanResult") -> "ScanResult":
         """The exact top-k of two scans of disjoint documents of the same split and layers
         (shards scanned with their ``doc_offset``): as one scan of both, ties broken by the
-        lower document index.
+        lower document index; their histograms added (integer counts: exact).
 
         Raises:
-            ValueError: other layers, d_mlp or k.
+            ValueError: other layers, d_mlp or k; one with histograms and one without.
         """
         if (other.layers, other.d_mlp, other.values.shape) != (self.layers, self.d_mlp, self.values.shape):
             raise ValueError("Only scans of the same layers and k can be merged.")
+        if (self.histograms is None) != (other.histograms is None):
+            raise ValueError("Only scans that both kept histograms (or neither) can be merged.")
         top = TopK.of(self)
         top.merge(TopK.of(other))
+        hist = None
+        if self.histograms is not None:
+            hist = Histograms(self.layers, self.d_mlp).merge(self.histograms).merge(other.histograms)
         return ScanResult(self.layers, self.d_mlp, top.values, top.docs, top.positions,
                           self.n_docs + other.n_docs, self.n_tokens + other.n_tokens,
-                          self.seconds + other.seconds)
+                          self.seconds + other.seconds, hist)
 
 
 def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: list[int], k: int,
          batch_size: int, context_tokens: int, n_docs: int | None = None,
-         desc: str = "scan", doc_offset: int = 0, observe: PostObserver | None = None) -> ScanResult:
+         desc: str = "scan", doc_offset: int = 0, observe: PostObserver | None = None,
+         histograms: bool = False) -> ScanResult:
     """One streaming pass over ``texts`` keeping, for every neuron of ``layers``, the ``k``
     documents with the highest max activation (paper §4.2).
 
@@ -163,6 +177,9 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     the last layer needed and keep only per-document maxima; ``observe(layer, hook_post, real)``
     sees every batch's whole ``hook_post`` of each layer first (extension point (a) of
     :mod:`precompute.model.backend`: per-layer accumulators such as activation histograms).
+
+    With ``histograms``, a :class:`~precompute.histogram.Histograms` observes every batch too
+    (the fixed-bin activation histograms of docs/method.md §2) and is returned on the result.
 
     A shard of a corpus is scanned with ``doc_offset`` = the index of its first document, so
     its top-k carries global document indices; :meth:`ScanResult.merge` combines shards exactly.
@@ -174,6 +191,9 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
 
     t0 = time.time()
     top = TopK(k, len(layers) * model.d_mlp, device=model.device)
+    hist = Histograms(layers, model.d_mlp) if histograms else None
+    if hist is not None:
+        observe = hist if observe is None else _both(hist, observe)
     n_seen = n_tok = 0
     bar = tqdm(total=n_docs, desc=desc, unit="doc", dynamic_ncols=True)
     for batch in batches(texts, batch_size):
@@ -188,7 +208,14 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     if n_seen == 0:
         raise ValueError("The corpus is empty: nothing to scan.")
     return ScanResult(layers, model.d_mlp, top.values.cpu(), top.docs.cpu(), top.positions.cpu(),
-                      n_seen, n_tok, time.time() - t0)
+                      n_seen, n_tok, time.time() - t0, hist)
+
+
+def _both(a: PostObserver, b: PostObserver) -> PostObserver:
+    def both(layer, post, real):
+        a(layer, post, real)
+        b(layer, post, real)
+    return both
 
 
 def neuron_acts(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int) -> list[list[float]]:

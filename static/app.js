@@ -57,11 +57,12 @@
     refocus = null;
     if (el && document.activeElement !== el) { el.focus({ preventScroll: true }); }
   });
-  // Ctrl+Enter (Cmd+Enter on a Mac) in the prompt box runs it.
+  // Ctrl+Enter (Cmd+Enter on a Mac) in the prompt box (or the fire page's text box) runs it.
+  var boxes = { "live-prompt": "live-form", "fire-text": "fire-form" };
   document.addEventListener("keydown", function (ev) {
-    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && ev.target && ev.target.id === "live-prompt") {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && ev.target && boxes[ev.target.id]) {
       ev.preventDefault();
-      var form = document.getElementById("live-form");
+      var form = document.getElementById(boxes[ev.target.id]);
       if (form) { form.requestSubmit(); }
     }
   });

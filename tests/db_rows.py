@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, select
 from precompute.store.db import parse_url
 from precompute.store.schema import (
     Ablation,
+    ActivationHistogram,
     Classification,
     Document,
     Explanation,
@@ -60,7 +61,7 @@ def canonical_rows(url: str) -> dict[str, list[str]]:
         expls = {e.id: (*pairs[e.pair_id], e.explainer) for e in s.scalars(select(Explanation))}
         out["runs"] = [_row(r, {"id"}) for r in s.scalars(select(Run))]
         for name, cls in (("phases", Phase), ("documents", Document), ("top_activations", TopActivation),
-                          ("neurons", Neuron)):
+                          ("neurons", Neuron), ("activation_histograms", ActivationHistogram)):
             out[name] = [_row(o, {"id", "run_id"}, run=runs[o.run_id]) for o in s.scalars(select(cls))]
         out["prompts"] = [_row(p, {"id", "neuron_id"}, neuron=neurons[p.neuron_id])
                           for p in s.scalars(select(Prompt))]

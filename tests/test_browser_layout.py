@@ -24,7 +24,8 @@ def pages(kept) -> dict[str, str]:
             "neuron, live": f"/{TOPK_RUN}/neurons/{layer}/{neuron}?prompt=The%20king%20said%20to%20the%20son&ablate=L{hl}H{h}",
             "pair": f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}",
             "head": f"/{TOPK_RUN}/heads/{hl}/{h}", "pairs list": f"/{TOPK_RUN}/pairs",
-            "compare": "/compare", "search": "/search?q=the", "glossary": "/glossary"}
+            "compare": "/compare", "search": "/search?q=the", "glossary": "/glossary",
+            "fire": f"/fire?run={TOPK_RUN}&text=The%20king%20said%20to%20the%20son%20of%20the%20house"}
 
 
 HEADER = """() => {

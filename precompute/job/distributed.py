@@ -50,11 +50,11 @@ class LocalExecutor:
         self.model = model
 
     def scan(self, docs, *, layers: list[int], k: int, batch_size: int, context_tokens: int,
-             desc: str = "scan") -> ScanResult:
+             desc: str = "scan", histograms: bool = True) -> ScanResult:
         """``scan.scan`` streaming over ``docs`` (a sequence of ``{"text": ...}`` rows, e.g. a
-        split of ``corpus.load_corpus``)."""
+        split of ``corpus.load_corpus``), keeping the activation histograms unless told not to."""
         return scan(self.model, (r["text"] for r in docs), layers=layers, k=k, batch_size=batch_size,
-                    context_tokens=context_tokens, n_docs=len(docs), desc=desc)
+                    context_tokens=context_tokens, n_docs=len(docs), desc=desc, histograms=histograms)
 
     def map(self, fn: Callable, jobs: Iterable) -> Iterator:
         """``fn(model, job)`` for each job, in order, lazily."""
@@ -77,6 +77,7 @@ class ScanShard:
     k: int
     batch_size: int
     context_tokens: int
+    histograms: bool = True
 
 
 def shard_ranges(n_docs: int, batch_size: int, n_shards: int) -> list[tuple[int, int]]:
@@ -89,16 +90,17 @@ def shard_ranges(n_docs: int, batch_size: int, n_shards: int) -> list[tuple[int,
 
 
 def scan_shard(model, job: ScanShard) -> ScanResult:
-    """``scan.scan`` of one shard (document indices of the split: ``doc_offset``)."""
+    """``scan.scan`` of one shard (document indices of the split: ``doc_offset``), with its
+    activation histograms (merged exactly by :func:`merge_scans`)."""
     return scan(model, job.texts, layers=job.layers, k=job.k, batch_size=job.batch_size,
                 context_tokens=job.context_tokens, n_docs=len(job.texts), desc=f"shard {job.offset}",
-                doc_offset=job.offset)
+                doc_offset=job.offset, histograms=job.histograms)
 
 
 def merge_scans(parts: Sequence[ScanResult]) -> ScanResult:
     """The exact top-k of the union of shards (:meth:`ScanResult.merge`: ties broken by the
-    lower document index, as the streaming scan breaks them), so it equals one scan over all
-    documents, ties included."""
+    lower document index, as the streaming scan breaks them) and the sum of their histograms,
+    so it equals one scan over all documents, ties included."""
     return functools.reduce(ScanResult.merge, parts)
 
 
@@ -243,11 +245,12 @@ class RayExecutor:
         return self.pool.map(lambda a, job: a.call.remote(fn, job), list(jobs))
 
     def scan(self, docs, *, layers: list[int], k: int, batch_size: int, context_tokens: int,
-             desc: str = "scan") -> ScanResult:
+             desc: str = "scan", histograms: bool = True) -> ScanResult:
         """The scan of ``docs`` (as :meth:`LocalExecutor.scan`) in document shards (:func:`shard_ranges`), merged exactly
         (:func:`merge_scans`): equal to ``scan.scan`` on one process."""
         t0 = time.time()
-        jobs = [ScanShard([docs[i]["text"] for i in range(a, b)], a, layers, k, batch_size, context_tokens)
+        jobs = [ScanShard([docs[i]["text"] for i in range(a, b)], a, layers, k, batch_size, context_tokens,
+                          histograms)
                 for a, b in shard_ranges(len(docs), batch_size, self.n_workers * SHARDS_PER_WORKER)]
         parts = list(tqdm(self.map(scan_shard, jobs), total=len(jobs), desc=f"{desc} (Ray shards)",
                           unit="shard", dynamic_ncols=True))

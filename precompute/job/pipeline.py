@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from precompute.attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
 from precompute.corpus import SPLITS, load_corpus
+from precompute.histogram import SCHEME as HISTOGRAM_SCHEME
 from precompute.job.distributed import LocalExecutor, ray_executor
 from precompute.model import LoadedModel, load_model, tokenize_batch
 from precompute.next_token import (
@@ -32,7 +33,7 @@ from precompute.scan import TrimTask, check_scan_memory, top_k_for, trim_many
 from precompute.settings import Settings
 from precompute.store.db import check_writable, open_writer, sessions
 from precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
-from precompute.store.schema import Document, Neuron, Pair, Prompt, Run, TopActivation
+from precompute.store.schema import ActivationHistogram, Document, Neuron, Pair, Prompt, Run, TopActivation
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settin
                                  kind="next_token" if x.neuron in nt else "random" if x.neuron in rnd else "other",
                                  rank=rank[x.neuron], token_id=x.token_id, token=vocab[x.token_id],
                                  congruence=x.congruence,
-                                 top_tokens=[[t, vocab[t], c] for t, c in zip(x.top_token_ids, x.top_congruences)]))
+                                 top_tokens=[[t, vocab[t], c] for t, c in zip(x.top_token_ids, x.top_congruences)],
+                                 bottom_tokens=[[t, vocab[t], c] for t, c in
+                                                zip(x.bottom_token_ids, x.bottom_congruences)]))
             st[f"L{layer}"] = len(nt)
         s.execute(insert(Neuron), rows)
 
@@ -165,7 +168,8 @@ def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settin
 def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, layers: list[int],
                ctx: int, settings: Settings) -> dict:
     """§2: one streaming scan of ``split`` (by ``executor``: this process, or document shards on
-    Ray); stores every scanned neuron's top-k and the documents they point to."""
+    Ray); stores every scanned neuron's top-k, the documents they point to and its activation
+    histogram over the split's tokens, in one unit of work."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
         res = executor.scan(docs, layers=layers, k=top_k_for(settings.top_k, len(docs)),
                             batch_size=settings.batch_size,
@@ -183,6 +187,12 @@ def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, l
         used = sorted({r["doc_idx"] for r in rows})
         s.execute(insert(Document), [dict(run_id=run_id, split=split, idx=i, text=docs[i]["text"])
                                      for i in used])
+        if res.histograms is not None:
+            s.execute(insert(ActivationHistogram), [
+                {"run_id": run_id, "split": split, "layer": layer, "neuron": i, "scheme": HISTOGRAM_SCHEME,
+                 "first_bin": first, "counts": counts}
+                for layer in layers for i, (first, counts) in enumerate(res.histograms.rows(layer))])
+            st.update(histogram_tokens=res.histograms.n_tokens())
         if split == "explain":
             best = {(r["layer"], r["neuron"]): r["act"] for r in rows if r["rank"] == 0}
             for n in s.scalars(select(Neuron).where(Neuron.run_id == run_id)):

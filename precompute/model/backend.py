@@ -33,6 +33,8 @@ padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per 
 ``value_sums``            sums of ``hook_v`` over real positions, per query head (mean values, §6)
 ``batched_pass``          ``neuron_pass`` over many rows in length-sorted batches
 ``target_acts``           trimming's activations at the last token (§2)
+``layer_acts``            ``hook_post`` of every neuron of some layers at every position (the
+                          explorer's "which neurons fire"; implemented once, on ``doc_maxima``)
 ``clean_view``            a live view: ``neuron_pass`` with probabilities
 ``ablated_view``          the same with heads ablated
 ========================  ===========================================================================
@@ -370,6 +372,31 @@ class Backend(abc.ABC):
                 for j, a in zip(idx, res.act.tolist()):
                     out[q[j]] = a
         return out
+
+    def layer_acts(self, rows: Sequence[Sequence[int]], layers: Sequence[int]
+                   ) -> tuple[Float[Tensor, "batch pos n"], Int[Tensor, " batch"]]:
+        """``hook_post`` of every neuron of ``layers`` at every position of each row (BOS at 0;
+        padding beyond each row's length), float32 on ``device``, columns ``j * d_mlp + i`` for
+        neuron ``i`` of ``layers[j]`` as in :meth:`doc_maxima`; with each row's length (CPU).
+        One right-padded pass that stops after the last layer needed, through :meth:`doc_maxima`'s
+        observer (extension point (a)), so every backend has it (paper §4.2: the activation a
+        neuron's maximum is taken over; the explorer's "which neurons fire on this text").
+
+        Raises:
+            ValueError: no rows, an empty row, or a layer out of range.
+        """
+        if not rows or any(len(r) == 0 for r in rows):
+            raise ValueError("A pass needs at least one non-empty row.")
+        layers = [int(x) for x in layers]
+        for lay in layers:
+            check_neuron(lay, 0, n_layers=self.dims.n_layers, d_mlp=self.dims.d_mlp)
+        got: dict[int, Tensor] = {}
+
+        def keep(layer: int, post: Tensor, real: Tensor) -> None:
+            got[layer] = post.to(torch.float32, copy=True)
+
+        _, _, lengths = self.doc_maxima(rows, sorted(set(layers)), observe=keep)
+        return torch.cat([got[lay] for lay in layers], -1), lengths
 
     def clean_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                    positions: Sequence[int] | None = None, *, top_n: int = 5) -> NeuronPass:

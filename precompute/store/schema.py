@@ -144,6 +144,10 @@ class Neuron(Base):
     congruence: Mapped[float] = mapped_column(Float, doc="W_out[l,i]·W_U[:,token_id] after weight "
                                               "processing (paper §4.1)")
     top_tokens: Mapped[list] = mapped_column(JSON, doc="[[token_id, token, congruence], ...] top 10")
+    bottom_tokens: Mapped[list | None] = mapped_column(JSON, nullable=True, doc="[[token_id, token, "
+                                                       "congruence], ...] the 10 most negative, lowest "
+                                                       "first; empty: not recorded (runs before 0005, "
+                                                       "imported runs)")
     max_act: Mapped[float | None] = mapped_column(Float, nullable=True, doc="best explain-split act")
     status: Mapped[str | None] = mapped_column(String(40), nullable=True, doc="e.g. no_activating_prompt")
     best_score: Mapped[float | None] = mapped_column(Float, nullable=True, doc="best E of its pairs")
@@ -176,6 +180,24 @@ class TopActivation(Base):
     doc_idx: Mapped[int] = mapped_column(Integer, doc="documents.idx in the split")
     act: Mapped[float] = mapped_column(Float, doc="max post-GELU activation in the document")
     position: Mapped[int] = mapped_column(Integer, doc="token position of the max (BOS = 0)")
+
+
+class ActivationHistogram(Base):
+    """Fixed-bin histogram of one neuron's activations (``hook_post``) over every real token
+    (after BOS) of one split's scan (docs/method.md §2; bins: ``precompute.histogram``). The
+    counts of a split add up to its scanned tokens; the two splits' counts add exactly."""
+
+    __tablename__ = "activation_histograms"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(10), primary_key=True, doc="explain|heldout")
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based MLP layer")
+    neuron: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based index in the layer")
+    scheme: Mapped[str] = mapped_column(String(40), doc="the bins, e.g. 'log2/4:-10:10': 4 bins per "
+                                        "octave of |act| from 2^-10 to 2^10, mirrored, a central bin and "
+                                        "two outer bins (precompute.histogram)")
+    first_bin: Mapped[int] = mapped_column(Integer, doc="0-based bin of counts[0]")
+    counts: Mapped[list] = mapped_column(JSON, doc="tokens per bin from first_bin to the last non-empty "
+                                         "bin (integers)")
 
 
 class Prompt(Base):
