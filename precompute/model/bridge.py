@@ -5,8 +5,8 @@ The bridge is loaded with compatibility mode on (fold_ln, center_writing_weights
 center_unembed, fold_value_biases) and ``hook_result`` enabled, so every quantity is read where
 TransformerLens defines it: ``blocks.{l}.mlp.hook_post`` (the neuron's activation),
 ``blocks.{l}.mlp.hook_pre``, ``blocks.{l}.ln2.hook_scale``, ``blocks.{k}.attn.hook_result``,
-``blocks.{k}.hook_mlp_out``, ``hook_embed``, ``hook_pos_embed``, ``blocks.{k}.attn.hook_v``.
-Exact and slow: every hook point runs, attention is eager, and ``hook_result`` is materialised
+``blocks.{k}.hook_mlp_out``, ``hook_embed``, ``hook_pos_embed``, ``blocks.{k}.attn.hook_v``,
+and for the per-source decomposition ``blocks.{k}.attn.hook_pattern``. Exact and slow: every hook point runs, attention is eager, and ``hook_result`` is materialised
 at every position.
 """
 
@@ -30,6 +30,7 @@ from precompute.model.backend import (
     probabilities,
 )
 from precompute.model.batching import pad
+from precompute.model.sources import SourceTerms, readout, source_terms
 
 
 def hook_post(layer: int) -> str:
@@ -79,6 +80,9 @@ class BridgeBackend(Backend):
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         return self._f32(self.bridge.b_O[layer])
 
+    def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        return self._f32(self.bridge.b_V[layer])
+
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return self._f32(self.bridge.W_U)
 
@@ -126,17 +130,19 @@ class BridgeBackend(Backend):
             out.append((hook_v(k), fn))
         return out
 
-    def _attribution_names(self, layers: list[int], K: int, top: int) -> list[str]:
-        """The hook points head attribution reads (docs/method.md §3); extension point (b)
-        adds ``hook_pattern`` and ``hook_v`` of the requested heads here."""
+    def _attribution_names(self, layers: list[int], K: int, top: int, lookup: bool = False) -> list[str]:
+        """The hook points head attribution reads (docs/method.md §3); with ``lookup`` (extension
+        point (b)) also each upstream layer's attention pattern and value vectors."""
         names = [hook_pre(lay) for lay in layers] + [f"blocks.{lay}.ln2.hook_scale" for lay in layers]
         names += ["hook_embed"] + (["hook_pos_embed"] if self._has_pos else [])
         names += [f"blocks.{k}.attn.hook_result" for k in range(K)]
         names += [f"blocks.{k}.hook_mlp_out" for k in range(top)]
+        if lookup:
+            names += [f"blocks.{k}.attn.hook_pattern" for k in range(K)] + [hook_v(k) for k in range(K)]
         return names
 
     def _neuron_pass(self, rows, targets: Sequence[Target], pos: list[int], *, attribution, all_acts,
-                     logits, top_n, ablate, method, mean_v) -> NeuronPass:
+                     logits, top_n, ablate, method, mean_v, lookup=False) -> NeuronPass:
         tokens, lengths = pad(rows, self.pad_id, self.device)
         B = tokens.shape[0]
         layers = [int(t[0]) for t in targets]
@@ -147,7 +153,7 @@ class BridgeBackend(Backend):
         K = max(n_attn)
         names = [hook_post(lay) for lay in uniq]
         if attribution:
-            names += self._attribution_names(uniq, K, top)
+            names += self._attribution_names(uniq, K, top, lookup)
         hooks = self.ablation_hooks(ablate, method, mean_v) if ablate is not None else []
         with torch.no_grad(), self.bridge.hooks(fwd_hooks=hooks):
             out, cache = self.bridge.run_with_cache(tokens, names_filter=names,
@@ -164,13 +170,14 @@ class BridgeBackend(Backend):
         if all_acts:
             res.acts = [post[j, :int(lengths[j])].tolist() for j in range(B)]
         if attribution:
-            self._attribute(res, cache, per_row, b, p, nr, K)
+            self._attribute(res, cache, per_row, b, p, nr, K, lookup)
         if logits:
             res.prob, res.top = probabilities(out[b, p], targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int) -> None:
-        """raw, ln, pre and other of ``res`` from the cached hook points (float32)."""
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup: bool = False) -> None:
+        """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
+        ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
         layers = res.layers
         w = torch.stack([self.W_in(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
         scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
@@ -181,6 +188,13 @@ class BridgeBackend(Backend):
                     < torch.tensor(res.n_attn, device=self.device)[:, None])[:, :, None]
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
         res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream
+        if lookup:
+            us = [readout(self.W_O(k), w) for k in range(K)]  # [batch, H, d_head] per layer
+            pats = [cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in range(K)]
+            bias = (torch.stack([torch.einsum("hd,bhd->bh", self.b_V(k), u) for k, u in enumerate(us)], 1)
+                    if K else None)
+            res.lookup = SourceTerms.stack([source_terms(a, cache[hook_v(k)], u) for k, (a, u) in enumerate(zip(pats, us))],
+                                           pats, bias, scale, upstream[:, :, 0], d.n_heads, cache[hook_post(layers[0])].shape[1])
         res.pre = per_row(hook_pre)[b, p, nr]
         parts = {"embed": cache["hook_embed"][b, p].float()}
         if self._has_pos:

@@ -14,9 +14,14 @@ a block at a time: the value offset ``b_V`` and ``b_O`` of every block's attenti
 ``W_O``: the processed ``hook_z`` is ``z - b_V`` (attention weights sum to one), and
 center_writing_weights centres ``W_O`` over ``d_model``, which centres the product.
 
+The per-source decomposition (docs/method.md §3, extension point (b)) reads the output of each
+upstream block's attention input projection (``Block.qkv``) in the same pass; the family forms
+the attention row at the target position and the processed value vectors from it
+(:meth:`FastBackend._pattern_and_values`, the one per-family method of the look-up).
+
 A family subclasses :class:`FastBackend` with its module map (:class:`Block`), its weights in
-TransformerLens format and how ``v`` is read; :class:`precompute.model.gpt2.GPT2Backend` is the
-one there is. The LN-aware score here assumes a LayerNorm before the MLP (GPT-2, GPT-NeoX).
+TransformerLens format, how ``v`` is read and (for the look-up) how ``q``, ``k`` make the
+pattern; :class:`precompute.model.gpt2.GPT2Backend` is the one there is. The LN-aware score here assumes a LayerNorm before the MLP (GPT-2, GPT-NeoX).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import Tensor
 from precompute.model.backend import Backend, Dims, NeuronPass, centre, doc_max, head_mask, probabilities
 from precompute.model.batching import pad
 from precompute.model.processing import process_block, process_unembed
+from precompute.model.sources import SourceTerms, readout, source_terms
 
 
 class _Stop(Exception):
@@ -47,7 +53,7 @@ class Block:
     mlp: torch.nn.Module        # output: the MLP's output (hook_mlp_out); input: the normed stream
     mlp_in: torch.nn.Module     # output: hook_pre; W_in
     mlp_out: torch.nn.Module    # forward pre-hook input: hook_post; W_out
-    qkv: torch.nn.Module        # output: carries v (read by FastBackend._values)
+    qkv: torch.nn.Module        # output: carries q, k, v (FastBackend._values, _pattern_and_values)
 
 
 Hook = tuple[torch.nn.Module, bool, Callable]  # (module, pre-hook?, fn)
@@ -58,8 +64,9 @@ class FastBackend(Backend):
     supported family; ``cfg`` is its TransformerLens config (dims, weight processing).
 
     Attributes (float32 on ``device``): ``b_V [n_layers, n_heads, d_head]``, what the plain
-    ``z`` holds beyond the processed ``hook_z``; ``b_O_proc [n_layers, d_model]``, the
-    processed ``b_O``; ``ln2_eps``: each block's norm epsilon.
+    ``z`` holds beyond the processed ``hook_z``; ``b_V_proc`` the processed value bias (zero
+    after ``fold_value_biases``); ``b_O_proc [n_layers, d_model]``, the processed ``b_O``;
+    ``ln2_eps``: each block's norm epsilon.
     """
 
     family = ""
@@ -77,12 +84,13 @@ class FastBackend(Backend):
         self.ln2_eps = [float(b.ln2.eps) for b in self.blocks]
         self._mlp_in: dict[int, tuple[Tensor, Tensor]] = {}
         f32 = dict(device=self.device, dtype=torch.float32)
-        b_V, b_O = [], []
+        b_V, b_V_proc, b_O = [], [], []
         for layer in range(self.dims.n_layers):
             w = self._block(layer, "attn")
             b_V.append(w["attn.b_V_folded"].to(**f32))
+            b_V_proc.append(w["attn.b_V"].to(**f32))
             b_O.append(w["attn.b_O"].to(**f32))
-        self.b_V, self.b_O_proc = torch.stack(b_V), torch.stack(b_O)
+        self.b_V, self.b_V_proc, self.b_O_proc = torch.stack(b_V), torch.stack(b_V_proc), torch.stack(b_O)
 
     # --- what a family provides ----------------------------------------------------------------
     @abc.abstractmethod
@@ -109,6 +117,28 @@ class FastBackend(Backend):
     @abc.abstractmethod
     def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
         """The plain value vectors (``hook_v + b_V``) from the output of ``Block.qkv``."""
+
+    def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor
+                            ) -> tuple[Float[Tensor, "batch n_heads pos"], Float[Tensor, "batch pos n_heads d_head"]]:
+        """What the per-source decomposition reads of attention layer ``layer`` (docs/method.md
+        §3; the one per-family method of the look-up). ``qkv_out``: the output of
+        ``self.blocks[layer].qkv`` for the whole right-padded batch, ``[batch, pos, ...]`` in
+        the model's dtype; ``pos [batch]``: each row's 0-based target position (BOS at 0).
+
+        Returns, float32 on ``device``: the attention row of every head at each row's target
+        position, ``a[b, h, s] = softmax_{s <= pos[b]}(q_pos · k_s · scaling)`` (zero for
+        ``s > pos[b]``, each row summing to 1 — what the model's attention computes, positional
+        rotation and grouped keys included), and the processed value vectors at every position,
+        ``hook_v = v - b_V`` with ``b_V = self.b_V[layer]`` (``[batch, pos, n_heads, d_head]``,
+        one per query head).
+
+        Raises:
+            NotImplementedError: the family has no look-up capture (this base method).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.family or 'this family'}) does not implement "
+            f"FastBackend._pattern_and_values, which the per-source decomposition (lookup) needs; "
+            f"use --backend bridge for this model.")
 
     # --- processed weights -----------------------------------------------------------------------
     # The halves of a block that TransformerLens' processing treats independently: the attention
@@ -142,6 +172,9 @@ class FastBackend(Backend):
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         return self.b_O_proc[layer]
+
+    def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        return self.b_V_proc[layer]
 
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return process_unembed(self.cfg, self.tl_unembed()).to(self.device)
@@ -217,11 +250,14 @@ class FastBackend(Backend):
             return (z.flatten(-2), *args[1:])
         return (self.blocks[layer].attn_o, True, fn)
 
-    def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int) -> list[Hook]:
+    def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int,
+                           w: Tensor | None = None) -> list[Hook]:
         """Hooks reading, at each row's target position, the per-head ``z`` of the ``K``
         upstream attention layers, the embeddings, the earlier MLPs' outputs, and per target
-        layer the pre-activation and the stream its norm reads (docs/method.md §3). Extension
-        point (b) adds its captures (pattern row, values at every source) here."""
+        layer the pre-activation and the stream its norm reads (docs/method.md §3). With ``w``
+        (each row's processed ``W_in[:, i]``, ``[batch, d_model]``), also the per-source terms
+        of every upstream head (extension point (b)), reduced as each layer's ``Block.qkv`` runs:
+        ``centre(v W_O) · w = v · (W_O · centre(w))``, so the plain ``W_O`` serves."""
         B = len(b)
         hooks: list[Hook] = [(self.embed, False, lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
         if self.pos_embed is not None:
@@ -237,10 +273,17 @@ class FastBackend(Backend):
         for k in range(top):
             hooks.append((self.blocks[k].mlp, False, lambda m, a, out, k=k: got.__setitem__(
                 ("mlp", k), (out[0] if isinstance(out, tuple) else out)[b, pos].float())))
+        if w is not None:
+            for k in range(K):
+                def terms(m, a, out, k=k):
+                    pattern, values = self._pattern_and_values(k, out, pos)
+                    u = got["u", k] = readout(self.W_O_plain(k), centre(w))
+                    got["src", k], got["att", k] = source_terms(pattern, values, u), pattern
+                hooks.append((self.blocks[k].qkv, False, terms))
         return hooks
 
     def _neuron_pass(self, rows, targets, pos_l, *, attribution, all_acts, logits, top_n, ablate, method,
-                     mean_v) -> NeuronPass:
+                     mean_v, lookup=False) -> NeuronPass:
         dev = self.device
         tokens, _ = pad(rows, self.pad_id, dev)
         B, L = tokens.shape
@@ -274,7 +317,8 @@ class FastBackend(Backend):
                     got["post", lay] = (x[r, :, nr] if all_acts else x[r, pr, nr]).float()
             hooks.append((self.blocks[lay].mlp_out, True, post))
         if attribution:
-            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top)
+            w = self._readers(r_of, B) if lookup else None
+            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top, w)
         hidden = self.capture(tokens, hooks, stop=None if logits else self.blocks[top].mlp_out, final=logits)
 
         res = NeuronPass(layers=layers.tolist(), neurons=neurons.tolist(), positions=pos_l, n_attn=n_attn)
@@ -285,13 +329,22 @@ class FastBackend(Backend):
         if all_acts:
             res.acts = [post_all[j, :len(rows[j])].tolist() for j in range(B)]
         if attribution:
-            self._attribute(res, got, r_of, layers, neurons)
+            self._attribute(res, got, r_of, layers, neurons, lookup, L)
         if logits:
             res.prob, res.top = probabilities(self.head(hidden[b, pos]), targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor) -> None:
-        """raw, ln, pre and other of ``res`` from the captured quantities (float32)."""
+    def _readers(self, r_of: dict, B: int) -> Float[Tensor, "batch d_model"]:
+        """Each row's processed ``W_in[:, i]`` (its neuron's reading direction)."""
+        w = torch.empty(B, self.dims.d_model, device=self.device)
+        for lay, (r, nr, _) in r_of.items():
+            w[r] = self._w_in(lay)[0][:, nr].T
+        return w
+
+    def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor,
+                   lookup: bool = False, length: int = 0) -> None:
+        """raw, ln, pre and other of ``res`` from the captured quantities (float32); with
+        ``lookup`` the per-source terms captured by :meth:`_attribution_hooks`."""
         dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)
         B, K, top = len(res.layers), max(res.n_attn), int(layers.max())
         pre = torch.empty(B, device=dev)
@@ -313,6 +366,11 @@ class FastBackend(Backend):
         upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
         res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream[:, :, None]
+        if lookup:
+            bias = (torch.stack([torch.einsum("hd,bhd->bh", self.b_V_proc[k], got["u", k]) for k in range(K)], 1)
+                    if K else None)
+            res.lookup = SourceTerms.stack([got["src", k] for k in range(K)], [got["att", k] for k in range(K)],
+                                           bias, scale, upstream, H, length)
         res.pre = pre
         parts = {k: (centre(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
         b_O = (centre(self.b_O_proc[:K]) @ w.T).T  # [batch, K]

@@ -57,6 +57,21 @@ class GPT2Backend(FastBackend):
         d = self.dims.d_model
         return qkv_out[..., 2 * d:].unflatten(-1, (self.dims.n_heads, self.dims.d_head))
 
+    def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """GPT-2's attention row at ``pos`` (``c_attn`` holds q, k, v; scores scaled by the
+        module's ``scaling``: ``1/sqrt(d_head)``, and ``1/(layer + 1)`` with
+        ``scale_attn_by_inverse_layer_idx``; causal, no positional rotation) and its processed
+        value vectors. See :meth:`FastBackend._pattern_and_values`."""
+        d, H, D = self.dims.d_model, self.dims.n_heads, self.dims.d_head
+        x = qkv_out.float()
+        b = torch.arange(x.shape[0], device=x.device)
+        q = x[b, pos, :d].unflatten(-1, (H, D))  # [batch, H, D] at each row's target position
+        k = x[..., d:2 * d].unflatten(-1, (H, D))  # [batch, pos, H, D]
+        scores = torch.einsum("bhd,bshd->bhs", q, k) * float(self.hf.transformer.h[layer].attn.scaling)
+        after = torch.arange(x.shape[1], device=x.device)[None, :] > pos[:, None]  # [batch, pos]
+        pattern = scores.masked_fill(after[:, None, :], float("-inf")).softmax(-1)
+        return pattern, self._values(layer, x) - self.b_V[layer]
+
 
 def fuse_gelu(hf: torch.nn.Module) -> int:
     """Replace each ``NewGELUActivation`` of ``hf`` by the library's fused ``GELUTanh`` (see the

@@ -1,0 +1,111 @@
+"""The context look-up on the explorer's pages (docs/method.md §3, "Per-source decomposition"):
+which earlier tokens a head reads at the firing position, and what each carries to the neuron.
+
+The pair page reads the stored decomposition (table ``lookups``, :mod:`precompute.lookup`), the
+live view gets it from the backend's clean pass (:func:`app.live.live_views`); both show one row
+of tokens per prompt coloured by contribution (diverging, centred at 0), attention weight and
+contribution in each token's tooltip, the firing position marked. Source position 0 is BOS,
+shown as its own chip. Database reads go through :mod:`app.evidence`.
+"""
+
+from __future__ import annotations
+
+from markupsafe import Markup, escape
+
+from precompute.lookup import BOS_LABEL, decode, lookup_dict, summary
+
+from . import evidence as QE
+from .formats import fmt, has_hidden, visible
+from .present import colour, nice_scale, token_escaped
+
+UNITS = {"raw": "residual-stream units", "ln": "pre-activation units"}
+
+
+def state(run, pair, n_rows: int) -> dict:
+    """Whether the pair page can show the look-up: ``{"state", "reason"}`` with state ``done``,
+    ``not_in_data`` (an imported run: the decomposition needs the model's weights, which its
+    files do not hold), ``not_applicable`` (the pair is not kept: it is stored for kept pairs
+    only) or ``not_computed`` (a run stored before the look-up existed)."""
+    if n_rows:
+        return {"state": "done", "reason": None}
+    if run.provenance is not None:
+        return {"state": "not_in_data", "reason": "the per-source decomposition needs the model's weights, "
+                "which the authors' files do not hold"}
+    if not pair.kept:
+        return {"state": "not_applicable", "reason": "it is stored for kept pairs only"}
+    return {"state": "not_computed", "reason": "this run was stored by a context-lookups without the look-up; "
+            "run `lookups precompute` into a new database to get it"}
+
+
+def pair_lookups(s, run, pair, prompts: list, score: str) -> tuple[dict[int, dict], dict]:
+    """The stored look-ups of a pair's ``prompts`` (``Prompt`` rows, both splits) as
+    ``{prompt_id: lookup_dict}`` (:func:`precompute.lookup.lookup_dict`; ``total`` and
+    ``total_ln`` the head's stored scores), and the page's summary: ``state``, ``units``,
+    ``scale`` (the largest |contribution| shown, in the ``score``'s units) and ``groups``, the
+    tokens that carry the most over the prompts on which the head is active and inactive
+    (:func:`precompute.lookup.summary`)."""
+    k, h = pair.head_layer, pair.head
+    rows = QE.pair_lookups(s, prompt_ids=[p.id for p in prompts], head_layer=k, head=h)
+    out: dict[int, dict] = {}
+    for p in prompts:
+        lk = rows.get(p.id)
+        if lk is not None:
+            has = k < len(p.attr_raw)
+            out[p.id] = lookup_dict(decode(lk.contrib), decode(lk.attention), lk.bias, lk.ln_scale,
+                                    p.attr_raw[k][h] if has else None, p.attr_ln[k][h] if has else None)
+    key = "contrib_ln" if score == "ln" else "contrib"
+    label = f"L{k}H{h}"
+    groups = {}
+    for name, want in (("active", True), ("inactive", False)):
+        got = [(p.tokens, out[p.id][key]) for p in prompts if p.id in out and (label in p.active) == want]
+        groups[name] = summary(got)
+    return out, {"state": state(run, pair, len(out)), "units": UNITS[score], "score": score,
+                 "scale": nice_scale(abs(v) for d in out.values() for v in d[key]), "groups": groups,
+                 "n_explain": sum(1 for p in prompts if p.id in out and p.split == "explain"),
+                 "n_heldout": sum(1 for p in prompts if p.id in out and p.split == "heldout")}
+
+
+def summary_tokens(groups: dict, prompts: list, partial: dict) -> dict[str, str]:
+    """Each summary token's shown text (escaped bytes of partial UTF-8 characters, from one of
+    the prompts' token ids)."""
+    ids: dict[str, int] = {}
+    for p in prompts:
+        for i, t in zip(p.token_ids or [], p.tokens or []):
+            ids.setdefault(t, i)
+    return {r["token"]: token_escaped(ids[r["token"]], r["token"], partial) if r["token"] in ids else r["token"]
+            for g in groups.values() for r in g["rows"]}
+
+
+def lookup_tokens_html(toks: list[str], lookup: dict, scale: float, *, score: str = "raw",
+                       row: str = "contrib", joined: list | None = None) -> Markup:
+    """One prompt's tokens coloured by the look-up (BOS first, as its own chip): by each source's
+    contribution (``row="contrib"``, diverging on ``[-scale, scale]``) or attention weight
+    (``row="attention"``, on [0, 1]); every token's tooltip gives both, and the firing position
+    (the last source) is marked. Tokens after it (a live view at an earlier position) are not
+    sources and stay white. ``toks``: the escaped token texts without BOS."""
+    contrib = lookup["contrib_ln" if score == "ln" else "contrib"]
+    att = lookup["attention"]
+    p = lookup["position"]
+    unit = UNITS[score]
+    out = [f'<span class="toks lookup-row" data-row="{row}">']
+    for s, text in enumerate([BOS_LABEL] + list(toks)):
+        cls = "tok bos" if s == 0 else "tok"
+        part = joined[s - 1] if s and joined and s - 1 < len(joined) else None
+        if part is not None:
+            cls += " bytes"
+        elif s and has_hidden(text):
+            cls += " ctl"
+        if s > p:
+            out.append(f'<span class="{cls} after" title="#{s - 1}: after the position read at, not a source">'
+                       f'{escape(visible(text))}</span>')
+            continue
+        if s == p:
+            cls += " max"
+        c, a = contrib[s], att[s]
+        bg = colour(a, 1.0) if row == "attention" else colour(c, scale)
+        where = "BOS" if s == 0 else f"#{s - 1}"
+        out.append(f'<span class="{cls}" style="background:{bg}" data-src="{s}" '
+                   f'title="{where}: contribution {fmt(c, 4)} ({unit}); attention {fmt(a, 4)}'
+                   f'{" · firing position" if s == p else ""}">{escape(visible(text)) if s else BOS_LABEL}</span>')
+    out.append("</span>")
+    return Markup("".join(out))

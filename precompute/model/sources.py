@@ -1,0 +1,79 @@
+"""The per-source-token decomposition of head attribution, as every backend computes it
+(docs/method.md §3, "Per-source decomposition"; extension point (b) of
+:mod:`precompute.model.backend`).
+
+For neuron ``(l, i)`` at position ``p`` and head ``h`` of layer ``k`` (processed weights):
+
+    A[k, h] = Σ_{s <= p} a[p, s] · (v_s W_O[k, h]) · W_in[l][:, i]  +  (b_V[k, h] W_O[k, h]) · W_in[l][:, i]
+
+with ``a`` the head's attention pattern and ``v_s`` its value vector (``hook_v``) at source
+position ``s``. Written as ``a[p, s] · (v_s · u)`` with the head's read-out ``u = W_O[k, h] ·
+W_in[l][:, i]`` (``[d_head]``), one dot product per source. The LN-aware split divides every
+term by the scale of the LayerNorm feeding the MLP at ``p``, common to all of them.
+
+A backend reads ``a[p, :]`` and ``v`` at its capture points and calls :func:`source_terms`
+with :func:`readout`: the formula has this one home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+def readout(W_O: Float[Tensor, "n_heads d_head d_model"], w: Float[Tensor, "batch d_model"]
+            ) -> Float[Tensor, "batch n_heads d_head"]:
+    """Each head's read-out ``u[b, h] = W_O[h] · w[b]`` (``w[b]``: row ``b``'s ``W_in[:, i]``),
+    float32: the value vector's direction that reaches the neuron."""
+    return torch.einsum("hdm,bm->bhd", W_O.float(), w.float())
+
+
+def source_terms(pattern: Float[Tensor, "batch n_heads pos"], values: Float[Tensor, "batch pos n_heads d_head"],
+                 u: Float[Tensor, "batch n_heads d_head"]) -> Float[Tensor, "batch n_heads pos"]:
+    """The per-source terms ``a[p, s] · (v_s · u)`` of one attention layer, in residual-stream
+    units (docs/method.md §3): ``pattern`` the attention row at each row's target position
+    (zero beyond it), ``values`` the processed value vectors (``hook_v``) at every position,
+    ``u`` from :func:`readout`. Their sum over ``s``, plus the value-bias term, is the raw head
+    attribution ``A[k, h]``."""
+    return pattern.float() * torch.einsum("bshd,bhd->bhs", values.float(), u)
+
+
+@dataclass
+class SourceTerms:
+    """The decomposition of a batched pass, per row, upstream attention layer ``k < K`` and
+    head (row ``j``'s sources are ``0 .. positions[j]``, BOS at 0; zeros beyond, and for the
+    layers not upstream of row ``j``'s neuron).
+
+    ``contrib [batch, K, n_heads, pos]``: ``a[p, s] · (v_s W_O[h]) · W_in[:, i]``, residual-stream
+    units (the raw score's); ``attention [batch, K, n_heads, pos]``: ``a[p, s]`` (each row sums
+    to 1 over ``s <= p``); ``bias [batch, K, n_heads]``: ``(b_V[h] W_O[h]) · W_in[:, i]``, zero
+    with TransformerLens' processing (``fold_value_biases`` moves ``b_V`` into ``b_O``);
+    ``scale [batch]``: the LayerNorm scale at ``p`` that divides every term of the LN-aware
+    split. ``contrib.sum(-1) + bias`` is the raw attribution ``A``.
+    """
+
+    contrib: Float[Tensor, "batch K n_heads pos"]
+    attention: Float[Tensor, "batch K n_heads pos"]
+    bias: Float[Tensor, "batch K n_heads"]
+    scale: Float[Tensor, "batch"]
+
+    def row(self, q: int, n_attn: int, n_src: int) -> "SourceTerms":
+        """Row ``q`` cut to its ``n_attn`` upstream layers and ``n_src`` sources."""
+        return SourceTerms(self.contrib[q:q + 1, :n_attn, :, :n_src], self.attention[q:q + 1, :n_attn, :, :n_src],
+                           self.bias[q:q + 1, :n_attn], self.scale[q:q + 1])
+
+    @staticmethod
+    def stack(contrib: list[Tensor], attention: list[Tensor], bias: Tensor, scale: Tensor,
+              upstream: Tensor, n_heads: int, length: int) -> "SourceTerms":
+        """Per-layer ``[batch, n_heads, pos]`` terms stacked to ``[batch, K, n_heads, pos]``,
+        zeroed where ``upstream [batch, K]`` is False (K = 0: empty)."""
+        B = len(scale)
+        if not contrib:
+            z = torch.zeros(B, 0, n_heads, length, device=scale.device)
+            return SourceTerms(z, z.clone(), torch.zeros(B, 0, n_heads, device=scale.device), scale)
+        m = upstream[:, :, None]
+        return SourceTerms(torch.stack(contrib, 1) * m[..., None], torch.stack(attention, 1) * m[..., None],
+                           bias * m, scale)
