@@ -11,6 +11,7 @@ shown as its own chip. Database reads go through :mod:`app.evidence`.
 from __future__ import annotations
 
 from markupsafe import Markup, escape
+from pydantic import BaseModel, ConfigDict, Field
 
 from precompute.lookup import BOS_LABEL, decode, lookup_dict, summary
 
@@ -109,3 +110,88 @@ def lookup_tokens_html(toks: list[str], lookup: dict, scale: float, *, score: st
                    f'{" · firing position" if s == p else ""}">{escape(visible(text)) if s else BOS_LABEL}</span>')
     out.append("</span>")
     return Markup("".join(out))
+
+
+# --- the JSON twins' shapes, for the OpenAPI schema ----------------------------------------------
+
+class LookupJSON(BaseModel):
+    """A head's look-up on one prompt at one position ``p`` (docs/method.md §3): the head's raw
+    attribution ``A[h] = Σ_s contrib[s] + bias`` split by source position ``s = 0..p``, where
+    source 0 is BOS and source ``s >= 1`` is the prompt's token ``s - 1`` (``tokens[s - 1]``)."""
+
+    position: int = Field(description="p: the firing (or chosen) position, the index of the last source; "
+                          "every list below has p + 1 values")
+    contrib: list[float] = Field(description="a[p, s] · (v_s W_O[h]) · W_in[:, i] per source position "
+                                 "s = 0..p: what token s carries to the neuron through the head; raw "
+                                 "attribution units (residual-stream dot products)")
+    attention: list[float] = Field(description="the head's attention weight a[p, s] per source position "
+                                   "s = 0..p (sums to 1)")
+    bias: float = Field(description="the value-bias term (b_V[h] W_O[h]) · W_in[:, i], raw units; 0 with "
+                        "TransformerLens' processing (fold_value_biases)")
+    total: float | None = Field(description="A[h], the head's raw attribution (as stored; live: of this "
+                                "pass) = sum(contrib) + bias")
+    contrib_ln: list[float] = Field(description="contrib / ln_scale per source: the LN-aware split, "
+                                    "pre-activation units")
+    bias_ln: float = Field(description="bias / ln_scale, pre-activation units")
+    total_ln: float | None = Field(description="the head's LN-aware attribution = sum(contrib_ln) + bias_ln")
+    ln_scale: float = Field(description="scale of the LayerNorm feeding the MLP at p (common to all terms)")
+
+
+class LiveLookupJSON(LookupJSON):
+    """:class:`LookupJSON` of the live pass's selected head (``&head=L3H7``), at the live
+    position (``pos``; default the last token)."""
+
+    head: str = Field(description="the head, L{layer}H{head}")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PairPromptJSON(_Open):
+    """A prompt of the pair page (the other fields as on the neuron page)."""
+
+    lookup: LookupJSON | None = Field(description="the pair head's stored look-up at the firing position "
+                                      "(null: not stored, see the page's lookup.state)")
+
+
+class LookupSummaryRowJSON(BaseModel):
+    token: str = Field(description="source token string (⟨BOS⟩: position 0)")
+    total: float = Field(description="what it carries summed over the group's prompts (units: lookup.units)")
+    per_prompt: float = Field(description="total / the group's prompts")
+    prompts: int = Field(description="prompts of the group in which it is a source")
+    top: int = Field(description="prompts of the group on which it carries the most of any token")
+
+
+class LookupGroupJSON(BaseModel):
+    n_prompts: int
+    rows: list[LookupSummaryRowJSON]
+
+
+class PairLookupJSON(_Open):
+    """The pair page's look-up summary over its explain and held-out prompts."""
+
+    state: dict = Field(description="{state: done | not_computed | not_applicable | not_in_data, reason}")
+    units: str = Field(description="units of the summary and of the colours: residual-stream units (score=raw) "
+                       "or pre-activation units (score=ln)")
+    groups: dict[str, LookupGroupJSON] = Field(description="'active' and 'inactive': the tokens that carry "
+                                               "the most when the head is active / inactive")
+
+
+class PairJSON(_Open):
+    """The pair page's JSON twin (fields not listed here: as the page shows them)."""
+
+    active: list[PairPromptJSON]
+    inactive: list[PairPromptJSON]
+    heldout: list[PairPromptJSON]
+    lookup: PairLookupJSON
+
+
+class LiveJSON(_Open):
+    lookup: LiveLookupJSON | None = Field(description="the selected head's look-up (null without &head=)")
+
+
+class NeuronJSON(_Open):
+    """The neuron page's JSON twin (fields not listed here: as the page shows them)."""
+
+    live: LiveJSON | None = Field(description="the live pass, with ?prompt=")

@@ -23,6 +23,7 @@ from precompute.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views
+from ..lookup import NeuronJSON, PairJSON
 from ..export import CHUNK as CSV_CHUNK
 from ..export import all_pages_csv, csv_response
 from ..live import BadLiveInput
@@ -263,7 +264,7 @@ def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
 
 
 @router.get("/{run}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
-            "with ?prompt= also the live pass")
+            "with ?prompt= also the live pass", responses={200: {"model": NeuronJSON}})
 async def neuron_json(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
                       ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):
@@ -287,7 +288,7 @@ async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int
 # --- pair --------------------------------------------------------------------------------------
 
 @router.get("/{run}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}.json", tags=["json"],
-            summary="One (neuron, head) pair (JSON)")
+            summary="One (neuron, head) pair (JSON)", responses={200: {"model": PairJSON}})
 def pair_json(request: Request, s: DB, run: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
     return render(request, "pair.html", views.pair(s, slug=run, layer=layer, neuron_=neuron,
