@@ -66,8 +66,8 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
         target position; ``ablation`` the same under the ablated heads and the ``drop``;
         ``lookup`` the look-up head's per-source decomposition in the clean pass
         (:func:`precompute.lookup.lookup_dict` with ``head``; sources ``0..pos + 1``, BOS first)
-        or None. One forward pass over all rows (decomposed when any row asks for a look-up),
-        and a second over the rows with heads ablated.
+        or None. One forward pass over all rows (decomposing the layers of the heads asked
+        for), and a second over the rows with heads ablated.
 
     Raises:
         ValueError: a layer, neuron, token, head or position out of range.
@@ -76,7 +76,7 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
     abl = [j for j, hs in enumerate(heads) if hs]
     tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
     lookups = lookups or [None] * len(rows)
-    c = model.backend.clean_view(rows, tgt, positions, lookup=any(h is not None for h in lookups))
+    c = model.backend.clean_view(rows, tgt, positions, lookup=sorted({h[0] for h in lookups if h is not None}))
     clean = [_view(c, j) for j in range(len(rows))]
     ablated = {}
     if abl:

@@ -191,7 +191,7 @@ def check_token(token_id: int, *, d_vocab: int) -> None:
 
 def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                positions: Sequence[int] | None, ablate: Sequence[Sequence[tuple[int, int]]] | None = None,
-               method: str = "zero", mean_v: dict[int, Tensor] | None = None, lookup: bool = False,
+               method: str = "zero", mean_v: dict[int, Tensor] | None = None, lookup=False,
                attribution: bool = True) -> list[int]:
     """Check the inputs of a neuron pass; return each row's target position (default its last
     token).
@@ -307,7 +307,7 @@ class Backend(abc.ABC):
                     positions: Sequence[int] | None = None, *, attribution: bool = True,
                     all_acts: bool = True, logits: bool = False, top_n: int = 5,
                     ablate: Sequence[Sequence[tuple[int, int]]] | None = None, method: str = "zero",
-                    mean_v: dict[int, Tensor] | None = None, lookup: bool = False) -> NeuronPass:
+                    mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False) -> NeuronPass:
         """One forward pass (one right-padded batch) of ``rows``, each row for its own neuron
         (paper §4.2-§4.3, §5.4; docs/method.md §2-§3, §6).
 
@@ -318,8 +318,9 @@ class Backend(abc.ABC):
             logits: run to the end and compute ``prob``/``top`` at the target positions.
             ablate: per row, the ``(layer, head)`` whose value vectors are replaced at every
                 position by zeros (``method="zero"``) or ``mean_v[layer][head]`` (``"mean"``).
-            lookup: also decompose ``raw`` by source token (``lookup``, docs/method.md §3) for
-                every upstream head; clean passes with attribution only.
+            lookup: also decompose ``raw`` by source token (``lookup``, docs/method.md §3): of
+                every upstream head (True), or of the heads of the upstream layers listed (the
+                others' terms are zero); clean passes with attribution only.
 
         Raises:
             ValueError: see :func:`check_pass`.
@@ -362,11 +363,12 @@ class Backend(abc.ABC):
         return out
 
     def clean_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
-                   positions: Sequence[int] | None = None, *, top_n: int = 5, lookup: bool = False) -> NeuronPass:
+                   positions: Sequence[int] | None = None, *, top_n: int = 5,
+                   lookup: bool | Sequence[int] = False) -> NeuronPass:
         """Everything of a live clean view in one forward pass (paper §4.3, §6): activations at
         every position, raw and LN-aware head attribution, ``hook_pre``, ``prob`` of each row's
-        token and the ``top_n`` next tokens; with ``lookup`` the per-source decomposition of every
-        upstream head (docs/method.md §3). Raises as :meth:`neuron_pass`."""
+        token and the ``top_n`` next tokens; with ``lookup`` the per-source decomposition
+        (docs/method.md §3; see :meth:`neuron_pass`). Raises as :meth:`neuron_pass`."""
         return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n, lookup=lookup)
 
     def ablated_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], heads: Sequence,

@@ -30,7 +30,7 @@ from precompute.model.backend import (
     probabilities,
 )
 from precompute.model.batching import pad
-from precompute.model.sources import SourceTerms, readout, source_terms
+from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
 def hook_post(layer: int) -> str:
@@ -130,15 +130,15 @@ class BridgeBackend(Backend):
             out.append((hook_v(k), fn))
         return out
 
-    def _attribution_names(self, layers: list[int], K: int, top: int, lookup: bool = False) -> list[str]:
+    def _attribution_names(self, layers: list[int], K: int, top: int, lookup=False) -> list[str]:
         """The hook points head attribution reads (docs/method.md §3); with ``lookup`` (extension
-        point (b)) also each upstream layer's attention pattern and value vectors."""
+        point (b)) also the attention pattern and value vectors of the layers it decomposes."""
         names = [hook_pre(lay) for lay in layers] + [f"blocks.{lay}.ln2.hook_scale" for lay in layers]
         names += ["hook_embed"] + (["hook_pos_embed"] if self._has_pos else [])
         names += [f"blocks.{k}.attn.hook_result" for k in range(K)]
         names += [f"blocks.{k}.hook_mlp_out" for k in range(top)]
-        if lookup:
-            names += [f"blocks.{k}.attn.hook_pattern" for k in range(K)] + [hook_v(k) for k in range(K)]
+        for k in decomposed_layers(lookup, K):
+            names += [f"blocks.{k}.attn.hook_pattern", hook_v(k)]
         return names
 
     def _neuron_pass(self, rows, targets: Sequence[Target], pos: list[int], *, attribution, all_acts,
@@ -175,7 +175,7 @@ class BridgeBackend(Backend):
             res.prob, res.top = probabilities(out[b, p], targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup: bool = False) -> None:
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup=False) -> None:
         """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
         ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
         layers = res.layers
@@ -189,12 +189,12 @@ class BridgeBackend(Backend):
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
         res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream
         if lookup:
-            us = [readout(self.W_O(k), w) for k in range(K)]  # [batch, H, d_head] per layer
-            pats = [cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in range(K)]
-            bias = (torch.stack([torch.einsum("hd,bhd->bh", self.b_V(k), u) for k, u in enumerate(us)], 1)
-                    if K else None)
-            res.lookup = SourceTerms.stack([source_terms(a, cache[hook_v(k)], u) for k, (a, u) in enumerate(zip(pats, us))],
-                                           pats, bias, scale, upstream[:, :, 0], d.n_heads, cache[hook_post(layers[0])].shape[1])
+            ks = decomposed_layers(lookup, K)
+            us = {k: readout(self.W_O(k), w) for k in ks}  # [batch, H, d_head] per layer
+            pats = {k: cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in ks}
+            res.lookup = SourceTerms.stack({k: source_terms(pats[k], cache[hook_v(k)], us[k]) for k in ks}, pats,
+                                           {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale, upstream[:, :, 0],
+                                           K, d.n_heads, cache[hook_post(layers[0])].shape[1])
         res.pre = per_row(hook_pre)[b, p, nr]
         parts = {"embed": cache["hook_embed"][b, p].float()}
         if self._has_pos:

@@ -37,7 +37,7 @@ from torch import Tensor
 from precompute.model.backend import Backend, Dims, NeuronPass, centre, doc_max, head_mask, probabilities
 from precompute.model.batching import pad
 from precompute.model.processing import process_block, process_unembed
-from precompute.model.sources import SourceTerms, readout, source_terms
+from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
 class _Stop(Exception):
@@ -251,13 +251,14 @@ class FastBackend(Backend):
         return (self.blocks[layer].attn_o, True, fn)
 
     def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int,
-                           w: Tensor | None = None) -> list[Hook]:
+                           w: Tensor | None = None, lookup=False) -> list[Hook]:
         """Hooks reading, at each row's target position, the per-head ``z`` of the ``K``
         upstream attention layers, the embeddings, the earlier MLPs' outputs, and per target
         layer the pre-activation and the stream its norm reads (docs/method.md §3). With ``w``
         (each row's processed ``W_in[:, i]``, ``[batch, d_model]``), also the per-source terms
-        of every upstream head (extension point (b)), reduced as each layer's ``Block.qkv`` runs:
-        ``centre(v W_O) · w = v · (W_O · centre(w))``, so the plain ``W_O`` serves."""
+        of every head of the layers ``lookup`` asks for (extension point (b)), reduced as each
+        layer's ``Block.qkv`` runs: ``centre(v W_O) · w = v · (W_O · centre(w))``, so the plain
+        ``W_O`` serves."""
         B = len(b)
         hooks: list[Hook] = [(self.embed, False, lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
         if self.pos_embed is not None:
@@ -274,10 +275,11 @@ class FastBackend(Backend):
             hooks.append((self.blocks[k].mlp, False, lambda m, a, out, k=k: got.__setitem__(
                 ("mlp", k), (out[0] if isinstance(out, tuple) else out)[b, pos].float())))
         if w is not None:
-            for k in range(K):
+            cw = centre(w)
+            for k in decomposed_layers(lookup, K):
                 def terms(m, a, out, k=k):
                     pattern, values = self._pattern_and_values(k, out, pos)
-                    u = got["u", k] = readout(self.W_O_plain(k), centre(w))
+                    u = got["u", k] = readout(self.W_O_plain(k), cw)
                     got["src", k], got["att", k] = source_terms(pattern, values, u), pattern
                 hooks.append((self.blocks[k].qkv, False, terms))
         return hooks
@@ -318,7 +320,7 @@ class FastBackend(Backend):
             hooks.append((self.blocks[lay].mlp_out, True, post))
         if attribution:
             w = self._readers(r_of, B) if lookup else None
-            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top, w)
+            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top, w, lookup)
         hidden = self.capture(tokens, hooks, stop=None if logits else self.blocks[top].mlp_out, final=logits)
 
         res = NeuronPass(layers=layers.tolist(), neurons=neurons.tolist(), positions=pos_l, n_attn=n_attn)
@@ -342,7 +344,7 @@ class FastBackend(Backend):
         return w
 
     def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor,
-                   lookup: bool = False, length: int = 0) -> None:
+                   lookup=False, length: int = 0) -> None:
         """raw, ln, pre and other of ``res`` from the captured quantities (float32); with
         ``lookup`` the per-source terms captured by :meth:`_attribution_hooks`."""
         dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)
@@ -367,10 +369,10 @@ class FastBackend(Backend):
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
         res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream[:, :, None]
         if lookup:
-            bias = (torch.stack([torch.einsum("hd,bhd->bh", self.b_V_proc[k], got["u", k]) for k in range(K)], 1)
-                    if K else None)
-            res.lookup = SourceTerms.stack([got["src", k] for k in range(K)], [got["att", k] for k in range(K)],
-                                           bias, scale, upstream, H, length)
+            ks = decomposed_layers(lookup, K)
+            res.lookup = SourceTerms.stack({k: got["src", k] for k in ks}, {k: got["att", k] for k in ks},
+                                           {k: (got["u", k] * self.b_V_proc[k]).sum(-1) for k in ks},
+                                           scale, upstream, K, H, length)
         res.pre = pre
         parts = {k: (centre(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
         b_O = (centre(self.b_O_proc[:K]) @ w.T).T  # [batch, K]

@@ -67,7 +67,7 @@ class GPT2Backend(FastBackend):
         b = torch.arange(x.shape[0], device=x.device)
         q = x[b, pos, :d].unflatten(-1, (H, D))  # [batch, H, D] at each row's target position
         k = x[..., d:2 * d].unflatten(-1, (H, D))  # [batch, pos, H, D]
-        scores = torch.einsum("bhd,bshd->bhs", q, k) * float(self.hf.transformer.h[layer].attn.scaling)
+        scores = (k.transpose(1, 2) @ q[..., None])[..., 0] * float(self.hf.transformer.h[layer].attn.scaling)
         after = torch.arange(x.shape[1], device=x.device)[None, :] > pos[:, None]  # [batch, pos]
         pattern = scores.masked_fill(after[:, None, :], float("-inf")).softmax(-1)
         return pattern, self._values(layer, x) - self.b_V[layer]

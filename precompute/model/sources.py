@@ -38,7 +38,8 @@ def source_terms(pattern: Float[Tensor, "batch n_heads pos"], values: Float[Tens
     (zero beyond it), ``values`` the processed value vectors (``hook_v``) at every position,
     ``u`` from :func:`readout`. Their sum over ``s``, plus the value-bias term, is the raw head
     attribution ``A[k, h]``."""
-    return pattern.float() * torch.einsum("bshd,bhd->bhs", values.float(), u)
+    # [batch, H, pos, D] @ [batch, H, D, 1]: one batched matmul (einsum's overhead counted in a live pass)
+    return pattern.float() * (values.float().transpose(1, 2) @ u[..., None])[..., 0]
 
 
 @dataclass
@@ -66,14 +67,24 @@ class SourceTerms:
                            self.bias[q:q + 1, :n_attn], self.scale[q:q + 1])
 
     @staticmethod
-    def stack(contrib: list[Tensor], attention: list[Tensor], bias: Tensor, scale: Tensor,
-              upstream: Tensor, n_heads: int, length: int) -> "SourceTerms":
-        """Per-layer ``[batch, n_heads, pos]`` terms stacked to ``[batch, K, n_heads, pos]``,
-        zeroed where ``upstream [batch, K]`` is False (K = 0: empty)."""
-        B = len(scale)
-        if not contrib:
-            z = torch.zeros(B, 0, n_heads, length, device=scale.device)
-            return SourceTerms(z, z.clone(), torch.zeros(B, 0, n_heads, device=scale.device), scale)
-        m = upstream[:, :, None]
-        return SourceTerms(torch.stack(contrib, 1) * m[..., None], torch.stack(attention, 1) * m[..., None],
-                           bias * m, scale)
+    def stack(contrib: dict[int, Tensor], attention: dict[int, Tensor], bias: dict[int, Tensor], scale: Tensor,
+              upstream: Tensor, K: int, n_heads: int, length: int) -> "SourceTerms":
+        """Per-layer terms (``{k: [batch, n_heads, pos]}``, bias ``{k: [batch, n_heads]}``) of the
+        layers decomposed, stacked to ``[batch, K, n_heads, pos]`` with zeros for the others and
+        where ``upstream [batch, K]`` is False."""
+        B, dev = len(scale), scale.device
+        c = torch.zeros(B, K, n_heads, length, device=dev)
+        a = torch.zeros(B, K, n_heads, length, device=dev)
+        bi = torch.zeros(B, K, n_heads, device=dev)
+        for k in contrib:
+            c[:, k], a[:, k], bi[:, k] = contrib[k], attention[k], bias[k]
+        m = upstream[:, :, None].to(c.dtype)
+        return SourceTerms(c * m[..., None], a * m[..., None], bi * m, scale)
+
+
+def decomposed_layers(lookup, K: int) -> list[int]:
+    """The upstream attention layers a pass decomposes: all ``K`` for ``lookup=True``, those of
+    a collection of layers (the live view asks for the selected head's), none for False."""
+    if lookup is True:
+        return list(range(K))
+    return sorted({int(k) for k in (lookup or ()) if 0 <= int(k) < K})
