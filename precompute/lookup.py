@@ -41,8 +41,8 @@ def stored_rows(terms, heads: Iterable[tuple[int, int]]) -> list[dict]:
     decomposition (``terms``: a one-row :class:`~precompute.model.sources.SourceTerms` cut to
     its sources, as ``NeuronPass.row`` gives it)."""
     scale = float(terms.scale[0])
-    return [dict(head_layer=k, head=h, contrib=encode(terms.contrib[0, k, h]),
-                 attention=encode(terms.attention[0, k, h]), bias=float(terms.bias[0, k, h]), ln_scale=scale)
+    return [{"head_layer": k, "head": h, "contrib": encode(terms.contrib[0, k, h]),
+             "attention": encode(terms.attention[0, k, h]), "bias": float(terms.bias[0, k, h]), "ln_scale": scale}
             for k, h in heads]
 
 

@@ -75,7 +75,7 @@ def test_live_head_selection_survives_reload_and_back(page, server, kept):
     page.reload()  # the pushed URL renders the same view without htmx
     page.wait_for_selector("#live-lookup")
     assert page.inner_text("#lookup-total") == total
-    assert page.get_attribute(f'#live td.picked button.pick-head', "value") == head
+    assert page.get_attribute('#live td.picked button.pick-head', "value") == head
 
     # a token click keeps the head (the hidden field) and moves the position
     page.locator("#live .live-tokens button.tok").nth(3).click()

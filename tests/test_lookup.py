@@ -89,7 +89,7 @@ def test_carriers_and_summary_group_by_token_string():
     assert rows[" LORD"]["total"] == pytest.approx(3.0) and rows[" LORD"]["prompts"] == 2
     assert rows[" LORD"]["top"] == 2  # it carries the most on both prompts
     assert rows[" LORD"]["per_prompt"] == pytest.approx(1.5)
-    assert [r["token"] for r in s["rows"]][0] == " LORD"  # by total, largest first
+    assert s["rows"][0]["token"] == " LORD"  # by total, largest first
 
 
 def test_a_fast_family_without_the_capture_names_the_method(tiny_model):

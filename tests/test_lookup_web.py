@@ -67,7 +67,7 @@ def test_pair_page_colours_tokens_by_the_lookup_with_the_twins_values(client, ke
     assert 'id="lookup"' in html and "contribution to the neuron through" in html and "residual-stream units" in html
     shown = d["active"] + d["inactive"] + d["heldout"]
     assert html.count('data-row="contrib"') == len(shown)
-    cells = re.findall(r'<span class="toks lookup-row" data-row="contrib">(.*?)</span></span>', html, re.S)
+    cells = re.findall(r'<span class="toks lookup-row" data-row="contrib">(.*?)</span></span>', html, re.DOTALL)
     first = d["active"][0]["lookup"]
     titles = re.findall(r'data-src="(\d+)" title="([^"]*)"', cells[0] + "</span>")
     assert [int(s) for s, _ in titles] == list(range(first["position"] + 1))
@@ -85,7 +85,7 @@ def test_a_pair_not_kept_says_its_lookup_is_stored_for_kept_pairs_only(client, w
                                "ORDER BY p.id LIMIT 1", TOPK_RUN)
     url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}"
     assert client.get(url + ".json").json()["lookup"]["state"]["state"] == "not_applicable"
-    line = re.findall(r'<p class="empty state" id="lookup-state">(.*?)</p>', client.get(url).text, re.S)
+    line = re.findall(r'<p class="empty state" id="lookup-state">(.*?)</p>', client.get(url).text, re.DOTALL)
     assert len(line) == 1 and "kept pairs only" in line[0]
 
 
@@ -108,7 +108,7 @@ def test_live_head_selection(client, kept):
     page = client.get(pushed).text
     assert f'id="live-head" name="head" value="L{hl}H{h}"' in page
     assert page.count('data-row="contrib"') == 1 and page.count('data-row="attention"') == 1
-    assert f'class="cell' in page and 'picked"' in page
+    assert 'class="cell' in page and 'picked"' in page
     # an ablation keeps the look-up of the clean pass
     both = client.get(base + ".json", params={**q, "ablate": f"L{hl}H{h}"}).json()["live"]
     assert both["lookup"]["contrib"] == lk["contrib"] and both["ablation"] is not None

@@ -177,7 +177,7 @@ def test_imported_pair_says_the_lookup_needs_the_model(client):
     """An imported run has no weights: the pair page says in one line that the per-source
     decomposition needs the model, and its JSON has no look-up."""
     html = client.get("/gpt2-small/neurons/9/1690/heads/8/1").text
-    lines = re.findall(r'<p class="empty state" id="lookup-state">(.*?)</p>', html, re.S)
+    lines = re.findall(r'<p class="empty state" id="lookup-state">(.*?)</p>', html, re.DOTALL)
     assert len(lines) == 1 and "\n" not in lines[0] and "needs the model" in lines[0]
     j = client.get("/gpt2-small/neurons/9/1690/heads/8/1.json").json()
     assert j["lookup"]["state"]["state"] == "not_in_data"

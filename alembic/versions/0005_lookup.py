@@ -5,15 +5,16 @@ triggers of 0004 stay as they are. SQLite stores it WITHOUT ROWID (the key is th
 Revision ID: 0005_lookup
 Revises: 0004_search
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision: str = "0005_lookup"
-down_revision: Union[str, Sequence[str], None] = "0004_search"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0004_search"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -267,7 +267,7 @@ def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
             "with ?prompt= also the live pass", responses={200: {"model": NeuronJSON}})
 async def neuron_json(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):
+                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):  # noqa: B006 (FastAPI copies it)
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
                        ablate=ablate, pos=pos, fmt="json", head=head)
 
@@ -276,7 +276,7 @@ async def neuron_json(request: Request, s: DB, run: str, layer: int, neuron: int
             summary="One neuron: token, prompts, head attribution, pairs, live")
 async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):
+                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):  # noqa: B006 (FastAPI copies it)
     if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
         return RedirectResponse(urls.neuron(run, layer, neuron, score=score if score != "raw" else None,
                                             split=split if split != "explain" else None, prompt=prompt,

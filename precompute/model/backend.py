@@ -191,7 +191,7 @@ def check_token(token_id: int, *, d_vocab: int) -> None:
 
 def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                positions: Sequence[int] | None, ablate: Sequence[Sequence[tuple[int, int]]] | None = None,
-               method: str = "zero", mean_v: dict[int, Tensor] | None = None, lookup=False,
+               method: str = "zero", mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False,
                attribution: bool = True) -> list[int]:
     """Check the inputs of a neuron pass; return each row's target position (default its last
     token).

@@ -130,7 +130,7 @@ class BridgeBackend(Backend):
             out.append((hook_v(k), fn))
         return out
 
-    def _attribution_names(self, layers: list[int], K: int, top: int, lookup=False) -> list[str]:
+    def _attribution_names(self, layers: list[int], K: int, top: int, lookup: bool | Sequence[int] = False) -> list[str]:
         """The hook points head attribution reads (docs/method.md §3); with ``lookup`` (extension
         point (b)) also the attention pattern and value vectors of the layers it decomposes."""
         names = [hook_pre(lay) for lay in layers] + [f"blocks.{lay}.ln2.hook_scale" for lay in layers]
@@ -142,7 +142,7 @@ class BridgeBackend(Backend):
         return names
 
     def _neuron_pass(self, rows, targets: Sequence[Target], pos: list[int], *, attribution, all_acts,
-                     logits, top_n, ablate, method, mean_v, lookup=False) -> NeuronPass:
+                     logits, top_n, ablate, method, mean_v, lookup: bool | Sequence[int] = False) -> NeuronPass:
         tokens, lengths = pad(rows, self.pad_id, self.device)
         B = tokens.shape[0]
         layers = [int(t[0]) for t in targets]
@@ -175,7 +175,7 @@ class BridgeBackend(Backend):
             res.prob, res.top = probabilities(out[b, p], targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup=False) -> None:
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup: bool | Sequence[int] = False) -> None:
         """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
         ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
         layers = res.layers

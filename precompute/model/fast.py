@@ -251,7 +251,7 @@ class FastBackend(Backend):
         return (self.blocks[layer].attn_o, True, fn)
 
     def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int,
-                           w: Tensor | None = None, lookup=False) -> list[Hook]:
+                           w: Tensor | None = None, lookup: bool | Sequence[int] = False) -> list[Hook]:
         """Hooks reading, at each row's target position, the per-head ``z`` of the ``K``
         upstream attention layers, the embeddings, the earlier MLPs' outputs, and per target
         layer the pre-activation and the stream its norm reads (docs/method.md §3). With ``w``
@@ -285,7 +285,7 @@ class FastBackend(Backend):
         return hooks
 
     def _neuron_pass(self, rows, targets, pos_l, *, attribution, all_acts, logits, top_n, ablate, method,
-                     mean_v, lookup=False) -> NeuronPass:
+                     mean_v, lookup: bool | Sequence[int] = False) -> NeuronPass:
         dev = self.device
         tokens, _ = pad(rows, self.pad_id, dev)
         B, L = tokens.shape
@@ -344,7 +344,7 @@ class FastBackend(Backend):
         return w
 
     def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor,
-                   lookup=False, length: int = 0) -> None:
+                   lookup: bool | Sequence[int] = False, length: int = 0) -> None:
         """raw, ln, pre and other of ``res`` from the captured quantities (float32); with
         ``lookup`` the per-source terms captured by :meth:`_attribution_hooks`."""
         dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)

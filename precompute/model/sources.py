@@ -17,6 +17,7 @@ with :func:`readout`: the formula has this one home.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,16 +60,16 @@ class SourceTerms:
     contrib: Float[Tensor, "batch K n_heads pos"]
     attention: Float[Tensor, "batch K n_heads pos"]
     bias: Float[Tensor, "batch K n_heads"]
-    scale: Float[Tensor, "batch"]
+    scale: Float[Tensor, " batch"]
 
-    def row(self, q: int, n_attn: int, n_src: int) -> "SourceTerms":
+    def row(self, q: int, n_attn: int, n_src: int) -> SourceTerms:
         """Row ``q`` cut to its ``n_attn`` upstream layers and ``n_src`` sources."""
         return SourceTerms(self.contrib[q:q + 1, :n_attn, :, :n_src], self.attention[q:q + 1, :n_attn, :, :n_src],
                            self.bias[q:q + 1, :n_attn], self.scale[q:q + 1])
 
     @staticmethod
     def stack(contrib: dict[int, Tensor], attention: dict[int, Tensor], bias: dict[int, Tensor], scale: Tensor,
-              upstream: Tensor, K: int, n_heads: int, length: int) -> "SourceTerms":
+              upstream: Tensor, K: int, n_heads: int, length: int) -> SourceTerms:
         """Per-layer terms (``{k: [batch, n_heads, pos]}``, bias ``{k: [batch, n_heads]}``) of the
         layers decomposed, stacked to ``[batch, K, n_heads, pos]`` with zeros for the others and
         where ``upstream [batch, K]`` is False."""
@@ -76,13 +77,13 @@ class SourceTerms:
         c = torch.zeros(B, K, n_heads, length, device=dev)
         a = torch.zeros(B, K, n_heads, length, device=dev)
         bi = torch.zeros(B, K, n_heads, device=dev)
-        for k in contrib:
-            c[:, k], a[:, k], bi[:, k] = contrib[k], attention[k], bias[k]
+        for k, ck in contrib.items():
+            c[:, k], a[:, k], bi[:, k] = ck, attention[k], bias[k]
         m = upstream[:, :, None].to(c.dtype)
         return SourceTerms(c * m[..., None], a * m[..., None], bi * m, scale)
 
 
-def decomposed_layers(lookup, K: int) -> list[int]:
+def decomposed_layers(lookup: bool | Sequence[int], K: int) -> list[int]:
     """The upstream attention layers a pass decomposes: all ``K`` for ``lookup=True``, those of
     a collection of layers (the live view asks for the selected head's), none for False."""
     if lookup is True:
