@@ -1,7 +1,7 @@
 """Benchmark of the precompute job and the live pass (issues 13, 19). Prints figures; not a test.
 
-    python benchmarks/bench_precompute.py [--model embedded|gpt2-small|DIR] [--docs 64]
-        [--context 1024] [--trim-neurons 4] [--trim-context 256] [--job]
+    python benchmarks/bench_precompute.py [--model embedded|gpt2-small-shape|pythia-160m-shape|
+        llama-160m-shape|DIR] [--docs 64] [--context 1024] [--trim-neurons 4] [--trim-context 256] [--job]
 
 Every ratio is against the bare Hugging Face forward (``AutoModelForCausalLM``, logits
 included, SDPA) of the same model on the same batches, measured in the same process,
@@ -15,7 +15,8 @@ interleaved, best of ``--repeats``:
    activations": the bytes of the model's parameters (one copy) plus the peak growth of RSS
    during one bare forward of the base model (no unembedding: the scan needs none; GPT-2's GELU
    fused as the job runs it) on a batch of the scan's shape, both measured in a child process
-   that first imports what the job imports and faults the weights in. The ratio is (job peak - that runtime) / (weights + activations); goal <= 1.3.
+   that first imports what the job imports and faults the weights in. The ratio is (job peak -
+   that runtime) / (weights + activations); goal <= 1.3.
 3. Trimming + attribution of ``--trim-neurons`` neurons x top-k documents, as the job runs that
    phase: the former per-neuron code on the bridge backend (bisection with one bridge pass per
    step, ``attribute`` of the prompts kept) against the job's ``compute_prompts``
@@ -26,8 +27,17 @@ interleaved, best of ``--repeats``:
 5. Extrapolation to the paper's setting (pile-10k: ~10k documents x 1,024 tokens, layers 9-11,
    20 + 20 neurons per layer, top 20 of two splits) from the measured rates.
 
-``gpt2-small`` is a random-weight ``GPT2Config()`` model (no download) with the embedded
-tokenizer; documents are the embedded corpus, concatenated up to ``--context`` tokens.
+The ``*-shape`` models are random weights in the shapes of real models (no download), saved
+with the embedded tokenizer (its ids are < 8192; the vocabulary, and so the unembedding, keeps
+the real size); documents are the embedded corpus, concatenated up to ``--context`` tokens:
+
+* ``gpt2-small-shape`` (or ``gpt2-small``): ``GPT2Config()`` — 12 layers, d_model 768, 12
+  heads, d_mlp 3072, vocab 50,257, tied unembedding, 124 M parameters;
+* ``pythia-160m-shape``: Pythia-160m's ``GPTNeoXConfig`` — 12 layers, d_model 768, 12 heads,
+  d_mlp 3072, parallel attention/MLP, rotary on 25% of each head, vocab 50,304, untied, 162 M;
+* ``llama-160m-shape``: a Llama of the same size — 12 layers, d_model 768, 12 query heads
+  sharing 4 kv heads (grouped-query), SwiGLU d_mlp 3072, RMSNorm, rotary, vocab 32,000 (Llama's),
+  untied, 153 M.
 """
 
 from __future__ import annotations
@@ -53,15 +63,35 @@ from precompute.scan import scan  # noqa: E402
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
 
 
+def shape_config(name: str):
+    """The ``transformers`` config of a ``*-shape`` model (module docstring), or None."""
+    import transformers as T
+
+    name = name.removesuffix("-shape")
+    if name == "gpt2-small":
+        return T.GPT2Config()
+    if name == "pythia-160m":
+        return T.GPTNeoXConfig(vocab_size=50304, hidden_size=768, num_hidden_layers=12,
+                               num_attention_heads=12, intermediate_size=3072, rotary_pct=0.25,
+                               max_position_embeddings=2048, use_parallel_residual=True,
+                               tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    if name == "llama-160m":
+        return T.LlamaConfig(vocab_size=32000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             num_key_value_heads=4, intermediate_size=3072, max_position_embeddings=2048,
+                             tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    return None
+
+
 def model_dir(name: str, tmp: str) -> str:
     if name == "embedded":
         return EMBEDDED_MODEL
-    if name != "gpt2-small":
+    cfg = shape_config(name)
+    if cfg is None:
         return name
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config()).save_pretrained(tmp)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp)
     AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(tmp)
     return tmp
 
@@ -139,7 +169,7 @@ def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx});"
             f"print(b.vm_hwm_kb('self'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return
@@ -192,7 +222,7 @@ def job_rss(model, path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     the module docstring)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", _BARE_RSS.format(root=root, path=path, batch=batch_size, ctx=ctx)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return
@@ -349,7 +379,8 @@ def bench_live(model, ref, hf, repeats: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="embedded", help="embedded, gpt2-small (random GPT2Config()) or a directory")
+    ap.add_argument("--model", default="embedded", help="embedded, gpt2-small-shape, pythia-160m-shape, "
+                    "llama-160m-shape (random weights, see above) or a directory")
     ap.add_argument("--docs", type=int, default=64)
     ap.add_argument("--context", type=int, default=None, help="tokens per scanned document (default n_ctx)")
     ap.add_argument("--batch-size", type=int, default=16)

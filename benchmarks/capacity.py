@@ -5,7 +5,7 @@
 1. Measures the run's storage on its backend (bytes per row of each table, indexes included;
    per token and per head for the prompts' JSON) — this machine's measured storage costs.
 2. Projects GPT-2 small, GPT-2 large and Pythia-1.4b on pile-10k with the paper's settings
-   (3 analysed layers, 20 + 20 neurons per layer, top-20, 10 held-out prompts per pair):
+   (3 analysed layers, 20 + 20 neurons per layer, top-20, 20 held-out prompts per pair):
    tokens to run, FLOPs per token, wall time on 1, 4 and 16 A100s and on this CPU, DB size.
 
 Sources and assumptions (also in docs/scaling.md):
@@ -38,7 +38,7 @@ MODELS = {  # public configurations (Hugging Face config.json of each)
 EMBEDDED = dict(n_layer=4, d_model=256, n_ctx=256)
 DOCS = 10_000              # pile-10k, both splits (2/3 explain, 1/3 held-out)
 DOC_BYTES = 5_000          # assumed mean stored document text (whole document)
-LAYERS, NEURONS, TOP_K, HELDOUT = 3, 40, 20, 10   # paper defaults: 20 next-token + 20 random per layer
+LAYERS, NEURONS, TOP_K, HELDOUT = 3, 40, 20, 20   # paper defaults: 20 next-token + 20 random per layer
 A100_BF16 = 312e12
 
 

@@ -18,10 +18,12 @@ import zlib
 from collections.abc import Iterator
 
 from precompute.errors import DatasetNotAvailable
+from precompute.jsontext import nesting_depth
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("explain", "heldout")
+MAX_DEPTH = 64  # JSON nesting levels of a corpus line (a document is {"text": ...}: 1)
 _ALIASES = {"explain": ("explain", "train"), "heldout": ("heldout", "test", "validation")}
 
 
@@ -140,13 +142,13 @@ def _record(path: str, n: int, raw: bytes):
     except UnicodeDecodeError as e:
         raise DatasetNotAvailable(f"{path}, line {n}: not UTF-8 (byte 0x{raw[e.start]:02x} at "
                                   f"column {e.start + 1})") from None
+    if nesting_depth(raw, MAX_DEPTH) > MAX_DEPTH:  # before the parser can hit the recursion limit
+        raise DatasetNotAvailable(f"{path}, line {n}: JSON nested too deeply (more than {MAX_DEPTH} levels)")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DatasetNotAvailable(f"{path}, line {n + e.lineno - 1}: not valid JSON ({e.msg}, "
                                   f"column {e.colno})") from None
-    except RecursionError:
-        raise DatasetNotAvailable(f"{path}, line {n}: JSON nested too deeply") from None
 
 
 def _text(path: str, where: str, record) -> str | None:

@@ -45,10 +45,11 @@ CORPUS_DIR = OUT / "corpus"
 WORK = Path(os.environ.get("LOOKUPS_BUILD_DIR", "/tmp/lookups-build"))
 
 CHUNK_CHARS = 1200  # ~ 256 tokens: one scan document fills about one context window
-# Documents shipped per scan split (after a seeded shuffle). The rest of the explain/heldout
-# documents are neither trained on nor shipped: the caps keep the default job near 5 minutes
-# on 2 CPU cores.
-SCAN_DOCS = {"explain": 1200, "heldout": 600}
+# Documents shipped per scan split (after a seeded shuffle); None ships the whole split. Every
+# explain/heldout document is shipped (3,889 and 1,935): with 1,200/600 the embedded run's
+# ablation effect and E were too noisy to tell from nothing (docs/method.md §8), and the whole
+# splits keep the default job within 5 minutes on 2 CPU cores.
+SCAN_DOCS: dict[str, int | None] = {"explain": None, "heldout": None}
 SOURCES = {
     "python-docs": "Python 3.11 documentation (Debian python3.11-doc), PSF License 2.0, "
     "(c) Python Software Foundation",
@@ -337,6 +338,15 @@ PROMPTS = ["The Python interpreter", "And it came to pass", "A hacker is a perso
            "The kernel uses", "The city of London is"]
 
 
+def _shipped(sizes: dict[str, int]) -> str:
+    """The model card's words for how much of the explain and heldout splits the scan corpus
+    ships (``SCAN_DOCS``), given the split ``sizes`` in documents."""
+    n = {k: sizes[k] if SCAN_DOCS[k] is None else min(SCAN_DOCS[k], sizes[k]) for k in ("explain", "heldout")}
+    if n == {k: sizes[k] for k in n}:
+        return "both are shipped whole as the scan corpus."
+    return f"of the last two, {n['explain']:,} and {n['heldout']:,} are shipped as the scan corpus."
+
+
 def card() -> None:
     import matplotlib
     import numpy as np
@@ -398,8 +408,8 @@ validation (1%), or the scan corpus's `explain` (20%) and `heldout` (10%) splits
 {src_rows}
 
 Splits: train {sp['train']:,} documents, val {sp['val']:,}, explain {sp['explain']:,},
-heldout {sp['heldout']:,} (linux-doc documents are never placed in the shipped splits); of the last two,
-{SCAN_DOCS['explain']:,} and {SCAN_DOCS['heldout']:,} are shipped as the scan corpus.
+heldout {sp['heldout']:,} (linux-doc documents are never placed in the shipped splits);
+{_shipped(sp)}
 The scan corpus (`../corpus/*.jsonl.gz`) holds only the redistributable sources above.
 
 ## Tokenizer

@@ -19,8 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
 
-# Fixture modules: the web database and loopback server, PostgreSQL, Chromium.
-pytest_plugins = ["tests.web_fixtures", "tests.pgserver", "tests.browser_fixtures"]
+# Fixture modules: the web database and loopback server, PostgreSQL, Chromium, the tiny models of
+# the other fast-backend families (GPT-NeoX, Llama, Qwen2, Mistral).
+pytest_plugins = ["tests.web_fixtures", "tests.pgserver", "tests.browser_fixtures", "tests.family_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -100,13 +101,13 @@ def small_corpus_dir(tmp_path_factory) -> Path:
 
 def small_settings(db_path: Path, model_dir: Path, corpus_dir: Path, **over) -> Settings:
     """Settings of the small test configuration (a few neurons, short documents)."""
-    base = dict(model=str(model_dir), dataset=str(corpus_dir), db_url=f"sqlite:///{db_path}",
-                n_per_layer=3, top_k=8, context_tokens=48, batch_size=16, heldout_per_pair=6,
+    base = {"model": str(model_dir), "dataset": str(corpus_dir), "db_url": f"sqlite:///{db_path}",
+                "n_per_layer": 3, "top_k": 8, "context_tokens": 48, "batch_size": 16, "heldout_per_pair": 6,
                 # Only 8 heads are scored in the 2-layer tiny model, where the 2-sigma rule
                 # rarely fires; the Oct 2023 top-3 rule gives kept pairs to test on.
-                active_rule="topk", active_topk=3,
+                "active_rule": "topk", "active_topk": 3,
                 # Every neuron here has top_k = 8 explain prompts: keep their pairs (default 10).
-                pair_min_prompts=8)
+                "pair_min_prompts": 8}
     base.update(over)
     return Settings(**base)
 

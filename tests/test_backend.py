@@ -30,22 +30,6 @@ def _save_tokenizer(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_neox_dir(tmp_path_factory) -> Path:
-    """A random-weight 2-layer GPT-NeoX (Pythia's architecture: parallel attention and MLP,
-    partial rotary positions) with the embedded tokenizer: no fast backend, a bridge one."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny-neox")
-    cfg = GPTNeoXConfig(vocab_size=8192, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128, rotary_pct=0.25,
-                        use_parallel_residual=True, bos_token_id=0, eos_token_id=0)
-    GPTNeoXForCausalLM(cfg).save_pretrained(d)
-    _save_tokenizer(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def tiny_xlnet_dir(tmp_path_factory) -> Path:
     """A random-weight XLNet: an architecture neither backend supports."""
     from transformers import XLNetConfig, XLNetLMHeadModel
@@ -62,10 +46,13 @@ def _job_args(db, model_dir, corpus_dir, *extra):
     return _args(db, model_dir, corpus_dir) + ["--explainer", "none", *extra]
 
 
-def test_auto_picks_the_fast_backend_for_gpt2_and_the_bridge_otherwise(tiny_model_dir, tiny_neox_dir):
+def test_auto_picks_the_fast_backend_of_the_architecture_and_the_bridge_otherwise(tiny_model_dir, families,
+                                                                                 tiny_qwen3_dir):
     assert load_model(str(tiny_model_dir)).backend.name == "fast (gpt2)"
     assert load_model(str(tiny_model_dir), backend="fast").backend.name == "fast (gpt2)"
-    neox = load_model(str(tiny_neox_dir))
+    assert families.fast("neox").backend.name == "fast (gpt-neox)"
+    assert load_model(str(tiny_qwen3_dir)).backend.name == "bridge"  # no fast backend: the bridge
+    neox = families.bridge("neox")  # --backend bridge runs a family with a fast backend too
     assert neox.backend.name == "bridge"
     assert neox.dims.parallel_attn_mlp and neox.dims.architecture == "GPTNeoXForCausalLM"
     assert neox.dims.upstream_attn_layers(1) == 1  # the same layer's heads are not upstream
@@ -78,26 +65,31 @@ def test_auto_picks_the_fast_backend_for_gpt2_and_the_bridge_otherwise(tiny_mode
         torch.testing.assert_close(att.ln_total(), att.pre, rtol=1e-4, atol=1e-5)
 
 
-def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, tiny_neox_dir, small_corpus_dir, capsys, caplog):
-    """The issue's reproduction: a GPT-NeoX model crashed in the prompts phase."""
+def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_qwen3_dir, small_corpus_dir,
+                                                       capsys, caplog):
+    """The issue's reproduction (a GPT-NeoX model crashed in the prompts phase), on the bridge
+    (``tests/test_families.py`` runs it on its fast backend); and ``--backend fast`` for an
+    architecture without one is one line."""
     import logging
 
     from precompute.cli import main as cli_main
 
     db = tmp_path / "neox.db"
     with caplog.at_level(logging.INFO):
-        assert cli_main(_job_args(db, tiny_neox_dir, small_corpus_dir, "--n-docs", "24")) == 0
+        assert cli_main(_job_args(db, families.dir("neox"), small_corpus_dir, "--n-docs", "24",
+                                  "--backend", "bridge")) == 0
     assert "backend: bridge" in caplog.text
     con = sqlite3.connect(db)
-    raw = [len(__import__("json").loads(r[0])) for r in con.execute("SELECT attr_raw FROM prompts")]
+    raw = {(r[0], len(__import__("json").loads(r[1]))) for r in con.execute(
+        "SELECT n.layer, p.attr_raw FROM prompts p JOIN neurons n ON n.id = p.neuron_id")}
     con.close()
-    assert raw and set(raw) == {1}  # layer-1 neurons: only layer 0's heads are upstream (parallel)
-    # --backend fast on it: one line, exit 2, nothing written
-    db2 = tmp_path / "neox-fast.db"
+    assert raw == {(1, 1), (2, 2)}  # layer-l neurons: only the l layers before are upstream (parallel)
+    # --backend fast on a model without a fast backend: one line, exit 2, nothing written
+    db2 = tmp_path / "qwen3-fast.db"
     capsys.readouterr()
-    assert cli_main(_job_args(db2, tiny_neox_dir, small_corpus_dir, "--backend", "fast")) == 2
+    assert cli_main(_job_args(db2, tiny_qwen3_dir, small_corpus_dir, "--backend", "fast")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "GPTNeoXForCausalLM" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "Qwen3ForCausalLM" in err[0]
     assert "--backend auto" in err[0] and not db2.exists()
 
 
@@ -148,7 +140,7 @@ def test_topk_merge_of_shards_is_exact(tiny_model, small_corpus_dir):
     from precompute.corpus import load_corpus
 
     docs = [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]]
-    kw = dict(layers=[0, 1], k=5, batch_size=8, context_tokens=32)
+    kw = {"layers": [0, 1], "k": 5, "batch_size": 8, "context_tokens": 32}
     whole = scan(tiny_model, docs, **kw)
     a = scan(tiny_model, docs[:23], **kw)
     b = scan(tiny_model, docs[23:], doc_offset=23, **kw)

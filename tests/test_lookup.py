@@ -3,7 +3,7 @@ stores it: on every stored look-up of a random GPT-2 and of the embedded model, 
 terms plus the value-bias term equal the stored raw attribution and, divided by the LN scale,
 the LN-aware one (relative 1e-5 of the prompt's largest |A|); the attention weights sum to one;
 look-ups are stored exactly for the kept pairs, on each of their neuron's explain and held-out
-prompts; a fast family without the capture says which method it lacks."""
+prompts; a fast family without the capture says which methods it lacks."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ def test_stored_lookups_sum_to_the_attribution_on_the_embedded_model(tmp_path, s
     assert check_stored_lookups(db) >= 20
 
 
+@pytest.mark.parametrize("fam", ["neox", "llama"])
+def test_stored_lookups_sum_to_the_attribution_on_the_fast_families(tmp_path, small_corpus_dir, families, fam):
+    """The real job on the tiny GPT-NeoX (parallel blocks, partial rotary, LayerNorm) and Llama
+    (grouped-query attention, RMSNorm, gated MLP) models on their fast backends: every stored
+    look-up sums to the stored raw and LN-aware attribution."""
+    from precompute.job.pipeline import run_precompute
+
+    db = tmp_path / f"{fam}.db"
+    model = families.fast(fam)
+    summary_ = run_precompute(small_settings(db, families.dir(fam), small_corpus_dir, n_per_layer=2, n_random=1,
+                                             explainer="none", ablation="none"), model=model)
+    assert summary_["kept_pairs"] > 0
+    assert check_stored_lookups(db) >= 20
+
+
 def test_encoding_round_trips_float32_and_refuses_a_torn_vector():
     import numpy as np
 
@@ -93,19 +108,20 @@ def test_carriers_and_summary_group_by_token_string():
 
 
 def test_a_fast_family_without_the_capture_names_the_method(tiny_model):
-    """A fast backend whose family does not implement ``_pattern_and_values`` refuses the
-    look-up with one clear error naming it (and keeps every other pass)."""
+    """A fast backend whose family has no look-up capture (neither ``_lookup_hook`` nor
+    ``_qkv``) refuses the look-up with one clear error naming them, before any forward pass,
+    and keeps every other pass."""
     from precompute.model.fast import FastBackend
     from precompute.model.gpt2 import GPT2Backend
 
     class Bare(GPT2Backend):
         family = "bare"
-        _pattern_and_values = FastBackend._pattern_and_values
+        _lookup_hook = FastBackend._lookup_hook
 
     be = tiny_model.backend
     bare = Bare.__new__(Bare)
     bare.__dict__.update(be.__dict__)
     rows = [[0, 5, 6, 7]]
     assert bare.neuron_pass(rows, [(1, 3)]).raw is not None
-    with pytest.raises(NotImplementedError, match="FastBackend._pattern_and_values"):
+    with pytest.raises(NotImplementedError, match=r"FastBackend\._qkv nor FastBackend\._lookup_hook"):
         bare.neuron_pass(rows, [(1, 3)], lookup=True)

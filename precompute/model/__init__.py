@@ -5,9 +5,13 @@ what is exported here; ``app/`` imports nothing else from it.
 - :mod:`~precompute.model.backend`: the protocol, :class:`Dims`, :class:`NeuronPass`, range checks;
 - :mod:`~precompute.model.loading`: :func:`load_model` (``backend="auto"|"bridge"|"fast"``);
 - :mod:`~precompute.model.bridge`: the TransformerBridge backend (every architecture; the reference);
-- :mod:`~precompute.model.fast`, :mod:`~precompute.model.gpt2`: hooks on the plain Hugging Face
-  modules (GPT-2), one copy of the weights, processed a block at a time
-  (:mod:`~precompute.model.processing`);
+- :mod:`~precompute.model.fast`: hooks on the plain Hugging Face modules, one copy of the
+  weights, processed a block at a time (:mod:`~precompute.model.processing`); its families are
+  :mod:`~precompute.model.gpt2` (GPT-2), :mod:`~precompute.model.neox` (GPT-NeoX / Pythia) and
+  :mod:`~precompute.model.llama` (Llama, Qwen2, Mistral: RMSNorm, gated MLP, grouped-query
+  attention);
+- :mod:`~precompute.model.readout`: what every backend reads out of a pass (per-document
+  maximum, next-token probabilities, the heads each row ablates);
 - :mod:`~precompute.model.batching`: tokenizing with BOS, padding, length-sorted batches.
 """
 
@@ -26,4 +30,5 @@ from precompute.model.batching import batches, length_batches, pad, tokenize_bat
 from precompute.model.loading import BACKENDS, LoadedModel, load_model, resolve_device, resolve_dtype
 
 __all__ = ["BACKENDS", "METHODS", "Backend", "Dims", "LoadedModel", "NeuronPass", "PostObserver", "batches",
-           "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model", "pad", "resolve_device", "resolve_dtype", "tokenize_batch"]
+           "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model", "pad",
+           "resolve_device", "resolve_dtype", "tokenize_batch"]

@@ -8,9 +8,11 @@ as ``model.backend``. Implementations:
 
 * :class:`precompute.model.bridge.BridgeBackend` — TransformerBridge hook points with
   TransformerLens' weight processing: every architecture TransformerLens supports; the reference.
-* :class:`precompute.model.gpt2.GPT2Backend` — a fast backend (:class:`precompute.model.fast.FastBackend`):
-  forward hooks on the plain Hugging Face GPT-2 modules, one copy of the weights; equal to the
-  bridge to 1e-5 (``tests/test_backend_equality.py``).
+* fast backends (:class:`precompute.model.fast.FastBackend`): forward hooks on the plain Hugging
+  Face modules, one copy of the weights, equal to the bridge to 1e-5 — GPT-2
+  (:mod:`~precompute.model.gpt2`), GPT-NeoX/Pythia (:mod:`~precompute.model.neox`), Llama, Qwen2
+  and Mistral (:mod:`~precompute.model.llama`); ``tests/test_backend_equality.py``,
+  ``tests/test_families.py``.
 
 What a backend offers (all indices 0-based; ``rows`` are token rows with BOS at index 0, right-
 padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per row;
@@ -22,11 +24,13 @@ padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per 
 ``W_in(l)`` ``b_in(l)``   processed weights (fold_ln, center_writing_weights, center_unembed,
 ``W_out(l)`` ``W_O(l)``   fold_value_biases: TransformerLens' ``ProcessWeights``), float32:
 ``b_O(l)`` ``W_U()``      ``[d_model, d_mlp]``, ``[d_mlp]``, ``[d_mlp, d_model]``,
-                          ``[n_heads, d_head, d_model]``, ``[d_model]``, ``[d_model, d_vocab]``
+``W_pre(l)`` ``b_pre(l)`` ``[n_heads, d_head, d_model]``, ``[d_model]``, ``[d_model, d_vocab]``;
+                          ``W_pre``/``b_pre``: the weights whose output is ``hook_pre`` (``W_in``,
+                          or ``W_gate`` of a gated MLP): what head attribution projects on
 ``doc_maxima``            the scan's reduction: per-document max of ``hook_post`` per neuron
 ``neuron_pass``           one batched pass: activations, raw + LN-aware head attribution,
                           ``hook_pre``, token probability and top-n, heads ablated (zero or mean)
-``value_sums``            sums of ``hook_v`` over real positions (mean value vectors, §6)
+``value_sums``            sums of ``hook_v`` over real positions, per query head (mean values, §6)
 ``batched_pass``          ``neuron_pass`` over many rows in length-sorted batches
 ``target_acts``           trimming's activations at the last token (§2)
 ``clean_view``            a live view: ``neuron_pass`` with probabilities
@@ -44,22 +48,26 @@ Extension points (designed now, used later):
     ``merge`` (add another shard's counts; integer counts merge exactly, in any order), carried
     by ``distributed.ScanShard`` to the Ray worker and back on the ``ScanResult``.
 (b) **Per-source-token decomposition of head attribution** (issue 20, docs/method.md §3:
-    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_in[:, i] + (b_V[h] W_O[h]) · W_in[:, i]``), asked
+    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_pre[:, i] + (b_V[h] W_O[h]) · W_pre[:, i]``), asked
     for with ``neuron_pass(..., lookup=True)`` and returned as ``NeuronPass.lookup``
     (:class:`~precompute.model.sources.SourceTerms`: per row, upstream layer, head and source
-    position the term and the attention weight, the value-bias term, the LN scale). Each
+    position the term and the attention weight, the value-bias term, the norm scale). Each
     backend reads ``a[p, :]`` and the processed ``hook_v`` where it captures; the arithmetic is
     :mod:`precompute.model.sources`. The bridge reads ``blocks.{k}.attn.hook_pattern`` (row
-    ``p``) and ``blocks.{k}.attn.hook_v``
+    ``p``) and ``blocks.{k}.attn.hook_v`` (with grouped-query attention one head per kv head:
+    query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``)
     (:meth:`BridgeBackend._attribution_names <precompute.model.bridge.BridgeBackend._attribution_names>`);
-    a fast backend reads the output of the attention's input projection and forms
-    ``a[p, :] = softmax(q_p k_s · scaling)`` over ``s <= p`` itself (SDPA returns no pattern) in
-    the one per-family method
-    :meth:`FastBackend._pattern_and_values <precompute.model.fast.FastBackend._pattern_and_values>`.
+    a fast backend forms ``a[p, :] = softmax(q_p k_s · scaling)`` over ``s <= p`` itself (SDPA
+    returns no pattern) from the queries and keys of the family's one capture,
+    :meth:`FastBackend._lookup_hook <precompute.model.fast.FastBackend._lookup_hook>`: GPT-2 reads
+    the output of ``c_attn``; GPT-NeoX and Llama-style read
+    :meth:`FastBackend.qkv_hook <precompute.model.fast.FastBackend.qkv_hook>` (``q``, ``k`` after
+    rotary).
 
 Adding an architecture to the fast backends means subclassing
 :class:`~precompute.model.fast.FastBackend` (module map, TransformerLens-format weights of one
-layer, how ``v`` is read) and registering it in :data:`precompute.model.loading.FAST_BACKENDS`.
+layer, how ``v`` and ``q, k, v`` are read) and registering it in
+:func:`precompute.model.loading._fast_backends`.
 """
 
 from __future__ import annotations
@@ -69,10 +77,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from precompute.model.batching import length_batches
+from precompute.model.readout import doc_max, head_mask, probabilities  # noqa: F401  (re-exported)
 from precompute.model.sources import SourceTerms
 
 Target = tuple  # (layer, neuron) or (layer, neuron, token_id), 0-based
@@ -85,8 +94,10 @@ class Dims:
     """The dimensions of a model (TransformerLens names) and the facts about its block that the
     method depends on: whether attention and MLP run in parallel (GPT-NeoX/Pythia), the
     normalisation (``LN``, ``LNPre``, ``RMS``, ``RMSPre``), the positional embedding
-    (``standard``: added to the residual stream, ``rotary``, ...) and the Hugging Face
-    architecture name (``GPT2LMHeadModel``)."""
+    (``standard``: added to the residual stream, ``rotary``, ...), the Hugging Face
+    architecture name (``GPT2LMHeadModel``), whether the MLP is gated (``act(x W_gate) * (x
+    W_in)``: Llama) and the number of key/value heads (``n_kv_heads < n_heads``: grouped-query
+    attention; query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``)."""
 
     n_layers: int
     n_heads: int
@@ -99,6 +110,8 @@ class Dims:
     normalization: str = "LN"
     positional: str = "standard"
     architecture: str = ""
+    gated_mlp: bool = False
+    n_kv_heads: int = 0
 
     @classmethod
     def of_cfg(cls, cfg, architecture: str = "") -> "Dims":
@@ -107,7 +120,8 @@ class Dims:
                    d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
                    parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
                    normalization=str(cfg.normalization_type), positional=str(cfg.positional_embedding_type),
-                   architecture=architecture)
+                   architecture=architecture, gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+                   n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
 
     def upstream_attn_layers(self, layer: int) -> int:
         """Number of attention layers that write to the residual stream before MLP ``layer``
@@ -165,6 +179,14 @@ def centre(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     scales, so ``centre(x) · w / scale`` is ``x``'s contribution to a LayerNorm-read
     pre-activation (docs/method.md §3)."""
     return x - x.mean(dim=-1, keepdim=True)
+
+
+def norm_read(x: Float[Tensor, "... d_model"], normalization: str) -> Float[Tensor, "... d_model"]:
+    """What the norm before an MLP divides by its scale (docs/method.md §3): ``centre(x)`` for a
+    LayerNorm (``LN``, ``LNPre``), ``x`` itself for an RMSNorm (``RMS``, ``RMSPre``: no
+    centring). A component ``x`` of the residual stream contributes ``norm_read(x) · w / scale``
+    to a pre-activation, with ``scale = sqrt(mean(norm_read(resid)²) + eps)``."""
+    return centre(x) if normalization in ("LN", "LNPre") else x
 
 
 # --- range checks: the one home of every neuron / head / token / position check -----------------
@@ -278,6 +300,15 @@ class Backend(abc.ABC):
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         """Processed unembedding (final LayerNorm folded in, centred): congruence reads it (§1)."""
 
+    @abc.abstractmethod
+    def W_pre(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        """The processed weights whose output is ``hook_pre`` and that head attribution projects
+        on (§3): ``W_in``, or ``W_gate`` for a gated MLP."""
+
+    @abc.abstractmethod
+    def b_pre(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        """The processed bias of ``hook_pre``: ``b_in``, or ``b_gate`` (zeros when absent)."""
+
     # --- passes ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def doc_maxima(self, rows: Sequence[Sequence[int]], layers: Sequence[int], *,
@@ -324,8 +355,8 @@ class Backend(abc.ABC):
 
         Raises:
             ValueError: see :func:`check_pass`.
-            NotImplementedError: ``lookup`` on a fast backend whose family does not implement
-                :meth:`~precompute.model.fast.FastBackend._pattern_and_values`.
+            NotImplementedError: ``lookup`` on a fast backend whose family has no look-up capture
+                (:meth:`~precompute.model.fast.FastBackend._lookup_hook`).
         """
         pos = check_pass(self.dims, rows, targets, positions, ablate, method, mean_v, lookup, attribution)
         return self._neuron_pass(rows, targets, pos, attribution=attribution, all_acts=all_acts,
@@ -380,42 +411,3 @@ class Backend(abc.ABC):
                    else [list(h) for h in heads])
         return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n, ablate=per_row,
                                 method=method, mean_v=mean_v)
-
-
-def doc_max(post: Float[Tensor, "batch pos d_mlp"], lengths: Int[Tensor, "batch"]
-            ) -> tuple[Float[Tensor, "batch d_mlp"], Int[Tensor, "batch d_mlp"]]:
-    """The scan's reduction of one layer (docs/method.md §2): per row, the max of ``hook_post``
-    over its real positions after BOS (``1 .. length - 1``) and the position of that max,
-    float32; ``-inf`` and 0 for a row with no token after BOS. Row by row, so no masked copy of
-    ``post`` is made (at 1,024 tokens and batch 16 that copy was as large as the MLP's own
-    activations)."""
-    vals = torch.full((post.shape[0], post.shape[2]), float("-inf"), device=post.device)
-    idxs = torch.zeros(post.shape[0], post.shape[2], dtype=torch.long, device=post.device)
-    for j, n in enumerate(lengths.tolist()):
-        if n > 1:
-            v, i = post[j, 1:n].max(dim=0)
-            vals[j], idxs[j] = v.float(), i + 1
-    return vals, idxs
-
-
-def probabilities(logits: Float[Tensor, "batch d_vocab"], targets: Sequence[Target], top_n: int
-                  ) -> tuple[Float[Tensor, "batch"], list[list[tuple[int, float]]]]:
-    """Softmax (float64) of each row's logits at its target position: the probability of the
-    row's token (0 when it has none) and the ``top_n`` most probable tokens ``[(id, prob)]``."""
-    probs = logits.double().softmax(-1)
-    tok = torch.tensor([int(t[2]) if len(t) > 2 and t[2] is not None else 0 for t in targets],
-                       device=probs.device)
-    v, i = probs.topk(min(top_n, probs.shape[-1]), dim=-1)
-    return (probs[torch.arange(len(tok), device=probs.device), tok],
-            [list(zip(i[j].tolist(), v[j].tolist())) for j in range(len(tok))])
-
-
-def head_mask(ablate: Sequence[Sequence[tuple[int, int]]], layer: int, n_heads: int,
-              device: torch.device) -> Bool[Tensor, "batch n_heads"]:
-    """Which heads of ``layer`` each row ablates."""
-    mask = torch.zeros(len(ablate), n_heads, dtype=torch.bool, device=device)
-    for j, hs in enumerate(ablate):
-        for k, h in hs:
-            if int(k) == layer:
-                mask[j, int(h)] = True
-    return mask

@@ -6,8 +6,13 @@ center_unembed, fold_value_biases) and ``hook_result`` enabled, so every quantit
 TransformerLens defines it: ``blocks.{l}.mlp.hook_post`` (the neuron's activation),
 ``blocks.{l}.mlp.hook_pre``, ``blocks.{l}.ln2.hook_scale``, ``blocks.{k}.attn.hook_result``,
 ``blocks.{k}.hook_mlp_out``, ``hook_embed``, ``hook_pos_embed``, ``blocks.{k}.attn.hook_v``,
-and for the per-source decomposition ``blocks.{k}.attn.hook_pattern``. Exact and slow: every hook point runs, attention is eager, and ``hook_result`` is materialised
-at every position.
+and for the per-source decomposition ``blocks.{k}.attn.hook_pattern``. Exact and slow: every
+hook point runs, attention is eager, and ``hook_result`` is materialised at every position.
+
+Gated MLPs (Llama): ``hook_pre`` is the gate's pre-activation, so head attribution projects on
+``W_gate`` (``W_pre``). RMSNorm models: no centring in the LN-aware score (``norm_read``).
+Grouped-query attention: ``hook_v`` has one head per kv head; mean values are given per query
+head (the kv head's, repeated), and a head is ablated at its own ``hook_z`` (docs/method.md §6).
 """
 
 from __future__ import annotations
@@ -24,12 +29,10 @@ from precompute.model.backend import (
     NeuronPass,
     PostObserver,
     Target,
-    centre,
-    doc_max,
-    head_mask,
-    probabilities,
+    norm_read,
 )
 from precompute.model.batching import pad
+from precompute.model.readout import doc_max, head_mask, probabilities
 from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
@@ -44,8 +47,28 @@ def hook_pre(layer: int) -> str:
 
 
 def hook_v(layer: int) -> str:
-    """The value vectors of a 0-based attention layer, ``[batch, pos, n_heads, d_head]``."""
+    """The value vectors of a 0-based attention layer, ``[batch, pos, n_kv_heads, d_head]``."""
     return f"blocks.{layer}.attn.hook_v"
+
+
+def hook_z(layer: int) -> str:
+    """The per-query-head attention output before ``W_O``, ``[batch, pos, n_heads, d_head]``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def unsupported(bridge) -> str | None:
+    """Why the method (docs/method.md §3) cannot be read off this bridge's blocks, or None: it
+    needs a norm before each MLP of its own (``ln2``, whose scale the LN-aware score divides by)
+    and sublayers that add their output to the residual stream unnormalised (so a head's
+    ``hook_result`` is what the MLP's norm reads)."""
+    names = bridge.hook_dict
+    if "blocks.0.ln2.hook_scale" not in names:
+        return ("its MLPs read no norm of their own (a parallel block sharing one norm, as Phi and GPT-J, "
+                "or a post-norm block, as OLMo-2)")
+    if any(f"blocks.0.{n}.hook_scale" in names for n in ("ln1_post", "ln2_post")):
+        return ("its attention and MLP write to the residual stream through a norm (as Gemma 2 and 3), so a "
+                "head's output is not what the MLP reads")
+    return None
 
 
 class BridgeBackend(Backend):
@@ -62,14 +85,25 @@ class BridgeBackend(Backend):
         self._has_pos = "hook_pos_embed" in bridge.hook_dict and self.dims.positional == "standard"
 
     # --- processed weights ---------------------------------------------------------------------
-    def _f32(self, t: Tensor) -> Tensor:
+    def _f32(self, t: Tensor | None, *zeros: int) -> Tensor:
+        """``t`` as float32, or zeros of shape ``zeros`` for a bias the model does not have."""
+        if t is None:
+            return torch.zeros(*zeros, device=self.device)
         return t.detach().to(dtype=torch.float32)
 
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         return self._f32(self.bridge.blocks[layer].mlp.W_in)
 
     def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
-        return self._f32(self.bridge.blocks[layer].mlp.b_in)
+        return self._f32(self.bridge.blocks[layer].mlp.b_in, self.dims.d_mlp)
+
+    def W_pre(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        return self._f32(self.bridge.blocks[layer].mlp.W_gate) if self.dims.gated_mlp else self.W_in(layer)
+
+    def b_pre(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        if not self.dims.gated_mlp:
+            return self.b_in(layer)
+        return self._f32(getattr(self.bridge.blocks[layer].mlp, "b_gate", None), self.dims.d_mlp)
 
     def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         return self._f32(self.bridge.blocks[layer].mlp.W_out)
@@ -78,10 +112,12 @@ class BridgeBackend(Backend):
         return self._f32(self.bridge.W_O[layer])
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
-        return self._f32(self.bridge.b_O[layer])
+        return self._f32(getattr(self.bridge.blocks[layer].attn, "b_O", None), self.dims.d_model)
 
     def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
-        return self._f32(self.bridge.b_V[layer])
+        d = self.dims
+        b = self._f32(getattr(self.bridge.blocks[layer].attn, "b_V", None), d.n_heads, d.d_head)
+        return b.repeat_interleave(d.n_heads // b.shape[0], 0)  # GQA: per query head, its kv head's
 
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return self._f32(self.bridge.W_U)
@@ -111,15 +147,21 @@ class BridgeBackend(Backend):
         with torch.no_grad():
             _, cache = self.bridge.run_with_cache(tokens, names_filter=[hook_v(k) for k in layers],
                                                   stop_at_layer=max(layers) + 1)
-        return {k: torch.einsum("bp,bphd->hd", real, cache[hook_v(k)].double()).cpu() for k in layers}
+        group = self.dims.n_heads // self.dims.n_kv_heads  # per query head: the kv head it reads
+        return {k: torch.einsum("bp,bphd->hd", real, cache[hook_v(k)].double()).repeat_interleave(group, 0)
+                .cpu() for k in layers}
 
     def ablation_hooks(self, ablate: Sequence[Sequence[tuple[int, int]]], method: str,
                         mean_v: dict[int, Tensor] | None) -> list:
         """Forward hooks (for ``bridge.hooks(fwd_hooks=...)``) on ``hook_v`` replacing, for each
         row ``j`` of the batch, the heads ``ablate[j]`` lists — their value vectors at every
         position — by zeros (``"zero"``) or ``mean_v[layer][head]`` (``"mean"``; docs/method.md
-        §6). Inputs as checked by :func:`~precompute.model.backend.check_pass`."""
+        §6). With grouped-query attention the hooks are on ``hook_z``, the query head's own
+        output, which is what its values set to zeros (or their mean) give, since attention
+        weights sum to one; the shared kv head stays. Inputs as checked by
+        :func:`~precompute.model.backend.check_pass`."""
         out = []
+        name = hook_v if self.dims.n_kv_heads == self.dims.n_heads else hook_z
         for k in sorted({int(k) for hs in ablate for k, _ in hs}):
             mask = head_mask(ablate, k, self.dims.n_heads, self.device)  # [batch, n_heads]
 
@@ -127,7 +169,7 @@ class BridgeBackend(Backend):
                 fill = (mean_v[k].to(v.device, v.dtype) if method == "mean"
                         else torch.zeros(v.shape[-2:], device=v.device, dtype=v.dtype))
                 return torch.where(mask[:, None, :, None], fill, v)
-            out.append((hook_v(k), fn))
+            out.append((name(k), fn))
         return out
 
     def _attribution_names(self, layers: list[int], K: int, top: int, lookup: bool | Sequence[int] = False) -> list[str]:
@@ -179,7 +221,7 @@ class BridgeBackend(Backend):
         """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
         ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
         layers = res.layers
-        w = torch.stack([self.W_in(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
+        w = torch.stack([self.W_pre(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
         scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
         d = self.dims
         result = (torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, p] for k in range(K)], 1).float() if K
@@ -187,26 +229,31 @@ class BridgeBackend(Backend):
         upstream = (torch.arange(K, device=self.device)[None, :]
                     < torch.tensor(res.n_attn, device=self.device)[:, None])[:, :, None]
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
-        res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream
+
+        def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale (LN: centred)
+            return norm_read(x, d.normalization)
+        res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream
         if lookup:
             ks = decomposed_layers(lookup, K)
+            group = d.n_heads // d.n_kv_heads  # GQA: hook_v per kv head; query head h reads h // group
             us = {k: readout(self.W_O(k), w) for k in ks}  # [batch, H, d_head] per layer
             pats = {k: cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in ks}
-            res.lookup = SourceTerms.stack({k: source_terms(pats[k], cache[hook_v(k)], us[k]) for k in ks}, pats,
-                                           {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale, upstream[:, :, 0],
-                                           K, d.n_heads, cache[hook_post(layers[0])].shape[1])
+            res.lookup = SourceTerms.stack(
+                {k: source_terms(pats[k], cache[hook_v(k)].repeat_interleave(group, 2), us[k]) for k in ks}, pats,
+                {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale, upstream[:, :, 0],
+                K, d.n_heads, cache[hook_post(layers[0])].shape[1])
         res.pre = per_row(hook_pre)[b, p, nr]
         parts = {"embed": cache["hook_embed"][b, p].float()}
         if self._has_pos:
             parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
-        parts = {k: (centre(v) * w).sum(-1) / scale for k, v in parts.items()}
+        parts = {k: (read(v) * w).sum(-1) / scale for k, v in parts.items()}
         b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=self.device)
-        b_O_w = (centre(b_O) @ w.T).T  # [batch, K]
+        b_O_w = (read(b_O) @ w.T).T  # [batch, K]
         for j, (lay, n) in enumerate(zip(layers, res.neurons)):
             o = {k: float(v[j]) for k, v in parts.items()}
             o["b_O"] = float(b_O_w[j, :res.n_attn[j]].sum() / scale[j])
             for k in range(lay):
                 mlp = cache[f"blocks.{k}.hook_mlp_out"][j, p[j]].float()
-                o[f"mlp{k}"] = float((centre(mlp) * w[j]).sum() / scale[j])
-            o["b_in"] = float(self.b_in(lay)[n])
+                o[f"mlp{k}"] = float((read(mlp) * w[j]).sum() / scale[j])
+            o["b_in"] = float(self.b_pre(lay)[n])  # the bias of hook_pre (b_gate for a gated MLP)
             res.other.append(o)

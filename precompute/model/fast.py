@@ -12,16 +12,26 @@ a block at a time: the value offset ``b_V`` and ``b_O`` of every block's attenti
 
 ``hook_result`` at the target position is ``centre((z - b_V) @ W_O)`` with the Hugging Face
 ``W_O``: the processed ``hook_z`` is ``z - b_V`` (attention weights sum to one), and
-center_writing_weights centres ``W_O`` over ``d_model``, which centres the product.
+center_writing_weights centres ``W_O`` over ``d_model``, which centres the product (LayerNorm
+models; an RMSNorm model's ``W_O`` is not centred, and ``hook_result = (z - b_V) @ W_O``). With
+grouped-query attention ``z`` is per query head as ever; ``b_V`` is the bias of the kv head each
+query head reads.
 
-The per-source decomposition (docs/method.md §3, extension point (b)) reads the output of each
-upstream block's attention input projection (``Block.qkv``) in the same pass; the family forms
-the attention row at the target position and the processed value vectors from it
-(:meth:`FastBackend._pattern_and_values`, the one per-family method of the look-up).
+The LN-aware score divides each component, as the norm before the MLP reads it
+(:func:`~precompute.model.backend.norm_read`: centred for a LayerNorm, as is for an RMSNorm), by
+that norm's scale, and projects it on ``W_pre`` (``W_in``, or ``W_gate`` for a gated MLP: the
+weights whose output is ``hook_pre``; docs/method.md §3).
+
+The per-source decomposition (docs/method.md §3, extension point (b)) reads, in the same pass,
+each decomposed layer's queries, keys and values and forms the attention row at the target
+position and the processed value vectors (:meth:`FastBackend._lookup_hook`, the one capture of
+the look-up: GPT-2 reads the output of ``c_attn``; the other families the ``q, k, v`` of
+:meth:`FastBackend.qkv_hook`, keys after rotary, grouped keys and values repeated per query head).
 
 A family subclasses :class:`FastBackend` with its module map (:class:`Block`), its weights in
-TransformerLens format, how ``v`` is read and (for the look-up) how ``q``, ``k`` make the
-pattern; :class:`precompute.model.gpt2.GPT2Backend` is the one there is. The LN-aware score here assumes a LayerNorm before the MLP (GPT-2, GPT-NeoX).
+TransformerLens format, how ``v`` is read and how ``q, k, v`` are formed (:meth:`FastBackend._qkv`):
+:class:`~precompute.model.gpt2.GPT2Backend`, :class:`~precompute.model.neox.NeoXBackend`,
+:class:`~precompute.model.llama.LlamaBackend`.
 """
 
 from __future__ import annotations
@@ -29,14 +39,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from precompute.model.backend import Backend, Dims, NeuronPass, centre, doc_max, head_mask, probabilities
+from precompute.model.backend import Backend, Dims, NeuronPass, centre, norm_read
 from precompute.model.batching import pad
-from precompute.model.processing import process_block, process_unembed
+from precompute.model.processing import centres_writes, kv_prefix, process_block, process_unembed
+from precompute.model.readout import doc_max, head_mask, probabilities
 from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
@@ -51,12 +63,15 @@ class Block:
     ln2: torch.nn.Module        # forward pre-hook input: the residual stream the MLP's norm reads
     attn_o: torch.nn.Module     # forward pre-hook input: z, [batch, pos, n_heads * d_head]; W_O
     mlp: torch.nn.Module        # output: the MLP's output (hook_mlp_out); input: the normed stream
-    mlp_in: torch.nn.Module     # output: hook_pre; W_in
+    mlp_in: torch.nn.Module     # output: hook_pre; W_pre (W_in, or W_gate of a gated MLP)
     mlp_out: torch.nn.Module    # forward pre-hook input: hook_post; W_out
-    qkv: torch.nn.Module        # output: carries q, k, v (FastBackend._values, _pattern_and_values)
+    qkv: torch.nn.Module        # output: carries v (read by FastBackend._values; GPT-2: q, k, v)
+    attn: torch.nn.Module | None = None  # the attention; pre-hook (with kwargs): FastBackend._qkv
 
 
-Hook = tuple[torch.nn.Module, bool, Callable]  # (module, pre-hook?, fn)
+# (module, pre, fn): pre False: forward hook fn(module, args, output); True: forward pre-hook
+# fn(module, args); "kwargs": forward pre-hook with keyword arguments fn(module, args, kwargs).
+Hook = tuple[torch.nn.Module, bool | str, Callable]
 
 
 class FastBackend(Backend):
@@ -64,9 +79,10 @@ class FastBackend(Backend):
     supported family; ``cfg`` is its TransformerLens config (dims, weight processing).
 
     Attributes (float32 on ``device``): ``b_V [n_layers, n_heads, d_head]``, what the plain
-    ``z`` holds beyond the processed ``hook_z``; ``b_V_proc`` the processed value bias (zero
-    after ``fold_value_biases``); ``b_O_proc [n_layers, d_model]``, the processed ``b_O``;
-    ``ln2_eps``: each block's norm epsilon.
+    ``z`` holds beyond the processed ``hook_z`` (per query head); ``b_V_proc`` the processed value
+    bias per query head (zero after ``fold_value_biases``); ``b_O_proc [n_layers, d_model]``, the
+    processed ``b_O`` (zeros without one); ``ln2_eps``: each block's norm epsilon; ``centred``:
+    whether processing centres the writing weights (LayerNorm models).
     """
 
     family = ""
@@ -81,15 +97,19 @@ class FastBackend(Backend):
         self.head = hf.get_output_embeddings()
         self.blocks = self._blocks()
         self.embed, self.pos_embed = self._embeddings()
-        self.ln2_eps = [float(b.ln2.eps) for b in self.blocks]
+        self.ln2_eps = [float(getattr(b.ln2, "eps", None) or b.ln2.variance_epsilon) for b in self.blocks]
+        self.centred = centres_writes(cfg)
         self._mlp_in: dict[int, tuple[Tensor, Tensor]] = {}
-        f32 = dict(device=self.device, dtype=torch.float32)
+        f32 = {"device": self.device, "dtype": torch.float32}
+        H, D = self.dims.n_heads, self.dims.d_head
         b_V, b_V_proc, b_O = [], [], []
         for layer in range(self.dims.n_layers):
             w = self._block(layer, "attn")
             b_V.append(w["attn.b_V_folded"].to(**f32))
-            b_V_proc.append(w["attn.b_V"].to(**f32))
-            b_O.append(w["attn.b_O"].to(**f32))
+            bv = w.get(f"attn.{kv_prefix(cfg)}b_V")
+            b_V_proc.append(torch.zeros(H, D, **f32) if bv is None
+                            else bv.to(**f32).repeat_interleave(H // bv.shape[0], 0))
+            b_O.append(w["attn.b_O"].to(**f32) if "attn.b_O" in w else torch.zeros(self.dims.d_model, **f32))
         self.b_V, self.b_V_proc, self.b_O_proc = torch.stack(b_V), torch.stack(b_V_proc), torch.stack(b_O)
 
     # --- what a family provides ----------------------------------------------------------------
@@ -116,53 +136,118 @@ class FastBackend(Backend):
 
     @abc.abstractmethod
     def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
-        """The plain value vectors (``hook_v + b_V``) from the output of ``Block.qkv``."""
+        """The plain value vectors (``hook_v + b_V``) from the output of ``Block.qkv``, per query
+        head (with grouped-query attention, each kv head's repeated for the query heads that
+        read it)."""
 
-    def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor
-                            ) -> tuple[Float[Tensor, "batch n_heads pos"], Float[Tensor, "batch pos n_heads d_head"]]:
-        """What the per-source decomposition reads of attention layer ``layer`` (docs/method.md
-        §3; the one per-family method of the look-up). ``qkv_out``: the output of
-        ``self.blocks[layer].qkv`` for the whole right-padded batch, ``[batch, pos, ...]`` in
-        the model's dtype; ``pos [batch]``: each row's 0-based target position (BOS at 0).
-
-        Returns, float32 on ``device``: the attention row of every head at each row's target
-        position, ``a[b, h, s] = softmax_{s <= pos[b]}(q_pos · k_s · scaling)`` (zero for
-        ``s > pos[b]``, each row summing to 1 — what the model's attention computes, positional
-        rotation and grouped keys included), and the processed value vectors at every position,
-        ``hook_v = v - b_V`` with ``b_V = self.b_V[layer]`` (``[batch, pos, n_heads, d_head]``,
-        one per query head).
+    def _qkv(self, layer: int, hidden: Tensor, position_embeddings
+             ) -> tuple[Float[Tensor, "batch pos n_heads d_head"], Float[Tensor, "batch pos n_kv d_head"],
+                        Float[Tensor, "batch pos n_kv d_head"]]:
+        """Queries, keys (after rotary, where the family has it) and plain values of block
+        ``layer``'s attention from its input ``hidden`` (the normed stream, ``[batch, pos,
+        d_model]``) and the ``position_embeddings`` (``(cos, sin)``) it was called with; query
+        head ``h`` attends with ``softmax(q_h k_g^T / sqrt(d_head))`` over ``s <= p`` to kv head
+        ``g = h // (n_heads // n_kv_heads)``. Read through :meth:`qkv_hook`.
 
         Raises:
-            NotImplementedError: the family has no look-up capture (this base method).
+            NotImplementedError: a family without it (GPT-2, for now)."""
+        raise NotImplementedError(f"{self.name} does not form q, k, v")
+
+    def qkv_hook(self, layer: int, fn: Callable[[Tensor, Tensor, Tensor], None]) -> Hook:
+        """A hook for :meth:`capture` calling ``fn(q, k, v)`` (:meth:`_qkv`) when block ``layer``'s
+        attention runs: what a per-source-token decomposition of head attribution reads (the
+        pattern row ``a[p, :]`` and the values at every position; module docstring of
+        :mod:`precompute.model.backend`, extension point (b))."""
+        def pre(mod, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            fn(*self._qkv(layer, hidden, kwargs.get("position_embeddings")))
+        return (self.blocks[layer].attn, "kwargs", pre)
+
+    def _lookup_hook(self, layer: int, pos: Int[Tensor, " batch"],
+                     fn: Callable[[Tensor, Tensor], None]) -> Hook:
+        """The capture of the per-source decomposition of attention layer ``layer``
+        (docs/method.md §3; the one per-family point of the look-up): a hook for :meth:`capture`
+        calling ``fn(pattern, values)`` when the layer's attention runs, with ``pos [batch]``
+        each row's 0-based target position (BOS at 0).
+
+        ``pattern [batch, n_heads, pos]`` (float32): the attention row of every query head at
+        each row's target position, ``a[b, h, s] = softmax_{s <= pos[b]}(q_p · k_s · scaling)``
+        (zero for ``s > pos[b]`` and outside a sliding window; each row sums to 1 — what the
+        model's attention computes, rotary positions and grouped keys included: query head
+        ``h`` reads kv head ``h // (n_heads // n_kv_heads)``). ``values [batch, pos, n_heads,
+        d_head]`` (float32): the processed value vectors at every position, one per query head,
+        ``hook_v = v - b_V`` with ``b_V = self.b_V[layer]``.
+
+        This base reads :meth:`qkv_hook` (:meth:`_qkv`); GPT-2 overrides it with the output of
+        ``c_attn``.
+
+        Raises:
+            NotImplementedError: a family with neither (it says which method to provide).
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} ({self.family or 'this family'}) does not implement "
-            f"FastBackend._pattern_and_values, which the per-source decomposition (lookup) needs; "
-            f"use --backend bridge for this model.")
+        if type(self)._qkv is FastBackend._qkv:
+            raise NotImplementedError(
+                f"{type(self).__name__} ({self.family or 'this family'}) implements neither "
+                f"FastBackend._qkv nor FastBackend._lookup_hook, which the per-source decomposition "
+                f"(lookup) needs; use --backend bridge for this model.")
+        d = self.dims
+        group = d.n_heads // d.n_kv_heads
+        scaling = float(getattr(self.blocks[layer].attn, "scaling", d.d_head ** -0.5))
+        window = self._sliding_window(layer)
+
+        def on_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+            b = torch.arange(q.shape[0], device=q.device)
+            qp = q[b, pos].float()  # [batch, n_heads, d_head] at each row's target position
+            kk = k.float().repeat_interleave(group, 2).transpose(1, 2)  # [batch, n_heads, pos, d_head]
+            scores = (kk @ qp[..., None])[..., 0] * scaling  # [batch, n_heads, pos]
+            s = torch.arange(q.shape[1], device=q.device)[None, :]
+            hidden = s > pos[:, None]
+            if window is not None:
+                hidden |= s <= pos[:, None] - window
+            pattern = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
+            fn(pattern, v.float().repeat_interleave(group, 2) - self.b_V[layer])
+        return self.qkv_hook(layer, on_qkv)
+
+    def _sliding_window(self, layer: int) -> int | None:
+        """The sliding window of block ``layer``'s attention (a key ``s`` is seen from ``p`` when
+        ``p - window < s <= p``), or None for full causal attention."""
+        return getattr(self.blocks[layer].attn, "sliding_window", None)
 
     # --- processed weights -----------------------------------------------------------------------
     # The halves of a block that TransformerLens' processing treats independently: the attention
     # with the norm before it, the MLP with its own (a family whose MLP reads the attention's norm
     # overrides this).
-    PARTS = {"attn": ("ln1.", "attn."), "mlp": ("ln2.", "mlp.")}
+    PARTS: ClassVar[dict[str, tuple[str, str]]] = {"attn": ("ln1.", "attn."), "mlp": ("ln2.", "mlp.")}
 
     def _block(self, layer: int, part: str) -> dict[str, Tensor]:
         """The processed weights of one half of block ``layer`` (:data:`PARTS`)."""
         keep = self.PARTS[part]
         return process_block(self.cfg, {k: v for k, v in self.tl_block(layer).items() if k.startswith(keep)})
 
-    def _w_in(self, layer: int) -> tuple[Tensor, Tensor]:
+    def _mlp(self, layer: int, name: str) -> tuple[Tensor, Tensor]:
+        """Processed ``mlp.W_{name}``, ``mlp.b_{name}`` (zeros when absent) of ``layer``."""
+        w = self._block(layer, "mlp")
+        W = w[f"mlp.W_{name}"].to(self.device)
+        b = w.get(f"mlp.b_{name}")
+        return W, (torch.zeros(W.shape[1], device=self.device) if b is None else b.to(self.device))
+
+    def _w_pre(self, layer: int) -> tuple[Tensor, Tensor]:
+        """``W_pre``, ``b_pre`` of ``layer``, processed when a neuron of it is first attributed."""
         got = self._mlp_in.get(layer)
         if got is None:
-            w = self._block(layer, "mlp")
-            got = self._mlp_in[layer] = (w["mlp.W_in"].to(self.device), w["mlp.b_in"].to(self.device))
+            got = self._mlp_in[layer] = self._mlp(layer, "gate" if self.dims.gated_mlp else "in")
         return got
 
+    def W_pre(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
+        return self._w_pre(layer)[0]
+
+    def b_pre(self, layer: int) -> Float[Tensor, "d_mlp"]:
+        return self._w_pre(layer)[1]
+
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
-        return self._w_in(layer)[0]
+        return self._mlp(layer, "in")[0] if self.dims.gated_mlp else self._w_pre(layer)[0]
 
     def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
-        return self._w_in(layer)[1]
+        return self._mlp(layer, "in")[1] if self.dims.gated_mlp else self._w_pre(layer)[1]
 
     def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         return self._block(layer, "mlp")["mlp.W_out"].to(self.device)
@@ -190,7 +275,8 @@ class FastBackend(Backend):
         handles = []
         try:
             for mod, pre, fn in hooks:
-                handles.append(mod.register_forward_pre_hook(fn) if pre else mod.register_forward_hook(fn))
+                handles.append(mod.register_forward_pre_hook(fn, with_kwargs=pre == "kwargs") if pre
+                               else mod.register_forward_hook(fn))
             if stop is not None:
                 def halt(mod, args):
                     raise _Stop
@@ -239,7 +325,8 @@ class FastBackend(Backend):
         equal to setting ``hook_v[:, :, h]`` to 0 (``"zero"``) or ``mean_v[layer][h]``
         (``"mean"``) at every position, since attention weights sum to one: the processed
         ``hook_z`` becomes 0 (or the mean value vector), i.e. the plain ``z`` becomes ``b_V``
-        (+ the mean)."""
+        (+ the mean). With grouped-query attention this is the query head's ``z`` alone: the
+        values of the kv head it shares are left to the other query heads (docs/method.md §6)."""
         H, D = self.dims.n_heads, self.dims.d_head
         mask = head_mask(ablate, layer, H, self.device)
         fill = self.b_V[layer] + (mean_v[layer].to(self.device) if method == "mean" else 0.0)
@@ -255,10 +342,11 @@ class FastBackend(Backend):
         """Hooks reading, at each row's target position, the per-head ``z`` of the ``K``
         upstream attention layers, the embeddings, the earlier MLPs' outputs, and per target
         layer the pre-activation and the stream its norm reads (docs/method.md §3). With ``w``
-        (each row's processed ``W_in[:, i]``, ``[batch, d_model]``), also the per-source terms
+        (each row's processed ``W_pre[:, i]``, ``[batch, d_model]``), also the per-source terms
         of every head of the layers ``lookup`` asks for (extension point (b)), reduced as each
-        layer's ``Block.qkv`` runs: ``centre(v W_O) · w = v · (W_O · centre(w))``, so the plain
-        ``W_O`` serves."""
+        layer's attention runs (:meth:`_lookup_hook`): ``centre(v W_O) · w = v · (W_O ·
+        centre(w))`` where processing centres ``W_O`` (LayerNorm models; as is otherwise), so
+        the plain ``W_O`` serves."""
         B = len(b)
         hooks: list[Hook] = [(self.embed, False, lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
         if self.pos_embed is not None:
@@ -275,13 +363,12 @@ class FastBackend(Backend):
             hooks.append((self.blocks[k].mlp, False, lambda m, a, out, k=k: got.__setitem__(
                 ("mlp", k), (out[0] if isinstance(out, tuple) else out)[b, pos].float())))
         if w is not None:
-            cw = centre(w)
+            cw = centre(w) if self.centred else w
             for k in decomposed_layers(lookup, K):
-                def terms(m, a, out, k=k):
-                    pattern, values = self._pattern_and_values(k, out, pos)
+                def terms(pattern: Tensor, values: Tensor, k: int = k) -> None:
                     u = got["u", k] = readout(self.W_O_plain(k), cw)
                     got["src", k], got["att", k] = source_terms(pattern, values, u), pattern
-                hooks.append((self.blocks[k].qkv, False, terms))
+                hooks.append(self._lookup_hook(k, pos, terms))
         return hooks
 
     def _neuron_pass(self, rows, targets, pos_l, *, attribution, all_acts, logits, top_n, ablate, method,
@@ -337,10 +424,10 @@ class FastBackend(Backend):
         return res
 
     def _readers(self, r_of: dict, B: int) -> Float[Tensor, "batch d_model"]:
-        """Each row's processed ``W_in[:, i]`` (its neuron's reading direction)."""
+        """Each row's processed ``W_pre[:, i]`` (its neuron's reading direction)."""
         w = torch.empty(B, self.dims.d_model, device=self.device)
         for lay, (r, nr, _) in r_of.items():
-            w[r] = self._w_in(lay)[0][:, nr].T
+            w[r] = self._w_pre(lay)[0][:, nr].T
         return w
 
     def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor,
@@ -352,35 +439,39 @@ class FastBackend(Backend):
         pre = torch.empty(B, device=dev)
         resid = torch.empty(B, self.dims.d_model, device=dev)
         eps = torch.empty(B, device=dev)
-        w = torch.empty(B, self.dims.d_model, device=dev)  # each row's processed W_in[:, i]
-        b_in = torch.empty(B, device=dev)
+        w = torch.empty(B, self.dims.d_model, device=dev)  # each row's processed W_pre[:, i]
+        b_pre = torch.empty(B, device=dev)
         for lay, (r, nr, _) in r_of.items():
-            W, bias = self._w_in(lay)
+            W, bias = self._w_pre(lay)
             pre[r], resid[r], eps[r] = got["pre", lay], got["resid", lay], self.ln2_eps[lay]
-            w[r], b_in[r] = W[:, nr].T, bias[nr]
-        scale = (centre(resid).pow(2).mean(-1) + eps).sqrt()  # the norm's hook_scale, [batch]
+            w[r], b_pre[r] = W[:, nr].T, bias[nr]
+
+        def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale
+            return norm_read(x, self.dims.normalization)
+        scale = (read(resid).pow(2).mean(-1) + eps).sqrt()  # the norm's hook_scale, [batch]
         # hook_result at the target positions, [batch, K, H, d_model] (K = 0: no upstream head)
         result = torch.zeros(B, 0, H, self.dims.d_model, device=dev)
         if K:
             z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
-            result = centre(torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
-                                                      self.W_O_plain(k).float()) for k in range(K)], 1))
+            result = torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
+                                               self.W_O_plain(k).float()) for k in range(K)], 1)
+            result = centre(result) if self.centred else result
         upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
-        res.ln = torch.einsum("bkhm,bm->bkh", centre(result), w) / scale[:, None, None] * upstream[:, :, None]
+        res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream[:, :, None]
         if lookup:
             ks = decomposed_layers(lookup, K)
             res.lookup = SourceTerms.stack({k: got["src", k] for k in ks}, {k: got["att", k] for k in ks},
                                            {k: (got["u", k] * self.b_V_proc[k]).sum(-1) for k in ks},
                                            scale, upstream, K, H, length)
         res.pre = pre
-        parts = {k: (centre(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
-        b_O = (centre(self.b_O_proc[:K]) @ w.T).T  # [batch, K]
-        mlp = {k: (centre(got["mlp", k]) * w).sum(-1) / scale for k in range(top)}
+        parts = {k: (read(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
+        b_O = (read(self.b_O_proc[:K]) @ w.T).T  # [batch, K]
+        mlp = {k: (read(got["mlp", k]) * w).sum(-1) / scale for k in range(top)}
         for j in range(B):
             o = {k: float(v[j]) for k, v in parts.items()}
             o["b_O"] = float(b_O[j, :res.n_attn[j]].sum() / scale[j])
             for k in range(res.layers[j]):
                 o[f"mlp{k}"] = float(mlp[k][j])
-            o["b_in"] = float(b_in[j])
+            o["b_in"] = float(b_pre[j])  # the bias of hook_pre (b_gate for a gated MLP)
             res.other.append(o)

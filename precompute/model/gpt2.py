@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from precompute.model.fast import Block, FastBackend
+from precompute.model.fast import Block, FastBackend, Hook
 
 
 class GPT2Backend(FastBackend):
@@ -57,11 +57,18 @@ class GPT2Backend(FastBackend):
         d = self.dims.d_model
         return qkv_out[..., 2 * d:].unflatten(-1, (self.dims.n_heads, self.dims.d_head))
 
+    def _lookup_hook(self, layer: int, pos: Tensor, fn) -> Hook:
+        """GPT-2's look-up capture reads the output of ``c_attn`` (:meth:`_pattern_and_values`),
+        not a second projection of the stream. See :meth:`FastBackend._lookup_hook`."""
+        return (self.blocks[layer].qkv, False, lambda m, a, out: fn(*self._pattern_and_values(layer, out, pos)))
+
     def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
         """GPT-2's attention row at ``pos`` (``c_attn`` holds q, k, v; scores scaled by the
         module's ``scaling``: ``1/sqrt(d_head)``, and ``1/(layer + 1)`` with
         ``scale_attn_by_inverse_layer_idx``; causal, no positional rotation) and its processed
-        value vectors. See :meth:`FastBackend._pattern_and_values`."""
+        value vectors, from ``qkv_out``, the output of ``c_attn`` for the whole batch ``[batch,
+        pos, 3 * d_model]``: ``pattern [batch, n_heads, pos]``, ``values [batch, pos, n_heads,
+        d_head]`` (float32; see :meth:`FastBackend._lookup_hook`)."""
         d, H, D = self.dims.d_model, self.dims.n_heads, self.dims.d_head
         x = qkv_out.float()
         b = torch.arange(x.shape[0], device=x.device)

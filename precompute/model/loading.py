@@ -1,6 +1,7 @@
 """Load a model by TransformerLens / Hugging Face name or local directory, with the backend that
 runs it, chosen once here (docs/method.md §1, §10): the fast backend of its architecture
-(``GPT2LMHeadModel``) unless ``backend="bridge"``, else the TransformerBridge.
+(:func:`_fast_backends`: GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral) unless
+``backend="bridge"``, else the TransformerBridge.
 
 The embedded default is a local Hugging Face directory and goes through the same path as
 ``gpt2``: there is no special case for it.
@@ -148,10 +149,15 @@ BACKENDS = ("auto", "bridge", "fast")
 
 
 def _fast_backends() -> dict:
-    """Hugging Face architecture -> fast backend class (phase 2 adds GPT-NeoX and Llama)."""
+    """Hugging Face architecture -> fast backend class. Every other architecture TransformerLens
+    supports runs on the bridge."""
     from precompute.model.gpt2 import GPT2Backend
+    from precompute.model.llama import LlamaBackend
+    from precompute.model.neox import NeoXBackend
 
-    return {"GPT2LMHeadModel": GPT2Backend}
+    return {"GPT2LMHeadModel": GPT2Backend, "GPTNeoXForCausalLM": NeoXBackend,
+            "LlamaForCausalLM": LlamaBackend, "Qwen2ForCausalLM": LlamaBackend,
+            "MistralForCausalLM": LlamaBackend}
 
 
 def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
@@ -168,11 +174,13 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
         backend: ``"auto"`` (the fast backend of the architecture if there is one, else the
             bridge), ``"bridge"`` (TransformerBridge hook points, the reference: every
             architecture TransformerLens supports) or ``"fast"`` (hooks on the plain Hugging
-            Face modules; GPT-2). Either way the weights are those of TransformerLens' weight
-            processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases).
+            Face modules; GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral). Either way the
+            weights are those of TransformerLens' weight processing (fold_ln,
+            center_writing_weights, center_unembed, fold_value_biases).
 
     Returns:
         LoadedModel whose ``backend.name`` says which backend runs it (``"fast (gpt2)"``,
+        ``"fast (gpt-neox)"``, ``"fast (llama)"``, ``"fast (qwen2)"``, ``"fast (mistral)"``,
         ``"bridge"``).
 
     Raises:
@@ -261,14 +269,27 @@ def _load_fast(cls, source: str, arch: str, cfg, device: str, dtype: torch.dtype
 
 def _load_bridge(source: str, arch: str, device: str, dtype: torch.dtype):
     """A processed ``TransformerBridge`` (compatibility mode, ``hook_result`` on) in the
-    bridge backend, and its tokenizer."""
+    bridge backend, and its tokenizer.
+
+    Raises:
+        ModelNotSupported: the bridge loads the model but the method cannot be read off its
+            blocks (:func:`~precompute.model.bridge.unsupported`) or it has no ``hook_result``."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from precompute.model.bridge import BridgeBackend
+    from precompute.model.bridge import BridgeBackend, unsupported
 
     bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
-    bridge.enable_compatibility_mode()
-    bridge.set_use_attn_result(True)
+    why = unsupported(bridge)
+    if why is None:
+        bridge.enable_compatibility_mode()
+        try:
+            bridge.set_use_attn_result(True)
+        except NotImplementedError:
+            why = "TransformerLens exposes no per-head output (hook_result) for its attention"
+    if why is not None:
+        raise ModelNotSupported(f"{arch} is supported by neither backend: TransformerLens' bridge loads it, "
+                                f"but {why}. Use a model of an architecture listed in the README (GPT-2, "
+                                f"Pythia, Llama, Qwen2, Mistral, ...).")
     bridge.eval()
     return BridgeBackend(bridge, pad_id=_bos(bridge.tokenizer), architecture=arch), bridge.tokenizer
 
@@ -365,5 +386,5 @@ def _looks_offline(exc: BaseException) -> bool:
         seen.add(id(cause))
         text += f" {type(cause).__name__} {cause}".lower()
         cause = cause.__cause__ or cause.__context__
-    return any(w in text for w in ("offline", "connect", "resolve", "network", "cannot find the "
-                                   "requested files", "localentrynotfound", "outgoing traffic"))
+    return any(w in text for w in ("offline", "connect", "resolve", "network",
+                                   "cannot find the requested files", "localentrynotfound", "outgoing traffic"))

@@ -12,6 +12,12 @@ processed with the whole model; ``tests/test_backend_equality.py`` checks this a
 The embedding, positional embedding and unembedding that ``process_weights`` expects in every
 state dict are given as one-row zero stand-ins when they are not the part processed (zeros
 stay zeros under centring), and dropped from the result.
+
+For an RMSNorm model (Llama, Qwen2, Mistral) ``process_weights`` folds only the norm's weight
+(an RMSNorm has no bias and does not centre), and centres no writing weight
+(:func:`centres_writes`); the unembedding is still centred over the vocabulary. With grouped-query
+attention the key and value weights are ``attn._W_K``, ``attn._W_V`` (``[n_kv_heads, d_model,
+d_head]``) and their biases ``attn._b_K``, ``attn._b_V``, TransformerLens' names for them.
 """
 
 from __future__ import annotations
@@ -35,7 +41,30 @@ def _process(cfg, state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
 
     part = copy.copy(cfg)
     part.n_layers = n_layers
+    if not any(".mlp." in k for k in state):  # an attention half: no MLP for a parallel block's norm
+        part.parallel_attn_mlp = False       # to fold into (TransformerLens would look for one)
     return ProcessWeights.process_weights({k: v.detach() for k, v in state.items()}, part)
+
+
+def centres_writes(cfg) -> bool:
+    """Whether ``process_weights`` centres the weights that write to the residual stream
+    (``W_O``, ``b_O``, ``W_out``, ``W_E``) over ``d_model``: for a LayerNorm model only (the norm
+    removes the mean anyway), never for RMSNorm, which does not. The same condition as
+    TransformerLens' own."""
+    return cfg.normalization_type in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
+
+
+def kv_prefix(cfg) -> str:
+    """``"_"`` when TransformerLens names the key/value weights of ``cfg`` ``_W_K``/``_W_V``
+    (grouped-query attention: ``n_key_value_heads`` set), else ``""``."""
+    return "" if getattr(cfg, "n_key_value_heads", None) is None else "_"
+
+
+def put(out: dict, key: str, t: Tensor | None) -> None:
+    """``out[key] = t`` unless the model has no such tensor (a bias-free projection): a
+    TransformerLens-format block holds only the biases the model has."""
+    if t is not None:
+        out[key] = t
 
 
 def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -45,21 +74,26 @@ def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
     ``cfg``: the model's TransformerLens config. Returns the same keys, processed, float32.
 
     Besides the processed tensors, ``"attn.b_V_folded"`` is the value bias after folding the
-    first norm's bias into it and before ``fold_value_biases`` moves it into ``b_O``
-    (``[n_heads, d_head]``): what a plain model's per-head ``z`` holds beyond the processed
-    ``hook_z`` (attention weights sum to one)."""
+    first norm's bias into it and before ``fold_value_biases`` moves it into ``b_O``, per query
+    head (``[n_heads, d_head]``; a kv head's bias repeated for each query head that reads it):
+    what a plain model's per-head ``z`` holds beyond the processed ``hook_z`` (attention weights
+    sum to one). Zeros for a model without value biases."""
     from transformer_lens.weight_processing import ProcessWeights
 
     dev = next(iter(block.values())).device
     state = {f"blocks.0.{k}": v for k, v in block.items()} | _standins(cfg, dev)
     out = _process(cfg, state, 1)
     res = {k[len("blocks.0."):]: v.float() for k, v in out.items() if k.startswith("blocks.0.")}
-    b_v = block.get("attn.b_V")
-    b_v = torch.zeros(cfg.n_heads, cfg.d_head, device=dev) if b_v is None else b_v.detach().float()
+    if "attn.W_O" not in block:  # an MLP half
+        return res
+    kv = kv_prefix(cfg)
+    b_v = block.get(f"attn.{kv}b_V")
+    n_kv = block[f"attn.{kv}W_V"].shape[0]
+    b_v = torch.zeros(n_kv, cfg.d_head, device=dev) if b_v is None else b_v.detach().float()
     if block.get("ln1.b") is not None and cfg.normalization_type in ("LN", "LNPre"):
-        b_v = ProcessWeights.fold_layer_norm_bias_single(block["attn.W_V"].detach().float(), b_v,
+        b_v = ProcessWeights.fold_layer_norm_bias_single(block[f"attn.{kv}W_V"].detach().float(), b_v,
                                                          block["ln1.b"].detach().float())
-    res["attn.b_V_folded"] = b_v
+    res["attn.b_V_folded"] = b_v.repeat_interleave(cfg.n_heads // n_kv, dim=0)
     return res
 
 

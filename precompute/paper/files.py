@@ -22,11 +22,11 @@ import errno
 import json
 import math
 import os
-import re
 import stat
 from pathlib import Path
 
 from precompute.errors import LookupsError
+from precompute.jsontext import nesting_depth
 
 MAX_FILE_BYTES = 256 * 1024 * 1024  # bytes: ~17x the authors' largest file the importer reads
 MAX_DEPTH = 64  # JSON nesting levels (the authors' files: at most 6)
@@ -59,30 +59,6 @@ def check_number(value, where: str, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PaperFormatError(f"{where}: field {field!r} should be a number, got {type(value).__name__}.")
     return float(value)
-
-
-_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_OPEN = (ord("["), ord("{"))
-_CLOSE = (ord("]"), ord("}"))
-
-
-def nesting_depth(data: bytes, limit: int = MAX_DEPTH) -> int:
-    """The deepest ``[`` / ``{`` nesting of JSON text ``data`` (strings skipped), counted
-    without parsing; stops early once above ``limit`` (returns a value > ``limit``)."""
-    import numpy as np
-
-    depth = best = 0
-    text = _STRINGS.sub(b'""', data)
-    step = 1 << 22
-    for i in range(0, len(text), step):
-        a = np.frombuffer(text[i:i + step], dtype=np.uint8)
-        d = (np.isin(a, _OPEN).astype(np.int32) - np.isin(a, _CLOSE).astype(np.int32)).cumsum()
-        if len(d):
-            best = max(best, depth + int(d.max()))
-            depth += int(d[-1])
-        if best > limit:
-            break
-    return best
 
 
 class Folder:
@@ -202,7 +178,7 @@ def loads(raw: bytes, where: str):
     Raises:
         PaperFormatError: too deep, not UTF-8 or not JSON.
     """
-    depth = nesting_depth(raw)
+    depth = nesting_depth(raw, MAX_DEPTH)
     if depth > MAX_DEPTH:
         raise PaperFormatError(f"{where}: JSON nested more than {MAX_DEPTH} levels deep (the authors' "
                                f"files nest at most 6); not read.")
