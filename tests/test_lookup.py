@@ -11,6 +11,7 @@ import json
 import sqlite3
 
 import pytest
+import torch
 
 from precompute.lookup import BOS_LABEL, carriers, decode, encode, summary
 from tests.conftest import small_settings
@@ -80,6 +81,29 @@ def test_stored_lookups_sum_to_the_attribution_on_the_fast_families(tmp_path, sm
                                              explainer="none", ablation="none"), model=model)
     assert summary_["kept_pairs"] > 0
     assert check_stored_lookups(db) >= 20
+
+
+def test_sliding_window_lookup_sums_to_the_attribution(families):
+    """Mistral with a sliding window shorter than the prompts: the model's attention sees only
+    the last ``window`` keys, and the look-up's pattern does too — the terms are zero outside
+    the window and still sum to ``A[h]`` (read from the ``z`` the model computed)."""
+    from precompute.model import tokenize_batch
+
+    m = families.fast("mistral")
+    cfg = m.backend.hf.config
+    before = cfg.sliding_window
+    rows = tokenize_batch(m, ["In the beginning God created the heaven and the earth, and the earth was "
+                              "without form, and void; and darkness was upon the face of the deep."], 40)
+    p = len(rows[0]) - 1
+    try:
+        cfg.sliding_window = 5
+        res = m.backend.neuron_pass(rows, [(2, 7)], [p], lookup=True)
+    finally:
+        cfg.sliding_window = before
+    t = res.lookup
+    assert not t.attention[0, :, :, :p - 4].any() and t.attention[0, :, :, p - 4:p + 1].all()
+    torch.testing.assert_close(t.contrib[0].sum(-1) + t.bias[0], res.raw[0], rtol=0,
+                               atol=REL * float(res.raw[0].abs().max()))
 
 
 def test_encoding_round_trips_float32_and_refuses_a_torn_vector():
