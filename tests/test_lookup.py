@@ -92,8 +92,9 @@ def test_sliding_window_lookup_sums_to_the_attribution(families):
     m = families.fast("mistral")
     cfg = m.backend.hf.config
     before = cfg.sliding_window
-    rows = tokenize_batch(m, ["In the beginning God created the heaven and the earth, and the earth was "
-                              "without form, and void; and darkness was upon the face of the deep."], 40)
+    text = ("In the beginning God created the heaven and the earth, and the earth was "
+            "without form, and void; and darkness was upon the face of the deep.")
+    rows = tokenize_batch(m, [text], 40)
     p = len(rows[0]) - 1
     try:
         cfg.sliding_window = 5
