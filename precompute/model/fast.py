@@ -175,8 +175,8 @@ class FastBackend(Backend):
         (zero for ``s > pos[b]`` and outside a sliding window; each row sums to 1 — what the
         model's attention computes, rotary positions and grouped keys included: query head
         ``h`` reads kv head ``h // (n_heads // n_kv_heads)``). ``values [batch, pos, n_heads,
-        d_head]`` (float32): the processed value vectors at every position, one per query head,
-        ``hook_v = v - b_V`` with ``b_V = self.b_V[layer]``.
+        d_head]``: the plain value vectors at every position, one per query head (``hook_v + b_V``
+        with ``b_V = self.b_V[layer]``, which the terms subtract; a view where the family can).
 
         This base reads :meth:`qkv_hook` (:meth:`_qkv`); GPT-2 overrides it with the output of
         ``c_attn``.
@@ -204,7 +204,7 @@ class FastBackend(Backend):
             if window is not None:
                 hidden |= s <= pos[:, None] - window
             pattern = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
-            fn(pattern, v.float().repeat_interleave(group, 2) - self.b_V[layer])
+            fn(pattern, v.repeat_interleave(group, 2) if group > 1 else v)
         return self.qkv_hook(layer, on_qkv)
 
     def _sliding_window(self, layer: int) -> int | None:
@@ -367,7 +367,7 @@ class FastBackend(Backend):
             for k in decomposed_layers(lookup, K):
                 def terms(pattern: Tensor, values: Tensor, k: int = k) -> None:
                     u = got["u", k] = readout(self.W_O_plain(k), cw)
-                    got["src", k], got["att", k] = source_terms(pattern, values, u), pattern
+                    got["src", k], got["att", k] = source_terms(pattern, values, u, self.b_V[k]), pattern
                 hooks.append(self._lookup_hook(k, pos, terms))
         return hooks
 

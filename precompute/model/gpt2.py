@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from precompute.model.fast import Block, FastBackend, Hook
+from precompute.model.sources import head_dots
 
 
 class GPT2Backend(FastBackend):
@@ -65,19 +66,17 @@ class GPT2Backend(FastBackend):
     def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
         """GPT-2's attention row at ``pos`` (``c_attn`` holds q, k, v; scores scaled by the
         module's ``scaling``: ``1/sqrt(d_head)``, and ``1/(layer + 1)`` with
-        ``scale_attn_by_inverse_layer_idx``; causal, no positional rotation) and its processed
-        value vectors, from ``qkv_out``, the output of ``c_attn`` for the whole batch ``[batch,
-        pos, 3 * d_model]``: ``pattern [batch, n_heads, pos]``, ``values [batch, pos, n_heads,
-        d_head]`` (float32; see :meth:`FastBackend._lookup_hook`)."""
+        ``scale_attn_by_inverse_layer_idx``; causal, no positional rotation) and its plain value
+        vectors, from ``qkv_out``, the output of ``c_attn`` for the whole batch ``[batch, pos,
+        3 * d_model]``: ``pattern [batch, n_heads, pos]`` (float32), ``values [batch, pos,
+        n_heads, d_head]`` (a view of ``qkv_out``; see :meth:`FastBackend._lookup_hook`)."""
         d, H, D = self.dims.d_model, self.dims.n_heads, self.dims.d_head
-        x = qkv_out.float()
-        b = torch.arange(x.shape[0], device=x.device)
-        q = x[b, pos, :d].unflatten(-1, (H, D))  # [batch, H, D] at each row's target position
-        k = x[..., d:2 * d].unflatten(-1, (H, D))  # [batch, pos, H, D]
-        scores = (k.transpose(1, 2) @ q[..., None])[..., 0] * float(self.hf.transformer.h[layer].attn.scaling)
-        after = torch.arange(x.shape[1], device=x.device)[None, :] > pos[:, None]  # [batch, pos]
+        b = torch.arange(qkv_out.shape[0], device=qkv_out.device)
+        q = qkv_out[b, pos, :d].unflatten(-1, (H, D))  # [batch, H, D] at each row's target position
+        scores = head_dots(qkv_out[..., d:2 * d], q) * float(self.hf.transformer.h[layer].attn.scaling)
+        after = torch.arange(qkv_out.shape[1], device=qkv_out.device)[None, :] > pos[:, None]  # [batch, pos]
         pattern = scores.masked_fill(after[:, None, :], float("-inf")).softmax(-1)
-        return pattern, self._values(layer, x) - self.b_V[layer]
+        return pattern, self._values(layer, qkv_out)
 
 
 def fuse_gelu(hf: torch.nn.Module) -> int:

@@ -32,15 +32,30 @@ def readout(W_O: Float[Tensor, "n_heads d_head d_model"], w: Float[Tensor, "batc
     return torch.einsum("hdm,bm->bhd", W_O.float(), w.float())
 
 
+def head_dots(x: Float[Tensor, "batch pos n_heads_d_head"], y: Float[Tensor, "batch n_heads d_head"]
+              ) -> Float[Tensor, "batch n_heads pos"]:
+    """``x[b, s, h·d_head:(h+1)·d_head] · y[b, h]`` for every position ``s`` and head ``h`` (float32):
+    one batched matmul of ``x`` — which may be a strided view, such as the value or key columns
+    of a fused projection's output, and is not copied — with ``y`` laid out as a block-diagonal
+    ``[n_heads·d_head, n_heads]`` matrix per row."""
+    B, H, D = y.shape
+    blocks = (y.float()[..., None] * torch.eye(H, device=y.device)[:, None, :]).reshape(B, H * D, H)
+    return torch.bmm(x.float(), blocks).transpose(1, 2)
+
+
 def source_terms(pattern: Float[Tensor, "batch n_heads pos"], values: Float[Tensor, "batch pos n_heads d_head"],
-                 u: Float[Tensor, "batch n_heads d_head"]) -> Float[Tensor, "batch n_heads pos"]:
+                 u: Float[Tensor, "batch n_heads d_head"], offset: Float[Tensor, "n_heads d_head"] | None = None
+                 ) -> Float[Tensor, "batch n_heads pos"]:
     """The per-source terms ``a[p, s] · (v_s · u)`` of one attention layer, in residual-stream
     units (docs/method.md §3): ``pattern`` the attention row at each row's target position
-    (zero beyond it), ``values`` the processed value vectors (``hook_v``) at every position,
-    ``u`` from :func:`readout`. Their sum over ``s``, plus the value-bias term, is the raw head
+    (zero beyond it), ``values`` the value vectors at every position — processed (``hook_v``),
+    or plain with ``offset`` the ``b_V`` to subtract (``hook_v = v - b_V``) —, ``u`` from
+    :func:`readout`. Their sum over ``s``, plus the value-bias term, is the raw head
     attribution ``A[k, h]``."""
-    # [batch, H, pos, D] @ [batch, H, D, 1]: one batched matmul (einsum's overhead counted in a live pass)
-    return pattern.float() * (values.float().transpose(1, 2) @ u[..., None])[..., 0]
+    vu = head_dots(values.flatten(-2), u)  # [batch, H, pos]
+    if offset is not None:
+        vu = vu - (offset.float() * u).sum(-1)[..., None]
+    return pattern.float() * vu
 
 
 @dataclass
