@@ -1,14 +1,14 @@
-"""The reads behind the uncertainty the pages show with each score (docs/method.md §1, §5): the
+"""The reads behind the evidence the pages show with each finding (docs/method.md §1, §3, §5): the
 stored Yes/No answers of explanations as confusion counts, the explanation that gives a neuron
-its best E, and the selected neurons ranked above a neuron. Like :mod:`app.queries`, keyword-only
-functions; routes never build SQL."""
+its best E, the selected neurons ranked above a neuron, and the stored look-ups of a pair. Like
+:mod:`app.queries`, keyword-only functions; routes never build SQL."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from precompute.store.schema import Classification, Explanation, Neuron, Pair
+from precompute.store.schema import Classification, Explanation, Lookup, Neuron, Pair
 
 
 def selected_above(session: Session, *, run_id: int, layer: int, rank: int) -> int:
@@ -54,3 +54,12 @@ def best_explanations(session: Session, *, neurons: list[Neuron]) -> dict[int, E
         if old is None or key > (old.explainer.startswith("openai:"), old.n_pos + old.n_neg, -old.id):
             best[nid] = e
     return best
+
+
+def pair_lookups(session: Session, *, prompt_ids: list[int], head_layer: int, head: int) -> dict[int, Lookup]:
+    """``{prompt_id: Lookup}``: the stored per-source decomposition of head ``L{head_layer}H{head}``
+    on each of the prompts that has one (docs/method.md §3)."""
+    if not prompt_ids:
+        return {}
+    return {lk.prompt_id: lk for lk in session.scalars(select(Lookup).where(
+        Lookup.prompt_id.in_(prompt_ids), Lookup.head_layer == head_layer, Lookup.head == head))}

@@ -62,6 +62,13 @@ TERMS: dict[str, tuple[str, str, str]] = {
         "The raw attribution divided by the scale of the LayerNorm before the MLP, so that all "
         "contributions add up exactly to the neuron's pre-activation. The project's addition.",
         "§3"),
+    "lookup": (
+        "context look-up (per-source decomposition)",
+        ("A head's attribution at the firing position p split by the earlier token it reads from: "
+         "A = Σ_s a[p, s] · (v_s W_O) · W_in + bias, where a[p, s] is the head's attention weight "
+         "on source token s and v_s its value vector. Each term is what token s carries to the "
+         "neuron through the head; a head can attend hard to a token that carries nothing. The "
+         "project's addition."), "§3"),
     "active-head": (
         "active head",
         "On one prompt, a head whose attribution is above mean + 2 standard deviations of all "

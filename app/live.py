@@ -3,8 +3,9 @@ start, one worker thread (:mod:`app.engine`) runs every forward pass, a token ca
 and an LRU cache of recent results.
 
 The science is precompute's: a live view is the model backend's ``clean_view`` (activations,
-raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass)
-and, when heads are ablated, its ``ablated_view`` — the passes the precompute job batches
+raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass;
+with a head selected, also that pass's per-source decomposition, docs/method.md §3) and, when
+heads are ablated, its ``ablated_view`` — the passes the precompute job batches
 through, on whichever backend the model was loaded with (:mod:`precompute.model`). Nothing here
 re-derives them: :func:`live_views` is the one place where the live server does model work.
 """
@@ -17,31 +18,21 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from cachetools import LRUCache, cached
 
-from precompute.attribution import (
-    active_heads_of_run,
-    head_label,
-    parse_heads,
-    scored_layers,
-    upstream_attn_layers,
-)
-from precompute.errors import LookupsError, ModelNotAvailable, PromptTooLong
-from precompute.model import LoadedModel, NeuronPass, length_batches, load_model, resolve_device
+from precompute.attribution import parse_heads
+from precompute.errors import ModelNotAvailable
+from precompute.model import LoadedModel, length_batches, load_model, resolve_device
 from precompute.settings import EMBEDDED_MODEL, Settings
 from precompute.store.schema import Neuron, Run
 from precompute.tokens import partial_tokens
 
 from .engine import Engine
+from .live_pass import _WARM_TEXT, BadLiveInput, _check_head, _check_ids, _token_str, live_views
 from .settings import WebSettings
 
 logger = logging.getLogger(__name__)
-
-
-class BadLiveInput(LookupsError):
-    """A live request the server cannot run: empty prompt, malformed head list, bad position."""
 
 
 @cached(LRUCache(maxsize=64), key=lambda stored: json.dumps(stored or {}, sort_keys=True),
@@ -76,7 +67,7 @@ class Target:
 @dataclass(eq=False)
 class LiveJob:
     """One live request for the model thread: ``heads`` ablated, attribution at ``pos`` (0-based,
-    BOS excluded; None: the last token)."""
+    BOS excluded; None: the last token), ``head`` the head whose look-up is shown (or None)."""
 
     key: tuple
     source: str
@@ -84,6 +75,7 @@ class LiveJob:
     target: Target
     heads: tuple[tuple[int, int], ...]
     pos: int | None
+    head: tuple[int, int] | None = None
     future: Future = field(default_factory=Future)
     ids: list[int] = field(default_factory=list)
     kind: str = "neuron"  # the engine batches jobs of one model and kind (app.fire: "fire")
@@ -236,29 +228,42 @@ class Live:
         except ValueError as exc:
             raise BadLiveInput(str(exc)) from None
 
+    def parse_head(self, run: Run, text: str | None) -> tuple[int, int] | None:
+        """The one head ``L{k}H{h}`` whose look-up a live view shows (empty: none).
+
+        Raises:
+            BadLiveInput: not one well-formed head of the model.
+        """
+        heads = self.parse_ablate(run, text)
+        if len(heads) > 1:
+            raise BadLiveInput(f"head={text!r} names {len(heads)} heads: give one, e.g. L1H3.")
+        return heads[0] if heads else None
+
     def check_prompt(self, prompt: str) -> None:
         if not prompt or not prompt.strip():
             raise BadLiveInput("The prompt is empty: type some text to run the model on.")
 
     # --- requests ----------------------------------------------------------------------------
     def submit(self, *, run: Run, neuron: Neuron, prompt: str, ablate: list[tuple[int, int]],
-               pos: int | None) -> Future:
+               pos: int | None, head: tuple[int, int] | None = None) -> Future:
         """Queue ``prompt`` for the run's model: neuron (layer, neuron) attributed at ``pos``
         (0-based among the prompt's tokens, BOS excluded; default the last), with ``ablate``
-        heads' value vectors zero-ablated (paper §5.4) in a second pass. Await the returned
+        heads' value vectors zero-ablated (paper §5.4) in a second pass, and ``head``'s look-up
+        (its per-source decomposition in the clean pass, docs/method.md §3). Await the returned
         Future (``asyncio.wrap_future``) rather than block on it. Results are cached by (run,
-        neuron, prompt, heads, pos); identical requests in flight share one computation.
+        neuron, prompt, heads, pos, head); identical requests in flight share one computation.
 
         Raises:
-            BadLiveInput: an empty prompt (at once); a position outside it (from the Future).
+            BadLiveInput: an empty prompt (at once); a position outside it, or a look-up head not
+                upstream of the neuron (from the Future).
             PromptTooLong: more tokens than the server's cap (from the Future).
             ModelNotAvailable: the model cannot be loaded (from the Future).
             LiveBusy: too many requests are waiting (at once).
         """
         self.check_prompt(prompt)
-        key = (run.slug, neuron.layer, neuron.neuron, prompt, tuple(ablate), pos)
+        key = (run.slug, neuron.layer, neuron.neuron, prompt, tuple(ablate), pos, head)
         return self._enqueue(key, lambda src: LiveJob(
-            key=key, source=src, prompt=prompt, heads=tuple(ablate), pos=pos,
+            key=key, source=src, prompt=prompt, heads=tuple(ablate), pos=pos, head=head,
             target=Target(run.slug, neuron.layer, neuron.neuron, neuron.token_id, neuron.token,
                           run_rules(run.settings))), run)
 
@@ -322,7 +327,7 @@ class Live:
         enc = model.tokenizer([j.prompt for j in jobs], add_special_tokens=False)["input_ids"]
         ok = []
         for j, ids in zip(jobs, enc):
-            err = _check_ids(ids, j.pos, cap, self.settings.token_cap)
+            err = _check_ids(ids, j.pos, cap, self.settings.token_cap) or _check_head(model, j)
             if err is not None:
                 self._settle(j, error=err)
             else:
@@ -334,7 +339,8 @@ class Live:
             try:
                 outs = live_views(model, [[model.bos_token_id] + j.ids for j in batch],
                                   [len(j.ids) - 1 if j.pos is None else j.pos for j in batch],
-                                  [j.target for j in batch], [j.heads for j in batch])
+                                  [j.target for j in batch], [j.heads for j in batch],
+                                  [j.head for j in batch])
             except Exception as exc:  # every request of this sub-batch gets the error
                 for j in batch:
                     self._settle(j, error=exc)
@@ -358,97 +364,3 @@ class Live:
             job.future.set_result(result)
 
 
-def _check_ids(ids: list[int], pos: int | None, cap: int, token_cap: int) -> LookupsError | None:
-    if len(ids) > cap:
-        why = "" if cap == token_cap else " (the model's context length, minus BOS)"
-        return PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
-                             f"{cap} tokens{why}. Shorten it.")
-    if not ids:
-        return BadLiveInput("The prompt is empty after tokenization.")
-    if pos is not None and not 0 <= pos < len(ids):
-        return BadLiveInput(f"pos {pos} out of range: the prompt has {len(ids)} tokens "
-                            f"(positions 0..{len(ids) - 1}).")
-    return None
-
-
-def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], targets: list[Target],
-               heads: list[tuple[tuple[int, int], ...]]) -> list[dict]:
-    """The live views of a batch of prompts, each for its own neuron (paper §4.3, §5.4).
-
-    Args:
-        rows: token rows with BOS at index 0.
-        pos: per row, the target position among the prompt's tokens (BOS excluded).
-        targets: per row, the run and neuron.
-        heads: per row, the heads to zero-ablate (may be empty).
-
-    Returns:
-        Per row, the dict the neuron page renders: ``acts`` (every prompt token), ``act``,
-        ``pre``, ``attr_raw``/``attr_ln`` ``[n_attn_layers][n_heads]``, ``active`` heads (the
-        run's rule on the scored heads), ``prob`` of the neuron's token and ``top5`` at the
-        target position; ``ablation`` the same under the ablated heads and the ``drop``.
-        One forward pass over all rows, and a second over the rows with heads ablated.
-
-    Raises:
-        ValueError: a layer, neuron, token, head or position out of range.
-    """
-    positions = [p + 1 for p in pos]  # BOS at 0
-    abl = [j for j, hs in enumerate(heads) if hs]
-    tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
-    c = model.backend.clean_view(rows, tgt, positions)
-    clean = [_view(c, j) for j in range(len(rows))]
-    ablated = {}
-    if abl:
-        a = model.backend.ablated_view([rows[j] for j in abl], [tgt[j] for j in abl],
-                                       [list(heads[j]) for j in abl], [positions[j] for j in abl])
-        ablated = {j: _view(a, q) for q, j in enumerate(abl)}
-    outs = []
-    for j, (x, t) in enumerate(zip(rows, targets)):
-        ids = x[1:]
-        v = clean[j]
-        n_scored = scored_layers(t.layer, t.rules.heads_upto, upstream_attn_layers(model, t.layer))
-        out = {"n_tokens": len(ids), "pos": pos[j], "token_ids": ids,
-               "tokens": [_token_str(model.tokenizer, i) for i in ids], "acts": v["acts"][1:], "act": v["act"],
-               "pre": v["pre"], "attr_raw": v["raw"], "attr_ln": v["ln"], "n_scored": n_scored,
-               "active": _active(t.rules, v["raw"], n_scored, model.n_heads),
-               "token_id": t.token_id, "token": t.token, "prob": v["prob"],
-               "top5": _top(model, v["top"]), "ablation": None}
-        if j in ablated:
-            a = ablated[j]
-            out["ablation"] = {
-                "heads": [head_label(k, h) for k, h in heads[j]], "method": "zero",
-                "act_clean": v["act"], "act_ablated": a["act"], "prob_clean": v["prob"],
-                "prob_ablated": a["prob"], "drop": v["prob"] - a["prob"], "acts": a["acts"][1:],
-                "attr_raw": a["raw"], "attr_ln": a["ln"],
-                "active": _active(t.rules, a["raw"], n_scored, model.n_heads), "top5": _top(model, a["top"])}
-        outs.append(out)
-    return outs
-
-
-def _view(p: NeuronPass, j: int) -> dict:
-    """Row ``j`` of a backend's :class:`~precompute.model.NeuronPass` as plain Python values."""
-    n = p.n_attn[j]
-    return {"acts": p.acts[j], "act": float(p.act[j]), "pre": float(p.pre[j]),
-            "raw": p.raw[j, :n].tolist(), "ln": p.ln[j, :n].tolist(),
-            "prob": float(p.prob[j]), "top": p.top[j]}
-
-
-def _active(rs: Settings, raw: list[list[float]], n_scored: int, n_heads: int) -> list[str]:
-    import torch
-
-    mask = active_heads_of_run(torch.tensor(raw[:n_scored]).flatten(), rs)
-    return [head_label(k, h) for k in range(n_scored) for h in range(n_heads) if mask[k * n_heads + h]]
-
-
-def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
-    return [[int(i), _token_str(model.tokenizer, int(i)), float(v)] for i, v in top]
-
-
-_WARM_TEXT = ("The council met in the old hall by the river and argued about the harvest, the "
-              "roads and the taxes, while the children played outside in the rain.")
-
-
-@lru_cache(maxsize=1 << 17)
-def _token_str(tokenizer, token_id: int) -> str:
-    """``LoadedModel.token_str``, cached: a token's text never changes, and decoding each token
-    of each live prompt one by one was a visible part of a batched pass."""
-    return tokenizer.decode([int(token_id)])

@@ -26,7 +26,7 @@ from precompute.scoring import MIN_HELDOUT_PER_CLASS
 from precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
 from precompute.verdict import WORDS
 
-from . import charts, formats, glossary, present, states, urls
+from . import charts, formats, glossary, lookup, present, states, urls
 from .engine import LiveBusy
 from .live import BadLiveInput, Live
 from .queries import list_runs
@@ -54,7 +54,8 @@ def make_templates(directory: Path) -> Jinja2Templates:
                        prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
                        html_cache=present.HtmlCache(), section_cache=present.LockedLRU(1024),
                        state_text=states.text, marked=formats.marked, pair_drops=present.pair_drops,
-                       heldout_ablations=present.heldout_ablations, answer_parts=present.answer_parts)
+                       heldout_ablations=present.heldout_ablations, answer_parts=present.answer_parts,
+                       lookup_tokens_html=lookup.lookup_tokens_html)
     return Jinja2Templates(env=env)
 
 

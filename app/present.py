@@ -180,11 +180,12 @@ def tokens_html(toks: list[str], acts: list | None, scale: float, mark: int | No
 
 
 def head_grid_html(grid: list[list[float]], n_scored: int, n_heads: int, scale: float, active=(),
-                   pair_url=None, boxes: str | None = None, ablated=()) -> Markup:
+                   pair_url=None, boxes: str | None = None, ablated=(), picked: str | None = None) -> Markup:
     """A layer x head heatmap table; rows beyond ``n_scored`` dimmed (not scored for the
-    neuron). Cells link to ``pair_url(k, h)``, or hold ablation checkboxes of form ``boxes``;
-    active heads are outlined, ablated ones marked. (Python, not a Jinja macro: it is on every
-    neuron page and live view.)"""
+    neuron). Cells link to ``pair_url(k, h)``, or hold an ablation checkbox of form ``boxes`` and
+    the value as a submit button of that form picking the head whose look-up is shown
+    (``head=L{k}H{h}``); active heads are outlined, ablated ones marked, the ``picked`` one
+    framed. (Python, not a Jinja macro: it is on every neuron page and live view.)"""
     active, ablated = set(active or ()), set(ablated or ())
     d = decimals((v for row in grid[:n_scored] for v in row), sig=2, most=3)
     out = ['<table class="heat">\n  <thead><tr><th></th>', "".join(f"<th>H{h}</th>" for h in range(n_heads)),
@@ -195,13 +196,15 @@ def head_grid_html(grid: list[list[float]], n_scored: int, n_heads: int, scale: 
         for h, v in enumerate(row):
             lab = f"L{k}H{h}"
             on, off = lab in active, lab in ablated
-            out.append(f'    <td class="cell{" act" if on else ""}{" abl" if off else ""}" '
+            out.append(f'    <td class="cell{" act" if on else ""}{" abl" if off else ""}'
+                       f'{" picked" if lab == picked else ""}" '
                        f'style="background:{colour(v, scale)}" title="{lab}: {fixed(v, d + 2)}'
                        f'{" (active)" if on else ""}{" (ablated)" if off else ""}">')
             if form:
-                out.append(f'<label><input type="checkbox" class="abl-box" name="ablate" value="{lab}" '
-                           f'form="{form}"{" checked" if off else ""} aria-label="ablate {lab}">'
-                           f'<span>{fixed(v, d)}</span></label>')
+                out.append(f'<span class="cellbox"><input type="checkbox" class="abl-box" name="ablate" '
+                           f'value="{lab}" form="{form}"{" checked" if off else ""} aria-label="ablate {lab}">'
+                           f'<button type="submit" class="pick-head" form="{form}" name="head" value="{lab}" '
+                           f'aria-label="look-up of {lab}">{fixed(v, d)}</button></span>')
             elif pair_url and k < n_scored:
                 out.append(f'<a href="{escape(pair_url(k, h))}">{fixed(v, d)}</a>')
             else:

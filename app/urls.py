@@ -7,7 +7,7 @@ from __future__ import annotations
 from urllib.parse import quote, urlencode
 
 _ORDER = ("layer", "kind", "q", "min_congruence", "max_congruence", "min_score", "min_n", "sort", "order",
-          "page", "per_page", "score", "split", "prompt", "ablate", "pos")
+          "page", "per_page", "score", "split", "prompt", "ablate", "head", "pos")
 
 
 def _query(params: dict) -> str:

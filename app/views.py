@@ -13,6 +13,7 @@ from precompute.attribution import head_label, scored_layers
 
 from . import distribution as DIST
 from . import evidence as QE
+from . import lookup as LK
 from . import queries as Q
 from . import states, urls
 from .imported import model_notice, top3_view
@@ -253,7 +254,8 @@ def neuron_brief(s: Session | None, live: Live, *, slug: str, layer: int, neuron
 
 
 def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int, prompt: str,
-                 ablate: list[str], pos: int | None, score: str = "raw") -> tuple[Future, dict, dict, dict]:
+                 ablate: list[str], pos: int | None, score: str = "raw",
+                 head: str | None = None) -> tuple[Future, dict, dict, dict]:
     """Submit the live pass of the neuron page; returns its Future (to await), the canonical
     page URL parameters, the run's partial tokens (for :func:`shown_live`) and the live
     fragment's :func:`neuron_brief` (read now, so the fragment needs no second query).
@@ -265,8 +267,10 @@ def live_request(s: Session, live: Live, *, slug: str, layer: int, neuron_: int,
     run = Q.get_run(s, slug=slug)
     n = Q.get_neuron(s, run=run, layer=layer, neuron=neuron_)
     heads = live.parse_ablate(run, ",".join(ablate))
-    fut = live.submit(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos)
-    params = {"prompt": prompt, "ablate": [head_label(k, h) for k, h in heads], "pos": pos}
+    picked = live.parse_head(run, head)
+    fut = live.submit(run=run, neuron=n, prompt=prompt, ablate=heads, pos=pos, head=picked)
+    params = {"prompt": prompt, "ablate": [head_label(k, h) for k, h in heads],
+              "head": head_label(*picked) if picked else None, "pos": pos}
     brief = neuron_brief(None, live, slug=slug, layer=layer, neuron_=neuron_, score=score, run=run, n=n)
     return fut, params, live.partial_tokens(run), brief
 
@@ -285,14 +289,17 @@ def shown_live(res: dict, partial: dict) -> dict:
 
 
 def live_extra(res: dict, data: dict, score: str) -> dict:
-    """Scales of the live view (template helpers)."""
+    """Scales of the live view (template helpers); ``live_lookup_scale`` that of the look-up's
+    contributions in the score's units."""
     key = "attr_ln" if score == "ln" else "attr_raw"
     n_scored = res["n_scored"]
     grids = [res[key]] + ([res["ablation"][key]] if res.get("ablation") else [])
     acts = res["acts"] + (res["ablation"]["acts"] if res.get("ablation") else [])
+    lk = res.get("lookup")
     return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]),
             "live_act_lo": act_floor(acts),
-            "live_attr_scale": _grid_scale(grids, n_scored)}
+            "live_attr_scale": _grid_scale(grids, n_scored),
+            "live_lookup_scale": nice_scale(lk["contrib_ln" if score == "ln" else "contrib"]) if lk else None}
 
 
 def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, head: int, score: str,
@@ -316,11 +323,14 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
                       phases=Q.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}),
                       provenance=run.provenance)}
     key = "attr_ln" if score == "ln" else "attr_raw"
+    looks, look = LK.pair_lookups(s, run, p, explain + heldout, score)
+    look["tokens"] = LK.summary_tokens(look["groups"], explain + heldout, partial)
 
     def row(pr, with_outcomes: bool) -> dict:
         d = prompt_dict(pr, partial)
         d["head_attr"] = getattr(pr, key)[head_layer][head] if head_layer < len(pr.attr_raw) else None
         d["head_active"] = label in pr.active
+        d["lookup"] = looks.get(pr.id)
         if with_outcomes:
             d["classifications"] = {e.explainer: classification_dict(cls[e.id][pr.id])
                                     for e in expl if pr.id in cls.get(e.id, {})}
@@ -340,6 +350,7 @@ def pair(s: Session, *, slug: str, layer: int, neuron_: int, head_layer: int, he
         "heldout": held,
         "explanations": [explanation_dict(e, _counts(cls.get(e.id, {}))) for e in expl],
         "ablation_summary": Q.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
+        "lookup": look,
         "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
         "act_lo": act_floor(a for pr in prompts for a in pr.acts),
         "links": {"neuron": urls.neuron(slug, layer, neuron_), "head": urls.head(slug, head_layer, head)},

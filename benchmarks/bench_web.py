@@ -12,6 +12,9 @@
      ``/fire`` (which neurons fire on the text: every analysed neuron, the page rendered);
    - 8 clients: live tokens/s vs bare batched tokens/s (8 rows; goal >= 0.5x), p95 <= 200 ms;
      then the same with requests spread over neurons and half of them ablating a head;
+   - the look-up (issue 20): 1 client, live passes alternating without and with a head
+     selected (``&head=``: its per-source decomposition, docs/method.md §3), p50 of each and
+     their ratio (goal <= 1.2);
    - 60 clients: errors (goal 0), the server's peak RSS (goal <= 2 GB) and a plain page's
      latency meanwhile (goal <= 50 ms).
 
@@ -250,6 +253,23 @@ def wait_ready(c: httpx.Client, t_start: float | None) -> None:
               f"{health['models']}")
 
 
+def head_cost(base: str, target: str, prompt: str, head: str, n: int) -> None:
+    """One client, uncached live passes alternating without and with ``head`` selected (its
+    look-up), so that both see the same load: p50 of each and their ratio."""
+    ms: dict[bool, list[float]] = {False: [], True: []}
+    with httpx.Client(base_url=base, timeout=300, headers={"HX-Request": "true"}) as c:
+        for i in range(2 * n + 2):
+            picked = bool(i % 2)
+            params = {"prompt": f"h{i}:{prompt}", **({"head": head} if picked else {})}
+            t = time.perf_counter()
+            r = c.get(target + "/live", params=params)
+            if r.status_code == 200 and i >= 2:  # the first pair warms up
+                ms[picked].append((time.perf_counter() - t) * 1000)
+    a, b = statistics.median(ms[False]), statistics.median(ms[True])
+    print(f"look-up: live pass without a head p50 {a:.1f} ms, with head {head} selected p50 {b:.1f} ms "
+          f"(n={len(ms[True])} each, alternating): ratio {b / a:.2f} (goal <= 1.2)")
+
+
 def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float | None) -> None:
     rng = random.Random(ns.seed)
     with httpx.Client(base_url=base, timeout=300) as c:
@@ -283,6 +303,7 @@ def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float |
     summary("fire page (/fire, which neurons fire), 1 client, uncached", fire_ms, ns.per_client - len(fire_ms))
     if fire_ms:
         print(f"  p50 / bare forward = {statistics.median(fire_ms) / bare1:.2f}; {len(r.content) / 1000:.0f} KB")
+    head_cost(base, one[0], prompt, head, ns.per_client * 3)
     for name, rnd in (("8 clients, one neuron, clean", clean),
                       ("8 clients, 24 neurons, half ablating a head", Round(base, many, [prompt], [None, head]))):
         r = rnd.run(8, ns.per_client, f"r{len(name)}")

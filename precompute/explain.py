@@ -39,9 +39,10 @@ from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
 from precompute.explainers import BASELINE, Example, PairResult, PairTask, explainer_name, parse_answer
+from precompute.lookup import carriers, decode
 from precompute.scoring import explanation_score
 from precompute.store.runs import now
-from precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt, Run
+from precompute.store.schema import Classification, Explanation, Lookup, Neuron, Pair, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pai
     """The kept pairs of the run still to do for ``explainer`` (no explanation, or a failed
     one; every kept pair with ``pending_only=False``), with their explain prompts and top
     ``heldout_per_pair`` held-out prompts by rank (on an imported run: the prompts the
-    recorded explainer classified)."""
+    recorded explainer classified). Each explain prompt carries the pair head's stored look-up
+    (``Example.carriers``, docs/method.md §3-§4); held-out prompts carry none."""
     done = (select(Explanation.pair_id).where(Explanation.explainer == explainer,
                                               Explanation.status.in_(("ok", "single_class"))))
     cond = [Pair.run_id == run_id, Pair.kept] + ([Pair.id.not_in(done)] if pending_only else [])
@@ -67,24 +69,30 @@ def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pai
         for pid, prid in session.execute(q):
             classified.setdefault(pid, set()).add(prid)
     prompts: dict[int, dict[str, list[Prompt]]] = {}
+    looks: dict[tuple[int, int, int], bytes] = {}  # (prompt id, head layer, head) -> contrib
     for nid in sorted({n.id for _, n in rows}):
         by_split: dict[str, list[Prompt]] = {"explain": [], "heldout": []}
         q = select(Prompt).where(Prompt.neuron_id == nid).order_by(Prompt.split, Prompt.rank)
         for p in session.scalars(q):
             by_split.setdefault(p.split, []).append(p)
         prompts[nid] = by_split
+        looks.update(((pid, k, h), c) for pid, k, h, c in session.execute(
+            select(Lookup.prompt_id, Lookup.head_layer, Lookup.head, Lookup.contrib)
+            .where(Lookup.prompt_id.in_([p.id for p in by_split["explain"]]))))
     tasks = []
     for pair, n in rows:
         label = f"L{pair.head_layer}H{pair.head}"
 
-        def ex(p: Prompt) -> Example:
-            return Example(p.id, p.text, tuple(p.tokens), label in p.active)
+        def ex(p: Prompt, carried: bool = False, pair=pair, label=label) -> Example:
+            c = looks.get((p.id, pair.head_layer, pair.head)) if carried else None
+            return Example(p.id, p.text, tuple(p.tokens), label in p.active,
+                           tuple(carriers(p.tokens, decode(c), bos=False).items()) if c is not None else ())
 
         held = prompts[n.id]["heldout"]
         same = classified.get(pair.id)
         held = [p for p in held if p.id in same] if same else held[:heldout_per_pair]
         tasks.append(PairTask(pair_id=pair.id, neuron_id=n.id, kind=n.kind, label=label, token=n.token,
-                              explain=[ex(p) for p in prompts[n.id]["explain"]],
+                              explain=[ex(p, carried=True) for p in prompts[n.id]["explain"]],
                               heldout=[ex(p) for p in held]))
     return tasks
 

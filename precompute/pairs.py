@@ -40,3 +40,16 @@ def not_kept_reason(n_prompts: int, n_active: int, settings) -> str | None:
         return (f"the head is active on {n_active}/{n_prompts} explain prompts, outside "
                 f"{settings.pair_min_fraction:g}-{settings.pair_max_fraction:g}")
     return None
+
+
+def kept_heads(actives, n_scored: int, n_heads: int, settings) -> list[tuple[int, int]]:
+    """The heads ``(layer, head)`` whose pair with a neuron is kept (:func:`not_kept_reason`),
+    from the active heads of each of the neuron's explain prompts (``actives``: one collection of
+    labels ``L{k}H{h}`` per prompt, the run's rule) over its ``n_scored`` scored head layers.
+    The precompute job stores the per-source decomposition of these pairs with the prompts
+    (docs/method.md §3), before the pairs themselves are written."""
+    actives = [set(a) for a in actives]
+    if not actives:
+        return []
+    return [(k, h) for k in range(n_scored) for h in range(n_heads)
+            if not_kept_reason(len(actives), sum(f"L{k}H{h}" in a for a in actives), settings) is None]

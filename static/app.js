@@ -43,6 +43,7 @@
     if (!el || !el.matches) { return null; }
     if (el.matches("#live button.tok")) { return "#live button.tok[value='" + el.value + "']"; }
     if (el.matches("#live input.abl-box")) { return "#live input.abl-box[value='" + el.value + "']"; }
+    if (el.matches("#live button.pick-head")) { return "#live button.pick-head[value='" + el.value + "']"; }
     if (el.id) { return "#" + el.id; }
     return null;
   }

@@ -21,6 +21,7 @@ from precompute.store.schema import (
     Document,
     Explanation,
     LLMCall,
+    Lookup,
     Neuron,
     Pair,
     Phase,
@@ -74,8 +75,15 @@ def canonical_rows(url: str) -> dict[str, list[str]]:
         out["ablations"] = [_row(a, {"pair_id", "prompt_id"}, pair=pairs[a.pair_id], prompt=prompts[a.prompt_id])
                             for a in s.scalars(select(Ablation))]
         out["llm_calls"] = [_row(c, set()) for c in s.scalars(select(LLMCall))]
+        out["lookups"] = [_row(lk, {"prompt_id"}, prompt=prompts[lk.prompt_id]) for lk in s.scalars(select(Lookup))]
     engine.dispose()
-    return {t: sorted(json.dumps(r, sort_keys=True, default=str) for r in rows) for t, rows in out.items()}
+    return {t: sorted(json.dumps(r, sort_keys=True, default=_bytes) for r in rows) for t, rows in out.items()}
+
+
+def _bytes(value) -> str:
+    """Bytes (the look-ups' float32 vectors) as hex, so equal strings mean equal bytes; other
+    values as ``str``."""
+    return bytes(value).hex() if isinstance(value, (bytes, memoryview)) else str(value)
 
 
 def first_difference(a: dict[str, list[str]], b: dict[str, list[str]]) -> str | None:

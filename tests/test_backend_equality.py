@@ -1,9 +1,9 @@
 """Every fast backend (hooks on the plain Hugging Face modules, one copy of the weights: GPT-2,
 GPT-NeoX, Llama, Qwen2, Mistral) equals the bridge backend (TransformerBridge hook points, the
 reference) to 1e-5 relative: processed weights, activations, raw and LN-aware attributions,
-pre-activations, probabilities, ablation drops, mean value vectors, scan maxima, trimming, live
-views; the job stores the rows the per-neuron bridge code stored; and the job run on the bridge
-backend stores the rows of the fast one."""
+their per-source decomposition (the look-up), pre-activations, probabilities, ablation drops,
+mean value vectors, scan maxima, trimming, live views; the job stores the rows the per-neuron
+bridge code stored; and the job run on the bridge backend stores the rows of the fast one."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 from precompute.ablation import ablate, mean_values
 from precompute.attribution import active_heads_of_run, attribute, scored_layers, upstream_attn_layers
+from precompute.lookup import decode
 from precompute.model import tokenize_batch
 from precompute.scan import neuron_acts
 
@@ -91,6 +92,44 @@ def test_attribution_of_mixed_neurons_in_one_batch_equals_the_bridge(pair):
             # the LN-aware contributions add up to the pre-activation
             total = float(got.ln[j].sum()) + sum(got.other[j].values())
             assert total == pytest.approx(float(got.pre[j]), abs=1e-4)
+
+
+def test_lookup_terms_equal_the_bridge_and_sum_to_the_attribution(pair):
+    """The per-source decomposition (docs/method.md §3) of every upstream head, rows of mixed
+    neurons and positions in one batch: fast equals the bridge (terms, attention weights, value
+    bias term, LN scale), and on each backend the terms plus the bias give the raw and the
+    LN-aware attribution."""
+    fast, ref = pair
+    rows = _rows(fast)
+    last = fast.n_layers - 1
+    targets = [(last, 3), (0, 11), (1, 7), (last, fast.d_mlp - 1)]
+    positions = [len(r) - 1 if j % 2 else len(r) // 2 for j, r in enumerate(rows)]
+    got = {}
+    for model in (fast, ref):
+        res = model.backend.neuron_pass(rows, targets, positions, lookup=True)
+        t = res.lookup
+        assert t.contrib.shape == t.attention.shape == (len(rows), res.raw.shape[1], fast.n_heads, max(map(len, rows)))
+        for j, p in enumerate(positions):
+            n = res.n_attn[j]
+            assert not t.contrib[j, n:].any() and not t.contrib[j, :, :, p + 1:].any()
+            if not n:  # no head upstream (layer 0 of a parallel block)
+                continue
+            close(t.attention[j, :n].sum(-1), torch.ones(n, fast.n_heads))
+            scale = res.raw[j, :n].abs().max()
+            close(t.contrib[j, :n].sum(-1) + t.bias[j, :n], res.raw[j, :n], scale=scale)
+            close((t.contrib[j, :n].sum(-1) + t.bias[j, :n]) / t.scale[j], res.ln[j, :n], scale=res.ln[j, :n].abs().max())
+        assert not t.bias.any()  # the value bias is folded into b_O (fold_value_biases)
+        got[model.backend.name] = res
+    f, b = got[fast.backend.name].lookup, got["bridge"].lookup
+    close(f.contrib, b.contrib)
+    close(f.attention, b.attention)
+    close(f.scale, b.scale)
+    one = fast.backend.batched_pass(rows, targets, positions, lookup=True, max_rows=2)
+    for j, r in enumerate(one):  # a row cut from a batch is that row's own terms
+        assert r.lookup.contrib.shape[-1] == positions[j] + 1
+        close(r.lookup.contrib[0], f.contrib[j, :r.n_attn[0], :, :positions[j] + 1])
+    with pytest.raises(ValueError, match="clean pass"):
+        fast.backend.neuron_pass(rows, targets, lookup=True, ablate=[[(0, 1)]] * len(rows))
 
 
 def test_ablation_equals_the_bridge(pair):
@@ -294,13 +333,18 @@ def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_pa
                  "JOIN neurons n ON n.id = p.neuron_id ORDER BY n.layer, n.neuron, head_layer, head",
         "ablations": "SELECT pair_id, prompt_id, active, act_clean, act_ablated, prob_clean, prob_ablated "
                      "FROM ablations ORDER BY pair_id, prompt_id",
+        "lookups": "SELECT n.layer, n.neuron, p.split, p.rank, l.head_layer, l.head, l.contrib, l.attention, "
+                   "l.bias, l.ln_scale FROM lookups l JOIN prompts p ON p.id = l.prompt_id JOIN neurons n "
+                   "ON n.id = p.neuron_id ORDER BY n.layer, n.neuron, p.split, p.rank, l.head_layer, l.head",
     }
     for name, sql in checks.items():
         got, want = _table(db, sql), _table(precomputed_db, sql)
         assert len(got) == len(want) and (want or name == "ablations"), name
         for g, w in zip(got, want):
             for a, b in zip(g, w):
-                if isinstance(b, float):
+                if isinstance(b, bytes):  # a look-up vector: float32 per source position
+                    close(decode(a), decode(b), scale=[1e-3, *decode(b)])
+                elif isinstance(b, float):
                     assert a == pytest.approx(b, rel=1e-5, abs=1e-6), name
                 elif isinstance(b, str) and (b.startswith("[[") or b[:1] == "[" and b[1:2] not in ('"', "]")):
                     close(json.loads(a), json.loads(b))

@@ -173,6 +173,17 @@ def test_pair_page_explainers_side_by_side(client):
     assert all(h["ablations"] for h in j["heldout"])  # the ablation covers every held-out prompt
 
 
+def test_imported_pair_says_the_lookup_needs_the_model(client):
+    """An imported run has no weights: the pair page says in one line that the per-source
+    decomposition needs the model, and its JSON has no look-up."""
+    html = client.get("/gpt2-small/neurons/9/1690/heads/8/1").text
+    lines = re.findall(r'<p class="empty state" id="lookup-state">(.*?)</p>', html, re.DOTALL)
+    assert len(lines) == 1 and "\n" not in lines[0] and "needs the model" in lines[0]
+    j = client.get("/gpt2-small/neurons/9/1690/heads/8/1.json").json()
+    assert j["lookup"]["state"]["state"] == "not_in_data"
+    assert all(p["lookup"] is None for p in j["active"] + j["inactive"] + j["heldout"])
+
+
 def test_compare(client, db):
     other = _other(db)
     r = client.get("/compare", params={"runs": f"gpt2-small,{other}"})

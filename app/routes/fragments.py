@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from .pages import DB, AblateQ, PosQ, PromptQ, Score, neuron_view
+from .pages import DB, AblateQ, HeadQ, PosQ, PromptQ, Score, neuron_view
 
 router = APIRouter()
 
@@ -18,8 +18,9 @@ router = APIRouter()
             summary="Live panel of the neuron page (htmx fragment)")
 async def live_fragment(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                   prompt: PromptQ = "", ablate: AblateQ = [], pos: PosQ = None,
-                  split: Literal["explain", "heldout"] = "explain"):
+                  split: Literal["explain", "heldout"] = "explain", head: HeadQ = None):
     """Run ``prompt`` live (optionally with ``ablate`` heads zero-ablated, attributing at
-    ``pos``) and return the panel. The page URL with the same query renders the same panel."""
+    ``pos``, showing ``head``'s look-up) and return the panel. The page URL with the same query
+    renders the same panel."""
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split,
-                             prompt=prompt or "", ablate=ablate, pos=pos, fmt=None, fragment=True)
+                             prompt=prompt or "", ablate=ablate, pos=pos, fmt=None, fragment=True, head=head)

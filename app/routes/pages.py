@@ -23,6 +23,7 @@ from precompute.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views
+from ..lookup import NeuronJSON, PairJSON
 from ..export import CHUNK as CSV_CHUNK
 from ..export import all_pages_csv, csv_response
 from ..live import BadLiveInput
@@ -35,6 +36,9 @@ Score = Annotated[Literal["raw", "ln"], Query(description="Attribution score: th
                                               "dot product or the LN-aware one.")]
 PromptQ = Annotated[str | None, Query(max_length=20000, description="Live prompt (runs the model).")]
 AblateQ = Annotated[list[str], Query(description="Heads to zero-ablate: 'L1H3,L0H2' (or repeated).")]
+HeadQ = Annotated[str | None, Query(max_length=40, description="A live pass's look-up head, e.g. 'L1H3': its "
+                                    "per-source decomposition at the position (docs/method.md §3) is "
+                                    "returned as `live.lookup`.")]
 
 
 def _blank_none(v):
@@ -152,7 +156,7 @@ def goto_neuron(s: DB, run: str, layer: int, neuron: int):
 
 async def neuron_view(request: Request, s: Session, run: str, layer: int, neuron: int, *, score: str,
                       split: str, prompt: str | None, ablate: list[str], pos: int | None,
-                      fmt: str | None, fragment: bool = False):
+                      fmt: str | None, fragment: bool = False, head: str | None = None):
     """The neuron page (or, with ``fragment``, only its live panel); with ``prompt`` the live
     pass is rendered server-side. Live errors keep the page and set the status (422/503).
 
@@ -165,7 +169,7 @@ async def neuron_view(request: Request, s: Session, run: str, layer: int, neuron
         try:
             fut, params, partial, brief = await run_in_threadpool(
                 _submit, s, request.app.state.live, slug=run, layer=layer, neuron_=neuron,
-                prompt=prompt, ablate=ablate, pos=pos, score=score)
+                prompt=prompt, ablate=ablate, pos=pos, score=score, head=clean_text(head, name="head") or None)
             # shielded: a client that goes away must not cancel a pass other requests share
             res = views.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), partial)
         except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
@@ -260,31 +264,31 @@ def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
 
 
 @router.get("/{run}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "
-            "with ?prompt= also the live pass")
+            "with ?prompt= also the live pass", responses={200: {"model": NeuronJSON}})
 async def neuron_json(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                      ablate: AblateQ = [], pos: PosQ = None):
+                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):  # noqa: B006 (FastAPI copies it)
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
-                       ablate=ablate, pos=pos, fmt="json")
+                       ablate=ablate, pos=pos, fmt="json", head=head)
 
 
 @router.get("/{run}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
             summary="One neuron: token, prompts, head attribution, pairs, live")
 async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                      ablate: AblateQ = [], pos: PosQ = None):
+                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):  # noqa: B006 (FastAPI copies it)
     if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
         return RedirectResponse(urls.neuron(run, layer, neuron, score=score if score != "raw" else None,
                                             split=split if split != "explain" else None, prompt=prompt,
-                                            ablate=[a for a in ablate if a], pos=pos), status_code=303)
+                                            ablate=[a for a in ablate if a], head=head, pos=pos), status_code=303)
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
-                             ablate=ablate, pos=pos, fmt=None)
+                             ablate=ablate, pos=pos, fmt=None, head=head)
 
 
 # --- pair --------------------------------------------------------------------------------------
 
 @router.get("/{run}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}.json", tags=["json"],
-            summary="One (neuron, head) pair (JSON)")
+            summary="One (neuron, head) pair (JSON)", responses={200: {"model": PairJSON}})
 def pair_json(request: Request, s: DB, run: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
     return render(request, "pair.html", views.pair(s, slug=run, layer=layer, neuron_=neuron,

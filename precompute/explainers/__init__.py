@@ -35,12 +35,15 @@ def explainer_name(settings) -> str:
 class Example:
     """One trimmed prompt of a neuron. ``tokens``: token strings without BOS (the last one is
     the max-activating token); ``active``: whether the pair's head is active on it (the run's
-    rule, stored in ``Prompt.active``)."""
+    rule, stored in ``Prompt.active``); ``carriers``: on explain prompts only, the pair head's
+    look-up, ``(token, what it carries to the neuron)`` per token string
+    (``precompute.lookup.carriers``; empty when not stored, and always for held-out prompts)."""
 
     prompt_id: int
     text: str
     tokens: tuple[str, ...]
     active: bool
+    carriers: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -64,6 +67,12 @@ class PairTask:
     @property
     def inactive(self) -> list[Example]:
         return [e for e in self.explain if not e.active]
+
+    def active_carriers(self) -> list[dict[str, float]] | None:
+        """The look-up of each active explain prompt (aligned with :attr:`active`), or None when
+        the pair has none stored."""
+        act = self.active
+        return [dict(e.carriers) for e in act] if any(e.carriers for e in act) else None
 
     @property
     def single_class(self) -> bool:

@@ -32,6 +32,14 @@ fewest features that separate the explain prompts, and chance features that a la
 would drag in stay out. The explanation text names the selected features, positive (active)
 and negative (inactive). Nothing is random.
 
+The look-up (docs/method.md §3-§4): when the pair's explain prompts carry their stored
+per-source decomposition (``Example.carriers``), the ``N_LOOKUP`` token strings that carry the
+most to the neuron through the head, summed over the *active* explain prompts of the fit, join
+the candidates (with their own z, whatever their support): the tokens the head reads when it
+is active. Selection and classification are unchanged, so a held-out prompt is still classified
+from its text alone; the explanation says "reads" for a selected feature that came from the
+look-up. Held-out prompts carry no look-up and none is ever read for them.
+
 One-class explain splits (the authors' pairs have no upper bound on the active fraction, so a
 head can be active on every explain prompt): there is nothing to contrast, and the explanation
 is the split itself, "active on every prompt" (or "on none"), which answers every held-out
@@ -55,6 +63,7 @@ MAX_N = 2  # unigrams and bigrams
 N_CANDIDATES = 10  # candidate features per side, by |z|
 MAX_FEATURES = 6  # features named in all
 MIN_SUPPORT = 2  # prompts of the side that must contain a candidate feature
+N_LOOKUP = 4  # look-up candidates: the tokens carrying the most over the active explain prompts
 FOLDS = 5  # folds of the explain prompts for out-of-fold thresholds
 _EPS = 1e-9
 
@@ -82,9 +91,10 @@ METHOD_NOTE = (
     "informative Dirichlet prior (Monroe et al. 2008) of tokens, bigrams and prompt-length "
     "thresholds between the "
     "{n_active} active and {n_inactive} inactive explain prompts of the pair, each occurrence "
-    "weighted by 2^(-d/{half_life:g}) (d = tokens from the end of the prompt); held-out prompts "
-    "are classified by the sum of z-scores of the named features against a threshold chosen on "
-    "the explain prompts.")
+    "weighted by 2^(-d/{half_life:g}) (d = tokens from the end of the prompt), and the tokens the "
+    "head reads that carry the most to the neuron on the active explain prompts (its look-up, "
+    "when stored); held-out prompts are classified from their text by the sum of z-scores of the "
+    "named features against a threshold chosen on the explain prompts.")
 
 
 def features(tokens: Sequence[str], *, max_n: int = MAX_N, half_life: float = HALF_LIFE) -> dict[str, float]:
@@ -202,6 +212,7 @@ class BaselineExplanation:
     n_active: int
     n_inactive: int
     config: Config = DEFAULT
+    read: tuple[str, ...] = ()  # look-up candidates of the fit (the tokens the head reads)
 
     def score(self, tokens: Sequence[str]) -> float:
         x = features(tokens, half_life=self.config.half_life)
@@ -224,7 +235,12 @@ class BaselineExplanation:
             return ("Baseline (token statistics, no LLM): no token or bigram of the context "
                     "separates the active from the inactive examples.")
         parts = []
-        if self.active_features:
+        reads = [(f, z) for f, z in self.active_features if f in self.read]
+        others = [(f, z) for f, z in self.active_features if f not in self.read]
+        if reads:
+            parts.append(f"active when it reads {' or '.join(feature_text(f) for f, _ in reads)} from the "
+                         f"context{f', or the context contains {names(others)}' if others else ''}")
+        elif self.active_features:
             parts.append(f"active when the context contains {names(self.active_features)}, "
                          f"especially near the end")
         if self.inactive_features:
@@ -238,7 +254,8 @@ class BaselineExplanation:
                 "n_candidates": N_CANDIDATES, "max_features": self.config.max_features,
                 "threshold_from": self.config.threshold,
                 "min_support": MIN_SUPPORT, "lengths": list(LENGTHS),
-                "prior": "pooled explain prompts of the pair"}
+                "prior": "pooled explain prompts of the pair", "n_lookup": N_LOOKUP,
+                "read_candidates": list(self.read)}
 
 
 def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]],
@@ -256,9 +273,22 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]],
                         [features(t, half_life=config.half_life) for t in inactive], config)
 
 
+def read_tokens(carriers_a: Sequence[dict[str, float]] | None, n: int = N_LOOKUP) -> list[str]:
+    """The look-up candidates: the ``n`` token strings that carry the most to the neuron summed
+    over the active explain prompts' carriers (``precompute.lookup.carriers``, BOS left out),
+    those with a positive total only; ties by token. Empty without carriers."""
+    total: dict[str, float] = {}
+    for c in carriers_a or ():
+        for t, v in c.items():
+            total[t] = total.get(t, 0.0) + v
+    return [t for t in sorted(total, key=lambda t: (-total[t], t))[:n] if total[t] > 0]
+
+
 def fit_features(xa: Sequence[dict[str, float]], xi: Sequence[dict[str, float]],
-                 config: Config = DEFAULT) -> BaselineExplanation:
-    """:func:`fit` on the prompts' features (``features(tokens, half_life=config.half_life)``)."""
+                 config: Config = DEFAULT, carriers_a: Sequence[dict[str, float]] | None = None
+                 ) -> BaselineExplanation:
+    """:func:`fit` on the prompts' features (``features(tokens, half_life=config.half_life)``);
+    ``carriers_a``: the look-up of each active prompt (aligned with ``xa``), or None."""
     ya, sa = _counts(xa)
     yi, si = _counts(xi)
     # z only of the features that can be candidates (enough support on one side): the same
@@ -268,6 +298,10 @@ def fit_features(xa: Sequence[dict[str, float]], xi: Sequence[dict[str, float]],
     pos = [(f, v) for f, v in ranked if v > 0 and sa.get(f, 0) >= MIN_SUPPORT][:N_CANDIDATES]
     neg = [(f, v) for f, v in ranked if v < 0 and si.get(f, 0) >= MIN_SUPPORT][:N_CANDIDATES]
     cands = sorted(pos + neg, key=lambda kv: (-abs(kv[1]), kv[0]))
+    read = [t for t in read_tokens(carriers_a) if t in ya]
+    have = {f for f, _ in cands}
+    cands += sorted(((f, v) for f, v in _z(ya, yi, [t for t in read if t not in have]).items() if v != 0),
+                    key=lambda kv: (-abs(kv[1]), kv[0]))
     xs = xa + xi
     truth = [True] * len(xa) + [False] * len(xi)
     # Greedy forward selection: add the candidate that most raises the balanced accuracy on the
@@ -290,7 +324,7 @@ def fit_features(xa: Sequence[dict[str, float]], xi: Sequence[dict[str, float]],
         chosen.append((f, v))
     model = BaselineExplanation(sorted(((f, v) for f, v in chosen if v > 0), key=lambda kv: -kv[1]),
                                 sorted(((f, v) for f, v in chosen if v < 0), key=lambda kv: kv[1]),
-                                _threshold(cur, truth)[1], len(xa), len(xi), config)
+                                _threshold(cur, truth)[1], len(xa), len(xi), config, tuple(read))
     return model
 
 
@@ -308,9 +342,11 @@ def folds(n_active: int, n_inactive: int, k: int = FOLDS) -> list[list[tuple[boo
     return out
 
 
-def out_of_fold(xa: Sequence[dict], xi: Sequence[dict], config: Config) -> list[tuple[bool, float]] | None:
+def out_of_fold(xa: Sequence[dict], xi: Sequence[dict], config: Config,
+                carriers_a: Sequence[dict] | None = None) -> list[tuple[bool, float]] | None:
     """Each explain prompt's score under a fit on the other folds (:func:`folds`), as
-    ``(active, score)``; None when the sides are too small to fold."""
+    ``(active, score)``; None when the sides are too small to fold. A fold's look-up
+    candidates come from its own training prompts (``carriers_a`` aligned with ``xa``)."""
     fs = folds(len(xa), len(xi))
     if not fs:
         return None
@@ -318,7 +354,9 @@ def out_of_fold(xa: Sequence[dict], xi: Sequence[dict], config: Config) -> list[
     for f in fs:
         held = set(f)
         model = fit_features([x for i, x in enumerate(xa) if (True, i) not in held],
-                             [x for i, x in enumerate(xi) if (False, i) not in held], config)
+                             [x for i, x in enumerate(xi) if (False, i) not in held], config,
+                             None if carriers_a is None else
+                             [c for i, c in enumerate(carriers_a) if (True, i) not in held])
         feats = model.active_features + model.inactive_features
         for side, i in f:
             x = (xa if side else xi)[i]
@@ -349,9 +387,10 @@ def explain_pair(task: PairTask, config: Config = DEFAULT) -> PairResult:
                           answers=[(e.prompt_id, e.active, answer) for e in task.heldout])
     xa = [features(e.tokens, half_life=config.half_life) for e in act]
     xi = [features(e.tokens, half_life=config.half_life) for e in inact]
-    model = fit_features(xa, xi, config)
+    ca = task.active_carriers()
+    model = fit_features(xa, xi, config, ca)
     if config.threshold == "oof":
-        oof = out_of_fold(xa, xi, config)
+        oof = out_of_fold(xa, xi, config, ca)
         if oof is not None:
             model.threshold = best_threshold([s for _, s in oof], [a for a, _ in oof])
     note = METHOD_NOTE.format(n_active=len(act), n_inactive=len(inact), half_life=config.half_life)

@@ -28,12 +28,14 @@ from precompute.next_token import (
     sample_random_neurons,
     select_next_token_neurons,
 )
-from precompute.pairs import TOO_FEW_PROMPTS, not_kept_reason, too_few_prompts
+from precompute.lookup import stored_rows
+from precompute.pairs import TOO_FEW_PROMPTS, kept_heads, not_kept_reason, too_few_prompts
 from precompute.scan import TrimTask, check_scan_memory, top_k_for, trim_many
 from precompute.settings import Settings
 from precompute.store.db import check_writable, open_writer, sessions
 from precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
-from precompute.store.schema import ActivationHistogram, Document, Neuron, Pair, Prompt, Run, TopActivation
+from precompute.store.schema import (ActivationHistogram, Document, Lookup, Neuron, Pair, Prompt, Run,
+                                      TopActivation)
 
 logger = logging.getLogger(__name__)
 
@@ -247,11 +249,16 @@ def prompts_job(s, run_id: int, neurons: list[Neuron], ctx: int, settings: Setti
 def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict], dict]]:
     """§2-§3 for a group of selected neurons (any layers), batched across neurons and prompts:
     trim the top documents of both splits (:func:`~precompute.scan.trim_many`), attribute each
-    trimmed prompt to the upstream heads in batched passes, mark the active heads.
+    trimmed prompt to the upstream heads in batched passes, mark the active heads, and keep the
+    per-source decomposition (docs/method.md §3) of the heads whose pair with the neuron will be
+    kept (:func:`precompute.pairs.kept_heads`, the rule ``store_pairs`` applies), from the same
+    passes.
 
     Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.store.schema.Prompt` fields
-    (without ``neuron_id``) in storage order (split, then rank), and ``{split: n_prompts}``.
-    Touches no database, so it runs on any worker (``distributed``).
+    (without ``neuron_id``) in storage order (split, then rank), each with ``lookups``, the
+    :class:`~precompute.store.schema.Lookup` fields of its kept heads (without ``prompt_id``), and
+    ``{split: n_prompts, "lookups": n_rows}``. Touches no database, so it runs on any worker
+    (``distributed``).
     """
     settings, ctx = job.settings, job.ctx
     neurons = [_LayerNeuron(*x) for x in job.neurons]
@@ -269,8 +276,9 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
             if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
     prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
     atts = model.backend.batched_pass(prompts, [(neurons[q].layer, neurons[q].neuron)
-                                                for (q, _, _, _), _ in keep]) if prompts else []
+                                                for (q, _, _, _), _ in keep], lookup=True) if prompts else []
     out: list[tuple[list[dict], dict]] = [([], {split: 0 for split in SPLITS}) for _ in neurons]
+    terms: dict[int, object] = {}  # id(prompt row) -> its decomposition
     for ((q, split, t, row), tr), prompt, att in zip(keep, prompts, atts):
         n = neurons[q]
         n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
@@ -284,17 +292,26 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
                               act=float(att.act[0]), doc_act=float(tr[1]), attr_raw=att.raw[0].tolist(),
                               attr_ln=att.ln[0].tolist(), other_ln=att.other[0], pre=float(att.pre[0]),
                               active=labels))
+        terms[id(out[q][0][-1])] = att.lookup
         out[q][1][split] += 1
-    for rows, _ in out:  # storage order: split, then rank (as the scan ranked them)
-        rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["rank"]))
+    for n, (rows, stats) in zip(neurons, out):
+        n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
+        heads = kept_heads([r["active"] for r in rows if r["split"] == "explain"], n_scored, model.n_heads,
+                           settings)
+        for r in rows:
+            r["lookups"] = stored_rows(terms[id(r)], heads)
+        stats["lookups"] = len(heads) * len(rows)
+        rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["rank"]))  # storage order: split, then rank
     return out
 
 
 def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
-    """Add one neuron's prompts (from :func:`compute_prompts`) to the session; mark a neuron
-    without explain-split prompt."""
+    """Add one neuron's prompts (from :func:`compute_prompts`) and their look-ups to the session;
+    mark a neuron without explain-split prompt."""
     for r in rows:
-        s.add(Prompt(neuron_id=n.id, **r))
+        p = Prompt(neuron_id=n.id, **{k: v for k, v in r.items() if k != "lookups"})
+        s.add(p)
+        s.add_all(Lookup(prompt=p, **lk) for lk in r.get("lookups", ()))
     if not stats.get("explain"):
         n.status = "no_activating_prompt"
         logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "

@@ -49,21 +49,22 @@ Extension points (designed now, used later):
     activation histograms go there: an accumulator object with ``__call__`` (add the batch) and
     ``merge`` (add another shard's counts; integer counts merge exactly, in any order), carried
     by ``distributed.ScanShard`` to the Ray worker and back on the ``ScanResult``.
-(b) **Per-source-token decomposition of head attribution** (issue 20:
-    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_pre[:, i] + bias term``). The attribution capture
-    is where each backend reads the per-head quantities at the target position: the bridge in
-    :meth:`BridgeBackend._attribution_names <precompute.model.bridge.BridgeBackend._attribution_names>`
-    (add ``blocks.{k}.attn.hook_pattern`` — row ``p`` — and ``blocks.{k}.attn.hook_v`` for the
-    requested heads; with grouped-query attention ``hook_v`` has one head per kv head, and query
-    head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``), the fast backend in
-    :meth:`FastBackend._attribution_hooks <precompute.model.fast.FastBackend._attribution_hooks>`
-    (SDPA returns no pattern: take ``q`` at ``p`` and ``k``, ``v`` at every source position and
-    form ``a[p, :] = softmax(q_p k_s / sqrt(d_head))`` over ``s <= p``;
-    :meth:`FastBackend.qkv_hook <precompute.model.fast.FastBackend.qkv_hook>` gives them per
-    family, after rotary: GPT-NeoX and Llama-style have ``_qkv``, GPT-2's is to add). The
-    result goes on :class:`NeuronPass` next to ``raw``/``ln``, per row and requested head
-    ``[n_src]`` (pattern) and ``[n_src, d_head]`` (values, processed ``hook_v = v - b_V``), with
-    ``b_V`` the fast backend's value offset.
+(b) **Per-source-token decomposition of head attribution** (issue 20, docs/method.md §3:
+    ``A[h] = Σ_s a[p, s] · (v_s W_O[h]) · W_pre[:, i] + (b_V[h] W_O[h]) · W_pre[:, i]``), asked
+    for with ``neuron_pass(..., lookup=True)`` and returned as ``NeuronPass.lookup``
+    (:class:`~precompute.model.sources.SourceTerms`: per row, upstream layer, head and source
+    position the term and the attention weight, the value-bias term, the norm scale). Each
+    backend reads ``a[p, :]`` and the processed ``hook_v`` where it captures; the arithmetic is
+    :mod:`precompute.model.sources`. The bridge reads ``blocks.{k}.attn.hook_pattern`` (row
+    ``p``) and ``blocks.{k}.attn.hook_v`` (with grouped-query attention one head per kv head:
+    query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``)
+    (:meth:`BridgeBackend._attribution_names <precompute.model.bridge.BridgeBackend._attribution_names>`);
+    a fast backend forms ``a[p, :] = softmax(q_p k_s · scaling)`` over ``s <= p`` itself (SDPA
+    returns no pattern) from the queries and keys of the family's one capture,
+    :meth:`FastBackend._lookup_hook <precompute.model.fast.FastBackend._lookup_hook>`: GPT-2 reads
+    the output of ``c_attn``; GPT-NeoX and Llama-style read
+    :meth:`FastBackend.qkv_hook <precompute.model.fast.FastBackend.qkv_hook>` (``q``, ``k`` after
+    rotary).
 
 Adding an architecture to the fast backends means subclassing
 :class:`~precompute.model.fast.FastBackend` (module map, TransformerLens-format weights of one
@@ -83,6 +84,7 @@ from torch import Tensor
 
 from precompute.model.batching import length_batches
 from precompute.model.readout import doc_max, head_mask, probabilities  # noqa: F401  (re-exported)
+from precompute.model.sources import SourceTerms
 
 Target = tuple  # (layer, neuron) or (layer, neuron, token_id), 0-based
 PostObserver = Callable[[int, Tensor, Tensor], None]  # observe(layer, hook_post, real)
@@ -141,8 +143,9 @@ class NeuronPass:
     units (raw) and pre-activation units (ln); ``other``: per row, the LN-aware contributions of
     the non-head components (``embed``, ``pos_embed``, ``b_O``, ``mlp{k}``, ``b_in``, in that
     order). With a token: ``prob`` (softmax probability of the row's token, float64) and ``top``
-    (the ``top_n`` most probable next tokens, ``[(id, prob)]``). Extension point (b) adds the
-    per-source-token terms here (module docstring).
+    (the ``top_n`` most probable next tokens, ``[(id, prob)]``). With ``lookup``: the
+    per-source-token decomposition of ``raw`` (extension point (b),
+    :class:`~precompute.model.sources.SourceTerms`).
     """
 
     layers: list[int]
@@ -157,6 +160,7 @@ class NeuronPass:
     other: list[dict[str, float]] = field(default_factory=list)
     prob: Float[Tensor, "batch"] | None = None
     top: list[list[tuple[int, float]]] = field(default_factory=list)
+    lookup: SourceTerms | None = None
 
     def row(self, q: int) -> "NeuronPass":
         """Row ``q`` as a one-row :class:`NeuronPass` (scores cut to its ``n_attn`` layers)."""
@@ -168,7 +172,8 @@ class NeuronPass:
                           raw=None if self.raw is None else self.raw[q:q + 1, :n],
                           ln=None if self.ln is None else self.ln[q:q + 1, :n],
                           n_attn=self.n_attn[q:q + 1], other=self.other[q:q + 1], prob=pick(self.prob),
-                          top=self.top[q:q + 1])
+                          top=self.top[q:q + 1],
+                          lookup=None if self.lookup is None else self.lookup.row(q, n, self.positions[q] + 1))
 
 
 def centre(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -210,14 +215,20 @@ def check_token(token_id: int, *, d_vocab: int) -> None:
 
 def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                positions: Sequence[int] | None, ablate: Sequence[Sequence[tuple[int, int]]] | None = None,
-               method: str = "zero", mean_v: dict[int, Tensor] | None = None) -> list[int]:
+               method: str = "zero", mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False,
+               attribution: bool = True) -> list[int]:
     """Check the inputs of a neuron pass; return each row's target position (default its last
     token).
 
     Raises:
         ValueError: no rows; as many targets as rows; a layer, neuron, token, head or position out
-            of range; an unknown ablation method; mean ablation without the means of a layer.
+            of range; an unknown ablation method; mean ablation without the means of a layer; the
+            per-source decomposition (``lookup``) without attribution or with heads ablated (it
+            decomposes clean passes only).
     """
+    if lookup and (ablate is not None or not attribution):
+        raise ValueError("The per-source decomposition (lookup) is computed on a clean pass with "
+                         "attribution: ask for it without ablated heads.")
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("A neuron pass needs at least one non-empty prompt.")
     if len(targets) != len(rows):
@@ -283,6 +294,11 @@ class Backend(abc.ABC):
         """Processed attention output bias of ``layer`` (value biases folded in, centred)."""
 
     @abc.abstractmethod
+    def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        """Processed value bias of ``layer``: zero after ``fold_value_biases``, which moves it into
+        ``b_O`` (the bias term of the per-source decomposition, docs/method.md §3)."""
+
+    @abc.abstractmethod
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         """Processed unembedding (final LayerNorm folded in, centred): congruence reads it (§1)."""
 
@@ -310,7 +326,7 @@ class Backend(abc.ABC):
     def _neuron_pass(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], pos: list[int], *,
                      attribution: bool, all_acts: bool, logits: bool, top_n: int,
                      ablate: Sequence[Sequence[tuple[int, int]]] | None, method: str,
-                     mean_v: dict[int, Tensor] | None) -> NeuronPass:
+                     mean_v: dict[int, Tensor] | None, lookup: bool = False) -> NeuronPass:
         """:meth:`neuron_pass` on checked inputs."""
 
     @abc.abstractmethod
@@ -324,7 +340,7 @@ class Backend(abc.ABC):
                     positions: Sequence[int] | None = None, *, attribution: bool = True,
                     all_acts: bool = True, logits: bool = False, top_n: int = 5,
                     ablate: Sequence[Sequence[tuple[int, int]]] | None = None, method: str = "zero",
-                    mean_v: dict[int, Tensor] | None = None) -> NeuronPass:
+                    mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False) -> NeuronPass:
         """One forward pass (one right-padded batch) of ``rows``, each row for its own neuron
         (paper §4.2-§4.3, §5.4; docs/method.md §2-§3, §6).
 
@@ -335,13 +351,19 @@ class Backend(abc.ABC):
             logits: run to the end and compute ``prob``/``top`` at the target positions.
             ablate: per row, the ``(layer, head)`` whose value vectors are replaced at every
                 position by zeros (``method="zero"``) or ``mean_v[layer][head]`` (``"mean"``).
+            lookup: also decompose ``raw`` by source token (``lookup``, docs/method.md §3): of
+                every upstream head (True), or of the heads of the upstream layers listed (the
+                others' terms are zero); clean passes with attribution only.
 
         Raises:
             ValueError: see :func:`check_pass`.
+            NotImplementedError: ``lookup`` on a fast backend whose family has no look-up capture
+                (:meth:`~precompute.model.fast.FastBackend._lookup_hook`).
         """
-        pos = check_pass(self.dims, rows, targets, positions, ablate, method, mean_v)
+        pos = check_pass(self.dims, rows, targets, positions, ablate, method, mean_v, lookup, attribution)
         return self._neuron_pass(rows, targets, pos, attribution=attribution, all_acts=all_acts,
-                                 logits=logits, top_n=top_n, ablate=ablate, method=method, mean_v=mean_v)
+                                 logits=logits, top_n=top_n, ablate=ablate, method=method, mean_v=mean_v,
+                                 lookup=lookup)
 
     def batched_pass(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                      positions: Sequence[int] | None = None, *, max_tokens: int = 8192,
@@ -399,11 +421,13 @@ class Backend(abc.ABC):
         return torch.cat([got[lay] for lay in layers], -1), lengths
 
     def clean_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
-                   positions: Sequence[int] | None = None, *, top_n: int = 5) -> NeuronPass:
+                   positions: Sequence[int] | None = None, *, top_n: int = 5,
+                   lookup: bool | Sequence[int] = False) -> NeuronPass:
         """Everything of a live clean view in one forward pass (paper §4.3, §6): activations at
         every position, raw and LN-aware head attribution, ``hook_pre``, ``prob`` of each row's
-        token and the ``top_n`` next tokens. Raises as :meth:`neuron_pass`."""
-        return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n)
+        token and the ``top_n`` next tokens; with ``lookup`` the per-source decomposition
+        (docs/method.md §3; see :meth:`neuron_pass`). Raises as :meth:`neuron_pass`."""
+        return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n, lookup=lookup)
 
     def ablated_view(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], heads: Sequence,
                      positions: Sequence[int] | None = None, *, method: str = "zero",

@@ -5,9 +5,9 @@ The bridge is loaded with compatibility mode on (fold_ln, center_writing_weights
 center_unembed, fold_value_biases) and ``hook_result`` enabled, so every quantity is read where
 TransformerLens defines it: ``blocks.{l}.mlp.hook_post`` (the neuron's activation),
 ``blocks.{l}.mlp.hook_pre``, ``blocks.{l}.ln2.hook_scale``, ``blocks.{k}.attn.hook_result``,
-``blocks.{k}.hook_mlp_out``, ``hook_embed``, ``hook_pos_embed``, ``blocks.{k}.attn.hook_v``.
-Exact and slow: every hook point runs, attention is eager, and ``hook_result`` is materialised
-at every position.
+``blocks.{k}.hook_mlp_out``, ``hook_embed``, ``hook_pos_embed``, ``blocks.{k}.attn.hook_v``,
+and for the per-source decomposition ``blocks.{k}.attn.hook_pattern``. Exact and slow: every
+hook point runs, attention is eager, and ``hook_result`` is materialised at every position.
 
 Gated MLPs (Llama): ``hook_pre`` is the gate's pre-activation, so head attribution projects on
 ``W_gate`` (``W_pre``). RMSNorm models: no centring in the LN-aware score (``norm_read``).
@@ -33,6 +33,7 @@ from precompute.model.backend import (
 )
 from precompute.model.batching import pad
 from precompute.model.readout import doc_max, head_mask, probabilities
+from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
 def hook_post(layer: int) -> str:
@@ -113,6 +114,11 @@ class BridgeBackend(Backend):
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         return self._f32(getattr(self.bridge.blocks[layer].attn, "b_O", None), self.dims.d_model)
 
+    def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        d = self.dims
+        b = self._f32(getattr(self.bridge.blocks[layer].attn, "b_V", None), d.n_heads, d.d_head)
+        return b.repeat_interleave(d.n_heads // b.shape[0], 0)  # GQA: per query head, its kv head's
+
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return self._f32(self.bridge.W_U)
 
@@ -166,17 +172,19 @@ class BridgeBackend(Backend):
             out.append((name(k), fn))
         return out
 
-    def _attribution_names(self, layers: list[int], K: int, top: int) -> list[str]:
-        """The hook points head attribution reads (docs/method.md §3); extension point (b)
-        adds ``hook_pattern`` and ``hook_v`` of the requested heads here."""
+    def _attribution_names(self, layers: list[int], K: int, top: int, lookup: bool | Sequence[int] = False) -> list[str]:
+        """The hook points head attribution reads (docs/method.md §3); with ``lookup`` (extension
+        point (b)) also the attention pattern and value vectors of the layers it decomposes."""
         names = [hook_pre(lay) for lay in layers] + [f"blocks.{lay}.ln2.hook_scale" for lay in layers]
         names += ["hook_embed"] + (["hook_pos_embed"] if self._has_pos else [])
         names += [f"blocks.{k}.attn.hook_result" for k in range(K)]
         names += [f"blocks.{k}.hook_mlp_out" for k in range(top)]
+        for k in decomposed_layers(lookup, K):
+            names += [f"blocks.{k}.attn.hook_pattern", hook_v(k)]
         return names
 
     def _neuron_pass(self, rows, targets: Sequence[Target], pos: list[int], *, attribution, all_acts,
-                     logits, top_n, ablate, method, mean_v) -> NeuronPass:
+                     logits, top_n, ablate, method, mean_v, lookup: bool | Sequence[int] = False) -> NeuronPass:
         tokens, lengths = pad(rows, self.pad_id, self.device)
         B = tokens.shape[0]
         layers = [int(t[0]) for t in targets]
@@ -187,7 +195,7 @@ class BridgeBackend(Backend):
         K = max(n_attn)
         names = [hook_post(lay) for lay in uniq]
         if attribution:
-            names += self._attribution_names(uniq, K, top)
+            names += self._attribution_names(uniq, K, top, lookup)
         hooks = self.ablation_hooks(ablate, method, mean_v) if ablate is not None else []
         with torch.no_grad(), self.bridge.hooks(fwd_hooks=hooks):
             out, cache = self.bridge.run_with_cache(tokens, names_filter=names,
@@ -204,13 +212,14 @@ class BridgeBackend(Backend):
         if all_acts:
             res.acts = [post[j, :int(lengths[j])].tolist() for j in range(B)]
         if attribution:
-            self._attribute(res, cache, per_row, b, p, nr, K)
+            self._attribute(res, cache, per_row, b, p, nr, K, lookup)
         if logits:
             res.prob, res.top = probabilities(out[b, p], targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int) -> None:
-        """raw, ln, pre and other of ``res`` from the cached hook points (float32)."""
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup: bool | Sequence[int] = False) -> None:
+        """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
+        ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
         layers = res.layers
         w = torch.stack([self.W_pre(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
         scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
@@ -224,6 +233,15 @@ class BridgeBackend(Backend):
         def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale (LN: centred)
             return norm_read(x, d.normalization)
         res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream
+        if lookup:
+            ks = decomposed_layers(lookup, K)
+            group = d.n_heads // d.n_kv_heads  # GQA: hook_v per kv head; query head h reads h // group
+            us = {k: readout(self.W_O(k), w) for k in ks}  # [batch, H, d_head] per layer
+            pats = {k: cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in ks}
+            res.lookup = SourceTerms.stack(
+                {k: source_terms(pats[k], cache[hook_v(k)].repeat_interleave(group, 2), us[k]) for k in ks}, pats,
+                {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale, upstream[:, :, 0],
+                K, d.n_heads, cache[hook_post(layers[0])].shape[1])
         res.pre = per_row(hook_pre)[b, p, nr]
         parts = {"embed": cache["hook_embed"][b, p].float()}
         if self._has_pos:

@@ -22,6 +22,12 @@ The LN-aware score divides each component, as the norm before the MLP reads it
 that norm's scale, and projects it on ``W_pre`` (``W_in``, or ``W_gate`` for a gated MLP: the
 weights whose output is ``hook_pre``; docs/method.md §3).
 
+The per-source decomposition (docs/method.md §3, extension point (b)) reads, in the same pass,
+each decomposed layer's queries, keys and values and forms the attention row at the target
+position and the processed value vectors (:meth:`FastBackend._lookup_hook`, the one capture of
+the look-up: GPT-2 reads the output of ``c_attn``; the other families the ``q, k, v`` of
+:meth:`FastBackend.qkv_hook`, keys after rotary, grouped keys and values repeated per query head).
+
 A family subclasses :class:`FastBackend` with its module map (:class:`Block`), its weights in
 TransformerLens format, how ``v`` is read and how ``q, k, v`` are formed (:meth:`FastBackend._qkv`):
 :class:`~precompute.model.gpt2.GPT2Backend`, :class:`~precompute.model.neox.NeoXBackend`,
@@ -41,8 +47,9 @@ from torch import Tensor
 
 from precompute.model.backend import Backend, Dims, NeuronPass, centre, norm_read
 from precompute.model.batching import pad
-from precompute.model.processing import centres_writes, process_block, process_unembed
+from precompute.model.processing import centres_writes, kv_prefix, process_block, process_unembed
 from precompute.model.readout import doc_max, head_mask, probabilities
+from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
 class _Stop(Exception):
@@ -58,7 +65,7 @@ class Block:
     mlp: torch.nn.Module        # output: the MLP's output (hook_mlp_out); input: the normed stream
     mlp_in: torch.nn.Module     # output: hook_pre; W_pre (W_in, or W_gate of a gated MLP)
     mlp_out: torch.nn.Module    # forward pre-hook input: hook_post; W_out
-    qkv: torch.nn.Module        # output: carries v (read by FastBackend._values)
+    qkv: torch.nn.Module        # output: carries v (read by FastBackend._values; GPT-2: q, k, v)
     attn: torch.nn.Module | None = None  # the attention; pre-hook (with kwargs): FastBackend._qkv
 
 
@@ -72,9 +79,10 @@ class FastBackend(Backend):
     supported family; ``cfg`` is its TransformerLens config (dims, weight processing).
 
     Attributes (float32 on ``device``): ``b_V [n_layers, n_heads, d_head]``, what the plain
-    ``z`` holds beyond the processed ``hook_z`` (per query head); ``b_O_proc [n_layers,
-    d_model]``, the processed ``b_O`` (zeros without one); ``ln2_eps``: each block's norm
-    epsilon; ``centred``: whether processing centres the writing weights (LayerNorm models).
+    ``z`` holds beyond the processed ``hook_z`` (per query head); ``b_V_proc`` the processed value
+    bias per query head (zero after ``fold_value_biases``); ``b_O_proc [n_layers, d_model]``, the
+    processed ``b_O`` (zeros without one); ``ln2_eps``: each block's norm epsilon; ``centred``:
+    whether processing centres the writing weights (LayerNorm models).
     """
 
     family = ""
@@ -93,12 +101,16 @@ class FastBackend(Backend):
         self.centred = centres_writes(cfg)
         self._mlp_in: dict[int, tuple[Tensor, Tensor]] = {}
         f32 = {"device": self.device, "dtype": torch.float32}
-        b_V, b_O = [], []
+        H, D = self.dims.n_heads, self.dims.d_head
+        b_V, b_V_proc, b_O = [], [], []
         for layer in range(self.dims.n_layers):
             w = self._block(layer, "attn")
             b_V.append(w["attn.b_V_folded"].to(**f32))
+            bv = w.get(f"attn.{kv_prefix(cfg)}b_V")
+            b_V_proc.append(torch.zeros(H, D, **f32) if bv is None
+                            else bv.to(**f32).repeat_interleave(H // bv.shape[0], 0))
             b_O.append(w["attn.b_O"].to(**f32) if "attn.b_O" in w else torch.zeros(self.dims.d_model, **f32))
-        self.b_V, self.b_O_proc = torch.stack(b_V), torch.stack(b_O)
+        self.b_V, self.b_V_proc, self.b_O_proc = torch.stack(b_V), torch.stack(b_V_proc), torch.stack(b_O)
 
     # --- what a family provides ----------------------------------------------------------------
     @abc.abstractmethod
@@ -151,6 +163,55 @@ class FastBackend(Backend):
             fn(*self._qkv(layer, hidden, kwargs.get("position_embeddings")))
         return (self.blocks[layer].attn, "kwargs", pre)
 
+    def _lookup_hook(self, layer: int, pos: Int[Tensor, " batch"],
+                     fn: Callable[[Tensor, Tensor], None]) -> Hook:
+        """The capture of the per-source decomposition of attention layer ``layer``
+        (docs/method.md §3; the one per-family point of the look-up): a hook for :meth:`capture`
+        calling ``fn(pattern, values)`` when the layer's attention runs, with ``pos [batch]``
+        each row's 0-based target position (BOS at 0).
+
+        ``pattern [batch, n_heads, pos]`` (float32): the attention row of every query head at
+        each row's target position, ``a[b, h, s] = softmax_{s <= pos[b]}(q_p · k_s · scaling)``
+        (zero for ``s > pos[b]`` and outside a sliding window; each row sums to 1 — what the
+        model's attention computes, rotary positions and grouped keys included: query head
+        ``h`` reads kv head ``h // (n_heads // n_kv_heads)``). ``values [batch, pos, n_heads,
+        d_head]``: the plain value vectors at every position, one per query head (``hook_v + b_V``
+        with ``b_V = self.b_V[layer]``, which the terms subtract; a view where the family can).
+
+        This base reads :meth:`qkv_hook` (:meth:`_qkv`); GPT-2 overrides it with the output of
+        ``c_attn``.
+
+        Raises:
+            NotImplementedError: a family with neither (it says which method to provide).
+        """
+        if type(self)._qkv is FastBackend._qkv:
+            raise NotImplementedError(
+                f"{type(self).__name__} ({self.family or 'this family'}) implements neither "
+                f"FastBackend._qkv nor FastBackend._lookup_hook, which the per-source decomposition "
+                f"(lookup) needs; use --backend bridge for this model.")
+        d = self.dims
+        group = d.n_heads // d.n_kv_heads
+        scaling = float(getattr(self.blocks[layer].attn, "scaling", d.d_head ** -0.5))
+        window = self._sliding_window(layer)
+
+        def on_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+            b = torch.arange(q.shape[0], device=q.device)
+            qp = q[b, pos].float()  # [batch, n_heads, d_head] at each row's target position
+            kk = k.float().repeat_interleave(group, 2).transpose(1, 2)  # [batch, n_heads, pos, d_head]
+            scores = (kk @ qp[..., None])[..., 0] * scaling  # [batch, n_heads, pos]
+            s = torch.arange(q.shape[1], device=q.device)[None, :]
+            hidden = s > pos[:, None]
+            if window is not None:
+                hidden |= s <= pos[:, None] - window
+            pattern = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
+            fn(pattern, v.repeat_interleave(group, 2) if group > 1 else v)
+        return self.qkv_hook(layer, on_qkv)
+
+    def _sliding_window(self, layer: int) -> int | None:
+        """The sliding window of block ``layer``'s attention (a key ``s`` is seen from ``p`` when
+        ``p - window < s <= p``), or None for full causal attention."""
+        return getattr(self.blocks[layer].attn, "sliding_window", None)
+
     # --- processed weights -----------------------------------------------------------------------
     # The halves of a block that TransformerLens' processing treats independently: the attention
     # with the norm before it, the MLP with its own (a family whose MLP reads the attention's norm
@@ -196,6 +257,9 @@ class FastBackend(Backend):
 
     def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
         return self.b_O_proc[layer]
+
+    def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
+        return self.b_V_proc[layer]
 
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return process_unembed(self.cfg, self.tl_unembed()).to(self.device)
@@ -273,11 +337,16 @@ class FastBackend(Backend):
             return (z.flatten(-2), *args[1:])
         return (self.blocks[layer].attn_o, True, fn)
 
-    def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int) -> list[Hook]:
+    def _attribution_hooks(self, got: dict, r_of: dict, b: Tensor, pos: Tensor, K: int, top: int,
+                           w: Tensor | None = None, lookup: bool | Sequence[int] = False) -> list[Hook]:
         """Hooks reading, at each row's target position, the per-head ``z`` of the ``K``
         upstream attention layers, the embeddings, the earlier MLPs' outputs, and per target
-        layer the pre-activation and the stream its norm reads (docs/method.md §3). Extension
-        point (b) adds its captures (pattern row, values at every source) here."""
+        layer the pre-activation and the stream its norm reads (docs/method.md §3). With ``w``
+        (each row's processed ``W_pre[:, i]``, ``[batch, d_model]``), also the per-source terms
+        of every head of the layers ``lookup`` asks for (extension point (b)), reduced as each
+        layer's attention runs (:meth:`_lookup_hook`): ``centre(v W_O) · w = v · (W_O ·
+        centre(w))`` where processing centres ``W_O`` (LayerNorm models; as is otherwise), so
+        the plain ``W_O`` serves."""
         B = len(b)
         hooks: list[Hook] = [(self.embed, False, lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
         if self.pos_embed is not None:
@@ -293,10 +362,17 @@ class FastBackend(Backend):
         for k in range(top):
             hooks.append((self.blocks[k].mlp, False, lambda m, a, out, k=k: got.__setitem__(
                 ("mlp", k), (out[0] if isinstance(out, tuple) else out)[b, pos].float())))
+        if w is not None:
+            cw = centre(w) if self.centred else w
+            for k in decomposed_layers(lookup, K):
+                def terms(pattern: Tensor, values: Tensor, k: int = k) -> None:
+                    u = got["u", k] = readout(self.W_O_plain(k), cw)
+                    got["src", k], got["att", k] = source_terms(pattern, values, u, self.b_V[k]), pattern
+                hooks.append(self._lookup_hook(k, pos, terms))
         return hooks
 
     def _neuron_pass(self, rows, targets, pos_l, *, attribution, all_acts, logits, top_n, ablate, method,
-                     mean_v) -> NeuronPass:
+                     mean_v, lookup: bool | Sequence[int] = False) -> NeuronPass:
         dev = self.device
         tokens, _ = pad(rows, self.pad_id, dev)
         B, L = tokens.shape
@@ -330,7 +406,8 @@ class FastBackend(Backend):
                     got["post", lay] = (x[r, :, nr] if all_acts else x[r, pr, nr]).float()
             hooks.append((self.blocks[lay].mlp_out, True, post))
         if attribution:
-            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top)
+            w = self._readers(r_of, B) if lookup else None
+            hooks += self._attribution_hooks(got, r_of, b, pos, max(n_attn), top, w, lookup)
         hidden = self.capture(tokens, hooks, stop=None if logits else self.blocks[top].mlp_out, final=logits)
 
         res = NeuronPass(layers=layers.tolist(), neurons=neurons.tolist(), positions=pos_l, n_attn=n_attn)
@@ -341,13 +418,22 @@ class FastBackend(Backend):
         if all_acts:
             res.acts = [post_all[j, :len(rows[j])].tolist() for j in range(B)]
         if attribution:
-            self._attribute(res, got, r_of, layers, neurons)
+            self._attribute(res, got, r_of, layers, neurons, lookup, L)
         if logits:
             res.prob, res.top = probabilities(self.head(hidden[b, pos]), targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor) -> None:
-        """raw, ln, pre and other of ``res`` from the captured quantities (float32)."""
+    def _readers(self, r_of: dict, B: int) -> Float[Tensor, "batch d_model"]:
+        """Each row's processed ``W_pre[:, i]`` (its neuron's reading direction)."""
+        w = torch.empty(B, self.dims.d_model, device=self.device)
+        for lay, (r, nr, _) in r_of.items():
+            w[r] = self._w_pre(lay)[0][:, nr].T
+        return w
+
+    def _attribute(self, res: NeuronPass, got: dict, r_of: dict, layers: Tensor, neurons: Tensor,
+                   lookup: bool | Sequence[int] = False, length: int = 0) -> None:
+        """raw, ln, pre and other of ``res`` from the captured quantities (float32); with
+        ``lookup`` the per-source terms captured by :meth:`_attribution_hooks`."""
         dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)
         B, K, top = len(res.layers), max(res.n_attn), int(layers.max())
         pre = torch.empty(B, device=dev)
@@ -373,6 +459,11 @@ class FastBackend(Backend):
         upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
         res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
         res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream[:, :, None]
+        if lookup:
+            ks = decomposed_layers(lookup, K)
+            res.lookup = SourceTerms.stack({k: got["src", k] for k in ks}, {k: got["att", k] for k in ks},
+                                           {k: (got["u", k] * self.b_V_proc[k]).sum(-1) for k in ks},
+                                           scale, upstream, K, H, length)
         res.pre = pre
         parts = {k: (read(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
         b_O = (read(self.b_O_proc[:K]) @ w.T).T  # [batch, K]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from precompute.model.fast import Block, FastBackend
+from precompute.model.fast import Block, FastBackend, Hook
+from precompute.model.sources import head_dots
 
 
 class GPT2Backend(FastBackend):
@@ -56,6 +57,26 @@ class GPT2Backend(FastBackend):
     def _values(self, layer: int, qkv_out: Tensor) -> Tensor:
         d = self.dims.d_model
         return qkv_out[..., 2 * d:].unflatten(-1, (self.dims.n_heads, self.dims.d_head))
+
+    def _lookup_hook(self, layer: int, pos: Tensor, fn) -> Hook:
+        """GPT-2's look-up capture reads the output of ``c_attn`` (:meth:`_pattern_and_values`),
+        not a second projection of the stream. See :meth:`FastBackend._lookup_hook`."""
+        return (self.blocks[layer].qkv, False, lambda m, a, out: fn(*self._pattern_and_values(layer, out, pos)))
+
+    def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """GPT-2's attention row at ``pos`` (``c_attn`` holds q, k, v; scores scaled by the
+        module's ``scaling``: ``1/sqrt(d_head)``, and ``1/(layer + 1)`` with
+        ``scale_attn_by_inverse_layer_idx``; causal, no positional rotation) and its plain value
+        vectors, from ``qkv_out``, the output of ``c_attn`` for the whole batch ``[batch, pos,
+        3 * d_model]``: ``pattern [batch, n_heads, pos]`` (float32), ``values [batch, pos,
+        n_heads, d_head]`` (a view of ``qkv_out``; see :meth:`FastBackend._lookup_hook`)."""
+        d, H, D = self.dims.d_model, self.dims.n_heads, self.dims.d_head
+        b = torch.arange(qkv_out.shape[0], device=qkv_out.device)
+        q = qkv_out[b, pos, :d].unflatten(-1, (H, D))  # [batch, H, D] at each row's target position
+        scores = head_dots(qkv_out[..., d:2 * d], q) * float(self.hf.transformer.h[layer].attn.scaling)
+        after = torch.arange(qkv_out.shape[1], device=qkv_out.device)[None, :] > pos[:, None]  # [batch, pos]
+        pattern = scores.masked_fill(after[:, None, :], float("-inf")).softmax(-1)
+        return pattern, self._values(layer, qkv_out)
 
 
 def fuse_gelu(hf: torch.nn.Module) -> int:

@@ -89,6 +89,13 @@ class LlamaBackend(FastBackend):
         v = qkv_out.unflatten(-1, (d.n_kv_heads, d.d_head))
         return v.repeat_interleave(d.n_heads // d.n_kv_heads, dim=-2)
 
+    def _sliding_window(self, layer: int) -> int | None:
+        """Qwen2 names a sliding layer's window on the attention; Mistral's is the config's."""
+        attn = self.blocks[layer].attn
+        if hasattr(attn, "sliding_window"):
+            return attn.sliding_window
+        return getattr(self.hf.config, "sliding_window", None) if self.family == "mistral" else None
+
     def _qkv(self, layer: int, hidden: Tensor, position_embeddings):
         attn, D = self.blocks[layer].attn, self.dims.d_head
         q, k, v = (p(hidden).unflatten(-1, (-1, D)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))

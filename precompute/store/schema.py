@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -233,6 +234,32 @@ class Prompt(Base):
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "split", "rank"),
                       Index("ix_prompts_neuron", "neuron_id", "split", "rank"))
+
+
+class Lookup(Base):
+    """The context look-up of a head on one stored prompt (docs/method.md §3, "Per-source
+    decomposition"): the head's raw attribution at the firing position split by source token,
+    with its attention weights. Stored for every kept (neuron, head) pair on each of the
+    neuron's explain and held-out prompts. Source positions ``s = 0..p``: 0 is BOS, ``s >= 1``
+    the prompt's token ``s - 1`` (``prompts.tokens``), ``p`` the firing position (the last).
+    The vectors are little-endian float32 bytes, one value per source position
+    (``precompute.lookup.decode``)."""
+
+    __tablename__ = "lookups"
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True)
+    head_layer: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based layer of the attention head")
+    head: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based head index in its layer")
+    contrib: Mapped[bytes] = mapped_column(LargeBinary, doc="a[p, s] · (v_s W_O[h]) · W_in[:, i] per source "
+                                           "position, float32 little-endian; residual-stream units (the raw "
+                                           "score's); with bias they sum to prompts.attr_raw of the head")
+    attention: Mapped[bytes] = mapped_column(LargeBinary, doc="the head's attention weight a[p, s] per source "
+                                             "position, float32 little-endian; sums to 1")
+    bias: Mapped[float] = mapped_column(Float, doc="value-bias term (b_V[h] W_O[h]) · W_in[:, i]; 0 with "
+                                        "TransformerLens' processing (fold_value_biases)")
+    ln_scale: Mapped[float] = mapped_column(Float, doc="scale of the LayerNorm feeding the MLP at p: each "
+                                            "term divided by it is its LN-aware share (pre-activation units)")
+    prompt: Mapped[Prompt] = relationship()
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class Pair(Base):
