@@ -137,7 +137,7 @@ def test_gated_attribution_projects_on_the_gate_and_adds_up_through_rmsnorm(fami
         assert set(res.other[j]) == {"embed", "b_O", "mlp0", "mlp1", "b_in"}  # no pos_embed: rotary
         # the up projection is not what is attributed: its contributions add up to another number
         up_total = float((result @ mlp.W_in[:, neuron].detach()).sum() / scale)
-        assert up_total != pytest.approx(float(raw.sum() / scale), rel=1e-3)
+        assert up_total != pytest.approx(float(raw.detach().sum() / scale), rel=1e-3)
 
 
 @pytest.mark.parametrize("family", GQA)
