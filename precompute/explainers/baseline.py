@@ -343,24 +343,34 @@ def folds(n_active: int, n_inactive: int, k: int = FOLDS) -> list[list[tuple[boo
 
 
 def out_of_fold(xa: Sequence[dict], xi: Sequence[dict], config: Config,
-                carriers_a: Sequence[dict] | None = None) -> list[tuple[bool, float]] | None:
+                carriers_a: Sequence[dict] | None = None, *,
+                centred: bool = False) -> list[tuple[bool, float]] | None:
     """Each explain prompt's score under a fit on the other folds (:func:`folds`), as
     ``(active, score)``; None when the sides are too small to fold. A fold's look-up
-    candidates come from its own training prompts (``carriers_a`` aligned with ``xa``)."""
+    candidates come from its own training prompts (``carriers_a`` aligned with ``xa``).
+    ``centred``: ``score - threshold`` instead, the threshold being the fold-fit's own
+    (``config.threshold == "fit"``) or chosen from its training folds' out-of-fold scores
+    (``"oof"``), as :func:`explain_pair` chooses it (used by ``explainers.selection``)."""
     fs = folds(len(xa), len(xi))
     if not fs:
         return None
     out = []
     for f in fs:
         held = set(f)
-        model = fit_features([x for i, x in enumerate(xa) if (True, i) not in held],
-                             [x for i, x in enumerate(xi) if (False, i) not in held], config,
-                             None if carriers_a is None else
-                             [c for i, c in enumerate(carriers_a) if (True, i) not in held])
+        ta = [x for i, x in enumerate(xa) if (True, i) not in held]
+        ti = [x for i, x in enumerate(xi) if (False, i) not in held]
+        tc = None if carriers_a is None else [c for i, c in enumerate(carriers_a) if (True, i) not in held]
+        model = fit_features(ta, ti, config, tc)
+        offset = 0.0
+        if centred:
+            inner = out_of_fold(ta, ti, config, tc) if config.threshold == "oof" else None
+            if inner is not None:
+                model.threshold = best_threshold([s for _, s in inner], [a for a, _ in inner])
+            offset = model.threshold
         feats = model.active_features + model.inactive_features
         for side, i in f:
             x = (xa if side else xi)[i]
-            out.append((side, sum(z * x.get(name, 0.0) for name, z in feats)))
+            out.append((side, sum(z * x.get(name, 0.0) for name, z in feats) - offset))
     return out
 
 

@@ -53,37 +53,10 @@ def cv_scores(tasks: Sequence[PairTask], grid: Sequence[Config] = GRID) -> dict[
             if not t.active or not t.inactive:
                 row.append(None)
                 continue
-            oof = _oof_predictions([feats(e, c.half_life) for e in t.active],
-                                   [feats(e, c.half_life) for e in t.inactive], c, t.active_carriers())
+            oof = out_of_fold([feats(e, c.half_life) for e in t.active],
+                              [feats(e, c.half_life) for e in t.inactive], c, t.active_carriers(), centred=True)
             row.append(None if oof is None else _bacc(oof))
         out[t.pair_id] = row
-    return out
-
-
-def _oof_predictions(xa, xi, c: Config, ca=None) -> list[tuple[bool, float]] | None:
-    """``(active, score - threshold)`` of each explain prompt under its fold-fit: the
-    threshold being the fold-fit's own (``fit``) or from its training folds' out-of-fold
-    scores (``oof``); ``ca`` the active prompts' look-ups (aligned with ``xa``), or None."""
-    from precompute.explainers.baseline import best_threshold, fit_features, folds
-
-    fs = folds(len(xa), len(xi))
-    if not fs:
-        return None
-    out = []
-    for f in fs:
-        held = set(f)
-        ta = [x for i, x in enumerate(xa) if (True, i) not in held]
-        ti = [x for i, x in enumerate(xi) if (False, i) not in held]
-        tc = None if ca is None else [x for i, x in enumerate(ca) if (True, i) not in held]
-        model = fit_features(ta, ti, c, tc)
-        if c.threshold == "oof":
-            inner = out_of_fold(ta, ti, c, tc)
-            if inner is not None:
-                model.threshold = best_threshold([s for _, s in inner], [a for a, _ in inner])
-        feats = model.active_features + model.inactive_features
-        for side, i in f:
-            x = (xa if side else xi)[i]
-            out.append((side, sum(z * x.get(name, 0.0) for name, z in feats) - model.threshold))
     return out
 
 
