@@ -3,7 +3,7 @@
 from sqlalchemy import create_engine, pool
 
 from alembic import context
-from precompute.store.schema import Base, include_name
+from context_lookups.precompute.store.schema import Base, include_name
 
 config = context.config
 target_metadata = Base.metadata

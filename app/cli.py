@@ -11,11 +11,11 @@ import sys
 
 from pydantic import ValidationError
 
-from precompute.cli import EXIT_BAD_INPUT, printable, validation_lines
-from precompute.cli import main as _main
-from precompute.options import Options, given
-from precompute.redact import mask_db_url
-from precompute.settings import Settings
+from context_lookups.precompute.cli import EXIT_BAD_INPUT, printable, validation_lines
+from context_lookups.precompute.cli import main as _main
+from context_lookups.precompute.options import Options, given
+from context_lookups.precompute.redact import mask_db_url
+from context_lookups.precompute.settings import Settings
 
 from .settings import WebSettings
 

@@ -10,8 +10,8 @@ import math
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from precompute.histogram import SCHEME, ZERO, bin_bounds, bin_of
-from precompute.store.schema import ActivationHistogram
+from context_lookups.precompute.histogram import SCHEME, ZERO, bin_bounds, bin_of
+from context_lookups.precompute.store.schema import ActivationHistogram
 
 
 def _finite(x: float) -> float | None:

@@ -21,8 +21,8 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from precompute.model import LoadedModel, length_batches
-from precompute.store.schema import Neuron, Run
+from context_lookups.precompute.model import LoadedModel, length_batches
+from context_lookups.precompute.store.schema import Neuron, Run
 
 PER_POSITION = 5  # neurons listed per token
 OVERALL = 20  # neurons listed overall (by their peak over the text)

@@ -5,8 +5,8 @@ for attribution values the files do not record."""
 
 from __future__ import annotations
 
-from precompute.attribution import head_label, scored_layers
-from precompute.settings import Settings
+from context_lookups.precompute.attribution import head_label, scored_layers
+from context_lookups.precompute.settings import Settings
 
 from .live import Live
 

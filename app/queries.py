@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from precompute.ablation import METHODS as ABLATION_METHODS
-from precompute.ablation import ablation_table, pair_ablation_stats
-from precompute.errors import NotFound
-from precompute.report import comparison_table, explainers_of_run, score_table
-from precompute.store.schema import (
+from context_lookups.precompute.ablation import METHODS as ABLATION_METHODS
+from context_lookups.precompute.ablation import ablation_table, pair_ablation_stats
+from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.report import comparison_table, explainers_of_run, score_table
+from context_lookups.precompute.store.schema import (
     Ablation,
     Classification,
     Document,
@@ -29,7 +29,7 @@ from precompute.store.schema import (
     Run,
     TopActivation,
 )
-from precompute.verdict import run_verdict
+from context_lookups.precompute.verdict import run_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
     if flt.min_score is not None:
         cond.append(Explanation.score >= flt.min_score)
     if flt.min_n is not None:
-        cond.append(_SMALLER_CLASS >= flt.min_n)
+        cond.append(flt.min_n <= _SMALLER_CLASS)
     base = (select(Pair, Neuron, Explanation).join(Neuron, Neuron.id == Pair.neuron_id)
             .outerjoin(Explanation, on).where(*cond))
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from precompute.resources import resource_dir
+from context_lookups.precompute.resources import resource_dir
 
 
 class WebSettings(BaseSettings):
@@ -50,8 +50,8 @@ class WebSettings(BaseSettings):
                                       "serialised, and on a small model one thread is many times "
                                       "faster than several competing for busy cores. None: torch's "
                                       "default.")
-    templates_dir: Path = Field(default_factory=lambda: resource_dir("app", "templates"), description="Jinja2 templates directory.")
-    static_dir: Path = Field(default_factory=lambda: resource_dir("app", "static"), description="Static files directory (CSS, JS, "
+    templates_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "templates"), description="Jinja2 templates directory.")
+    static_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "static"), description="Static files directory (CSS, JS, "
                              "vendored htmx and Swagger UI).")
     model_paths: dict[str, str] = Field(default_factory=dict, description="Override where a "
                                         "run's model is loaded from: {run slug: name or dir}.")

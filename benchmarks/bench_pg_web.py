@@ -30,8 +30,8 @@ def copy_database(src: str, dst: str) -> None:
     """Every row of ``src`` into a new database ``dst`` (migrated first), ids kept."""
     from sqlalchemy import insert, select
 
-    from precompute.store.db import connect, open_writer
-    from precompute.store.schema import Base
+    from context_lookups.precompute.store.db import connect, open_writer
+    from context_lookups.precompute.store.schema import Base
 
     source, target = connect(src), open_writer(dst)
     with source.connect() as s, target.begin() as t:
@@ -52,7 +52,7 @@ def free_port() -> int:
 def start(db: str, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, LOOKUPS_DB_URL=db)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "context_lookups.app.main:create_app", "--factory",
                              "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"

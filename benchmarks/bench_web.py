@@ -74,7 +74,7 @@ def free_port() -> int:
 def start_server(db: str, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--db", db, "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "context_lookups.app.cli", "serve", "--db", db, "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             slug = ns.run or runs[0]["slug"]
         if not ns.pages_only:
             sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            from precompute.settings import EMBEDDED_MODEL
+            from context_lookups.precompute.settings import EMBEDDED_MODEL
 
             bare = Bare(ns.model or EMBEDDED_MODEL, ns.threads)
             live(base, slug, bare, ns, proc.pid if proc else ns.pid, t_start)

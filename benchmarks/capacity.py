@@ -51,8 +51,8 @@ def flops_per_token(m: dict, logits: bool = False) -> float:
 def measure(url: str) -> dict:
     """Bytes per row of each table (indexes included) and the prompts' JSON bytes per token and
     per head, on the run's own backend."""
-    from precompute.store.db import connect
-    from precompute.store.schema import Base, Neuron, Pair, Phase, Prompt, Run
+    from context_lookups.precompute.store.db import connect
+    from context_lookups.precompute.store.schema import Base, Neuron, Pair, Phase, Prompt, Run
 
     engine = connect(url)
     out: dict = {"backend": engine.dialect.name, "tables": {}}
@@ -150,8 +150,8 @@ def main() -> None:
     cpu_flops = a.cpu_tokens_per_s * flops_per_token(dict(EMBEDDED, n_vocab=0))
     print(f"kept pairs per selected neuron (measured): {kept_per_neuron:.2f}; this CPU: "
           f"{a.cpu_tokens_per_s:,.0f} embedded tokens/s = {cpu_flops / 1e9:.1f} GFLOP/s")
-    print(f"\n| model | tokens to run (scan) | FLOPs/token | total FLOPs | 1 A100 | 4 A100 | 16 A100 | "
-          f"this CPU | DB size | of which DB writes |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | tokens to run (scan) | FLOPs/token | total FLOPs | 1 A100 | 4 A100 | 16 A100 | "
+          "this CPU | DB size | of which DB writes |\n|---|---|---|---|---|---|---|---|---|---|")
     for name, m in MODELS.items():
         r = project(m, meas, kept_per_neuron, cpu_flops, a.mfu)
         print(f"| {name} | {r['tokens'] / 1e6:.1f} M ({r['scan_tokens'] / 1e6:.1f} M) | "

@@ -26,12 +26,12 @@ from sqlalchemy.orm import Session
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from precompute.attribution import head_label
-from precompute.errors import NotFound
-from precompute.model import METHODS, LoadedModel, batches, tokenize_batch
-from precompute.settings import Settings
-from precompute.store.runs import is_done, unit_of_work
-from precompute.store.schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
+from context_lookups.precompute.attribution import head_label
+from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.model import METHODS, LoadedModel, batches, tokenize_batch
+from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.store.runs import is_done, unit_of_work
+from context_lookups.precompute.store.schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +86,11 @@ class AblationResult:
 
     heads: list[tuple[int, int]]
     method: str
-    act_clean: Float[Tensor, "batch"]
-    act_ablated: Float[Tensor, "batch"]
-    prob_clean: Float[Tensor, "batch"]
-    prob_ablated: Float[Tensor, "batch"]
-    drop: Float[Tensor, "batch"]
+    act_clean: Float[Tensor, " batch"]
+    act_ablated: Float[Tensor, " batch"]
+    prob_clean: Float[Tensor, " batch"]
+    prob_ablated: Float[Tensor, " batch"]
+    drop: Float[Tensor, " batch"]
     acts_clean: list[list[float]]
     acts_ablated: list[list[float]]
     top_clean: list[list[tuple[int, float]]]
@@ -200,7 +200,7 @@ def run_ablations(Session, run_id: int, model: LoadedModel, settings, *, executo
     {pair_id}`` per pair; done pairs are skipped. Returns ``{"pairs": done now, "prompts": rows
     written}``.
     """
-    from precompute.job.distributed import LocalExecutor
+    from context_lookups.precompute.job.distributed import LocalExecutor
 
     method = settings.ablation
     if method == "none":

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from precompute.model import LoadedModel, check_head
+from context_lookups.precompute.model import LoadedModel, check_head
 
 
 def head_label(layer: int, head: int) -> str:
@@ -84,12 +84,12 @@ class Attribution:
 
     raw: Float[Tensor, "batch attn_layers n_heads"]
     ln: Float[Tensor, "batch attn_layers n_heads"]
-    act: Float[Tensor, "batch"]
-    pre: Float[Tensor, "batch"]
+    act: Float[Tensor, " batch"]
+    pre: Float[Tensor, " batch"]
     acts: list[list[float]]
     other: dict[str, Tensor] = field(default_factory=dict)
 
-    def ln_total(self) -> Float[Tensor, "batch"]:
+    def ln_total(self) -> Float[Tensor, " batch"]:
         """Sum of every LN-aware contribution; equals ``pre`` up to float error."""
         return self.ln.sum(dim=(1, 2)) + sum(self.other.values())
 
@@ -138,7 +138,7 @@ def active_heads(scores: Float[Tensor, "... n"], *, rule: str = "2sigma", sigma:
     raise ValueError(f"Unknown active-head rule {rule!r}: use '2sigma' or 'topk'.")
 
 
-def active_fraction(active: Bool[Tensor, "prompts n"]) -> Float[Tensor, "n"]:
+def active_fraction(active: Bool[Tensor, "prompts n"]) -> Float[Tensor, " n"]:
     """Fraction of prompts on which each head is active."""
     return active.float().mean(0)
 

@@ -16,10 +16,10 @@ import typing
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from precompute.errors import LookupsError
-from precompute.options import Options, given
-from precompute.redact import RedactingFilter, mask_db_url, mask_url
-from precompute.settings import Settings
+from context_lookups.precompute.errors import LookupsError
+from context_lookups.precompute.options import Options, given
+from context_lookups.precompute.redact import RedactingFilter, mask_db_url, mask_url
+from context_lookups.precompute.settings import Settings
 
 logger = logging.getLogger("lookups")
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None, *, extra=None, handlers: dict | None = N
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (SQLAlchemyError, sqlite3.Error) as exc:  # those precompute.store.db has not translated
-        from precompute.store.db import database_error
+        from context_lookups.precompute.store.db import database_error
         print(f"error: {database_error(getattr(ns, 'db_url', None), exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (FileNotFoundError, ValueError) as exc:
@@ -144,7 +144,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
         print(json.dumps(printable(_settings(ns).model_dump()), indent=2, default=str))
         return 0
     if ns.command == "precompute":
-        from precompute.job.pipeline import run_precompute
+        from context_lookups.precompute.job.pipeline import run_precompute
         s = _settings(ns)
         summary = run_precompute(s)
         print(json.dumps(summary, indent=2, default=str))
@@ -154,13 +154,13 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "explain":
         return explain_command(_settings(ns))
     if ns.command == "import-paper":
-        from precompute.paper.importer import import_command
+        from context_lookups.precompute.paper.importer import import_command
         return import_command(ns.path, ns.db_url or Settings().db_url)
     if ns.command == "db":
-        from precompute.store.db import current_revision, open_writer
+        from context_lookups.precompute.store.db import current_revision, open_writer
         url = ns.db_url or Settings().db_url
         if ns.action == "metadata":
-            from precompute.store.metadata import check_output, datasette_metadata
+            from context_lookups.precompute.store.metadata import check_output, datasette_metadata
             if ns.output:
                 check_output(ns.output)  # never the database, nor any file but a metadata file
             text = json.dumps(datasette_metadata(url), indent=2, ensure_ascii=False) + "\n"
@@ -177,7 +177,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
             engine = open_writer(url)
             print(f"{mask_db_url(url)}: schema at revision {current_revision(engine)}")
         else:  # read-only: never creates the file
-            from precompute.store.db import read_only_engine
+            from context_lookups.precompute.store.db import read_only_engine
             engine = read_only_engine(url)
             try:
                 print(current_revision(engine))
@@ -208,9 +208,9 @@ def explain_command(settings: Settings) -> int:
 
     from sqlalchemy.engine import make_url
 
-    from precompute.explain import run_explanations
-    from precompute.explainers import explainer_name
-    from precompute.report import (
+    from context_lookups.precompute.explain import run_explanations
+    from context_lookups.precompute.explainers import explainer_name
+    from context_lookups.precompute.report import (
         comparison_table,
         explainers_of_run,
         find_run,
@@ -218,7 +218,7 @@ def explain_command(settings: Settings) -> int:
         format_table,
         score_table,
     )
-    from precompute.store.db import open_writer, sessions
+    from context_lookups.precompute.store.db import open_writer, sessions
 
     name = explainer_name(settings)
     url = make_url(settings.db_url)

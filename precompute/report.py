@@ -11,10 +11,10 @@ import math
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from precompute.errors import NotFound
-from precompute.explainers import BASELINE
-from precompute.scoring import authors_score, describe, paired_comparison
-from precompute.store.schema import Explanation, Neuron, Pair, Run
+from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.explainers import BASELINE
+from context_lookups.precompute.scoring import authors_score, describe, paired_comparison
+from context_lookups.precompute.store.schema import Explanation, Neuron, Pair, Run
 
 KINDS = ("next_token", "random")
 
@@ -159,7 +159,7 @@ def find_run(session: Session, *, run_name: str | None, model: str | None) -> Ru
     Raises:
         NotFound: no such run, or several and none chosen; the message lists the runs.
     """
-    from precompute.model.loading import model_slug
+    from context_lookups.precompute.model.loading import model_slug
 
     runs = session.scalars(select(Run).order_by(Run.id)).all()
     listing = ", ".join(f"{r.slug!r} ({r.model_name})" for r in runs) or "none"

@@ -13,8 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from precompute.histogram import N_BINS, Histograms
-from precompute.model import LoadedModel, PostObserver, batches, tokenize_batch
+from context_lookups.precompute.histogram import N_BINS, Histograms
+from context_lookups.precompute.model import LoadedModel, PostObserver, batches, tokenize_batch
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None =
         BadSettings: the estimate exceeds ``available`` (default: :func:`available_memory`);
             the message says what to lower.
     """
-    from precompute.errors import BadSettings
+    from context_lookups.precompute.errors import BadSettings
 
     need = n_layers * d_mlp * (k * SCAN_BYTES_PER_ENTRY + HISTOGRAM_BYTES_PER_NEURON)
     available = available_memory() if available is None else available
@@ -86,19 +86,19 @@ class TopK:
         self.positions = torch.zeros((k, n_neurons), dtype=torch.long, device=device)
 
     def update(self, values: Float[Tensor, "batch n"], positions: Int[Tensor, "batch n"],
-               doc_ids: Int[Tensor, "batch"]) -> None:
+               doc_ids: Int[Tensor, " batch"]) -> None:
         """Merge one batch of per-document maxima into the running top-k (on its device)."""
         dev = self.values.device
         self._merge(values.float().to(dev), doc_ids.to(dev)[:, None].expand_as(values), positions.to(dev))
 
     @classmethod
-    def of(cls, res) -> "TopK":
+    def of(cls, res) -> TopK:
         """A running top-k holding a :class:`ScanResult`'s values, docs and positions."""
         top = cls(res.values.shape[0], res.values.shape[1])
         top.values, top.docs, top.positions = res.values, res.docs, res.positions
         return top
 
-    def merge(self, other: "TopK") -> None:
+    def merge(self, other: TopK) -> None:
         """Merge another running top-k (e.g. of another shard of documents, with its own
         document indices) into this one. Exact: the result is the top-k of the union, ties
         broken by the lower document index, whatever the order of merges."""
@@ -142,7 +142,7 @@ class ScanResult:
     def column(self, layer: int, neuron: int) -> int:
         return self.layers.index(layer) * self.d_mlp + neuron
 
-    def merge(self, other: "ScanResult") -> "ScanResult":
+    def merge(self, other: ScanResult) -> ScanResult:
         """The exact top-k of two scans of disjoint documents of the same split and layers
         (shards scanned with their ``doc_offset``): as one scan of both, ties broken by the
         lower document index; their histograms added (integer counts: exact).

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
                                                       "over the scan corpus.")
 
     @model_validator(mode="after")
-    def _pair_fractions_in_order(self) -> "Settings":
+    def _pair_fractions_in_order(self) -> Settings:
         if self.pair_min_fraction > self.pair_max_fraction:
             raise ValueError(f"--pair-min-fraction {self.pair_min_fraction} is above "
                              f"--pair-max-fraction {self.pair_max_fraction}: no pair could be kept. "
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def of_run(cls, stored: dict | None) -> "Settings":
+    def of_run(cls, stored: dict | None) -> Settings:
         """The settings a run was computed with, read back from its stored ``science()`` dict
         (``Run.settings``) through this model: the environment is not consulted, and fields a
         run does not store (explainer, ablation, paths) keep their defaults.

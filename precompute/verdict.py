@@ -28,8 +28,8 @@ from functools import lru_cache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from precompute.scoring import authors_score
-from precompute.store.schema import Ablation, Explanation, Neuron, Pair, Run
+from context_lookups.precompute.scoring import authors_score
+from context_lookups.precompute.store.schema import Ablation, Explanation, Neuron, Pair, Run
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999

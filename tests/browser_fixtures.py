@@ -20,7 +20,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 @pytest.fixture(scope="module")
 def server(web_db, tiny_model_dir):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     over = {"torch_threads": None}  # leave torch's global thread count to the rest of the suite
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):

@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def lookups(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """The real ``lookups`` command (``python -m app.cli``) in a subprocess."""
+    """The real ``lookups`` command (``python -m context_lookups.app.cli``) in a subprocess."""
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                     PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "context_lookups.app.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 
 

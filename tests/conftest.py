@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
+from context_lookups.precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
 
 # Fixture modules: the web database and loopback server, PostgreSQL, Chromium, the tiny models of
 # the other fast-backend families (GPT-NeoX, Llama, Qwen2, Mistral).
@@ -61,7 +61,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     """The tiny GPT-2 as the job loads it (``--backend auto``: the fast GPT-2 backend)."""
-    from precompute.model import load_model
+    from context_lookups.precompute.model import load_model
 
     m = load_model(str(tiny_model_dir))
     assert m.backend.name == "fast (gpt2)"
@@ -72,7 +72,7 @@ def tiny_model(tiny_model_dir):
 def tiny_bridge(tiny_model_dir):
     """The same tiny GPT-2 on the bridge backend (TransformerBridge hook points): the reference
     the fast backend is tested against."""
-    from precompute.model import load_model
+    from context_lookups.precompute.model import load_model
 
     m = load_model(str(tiny_model_dir), backend="bridge")
     assert m.backend.name == "bridge"
@@ -116,7 +116,7 @@ def small_settings(db_path: Path, model_dir: Path, corpus_dir: Path, **over) -> 
 def precomputed_db(tmp_path_factory, tiny_model_dir, tiny_model, small_corpus_dir) -> Path:
     """A real SQLite database written by the real precompute job on the small configuration,
     once per test session. Tests must not write to it (copy it first)."""
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.job.pipeline import run_precompute
 
     db = tmp_path_factory.mktemp("db") / "lookups.db"
     run_precompute(small_settings(db, tiny_model_dir, small_corpus_dir), model=tiny_model)

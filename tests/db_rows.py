@@ -13,8 +13,8 @@ import json
 
 from sqlalchemy import create_engine, select
 
-from precompute.store.db import parse_url
-from precompute.store.schema import (
+from context_lookups.precompute.store.db import parse_url
+from context_lookups.precompute.store.schema import (
     Ablation,
     ActivationHistogram,
     Classification,

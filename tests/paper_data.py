@@ -33,7 +33,7 @@ def require_sample() -> Path:
 
 def import_sample(db: Path, src: Path | None = None) -> str:
     """Import the sample (or ``src``) into the SQLite file ``db`` with the real CLI; the URL."""
-    from precompute.cli import main
+    from context_lookups.precompute.cli import main
 
     url = f"sqlite:///{db}"
     assert main(["import-paper", str(src or require_sample()), "--db", url]) == 0
@@ -45,7 +45,7 @@ def build_paper_web_db(tmp_path_factory, precomputed_db: Path) -> Path:
     it and the baseline explainer run on the imported run: two runs to browse and compare."""
     import shutil
 
-    from precompute.cli import main
+    from context_lookups.precompute.cli import main
 
     db = tmp_path_factory.mktemp("paper-web") / "lookups.db"
     shutil.copy(precomputed_db, db)
@@ -68,7 +68,7 @@ def copy_sample(dst: Path) -> Path:
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """The real ``lookups`` entry point in-process: (exit code, stdout, stderr)."""
-    from precompute.cli import main
+    from context_lookups.precompute.cli import main
 
     rc = main(args)
     cap = capsys.readouterr()
@@ -154,7 +154,7 @@ def write_synthetic(root: Path, *, layers=SYN_LAYERS, per_layer: int = 2, n_prom
         [{"model": "gpt-4", "messages": [{"role": "user", "content": prompts[k]}], "max_tokens": 200},
          {"model": "gpt-4-0613", "choices": [{"index": 0, "message": {"role": "assistant", "content": expl[k]},
                                               "finish_reason": "stop"}]}] for k in pairs], lines=True)
-    from precompute.paper.importer import CLASSIFY
+    from context_lookups.precompute.paper.importer import CLASSIFY
 
     cls = []
     for k in pairs:

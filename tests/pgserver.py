@@ -115,7 +115,7 @@ def stored_url(request, tmp_path_factory, precomputed_db, tiny_model_dir, tiny_m
         db = tmp_path_factory.mktemp("stored") / "copy.db"
         shutil.copy(precomputed_db, db)
         return f"sqlite:///{db}"
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.job.pipeline import run_precompute
     from tests.conftest import small_settings
 
     url = request.getfixturevalue("pg_server").new_database()

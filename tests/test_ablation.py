@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from precompute.ablation import (
+from context_lookups.precompute.ablation import (
     ablate,
     ablation_table,
     mean_values,
@@ -20,10 +20,10 @@ from precompute.ablation import (
     run_ablations,
     stored_mean_values,
 )
-from precompute.attribution import attribute
-from precompute.errors import NotFound
-from precompute.model import tokenize_batch
-from precompute.store.db import open_writer, sessions
+from context_lookups.precompute.attribution import attribute
+from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.model import tokenize_batch
+from context_lookups.precompute.store.db import open_writer, sessions
 from tests.conftest import small_settings
 
 TEXTS = ["The cat sat on the mat and looked at the door.",

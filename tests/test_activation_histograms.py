@@ -15,7 +15,7 @@ import torch
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from precompute.histogram import (
+from context_lookups.precompute.histogram import (
     N_BINS,
     SCHEME,
     ZERO,
@@ -25,7 +25,7 @@ from precompute.histogram import (
     count_batch,
     magnitude_edges,
 )
-from precompute.store.db import parse_url
+from context_lookups.precompute.store.db import parse_url
 
 
 def _special_values() -> np.ndarray:
@@ -78,13 +78,13 @@ def test_counting_skips_bos_and_padding():
 
 
 def _texts(corpus_dir) -> list[str]:
-    from precompute.corpus import load_corpus
+    from context_lookups.precompute.corpus import load_corpus
 
     return [r["text"] for r in load_corpus(str(corpus_dir))["explain"]]
 
 
 def test_scan_histograms_equal_a_direct_count_of_the_scanned_tokens(tiny_model, small_corpus_dir):
-    from precompute.scan import scan
+    from context_lookups.precompute.scan import scan
 
     texts = _texts(small_corpus_dir)
     layers, ctx = [0, 1], 24
@@ -112,8 +112,8 @@ def test_scan_histograms_equal_a_direct_count_of_the_scanned_tokens(tiny_model, 
 
 
 def test_shards_merge_to_the_single_scan(tiny_model, small_corpus_dir):
-    from precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
-    from precompute.scan import scan
+    from context_lookups.precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
+    from context_lookups.precompute.scan import scan
 
     texts = _texts(small_corpus_dir)
     kw = {"layers": [0, 1], "k": 4, "batch_size": 8, "context_tokens": 24}
@@ -143,7 +143,7 @@ def test_histogram_rows_are_trimmed_to_the_occupied_bins():
 # --- the job's stored rows ----------------------------------------------------------------------
 
 def _stored(url: str) -> dict:
-    from precompute.store.schema import ActivationHistogram, Phase
+    from context_lookups.precompute.store.schema import ActivationHistogram, Phase
 
     engine = create_engine(parse_url(url))
     with Session(engine) as s:
@@ -155,9 +155,9 @@ def _stored(url: str) -> dict:
 
 
 def test_the_job_stores_every_neurons_histogram(precomputed_db, tiny_model, small_corpus_dir):
-    from precompute.corpus import load_corpus
-    from precompute.scan import scan
-    from precompute.settings import Settings
+    from context_lookups.precompute.corpus import load_corpus
+    from context_lookups.precompute.scan import scan
+    from context_lookups.precompute.settings import Settings
 
     got = _stored(f"sqlite:///{precomputed_db}")
     s = Settings()

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from precompute.model import length_batches, load_model, resolve_device, resolve_dtype, tokenize_batch
-from precompute.scan import ScanResult, TopK, scan
+from context_lookups.precompute.model import (
+    length_batches,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    tokenize_batch,
+)
+from context_lookups.precompute.scan import ScanResult, TopK, scan
 from tests.conftest import ROOT
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
@@ -24,7 +30,7 @@ TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into
 def _save_tokenizer(path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.settings import EMBEDDED_MODEL
 
     AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(path)
 
@@ -56,7 +62,7 @@ def test_auto_picks_the_fast_backend_of_the_architecture_and_the_bridge_otherwis
     assert neox.backend.name == "bridge"
     assert neox.dims.parallel_attn_mlp and neox.dims.architecture == "GPTNeoXForCausalLM"
     assert neox.dims.upstream_attn_layers(1) == 1  # the same layer's heads are not upstream
-    from precompute.attribution import attribute
+    from context_lookups.precompute.attribution import attribute
 
     rows = tokenize_batch(neox, TEXTS, 30)
     for layer, n_heads_up in ((0, 0), (1, 1)):  # layer 0 of a parallel model: no upstream head
@@ -72,7 +78,7 @@ def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_
     architecture without one is one line."""
     import logging
 
-    from precompute.cli import main as cli_main
+    from context_lookups.precompute.cli import main as cli_main
 
     db = tmp_path / "neox.db"
     with caplog.at_level(logging.INFO):
@@ -94,8 +100,8 @@ def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_
 
 
 def test_a_model_neither_backend_supports_is_one_line_and_exit_2(tmp_path, tiny_xlnet_dir, small_corpus_dir, capsys):
-    from precompute.cli import main as cli_main
-    from precompute.errors import ModelNotSupported
+    from context_lookups.precompute.cli import main as cli_main
+    from context_lookups.precompute.errors import ModelNotSupported
 
     with pytest.raises(ModelNotSupported, match="XLNetLMHeadModel"):
         load_model(str(tiny_xlnet_dir))
@@ -137,7 +143,7 @@ def test_batched_pass_keeps_row_order_and_equals_one_pass(tiny_model):
 
 
 def test_topk_merge_of_shards_is_exact(tiny_model, small_corpus_dir):
-    from precompute.corpus import load_corpus
+    from context_lookups.precompute.corpus import load_corpus
 
     docs = [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]]
     kw = {"layers": [0, 1], "k": 5, "batch_size": 8, "context_tokens": 32}
@@ -157,7 +163,7 @@ def test_topk_merge_of_shards_is_exact(tiny_model, small_corpus_dir):
 
 
 def test_device_and_dtype_resolution():
-    from precompute.errors import BadSettings
+    from context_lookups.precompute.errors import BadSettings
 
     assert resolve_device("auto") in ("cuda", "mps", "cpu")
     assert resolve_device("cpu") == "cpu"
@@ -189,7 +195,7 @@ def test_bfloat16_job_end_to_end_keeps_the_congruence_ranking(tmp_path, tiny_mod
     congruence ranking agree with float32 (statistics are float32 either way)."""
     from scipy.stats import spearmanr
 
-    from precompute.cli import main as cli_main
+    from context_lookups.precompute.cli import main as cli_main
     from tests.test_precompute_job import _args
 
     db = tmp_path / "bf16.db"
@@ -240,20 +246,22 @@ APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "re
                "length_batches", "METHODS", "BACKENDS"}
 
 
+MODEL = "context_lookups.precompute.model"
+
+
 def violations(rel: Path, tree: ast.AST) -> list[str]:
     """What module ``rel`` (relative to the repository) does that only ``precompute/model/``
     may: import backend modules other than the package (``app/``: names other than the
     protocol's), TransformerLens, hook names, ``.bridge``, ``.hooks``, ``run_with_cache``."""
     bad = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("precompute.model"):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(MODEL):
             names = {a.name for a in node.names}
-            if node.module != "precompute.model" and not (node.module == "precompute.model.loading"
-                                                          and names <= {"model_slug"}):
-                bad.append(f"{rel}: imports {node.module} (use precompute.model)")
+            if node.module != MODEL and not (node.module == f"{MODEL}.loading" and names <= {"model_slug"}):
+                bad.append(f"{rel}: imports {node.module} (use {MODEL})")
             if rel.parts[0] == "app" and not names <= APP_ALLOWED:
                 bad.append(f"{rel}: imports {sorted(names - APP_ALLOWED)} from the backend package")
-        elif isinstance(node, ast.Import) and any(a.name.startswith(("precompute.model", "transformer_lens"))
+        elif isinstance(node, ast.Import) and any(a.name.startswith((MODEL, "transformer_lens"))
                                                   for a in node.names):
             bad.append(f"{rel}: imports a backend module")
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformer_lens"):
@@ -282,12 +290,12 @@ def test_no_module_outside_the_backend_touches_hooks_or_the_bridge():
 
 def test_the_boundary_check_finds_what_it_forbids():
     """The check above is not vacuous: the code this project had before the backend is caught."""
-    src = ("from precompute.model.hooks import fast_supported, hook_post\n"
+    src = ("from context_lookups.precompute.model.hooks import fast_supported, hook_post\n"
            "def f(model, t):\n"
            "    with model.bridge.hooks(fwd_hooks=[]):\n"
            "        return model.bridge.run_with_cache(t, names_filter=[hook_post(1), 'blocks.0.attn.hook_v'])\n")
     got = violations(Path("app/live.py"), ast.parse(src))
-    assert any("imports precompute.model.hooks" in g for g in got)
+    assert any("imports context_lookups.precompute.model.hooks" in g for g in got)
     assert any("['fast_supported', 'hook_post']" in g for g in got)
     assert {g.split(": ")[-1] for g in got} >= {".bridge", ".hooks", ".run_with_cache", "hook_post",
                                                 "hook name 'blocks.0.attn.hook_v'"}

@@ -13,11 +13,16 @@ import sqlite3
 import pytest
 import torch
 
-from precompute.ablation import ablate, mean_values
-from precompute.attribution import active_heads_of_run, attribute, scored_layers, upstream_attn_layers
-from precompute.lookup import decode
-from precompute.model import tokenize_batch
-from precompute.scan import neuron_acts
+from context_lookups.precompute.ablation import ablate, mean_values
+from context_lookups.precompute.attribution import (
+    active_heads_of_run,
+    attribute,
+    scored_layers,
+    upstream_attn_layers,
+)
+from context_lookups.precompute.lookup import decode
+from context_lookups.precompute.model import tokenize_batch
+from context_lookups.precompute.scan import neuron_acts
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
          "In the beginning God created the heaven and the earth.",
@@ -39,7 +44,7 @@ def close(got, ref, rel=1e-5, scale=None):
 
 @pytest.fixture(scope="module")
 def embedded_pair():
-    from precompute.model import load_model
+    from context_lookups.precompute.model import load_model
 
     return load_model(), load_model(backend="bridge")
 
@@ -221,8 +226,8 @@ def reference_trim(model, docs, max_positions, layer, neuron, *, act_ratio, orig
 
 
 def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_pair, small_corpus_dir):
-    from precompute.corpus import load_corpus
-    from precompute.scan import TrimTask, trim_many
+    from context_lookups.precompute.corpus import load_corpus
+    from context_lookups.precompute.scan import TrimTask, trim_many
 
     m, tiny_bridge = tiny_pair
     rows = tokenize_batch(m, [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]][:10], 40)
@@ -254,7 +259,7 @@ def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_pair, sma
 def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
     """Row for row, the prompts the job stored (fast backend) equal those of the former
     per-neuron code (bisection and attribute() one neuron at a time) on the bridge backend."""
-    from precompute.settings import Settings
+    from context_lookups.precompute.settings import Settings
 
     m = tiny_bridge
     con = sqlite3.connect(precomputed_db)
@@ -315,7 +320,7 @@ def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_pa
     every stored row equals the default run's (fast backend), floats to 1e-5."""
     import logging
 
-    from precompute.cli import main as cli_main
+    from context_lookups.precompute.cli import main as cli_main
     from tests.test_precompute_job import _args
 
     db = tmp_path / "bridge.db"

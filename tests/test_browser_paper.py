@@ -20,7 +20,7 @@ LEAD = "This attention head is active when the document"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, precomputed_db):
     require_sample()
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     db = build_paper_web_db(tmp_path_factory, precomputed_db)
     with Server(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as srv:

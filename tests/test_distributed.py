@@ -13,15 +13,15 @@ import time
 import pytest
 import torch
 
-from precompute.cli import main as cli_main
-from precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
-from precompute.scan import scan
+from context_lookups.precompute.cli import main as cli_main
+from context_lookups.precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
+from context_lookups.precompute.scan import scan
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows, first_difference
 
 
 def _texts(corpus_dir) -> list[str]:
-    from precompute.corpus import load_corpus
+    from context_lookups.precompute.corpus import load_corpus
 
     return [r["text"] for r in load_corpus(str(corpus_dir))["explain"]]
 
@@ -76,7 +76,7 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_run_equals_single_process_run(ray_cluster, tmp_path, precomputed_db, tiny_model_dir,
                                            small_corpus_dir, tiny_model):
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.job.pipeline import run_precompute
 
     db = tmp_path / "ray.db"
     settings = small_settings(db, tiny_model_dir, small_corpus_dir, ray="local", ray_workers=2)
@@ -89,7 +89,7 @@ def test_ray_run_equals_single_process_run(ray_cluster, tmp_path, precomputed_db
 
 @pytest.mark.slow
 def test_killed_worker_task_is_retried(ray_cluster, tiny_model_dir):
-    from precompute.job.distributed import RayExecutor
+    from context_lookups.precompute.job.distributed import RayExecutor
 
     def pid(model, job):
         return os.getpid()

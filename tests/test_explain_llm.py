@@ -19,13 +19,13 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import select
 
-from precompute.errors import BadSettings
-from precompute.explain import run_explanations
-from precompute.explainers.llm import CLASSIFIER_TEMPLATE, EXPLANATION_TEMPLATE, request_hash
-from precompute.report import find_run, score_table
-from precompute.settings import Settings
-from precompute.store.db import open_writer, sessions
-from precompute.store.schema import Classification, Explanation, LLMCall
+from context_lookups.precompute.errors import BadSettings
+from context_lookups.precompute.explain import run_explanations
+from context_lookups.precompute.explainers.llm import CLASSIFIER_TEMPLATE, EXPLANATION_TEMPLATE, request_hash
+from context_lookups.precompute.report import find_run, score_table
+from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.store.db import open_writer, sessions
+from context_lookups.precompute.store.schema import Classification, Explanation, LLMCall
 
 try:  # tests/ is a package
     from tests.test_explain import fresh_copy
@@ -382,7 +382,7 @@ def test_bad_key_stops_the_run(db, server, monkeypatch):
 def test_killed_midway_loses_nothing_and_duplicates_nothing(db, server):
     server.hang_after = 4  # the fifth request never returns: the job is killed while waiting
     env = dict(os.environ, **{KEY_ENV: KEY, "HF_HUB_OFFLINE": "1"})
-    cmd = [sys.executable, "-m", "precompute.cli", "explain", "--db", f"sqlite:///{db}",
+    cmd = [sys.executable, "-m", "context_lookups.precompute.cli", "explain", "--db", f"sqlite:///{db}",
            "--explainer", "openai", "--llm-model", "test-model", "--llm-base-url", server.url,
            "--llm-api-key-env", KEY_ENV, "--llm-concurrency", "1", "--heldout-per-pair", str(HELDOUT)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -17,7 +17,7 @@ from tests.web_fixtures import FEW_RUN, TOPK_RUN, one, rows
 
 
 def make_client(db, tiny_model_dir):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     slugs = [s for (s,) in rows(db, "SELECT slug FROM runs")]
     return TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None,
@@ -151,8 +151,8 @@ def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):
 def test_pair_states_skipped_and_not_computed(tmp_path, web_db, tiny_model, tiny_model_dir):
     """A kept pair whose neuron has no held-out prompt is ablated on nothing: "skipped"; a kept
     pair whose ablation has not run: "not computed"."""
-    from precompute.ablation import run_ablations
-    from precompute.store.db import open_writer, sessions
+    from context_lookups.precompute.ablation import run_ablations
+    from context_lookups.precompute.store.db import open_writer, sessions
     from tests.conftest import small_settings
 
     db = tmp_path / "states.db"
@@ -234,8 +234,8 @@ def test_head_and_pair_list_csv_have_the_json_rows(client, web_db):
 
 
 def test_db_metadata_describes_every_table_and_column(tmp_path, web_db):
-    from precompute.cli import main as cli_main
-    from precompute.store.schema import Base
+    from context_lookups.precompute.cli import main as cli_main
+    from context_lookups.precompute.store.schema import Base
 
     out = tmp_path / "metadata.json"
     assert cli_main(["db", "metadata", "--db", f"sqlite:///{web_db}", "-o", str(out)]) == 0
@@ -317,7 +317,7 @@ def test_csv_round_trips_any_token_text_and_neutralises_formulas(tmp_path, web_d
 
 
 def test_control_characters_are_escaped_in_token_escaped(tmp_path, web_db, tiny_model_dir):
-    from precompute.tokens import escaped
+    from context_lookups.precompute.tokens import escaped
 
     assert escaped([1, 2, 3, 4, 5], ["\x00", "\r", "\n", "a\tb", "\x16\x7f"], {}) == \
         ["\\x00", "\\x0d", "\n", "a\tb", "\\x16\\x7f"]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import torch
 
-from precompute.model import tokenize_batch
+from context_lookups.precompute.model import tokenize_batch
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
          "In the beginning God created the heaven and the earth.",
@@ -53,9 +53,9 @@ def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, ti
     bridge: a gated, RMSNorm, grouped-query model without attention biases."""
     import logging
 
-    from precompute.attribution import attribute
-    from precompute.cli import main as cli_main
-    from precompute.model import load_model
+    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.cli import main as cli_main
+    from context_lookups.precompute.model import load_model
     from tests.test_precompute_job import _args
 
     m = load_model(str(tiny_qwen3_dir))
@@ -88,8 +88,8 @@ def test_blocks_the_method_cannot_read_are_refused_with_one_line(tmp_path, small
     silently wrong LN-aware score."""
     import transformers as T
 
-    from precompute.cli import main as cli_main
-    from precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.cli import main as cli_main
+    from context_lookups.precompute.settings import EMBEDDED_MODEL
     from tests.test_precompute_job import _args
 
     make, says = REFUSED[arch]
@@ -188,7 +188,7 @@ def test_rmsnorm_processing_centres_nothing_and_congruence_reads_the_untied_unem
     ``W_U`` and centres ``W_U`` over the vocabulary, and leaves ``W_out`` as it is (no
     center_writing_weights: an RMSNorm does not remove the mean); a LayerNorm model's (GPT-NeoX)
     ``W_out`` is centred over ``d_model``."""
-    from precompute.next_token import layer_congruences
+    from context_lookups.precompute.next_token import layer_congruences
 
     m = families.fast("qwen2")
     hf = m.backend.hf
@@ -211,7 +211,7 @@ def test_qkv_helper_gives_the_pattern_and_values_the_attention_used(families, fa
     """``FastBackend.qkv_hook`` (what a per-source-token decomposition reads): the causal
     softmax of ``q k^T / sqrt(d_head)`` times the values, each query head reading its kv head,
     is the ``z`` the model's attention produced; the pattern is the bridge's ``hook_pattern``."""
-    from precompute.model import pad
+    from context_lookups.precompute.model import pad
 
     m, ref = families.fast(family), families.bridge(family)
     be, d = m.backend, m.dims
@@ -251,10 +251,10 @@ def test_precompute_and_serve_with_a_live_pass_on_each_family(tmp_path, families
     neuron's activation, and the live JSON equals the bridge backend's attribution."""
     import logging
 
-    from app.main import create_app
-    from precompute.attribution import attribute
-    from precompute.cli import main as cli_main
-    from precompute.next_token import layer_congruences
+    from context_lookups.app.main import create_app
+    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.cli import main as cli_main
+    from context_lookups.precompute.next_token import layer_congruences
     from tests.test_live_engine import wait_ready
     from tests.test_precompute_job import _args
     from tests.web_fixtures import Server

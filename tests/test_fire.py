@@ -27,7 +27,7 @@ TEXT = "The king said to his son that the river was high and the roads were clos
 
 def _hook_post(bridge_model, rows_, layers):
     """The reference: TransformerLens' own ``blocks.{l}.mlp.hook_post`` of the bridge."""
-    from precompute.model import pad
+    from context_lookups.precompute.model import pad
 
     b = bridge_model.backend
     tokens, _ = pad(rows_, b.pad_id)
@@ -57,8 +57,8 @@ def index(web_db):
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
-    from app.fire import run_index
-    from precompute.store.schema import Run
+    from context_lookups.app.fire import run_index
+    from context_lookups.precompute.store.schema import Run
 
     engine = create_engine(f"sqlite:///{web_db}")
     with Session(engine) as s:
@@ -68,7 +68,7 @@ def index(web_db):
 
 
 def test_relative_activations_rank_the_neurons(tiny_model, tiny_bridge, index, web_db):
-    from app.fire import fire_views
+    from context_lookups.app.fire import fire_views
 
     stored = {(lay, n): m for lay, n, m in rows(web_db, "SELECT n.layer, n.neuron, n.max_act FROM neurons n "
                                                       "JOIN runs r ON r.id = n.run_id WHERE r.slug = ?", TOPK_RUN)}
@@ -97,7 +97,7 @@ def test_relative_activations_rank_the_neurons(tiny_model, tiny_bridge, index, w
 
 @pytest.fixture(scope="module")
 def client(web_db, tiny_model_dir):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     paths = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
     with TestClient(create_app(db_url=f"sqlite:///{web_db}", torch_threads=None, model_paths=paths,
@@ -140,8 +140,8 @@ def test_bad_input(client):
 
 
 def test_queued_texts_share_a_pass_and_respect_the_queue(web_db, tiny_model_dir, tiny_model, index):
-    from app.fire import fire_views
-    from app.main import create_app
+    from context_lookups.app.fire import fire_views
+    from context_lookups.app.main import create_app
 
     app = create_app(db_url=f"sqlite:///{web_db}", torch_threads=None, live_queue=6,
                      model_paths={s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")})
@@ -175,7 +175,7 @@ def test_queued_texts_share_a_pass_and_respect_the_queue(web_db, tiny_model_dir,
 def test_imported_run_without_weights_says_so_and_nothing_waits(tmp_path, precomputed_db):
     import shutil
 
-    from app.main import create_app
+    from context_lookups.app.main import create_app
     from tests.paper_data import import_sample, require_sample
 
     require_sample()

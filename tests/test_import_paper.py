@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from precompute.cli import main as cli_main
-from precompute.paper.importer import EXPLAINER, words
-from precompute.report import comparison_table, find_run, score_table
-from precompute.store.db import open_writer, sessions
+from context_lookups.precompute.cli import main as cli_main
+from context_lookups.precompute.paper.importer import EXPLAINER, words
+from context_lookups.precompute.report import comparison_table, find_run, score_table
+from context_lookups.precompute.store.db import open_writer, sessions
 
 from .paper_data import import_sample, require_sample
 
@@ -283,7 +283,7 @@ def test_rebuilt_classification_prompts_are_the_authors(imported):
     """The import rebuilds each classification prompt with the authors' template; on the sample
     that reproduces every entry of their mapping file (which the gpt2-medium and -large chains
     need not have: those files are 4+ MB)."""
-    from precompute.paper.importer import CLASSIFY, HELDOUT_PER_PAIR
+    from context_lookups.precompute.paper.importer import CLASSIFY, HELDOUT_PER_PAIR
 
     root = require_sample()
     mapping = json.loads(next((root / "6_explanation_eval").glob("*_test_20.json")).read_text())["classify_prompts"]

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from precompute.paper import command, importer
+from context_lookups.precompute.paper import command, importer
 
 from .paper_data import SYN_STEM, copy_sample, run_cli, write_synthetic
 
@@ -190,7 +190,7 @@ def test_a_run_of_that_name_made_otherwise_is_left_alone(tmp_path, capsys):
 
 
 def test_chain_links_decide_and_slugs_name_the_layers():
-    from precompute.paper.chains import slug_of
+    from context_lookups.precompute.paper.chains import slug_of
 
     assert slug_of("gpt2-large", (31, 32, 33, 34, 35)) == "gpt2-large"
     assert slug_of("gpt2-large", (16, 17, 18, 19, 20)) == "gpt2-large-l16-20"

@@ -17,8 +17,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from precompute.paper.files import MAX_FILE_BYTES
-from precompute.paper.loader import MAX_PROMPTS
+from context_lookups.precompute.paper.files import MAX_FILE_BYTES
+from context_lookups.precompute.paper.loader import MAX_PROMPTS
 
 from .paper_data import copy_sample, run_cli
 
@@ -77,7 +77,7 @@ def test_special_files_are_refused_with_one_line_and_nothing_hangs(tmp_path):
     db = tmp_path / "s.db"
     t0 = time.monotonic()
     # a real process with a timeout: a FIFO must not block it, /dev/zero must not fill memory
-    p = subprocess.run([sys.executable, "-m", "precompute.cli", "import-paper", str(src), "--db",
+    p = subprocess.run([sys.executable, "-m", "context_lookups.precompute.cli", "import-paper", str(src), "--db",
                         f"sqlite:///{db}"], capture_output=True, text=True, timeout=300)
     assert time.monotonic() - t0 < 300
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
@@ -142,7 +142,7 @@ def test_a_neuron_with_far_more_prompts_is_capped_and_its_pages_stay_bounded(tmp
     c = sqlite3.connect(db)
     assert c.execute("SELECT max(cnt) FROM (SELECT count(*) cnt FROM prompts GROUP BY neuron_id, split)"
                      ).fetchone() == (MAX_PROMPTS,)
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     with TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as client:
         for url in ("/gpt2-small/neurons/9/947", "/gpt2-small/neurons/9/947.json",

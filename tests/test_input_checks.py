@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy.engine import URL
 
-from precompute.errors import BadSettings, DatasetNotAvailable, ModelNotAvailable
-from precompute.settings import Settings
+from context_lookups.precompute.errors import BadSettings, DatasetNotAvailable, ModelNotAvailable
+from context_lookups.precompute.settings import Settings
 from tests.cli_helpers import assert_one_line_exit_2, lookups, tree
 from tests.conftest import small_settings
 
@@ -22,7 +22,7 @@ from tests.conftest import small_settings
 
 @pytest.mark.parametrize("dirname", ["ro#x", "a%25b", "q?x", "p%3Fy"])
 def test_database_path_with_uri_characters_is_served_read_only(tmp_path, precomputed_db, dirname):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     d = tmp_path / dirname
     d.mkdir()
@@ -78,7 +78,7 @@ def test_bad_db_values_exit_2_with_one_line(tmp_path, case):
 # --- 5. a corrupt local model directory --------------------------------------------------------------
 
 def test_truncated_safetensors_names_the_directory_and_the_file(tmp_path, tiny_model_dir):
-    from precompute.model.loading import load_model
+    from context_lookups.precompute.model.loading import load_model
 
     d = shutil.copytree(tiny_model_dir, tmp_path / "broken-model")
     weights = d / "model.safetensors"
@@ -114,7 +114,7 @@ def test_invalid_options_print_one_line_each_and_write_nothing(tmp_path):
 
 def test_neuron_counts_are_checked_against_the_model_before_anything_is_written(
         tmp_path, tiny_model_dir, tiny_model, small_corpus_dir):
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.job.pipeline import run_precompute
 
     d_mlp = tiny_model.d_mlp
     for over in (dict(n_per_layer=5000), dict(n_per_layer=d_mlp // 2, n_random=d_mlp // 2 + 1)):
@@ -134,7 +134,7 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
 
 
 def test_corpus_errors_name_the_file_and_line(tmp_path):
-    from precompute.corpus import load_corpus
+    from context_lookups.precompute.corpus import load_corpus
 
     good = [f'{{"text": "document number {i} is here"}}' for i in range(6)]
     bad = write_jsonl(tmp_path / "bad.jsonl", good[:3] + ['{"text": "cut off'] + good[3:])
@@ -182,8 +182,8 @@ def test_model_directory_without_tokenizer_files_is_named_and_exits_2(tmp_path, 
 # --- item 14: empty or table-less SQLite; readers never create a file -----------------------------------
 
 def test_empty_tableless_or_old_sqlite_is_one_line_and_readers_create_nothing(tmp_path, precomputed_db):
-    from app.main import create_app
-    from precompute.errors import BadDatabase
+    from context_lookups.app.main import create_app
+    from context_lookups.precompute.errors import BadDatabase
 
     empty = tmp_path / "empty.db"
     empty.touch()
@@ -241,8 +241,8 @@ def test_local_corpus_reads_as_before(tmp_path):
     import gzip
     import json
 
-    from precompute.corpus import load_corpus
-    from precompute.settings import EMBEDDED_CORPUS
+    from context_lookups.precompute.corpus import load_corpus
+    from context_lookups.precompute.settings import EMBEDDED_CORPUS
 
     corpus = load_corpus(EMBEDDED_CORPUS)
     for split in ("explain", "heldout"):

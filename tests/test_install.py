@@ -105,7 +105,8 @@ def test_wheel_installs_precomputes_and_serves(tmp_path):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKUPS_") and k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    where = subprocess.run([str(py), "-c", "import app, precompute; print(app.__file__); print(precompute.__file__)"],
+    where = subprocess.run([str(py), "-c", "import context_lookups.app, context_lookups.precompute; "
+                            "print(context_lookups.app.__file__); print(context_lookups.precompute.__file__)"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout
     assert str(ROOT) not in where and purelib in where, where
     lookups = str(venv / "bin" / "lookups")
@@ -137,3 +138,54 @@ def test_wheel_installs_precomputes_and_serves(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_package_dirs_are_all_listed_in_pyproject():
+    """Every package folder of app/ and precompute/ is installed under context_lookups (the
+    explicit list of pyproject.toml), and no other top-level package is installed."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"] == {"context_lookups": "context_lookups", "context_lookups.app": "app",
+                                  "context_lookups.precompute": "precompute"}
+    found = {"context_lookups"}
+    for top in ("app", "precompute"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT).parts
+            found.add(".".join(("context_lookups", *rel)))
+    assert set(cfg["packages"]) == found
+
+
+def test_a_users_own_app_and_precompute_do_not_collide(tmp_path):
+    """A folder with its own ``app/`` and ``precompute/`` packages, as any FastAPI project has:
+    from there, ``import app`` is the user's and ``context_lookups`` is the project's."""
+    for name in ("app", "precompute"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"WHO = 'user {name}'\n")
+        (tmp_path / name / "main.py").write_text("WHO = 'user main'\n")
+    code = ("import app, precompute, app.main; print(app.WHO, precompute.WHO, app.main.WHO); "
+            "import context_lookups, context_lookups.app.main, context_lookups.precompute.store.schema as s; "
+            "print(context_lookups.app.main.create_app.__module__, s.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    user, ours = out.stdout.strip().splitlines()
+    assert user == "user app user precompute user main"
+    assert ours == "context_lookups.app.main context_lookups.precompute.store.schema"
+
+
+def test_code_imports_the_project_by_its_one_name():
+    """No module of the project imports the top-level ``app`` or ``precompute``: only
+    ``context_lookups.app``/``context_lookups.precompute`` (or relative imports), which a
+    user's own packages of those names cannot shadow."""
+    import ast
+
+    bad = []
+    for top in ("app", "precompute", "context_lookups", "tests", "benchmarks", "scripts", "alembic"):
+        for f in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                bad += [f"{f.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                        if n.split(".")[0] in ("app", "precompute")]
+    assert not bad, bad

@@ -17,7 +17,7 @@ from tests.web_fixtures import TOPK_RUN, Server, rows
 
 
 def make_app(web_db, tiny_model_dir, **over):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     over.setdefault("torch_threads", None)
     over.setdefault("model_paths", {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")})
@@ -93,8 +93,8 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
 def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model, tiny_bridge):
     """Queued requests for several neurons, some with heads ablated, run as one batch; each
     result equals precompute's attribute()/ablate() on that prompt alone, on the bridge backend."""
-    from precompute.ablation import ablate
-    from precompute.attribution import attribute
+    from context_lookups.precompute.ablation import ablate
+    from context_lookups.precompute.attribution import attribute
 
     picked = neurons(web_db, 3)
     app = make_app(web_db, tiny_model_dir)
@@ -137,7 +137,7 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
 def test_device_and_dtype_settings(web_db, tiny_model_dir, capsys):
     from fastapi.testclient import TestClient
 
-    from app.cli import main
+    from context_lookups.app.cli import main
 
     assert main(["serve", "--db", f"sqlite:///{web_db}", "--device", "nosuch"]) == 2
     assert "Unknown device 'nosuch'" in capsys.readouterr().err

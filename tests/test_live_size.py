@@ -25,7 +25,7 @@ PER_BYTE = 30
 
 @pytest.fixture(scope="module")
 def client(web_db, tmp_path_factory):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-long"), n_positions=N_CTX)
     app = create_app(db_url=f"sqlite:///{web_db}", token_cap=N_CTX - 1, torch_threads=None,

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 import torch
 
-from precompute.lookup import BOS_LABEL, carriers, decode, encode, summary
+from context_lookups.precompute.lookup import BOS_LABEL, carriers, decode, encode, summary
 from tests.conftest import small_settings
 
 REL = 1e-5
@@ -58,8 +58,8 @@ def test_stored_lookups_sum_to_the_attribution_on_a_random_gpt2(precomputed_db):
 @pytest.mark.parametrize("backend", ["fast", "bridge"])
 def test_stored_lookups_sum_to_the_attribution_on_the_embedded_model(tmp_path, small_corpus_dir, backend):
     """The real job on the embedded model (a few neurons of its last layer, on each backend)."""
-    from precompute.job.pipeline import run_precompute
-    from precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.settings import EMBEDDED_MODEL
 
     db = tmp_path / "embedded.db"
     summary_ = run_precompute(small_settings(db, EMBEDDED_MODEL, small_corpus_dir, layers=[3], n_per_layer=2,
@@ -73,7 +73,7 @@ def test_stored_lookups_sum_to_the_attribution_on_the_fast_families(tmp_path, sm
     """The real job on the tiny GPT-NeoX (parallel blocks, partial rotary, LayerNorm) and Llama
     (grouped-query attention, RMSNorm, gated MLP) models on their fast backends: every stored
     look-up sums to the stored raw and LN-aware attribution."""
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.job.pipeline import run_precompute
 
     db = tmp_path / f"{fam}.db"
     model = families.fast(fam)
@@ -87,7 +87,7 @@ def test_sliding_window_lookup_sums_to_the_attribution(families):
     """Mistral with a sliding window shorter than the prompts: the model's attention sees only
     the last ``window`` keys, and the look-up's pattern does too — the terms are zero outside
     the window and still sum to ``A[h]`` (read from the ``z`` the model computed)."""
-    from precompute.model import tokenize_batch
+    from context_lookups.precompute.model import tokenize_batch
 
     m = families.fast("mistral")
     cfg = m.backend.hf.config
@@ -136,8 +136,8 @@ def test_a_fast_family_without_the_capture_names_the_method(tiny_model):
     """A fast backend whose family has no look-up capture (neither ``_lookup_hook`` nor
     ``_qkv``) refuses the look-up with one clear error naming them, before any forward pass,
     and keeps every other pass."""
-    from precompute.model.fast import FastBackend
-    from precompute.model.gpt2 import GPT2Backend
+    from context_lookups.precompute.model.fast import FastBackend
+    from context_lookups.precompute.model.gpt2 import GPT2Backend
 
     class Bare(GPT2Backend):
         family = "bare"

@@ -13,7 +13,7 @@ from html import unescape
 import pytest
 from fastapi.testclient import TestClient
 
-from app.formats import fmt
+from context_lookups.app.formats import fmt
 from tests.web_fixtures import TOPK_RUN, one, rows
 
 PROMPT = "In the beginning God created the heaven and the earth, and the earth was without form"
@@ -23,7 +23,7 @@ PROMPT = "In the beginning God created the heaven and the earth, and the earth w
 def client(web_db, tiny_model_dir):
     import os
 
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     over = {"torch_threads": None}
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):

@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from alembic import command
-from precompute.store.db import _alembic_config, open_writer
-from precompute.store.schema import Base, include_name
+from context_lookups.precompute.store.db import _alembic_config, open_writer
+from context_lookups.precompute.store.schema import Base, include_name
 
 
 def test_upgrade_from_0001_keeps_rows_and_matches_the_schema(tmp_path):

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import csv
 import io
-from html import unescape
 import re
 import sqlite3
 import time
+from html import unescape
 
 import pytest
 from fastapi.testclient import TestClient
@@ -25,7 +25,7 @@ def db(tmp_path_factory, precomputed_db):
 
 @pytest.fixture(scope="module")
 def client(db):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     with TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as c:
         yield c
@@ -119,7 +119,7 @@ def partial_client(tmp_path_factory):
     """The sample without its answer files and ablation file: an imported run that lacks them."""
     import shutil
 
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     from .paper_data import copy_sample, import_sample
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from precompute.cli import main as cli_main
+from context_lookups.precompute.cli import main as cli_main
 from tests.conftest import ROOT, small_settings
 
 VOLATILE = {"runs": {"started_at", "finished_at", "summary", "status"},
@@ -36,7 +36,7 @@ def dump(db) -> dict[str, list[tuple]]:
 
 def _args(db, model_dir, corpus_dir):
     """CLI arguments equal to conftest.small_settings (every field that is not the default)."""
-    from precompute.settings import Settings
+    from context_lookups.precompute.settings import Settings
 
     s, default = small_settings(db, model_dir, corpus_dir), Settings()
     args = ["precompute"]
@@ -62,7 +62,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, s
                                                      precomputed_db):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     killed_db = tmp_path / "killed.db"
-    cmd = [sys.executable, "-m", "precompute.cli", *_args(killed_db, tiny_model_dir, small_corpus_dir)]
+    cmd = [sys.executable, "-m", "context_lookups.precompute.cli", *_args(killed_db, tiny_model_dir, small_corpus_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     # Killed once both scans are stored: the trimming/attribution group (all 6 neurons of the
@@ -190,7 +190,7 @@ def test_stored_run_settings_validate_against_settings(precomputed_db):
     dict: a renamed, removed or retyped field of Settings fails here."""
     import json
 
-    from precompute.settings import SCIENCE_FIELDS, Settings
+    from context_lookups.precompute.settings import SCIENCE_FIELDS, Settings
 
     con = sqlite3.connect(precomputed_db)
     stored = json.loads(con.execute("SELECT settings FROM runs").fetchone()[0])
@@ -207,7 +207,7 @@ def test_runs_stored_before_pair_min_prompts_read_back_as_computed(precomputed_d
     import hashlib
     import json
 
-    from precompute.settings import Settings
+    from context_lookups.precompute.settings import Settings
 
     con = sqlite3.connect(precomputed_db)
     stored = json.loads(con.execute("SELECT settings FROM runs").fetchone()[0])

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.attribution import active_heads, attribute, parse_heads, scored_layers, upstream_attn_layers
-from precompute.next_token import (
+from context_lookups.precompute.attribution import (
+    active_heads,
+    attribute,
+    parse_heads,
+    scored_layers,
+    upstream_attn_layers,
+)
+from context_lookups.precompute.next_token import (
     congruence,
     default_layers,
     layer_congruences,
@@ -15,7 +21,7 @@ from precompute.next_token import (
     select_next_token_neurons,
     token_allowed,
 )
-from precompute.scan import TopK, neuron_acts, scan, tokenize_batch, trim
+from context_lookups.precompute.scan import TopK, neuron_acts, scan, tokenize_batch, trim
 
 
 def test_congruence_and_selection_match_direct_computation(tiny_model):
@@ -77,7 +83,7 @@ def test_topk_matches_a_full_sort():
 
 
 def test_scan_top_documents_are_the_true_maxima(tiny_model, small_corpus_dir):
-    from precompute.corpus import load_corpus
+    from context_lookups.precompute.corpus import load_corpus
 
     docs = [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]]
     res = scan(tiny_model, docs, layers=[0, 1], k=3, batch_size=7, context_tokens=32)
@@ -97,7 +103,7 @@ def test_scan_top_documents_are_the_true_maxima(tiny_model, small_corpus_dir):
 
 
 def test_trimming_invariants(tiny_model, small_corpus_dir):
-    from precompute.corpus import load_corpus
+    from context_lookups.precompute.corpus import load_corpus
 
     docs = [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]][:12]
     rows = tokenize_batch(tiny_model, docs, 40)

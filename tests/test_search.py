@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
-from precompute.store.db import parse_url
-from precompute.store.schema import Explanation, Neuron, Pair, Prompt, Run
+from context_lookups.precompute.store.db import parse_url
+from context_lookups.precompute.store.schema import Explanation, Neuron, Pair, Prompt, Run
 
 
 def _rows(url: str, stmt):
@@ -38,7 +38,7 @@ def _rare_word(texts: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def client(stored_url):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     app = create_app(db_url=stored_url, torch_threads=None, preload=False)
     with TestClient(app) as c:
@@ -122,8 +122,8 @@ def _one_prompt_db(url: str) -> None:
 
 def test_migration_indexes_existing_rows_and_writes_keep_it_current(db_url):
     from alembic import command
-    from app.search import SearchQuery, search
-    from precompute.store.db import _alembic_config, open_reader, open_writer, sessions
+    from context_lookups.app.search import SearchQuery, search
+    from context_lookups.precompute.store.db import _alembic_config, open_reader, open_writer, sessions
 
     engine = create_engine(parse_url(db_url))
     with engine.begin() as conn:
@@ -167,7 +167,7 @@ def test_imported_explanations_are_searchable(tmp_path):
     from tests.paper_data import import_sample
 
     url = import_sample(tmp_path / "paper.db")
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     with TestClient(create_app(db_url=url, torch_threads=None, preload=False)) as c:
         d = c.get("/search.json", params={"q": "document", "run": "gpt2-small", "kind": "explanations"}).json()

@@ -21,8 +21,8 @@ from tests.test_explain_llm import ChatServer, expected_pairs
 # --- 1. the API key is never logged, stored or shown ---------------------------------------------
 
 def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomputed_db):
-    from app import urls
-    from app.main import create_app
+    from context_lookups.app import urls
+    from context_lookups.app.main import create_app
 
     key = "sk-PROBE-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:32]
     db = fresh_copy(precomputed_db, tmp_path / "lookups.db")
@@ -71,7 +71,7 @@ def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomp
 
 
 def test_redact_covers_bearer_tokens_and_key_shapes():
-    from precompute.redact import redact
+    from context_lookups.precompute.redact import redact
 
     assert redact("Authorization: Bearer abc.DEF-123_456") == "Authorization: Bearer [redacted]"
     assert redact("{'authorization': 'bearer xyz12345'}") == "{'authorization': 'bearer [redacted]'}"
@@ -96,8 +96,8 @@ def _leak_forms(*secrets: str) -> set[str]:
 
 def _pages(db, slug: str) -> dict[str, str]:
     """Every page, twin and CSV that shows explanations and answers, by path."""
-    from app import urls
-    from app.main import create_app
+    from context_lookups.app import urls
+    from context_lookups.app.main import create_app
 
     with sqlite3.connect(db) as c:
         keys = c.execute("SELECT DISTINCT n.layer, n.neuron, p.head_layer, p.head FROM explanations e "
@@ -122,7 +122,7 @@ def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_di
     the explanations' stored settings, nor any page, JSON twin or CSV."""
     from urllib.parse import quote
 
-    from precompute.redact import mask_url
+    from context_lookups.precompute.redact import mask_url
 
     tag = hashlib.sha256(str(tmp_path).encode()).hexdigest()
     key, pw, qk = f"PROBE4abc/def+ghi{tag[:16]}", f"S3cret-pw-{tag[16:24]}", f"QK{tag[24:36]}"
@@ -173,7 +173,7 @@ def test_redaction_is_idempotent_and_covers_every_encoding():
     import base64
     from urllib.parse import quote
 
-    from precompute.redact import mask_url, redact, url_secrets
+    from context_lookups.precompute.redact import mask_url, redact, url_secrets
 
     key = "PROBE4abc/def+ghi=jkl"
     samples = [f"Bearer {key}", f"x {quote(key, safe='')} y", f"x {quote(key, safe='').replace('%2F', '%2f')} y",
@@ -214,7 +214,7 @@ def test_postgres_password_is_masked_wherever_a_url_is_printed(tmp_path, pg_serv
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--db", url, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "context_lookups.app.cli", "serve", "--db", url, "--port", str(port),
                              "--no-preload"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -236,8 +236,8 @@ def test_serve_says_when_its_postgres_role_can_write(pg_server, caplog):
 
     import psycopg
 
-    from app.main import create_app
-    from precompute.store.db import open_writer
+    from context_lookups.app.main import create_app
+    from context_lookups.precompute.store.db import open_writer
 
     url = pg_server.new_database()
     open_writer(url).dispose()
@@ -251,7 +251,7 @@ def test_serve_says_when_its_postgres_role_can_write(pg_server, caplog):
         con.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
     for who, expect in (("postgres", 1), ("reader", 0)):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="app.main"):
+        with caplog.at_level(logging.WARNING, logger="context_lookups.app.main"):
             app = create_app(db_url=url.replace("postgres@", f"{who}@"), preload=False)
             app.state.engine.dispose()
         lines = [r.getMessage() for r in caplog.records if "GRANT SELECT" in r.getMessage()]

@@ -17,8 +17,8 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from precompute.errors import BadSettings
-from precompute.settings import MAX_SEED, Settings
+from context_lookups.precompute.errors import BadSettings
+from context_lookups.precompute.settings import MAX_SEED, Settings
 from tests.cli_helpers import ROOT, assert_one_line_exit_2, lookups, tree
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows
@@ -76,7 +76,7 @@ def test_top_k_beyond_the_documents_scanned_keeps_them_all(tmp_path, tiny_model_
                                                           small_corpus_dir):
     """--top-k 1000 over 5 documents per split scans with k = 5: every document is kept for
     every neuron, ranks 0..4, as a run with --top-k 5 (the rows are the same)."""
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.job.pipeline import run_precompute
 
     rows = {}
     for k in (1000, 5):
@@ -97,7 +97,7 @@ def _topk_peak_bytes(k: int, n: int) -> int:
     code = f"""
 import resource, torch
 torch.set_num_threads(1)
-from precompute.scan import TopK
+from context_lookups.precompute.scan import TopK
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 top = TopK({k}, {n})
 for i in range(8):
@@ -113,7 +113,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 
 
 def test_scan_memory_estimate_bounds_the_real_peak_and_refuses_what_does_not_fit():
-    from precompute.scan import check_scan_memory
+    from context_lookups.precompute.scan import check_scan_memory
 
     k, n_layers, d_mlp = 400, 2, 1024
     need = check_scan_memory(k, n_layers, d_mlp, available=10**15)
@@ -130,7 +130,7 @@ def _fields(cls) -> list[str]:
 
 
 def test_every_setting_is_an_option_with_its_environment_variable():
-    from app.settings import WebSettings
+    from context_lookups.app.settings import WebSettings
 
     for command, classes in (("precompute", [Settings]), ("serve", [WebSettings]),
                              ("config", [Settings, WebSettings])):
@@ -166,7 +166,7 @@ def test_the_cli_uses_no_argparse_internals_nor_private_helpers():
     for path in ("precompute/cli.py", "precompute/options.py", "app/cli.py"):
         source = (ROOT / path).read_text()
         assert "_option_string_actions" not in source and "._actions" not in source, path
-    imported = [name.split(" as ")[0].strip() for line in re.findall(r"from precompute[.\w]* import (.+)",
+    imported = [name.split(" as ")[0].strip() for line in re.findall(r"from context_lookups.precompute[.\w]* import (.+)",
                                                                    (ROOT / "app/cli.py").read_text())
                 for name in line.split(",")]
     assert imported and not [n for n in imported if n.startswith("_")], imported

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
-from precompute.cli import main as cli_main
+from context_lookups.precompute.cli import main as cli_main
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows, first_difference
 
@@ -18,7 +18,7 @@ from tests.db_rows import canonical_rows, first_difference
 
 def test_migrations_up_down_up(db_url, capsys):
     from alembic import command
-    from precompute.store.db import _alembic_config, connect, current_revision, head_revision
+    from context_lookups.precompute.store.db import _alembic_config, connect, current_revision, head_revision
 
     assert cli_main(["db", "upgrade", "--db", db_url]) == 0
     assert "schema at revision" in capsys.readouterr().out
@@ -42,10 +42,10 @@ def test_migrations_up_down_up(db_url, capsys):
 
 
 def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):
-    from precompute.errors import SchemaTooNew
-    from precompute.store.db import open_reader, open_writer, sessions
-    from precompute.store.runs import is_done, now, unit_of_work
-    from precompute.store.schema import Document, Phase, Run
+    from context_lookups.precompute.errors import SchemaTooNew
+    from context_lookups.precompute.store.db import open_reader, open_writer, sessions
+    from context_lookups.precompute.store.runs import is_done, now, unit_of_work
+    from context_lookups.precompute.store.schema import Document, Phase, Run
 
     engine = open_writer(db_url)
     with sessions(engine)() as s:
@@ -54,11 +54,10 @@ def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):
                   layers=[0], status="running", started_at=now())
         s.add(run)
         s.commit()
-        with pytest.raises(RuntimeError):
-            with unit_of_work(s, run.id, "scan:explain"):
-                s.add(Document(run_id=run.id, split="explain", idx=0, text="kept only if done"))
-                s.flush()
-                raise RuntimeError("killed")
+        with pytest.raises(RuntimeError), unit_of_work(s, run.id, "scan:explain"):
+            s.add(Document(run_id=run.id, split="explain", idx=0, text="kept only if done"))
+            s.flush()
+            raise RuntimeError("killed")
         assert not is_done(s, run.id, "scan:explain")
         assert s.scalars(select(Document)).all() == []
         with unit_of_work(s, run.id, "scan:explain") as st:
@@ -86,8 +85,8 @@ def test_postgres_run_equals_sqlite_run_row_for_row(stored_url, precomputed_db):
 
 def test_other_settings_are_refused_and_change_nothing(stored_url, tiny_model_dir, small_corpus_dir,
                                                        tiny_model, precomputed_db):
-    from precompute.errors import SettingsMismatch
-    from precompute.job.pipeline import run_precompute
+    from context_lookups.precompute.errors import SettingsMismatch
+    from context_lookups.precompute.job.pipeline import run_precompute
 
     before = canonical_rows(stored_url)
     s = small_settings(precomputed_db, tiny_model_dir, small_corpus_dir, db_url=stored_url, top_k=5)
@@ -101,9 +100,9 @@ def test_page_served_read_only(stored_url, precomputed_db):
     write (SQLite: mode=ro; PostgreSQL: read-only sessions)."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.main import create_app
-    from precompute.store.db import open_reader
-    from precompute.store.schema import Neuron, Run
+    from context_lookups.app.main import create_app
+    from context_lookups.precompute.store.db import open_reader
+    from context_lookups.precompute.store.schema import Neuron, Run
 
     app = create_app(db_url=stored_url, torch_threads=None)
     with TestClient(app) as client, app.state.Session() as s:
@@ -141,7 +140,7 @@ def test_explain_command_on_each_backend(stored_url, capsys):
 @pytest.mark.parametrize("argv", [["db", "upgrade"], ["db", "current"], ["explain"], ["precompute"],
                                   ["serve"]])
 def test_unreachable_database_is_one_clear_line(argv, capsys):
-    from app.cli import main
+    from context_lookups.app.cli import main
 
     url = "postgresql://lookups:s3cret@127.0.0.1:1/lookups"
     assert main([*argv, "--db", url]) == 2

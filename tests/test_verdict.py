@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy import stats
 
-from precompute.scoring import authors_score, score_interval, small_sample, wilson
-from precompute.verdict import (
+from context_lookups.precompute.scoring import authors_score, score_interval, small_sample, wilson
+from context_lookups.precompute.verdict import (
     CONFIDENCE,
     DOES_NOT,
     INCONCLUSIVE,
@@ -98,7 +98,7 @@ def test_paper_reference():
 
 @pytest.fixture(scope="module")
 def client(web_db):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     with TestClient(create_app(db_url=f"sqlite:///{web_db}", torch_threads=None, preload=False)) as c:
         yield c
@@ -147,7 +147,7 @@ def test_verdict_of_a_real_run_from_its_rows(client, web_db):
 
 def test_single_class_pairs_scored_by_authors_rule_for_imported_runs(tmp_path):
     """An imported run is judged by the authors' rule: its single-class pairs count."""
-    from app.main import create_app
+    from context_lookups.app.main import create_app
     from tests.paper_data import import_sample
 
     url = import_sample(tmp_path / "paper.db")

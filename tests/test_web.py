@@ -21,7 +21,7 @@ SCRIPT = "<script>alert(1)</script>"
 def app(web_db, tiny_model_dir):
     import os
 
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     over = {"torch_threads": None}  # leave torch's global thread count to the rest of the suite
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):  # a reused database: its model dir may be gone
@@ -345,9 +345,8 @@ def test_server_is_read_only(app, client, web_db):
     before = hashlib.sha256(web_db.read_bytes()).hexdigest()
     client.get("/")
     client.get(f"/{TOPK_RUN}/neurons.json")
-    with pytest.raises(OperationalError, match="readonly"):
-        with app.state.engine.begin() as conn:
-            conn.execute(text("UPDATE runs SET slug = 'x'"))
+    with pytest.raises(OperationalError, match="readonly"), app.state.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET slug = 'x'"))
     assert hashlib.sha256(web_db.read_bytes()).hexdigest() == before
 
 
@@ -355,8 +354,8 @@ def test_server_is_read_only(app, client, web_db):
 
 def test_live_pass_matches_precompute_functions(client, app, web_db, kept, tiny_model, tiny_bridge):
     """The live view (the fast backend) equals precompute's attribute()/ablate() on the bridge."""
-    from precompute.ablation import ablate
-    from precompute.attribution import attribute
+    from context_lookups.precompute.ablation import ablate
+    from context_lookups.precompute.attribution import attribute
 
     layer, neuron, hl, h = kept
     token_id = one(web_db, "SELECT n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
@@ -422,17 +421,16 @@ def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_
     precompute's attribute()/ablate() on that prompt alone, on the bridge backend."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from precompute.ablation import ablate
-    from precompute.attribution import attribute
+    from context_lookups.precompute.ablation import ablate
+    from context_lookups.precompute.attribution import attribute
 
     layer, neuron, hl, h = kept
     token_id = one(web_db, "SELECT n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
                    "r.slug = ? AND n.layer = ? AND n.neuron = ?", TOPK_RUN, layer, neuron)[0]
     prompts = [f"Request {i}: the son of the king went to the" + " city" * i for i in range(6)]
     url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json"
-    with TestClient(app) as c:
-        with ThreadPoolExecutor(6) as ex:
-            got = list(ex.map(lambda p: c.get(url, params={"prompt": p, "ablate": f"L{hl}H{h}"}), prompts))
+    with TestClient(app) as c, ThreadPoolExecutor(6) as ex:
+        got = list(ex.map(lambda p: c.get(url, params={"prompt": p, "ablate": f"L{hl}H{h}"}), prompts))
     for p, r in zip(prompts, got):
         assert r.status_code == 200
         live = r.json()["live"]
@@ -447,7 +445,7 @@ def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_
 
 
 def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kept):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     layer, neuron, _, _ = kept
     bad = create_app(db_url=f"sqlite:///{web_db}", model_paths={TOPK_RUN: "/nonexistent/model-dir"},
@@ -461,8 +459,8 @@ def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kep
 
 
 def test_empty_database_and_missing_file(tmp_path):
-    from app.main import create_app
-    from precompute.store.db import open_writer
+    from context_lookups.app.main import create_app
+    from context_lookups.precompute.store.db import open_writer
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     open_writer(url).dispose()  # schema only, no run
@@ -476,10 +474,10 @@ def test_empty_database_and_missing_file(tmp_path):
 
 
 def test_model_source_resolves_the_embedded_model_and_overrides():
-    from app.live import model_source
-    from app.settings import WebSettings
-    from precompute.settings import EMBEDDED_MODEL
-    from precompute.store.schema import Run
+    from context_lookups.app.live import model_source
+    from context_lookups.app.settings import WebSettings
+    from context_lookups.precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.store.schema import Run
 
     s = WebSettings(model_paths={"other": "/some/dir"})
     assert model_source(Run(slug="embedded", model_name="embedded"), s) == EMBEDDED_MODEL
@@ -494,7 +492,7 @@ def test_cached_neuron_sections_equal_a_fresh_render_and_pairs_stay_live(app, cl
     import shutil
     import sqlite3
 
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     layer, neuron, hl, h = kept
     copy = tmp_path / "copy.db"

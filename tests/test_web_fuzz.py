@@ -8,10 +8,12 @@ import os
 
 import pytest
 import schemathesis
+
 # Imported now, at collection, not lazily inside from_asgi(): pytest rewrites the asserts of this
 # plugin's modules with ast.parse, and on CPython 3.11 (gh-106905) ast.parse can fail with
 # "AST constructor recursion depth mismatch" while another thread (an earlier test's server or
 # model loader) is also building an AST.
+import schemathesis.specs.openapi.coverage._operation  # noqa: F401
 import schemathesis.specs.openapi.schemas  # noqa: F401
 from hypothesis import HealthCheck, settings
 
@@ -20,7 +22,7 @@ from tests.web_fixtures import TOPK_RUN, rows
 
 @pytest.fixture(scope="module")
 def api_schema(web_db, tiny_model_dir):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     over = {"token_cap": 32, "torch_threads": None}
     if os.environ.get("LOOKUPS_TEST_WEB_DB"):

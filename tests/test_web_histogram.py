@@ -13,13 +13,13 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from precompute.histogram import N_BINS, bin_bounds, bin_of
+from context_lookups.precompute.histogram import N_BINS, bin_bounds, bin_of
 from tests.web_fixtures import TOPK_RUN, rows
 
 
 @pytest.fixture(scope="module")
 def client(web_db):
-    from app.main import create_app
+    from context_lookups.app.main import create_app
 
     with TestClient(create_app(db_url=f"sqlite:///{web_db}", preload=False)) as c:
         yield c
@@ -93,8 +93,8 @@ def test_a_run_from_before_histograms_shows_top_tokens_alone(tmp_path, precomput
     """Downgraded to 0004 and upgraded again: the run's histogram rows and bottom tokens are
     gone, as for a run computed before 0005."""
     from alembic import command
-    from app.main import create_app
-    from precompute.store.db import _alembic_config, connect
+    from context_lookups.app.main import create_app
+    from context_lookups.precompute.store.db import _alembic_config, connect
 
     db = tmp_path / "old.db"
     shutil.copy(precomputed_db, db)

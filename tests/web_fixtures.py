@@ -28,7 +28,7 @@ FEW_RUN = "tiny-few"  # every neuron below --pair-min-prompts: no kept pair (not
 def build_web_db(tmp_path_factory, precomputed_db: Path, model_dir: Path, corpus_dir: Path,
                  tiny_model) -> Path:
     if "db" not in _CACHE:
-        from precompute.job.pipeline import run_precompute
+        from context_lookups.precompute.job.pipeline import run_precompute
 
         db = tmp_path_factory.mktemp("webdb") / "web.db"
         shutil.copy(precomputed_db, db)

@@ -4,15 +4,16 @@ activations nullable (the authors' file records probabilities only), runs.import
 Revision ID: 0003_paper_ablation
 Revises: 0002_paper
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision: str = "0003_paper_ablation"
-down_revision: Union[str, Sequence[str], None] = "0002_paper"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0002_paper"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -14,14 +14,14 @@ copies the table) drops these triggers and must create them again (``create_sqli
 Revision ID: 0004_search
 Revises: 0003_paper_ablation
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 from alembic import op
 
 revision: str = "0004_search"
-down_revision: Union[str, Sequence[str], None] = "0003_paper_ablation"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0003_paper_ablation"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 TABLES = {"search_prompts": "prompts", "search_explanations": "explanations"}
 PG_INDEXES = {"ix_prompts_text_search": "prompts", "ix_explanations_text_search": "explanations"}

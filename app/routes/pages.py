@@ -19,14 +19,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
-from precompute.errors import ModelNotAvailable, PromptTooLong
+from context_lookups.precompute.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views
-from ..lookup import NeuronJSON, PairJSON
 from ..export import CHUNK as CSV_CHUNK
 from ..export import all_pages_csv, csv_response
 from ..live import BadLiveInput
+from ..lookup import NeuronJSON, PairJSON
 from .common import clean_text, db, is_htmx, render
 
 router = APIRouter()

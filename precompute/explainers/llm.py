@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from precompute.errors import BadSettings
-from precompute.explainers import PairResult, PairTask, explainer_name
-from precompute.redact import mask_url, redact, redact_tree, register_secret, url_secrets
-from precompute.store.runs import now
-from precompute.store.schema import LLMCall
+from context_lookups.precompute.errors import BadSettings
+from context_lookups.precompute.explainers import PairResult, PairTask, explainer_name
+from context_lookups.precompute.redact import mask_url, redact, redact_tree, register_secret, url_secrets
+from context_lookups.precompute.store.runs import now
+from context_lookups.precompute.store.schema import LLMCall
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from precompute.errors import ClusterUnavailable
-from precompute.scan import ScanResult, scan
+from context_lookups.precompute.errors import ClusterUnavailable
+from context_lookups.precompute.scan import ScanResult, scan
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class _Worker:
     """A Ray actor: loads the model once and runs ``fn(model, job)`` for the driver."""
 
     def __init__(self, model_name: str, device: str, dtype: str, threads: int, backend: str = "auto"):
-        from precompute.model import load_model
+        from context_lookups.precompute.model import load_model
 
         torch.set_num_threads(threads)
         self.model = load_model(model_name, device=device, dtype=dtype, backend=backend)

@@ -15,12 +15,18 @@ import torch
 from sqlalchemy import delete, insert, select, update
 from tqdm.auto import tqdm
 
-from precompute.attribution import active_heads_of_run, head_label, scored_layers, upstream_attn_layers
-from precompute.corpus import SPLITS, load_corpus
-from precompute.histogram import SCHEME as HISTOGRAM_SCHEME
-from precompute.job.distributed import LocalExecutor, ray_executor
-from precompute.model import LoadedModel, load_model, tokenize_batch
-from precompute.next_token import (
+from context_lookups.precompute.attribution import (
+    active_heads_of_run,
+    head_label,
+    scored_layers,
+    upstream_attn_layers,
+)
+from context_lookups.precompute.corpus import SPLITS, load_corpus
+from context_lookups.precompute.histogram import SCHEME as HISTOGRAM_SCHEME
+from context_lookups.precompute.job.distributed import LocalExecutor, ray_executor
+from context_lookups.precompute.lookup import stored_rows
+from context_lookups.precompute.model import LoadedModel, load_model, tokenize_batch
+from context_lookups.precompute.next_token import (
     check_layers,
     check_neuron_counts,
     default_layers,
@@ -28,14 +34,21 @@ from precompute.next_token import (
     sample_random_neurons,
     select_next_token_neurons,
 )
-from precompute.lookup import stored_rows
-from precompute.pairs import TOO_FEW_PROMPTS, kept_heads, not_kept_reason, too_few_prompts
-from precompute.scan import TrimTask, check_scan_memory, top_k_for, trim_many
-from precompute.settings import Settings
-from precompute.store.db import check_writable, open_writer, sessions
-from precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
-from precompute.store.schema import (ActivationHistogram, Document, Lookup, Neuron, Pair, Prompt, Run,
-                                      TopActivation)
+from context_lookups.precompute.pairs import TOO_FEW_PROMPTS, kept_heads, not_kept_reason, too_few_prompts
+from context_lookups.precompute.scan import TrimTask, check_scan_memory, top_k_for, trim_many
+from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.store.db import check_writable, open_writer, sessions
+from context_lookups.precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
+from context_lookups.precompute.store.schema import (
+    ActivationHistogram,
+    Document,
+    Lookup,
+    Neuron,
+    Pair,
+    Prompt,
+    Run,
+    TopActivation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +71,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     # anything slow), then the settings against the model, then the corpus (memory-mapped).
     check_writable(settings.db_url)
     if settings.explainer == "openai":  # the key is needed only after the scan: check it now
-        from precompute.explainers.llm import api_key
+        from context_lookups.precompute.explainers.llm import api_key
         api_key(settings)
     executor = ray_executor(settings)
     try:
@@ -70,7 +83,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         check_neuron_counts(settings.n_per_layer, settings.n_random, model.d_mlp)
         ctx = settings.context_tokens or model.n_ctx
         if ctx > model.n_ctx:
-            from precompute.errors import BadSettings
+            from context_lookups.precompute.errors import BadSettings
             raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
         corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
         check_scan_memory(top_k_for(settings.top_k, max(len(corpus[s]) for s in SPLITS)), len(layers),
@@ -132,7 +145,7 @@ def _run(engine, settings: Settings, model: LoadedModel, executor, layers: list[
 
 def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, executor=None) -> None:
     """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
-    from precompute import ablation, explain
+    from context_lookups.precompute import ablation, explain
 
     if settings.explainer != "none":
         explain.run_explanations(Session, run_id, model, settings)
@@ -354,8 +367,8 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
 def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -> dict:
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
-    from precompute.ablation import ablation_table
-    from precompute.report import explainers_of_run, score_table
+    from context_lookups.precompute.ablation import ablation_table
+    from context_lookups.precompute.report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {
@@ -369,7 +382,7 @@ def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -
 
     from sqlalchemy import func
 
-    from precompute.store.schema import Phase
+    from context_lookups.precompute.store.schema import Phase
 
     def count(q):
         return s.scalar(q) or 0

@@ -15,7 +15,7 @@ what is exported here; ``app/`` imports nothing else from it.
 - :mod:`~precompute.model.batching`: tokenizing with BOS, padding, length-sorted batches.
 """
 
-from precompute.model.backend import (
+from context_lookups.precompute.model.backend import (
     METHODS,
     Backend,
     Dims,
@@ -26,8 +26,14 @@ from precompute.model.backend import (
     check_neuron,
     check_token,
 )
-from precompute.model.batching import batches, length_batches, pad, tokenize_batch
-from precompute.model.loading import BACKENDS, LoadedModel, load_model, resolve_device, resolve_dtype
+from context_lookups.precompute.model.batching import batches, length_batches, pad, tokenize_batch
+from context_lookups.precompute.model.loading import (
+    BACKENDS,
+    LoadedModel,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 
 __all__ = ["BACKENDS", "METHODS", "Backend", "Dims", "LoadedModel", "NeuronPass", "PostObserver", "batches",
            "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model", "pad",

@@ -82,9 +82,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from precompute.model.batching import length_batches
-from precompute.model.readout import doc_max, head_mask, probabilities  # noqa: F401  (re-exported)
-from precompute.model.sources import SourceTerms
+from context_lookups.precompute.model.batching import length_batches
+from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities  # noqa: F401  (re-exported)
+from context_lookups.precompute.model.sources import SourceTerms
 
 Target = tuple  # (layer, neuron) or (layer, neuron, token_id), 0-based
 PostObserver = Callable[[int, Tensor, Tensor], None]  # observe(layer, hook_post, real)
@@ -116,7 +116,7 @@ class Dims:
     n_kv_heads: int = 0
 
     @classmethod
-    def of_cfg(cls, cfg, architecture: str = "") -> "Dims":
+    def of_cfg(cls, cfg, architecture: str = "") -> Dims:
         """The dims of a TransformerLens config (``TransformerBridgeConfig``)."""
         return cls(n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, d_model=cfg.d_model,
                    d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx,
@@ -152,17 +152,17 @@ class NeuronPass:
     neurons: list[int]
     positions: list[int]
     acts: list[list[float]] = field(default_factory=list)
-    act: Float[Tensor, "batch"] | None = None
-    pre: Float[Tensor, "batch"] | None = None
+    act: Float[Tensor, " batch"] | None = None
+    pre: Float[Tensor, " batch"] | None = None
     raw: Float[Tensor, "batch K n_heads"] | None = None
     ln: Float[Tensor, "batch K n_heads"] | None = None
     n_attn: list[int] = field(default_factory=list)
     other: list[dict[str, float]] = field(default_factory=list)
-    prob: Float[Tensor, "batch"] | None = None
+    prob: Float[Tensor, " batch"] | None = None
     top: list[list[tuple[int, float]]] = field(default_factory=list)
     lookup: SourceTerms | None = None
 
-    def row(self, q: int) -> "NeuronPass":
+    def row(self, q: int) -> NeuronPass:
         """Row ``q`` as a one-row :class:`NeuronPass` (scores cut to its ``n_attn`` layers)."""
         def pick(t):
             return None if t is None else t[q:q + 1]
@@ -278,7 +278,7 @@ class Backend(abc.ABC):
         """Processed MLP input weights of ``layer`` (LayerNorm folded in, centred)."""
 
     @abc.abstractmethod
-    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+    def b_in(self, layer: int) -> Float[Tensor, " d_mlp"]:
         """Processed MLP input bias of ``layer`` (LayerNorm bias folded in)."""
 
     @abc.abstractmethod
@@ -290,7 +290,7 @@ class Backend(abc.ABC):
         """Processed attention output weights of ``layer`` (centred)."""
 
     @abc.abstractmethod
-    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
         """Processed attention output bias of ``layer`` (value biases folded in, centred)."""
 
     @abc.abstractmethod
@@ -308,14 +308,14 @@ class Backend(abc.ABC):
         on (§3): ``W_in``, or ``W_gate`` for a gated MLP."""
 
     @abc.abstractmethod
-    def b_pre(self, layer: int) -> Float[Tensor, "d_mlp"]:
+    def b_pre(self, layer: int) -> Float[Tensor, " d_mlp"]:
         """The processed bias of ``hook_pre``: ``b_in``, or ``b_gate`` (zeros when absent)."""
 
     # --- passes ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def doc_maxima(self, rows: Sequence[Sequence[int]], layers: Sequence[int], *,
                    observe: PostObserver | None = None
-                   ) -> tuple[Float[Tensor, "batch n"], Int[Tensor, "batch n"], Int[Tensor, "batch"]]:
+                   ) -> tuple[Float[Tensor, "batch n"], Int[Tensor, "batch n"], Int[Tensor, " batch"]]:
         """The scan's reduction (docs/method.md §2): per row, the max of ``hook_post`` of every
         neuron of ``layers`` over the real positions after BOS, and its position (columns
         ``j * d_mlp + i`` for neuron ``i`` of ``layers[j]``), float32 on ``device``; with each

@@ -31,7 +31,7 @@ def tokenize_batch(model, texts: Sequence[str], context_tokens: int) -> list[lis
 
 
 def pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
-        ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
+        ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
     """Right-pad token rows (on ``device``). Causal attention means real positions never see
     padding, so no attention mask is needed; returns the padded tensor and each row's length."""
     n = max(len(r) for r in rows)

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from precompute.model.backend import (
+from context_lookups.precompute.model.backend import (
     Backend,
     Dims,
     NeuronPass,
@@ -31,9 +31,9 @@ from precompute.model.backend import (
     Target,
     norm_read,
 )
-from precompute.model.batching import pad
-from precompute.model.readout import doc_max, head_mask, probabilities
-from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
+from context_lookups.precompute.model.batching import pad
+from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
+from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
 def hook_post(layer: int) -> str:
@@ -94,13 +94,13 @@ class BridgeBackend(Backend):
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         return self._f32(self.bridge.blocks[layer].mlp.W_in)
 
-    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+    def b_in(self, layer: int) -> Float[Tensor, " d_mlp"]:
         return self._f32(self.bridge.blocks[layer].mlp.b_in, self.dims.d_mlp)
 
     def W_pre(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         return self._f32(self.bridge.blocks[layer].mlp.W_gate) if self.dims.gated_mlp else self.W_in(layer)
 
-    def b_pre(self, layer: int) -> Float[Tensor, "d_mlp"]:
+    def b_pre(self, layer: int) -> Float[Tensor, " d_mlp"]:
         if not self.dims.gated_mlp:
             return self.b_in(layer)
         return self._f32(getattr(self.bridge.blocks[layer].mlp, "b_gate", None), self.dims.d_mlp)
@@ -111,7 +111,7 @@ class BridgeBackend(Backend):
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         return self._f32(self.bridge.W_O[layer])
 
-    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
         return self._f32(getattr(self.bridge.blocks[layer].attn, "b_O", None), self.dims.d_model)
 
     def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:

@@ -45,11 +45,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from precompute.model.backend import Backend, Dims, NeuronPass, centre, norm_read
-from precompute.model.batching import pad
-from precompute.model.processing import centres_writes, kv_prefix, process_block, process_unembed
-from precompute.model.readout import doc_max, head_mask, probabilities
-from precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
+from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre, norm_read
+from context_lookups.precompute.model.batching import pad
+from context_lookups.precompute.model.processing import (
+    centres_writes,
+    kv_prefix,
+    process_block,
+    process_unembed,
+)
+from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
+from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
 
 class _Stop(Exception):
@@ -240,13 +245,13 @@ class FastBackend(Backend):
     def W_pre(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         return self._w_pre(layer)[0]
 
-    def b_pre(self, layer: int) -> Float[Tensor, "d_mlp"]:
+    def b_pre(self, layer: int) -> Float[Tensor, " d_mlp"]:
         return self._w_pre(layer)[1]
 
     def W_in(self, layer: int) -> Float[Tensor, "d_model d_mlp"]:
         return self._mlp(layer, "in")[0] if self.dims.gated_mlp else self._w_pre(layer)[0]
 
-    def b_in(self, layer: int) -> Float[Tensor, "d_mlp"]:
+    def b_in(self, layer: int) -> Float[Tensor, " d_mlp"]:
         return self._mlp(layer, "in")[1] if self.dims.gated_mlp else self._w_pre(layer)[1]
 
     def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
@@ -255,7 +260,7 @@ class FastBackend(Backend):
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         return self._block(layer, "attn")["attn.W_O"].to(self.device)
 
-    def b_O(self, layer: int) -> Float[Tensor, "d_model"]:
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
         return self.b_O_proc[layer]
 
     def b_V(self, layer: int) -> Float[Tensor, "n_heads d_head"]:

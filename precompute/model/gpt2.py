@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from precompute.model.fast import Block, FastBackend, Hook
-from precompute.model.sources import head_dots
+from context_lookups.precompute.model.fast import Block, FastBackend, Hook
+from context_lookups.precompute.model.sources import head_dots
 
 
 class GPT2Backend(FastBackend):

@@ -27,8 +27,8 @@ import sys
 import torch
 from torch import Tensor
 
-from precompute.model.fast import Block, FastBackend
-from precompute.model.processing import kv_prefix, put
+from context_lookups.precompute.model.fast import Block, FastBackend
+from context_lookups.precompute.model.processing import kv_prefix, put
 
 
 class LlamaBackend(FastBackend):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from precompute.errors import BadSettings, ModelNotAvailable, ModelNotSupported
-from precompute.model.backend import Backend, Dims
-from precompute.settings import EMBEDDED_MODEL
+from context_lookups.precompute.errors import BadSettings, ModelNotAvailable, ModelNotSupported
+from context_lookups.precompute.model.backend import Backend, Dims
+from context_lookups.precompute.settings import EMBEDDED_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,9 @@ BACKENDS = ("auto", "bridge", "fast")
 def _fast_backends() -> dict:
     """Hugging Face architecture -> fast backend class. Every other architecture TransformerLens
     supports runs on the bridge."""
-    from precompute.model.gpt2 import GPT2Backend
-    from precompute.model.llama import LlamaBackend
-    from precompute.model.neox import NeoXBackend
+    from context_lookups.precompute.model.gpt2 import GPT2Backend
+    from context_lookups.precompute.model.llama import LlamaBackend
+    from context_lookups.precompute.model.neox import NeoXBackend
 
     return {"GPT2LMHeadModel": GPT2Backend, "GPTNeoXForCausalLM": NeoXBackend,
             "LlamaForCausalLM": LlamaBackend, "Qwen2ForCausalLM": LlamaBackend,
@@ -276,7 +276,7 @@ def _load_bridge(source: str, arch: str, device: str, dtype: torch.dtype):
             blocks (:func:`~precompute.model.bridge.unsupported`) or it has no ``hook_result``."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from precompute.model.bridge import BridgeBackend, unsupported
+    from context_lookups.precompute.model.bridge import BridgeBackend, unsupported
 
     bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
     why = unsupported(bridge)

@@ -23,8 +23,8 @@ import sys
 import torch
 from torch import Tensor
 
-from precompute.model.fast import Block, FastBackend
-from precompute.model.processing import put
+from context_lookups.precompute.model.fast import Block, FastBackend
+from context_lookups.precompute.model.processing import put
 
 
 class NeoXBackend(FastBackend):

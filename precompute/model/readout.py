@@ -12,7 +12,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
-def doc_max(post: Float[Tensor, "batch pos d_mlp"], lengths: Int[Tensor, "batch"]
+def doc_max(post: Float[Tensor, "batch pos d_mlp"], lengths: Int[Tensor, " batch"]
             ) -> tuple[Float[Tensor, "batch d_mlp"], Int[Tensor, "batch d_mlp"]]:
     """The scan's reduction of one layer (docs/method.md §2): per row, the max of ``hook_post``
     over its real positions after BOS (``1 .. length - 1``) and the position of that max,
@@ -29,7 +29,7 @@ def doc_max(post: Float[Tensor, "batch pos d_mlp"], lengths: Int[Tensor, "batch"
 
 
 def probabilities(logits: Float[Tensor, "batch d_vocab"], targets: Sequence[tuple], top_n: int
-                  ) -> tuple[Float[Tensor, "batch"], list[list[tuple[int, float]]]]:
+                  ) -> tuple[Float[Tensor, " batch"], list[list[tuple[int, float]]]]:
     """Softmax (float64) of each row's logits at its target position: the probability of the
     row's token (0 when it has none) and the ``top_n`` most probable tokens ``[(id, prob)]``."""
     probs = logits.double().softmax(-1)

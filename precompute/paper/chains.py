@@ -26,9 +26,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from precompute.paper.files import Folder, PaperFormatError
-from precompute.paper.format import MODEL_OF, SHAPES, file_date, parameters, parse_key, read_explain_dict, \
-    read_pair_keys
+from context_lookups.precompute.paper.files import Folder, PaperFormatError
+from context_lookups.precompute.paper.format import (
+    MODEL_OF,
+    SHAPES,
+    file_date,
+    parameters,
+    parse_key,
+    read_explain_dict,
+    read_pair_keys,
+)
 
 FOLDERS = ("1_next_token_neurons", "3_trimmed_texts", "4_head_attributions", "5_head_explanations",
            "6_explanation_eval", "7_head_ablation")
@@ -138,7 +145,7 @@ def _read(folder: Folder, info: FileInfo) -> None:
         folder.inside(info.path)
         return
     if info.kind == "ablation":
-        from precompute.paper.pickled import read_ablation
+        from context_lookups.precompute.paper.pickled import read_ablation
 
         m = _PKL_MODEL.search(info.name)  # the model its name gives, even when it cannot be read
         info.model = MODEL_OF[m.group(1)] if m else None

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from precompute.paper.chains import Experiment, FileInfo, find_experiments
-from precompute.paper.files import Folder, PaperFormatError
-from precompute.paper.loader import load
+from context_lookups.precompute.paper.chains import Experiment, FileInfo, find_experiments
+from context_lookups.precompute.paper.files import Folder, PaperFormatError
+from context_lookups.precompute.paper.loader import load
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_DATA = 0, 1, 2
 
@@ -30,7 +30,7 @@ def import_folder(Session, path: str | Path) -> tuple[list[dict], list[FileInfo]
         FileNotFoundError: ``path`` is not a directory.
         PaperFormatError: no experiment data under ``path``.
     """
-    from precompute.paper.importer import import_run
+    from context_lookups.precompute.paper.importer import import_run
 
     root = Path(path)
     if not root.is_dir():
@@ -64,10 +64,10 @@ def _f(x, fmt=".4f") -> str:
 def run_figures(s, slug: str) -> dict:
     """What the table shows of an imported run: pairs explained / answered / ablated, E by
     the authors' rule, the ablation statistics (authors' and per prompt)."""
-    from precompute.ablation import ablation_table
-    from precompute.paper.importer import EXPLAINER
-    from precompute.report import score_table
-    from precompute.store.schema import Run
+    from context_lookups.precompute.ablation import ablation_table
+    from context_lookups.precompute.paper.importer import EXPLAINER
+    from context_lookups.precompute.report import score_table
+    from context_lookups.precompute.store.schema import Run
 
     run = s.scalar(select(Run).where(Run.slug == slug))
     t = score_table(s, run_id=run.id, explainer=EXPLAINER)["kinds"]["next_token"]
@@ -79,8 +79,8 @@ def run_figures(s, slug: str) -> dict:
 def import_command(path: str, db_url: str) -> int:
     """``lookups import-paper``: import, print per run what it holds and lacks, then the table.
     Returns the exit code (module docstring)."""
-    from precompute.redact import mask_db_url
-    from precompute.store.db import open_writer, sessions
+    from context_lookups.precompute.redact import mask_db_url
+    from context_lookups.precompute.store.db import open_writer, sessions
 
     engine = open_writer(db_url)
     rows = []

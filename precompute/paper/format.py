@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from precompute.paper.files import NonFinite, PaperFormatError, check_number
+from context_lookups.precompute.paper.files import NonFinite, PaperFormatError, check_number
 
 __all__ = ["PaperFormatError", "Record", "parse_key", "read_neurons", "read_records", "read_attributions",
            "read_pair_keys", "read_explain_dict", "read_results", "file_date", "full_text", "SHAPES", "MODEL_OF",

@@ -36,15 +36,23 @@ import regex
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from precompute import __version__
-from precompute.explainers import parse_answer
-from precompute.paper.files import PaperFormatError
-from precompute.paper.format import LEAD_IN, SHAPES, full_text
-from precompute.paper.loader import Loaded, prompt_records
-from precompute.scoring import explanation_score
-from precompute.settings import Settings
-from precompute.store.runs import now, transaction
-from precompute.store.schema import Ablation, Classification, Explanation, Neuron, Pair, Prompt, Run
+from context_lookups.precompute import __version__
+from context_lookups.precompute.explainers import parse_answer
+from context_lookups.precompute.paper.files import PaperFormatError
+from context_lookups.precompute.paper.format import LEAD_IN, SHAPES, full_text
+from context_lookups.precompute.paper.loader import Loaded, prompt_records
+from context_lookups.precompute.scoring import explanation_score
+from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.store.runs import now, transaction
+from context_lookups.precompute.store.schema import (
+    Ablation,
+    Classification,
+    Explanation,
+    Neuron,
+    Pair,
+    Prompt,
+    Run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +132,7 @@ def import_run(session: Session, data: Loaded) -> dict:
         session.flush()
         _explanations(session, data, pairs, by_key, prompts["heldout"], counts)
         _ablations(session, data, pairs, prompts["heldout"], counts)
-        from precompute.explain import update_best_scores
+        from context_lookups.precompute.explain import update_best_scores
 
         update_best_scores(session, run_id=run.id)
         run.provenance = {**PROVENANCE, "experiment": e.slug, "model": model, "layers": list(e.layers),
@@ -222,7 +230,7 @@ def _explanations(session, data: Loaded, pairs, by_key, heldout, counts) -> None
             no_result += 1
             continue
         n = by_key[key[:2]]
-        texts = list((data.attrs.get("heldout", {}).get(key[:2]) or {}))[:HELDOUT_PER_PAIR]
+        texts = list(data.attrs.get("heldout", {}).get(key[:2]) or {})[:HELDOUT_PER_PAIR]
         held = heldout.get(key[:2], {})
         label = f"L{pair.head_layer}H{pair.head}"
         rows = []
@@ -356,6 +364,6 @@ def match_values(items: list[tuple[str, list[int]]], entries: dict, records, n_h
 
 def import_command(path: str, db_url: str) -> int:
     """``lookups import-paper PATH [--db URL]`` (see :mod:`precompute.paper.command`)."""
-    from precompute.paper.command import import_command as run
+    from context_lookups.precompute.paper.command import import_command as run
 
     return run(path, db_url)

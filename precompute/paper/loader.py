@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from precompute.paper.chains import Experiment
-from precompute.paper.files import Folder, PaperFormatError
-from precompute.paper.format import (
+from context_lookups.precompute.paper.chains import Experiment
+from context_lookups.precompute.paper.files import Folder, PaperFormatError
+from context_lookups.precompute.paper.format import (
     SHAPES,
     Record,
     read_attributions,
@@ -132,7 +132,7 @@ def load(folder: Folder, e: Experiment) -> Loaded:
     for r in (cls if isinstance(cls, list) else [cls] if cls else []):  # the authors' dict, then .update
         out.answers.update(r)
     if "ablation" in e.roles:
-        from precompute.paper.pickled import read_ablation
+        from context_lookups.precompute.paper.pickled import read_ablation
 
         out.ablation = _read(folder, e, "ablation", lambda f: read_ablation(_raw(folder, f, raw), f.rel), used)
     h = hashlib.sha256(b"paper-import-2\0")
@@ -149,7 +149,7 @@ def _raw(folder: Folder, f, raw: dict) -> bytes:
 
 
 def _lines(folder: Folder, f, raw: dict):
-    from precompute.paper.files import loads
+    from context_lookups.precompute.paper.files import loads
 
     b = _raw(folder, f, raw)
     return [(i, loads(line, f"{f.rel} line {i}")) for i, line in enumerate(b.split(b"\n"), 1) if line.strip()]

@@ -31,7 +31,7 @@ import io
 import math
 import pickle
 
-from precompute.paper.files import PaperFormatError
+from context_lookups.precompute.paper.files import PaperFormatError
 
 MAX_VALUES = 1000  # held-out prompts per pair in one file (the authors' files: at most 30)
 

@@ -23,9 +23,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from precompute.errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
-from precompute.redact import mask_db_url
-from precompute.resources import resource_dir
+from context_lookups.precompute.errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
+from context_lookups.precompute.redact import mask_db_url
+from context_lookups.precompute.resources import resource_dir
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _alembic_config(url: str):
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(resource_dir("precompute", "migrations")))
+    cfg.set_main_option("script_location", str(resource_dir("context_lookups.precompute", "migrations")))
     cfg.attributes["url"] = url
     return cfg
 
@@ -350,7 +350,7 @@ def writable_tables(engine: Engine) -> list[str]:
     session could undo that (``SET TRANSACTION READ WRITE``); a role cannot grant itself."""
     if engine.url.get_backend_name() != "postgresql":
         return []
-    from precompute.store.schema import Base
+    from context_lookups.precompute.store.schema import Base
 
     names = sorted(Base.metadata.tables)
     with engine.connect() as conn:

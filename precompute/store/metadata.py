@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import Column
 from sqlalchemy.engine import make_url
 
-from precompute.store.schema import SEARCH_TABLES, Base
+from context_lookups.precompute.store.schema import SEARCH_TABLES, Base
 
 # The FTS5 index of migration 0004_search (SQLite only) and the shadow tables FTS5 keeps it in.
 _FTS5_SHADOW = {
@@ -101,7 +101,7 @@ def check_output(path: str) -> None:
     """
     import json
 
-    from precompute.errors import BadSettings
+    from context_lookups.precompute.errors import BadSettings
 
     p = Path(path)
     if p.is_dir():

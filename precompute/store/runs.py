@@ -6,21 +6,21 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from precompute import __version__
-from precompute.errors import SettingsMismatch
-from precompute.settings import Settings
-from precompute.store.schema import Phase, Run
+from context_lookups.precompute import __version__
+from context_lookups.precompute.errors import SettingsMismatch
+from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.store.schema import Phase, Run
 
 logger = logging.getLogger(__name__)
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def get_or_create_run(session: Session, *, settings: Settings, slug: str, model, layers: list[int]) -> Run:
