@@ -1,6 +1,8 @@
 """The compiled CPU pass of the activation histograms (precompute/histogram.py, docs/method.md §2),
 apart so that numba is imported only by a scan that counts on the CPU. Compiled on first use and
-cached on disk (numba's ``cache=True``)."""
+cached on disk (numba's ``cache=True``, beside this file in ``__pycache__``; the cache is keyed by
+this file's size and time stamp, so a change of this file, or of the module's import name
+``context_lookups.precompute.histogram_pass``, needs a change of its text to invalidate it)."""
 
 from __future__ import annotations
 
