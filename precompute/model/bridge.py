@@ -29,9 +29,9 @@ from context_lookups.precompute.model.backend import (
     NeuronPass,
     PostObserver,
     Target,
-    norm_read,
 )
 from context_lookups.precompute.model.batching import pad
+from context_lookups.precompute.model.components import attribute_components, upstream_mask
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
 from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
@@ -217,43 +217,33 @@ class BridgeBackend(Backend):
             res.prob, res.top = probabilities(out[b, p], targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup: bool | Sequence[int] = False) -> None:
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int,
+                   lookup: bool | Sequence[int] = False) -> None:
         """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
         ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
-        layers = res.layers
-        w = torch.stack([self.W_pre(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
+        layers, d, dev = res.layers, self.dims, self.device
+        pairs = list(zip(layers, res.neurons, strict=True))
+        w = torch.stack([self.W_pre(lay)[:, n] for lay, n in pairs])  # [batch, d_model]
         scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
-        d = self.dims
         result = (torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, p] for k in range(K)], 1).float() if K
-                  else torch.zeros(len(b), 0, d.n_heads, d.d_model, device=self.device))  # [batch, K, H, d_model]
-        upstream = (torch.arange(K, device=self.device)[None, :]
-                    < torch.tensor(res.n_attn, device=self.device)[:, None])[:, :, None]
-        res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
-
-        def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale (LN: centred)
-            return norm_read(x, d.normalization)
-        res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream
+                  else torch.zeros(len(b), 0, d.n_heads, d.d_model, device=dev))  # [batch, K, H, d_model]
+        parts = {"embed": cache["hook_embed"][b, p].float()}
+        if self._has_pos:
+            parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
+        b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=dev)
+        res.raw, res.ln, res.other = attribute_components(
+            result, w, scale, layers=layers, n_attn=res.n_attn, parts=parts, b_O=b_O,
+            mlp={k: cache[f"blocks.{k}.hook_mlp_out"][b, p].float() for k in range(max(layers))},
+            b_pre=torch.stack([self.b_pre(lay)[n] for lay, n in pairs]),
+            normalization=d.normalization)
         if lookup:
             ks = decomposed_layers(lookup, K)
             group = d.n_heads // d.n_kv_heads  # GQA: hook_v per kv head; query head h reads h // group
             us = {k: readout(self.W_O(k), w) for k in ks}  # [batch, H, d_head] per layer
             pats = {k: cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in ks}
-            res.lookup = SourceTerms.stack(
-                {k: source_terms(pats[k], cache[hook_v(k)].repeat_interleave(group, 2), us[k]) for k in ks}, pats,
-                {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale, upstream[:, :, 0],
-                K, d.n_heads, cache[hook_post(layers[0])].shape[1])
+            vals = {k: cache[hook_v(k)].repeat_interleave(group, 2) for k in ks}
+            terms = {k: source_terms(pats[k], vals[k], us[k]) for k in ks}
+            res.lookup = SourceTerms.stack(terms, pats, {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale,
+                                           upstream_mask(res.n_attn, K, dev), K, d.n_heads,
+                                           cache[hook_post(layers[0])].shape[1])
         res.pre = per_row(hook_pre)[b, p, nr]
-        parts = {"embed": cache["hook_embed"][b, p].float()}
-        if self._has_pos:
-            parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
-        parts = {k: (read(v) * w).sum(-1) / scale for k, v in parts.items()}
-        b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=self.device)
-        b_O_w = (read(b_O) @ w.T).T  # [batch, K]
-        for j, (lay, n) in enumerate(zip(layers, res.neurons)):
-            o = {k: float(v[j]) for k, v in parts.items()}
-            o["b_O"] = float(b_O_w[j, :res.n_attn[j]].sum() / scale[j])
-            for k in range(lay):
-                mlp = cache[f"blocks.{k}.hook_mlp_out"][j, p[j]].float()
-                o[f"mlp{k}"] = float((read(mlp) * w[j]).sum() / scale[j])
-            o["b_in"] = float(self.b_pre(lay)[n])  # the bias of hook_pre (b_gate for a gated MLP)
-            res.other.append(o)

@@ -45,8 +45,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre, norm_read
+from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre
 from context_lookups.precompute.model.batching import pad
+from context_lookups.precompute.model.components import attribute_components, norm_scale, upstream_mask
 from context_lookups.precompute.model.processing import (
     centres_writes,
     kv_prefix,
@@ -54,7 +55,13 @@ from context_lookups.precompute.model.processing import (
     process_unembed,
 )
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
-from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
+from context_lookups.precompute.model.sources import (
+    SourceTerms,
+    attention_row,
+    decomposed_layers,
+    readout,
+    source_terms,
+)
 
 
 class _Stop(Exception):
@@ -203,12 +210,7 @@ class FastBackend(Backend):
             b = torch.arange(q.shape[0], device=q.device)
             qp = q[b, pos].float()  # [batch, n_heads, d_head] at each row's target position
             kk = k.float().repeat_interleave(group, 2).transpose(1, 2)  # [batch, n_heads, pos, d_head]
-            scores = (kk @ qp[..., None])[..., 0] * scaling  # [batch, n_heads, pos]
-            s = torch.arange(q.shape[1], device=q.device)[None, :]
-            hidden = s > pos[:, None]
-            if window is not None:
-                hidden |= s <= pos[:, None] - window
-            pattern = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
+            pattern = attention_row((kk @ qp[..., None])[..., 0], pos, scaling=scaling, window=window)
             fn(pattern, v.repeat_interleave(group, 2) if group > 1 else v)
         return self.qkv_hook(layer, on_qkv)
 
@@ -439,7 +441,7 @@ class FastBackend(Backend):
                    lookup: bool | Sequence[int] = False, length: int = 0) -> None:
         """raw, ln, pre and other of ``res`` from the captured quantities (float32); with
         ``lookup`` the per-source terms captured by :meth:`_attribution_hooks`."""
-        dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)
+        dev, H = self.device, self.dims.n_heads
         B, K, top = len(res.layers), max(res.n_attn), int(layers.max())
         pre = torch.empty(B, device=dev)
         resid = torch.empty(B, self.dims.d_model, device=dev)
@@ -451,32 +453,32 @@ class FastBackend(Backend):
             pre[r], resid[r], eps[r] = got["pre", lay], got["resid", lay], self.ln2_eps[lay]
             w[r], b_pre[r] = W[:, nr].T, bias[nr]
 
-        def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale
-            return norm_read(x, self.dims.normalization)
-        scale = (read(resid).pow(2).mean(-1) + eps).sqrt()  # the norm's hook_scale, [batch]
-        # hook_result at the target positions, [batch, K, H, d_model] (K = 0: no upstream head)
-        result = torch.zeros(B, 0, H, self.dims.d_model, device=dev)
-        if K:
-            z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
-            result = torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
-                                               self.W_O_plain(k).float()) for k in range(K)], 1)
-            result = centre(result) if self.centred else result
-        upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
-        res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
-        res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream[:, :, None]
+        scale = norm_scale(resid, eps, self.dims.normalization)  # the norm's hook_scale, [batch]
+        result = self._results(got, B, K)
+        res.raw, res.ln, res.other = attribute_components(
+            result, w, scale, layers=res.layers, n_attn=res.n_attn,
+            parts={k: got[k] for k in ("embed", "pos_embed") if k in got}, b_O=self.b_O_proc[:K],
+            mlp={k: got["mlp", k] for k in range(top)}, b_pre=b_pre, normalization=self.dims.normalization)
         if lookup:
             ks = decomposed_layers(lookup, K)
             res.lookup = SourceTerms.stack({k: got["src", k] for k in ks}, {k: got["att", k] for k in ks},
                                            {k: (got["u", k] * self.b_V_proc[k]).sum(-1) for k in ks},
-                                           scale, upstream, K, H, length)
+                                           scale, upstream_mask(res.n_attn, K, dev), K, H, length)
         res.pre = pre
-        parts = {k: (read(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
-        b_O = (read(self.b_O_proc[:K]) @ w.T).T  # [batch, K]
-        mlp = {k: (read(got["mlp", k]) * w).sum(-1) / scale for k in range(top)}
-        for j in range(B):
-            o = {k: float(v[j]) for k, v in parts.items()}
-            o["b_O"] = float(b_O[j, :res.n_attn[j]].sum() / scale[j])
-            for k in range(res.layers[j]):
-                o[f"mlp{k}"] = float(mlp[k][j])
-            o["b_in"] = float(b_pre[j])  # the bias of hook_pre (b_gate for a gated MLP)
-            res.other.append(o)
+
+    def _results(self, got: dict, B: int, K: int) -> Float[Tensor, "batch K n_heads d_model"]:
+        """``hook_result`` of every head of the ``K`` upstream layers at the target positions,
+        from the captured per-head ``z`` (K = 0: no upstream head)."""
+        H, D = self.dims.n_heads, self.dims.d_head
+        if not K:
+            return torch.zeros(B, 0, H, self.dims.d_model, device=self.device)
+        z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
+        return torch.stack([self.head_result(k, z[:, k] - self.b_V[k]) for k in range(K)], 1)
+
+    def head_result(self, layer: int, z: Float[Tensor, "batch n_heads d_head"]
+                    ) -> Float[Tensor, "batch n_heads d_model"]:
+        """``hook_result`` of every head of ``layer`` for processed ``z`` (``hook_z``: the plain
+        ``z`` minus ``b_V``), float32: ``centre(z @ W_O)`` with the plain ``W_O`` where processing
+        centres the writing weights (LayerNorm models), ``z @ W_O`` otherwise (module docstring)."""
+        out = torch.einsum("bhd,hdm->bhm", z.float(), self.W_O_plain(layer).float())
+        return centre(out) if self.centred else out

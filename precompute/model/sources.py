@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -41,6 +41,23 @@ def head_dots(x: Float[Tensor, "batch pos n_heads_d_head"], y: Float[Tensor, "ba
     B, H, D = y.shape
     blocks = (y.float()[..., None] * torch.eye(H, device=y.device)[:, None, :]).reshape(B, H * D, H)
     return torch.bmm(x.float(), blocks).transpose(1, 2)
+
+
+def attention_row(scores: Float[Tensor, "batch n_heads pos"], pos: Int[Tensor, " batch"], *, scaling: float,
+                  window: int | None = None) -> Float[Tensor, "batch n_heads pos"]:
+    """The causal attention row of every head at each row's target position (docs/method.md §3):
+    ``a[b, h, s] = softmax_s(scores[b, h, s] · scaling)`` over the keys the query at ``pos[b]``
+    sees — ``s <= pos[b]``, and ``s > pos[b] - window`` where the layer has a sliding window —
+    and exactly 0 elsewhere; float32, each row sums to 1. ``scores``: the unscaled dot products
+    ``q_p · k_s`` (keys after rotary where the family has it; a grouped kv head's keys repeated
+    for each query head that reads them). The one home of the causal row that a fast backend
+    forms itself (SDPA returns no pattern): every family's look-up capture and the knockout read
+    it (:meth:`FastBackend._lookup_hook <precompute.model.fast.FastBackend._lookup_hook>`)."""
+    s = torch.arange(scores.shape[-1], device=scores.device)[None, :]
+    hidden = s > pos[:, None]  # [batch, pos]
+    if window is not None:
+        hidden = hidden | (s <= pos[:, None] - window)
+    return (scores.float() * scaling).masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
 
 
 def source_terms(pattern: Float[Tensor, "batch n_heads pos"], values: Float[Tensor, "batch pos n_heads d_head"],
