@@ -79,10 +79,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from context_lookups.precompute.model.batching import length_batches
+from context_lookups.precompute.model.components import centre, norm_read  # noqa: F401  (re-exported)
+from context_lookups.precompute.model.knockout import (
+    RENORMALISE,
+    TOP_M,
+    Knockout,
+    activation,
+    default_sources,
+    direct_effects,
+    knocked_pattern,
+    source_mask,
+)
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities  # noqa: F401  (re-exported)
 from context_lookups.precompute.model.sources import SourceTerms
 
@@ -99,7 +110,8 @@ class Dims:
     (``standard``: added to the residual stream, ``rotary``, ...), the Hugging Face
     architecture name (``GPT2LMHeadModel``), whether the MLP is gated (``act(x W_gate) * (x
     W_in)``: Llama) and the number of key/value heads (``n_kv_heads < n_heads``: grouped-query
-    attention; query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``)."""
+    attention; query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``) and the MLP's
+    activation (``act_fn``, TransformerLens' name: ``gelu_new``, ``gelu``, ``silu``)."""
 
     n_layers: int
     n_heads: int
@@ -114,6 +126,7 @@ class Dims:
     architecture: str = ""
     gated_mlp: bool = False
     n_kv_heads: int = 0
+    act_fn: str = ""
 
     @classmethod
     def of_cfg(cls, cfg, architecture: str = "") -> Dims:
@@ -123,7 +136,8 @@ class Dims:
                    parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
                    normalization=str(cfg.normalization_type), positional=str(cfg.positional_embedding_type),
                    architecture=architecture, gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
-                   n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
+                   n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+                   act_fn=str(getattr(cfg, "act_fn", "") or ""))
 
     def upstream_attn_layers(self, layer: int) -> int:
         """Number of attention layers that write to the residual stream before MLP ``layer``
@@ -174,21 +188,6 @@ class NeuronPass:
                           n_attn=self.n_attn[q:q + 1], other=self.other[q:q + 1], prob=pick(self.prob),
                           top=self.top[q:q + 1],
                           lookup=None if self.lookup is None else self.lookup.row(q, n, self.positions[q] + 1))
-
-
-def centre(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-    """``x`` minus its mean over the last (``d_model``) axis: what a LayerNorm does before it
-    scales, so ``centre(x) · w / scale`` is ``x``'s contribution to a LayerNorm-read
-    pre-activation (docs/method.md §3)."""
-    return x - x.mean(dim=-1, keepdim=True)
-
-
-def norm_read(x: Float[Tensor, "... d_model"], normalization: str) -> Float[Tensor, "... d_model"]:
-    """What the norm before an MLP divides by its scale (docs/method.md §3): ``centre(x)`` for a
-    LayerNorm (``LN``, ``LNPre``), ``x`` itself for an RMSNorm (``RMS``, ``RMSPre``: no
-    centring). A component ``x`` of the residual stream contributes ``norm_read(x) · w / scale``
-    to a pre-activation, with ``scale = sqrt(mean(norm_read(resid)²) + eps)``."""
-    return centre(x) if normalization in ("LN", "LNPre") else x
 
 
 # --- range checks: the one home of every neuron / head / token / position check -----------------
@@ -252,6 +251,82 @@ def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Targ
                     raise ValueError(f"Mean ablation needs the mean value vectors of layer {k}; "
                                      f"compute them with ablation.mean_values().")
     return pos
+
+
+def check_knockout(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                   heads: Sequence[tuple[int, int]], sources: Sequence[Sequence] | None,
+                   positions: Sequence[int] | None, renormalise: bool) -> list[int]:
+    """Check the inputs of :meth:`Backend.knockout`; return each row's firing position.
+
+    Raises:
+        ValueError: as :func:`check_pass`; a target without its token id; not one head per row, a
+            head out of range or not upstream of the row's neuron; not one list of knockouts per
+            row, an empty knockout, a source outside ``0..p``; with ``renormalise``, a knockout of
+            every source (nothing is left to renormalise over).
+    """
+    pos = check_pass(dims, rows, targets, positions)
+    if any(len(t) < 3 or t[2] is None for t in targets):
+        raise ValueError("A knockout measures the predicted token's probability: give (layer, neuron, token_id) "
+                         "for every row.")
+    if len(heads) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(heads)} heads: give one (layer, head) per row.")
+    for (k, h), t in zip(heads, targets, strict=True):
+        check_head(int(k), int(h), n_layers=dims.n_layers, n_heads=dims.n_heads)
+        if int(k) >= dims.upstream_attn_layers(int(t[0])):
+            raise ValueError(f"Head L{k}H{h} is not upstream of neuron L{t[0]}N{t[1]}: its layer must be below "
+                             f"{dims.upstream_attn_layers(int(t[0]))}.")
+    if sources is None:
+        return pos
+    if len(sources) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(sources)} lists of knockouts.")
+    for ss, p in zip(sources, pos, strict=True):
+        for s in ss:
+            group = [int(s)] if isinstance(s, int) else [int(x) for x in s]
+            if not group or any(not 0 <= x <= p for x in group):
+                raise ValueError(f"A knockout names source positions {group}: each must be in 0..{p} (BOS at 0, "
+                                 f"the firing position {p} last), and a knockout names at least one.")
+            if renormalise and len(set(group)) == p + 1:
+                raise ValueError(f"A renormalised knockout of all {p + 1} sources leaves nothing to renormalise "
+                                 f"over: keep at least one, or use renormalise=False.")
+    return pos
+
+
+@dataclass
+class KnockoutRead:
+    """What a backend's clean pass reads for :meth:`Backend.knockout`, per prompt (row ``j``) at
+    its firing position ``p`` and of its head ``(k, h)`` (float32 unless said): ``pre``, ``act``
+    (``hook_pre``, ``hook_post`` of its neuron), ``prob`` (float64, its token's), ``scale`` (the
+    norm's scale before the MLP), ``up`` (``hook_pre_linear``, gated MLPs only); ``attention
+    [batch, pos]`` (``a[p, :]``, zero beyond ``p``), ``values [batch, pos, d_head]`` (the head's
+    processed ``hook_v``, its kv head's under grouped-query attention); ``w_pre``/``w_up
+    [batch, d_model]`` (processed ``W_pre[:, i]``, ``W_in[:, i]`` when gated); ``state``: what the
+    backend's total-effect pass reuses (its own)."""
+
+    pre: Float[Tensor, " batch"]
+    act: Float[Tensor, " batch"]
+    prob: Float[Tensor, " batch"]
+    scale: Float[Tensor, " batch"]
+    attention: Float[Tensor, "batch pos"]
+    values: Float[Tensor, "batch pos d_head"]
+    w_pre: Float[Tensor, "batch d_model"]
+    up: Float[Tensor, " batch"] | None = None
+    w_up: Float[Tensor, "batch d_model"] | None = None
+    state: object = None
+
+
+@dataclass
+class KnockoutSpec:
+    """The knockouts of a batch for a backend's total-effect pass, one per knocked-out row ``r``:
+    ``rep [n]`` the prompt it copies; ``layer``/``head [n]`` the head (``k``, ``h``); ``knocked
+    [n, pos]`` the sources removed; ``renormalise``; ``dz [n, d_head]`` the change of the head's
+    processed ``z`` at the firing position (:func:`~precompute.model.knockout.knocked_pattern`)."""
+
+    rep: Int[Tensor, " n"]
+    layer: Int[Tensor, " n"]
+    head: Int[Tensor, " n"]
+    knocked: Bool[Tensor, "n pos"]
+    renormalise: bool
+    dz: Float[Tensor, "n d_head"]
 
 
 class Backend(abc.ABC):
@@ -438,3 +513,107 @@ class Backend(abc.ABC):
                    else [list(h) for h in heads])
         return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n, ablate=per_row,
                                 method=method, mean_v=mean_v)
+
+    # --- attention knockout (docs/method.md §3, "Attention knockout") -------------------------
+    def knockout(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], heads: Sequence[tuple[int, int]],
+                 sources: Sequence[Sequence] | None = None, positions: Sequence[int] | None = None, *,
+                 renormalise: bool = RENORMALISE, total: bool = True, m: int = TOP_M, max_tokens: int = 8192,
+                 max_rows: int = 64) -> list[Knockout]:
+        """Attention knockout of each prompt's head at its firing position: a causal check of the
+        look-up (docs/method.md §3, "Attention knockout"; issue 28), in length-sorted batches.
+
+        Args:
+            rows: token rows, BOS at 0 (positions after a row's firing position are not run).
+            targets: ``(layer, neuron, token_id)`` per row: the neuron and the predicted token.
+            heads: ``(k, h)`` per row, upstream of the row's neuron.
+            sources: per row, the knockouts: each a source position or a collection of positions
+                removed together. None: the ``m`` context sources with the largest look-up terms,
+                one at a time, then the sink (BOS)
+                (:func:`~precompute.model.knockout.default_sources`).
+            positions: the firing position ``p`` per row (default its last token).
+            renormalise: zero ``a[p, s]`` and renormalise the row (True, the default: Geva et
+                al. 2023), or remove the source's term alone (False).
+            total: also re-run the forward pass with each knockout in place (the total effect);
+                without it, one clean pass and the direct effects only.
+
+        Returns:
+            One :class:`~precompute.model.knockout.Knockout` per row, in the order given.
+
+        Raises:
+            ValueError: see :func:`check_knockout`.
+        """
+        pos = check_knockout(self.dims, rows, targets, heads, sources, positions, renormalise)
+        cut = [list(r[:p + 1]) for r, p in zip(rows, pos, strict=True)]
+        out: list = [None] * len(rows)
+        for idx in length_batches([len(r) for r in cut], max_tokens, max_rows):
+            got = self._knockout_batch([cut[j] for j in idx], [targets[j] for j in idx], [pos[j] for j in idx],
+                                       [heads[j] for j in idx], None if sources is None else [sources[j] for j in idx],
+                                       renormalise, total, m)
+            for q, j in enumerate(idx):
+                out[j] = got[q]
+        return out
+
+    def _knockout_batch(self, rows, targets, pos: list[int], heads, sources, renormalise: bool, total: bool,
+                        m: int) -> list[Knockout]:
+        """:meth:`knockout` of one batch: the backend's clean pass (:meth:`_knockout_read`), the
+        look-up terms and direct effects from it, and the total effects (:meth:`_knockout_total`)."""
+        read = self._knockout_read(rows, targets, pos, heads, keep=total)
+        B, L, dev = len(rows), read.attention.shape[-1], read.attention.device
+        hk = torch.tensor([int(k) for k, _ in heads], device=dev)
+        hh = torch.tensor([int(h) for _, h in heads], device=dev)
+        # the head's look-up terms a[p, s] · (v_s W_O[h]) · W_pre[:, i], raw units
+        contrib = torch.empty(B, L, device=dev)
+        for k in hk.unique().tolist():
+            r = (hk == k).nonzero().squeeze(1)
+            contrib[r] = read.attention[r] * (self.head_out(k, hh[r], read.values[r]) * read.w_pre[r, None]).sum(-1)
+        if sources is None:
+            sources = [default_sources(contrib[j, :pos[j] + 1].tolist(), m) for j in range(B)]
+        groups = [[(int(s),) if isinstance(s, int) else tuple(int(x) for x in s) for s in ss] for ss in sources]
+        rep = torch.tensor([j for j, g in enumerate(groups) for _ in g], dtype=torch.long, device=dev)
+        knocked = source_mask([s for g in groups for s in g], L, dev)
+        att = read.attention[rep]
+        dz = ((knocked_pattern(att, knocked, renormalise) - att)[..., None] * read.values[rep]).sum(-2)
+        delta = torch.empty(len(rep), self.dims.d_model, device=dev)
+        for k in hk.unique().tolist():
+            r = (hk[rep] == k).nonzero().squeeze(1)
+            delta[r] = self.head_out(k, hh[rep][r], dz[r])
+        gated = self.dims.gated_mlp
+        d_pre, d_act = direct_effects(delta, read.w_pre[rep], read.scale[rep], read.pre[rep],
+                                      normalization=self.dims.normalization, act=activation(self.dims.act_fn),
+                                      w_up=read.w_up[rep] if gated else None, up=read.up[rep] if gated else None)
+        tot = None
+        if total:
+            tot = self._knockout_total(rows, targets, pos, read, KnockoutSpec(rep, hk[rep], hh[rep], knocked,
+                                                                                renormalise, dz))
+        out, n0 = [], 0
+        for j, g in enumerate(groups):
+            sl = slice(n0, n0 + len(g))
+            n0 += len(g)
+            t = targets[j]
+            out.append(Knockout(layer=int(t[0]), neuron=int(t[1]), token=int(t[2]), position=pos[j],
+                                head=(int(heads[j][0]), int(heads[j][1])), renormalise=renormalise,
+                                pre=float(read.pre[j]), act=float(read.act[j]), prob=float(read.prob[j]),
+                                scale=float(read.scale[j]), contrib=contrib[j, :pos[j] + 1].cpu(),
+                                attention=read.attention[j, :pos[j] + 1].float().cpu(), sources=g,
+                                direct_pre=d_pre[sl].cpu(), direct_act=d_act[sl].cpu(),
+                                total_pre=None if tot is None else (tot[0][sl] - read.pre[j]).cpu(),
+                                total_act=None if tot is None else (tot[1][sl] - read.act[j]).cpu(),
+                                total_prob=None if tot is None else (tot[2][sl] - read.prob[j]).cpu()))
+        return out
+
+    def head_out(self, layer: int, head: Int[Tensor, " n"], z: Float[Tensor, "n *pos d_head"]
+                 ) -> Float[Tensor, "n *pos d_model"]:
+        """``hook_result`` of head ``head[j]`` of ``layer`` for the processed ``z[j]`` (``hook_z``
+        units: attention-weighted processed values), float32: ``z[j] · W_O[layer, head[j]]``."""
+        return torch.einsum("n...d,ndm->n...m", z.float(), self.W_O(layer)[head])
+
+    @abc.abstractmethod
+    def _knockout_read(self, rows, targets, pos: list[int], heads, *, keep: bool) -> KnockoutRead:
+        """The clean pass of :meth:`knockout` (rows cut at their firing position); with ``keep``
+        what :meth:`_knockout_total` needs of it in ``state``."""
+
+    @abc.abstractmethod
+    def _knockout_total(self, rows, targets, pos: list[int], read: KnockoutRead, spec: KnockoutSpec
+                        ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"], Float[Tensor, " n"]]:
+        """The knocked-out passes: ``hook_pre``, ``hook_post`` (float32) and the token's
+        probability (float64) at the firing position, one per knockout of ``spec``."""

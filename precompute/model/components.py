@@ -23,7 +23,20 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from context_lookups.precompute.model.backend import norm_read
+
+def centre(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    """``x`` minus its mean over the last (``d_model``) axis: what a LayerNorm does before it
+    scales, so ``centre(x) · w / scale`` is ``x``'s contribution to a LayerNorm-read
+    pre-activation (docs/method.md §3)."""
+    return x - x.mean(dim=-1, keepdim=True)
+
+
+def norm_read(x: Float[Tensor, "... d_model"], normalization: str) -> Float[Tensor, "... d_model"]:
+    """What the norm before an MLP divides by its scale (docs/method.md §3): ``centre(x)`` for a
+    LayerNorm (``LN``, ``LNPre``), ``x`` itself for an RMSNorm (``RMS``, ``RMSPre``: no
+    centring). A component ``x`` of the residual stream contributes ``norm_read(x) · w / scale``
+    to a pre-activation, with ``scale = sqrt(mean(norm_read(resid)²) + eps)``."""
+    return centre(x) if normalization in ("LN", "LNPre") else x
 
 
 def upstream_mask(n_attn: Sequence[int], K: int, device: torch.device | str) -> Bool[Tensor, "batch K"]:

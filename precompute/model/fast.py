@@ -45,9 +45,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre
+from context_lookups.precompute.model.backend import Backend, Dims, KnockoutRead, NeuronPass, centre
 from context_lookups.precompute.model.batching import pad
 from context_lookups.precompute.model.components import attribute_components, norm_scale, upstream_mask
+from context_lookups.precompute.model.knockout import columns
 from context_lookups.precompute.model.processing import (
     centres_writes,
     kv_prefix,
@@ -79,6 +80,7 @@ class Block:
     mlp_out: torch.nn.Module    # forward pre-hook input: hook_post; W_out
     qkv: torch.nn.Module        # output: carries v (read by FastBackend._values; GPT-2: q, k, v)
     attn: torch.nn.Module | None = None  # the attention; pre-hook (with kwargs): FastBackend._qkv
+    mlp_up: torch.nn.Module | None = None  # gated MLPs: output hook_pre_linear (x W_in), read by knockout
 
 
 # (module, pre, fn): pre False: forward hook fn(module, args, output); True: forward pre-hook
@@ -273,12 +275,15 @@ class FastBackend(Backend):
 
     # --- the forward pass ------------------------------------------------------------------------
     def capture(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[Hook], *,
-                stop: torch.nn.Module | None, final: bool = False) -> Tensor | None:
+                stop: torch.nn.Module | None, final: bool = False, **inputs) -> Tensor | None:
         """One forward pass of the plain model with ``hooks`` — ``(module, pre, fn)``: a forward
         pre-hook ``fn(module, args)`` if ``pre`` else a forward hook ``fn(module, args, output)``;
         a pre-hook may return new args (ablation) — registered in order. The pass stops right
         before ``stop`` runs (after its pre-hooks); with ``final`` it runs to the end and returns
-        the base model's last hidden state ``[batch, pos, d_model]`` (no unembedding)."""
+        the base model's last hidden state ``[batch, pos, d_model]`` (no unembedding). ``inputs``:
+        further arguments of the Hugging Face model (``past_key_values``, ``position_ids``,
+        ``attention_mask``: the knockout's cached passes); with ``past_key_values`` the cache is
+        filled (or read) as the model does."""
         handles = []
         try:
             for mod, pre, fn in hooks:
@@ -290,7 +295,7 @@ class FastBackend(Backend):
                 handles.append(stop.register_forward_pre_hook(halt))
             with torch.no_grad():
                 try:
-                    out = self.base(input_ids=tokens, use_cache=False)
+                    out = self.base(input_ids=tokens, use_cache="past_key_values" in inputs, **inputs)
                 except _Stop:
                     return None
             return out.last_hidden_state if final else None
@@ -474,6 +479,125 @@ class FastBackend(Backend):
             return torch.zeros(B, 0, H, self.dims.d_model, device=self.device)
         z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
         return torch.stack([self.head_result(k, z[:, k] - self.b_V[k]) for k in range(K)], 1)
+
+    def head_out(self, layer: int, head: Int[Tensor, " n"], z: Float[Tensor, "n *pos d_head"]
+                 ) -> Float[Tensor, "n *pos d_model"]:
+        """:meth:`Backend.head_out <precompute.model.backend.Backend.head_out>` with the plain
+        ``W_O``, centred where processing centres it (as :meth:`head_result`)."""
+        out = torch.einsum("n...d,ndm->n...m", z.float(), self.W_O_plain(layer).float()[head])
+        return centre(out) if self.centred else out
+
+    # --- attention knockout (docs/method.md §3) -------------------------------------------------
+    def _knockout_read(self, rows, targets, pos, heads, *, keep):
+        """One pass of the rows (cut at their firing positions), to the end: the neuron's
+        ``hook_pre``, ``hook_post`` (and the up projection of a gated MLP), the stream its norm
+        reads, the head's attention row and values (the look-up capture,
+        :meth:`_lookup_hook`), the token's probability; with ``keep`` the key/value cache of
+        every layer (a ``DynamicCache`` without sliding layers, so cache index = position) for
+        :meth:`_knockout_total`."""
+        from transformers import DynamicCache
+
+        dev, d = self.device, self.dims
+        tokens, _ = pad(rows, self.pad_id, dev)
+        B, L = tokens.shape
+        b = torch.arange(B, device=dev)
+        p = torch.tensor(pos, device=dev)
+        lay = torch.tensor([int(t[0]) for t in targets], device=dev)
+        nr = torch.tensor([int(t[1]) for t in targets], device=dev)
+        hk = torch.tensor([int(k) for k, _ in heads], device=dev)
+        hh = torch.tensor([int(h) for _, h in heads], device=dev)
+        got = {n: torch.empty(B, device=dev) for n in ("pre", "act", "up", "eps")}
+        resid = torch.empty(B, d.d_model, device=dev)
+        att = torch.zeros(B, L, device=dev)
+        val = torch.empty(B, L, d.d_head, device=dev)
+        hooks: list[Hook] = []
+
+        def put(name: str, r: Tensor, x: Tensor) -> None:
+            got[name][r] = x.float()
+        for layer in lay.unique().tolist():
+            r = (lay == layer).nonzero().squeeze(1)
+            blk = self.blocks[layer]
+            got["eps"][r] = self.ln2_eps[layer]
+            hooks.append((blk.mlp_in, False, lambda m, a, out, r=r: put("pre", r, out[r, p[r], nr[r]])))
+            hooks.append((blk.mlp_out, True, lambda m, a, r=r: put("act", r, a[0][r, p[r], nr[r]])))
+            hooks.append((blk.ln2, True, lambda m, a, r=r: resid.__setitem__(r, a[0][r, p[r]].float())))
+            if d.gated_mlp:
+                hooks.append((blk.mlp_up, False, lambda m, a, out, r=r: put("up", r, out[r, p[r], nr[r]])))
+        for k in hk.unique().tolist():
+            r = (hk == k).nonzero().squeeze(1)
+
+            def row(pattern: Tensor, values: Tensor, k: int = k, r: Tensor = r) -> None:
+                n = torch.arange(len(r), device=dev)
+                att[r] = pattern[r, hh[r]]
+                val[r] = values[r][n, :, hh[r]].float() - self.b_V[k][hh[r]][:, None, :]
+            hooks.append(self._lookup_hook(k, p, row))
+        cache = DynamicCache() if keep else None
+        hidden = self.capture(tokens, hooks, stop=None, final=True,
+                              **({"past_key_values": cache} if keep else {}))
+        prob, _ = probabilities(self.head(hidden[b, p]), targets, 1)
+        w_pre = columns({x: self._w_pre(x)[0] for x in lay.unique().tolist()}, lay, nr)
+        w_up = columns({x: self.W_in(x) for x in lay.unique().tolist()}, lay, nr) if d.gated_mlp else None
+        return KnockoutRead(pre=got["pre"], act=got["act"], prob=prob,
+                            scale=norm_scale(resid, got["eps"], d.normalization), attention=att, values=val,
+                            w_pre=w_pre, up=got["up"] if d.gated_mlp else None, w_up=w_up,
+                            state=(tokens, cache) if keep else None)
+
+    def _knockout_total(self, rows, targets, pos, read, spec):
+        """The knocked-out passes as one cached step: a knockout at ``p`` changes nothing at the
+        positions before ``p`` (causal attention) nor at ``p`` below layer ``k``, so each
+        knocked-out row runs the one token at ``p`` through the model, reading the clean pass's
+        keys and values of positions ``< p`` (a 4D mask hides the rest of the padded cache and
+        applies each layer's sliding window; ``position_ids = p``), with the head's ``z`` at
+        ``p`` moved by ``spec.dz`` at layer ``k``. Equal to re-running the whole prompt (the
+        tests check it against the bridge, which does)."""
+        dev, d = self.device, self.dims
+        tokens, cache = read.state
+        L, n = tokens.shape[1], len(spec.rep)
+        rep = spec.rep
+        p = torch.tensor(pos, device=dev)[rep]
+        lay = torch.tensor([int(targets[j][0]) for j in rep.tolist()], device=dev)
+        nr = torch.tensor([int(targets[j][1]) for j in rep.tolist()], device=dev)
+        cache.batch_select_indices(rep)
+        got = {x: torch.empty(n, device=dev) for x in ("pre", "act")}
+        hooks: list[Hook] = []
+        for k in spec.layer.unique().tolist():
+            r = (spec.layer == k).nonzero().squeeze(1)
+
+            def shift(mod, args, r=r):
+                z = args[0].unflatten(-1, (d.n_heads, d.d_head)).clone()
+                z[r, 0, spec.head[r]] += spec.dz[r].to(z.dtype)
+                return (z.flatten(-2), *args[1:])
+            hooks.append((self.blocks[k].attn_o, True, shift))
+        for layer in lay.unique().tolist():
+            r = (lay == layer).nonzero().squeeze(1)
+            hooks.append((self.blocks[layer].mlp_in, False,
+                          lambda m, a, out, r=r: got["pre"].__setitem__(r, out[r, 0, nr[r]].float())))
+            hooks.append((self.blocks[layer].mlp_out, True,
+                          lambda m, a, r=r: got["act"].__setitem__(r, a[0][r, 0, nr[r]].float())))
+        hidden = self.capture(tokens[rep, p][:, None], hooks, stop=None, final=True, past_key_values=cache,
+                              position_ids=p[:, None], attention_mask=self._step_mask(p, L))
+        prob, _ = probabilities(self.head(hidden[:, 0]), [targets[j] for j in rep.tolist()], 1)
+        return got["pre"], got["act"], prob
+
+    def _step_mask(self, p: Int[Tensor, " n"], L: int) -> Tensor | dict[str, Tensor]:
+        """The additive attention mask ``[n, 1, 1, L + 1]`` of one token at position ``p[r]``
+        appended to a cache of ``L`` padded positions: it sees the cached keys ``s < p[r]``
+        (within the layer's sliding window: ``s > p[r] - window``) and itself. One mask, or one
+        per layer type (``config.layer_types``) when the layers' windows differ."""
+        s = torch.arange(L + 1, device=self.device)[None, :]
+        fill = torch.finfo(self.dtype).min
+
+        def mask(window: int | None) -> Tensor:
+            seen = s < p[:, None]
+            if window is not None:
+                seen &= s > p[:, None] - window
+            seen[:, L] = True
+            return torch.zeros(seen.shape, dtype=self.dtype, device=self.device).masked_fill(~seen, fill)[:, None, None]
+        windows = [self._sliding_window(k) for k in range(self.dims.n_layers)]
+        if len(set(windows)) == 1:
+            return mask(windows[0])
+        types = self.hf.config.layer_types
+        return {types[k]: mask(windows[k]) for k in range(self.dims.n_layers)}
 
     def head_result(self, layer: int, z: Float[Tensor, "batch n_heads d_head"]
                     ) -> Float[Tensor, "batch n_heads d_model"]:
