@@ -266,15 +266,15 @@ def check_knockout(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[
     """
     pos = check_pass(dims, rows, targets, positions)
     if any(len(t) < 3 or t[2] is None for t in targets):
-        raise ValueError("A knockout measures the predicted token's probability: give (layer, neuron, token_id) "
-                         "for every row.")
+        raise ValueError("A knockout measures the predicted token's probability: give (layer, neuron, "
+                         "token_id) for every row.")
     if len(heads) != len(rows):
         raise ValueError(f"{len(rows)} rows but {len(heads)} heads: give one (layer, head) per row.")
     for (k, h), t in zip(heads, targets, strict=True):
         check_head(int(k), int(h), n_layers=dims.n_layers, n_heads=dims.n_heads)
         if int(k) >= dims.upstream_attn_layers(int(t[0])):
-            raise ValueError(f"Head L{k}H{h} is not upstream of neuron L{t[0]}N{t[1]}: its layer must be below "
-                             f"{dims.upstream_attn_layers(int(t[0]))}.")
+            raise ValueError(f"Head L{k}H{h} is not upstream of neuron L{t[0]}N{t[1]}: its layer must be "
+                             f"below {dims.upstream_attn_layers(int(t[0]))}.")
     if sources is None:
         return pos
     if len(sources) != len(rows):
@@ -283,11 +283,11 @@ def check_knockout(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[
         for s in ss:
             group = [int(s)] if isinstance(s, int) else [int(x) for x in s]
             if not group or any(not 0 <= x <= p for x in group):
-                raise ValueError(f"A knockout names source positions {group}: each must be in 0..{p} (BOS at 0, "
-                                 f"the firing position {p} last), and a knockout names at least one.")
+                raise ValueError(f"A knockout names source positions {group}: each must be in 0..{p} (BOS at "
+                                 f"0, the firing position {p} last), and a knockout names at least one.")
             if renormalise and len(set(group)) == p + 1:
-                raise ValueError(f"A renormalised knockout of all {p + 1} sources leaves nothing to renormalise "
-                                 f"over: keep at least one, or use renormalise=False.")
+                raise ValueError(f"A renormalised knockout of all {p + 1} sources leaves nothing to "
+                                 f"renormalise over: keep at least one, or use renormalise=False.")
     return pos
 
 
@@ -515,10 +515,10 @@ class Backend(abc.ABC):
                                 method=method, mean_v=mean_v)
 
     # --- attention knockout (docs/method.md §3, "Attention knockout") -------------------------
-    def knockout(self, rows: Sequence[Sequence[int]], targets: Sequence[Target], heads: Sequence[tuple[int, int]],
-                 sources: Sequence[Sequence] | None = None, positions: Sequence[int] | None = None, *,
-                 renormalise: bool = RENORMALISE, total: bool = True, m: int = TOP_M, max_tokens: int = 8192,
-                 max_rows: int = 64) -> list[Knockout]:
+    def knockout(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                 heads: Sequence[tuple[int, int]], sources: Sequence[Sequence] | None = None,
+                 positions: Sequence[int] | None = None, *, renormalise: bool = RENORMALISE, total: bool = True,
+                 m: int = TOP_M, max_tokens: int = 8192, max_rows: int = 64) -> list[Knockout]:
         """Attention knockout of each prompt's head at its firing position: a causal check of the
         look-up (docs/method.md §3, "Attention knockout"; issue 28), in length-sorted batches.
 
@@ -546,8 +546,9 @@ class Backend(abc.ABC):
         cut = [list(r[:p + 1]) for r, p in zip(rows, pos, strict=True)]
         out: list = [None] * len(rows)
         for idx in length_batches([len(r) for r in cut], max_tokens, max_rows):
-            got = self._knockout_batch([cut[j] for j in idx], [targets[j] for j in idx], [pos[j] for j in idx],
-                                       [heads[j] for j in idx], None if sources is None else [sources[j] for j in idx],
+            got = self._knockout_batch([cut[j] for j in idx], [targets[j] for j in idx],
+                                       [pos[j] for j in idx], [heads[j] for j in idx],
+                                       None if sources is None else [sources[j] for j in idx],
                                        renormalise, total, m)
             for q, j in enumerate(idx):
                 out[j] = got[q]
@@ -565,10 +566,12 @@ class Backend(abc.ABC):
         contrib = torch.empty(B, L, device=dev)
         for k in hk.unique().tolist():
             r = (hk == k).nonzero().squeeze(1)
-            contrib[r] = read.attention[r] * (self.head_out(k, hh[r], read.values[r]) * read.w_pre[r, None]).sum(-1)
+            writes = self.head_out(k, hh[r], read.values[r])  # [n, pos, d_model]: v_s W_O[h]
+            contrib[r] = read.attention[r] * (writes * read.w_pre[r, None]).sum(-1)
         if sources is None:
             sources = [default_sources(contrib[j, :pos[j] + 1].tolist(), m) for j in range(B)]
-        groups = [[(int(s),) if isinstance(s, int) else tuple(int(x) for x in s) for s in ss] for ss in sources]
+        groups = [[(int(s),) if isinstance(s, int) else tuple(int(x) for x in s) for s in ss]
+                  for ss in sources]
         rep = torch.tensor([j for j, g in enumerate(groups) for _ in g], dtype=torch.long, device=dev)
         knocked = source_mask([s for g in groups for s in g], L, dev)
         att = read.attention[rep]
@@ -580,7 +583,8 @@ class Backend(abc.ABC):
         gated = self.dims.gated_mlp
         d_pre, d_act = direct_effects(delta, read.w_pre[rep], read.scale[rep], read.pre[rep],
                                       normalization=self.dims.normalization, act=activation(self.dims.act_fn),
-                                      w_up=read.w_up[rep] if gated else None, up=read.up[rep] if gated else None)
+                                      w_up=read.w_up[rep] if gated else None,
+                                      up=read.up[rep] if gated else None)
         tot = None
         if total:
             tot = self._knockout_total(rows, targets, pos, read, KnockoutSpec(rep, hk[rep], hh[rep], knocked,

@@ -48,6 +48,12 @@ def hook_pre(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_pre"
 
 
+def hook_pre_linear(layer: int) -> str:
+    """A gated MLP's up projection ``ln2(x) @ W_in + b_in`` of a 0-based layer (its ``hook_pre``
+    is the gate's)."""
+    return f"blocks.{layer}.mlp.hook_pre_linear"
+
+
 def hook_v(layer: int) -> str:
     """The value vectors of a 0-based attention layer, ``[batch, pos, n_kv_heads, d_head]``."""
     return f"blocks.{layer}.attn.hook_v"
@@ -265,7 +271,7 @@ class BridgeBackend(Backend):
         hh = torch.tensor([int(h) for _, h in heads], device=dev)
         ls, ks = sorted(set(lay.tolist())), sorted(set(hk))
         names = [n(x) for x in ls for n in (hook_pre, hook_post, lambda x: f"blocks.{x}.ln2.hook_scale")]
-        names += [f"blocks.{x}.mlp.hook_pre_linear" for x in ls] if d.gated_mlp else []
+        names += [hook_pre_linear(x) for x in ls] if d.gated_mlp else []
         names += [n for k in ks for n in (f"blocks.{k}.attn.hook_pattern", hook_v(k))]
         with torch.no_grad():
             out, cache = self.bridge.run_with_cache(tokens, names_filter=names)
@@ -273,14 +279,15 @@ class BridgeBackend(Backend):
         def at(name_of) -> Tensor:  # each row's neuron, at its position, in its own layer's entry
             return torch.stack([cache[name_of(x)][j, pos[j]] for j, x in enumerate(lay.tolist())]).float()
         group = d.n_heads // d.n_kv_heads
-        att = torch.stack([cache[f"blocks.{k}.attn.hook_pattern"][j, int(hh[j]), pos[j]] for j, k in enumerate(hk)])
+        att = torch.stack([cache[f"blocks.{k}.attn.hook_pattern"][j, int(hh[j]), pos[j]]
+                           for j, k in enumerate(hk)])
         val = torch.stack([cache[hook_v(k)][j, :, int(hh[j]) // group] for j, k in enumerate(hk)])
         prob, _ = probabilities(out[b, p], targets, 1)
         Wp = {x: self.W_pre(x) for x in ls}
         return KnockoutRead(pre=at(hook_pre)[b, nr], act=at(hook_post)[b, nr], prob=prob,
                             scale=at(lambda x: f"blocks.{x}.ln2.hook_scale")[:, 0], attention=att.float(),
                             values=val.float(), w_pre=columns(Wp, lay, nr),
-                            up=at(lambda x: f"blocks.{x}.mlp.hook_pre_linear")[b, nr] if d.gated_mlp else None,
+                            up=at(hook_pre_linear)[b, nr] if d.gated_mlp else None,
                             w_up=columns({x: self.W_in(x) for x in ls}, lay, nr) if d.gated_mlp else None,
                             state=tokens if keep else None)
 
@@ -311,6 +318,7 @@ class BridgeBackend(Backend):
             out, cache = self.bridge.run_with_cache(tokens, names_filter=names)
 
         def at(name_of) -> Tensor:
-            return torch.stack([cache[name_of(x)][j, int(p[j]), int(nr[j])] for j, x in enumerate(lay)]).float()
+            return torch.stack([cache[name_of(x)][j, int(p[j]), int(nr[j])]
+                                for j, x in enumerate(lay)]).float()
         prob, _ = probabilities(out[r_all, p], [targets[j] for j in rep.tolist()], 1)
         return at(hook_pre), at(hook_post), prob

@@ -592,7 +592,8 @@ class FastBackend(Backend):
             if window is not None:
                 seen &= s > p[:, None] - window
             seen[:, L] = True
-            return torch.zeros(seen.shape, dtype=self.dtype, device=self.device).masked_fill(~seen, fill)[:, None, None]
+            zero = torch.zeros(seen.shape, dtype=self.dtype, device=self.device)
+            return zero.masked_fill(~seen, fill)[:, None, None]
         windows = [self._sliding_window(k) for k in range(self.dims.n_layers)]
         if len(set(windows)) == 1:
             return mask(windows[0])

@@ -71,7 +71,8 @@ def source_mask(sources: Sequence[Sequence[int]], length: int, device: torch.dev
 def columns(weights: dict[int, Float[Tensor, "d_model d_mlp"]], layers: Tensor, neurons: Tensor
             ) -> Float[Tensor, "n d_model"]:
     """Row ``j``: column ``neurons[j]`` of ``weights[layers[j]]`` (each neuron's reading direction)."""
-    return torch.stack([weights[int(x)][:, int(i)] for x, i in zip(layers.tolist(), neurons.tolist(), strict=True)])
+    pairs = zip(layers.tolist(), neurons.tolist(), strict=True)
+    return torch.stack([weights[int(x)][:, int(i)] for x, i in pairs])
 
 
 def activation(name: str) -> Callable[[Tensor], Tensor]:
