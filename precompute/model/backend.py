@@ -91,6 +91,7 @@ from context_lookups.precompute.model.knockout import (
     activation,
     default_sources,
     direct_effects,
+    columns,
     knocked_pattern,
     source_mask,
 )
@@ -293,40 +294,75 @@ def check_knockout(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[
 
 @dataclass
 class KnockoutRead:
-    """What a backend's clean pass reads for :meth:`Backend.knockout`, per prompt (row ``j``) at
-    its firing position ``p`` and of its head ``(k, h)`` (float32 unless said): ``pre``, ``act``
-    (``hook_pre``, ``hook_post`` of its neuron), ``prob`` (float64, its token's), ``scale`` (the
-    norm's scale before the MLP), ``up`` (``hook_pre_linear``, gated MLPs only); ``attention
-    [batch, pos]`` (``a[p, :]``, zero beyond ``p``), ``values [batch, pos, d_head]`` (the head's
-    processed ``hook_v``, its kv head's under grouped-query attention); ``w_pre``/``w_up
-    [batch, d_model]`` (processed ``W_pre[:, i]``, ``W_in[:, i]`` when gated); ``state``: what the
-    backend's total-effect pass reuses (its own)."""
+    """The clean values a backend's knockout pass reads, per prompt at its firing position ``p``
+    (float32; ``prob`` float64): ``pre``, ``act`` (``hook_pre``, ``hook_post`` of its neuron),
+    ``prob`` (its token's probability), ``scale`` (the norm's scale before the MLP), ``up``
+    (``hook_pre_linear``, gated MLPs only)."""
 
     pre: Float[Tensor, " batch"]
     act: Float[Tensor, " batch"]
     prob: Float[Tensor, " batch"]
     scale: Float[Tensor, " batch"]
-    attention: Float[Tensor, "batch pos"]
-    values: Float[Tensor, "batch pos d_head"]
-    w_pre: Float[Tensor, "batch d_model"]
     up: Float[Tensor, " batch"] | None = None
-    w_up: Float[Tensor, "batch d_model"] | None = None
-    state: object = None
 
 
-@dataclass
-class KnockoutSpec:
-    """The knockouts of a batch for a backend's total-effect pass, one per knocked-out row ``r``:
-    ``rep [n]`` the prompt it copies; ``layer``/``head [n]`` the head (``k``, ``h``); ``knocked
-    [n, pos]`` the sources removed; ``renormalise``; ``dz [n, d_head]`` the change of the head's
-    processed ``z`` at the firing position (:func:`~precompute.model.knockout.knocked_pattern`)."""
+class KnockoutPlan:
+    """The knockouts of one batch (docs/method.md §3, "Attention knockout"), worked out from each
+    row's clean attention row and values as a backend's pass reaches the head's layer
+    (:meth:`__call__`): the look-up terms, the knockouts (given, or the defaults from the terms),
+    and for each knockout ``c`` (row ``rep[c]``, in row order) the sources removed
+    (``knocked [n, pos]``) and the change of the head's processed ``z`` at ``p`` (``dz [n,
+    d_head]``). ``counts[j]``: the number of knockouts of row ``j``, known before the pass.
+    """
 
-    rep: Int[Tensor, " n"]
-    layer: Int[Tensor, " n"]
-    head: Int[Tensor, " n"]
-    knocked: Bool[Tensor, "n pos"]
-    renormalise: bool
-    dz: Float[Tensor, "n d_head"]
+    def __init__(self, backend: Backend, pos: list[int], heads: Sequence[tuple[int, int]],
+                 sources: Sequence[Sequence] | None, m: int, renormalise: bool,
+                 w_pre: Float[Tensor, "batch d_model"], length: int):
+        dev = w_pre.device
+        self.backend, self.pos, self.m, self.renormalise, self.w_pre = backend, pos, m, renormalise, w_pre
+        self.sources = None if sources is None else [
+            [(int(s),) if isinstance(s, int) else tuple(int(x) for x in s) for s in ss] for ss in sources]
+        self.hk = torch.tensor([int(k) for k, _ in heads], device=dev)
+        self.hh = torch.tensor([int(h) for _, h in heads], device=dev)
+        B, D = len(pos), backend.dims.d_head
+        self.counts = [len(self.sources[j]) if self.sources is not None else min(m, pos[j]) + 1 for j in range(B)]
+        self.first = [sum(self.counts[:j]) for j in range(B)]
+        n = sum(self.counts)
+        self.rep = torch.tensor([j for j in range(B) for _ in range(self.counts[j])], dtype=torch.long, device=dev)
+        self.contrib = torch.zeros(B, length, device=dev)
+        self.attention = torch.zeros(B, length, device=dev)
+        self.groups: list[list[tuple[int, ...]]] = [[] for _ in range(B)]
+        self.knocked = torch.zeros(n, length, dtype=torch.bool, device=dev)
+        self.dz = torch.zeros(n, D, device=dev)
+
+    def copies(self, r: Int[Tensor, " rows"]) -> Int[Tensor, " n"]:
+        """The knockouts of rows ``r``, in row order."""
+        return torch.tensor([c for j in r.tolist() for c in range(self.first[j], self.first[j] + self.counts[j])],
+                            dtype=torch.long, device=self.rep.device)
+
+    def __call__(self, layer: int, r: Int[Tensor, " rows"], attention: Float[Tensor, "rows pos"],
+                 values: Float[Tensor, "rows pos d_head"]) -> Int[Tensor, " n"]:
+        """Rows ``r`` (their head in ``layer``), with the head's attention row at ``p`` and its
+        processed values: their look-up terms ``a[p, s] · (v_s W_O[h]) · W_pre[:, i]``, their
+        knockouts and each knockout's ``dz = Σ_s (a'[s] - a[s]) v_s``
+        (:func:`~precompute.model.knockout.knocked_pattern`). Returns the knockouts' indices."""
+        L = self.contrib.shape[1]
+        attention, values = attention[:, :L].float(), values[:, :L].float()
+        writes = self.backend.head_out(layer, self.hh[r], values)  # [rows, pos, d_model]: v_s W_O[h]
+        self.attention[r] = attention
+        self.contrib[r] = attention * (writes * self.w_pre[r, None]).sum(-1)
+        for j in r.tolist():
+            p = self.pos[j]
+            g = (self.sources[j] if self.sources is not None
+                 else default_sources(self.contrib[j, :p + 1].tolist(), self.m))
+            self.groups[j] = g
+            self.knocked[self.first[j]:self.first[j] + len(g)] = source_mask(g, L, self.knocked.device)
+        idx = self.copies(r)
+        at = self.attention[self.rep[idx]]
+        local = torch.searchsorted(r, self.rep[idx])  # r ascending: each knockout's row within r
+        self.dz[idx] = ((knocked_pattern(at, self.knocked[idx], self.renormalise) - at)[..., None]
+                        * values[local]).sum(-2)
+        return idx
 
 
 class Backend(abc.ABC):
@@ -517,8 +553,9 @@ class Backend(abc.ABC):
     # --- attention knockout (docs/method.md §3, "Attention knockout") -------------------------
     def knockout(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                  heads: Sequence[tuple[int, int]], sources: Sequence[Sequence] | None = None,
-                 positions: Sequence[int] | None = None, *, renormalise: bool = RENORMALISE, total: bool = True,
-                 m: int = TOP_M, max_tokens: int = 8192, max_rows: int = 64) -> list[Knockout]:
+                 positions: Sequence[int] | None = None, *, renormalise: bool = RENORMALISE,
+                 total: bool = True, m: int = TOP_M, max_tokens: int = 8192, max_rows: int = 64
+                 ) -> list[Knockout]:
         """Attention knockout of each prompt's head at its firing position: a causal check of the
         look-up (docs/method.md §3, "Attention knockout"; issue 28), in length-sorted batches.
 
@@ -556,54 +593,43 @@ class Backend(abc.ABC):
 
     def _knockout_batch(self, rows, targets, pos: list[int], heads, sources, renormalise: bool, total: bool,
                         m: int) -> list[Knockout]:
-        """:meth:`knockout` of one batch: the backend's clean pass (:meth:`_knockout_read`), the
-        look-up terms and direct effects from it, and the total effects (:meth:`_knockout_total`)."""
-        read = self._knockout_read(rows, targets, pos, heads, keep=total)
-        B, L, dev = len(rows), read.attention.shape[-1], read.attention.device
-        hk = torch.tensor([int(k) for k, _ in heads], device=dev)
-        hh = torch.tensor([int(h) for _, h in heads], device=dev)
-        # the head's look-up terms a[p, s] · (v_s W_O[h]) · W_pre[:, i], raw units
-        contrib = torch.empty(B, L, device=dev)
-        for k in hk.unique().tolist():
-            r = (hk == k).nonzero().squeeze(1)
-            writes = self.head_out(k, hh[r], read.values[r])  # [n, pos, d_model]: v_s W_O[h]
-            contrib[r] = read.attention[r] * (writes * read.w_pre[r, None]).sum(-1)
-        if sources is None:
-            sources = [default_sources(contrib[j, :pos[j] + 1].tolist(), m) for j in range(B)]
-        groups = [[(int(s),) if isinstance(s, int) else tuple(int(x) for x in s) for s in ss]
-                  for ss in sources]
-        rep = torch.tensor([j for j, g in enumerate(groups) for _ in g], dtype=torch.long, device=dev)
-        knocked = source_mask([s for g in groups for s in g], L, dev)
-        att = read.attention[rep]
-        dz = ((knocked_pattern(att, knocked, renormalise) - att)[..., None] * read.values[rep]).sum(-2)
-        delta = torch.empty(len(rep), self.dims.d_model, device=dev)
-        for k in hk.unique().tolist():
-            r = (hk[rep] == k).nonzero().squeeze(1)
-            delta[r] = self.head_out(k, hh[rep][r], dz[r])
-        gated = self.dims.gated_mlp
-        d_pre, d_act = direct_effects(delta, read.w_pre[rep], read.scale[rep], read.pre[rep],
-                                      normalization=self.dims.normalization, act=activation(self.dims.act_fn),
-                                      w_up=read.w_up[rep] if gated else None,
-                                      up=read.up[rep] if gated else None)
-        tot = None
-        if total:
-            tot = self._knockout_total(rows, targets, pos, read, KnockoutSpec(rep, hk[rep], hh[rep], knocked,
-                                                                                renormalise, dz))
-        out, n0 = [], 0
-        for j, g in enumerate(groups):
-            sl = slice(n0, n0 + len(g))
-            n0 += len(g)
-            t = targets[j]
-            out.append(Knockout(layer=int(t[0]), neuron=int(t[1]), token=int(t[2]), position=pos[j],
+        """:meth:`knockout` of one batch: the backend's pass (:meth:`_knockout_pass`) works out the
+        plan (:class:`KnockoutPlan`) as it reaches each head's layer; the direct effects follow
+        from the plan and the clean values; the total effects are the pass's own."""
+        d, dev = self.dims, self.device
+        w_pre, w_up = self._neuron_columns(targets)
+        plan = KnockoutPlan(self, pos, heads, sources, m, renormalise, w_pre, max(len(r) for r in rows))
+        read, tot = self._knockout_pass(rows, targets, pos, plan, total)
+        rep = plan.rep
+        delta = torch.zeros(len(rep), d.d_model, device=dev)  # the head's output at p, knocked minus clean
+        for k in plan.hk.unique().tolist():
+            c = (plan.hk[rep] == k).nonzero().squeeze(1)
+            delta[c] = self.head_out(k, plan.hh[rep][c], plan.dz[c])
+        d_pre, d_act = direct_effects(delta, w_pre[rep], read.scale[rep], read.pre[rep],
+                                      normalization=d.normalization, act=activation(d.act_fn),
+                                      w_up=None if w_up is None else w_up[rep],
+                                      up=None if read.up is None else read.up[rep])
+        out = []
+        for j, g in enumerate(plan.groups):
+            sl, t, p = slice(plan.first[j], plan.first[j] + plan.counts[j]), targets[j], pos[j]
+            out.append(Knockout(layer=int(t[0]), neuron=int(t[1]), token=int(t[2]), position=p,
                                 head=(int(heads[j][0]), int(heads[j][1])), renormalise=renormalise,
                                 pre=float(read.pre[j]), act=float(read.act[j]), prob=float(read.prob[j]),
-                                scale=float(read.scale[j]), contrib=contrib[j, :pos[j] + 1].cpu(),
-                                attention=read.attention[j, :pos[j] + 1].float().cpu(), sources=g,
+                                scale=float(read.scale[j]), contrib=plan.contrib[j, :p + 1].cpu(),
+                                attention=plan.attention[j, :p + 1].cpu(), sources=list(g),
                                 direct_pre=d_pre[sl].cpu(), direct_act=d_act[sl].cpu(),
                                 total_pre=None if tot is None else (tot[0][sl] - read.pre[j]).cpu(),
                                 total_act=None if tot is None else (tot[1][sl] - read.act[j]).cpu(),
                                 total_prob=None if tot is None else (tot[2][sl] - read.prob[j]).cpu()))
         return out
+
+    def _neuron_columns(self, targets) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, "batch d_model"] | None]:
+        """Each row's processed ``W_pre[:, i]`` and, for a gated MLP, ``W_in[:, i]``."""
+        lay = torch.tensor([int(t[0]) for t in targets])
+        nr = torch.tensor([int(t[1]) for t in targets])
+        ls = lay.unique().tolist()
+        w_pre = columns({x: self.W_pre(x) for x in ls}, lay, nr)
+        return w_pre, columns({x: self.W_in(x) for x in ls}, lay, nr) if self.dims.gated_mlp else None
 
     def head_out(self, layer: int, head: Int[Tensor, " n"], z: Float[Tensor, "n *pos d_head"]
                  ) -> Float[Tensor, "n *pos d_model"]:
@@ -612,12 +638,10 @@ class Backend(abc.ABC):
         return torch.einsum("n...d,ndm->n...m", z.float(), self.W_O(layer)[head])
 
     @abc.abstractmethod
-    def _knockout_read(self, rows, targets, pos: list[int], heads, *, keep: bool) -> KnockoutRead:
-        """The clean pass of :meth:`knockout` (rows cut at their firing position); with ``keep``
-        what :meth:`_knockout_total` needs of it in ``state``."""
-
-    @abc.abstractmethod
-    def _knockout_total(self, rows, targets, pos: list[int], read: KnockoutRead, spec: KnockoutSpec
-                        ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"], Float[Tensor, " n"]]:
-        """The knocked-out passes: ``hook_pre``, ``hook_post`` (float32) and the token's
-        probability (float64) at the firing position, one per knockout of ``spec``."""
+    def _knockout_pass(self, rows, targets, pos: list[int], plan: KnockoutPlan, total: bool
+                       ) -> tuple[KnockoutRead, tuple[Tensor, Tensor, Tensor] | None]:
+        """The forward pass(es) of :meth:`knockout` on rows cut at their firing positions: the
+        clean values, calling ``plan(layer, rows, attention, values)`` with each head's attention
+        row at ``p`` and its processed values; with ``total`` also, per knockout of the plan (in
+        its order), ``hook_pre``, ``hook_post`` (float32) and the token's probability (float64)
+        at ``p`` with the knockout in place."""

@@ -33,7 +33,7 @@ from context_lookups.precompute.model.backend import (
 )
 from context_lookups.precompute.model.batching import pad
 from context_lookups.precompute.model.components import attribute_components, upstream_mask
-from context_lookups.precompute.model.knockout import columns, knocked_pattern
+from context_lookups.precompute.model.knockout import knocked_pattern
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
 from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
@@ -52,6 +52,11 @@ def hook_pre_linear(layer: int) -> str:
     """A gated MLP's up projection ``ln2(x) @ W_in + b_in`` of a 0-based layer (its ``hook_pre``
     is the gate's)."""
     return f"blocks.{layer}.mlp.hook_pre_linear"
+
+
+def hook_scale(layer: int) -> str:
+    """The scale of the norm before the MLP of a 0-based layer, ``[batch, pos, 1]``."""
+    return f"blocks.{layer}.ln2.hook_scale"
 
 
 def hook_v(layer: int) -> str:
@@ -257,68 +262,55 @@ class BridgeBackend(Backend):
         res.pre = per_row(hook_pre)[b, p, nr]
 
     # --- attention knockout (docs/method.md §3): the reference, by hook points -------------------
-    def _knockout_read(self, rows, targets, pos, heads, *, keep):
-        """One ``run_with_cache`` of the rows: ``hook_pre``, ``hook_post`` (and
-        ``hook_pre_linear`` of a gated MLP) and ``ln2.hook_scale`` of each row's neuron layer,
-        ``hook_pattern`` row ``p`` and ``hook_v`` of its head's layer, and the logits at ``p``."""
+    def _knockout_pass(self, rows, targets, pos, plan, total):
+        """The reference: one ``run_with_cache`` of the rows (``hook_pre``, ``hook_post``,
+        ``ln2.hook_scale`` and, gated, ``hook_pre_linear`` of each row's neuron layer;
+        ``hook_pattern`` row ``p`` and ``hook_v`` of its head's layer; the logits at ``p``), then
+        with ``total`` every knockout its own row, the prompt re-run with row ``p`` of the head's
+        ``hook_pattern`` replaced by :func:`~precompute.model.knockout.knocked_pattern` of the
+        pattern the model computed."""
         dev, d = self.device, self.dims
         tokens, _ = pad(rows, self.pad_id, dev)
         B = len(rows)
         b, p = torch.arange(B, device=dev), torch.tensor(pos, device=dev)
-        lay = torch.tensor([int(t[0]) for t in targets], device=dev)
+        lay = [int(t[0]) for t in targets]
         nr = torch.tensor([int(t[1]) for t in targets], device=dev)
-        hk = [int(k) for k, _ in heads]
-        hh = torch.tensor([int(h) for _, h in heads], device=dev)
-        ls, ks = sorted(set(lay.tolist())), sorted(set(hk))
-        names = [n(x) for x in ls for n in (hook_pre, hook_post, lambda x: f"blocks.{x}.ln2.hook_scale")]
+        ls, ks = sorted(set(lay)), plan.hk.unique().tolist()
+        names = [n(x) for x in ls for n in (hook_pre, hook_post, hook_scale)]
         names += [hook_pre_linear(x) for x in ls] if d.gated_mlp else []
         names += [n for k in ks for n in (f"blocks.{k}.attn.hook_pattern", hook_v(k))]
         with torch.no_grad():
             out, cache = self.bridge.run_with_cache(tokens, names_filter=names)
 
-        def at(name_of) -> Tensor:  # each row's neuron, at its position, in its own layer's entry
-            return torch.stack([cache[name_of(x)][j, pos[j]] for j, x in enumerate(lay.tolist())]).float()
+        def at(name_of, rows_pos=pos, rows_lay=lay) -> Tensor:  # row j's entry of its own layer at its p
+            return torch.stack([cache[name_of(x)][j, rows_pos[j]] for j, x in enumerate(rows_lay)]).float()
         group = d.n_heads // d.n_kv_heads
-        att = torch.stack([cache[f"blocks.{k}.attn.hook_pattern"][j, int(hh[j]), pos[j]]
-                           for j, k in enumerate(hk)])
-        val = torch.stack([cache[hook_v(k)][j, :, int(hh[j]) // group] for j, k in enumerate(hk)])
+        for k in ks:
+            r = (plan.hk == k).nonzero().squeeze(1)
+            pattern = cache[f"blocks.{k}.attn.hook_pattern"][r, plan.hh[r], p[r]]
+            plan(k, r, pattern, torch.stack([cache[hook_v(k)][j, :, int(plan.hh[j]) // group] for j in r.tolist()]))
         prob, _ = probabilities(out[b, p], targets, 1)
-        Wp = {x: self.W_pre(x) for x in ls}
-        return KnockoutRead(pre=at(hook_pre)[b, nr], act=at(hook_post)[b, nr], prob=prob,
-                            scale=at(lambda x: f"blocks.{x}.ln2.hook_scale")[:, 0], attention=att.float(),
-                            values=val.float(), w_pre=columns(Wp, lay, nr),
-                            up=at(hook_pre_linear)[b, nr] if d.gated_mlp else None,
-                            w_up=columns({x: self.W_in(x) for x in ls}, lay, nr) if d.gated_mlp else None,
-                            state=tokens if keep else None)
-
-    def _knockout_total(self, rows, targets, pos, read, spec):
-        """Every knockout its own row, the whole prompt re-run: ``hook_pattern`` of the head's layer
-        gets row ``p`` of head ``h`` replaced by :func:`~precompute.model.knockout.knocked_pattern`
-        of the pattern the model computed."""
-        dev = self.device
-        rep = spec.rep
-        tokens = read.state[rep]
-        n = len(rep)
-        r_all, p = torch.arange(n, device=dev), torch.tensor(pos, device=dev)[rep]
-        lay = [int(targets[j][0]) for j in rep.tolist()]
-        nr = torch.tensor([int(targets[j][1]) for j in rep.tolist()], device=dev)
+        read = KnockoutRead(pre=at(hook_pre)[b, nr], act=at(hook_post)[b, nr], prob=prob, scale=at(hook_scale)[:, 0],
+                            up=at(hook_pre_linear)[b, nr] if d.gated_mlp else None)
+        if not total:
+            return read, None
+        rep = plan.rep
+        n, pr = len(rep), p[rep]
         hooks = []
-        for k in spec.layer.unique().tolist():
-            r = (spec.layer == k).nonzero().squeeze(1)
+        for k in ks:
+            c = (plan.hk[rep] == k).nonzero().squeeze(1)
 
-            def knock(pattern: Tensor, hook=None, r=r) -> Tensor:
+            def knock(pattern: Tensor, hook=None, c=c) -> Tensor:
                 pattern = pattern.clone()
-                row = pattern[r, spec.head[r], p[r]]
-                pattern[r, spec.head[r], p[r]] = knocked_pattern(row, spec.knocked[r, :row.shape[-1]],
-                                                                 spec.renormalise).to(pattern.dtype)
+                row = pattern[c, plan.hh[rep][c], pr[c]]
+                pattern[c, plan.hh[rep][c], pr[c]] = knocked_pattern(
+                    row, plan.knocked[c, :row.shape[-1]], plan.renormalise).to(pattern.dtype)
                 return pattern
             hooks.append((f"blocks.{k}.attn.hook_pattern", knock))
-        names = [n_(x) for x in sorted(set(lay)) for n_ in (hook_pre, hook_post)]
         with torch.no_grad(), self.bridge.hooks(fwd_hooks=hooks):
-            out, cache = self.bridge.run_with_cache(tokens, names_filter=names)
-
-        def at(name_of) -> Tensor:
-            return torch.stack([cache[name_of(x)][j, int(p[j]), int(nr[j])]
-                                for j, x in enumerate(lay)]).float()
-        prob, _ = probabilities(out[r_all, p], [targets[j] for j in rep.tolist()], 1)
-        return at(hook_pre), at(hook_post), prob
+            out, cache = self.bridge.run_with_cache(tokens[rep], names_filter=[n(x) for x in ls
+                                                                               for n in (hook_pre, hook_post)])
+        lay_r, pos_r, nr_r = [lay[j] for j in rep.tolist()], pr.tolist(), nr[rep]
+        r_all = torch.arange(n, device=dev)
+        prob, _ = probabilities(out[r_all, pr], [targets[j] for j in rep.tolist()], 1)
+        return read, (at(hook_pre, pos_r, lay_r)[r_all, nr_r], at(hook_post, pos_r, lay_r)[r_all, nr_r], prob)

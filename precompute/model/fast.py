@@ -48,7 +48,6 @@ from torch import Tensor
 from context_lookups.precompute.model.backend import Backend, Dims, KnockoutRead, NeuronPass, centre
 from context_lookups.precompute.model.batching import pad
 from context_lookups.precompute.model.components import attribute_components, norm_scale, upstream_mask
-from context_lookups.precompute.model.knockout import columns
 from context_lookups.precompute.model.processing import (
     centres_writes,
     kv_prefix,
@@ -488,117 +487,92 @@ class FastBackend(Backend):
         return centre(out) if self.centred else out
 
     # --- attention knockout (docs/method.md §3) -------------------------------------------------
-    def _knockout_read(self, rows, targets, pos, heads, *, keep):
-        """One pass of the rows (cut at their firing positions), to the end: the neuron's
-        ``hook_pre``, ``hook_post`` (and the up projection of a gated MLP), the stream its norm
-        reads, the head's attention row and values (the look-up capture,
-        :meth:`_lookup_hook`), the token's probability; with ``keep`` the key/value cache of
-        every layer (a ``DynamicCache`` without sliding layers, so cache index = position) for
-        :meth:`_knockout_total`."""
-        from transformers import DynamicCache
+    def _knockout_pass(self, rows, targets, pos, plan, total):
+        """One pass of the plain model, to the end. The clean values are read at each row's firing
+        position ``p``, and the plan is worked out as each head's layer runs (its attention row
+        and values from the look-up capture, :meth:`_lookup_hook`).
 
+        With ``total``, each row carries its knockouts in the same pass: copies of its token at
+        ``p``, appended after ``p``, each at position ``p`` (``position_ids``) and seeing the keys
+        ``s < p`` and itself (a 4D mask, with the layer's sliding window), and at layer ``k`` the
+        head's ``z`` of copy ``c`` moved by ``plan.dz[c]``. A knockout at ``p`` changes nothing
+        before ``p`` (causal attention) nor at ``p`` below layer ``k``, so each copy computes
+        what re-running the prompt with that knockout computes at ``p``; the clean positions do
+        not see the copies. The tests check it against the bridge, which re-runs the prompts."""
         dev, d = self.device, self.dims
-        tokens, _ = pad(rows, self.pad_id, dev)
-        B, L = tokens.shape
-        b = torch.arange(B, device=dev)
+        B = len(rows)
+        counts = plan.counts if total else [0] * B
         p = torch.tensor(pos, device=dev)
+        tokens, _ = pad([list(rows[j][:pos[j] + 1]) + [rows[j][pos[j]]] * counts[j] for j in range(B)],
+                        self.pad_id, dev)
+        rep = plan.rep if total else torch.zeros(0, dtype=torch.long, device=dev)
+        col = torch.tensor([pos[j] + 1 + i for j in range(B) for i in range(counts[j])], dtype=torch.long,
+                           device=dev)
+        qb, qp = torch.cat([torch.arange(B, device=dev), rep]), torch.cat([p, col])  # where values are read
         lay = torch.tensor([int(t[0]) for t in targets], device=dev)
         nr = torch.tensor([int(t[1]) for t in targets], device=dev)
-        hk = torch.tensor([int(k) for k, _ in heads], device=dev)
-        hh = torch.tensor([int(h) for _, h in heads], device=dev)
-        got = {n: torch.empty(B, device=dev) for n in ("pre", "act", "up", "eps")}
+        got = {x: torch.zeros(len(qb), device=dev) for x in ("pre", "act", "up")}
         resid = torch.empty(B, d.d_model, device=dev)
-        att = torch.zeros(B, L, device=dev)
-        val = torch.empty(B, L, d.d_head, device=dev)
+        eps = torch.tensor([self.ln2_eps[int(x)] for x in lay.tolist()], device=dev)
         hooks: list[Hook] = []
 
-        def put(name: str, r: Tensor, x: Tensor) -> None:
-            got[name][r] = x.float()
+        def read(name: str, q: Tensor, x: Tensor) -> None:
+            got[name][q] = x[qb[q], qp[q], nr[qb[q]]].float()
         for layer in lay.unique().tolist():
+            q = (lay[qb] == layer).nonzero().squeeze(1)
             r = (lay == layer).nonzero().squeeze(1)
             blk = self.blocks[layer]
-            got["eps"][r] = self.ln2_eps[layer]
-            hooks.append((blk.mlp_in, False, lambda m, a, out, r=r: put("pre", r, out[r, p[r], nr[r]])))
-            hooks.append((blk.mlp_out, True, lambda m, a, r=r: put("act", r, a[0][r, p[r], nr[r]])))
+            hooks.append((blk.mlp_in, False, lambda m, a, out, q=q: read("pre", q, out)))
+            hooks.append((blk.mlp_out, True, lambda m, a, q=q: read("act", q, a[0])))
             hooks.append((blk.ln2, True, lambda m, a, r=r: resid.__setitem__(r, a[0][r, p[r]].float())))
             if d.gated_mlp:
-                hooks.append((blk.mlp_up, False, lambda m, a, out, r=r: put("up", r, out[r, p[r], nr[r]])))
-        for k in hk.unique().tolist():
-            r = (hk == k).nonzero().squeeze(1)
+                hooks.append((blk.mlp_up, False, lambda m, a, out, q=q: read("up", q, out)))
+        for k in plan.hk.unique().tolist():
+            r = (plan.hk == k).nonzero().squeeze(1)
 
-            def row(pattern: Tensor, values: Tensor, k: int = k, r: Tensor = r) -> None:
-                n = torch.arange(len(r), device=dev)
-                att[r] = pattern[r, hh[r]]
-                val[r] = values[r][n, :, hh[r]].float() - self.b_V[k][hh[r]][:, None, :]
-            hooks.append(self._lookup_hook(k, p, row))
-        cache = DynamicCache() if keep else None
-        hidden = self.capture(tokens, hooks, stop=None, final=True,
-                              **({"past_key_values": cache} if keep else {}))
-        prob, _ = probabilities(self.head(hidden[b, p]), targets, 1)
-        w_pre = columns({x: self._w_pre(x)[0] for x in lay.unique().tolist()}, lay, nr)
-        w_up = columns({x: self.W_in(x) for x in lay.unique().tolist()}, lay, nr) if d.gated_mlp else None
-        return KnockoutRead(pre=got["pre"], act=got["act"], prob=prob,
-                            scale=norm_scale(resid, got["eps"], d.normalization), attention=att, values=val,
-                            w_pre=w_pre, up=got["up"] if d.gated_mlp else None, w_up=w_up,
-                            state=(tokens, cache) if keep else None)
+            def lookup(pattern: Tensor, values: Tensor, k: int = k, r: Tensor = r) -> None:
+                hh = plan.hh[r]
+                v = values[r][torch.arange(len(r), device=dev), :, hh].float() - self.b_V[k][hh][:, None, :]
+                plan(k, r, pattern[r, hh], v)
+            hooks.append(self._lookup_hook(k, p, lookup))
+            if total:
+                cs = plan.copies(r)
 
-    def _knockout_total(self, rows, targets, pos, read, spec):
-        """The knocked-out passes as one cached step: a knockout at ``p`` changes nothing at the
-        positions before ``p`` (causal attention) nor at ``p`` below layer ``k``, so each
-        knocked-out row runs the one token at ``p`` through the model, reading the clean pass's
-        keys and values of positions ``< p`` (a 4D mask hides the rest of the padded cache and
-        applies each layer's sliding window; ``position_ids = p``), with the head's ``z`` at
-        ``p`` moved by ``spec.dz`` at layer ``k``. Equal to re-running the whole prompt (the
-        tests check it against the bridge, which does)."""
-        dev, d = self.device, self.dims
-        tokens, cache = read.state
-        L, n = tokens.shape[1], len(spec.rep)
-        rep = spec.rep
-        p = torch.tensor(pos, device=dev)[rep]
-        lay = torch.tensor([int(targets[j][0]) for j in rep.tolist()], device=dev)
-        nr = torch.tensor([int(targets[j][1]) for j in rep.tolist()], device=dev)
-        cache.batch_select_indices(rep)
-        got = {x: torch.empty(n, device=dev) for x in ("pre", "act")}
-        hooks: list[Hook] = []
-        for k in spec.layer.unique().tolist():
-            r = (spec.layer == k).nonzero().squeeze(1)
+                def shift(mod, args, cs=cs):
+                    z = args[0].unflatten(-1, (d.n_heads, d.d_head)).clone()
+                    z[rep[cs], col[cs], plan.hh[rep[cs]]] += plan.dz[cs].to(z.dtype)
+                    return (z.flatten(-2), *args[1:])
+                hooks.append((self.blocks[k].attn_o, True, shift))
+        inputs = self._copies_inputs(p, tokens.shape[1]) if total else {}
+        hidden = self.capture(tokens, hooks, stop=None, final=True, **inputs)
+        prob, _ = probabilities(self.head(hidden[qb, qp]), [targets[j] for j in qb.tolist()], 1)
+        out = KnockoutRead(pre=got["pre"][:B], act=got["act"][:B], prob=prob[:B],
+                           scale=norm_scale(resid, eps, d.normalization), up=got["up"][:B] if d.gated_mlp else None)
+        return out, (got["pre"][B:], got["act"][B:], prob[B:]) if total else None
 
-            def shift(mod, args, r=r):
-                z = args[0].unflatten(-1, (d.n_heads, d.d_head)).clone()
-                z[r, 0, spec.head[r]] += spec.dz[r].to(z.dtype)
-                return (z.flatten(-2), *args[1:])
-            hooks.append((self.blocks[k].attn_o, True, shift))
-        for layer in lay.unique().tolist():
-            r = (lay == layer).nonzero().squeeze(1)
-            hooks.append((self.blocks[layer].mlp_in, False,
-                          lambda m, a, out, r=r: got["pre"].__setitem__(r, out[r, 0, nr[r]].float())))
-            hooks.append((self.blocks[layer].mlp_out, True,
-                          lambda m, a, r=r: got["act"].__setitem__(r, a[0][r, 0, nr[r]].float())))
-        hidden = self.capture(tokens[rep, p][:, None], hooks, stop=None, final=True, past_key_values=cache,
-                              position_ids=p[:, None], attention_mask=self._step_mask(p, L))
-        prob, _ = probabilities(self.head(hidden[:, 0]), [targets[j] for j in rep.tolist()], 1)
-        return got["pre"], got["act"], prob
-
-    def _step_mask(self, p: Int[Tensor, " n"], L: int) -> Tensor | dict[str, Tensor]:
-        """The additive attention mask ``[n, 1, 1, L + 1]`` of one token at position ``p[r]``
-        appended to a cache of ``L`` padded positions: it sees the cached keys ``s < p[r]``
-        (within the layer's sliding window: ``s > p[r] - window``) and itself. One mask, or one
-        per layer type (``config.layer_types``) when the layers' windows differ."""
-        s = torch.arange(L + 1, device=self.device)[None, :]
+    def _copies_inputs(self, p: Int[Tensor, " batch"], T: int) -> dict:
+        """``position_ids [batch, T]`` and the additive 4D ``attention_mask [batch, 1, T, T]`` of
+        rows that carry copies of their token at ``p[b]`` after ``p[b]`` (:meth:`_knockout_pass`):
+        position ``q <= p`` sees ``s <= q``; a copy (and the padding after the copies) sits at
+        position ``p`` and sees ``s < p`` and itself; every query sees only keys within its
+        layer's sliding window (``s > position - window``). One mask, or one per layer type
+        (``config.layer_types``) when the layers' windows differ."""
+        q = torch.arange(T, device=self.device)
+        at = torch.minimum(q[None, :], p[:, None])  # [batch, T]: each query's position
+        s = q[None, None, :]
+        base = (s < at[:, :, None]) | (s == q[None, :, None])  # [batch, T, T]
         fill = torch.finfo(self.dtype).min
 
         def mask(window: int | None) -> Tensor:
-            seen = s < p[:, None]
-            if window is not None:
-                seen &= s > p[:, None] - window
-            seen[:, L] = True
-            zero = torch.zeros(seen.shape, dtype=self.dtype, device=self.device)
-            return zero.masked_fill(~seen, fill)[:, None, None]
+            seen = base & (s > at[:, :, None] - window) if window is not None else base
+            return torch.zeros(seen.shape, dtype=self.dtype, device=self.device).masked_fill(~seen, fill)[:, None]
         windows = [self._sliding_window(k) for k in range(self.dims.n_layers)]
         if len(set(windows)) == 1:
-            return mask(windows[0])
-        types = self.hf.config.layer_types
-        return {types[k]: mask(windows[k]) for k in range(self.dims.n_layers)}
+            masks = mask(windows[0])
+        else:
+            types = self.hf.config.layer_types
+            masks = {types[k]: mask(windows[k]) for k in range(self.dims.n_layers)}
+        return {"position_ids": at, "attention_mask": masks}
 
     def head_result(self, layer: int, z: Float[Tensor, "batch n_heads d_head"]
                     ) -> Float[Tensor, "batch n_heads d_model"]:
