@@ -37,6 +37,9 @@ padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per 
                           explorer's "which neurons fire"; implemented once, on ``doc_maxima``)
 ``clean_view``            a live view: ``neuron_pass`` with probabilities
 ``ablated_view``          the same with heads ablated
+``knockout``              attention knockout of one head's read of chosen sources at the firing
+                          position: direct and total effects on ``hook_pre``, ``hook_post`` and the
+                          token's probability (docs/method.md §3, "Attention knockout")
 ========================  ===========================================================================
 
 Extension points (designed now, used later):

@@ -12,7 +12,9 @@ W_in[l][:, i]`` (``[d_head]``), one dot product per source. The LN-aware split d
 term by the scale of the LayerNorm feeding the MLP at ``p``, common to all of them.
 
 A backend reads ``a[p, :]`` and ``v`` at its capture points and calls :func:`source_terms`
-with :func:`readout`: the formula has this one home.
+with :func:`readout`: the formula has this one home. A fast backend forms ``a[p, :]`` itself
+with :func:`attention_row` (the causal row's one home). :func:`split_sink` sets a look-up's
+attention sink (BOS) apart from its context sources (docs/method.md §3, "The attention sink").
 """
 
 from __future__ import annotations
