@@ -175,6 +175,17 @@ def test_a_source_outside_the_sliding_window_changes_nothing(families):
         assert float(t.abs().max()) < 1e-6 * max(1.0, abs(out_.pre))
     assert float(out_.total_prob.abs().max()) < 1e-9
     assert float(in_.total_pre.abs().max()) > 1e-4
+    # every source the window shows, knocked out and renormalised: undefined (NaN), and the other
+    # knockouts of the same row, which share its pass on the fast backend, are unchanged
+    try:
+        cfg.sliding_window = 5
+        both = m.backend.knockout(rows, [(2, 7, 42)], [(1, 0)], [[tuple(range(p - 4, p + 1)), (p - 1,)]])[0]
+    finally:
+        cfg.sliding_window = before
+    for t in (both.direct_pre, both.direct_act, both.total_pre, both.total_act, both.total_prob):
+        assert math.isnan(float(t[0]))
+    close(both.total_pre[1:], in_.total_pre, scale=[in_.pre])
+    close(both.total_prob[1:], in_.total_prob, scale=[in_.prob])
 
 
 def test_knockout_refuses_bad_input_with_a_reason(tiny_model):

@@ -82,7 +82,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from context_lookups.precompute.model.batching import length_batches
@@ -92,9 +92,9 @@ from context_lookups.precompute.model.knockout import (
     TOP_M,
     Knockout,
     activation,
+    columns,
     default_sources,
     direct_effects,
-    columns,
     knocked_pattern,
     source_mask,
 )
@@ -315,7 +315,9 @@ class KnockoutPlan:
     (:meth:`__call__`): the look-up terms, the knockouts (given, or the defaults from the terms),
     and for each knockout ``c`` (row ``rep[c]``, in row order) the sources removed
     (``knocked [n, pos]``) and the change of the head's processed ``z`` at ``p`` (``dz [n,
-    d_head]``). ``counts[j]``: the number of knockouts of row ``j``, known before the pass.
+    d_head]``; 0 where ``undefined``: a renormalised row with no attention left, whose effects
+    are reported as NaN and whose NaN must not reach a pass that other knockouts share).
+    ``counts[j]``: the number of knockouts of row ``j``, known before the pass.
     """
 
     def __init__(self, backend: Backend, pos: list[int], heads: Sequence[tuple[int, int]],
@@ -328,20 +330,23 @@ class KnockoutPlan:
         self.hk = torch.tensor([int(k) for k, _ in heads], device=dev)
         self.hh = torch.tensor([int(h) for _, h in heads], device=dev)
         B, D = len(pos), backend.dims.d_head
-        self.counts = [len(self.sources[j]) if self.sources is not None else min(m, pos[j]) + 1 for j in range(B)]
+        self.counts = [len(self.sources[j]) if self.sources is not None else min(m, pos[j]) + 1
+                       for j in range(B)]
         self.first = [sum(self.counts[:j]) for j in range(B)]
         n = sum(self.counts)
-        self.rep = torch.tensor([j for j in range(B) for _ in range(self.counts[j])], dtype=torch.long, device=dev)
+        self.rep = torch.tensor([j for j in range(B) for _ in range(self.counts[j])], dtype=torch.long,
+                                device=dev)
         self.contrib = torch.zeros(B, length, device=dev)
         self.attention = torch.zeros(B, length, device=dev)
         self.groups: list[list[tuple[int, ...]]] = [[] for _ in range(B)]
         self.knocked = torch.zeros(n, length, dtype=torch.bool, device=dev)
         self.dz = torch.zeros(n, D, device=dev)
+        self.undefined = torch.zeros(n, dtype=torch.bool, device=dev)
 
     def copies(self, r: Int[Tensor, " rows"]) -> Int[Tensor, " n"]:
         """The knockouts of rows ``r``, in row order."""
-        return torch.tensor([c for j in r.tolist() for c in range(self.first[j], self.first[j] + self.counts[j])],
-                            dtype=torch.long, device=self.rep.device)
+        idx = [c for j in r.tolist() for c in range(self.first[j], self.first[j] + self.counts[j])]
+        return torch.tensor(idx, dtype=torch.long, device=self.rep.device)
 
     def __call__(self, layer: int, r: Int[Tensor, " rows"], attention: Float[Tensor, "rows pos"],
                  values: Float[Tensor, "rows pos d_head"]) -> Int[Tensor, " n"]:
@@ -363,8 +368,11 @@ class KnockoutPlan:
         idx = self.copies(r)
         at = self.attention[self.rep[idx]]
         local = torch.searchsorted(r, self.rep[idx])  # r ascending: each knockout's row within r
-        self.dz[idx] = ((knocked_pattern(at, self.knocked[idx], self.renormalise) - at)[..., None]
-                        * values[local]).sum(-2)
+        da = knocked_pattern(at, self.knocked[idx], self.renormalise) - at
+        dz = (da[..., None] * values[local]).sum(-2)
+        bad = dz.isnan().any(-1)  # a renormalised row with nothing left: undefined, and kept out of the pass
+        self.undefined[idx] = bad
+        self.dz[idx] = dz.masked_fill(bad[:, None], 0.0)
         return idx
 
 
@@ -612,6 +620,10 @@ class Backend(abc.ABC):
                                       normalization=d.normalization, act=activation(d.act_fn),
                                       w_up=None if w_up is None else w_up[rep],
                                       up=None if read.up is None else read.up[rep])
+        nan = plan.undefined
+        d_pre, d_act = d_pre.masked_fill(nan, float("nan")), d_act.masked_fill(nan, float("nan"))
+        if tot is not None:
+            tot = tuple(t.masked_fill(nan, float("nan")) for t in tot)
         out = []
         for j, g in enumerate(plan.groups):
             sl, t, p = slice(plan.first[j], plan.first[j] + plan.counts[j]), targets[j], pos[j]
@@ -626,7 +638,8 @@ class Backend(abc.ABC):
                                 total_prob=None if tot is None else (tot[2][sl] - read.prob[j]).cpu()))
         return out
 
-    def _neuron_columns(self, targets) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, "batch d_model"] | None]:
+    def _neuron_columns(self, targets
+                        ) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, "batch d_model"] | None]:
         """Each row's processed ``W_pre[:, i]`` and, for a gated MLP, ``W_in[:, i]``."""
         lay = torch.tensor([int(t[0]) for t in targets])
         nr = torch.tensor([int(t[1]) for t in targets])
