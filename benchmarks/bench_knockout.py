@@ -18,6 +18,12 @@ timed alternately (the machine is shared: interleaving keeps both sides under th
    (``batched_pass(..., lookup=True)``, docs/method.md §3). The job's added time is this ratio
    times the attribution pass's share of the job. Also the direct effects alone (one clean
    pass, ``total=False``), and the bare forward of the same batches.
+3. **A whole run** (``--db FILE``, a database the job wrote with this model): the knockouts of
+   every kept pair (each of its neuron's stored prompts, both splits, with the pair's head and the
+   neuron's token; top 3 + sink, total effect) against the job's attribution pass of every stored
+   prompt of every neuron (``batched_pass(..., lookup=True)``), interleaved; and the knockouts'
+   time against the job's own phase times stored in the database (not interleaved: the job ran
+   before, under its own load), i.e. the job's predicted added time.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--db", default=None, help="a SQLite database the job wrote with this model (part 3)")
+    ap.add_argument("--skip", default="", help="parts to skip, e.g. '1,2'")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,8 +88,18 @@ def main() -> None:
           f"neuron layer {layer}, head L{head[0]}H{head[1]}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}")
 
-    # 1. live
-    text = " ".join(r["text"] for r, _ in zip(load_corpus(EMBEDDED_CORPUS)["explain"], range(8), strict=False))
+    if "1" not in args.skip:
+        live_part(model, layer, head, args.repeats)
+    if "2" not in args.skip:
+        pair_part(model, layer, head, args.prompts, args.repeats)
+    if args.db:
+        run_part(model, args.db, max(1, args.repeats // 5))
+
+
+def live_part(model, layer, head, repeats) -> None:
+    be = model.backend
+    docs = load_corpus(EMBEDDED_CORPUS)["explain"]
+    text = " ".join(r["text"] for r, _ in zip(docs, range(8), strict=False))
     live = tokenize_batch(model, [text], 64)
     tok = [(layer, 5, live[0][-1])]
     tokens, _ = pad(live, be.pad_id, be.device)
@@ -91,16 +109,19 @@ def main() -> None:
             "knockout": lambda: be.knockout(live, tok, [head]),
             "knockout_direct": lambda: be.knockout(live, tok, [head], total=False),
             "bare": lambda: be.hf(tokens),
-        }, args.repeats)
-    print(f"\n1. live, one prompt of {len(live[0])} tokens, top-3 + sink ({args.repeats} interleaved rounds, medians)")
+        }, repeats)
+    print(f"\n1. live, one prompt of {len(live[0])} tokens, top-3 + sink ({repeats} interleaved rounds, "
+          f"medians)")
     print(f"   clean_view {t['clean_view'] * 1e3:7.2f} ms   bare HF forward {t['bare'] * 1e3:7.2f} ms")
-    print(f"   knockout, total effect  {t['knockout'] * 1e3:7.2f} ms  = {t['knockout'] / t['clean_view']:.2f}x "
-          f"clean_view (goal <= 1.5x)")
+    print(f"   knockout, total effect  {t['knockout'] * 1e3:7.2f} ms  = "
+          f"{t['knockout'] / t['clean_view']:.2f}x clean_view (goal <= 1.5x)")
     print(f"   knockout, direct only   {t['knockout_direct'] * 1e3:7.2f} ms  = "
           f"{t['knockout_direct'] / t['clean_view']:.2f}x clean_view")
 
-    # 2. per pair
-    rows = prompts(model, args.prompts)
+
+def pair_part(model, layer, head, n_prompts, repeats) -> None:
+    be = model.backend
+    rows = prompts(model, n_prompts)
     targets = [(layer, 5, r[-1]) for r in rows]
     heads = [head] * len(rows)
     n_tok = sum(map(len, rows))
@@ -111,10 +132,10 @@ def main() -> None:
             "knockout": lambda: be.knockout(rows, targets, heads),
             "direct": lambda: be.knockout(rows, targets, heads, total=False),
             "bare": lambda: [be.hf(pad(b, be.pad_id, be.device)[0]) for b in batches],
-        }, args.repeats)
+        }, repeats)
     n_ko = sum(len(k.sources) for k in be.knockout(rows, targets, heads))
-    print(f"\n2. per pair: {len(rows)} prompts ({n_tok} tokens, {min(map(len, rows))}-{max(map(len, rows))} each), "
-          f"{n_ko} knockouts ({args.repeats} interleaved rounds, medians)")
+    print(f"\n2. per pair: {len(rows)} prompts ({n_tok} tokens, {min(map(len, rows))}-{max(map(len, rows))} "
+          f"each), {n_ko} knockouts ({repeats} interleaved rounds, medians)")
     print(f"   attribution pass (batched_pass, lookup) {t['attribution'] * 1e3:8.1f} ms   "
           f"bare HF forward of the same batches {t['bare'] * 1e3:8.1f} ms")
     print(f"   knockouts, total effect  {t['knockout'] * 1e3:8.1f} ms  = "
@@ -122,6 +143,51 @@ def main() -> None:
     print(f"   knockouts, direct only   {t['direct'] * 1e3:8.1f} ms  = "
           f"{t['direct'] / t['attribution']:.2f}x the attribution pass")
     print(f"   per knockout (total)     {t['knockout'] / n_ko * 1e3:8.2f} ms")
+
+
+def run_part(model, db: str, repeats: int) -> None:
+    import sqlite3
+
+    be = model.backend
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    import json
+
+    neurons = {nid: (lay, n, tok) for nid, lay, n, tok in con.execute(
+        "SELECT id, layer, neuron, token_id FROM neurons")}
+    prompts_of: dict[int, list[list[int]]] = {}
+    for nid, ids in con.execute("SELECT neuron_id, token_ids FROM prompts"):
+        prompts_of.setdefault(nid, []).append([model.bos_token_id] + json.loads(ids))
+    pairs = con.execute("SELECT neuron_id, head_layer, head FROM pairs WHERE kept").fetchall()
+    phases = con.execute("SELECT name, seconds FROM phases").fetchall()
+    con.close()
+    ko_rows, ko_targets, ko_heads = [], [], []
+    for nid, k, h in pairs:
+        lay, n, tok = neurons[nid]
+        for r in prompts_of.get(nid, []):
+            if len(r) > 1 and tok is not None:
+                ko_rows.append(r)
+                ko_targets.append((lay, n, tok))
+                ko_heads.append((k, h))
+    att_rows = [r for nid in prompts_of for r in prompts_of[nid] if len(r) > 0]
+    att_targets = [neurons[nid][:2] for nid in prompts_of for r in prompts_of[nid] if len(r) > 0]
+    with torch.no_grad():
+        t = interleaved({
+            "attribution": lambda: be.batched_pass(att_rows, att_targets, lookup=True),
+            "knockout": lambda: be.knockout(ko_rows, ko_targets, ko_heads),
+        }, repeats)
+    job = sum(s for _, s in phases)
+    by_kind: dict[str, float] = {}
+    for name, sec in phases:
+        kind = name.split(":")[0]
+        by_kind[kind] = by_kind.get(kind, 0.0) + sec
+    print(f"\n3. the run in {db}: {len(pairs)} kept pairs, {len(ko_rows)} (pair, prompt) knockout rows "
+          f"({4 * len(ko_rows)} knockouts at most); the job's attribution pass: {len(att_rows)} prompts "
+          f"({repeats} interleaved rounds, medians)")
+    print(f"   attribution pass of every prompt {t['attribution']:7.2f} s   knockouts of every kept pair "
+          f"{t['knockout']:7.2f} s  = {t['knockout'] / t['attribution']:.2f}x")
+    print(f"   the job's stored phase times: {job:.1f} s in all ("
+          + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])[:6])
+          + f"); knockouts / job = +{100 * t['knockout'] / job:.1f} % (not interleaved)")
 
 
 def _batches(rows):

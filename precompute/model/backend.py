@@ -356,9 +356,9 @@ class KnockoutPlan:
         (:func:`~precompute.model.knockout.knocked_pattern`). Returns the knockouts' indices."""
         L = self.contrib.shape[1]
         attention, values = attention[:, :L].float(), values[:, :L].float()
-        writes = self.backend.head_out(layer, self.hh[r], values)  # [rows, pos, d_model]: v_s W_O[h]
+        u = self.backend.head_readout(layer, self.hh[r], self.w_pre[r])  # [rows, d_head]
         self.attention[r] = attention
-        self.contrib[r] = attention * (writes * self.w_pre[r, None]).sum(-1)
+        self.contrib[r] = attention * (values @ u[:, :, None])[..., 0]
         for j in r.tolist():
             p = self.pos[j]
             g = (self.sources[j] if self.sources is not None
@@ -652,6 +652,12 @@ class Backend(abc.ABC):
         """``hook_result`` of head ``head[j]`` of ``layer`` for the processed ``z[j]`` (``hook_z``
         units: attention-weighted processed values), float32: ``z[j] · W_O[layer, head[j]]``."""
         return torch.einsum("n...d,ndm->n...m", z.float(), self.W_O(layer)[head])
+
+    def head_readout(self, layer: int, head: Int[Tensor, " n"], w: Float[Tensor, "n d_model"]
+                     ) -> Float[Tensor, "n d_head"]:
+        """Head ``head[j]``'s read-out of direction ``w[j]``: ``u = W_O[layer, head[j]] · w[j]``, so
+        that ``z · u = head_out(z) · w`` (the look-up's ``v_s · u``; float32)."""
+        return torch.einsum("ndm,nm->nd", self.W_O(layer)[head], w.float())
 
     @abc.abstractmethod
     def _knockout_pass(self, rows, targets, pos: list[int], plan: KnockoutPlan, total: bool

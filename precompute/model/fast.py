@@ -486,6 +486,13 @@ class FastBackend(Backend):
         out = torch.einsum("n...d,ndm->n...m", z.float(), self.W_O_plain(layer).float()[head])
         return centre(out) if self.centred else out
 
+    def head_readout(self, layer: int, head: Int[Tensor, " n"], w: Float[Tensor, "n d_model"]
+                     ) -> Float[Tensor, "n d_head"]:
+        """:meth:`Backend.head_readout <precompute.model.backend.Backend.head_readout>` with the
+        plain ``W_O``: ``centre(z W_O) · w = z · (W_O · centre(w))`` where processing centres it."""
+        w = centre(w.float()) if self.centred else w.float()
+        return torch.einsum("ndm,nm->nd", self.W_O_plain(layer).float()[head], w)
+
     # --- attention knockout (docs/method.md §3) -------------------------------------------------
     def _knockout_pass(self, rows, targets, pos, plan, total):
         """One pass of the plain model, to the end. The clean values are read at each row's firing
