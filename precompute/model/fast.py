@@ -554,7 +554,8 @@ class FastBackend(Backend):
         hidden = self.capture(tokens, hooks, stop=None, final=True, **inputs)
         prob, _ = probabilities(self.head(hidden[qb, qp]), [targets[j] for j in qb.tolist()], 1)
         out = KnockoutRead(pre=got["pre"][:B], act=got["act"][:B], prob=prob[:B],
-                           scale=norm_scale(resid, eps, d.normalization), up=got["up"][:B] if d.gated_mlp else None)
+                           scale=norm_scale(resid, eps, d.normalization),
+                           up=got["up"][:B] if d.gated_mlp else None)
         return out, (got["pre"][B:], got["act"][B:], prob[B:]) if total else None
 
     def _copies_inputs(self, p: Int[Tensor, " batch"], T: int) -> dict:
@@ -572,7 +573,8 @@ class FastBackend(Backend):
 
         def mask(window: int | None) -> Tensor:
             seen = base & (s > at[:, :, None] - window) if window is not None else base
-            return torch.zeros(seen.shape, dtype=self.dtype, device=self.device).masked_fill(~seen, fill)[:, None]
+            zero = torch.zeros(seen.shape, dtype=self.dtype, device=self.device)
+            return zero.masked_fill(~seen, fill)[:, None]
         windows = [self._sliding_window(k) for k in range(self.dims.n_layers)]
         if len(set(windows)) == 1:
             masks = mask(windows[0])
