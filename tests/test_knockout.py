@@ -12,9 +12,12 @@ import torch
 
 from context_lookups.precompute.model import tokenize_batch
 from context_lookups.precompute.model.knockout import (
+    Knockout,
     activation,
     default_sources,
     knocked_pattern,
+    pair_agreement,
+    pair_top_source,
     rank_agreement,
     share_of_pairs,
     top_source_holds,
@@ -286,3 +289,27 @@ def test_share_of_pairs_whose_top_source_holds_with_its_wilson_interval():
     assert (got["low"], got["high"]) == pytest.approx(wilson(7, 10))
     none = share_of_pairs([None, None])
     assert none["n"] == 0 and none["share"] is None and none["reason"]
+
+
+def _ko(contrib_ln, sources, total_act):
+    n = len(contrib_ln)
+    t = torch.tensor(total_act)
+    zeros = torch.zeros(len(sources))
+    return Knockout(layer=1, neuron=0, token=0, position=n - 1, head=(0, 0), renormalise=True, pre=0.0,
+                    act=0.0, prob=0.0, scale=2.0, contrib=torch.tensor(contrib_ln) * 2.0,
+                    attention=torch.zeros(n), sources=sources, direct_pre=zeros, direct_act=zeros,
+                    total_pre=t, total_act=t, total_prob=t)
+
+
+def test_pair_summaries_pool_the_context_sources_and_leave_the_sink_out():
+    a = _ko([5.0, 1.0, 0.5, 0.2], [(1,), (2,), (3,), (0,), (1, 2)], [-0.9, -0.4, -0.05, -3.0, -1.0])
+    b = _ko([4.0, 0.1, 0.8], [(2,), (1,), (0,)], [-0.3, 0.0, -2.0])
+    got = pair_agreement([a, b])
+    # the sink (0,) and the set (1, 2) are left out: 5 (prompt, source) knockouts
+    want = rank_agreement([1.0, 0.5, 0.2, 0.8, 0.1], [-0.9, -0.4, -0.05, -0.3, 0.0])
+    assert got == want and got["n"] == 5
+    # top sources: 1.0 (drop 0.9) and 0.8 (drop 0.3): mean drop 0.6 >= 0.5 * mean 0.9
+    assert pair_top_source([a, b]) is True
+    assert pair_top_source([a, b], fraction=0.7) is False
+    with pytest.raises(ValueError, match="total=True"):
+        pair_agreement([Knockout(**{**a.__dict__, "total_act": None})])

@@ -39,6 +39,8 @@ from context_lookups.precompute.model.knockout import (
     TOP_M,
     Knockout,
     default_sources,
+    pair_agreement,
+    pair_top_source,
     rank_agreement,
     share_of_pairs,
     top_source_holds,
@@ -55,6 +57,5 @@ from context_lookups.precompute.model.sources import SINK, SinkSplit, split_sink
 __all__ = ["BACKENDS", "METHODS", "RENORMALISE", "SINK", "TOP_M", "Backend", "Dims", "Knockout",
            "LoadedModel", "NeuronPass", "PostObserver", "SinkSplit", "batches", "centre", "check_head",
            "check_neuron", "check_token", "default_sources", "length_batches", "load_model", "pad",
-           "rank_agreement", "resolve_device", "resolve_dtype", "share_of_pairs", "split_sink",
-           "tokenize_batch",
-           "top_source_holds"]
+           "pair_agreement", "pair_top_source", "rank_agreement", "resolve_device", "resolve_dtype",
+           "share_of_pairs", "split_sink", "tokenize_batch", "top_source_holds"]

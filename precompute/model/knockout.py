@@ -41,7 +41,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from context_lookups.precompute.model.components import norm_read
-from context_lookups.precompute.model.sources import split_sink
+from context_lookups.precompute.model.sources import SINK, split_sink
 
 RENORMALISE = True  # the default intervention (docs/method.md §3 says why)
 TOP_M = 3           # context sources knocked out per prompt by default, plus the sink
@@ -224,6 +224,41 @@ def top_source_holds(contrib_ln: Sequence[float], effect: Sequence[float], *,
     if c <= 0:
         return None
     return -sum(p[1] for p in pairs) / len(pairs) >= fraction * c
+
+
+def _context_singles(ko: Knockout, effect: str) -> list[tuple[int, float, float]]:
+    """``(source, LN-aware contribution, effect)`` of a prompt's single-source knockouts of
+    context sources (the sink, BOS, left out: its term is no context's)."""
+    eff = getattr(ko, effect)
+    if eff is None:
+        raise ValueError(f"The knockouts have no {effect} (run them with total=True).")
+    c = ko.contrib_ln
+    return [(g[0], float(c[g[0]]), float(eff[j])) for j, g in enumerate(ko.sources)
+            if len(g) == 1 and g[0] not in SINK]
+
+
+def pair_agreement(knockouts: Sequence[Knockout], *, effect: str = "total_act") -> dict:
+    """:func:`rank_agreement` of one pair (docs/method.md §3): over the single-source knockouts of
+    context sources of all the pair's prompts, pooled, the LN-aware contributions (pre-activation
+    units, comparable across prompts) against ``effect`` (``total_act`` by default;
+    ``total_pre``, ``direct_act``, ``direct_pre``, ``total_prob``). ``n`` counts (prompt, source)
+    knockouts.
+
+    Raises:
+        ValueError: ``effect`` is a total effect and the knockouts were run without it.
+    """
+    items = [x for ko in knockouts for x in _context_singles(ko, effect)]
+    return rank_agreement([c for _, c, _ in items], [e for _, _, e in items])
+
+
+def pair_top_source(knockouts: Sequence[Knockout], *, effect: str = "total_act",
+                    fraction: float = HALF) -> bool | None:
+    """:func:`top_source_holds` of one pair: on each prompt, its knocked-out context source with
+    the largest contribution (the default knockouts' first), its LN-aware contribution and
+    ``effect``. Raises as :func:`pair_agreement`."""
+    per_prompt = [_context_singles(ko, effect) for ko in knockouts]
+    tops = [max(items, key=lambda x: (x[1], -x[0])) for items in per_prompt if items]
+    return top_source_holds([c for _, c, _ in tops], [e for _, _, e in tops], fraction=fraction)
 
 
 def share_of_pairs(flags: Sequence[bool | None], *, confidence: float = 0.95) -> dict:
