@@ -568,7 +568,10 @@ class Backend(abc.ABC):
                  total: bool = True, m: int = TOP_M, max_tokens: int = 8192, max_rows: int = 64
                  ) -> list[Knockout]:
         """Attention knockout of each prompt's head at its firing position: a causal check of the
-        look-up (docs/method.md §3, "Attention knockout"; issue 28), in length-sorted batches.
+        look-up, the per-source split of the head attribution of paper §4.3 (docs/method.md §3,
+        "Attention knockout"; issue 28), in length-sorted batches. One forward pass per batch on
+        a fast backend (the knockouts ride along as copies of the token at ``p``); the bridge
+        re-runs each knockout as its own row.
 
         Args:
             rows: token rows, BOS at 0 (positions after a row's firing position are not run).
