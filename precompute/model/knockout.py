@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from context_lookups.precompute.model.components import norm_read
@@ -173,6 +173,87 @@ def default_sources(contrib: Sequence[float] | Tensor, m: int = TOP_M) -> list[t
     at a time, then the sink (BOS, position 0: :func:`~precompute.model.sources.split_sink`)."""
     split = split_sink(contrib, [0.0] * len(contrib))
     return [(s,) for s in split.positions[:m]] + [tuple(split.sink)]
+
+
+@dataclass
+class KnockoutRead:
+    """The clean values a backend's knockout pass reads, per prompt at its firing position ``p``
+    (float32; ``prob`` float64): ``pre``, ``act`` (``hook_pre``, ``hook_post`` of its neuron),
+    ``prob`` (its token's probability), ``scale`` (the norm's scale before the MLP), ``up``
+    (``hook_pre_linear``, gated MLPs only)."""
+
+    pre: Float[Tensor, " batch"]
+    act: Float[Tensor, " batch"]
+    prob: Float[Tensor, " batch"]
+    scale: Float[Tensor, " batch"]
+    up: Float[Tensor, " batch"] | None = None
+
+
+class KnockoutPlan:
+    """The knockouts of one batch (docs/method.md §3, "Attention knockout"), worked out from each
+    row's clean attention row and values as a backend's pass reaches the head's layer
+    (:meth:`__call__`): the look-up terms, the knockouts (given, or the defaults from the terms),
+    and for each knockout ``c`` (row ``rep[c]``, in row order) the sources removed
+    (``knocked [n, pos]``) and the change of the head's processed ``z`` at ``p`` (``dz [n,
+    d_head]``; 0 where ``undefined``: a renormalised row with no attention left, whose effects
+    are reported as NaN and whose NaN must not reach a pass that other knockouts share).
+    ``counts[j]``: the number of knockouts of row ``j``, known before the pass.
+    """
+
+    def __init__(self, backend, pos: list[int], heads: Sequence[tuple[int, int]],
+                 sources: Sequence[Sequence] | None, m: int, renormalise: bool,
+                 w_pre: Float[Tensor, "batch d_model"], length: int):
+        dev = w_pre.device
+        self.backend, self.pos, self.m, self.renormalise, self.w_pre = backend, pos, m, renormalise, w_pre
+        self.sources = None if sources is None else [
+            [(int(s),) if isinstance(s, int) else tuple(int(x) for x in s) for s in ss] for ss in sources]
+        self.hk = torch.tensor([int(k) for k, _ in heads], device=dev)
+        self.hh = torch.tensor([int(h) for _, h in heads], device=dev)
+        B, D = len(pos), backend.dims.d_head
+        self.counts = [len(self.sources[j]) if self.sources is not None else min(m, pos[j]) + 1
+                       for j in range(B)]
+        self.first = [sum(self.counts[:j]) for j in range(B)]
+        n = sum(self.counts)
+        self.rep = torch.tensor([j for j in range(B) for _ in range(self.counts[j])], dtype=torch.long,
+                                device=dev)
+        self.contrib = torch.zeros(B, length, device=dev)
+        self.attention = torch.zeros(B, length, device=dev)
+        self.groups: list[list[tuple[int, ...]]] = [[] for _ in range(B)]
+        self.knocked = torch.zeros(n, length, dtype=torch.bool, device=dev)
+        self.dz = torch.zeros(n, D, device=dev)
+        self.undefined = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def copies(self, r: Int[Tensor, " rows"]) -> Int[Tensor, " n"]:
+        """The knockouts of rows ``r``, in row order."""
+        idx = [c for j in r.tolist() for c in range(self.first[j], self.first[j] + self.counts[j])]
+        return torch.tensor(idx, dtype=torch.long, device=self.rep.device)
+
+    def __call__(self, layer: int, r: Int[Tensor, " rows"], attention: Float[Tensor, "rows pos"],
+                 values: Float[Tensor, "rows pos d_head"]) -> Int[Tensor, " n"]:
+        """Rows ``r`` (their head in ``layer``), with the head's attention row at ``p`` and its
+        processed values: their look-up terms ``a[p, s] · (v_s W_O[h]) · W_pre[:, i]``, their
+        knockouts and each knockout's ``dz = Σ_s (a'[s] - a[s]) v_s``
+        (:func:`~precompute.model.knockout.knocked_pattern`). Returns the knockouts' indices."""
+        L = self.contrib.shape[1]
+        attention, values = attention[:, :L].float(), values[:, :L].float()
+        u = self.backend.head_readout(layer, self.hh[r], self.w_pre[r])  # [rows, d_head]
+        self.attention[r] = attention
+        self.contrib[r] = attention * (values @ u[:, :, None])[..., 0]
+        for j in r.tolist():
+            p = self.pos[j]
+            g = (self.sources[j] if self.sources is not None
+                 else default_sources(self.contrib[j, :p + 1].tolist(), self.m))
+            self.groups[j] = g
+            self.knocked[self.first[j]:self.first[j] + len(g)] = source_mask(g, L, self.knocked.device)
+        idx = self.copies(r)
+        at = self.attention[self.rep[idx]]
+        local = torch.searchsorted(r, self.rep[idx])  # r ascending: each knockout's row within r
+        da = knocked_pattern(at, self.knocked[idx], self.renormalise) - at
+        dz = (da[..., None] * values[local]).sum(-2)
+        bad = dz.isnan().any(-1)  # a renormalised row with nothing left: undefined, and kept out of the pass
+        self.undefined[idx] = bad
+        self.dz[idx] = dz.masked_fill(bad[:, None], 0.0)
+        return idx
 
 
 # --- summaries (pure; for the job's run summary and the pair page) --------------------------------
