@@ -26,14 +26,13 @@ from torch import Tensor
 from context_lookups.precompute.model.backend import (
     Backend,
     Dims,
-    KnockoutRead,
     NeuronPass,
     PostObserver,
     Target,
 )
 from context_lookups.precompute.model.batching import pad
 from context_lookups.precompute.model.components import attribute_components, upstream_mask
-from context_lookups.precompute.model.knockout import knocked_pattern
+from context_lookups.precompute.model.knockout import KnockoutRead, knocked_pattern
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
 from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
@@ -288,9 +287,11 @@ class BridgeBackend(Backend):
         for k in ks:
             r = (plan.hk == k).nonzero().squeeze(1)
             pattern = cache[f"blocks.{k}.attn.hook_pattern"][r, plan.hh[r], p[r]]
-            plan(k, r, pattern, torch.stack([cache[hook_v(k)][j, :, int(plan.hh[j]) // group] for j in r.tolist()]))
+            values = torch.stack([cache[hook_v(k)][j, :, int(plan.hh[j]) // group] for j in r.tolist()])
+            plan(k, r, pattern, values)
         prob, _ = probabilities(out[b, p], targets, 1)
-        read = KnockoutRead(pre=at(hook_pre)[b, nr], act=at(hook_post)[b, nr], prob=prob, scale=at(hook_scale)[:, 0],
+        read = KnockoutRead(pre=at(hook_pre)[b, nr], act=at(hook_post)[b, nr], prob=prob,
+                            scale=at(hook_scale)[:, 0],
                             up=at(hook_pre_linear)[b, nr] if d.gated_mlp else None)
         if not total:
             return read, None
@@ -308,8 +309,8 @@ class BridgeBackend(Backend):
                 return pattern
             hooks.append((f"blocks.{k}.attn.hook_pattern", knock))
         with torch.no_grad(), self.bridge.hooks(fwd_hooks=hooks):
-            out, cache = self.bridge.run_with_cache(tokens[rep], names_filter=[n(x) for x in ls
-                                                                               for n in (hook_pre, hook_post)])
+            out, cache = self.bridge.run_with_cache(
+                tokens[rep], names_filter=[n(x) for x in ls for n in (hook_pre, hook_post)])
         lay_r, pos_r, nr_r = [lay[j] for j in rep.tolist()], pr.tolist(), nr[rep]
         r_all = torch.arange(n, device=dev)
         prob, _ = probabilities(out[r_all, pr], [targets[j] for j in rep.tolist()], 1)

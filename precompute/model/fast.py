@@ -45,9 +45,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from context_lookups.precompute.model.backend import Backend, Dims, KnockoutRead, NeuronPass, centre
+from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre
 from context_lookups.precompute.model.batching import pad
 from context_lookups.precompute.model.components import attribute_components, norm_scale, upstream_mask
+from context_lookups.precompute.model.knockout import KnockoutRead
 from context_lookups.precompute.model.processing import (
     centres_writes,
     kv_prefix,
