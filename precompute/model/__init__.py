@@ -12,6 +12,13 @@ what is exported here; ``app/`` imports nothing else from it.
   attention);
 - :mod:`~precompute.model.readout`: what every backend reads out of a pass (per-document
   maximum, next-token probabilities, the heads each row ablates);
+- :mod:`~precompute.model.components`: head attribution and the other components of a
+  pre-activation, the formula every backend calls (docs/method.md §3);
+- :mod:`~precompute.model.sources`: the per-source decomposition (the look-up), the causal
+  attention row, the attention sink (:func:`split_sink`);
+- :mod:`~precompute.model.knockout`: attention knockout's intervention, direct effects, result
+  (:class:`Knockout`, from :meth:`Backend.knockout`) and summaries (:func:`rank_agreement`,
+  :func:`top_source_holds`, :func:`share_of_pairs`);
 - :mod:`~precompute.model.batching`: tokenizing with BOS, padding, length-sorted batches.
 """
 
@@ -27,6 +34,17 @@ from context_lookups.precompute.model.backend import (
     check_token,
 )
 from context_lookups.precompute.model.batching import batches, length_batches, pad, tokenize_batch
+from context_lookups.precompute.model.knockout import (
+    RENORMALISE,
+    TOP_M,
+    Knockout,
+    default_sources,
+    pair_agreement,
+    pair_top_source,
+    rank_agreement,
+    share_of_pairs,
+    top_source_holds,
+)
 from context_lookups.precompute.model.loading import (
     BACKENDS,
     LoadedModel,
@@ -34,7 +52,10 @@ from context_lookups.precompute.model.loading import (
     resolve_device,
     resolve_dtype,
 )
+from context_lookups.precompute.model.sources import SINK, SinkSplit, split_sink
 
-__all__ = ["BACKENDS", "METHODS", "Backend", "Dims", "LoadedModel", "NeuronPass", "PostObserver", "batches",
-           "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model", "pad",
-           "resolve_device", "resolve_dtype", "tokenize_batch"]
+__all__ = ["BACKENDS", "METHODS", "RENORMALISE", "SINK", "TOP_M", "Backend", "Dims", "Knockout",
+           "LoadedModel", "NeuronPass", "PostObserver", "SinkSplit", "batches", "centre", "check_head",
+           "check_neuron", "check_token", "default_sources", "length_batches", "load_model", "pad",
+           "pair_agreement", "pair_top_source", "rank_agreement", "resolve_device", "resolve_dtype",
+           "share_of_pairs", "split_sink", "tokenize_batch", "top_source_holds"]

@@ -37,6 +37,9 @@ padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per 
                           explorer's "which neurons fire"; implemented once, on ``doc_maxima``)
 ``clean_view``            a live view: ``neuron_pass`` with probabilities
 ``ablated_view``          the same with heads ablated
+``knockout``              attention knockout of one head's read of chosen sources at the firing
+                          position: direct and total effects on ``hook_pre``, ``hook_post`` and the
+                          token's probability (docs/method.md §3, "Attention knockout")
 ========================  ===========================================================================
 
 Extension points (designed now, used later):
@@ -83,6 +86,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from context_lookups.precompute.model.batching import length_batches
+from context_lookups.precompute.model.components import centre, norm_read  # noqa: F401  (re-exported)
+from context_lookups.precompute.model.knockout import (
+    RENORMALISE,
+    TOP_M,
+    Knockout,
+    KnockoutPlan,
+    KnockoutRead,
+    activation,
+    columns,
+    direct_effects,
+)
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities  # noqa: F401  (re-exported)
 from context_lookups.precompute.model.sources import SourceTerms
 
@@ -99,7 +113,8 @@ class Dims:
     (``standard``: added to the residual stream, ``rotary``, ...), the Hugging Face
     architecture name (``GPT2LMHeadModel``), whether the MLP is gated (``act(x W_gate) * (x
     W_in)``: Llama) and the number of key/value heads (``n_kv_heads < n_heads``: grouped-query
-    attention; query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``)."""
+    attention; query head ``h`` reads kv head ``h // (n_heads // n_kv_heads)``) and the MLP's
+    activation (``act_fn``, TransformerLens' name: ``gelu_new``, ``gelu``, ``silu``)."""
 
     n_layers: int
     n_heads: int
@@ -114,6 +129,7 @@ class Dims:
     architecture: str = ""
     gated_mlp: bool = False
     n_kv_heads: int = 0
+    act_fn: str = ""
 
     @classmethod
     def of_cfg(cls, cfg, architecture: str = "") -> Dims:
@@ -123,7 +139,8 @@ class Dims:
                    parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
                    normalization=str(cfg.normalization_type), positional=str(cfg.positional_embedding_type),
                    architecture=architecture, gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
-                   n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
+                   n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+                   act_fn=str(getattr(cfg, "act_fn", "") or ""))
 
     def upstream_attn_layers(self, layer: int) -> int:
         """Number of attention layers that write to the residual stream before MLP ``layer``
@@ -174,21 +191,6 @@ class NeuronPass:
                           n_attn=self.n_attn[q:q + 1], other=self.other[q:q + 1], prob=pick(self.prob),
                           top=self.top[q:q + 1],
                           lookup=None if self.lookup is None else self.lookup.row(q, n, self.positions[q] + 1))
-
-
-def centre(x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-    """``x`` minus its mean over the last (``d_model``) axis: what a LayerNorm does before it
-    scales, so ``centre(x) · w / scale`` is ``x``'s contribution to a LayerNorm-read
-    pre-activation (docs/method.md §3)."""
-    return x - x.mean(dim=-1, keepdim=True)
-
-
-def norm_read(x: Float[Tensor, "... d_model"], normalization: str) -> Float[Tensor, "... d_model"]:
-    """What the norm before an MLP divides by its scale (docs/method.md §3): ``centre(x)`` for a
-    LayerNorm (``LN``, ``LNPre``), ``x`` itself for an RMSNorm (``RMS``, ``RMSPre``: no
-    centring). A component ``x`` of the residual stream contributes ``norm_read(x) · w / scale``
-    to a pre-activation, with ``scale = sqrt(mean(norm_read(resid)²) + eps)``."""
-    return centre(x) if normalization in ("LN", "LNPre") else x
 
 
 # --- range checks: the one home of every neuron / head / token / position check -----------------
@@ -251,6 +253,44 @@ def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Targ
                 if method == "mean" and (mean_v is None or int(k) not in mean_v):
                     raise ValueError(f"Mean ablation needs the mean value vectors of layer {k}; "
                                      f"compute them with ablation.mean_values().")
+    return pos
+
+
+def check_knockout(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                   heads: Sequence[tuple[int, int]], sources: Sequence[Sequence] | None,
+                   positions: Sequence[int] | None, renormalise: bool) -> list[int]:
+    """Check the inputs of :meth:`Backend.knockout`; return each row's firing position.
+
+    Raises:
+        ValueError: as :func:`check_pass`; a target without its token id; not one head per row, a
+            head out of range or not upstream of the row's neuron; not one list of knockouts per
+            row, an empty knockout, a source outside ``0..p``; with ``renormalise``, a knockout of
+            every source (nothing is left to renormalise over).
+    """
+    pos = check_pass(dims, rows, targets, positions)
+    if any(len(t) < 3 or t[2] is None for t in targets):
+        raise ValueError("A knockout measures the predicted token's probability: give (layer, neuron, "
+                         "token_id) for every row.")
+    if len(heads) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(heads)} heads: give one (layer, head) per row.")
+    for (k, h), t in zip(heads, targets, strict=True):
+        check_head(int(k), int(h), n_layers=dims.n_layers, n_heads=dims.n_heads)
+        if int(k) >= dims.upstream_attn_layers(int(t[0])):
+            raise ValueError(f"Head L{k}H{h} is not upstream of neuron L{t[0]}N{t[1]}: its layer must be "
+                             f"below {dims.upstream_attn_layers(int(t[0]))}.")
+    if sources is None:
+        return pos
+    if len(sources) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(sources)} lists of knockouts.")
+    for ss, p in zip(sources, pos, strict=True):
+        for s in ss:
+            group = [int(s)] if isinstance(s, int) else [int(x) for x in s]
+            if not group or any(not 0 <= x <= p for x in group):
+                raise ValueError(f"A knockout names source positions {group}: each must be in 0..{p} (BOS at "
+                                 f"0, the firing position {p} last), and a knockout names at least one.")
+            if renormalise and len(set(group)) == p + 1:
+                raise ValueError(f"A renormalised knockout of all {p + 1} sources leaves nothing to "
+                                 f"renormalise over: keep at least one, or use renormalise=False.")
     return pos
 
 
@@ -438,3 +478,113 @@ class Backend(abc.ABC):
                    else [list(h) for h in heads])
         return self.neuron_pass(rows, targets, positions, logits=True, top_n=top_n, ablate=per_row,
                                 method=method, mean_v=mean_v)
+
+    # --- attention knockout (docs/method.md §3, "Attention knockout") -------------------------
+    def knockout(self, rows: Sequence[Sequence[int]], targets: Sequence[Target],
+                 heads: Sequence[tuple[int, int]], sources: Sequence[Sequence] | None = None,
+                 positions: Sequence[int] | None = None, *, renormalise: bool = RENORMALISE,
+                 total: bool = True, m: int = TOP_M, max_tokens: int = 8192, max_rows: int = 64
+                 ) -> list[Knockout]:
+        """Attention knockout of each prompt's head at its firing position: a causal check of the
+        look-up, the per-source split of the head attribution of paper §4.3 (docs/method.md §3,
+        "Attention knockout"; issue 28), in length-sorted batches. One forward pass per batch on
+        a fast backend (the knockouts ride along as copies of the token at ``p``); the bridge
+        re-runs each knockout as its own row.
+
+        Args:
+            rows: token rows, BOS at 0 (positions after a row's firing position are not run).
+            targets: ``(layer, neuron, token_id)`` per row: the neuron and the predicted token.
+            heads: ``(k, h)`` per row, upstream of the row's neuron.
+            sources: per row, the knockouts: each a source position or a collection of positions
+                removed together. None: the ``m`` context sources with the largest look-up terms,
+                one at a time, then the sink (BOS)
+                (:func:`~precompute.model.knockout.default_sources`).
+            positions: the firing position ``p`` per row (default its last token).
+            renormalise: zero ``a[p, s]`` and renormalise the row (True, the default: Geva et
+                al. 2023), or remove the source's term alone (False).
+            total: also re-run the forward pass with each knockout in place (the total effect);
+                without it, one clean pass and the direct effects only.
+
+        Returns:
+            One :class:`~precompute.model.knockout.Knockout` per row, in the order given.
+
+        Raises:
+            ValueError: see :func:`check_knockout`.
+        """
+        pos = check_knockout(self.dims, rows, targets, heads, sources, positions, renormalise)
+        cut = [list(r[:p + 1]) for r, p in zip(rows, pos, strict=True)]
+        out: list = [None] * len(rows)
+        for idx in length_batches([len(r) for r in cut], max_tokens, max_rows):
+            got = self._knockout_batch([cut[j] for j in idx], [targets[j] for j in idx],
+                                       [pos[j] for j in idx], [heads[j] for j in idx],
+                                       None if sources is None else [sources[j] for j in idx],
+                                       renormalise, total, m)
+            for q, j in enumerate(idx):
+                out[j] = got[q]
+        return out
+
+    def _knockout_batch(self, rows, targets, pos: list[int], heads, sources, renormalise: bool, total: bool,
+                        m: int) -> list[Knockout]:
+        """:meth:`knockout` of one batch: the backend's pass (:meth:`_knockout_pass`) works out the
+        plan (:class:`KnockoutPlan`) as it reaches each head's layer; the direct effects follow
+        from the plan and the clean values; the total effects are the pass's own."""
+        d, dev = self.dims, self.device
+        w_pre, w_up = self._neuron_columns(targets)
+        plan = KnockoutPlan(self, pos, heads, sources, m, renormalise, w_pre, max(len(r) for r in rows))
+        read, tot = self._knockout_pass(rows, targets, pos, plan, total)
+        rep = plan.rep
+        delta = torch.zeros(len(rep), d.d_model, device=dev)  # the head's output at p, knocked minus clean
+        for k in plan.hk.unique().tolist():
+            c = (plan.hk[rep] == k).nonzero().squeeze(1)
+            delta[c] = self.head_out(k, plan.hh[rep][c], plan.dz[c])
+        d_pre, d_act = direct_effects(delta, w_pre[rep], read.scale[rep], read.pre[rep],
+                                      normalization=d.normalization, act=activation(d.act_fn),
+                                      w_up=None if w_up is None else w_up[rep],
+                                      up=None if read.up is None else read.up[rep])
+        nan = plan.undefined
+        d_pre, d_act = d_pre.masked_fill(nan, float("nan")), d_act.masked_fill(nan, float("nan"))
+        if tot is not None:
+            tot = tuple(t.masked_fill(nan, float("nan")) for t in tot)
+        out = []
+        for j, g in enumerate(plan.groups):
+            sl, t, p = slice(plan.first[j], plan.first[j] + plan.counts[j]), targets[j], pos[j]
+            out.append(Knockout(layer=int(t[0]), neuron=int(t[1]), token=int(t[2]), position=p,
+                                head=(int(heads[j][0]), int(heads[j][1])), renormalise=renormalise,
+                                pre=float(read.pre[j]), act=float(read.act[j]), prob=float(read.prob[j]),
+                                scale=float(read.scale[j]), contrib=plan.contrib[j, :p + 1].cpu(),
+                                attention=plan.attention[j, :p + 1].cpu(), sources=list(g),
+                                direct_pre=d_pre[sl].cpu(), direct_act=d_act[sl].cpu(),
+                                total_pre=None if tot is None else (tot[0][sl] - read.pre[j]).cpu(),
+                                total_act=None if tot is None else (tot[1][sl] - read.act[j]).cpu(),
+                                total_prob=None if tot is None else (tot[2][sl] - read.prob[j]).cpu()))
+        return out
+
+    def _neuron_columns(self, targets
+                        ) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, "batch d_model"] | None]:
+        """Each row's processed ``W_pre[:, i]`` and, for a gated MLP, ``W_in[:, i]``."""
+        lay = torch.tensor([int(t[0]) for t in targets])
+        nr = torch.tensor([int(t[1]) for t in targets])
+        ls = lay.unique().tolist()
+        w_pre = columns({x: self.W_pre(x) for x in ls}, lay, nr)
+        return w_pre, columns({x: self.W_in(x) for x in ls}, lay, nr) if self.dims.gated_mlp else None
+
+    def head_out(self, layer: int, head: Int[Tensor, " n"], z: Float[Tensor, "n *pos d_head"]
+                 ) -> Float[Tensor, "n *pos d_model"]:
+        """``hook_result`` of head ``head[j]`` of ``layer`` for the processed ``z[j]`` (``hook_z``
+        units: attention-weighted processed values), float32: ``z[j] · W_O[layer, head[j]]``."""
+        return torch.einsum("n...d,ndm->n...m", z.float(), self.W_O(layer)[head])
+
+    def head_readout(self, layer: int, head: Int[Tensor, " n"], w: Float[Tensor, "n d_model"]
+                     ) -> Float[Tensor, "n d_head"]:
+        """Head ``head[j]``'s read-out of direction ``w[j]``: ``u = W_O[layer, head[j]] · w[j]``, so
+        that ``z · u = head_out(z) · w`` (the look-up's ``v_s · u``; float32)."""
+        return torch.einsum("ndm,nm->nd", self.W_O(layer)[head], w.float())
+
+    @abc.abstractmethod
+    def _knockout_pass(self, rows, targets, pos: list[int], plan: KnockoutPlan, total: bool
+                       ) -> tuple[KnockoutRead, tuple[Tensor, Tensor, Tensor] | None]:
+        """The forward pass(es) of :meth:`knockout` on rows cut at their firing positions: the
+        clean values, calling ``plan(layer, rows, attention, values)`` with each head's attention
+        row at ``p`` and its processed values; with ``total`` also, per knockout of the plan (in
+        its order), ``hook_pre``, ``hook_post`` (float32) and the token's probability (float64)
+        at ``p`` with the knockout in place."""

@@ -29,9 +29,10 @@ from context_lookups.precompute.model.backend import (
     NeuronPass,
     PostObserver,
     Target,
-    norm_read,
 )
 from context_lookups.precompute.model.batching import pad
+from context_lookups.precompute.model.components import attribute_components, upstream_mask
+from context_lookups.precompute.model.knockout import KnockoutRead, knocked_pattern
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
 from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
 
@@ -44,6 +45,17 @@ def hook_post(layer: int) -> str:
 def hook_pre(layer: int) -> str:
     """The MLP pre-activation ``ln2(x) @ W_in + b_in`` of a 0-based layer."""
     return f"blocks.{layer}.mlp.hook_pre"
+
+
+def hook_pre_linear(layer: int) -> str:
+    """A gated MLP's up projection ``ln2(x) @ W_in + b_in`` of a 0-based layer (its ``hook_pre``
+    is the gate's)."""
+    return f"blocks.{layer}.mlp.hook_pre_linear"
+
+
+def hook_scale(layer: int) -> str:
+    """The scale of the norm before the MLP of a 0-based layer, ``[batch, pos, 1]``."""
+    return f"blocks.{layer}.ln2.hook_scale"
 
 
 def hook_v(layer: int) -> str:
@@ -217,43 +229,89 @@ class BridgeBackend(Backend):
             res.prob, res.top = probabilities(out[b, p], targets, top_n)
         return res
 
-    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int, lookup: bool | Sequence[int] = False) -> None:
+    def _attribute(self, res: NeuronPass, cache, per_row, b, p, nr, K: int,
+                   lookup: bool | Sequence[int] = False) -> None:
         """raw, ln, pre and other of ``res`` from the cached hook points (float32); with
         ``lookup`` the per-source decomposition (``hook_pattern`` row ``p``, ``hook_v``)."""
-        layers = res.layers
-        w = torch.stack([self.W_pre(lay)[:, n] for lay, n in zip(layers, res.neurons)])  # [batch, d_model]
+        layers, d, dev = res.layers, self.dims, self.device
+        pairs = list(zip(layers, res.neurons, strict=True))
+        w = torch.stack([self.W_pre(lay)[:, n] for lay, n in pairs])  # [batch, d_model]
         scale = per_row(lambda lay: f"blocks.{lay}.ln2.hook_scale")[b, p, 0]  # [batch]
-        d = self.dims
         result = (torch.stack([cache[f"blocks.{k}.attn.hook_result"][b, p] for k in range(K)], 1).float() if K
-                  else torch.zeros(len(b), 0, d.n_heads, d.d_model, device=self.device))  # [batch, K, H, d_model]
-        upstream = (torch.arange(K, device=self.device)[None, :]
-                    < torch.tensor(res.n_attn, device=self.device)[:, None])[:, :, None]
-        res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream
-
-        def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale (LN: centred)
-            return norm_read(x, d.normalization)
-        res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream
+                  else torch.zeros(len(b), 0, d.n_heads, d.d_model, device=dev))  # [batch, K, H, d_model]
+        parts = {"embed": cache["hook_embed"][b, p].float()}
+        if self._has_pos:
+            parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
+        b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=dev)
+        res.raw, res.ln, res.other = attribute_components(
+            result, w, scale, layers=layers, n_attn=res.n_attn, parts=parts, b_O=b_O,
+            mlp={k: cache[f"blocks.{k}.hook_mlp_out"][b, p].float() for k in range(max(layers))},
+            b_pre=torch.stack([self.b_pre(lay)[n] for lay, n in pairs]),
+            normalization=d.normalization)
         if lookup:
             ks = decomposed_layers(lookup, K)
             group = d.n_heads // d.n_kv_heads  # GQA: hook_v per kv head; query head h reads h // group
             us = {k: readout(self.W_O(k), w) for k in ks}  # [batch, H, d_head] per layer
             pats = {k: cache[f"blocks.{k}.attn.hook_pattern"][b, :, p, :].float() for k in ks}
-            res.lookup = SourceTerms.stack(
-                {k: source_terms(pats[k], cache[hook_v(k)].repeat_interleave(group, 2), us[k]) for k in ks}, pats,
-                {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale, upstream[:, :, 0],
-                K, d.n_heads, cache[hook_post(layers[0])].shape[1])
+            vals = {k: cache[hook_v(k)].repeat_interleave(group, 2) for k in ks}
+            terms = {k: source_terms(pats[k], vals[k], us[k]) for k in ks}
+            res.lookup = SourceTerms.stack(terms, pats, {k: (us[k] * self.b_V(k)).sum(-1) for k in ks}, scale,
+                                           upstream_mask(res.n_attn, K, dev), K, d.n_heads,
+                                           cache[hook_post(layers[0])].shape[1])
         res.pre = per_row(hook_pre)[b, p, nr]
-        parts = {"embed": cache["hook_embed"][b, p].float()}
-        if self._has_pos:
-            parts["pos_embed"] = cache["hook_pos_embed"][b, p].float()
-        parts = {k: (read(v) * w).sum(-1) / scale for k, v in parts.items()}
-        b_O = torch.stack([self.b_O(k) for k in range(K)]) if K else torch.zeros(0, d.d_model, device=self.device)
-        b_O_w = (read(b_O) @ w.T).T  # [batch, K]
-        for j, (lay, n) in enumerate(zip(layers, res.neurons)):
-            o = {k: float(v[j]) for k, v in parts.items()}
-            o["b_O"] = float(b_O_w[j, :res.n_attn[j]].sum() / scale[j])
-            for k in range(lay):
-                mlp = cache[f"blocks.{k}.hook_mlp_out"][j, p[j]].float()
-                o[f"mlp{k}"] = float((read(mlp) * w[j]).sum() / scale[j])
-            o["b_in"] = float(self.b_pre(lay)[n])  # the bias of hook_pre (b_gate for a gated MLP)
-            res.other.append(o)
+
+    # --- attention knockout (docs/method.md §3): the reference, by hook points -------------------
+    def _knockout_pass(self, rows, targets, pos, plan, total):
+        """The reference: one ``run_with_cache`` of the rows (``hook_pre``, ``hook_post``,
+        ``ln2.hook_scale`` and, gated, ``hook_pre_linear`` of each row's neuron layer;
+        ``hook_pattern`` row ``p`` and ``hook_v`` of its head's layer; the logits at ``p``), then
+        with ``total`` every knockout its own row, the prompt re-run with row ``p`` of the head's
+        ``hook_pattern`` replaced by :func:`~precompute.model.knockout.knocked_pattern` of the
+        pattern the model computed."""
+        dev, d = self.device, self.dims
+        tokens, _ = pad(rows, self.pad_id, dev)
+        B = len(rows)
+        b, p = torch.arange(B, device=dev), torch.tensor(pos, device=dev)
+        lay = [int(t[0]) for t in targets]
+        nr = torch.tensor([int(t[1]) for t in targets], device=dev)
+        ls, ks = sorted(set(lay)), plan.hk.unique().tolist()
+        names = [n(x) for x in ls for n in (hook_pre, hook_post, hook_scale)]
+        names += [hook_pre_linear(x) for x in ls] if d.gated_mlp else []
+        names += [n for k in ks for n in (f"blocks.{k}.attn.hook_pattern", hook_v(k))]
+        with torch.no_grad():
+            out, cache = self.bridge.run_with_cache(tokens, names_filter=names)
+
+        def at(name_of, rows_pos=pos, rows_lay=lay) -> Tensor:  # row j's entry of its own layer at its p
+            return torch.stack([cache[name_of(x)][j, rows_pos[j]] for j, x in enumerate(rows_lay)]).float()
+        group = d.n_heads // d.n_kv_heads
+        for k in ks:
+            r = (plan.hk == k).nonzero().squeeze(1)
+            pattern = cache[f"blocks.{k}.attn.hook_pattern"][r, plan.hh[r], p[r]]
+            values = torch.stack([cache[hook_v(k)][j, :, int(plan.hh[j]) // group] for j in r.tolist()])
+            plan(k, r, pattern, values)
+        prob, _ = probabilities(out[b, p], targets, 1)
+        read = KnockoutRead(pre=at(hook_pre)[b, nr], act=at(hook_post)[b, nr], prob=prob,
+                            scale=at(hook_scale)[:, 0],
+                            up=at(hook_pre_linear)[b, nr] if d.gated_mlp else None)
+        if not total:
+            return read, None
+        rep = plan.rep
+        n, pr = len(rep), p[rep]
+        hooks = []
+        for k in ks:
+            c = (plan.hk[rep] == k).nonzero().squeeze(1)
+
+            def knock(pattern: Tensor, hook=None, c=c) -> Tensor:
+                pattern = pattern.clone()
+                row = pattern[c, plan.hh[rep][c], pr[c]]
+                pattern[c, plan.hh[rep][c], pr[c]] = knocked_pattern(
+                    row, plan.knocked[c, :row.shape[-1]], plan.renormalise).to(pattern.dtype)
+                return pattern
+            hooks.append((f"blocks.{k}.attn.hook_pattern", knock))
+        with torch.no_grad(), self.bridge.hooks(fwd_hooks=hooks):
+            out, cache = self.bridge.run_with_cache(
+                tokens[rep], names_filter=[n(x) for x in ls for n in (hook_pre, hook_post)])
+        lay_r, pos_r, nr_r = [lay[j] for j in rep.tolist()], pr.tolist(), nr[rep]
+        r_all = torch.arange(n, device=dev)
+        prob, _ = probabilities(out[r_all, pr], [targets[j] for j in rep.tolist()], 1)
+        return read, (at(hook_pre, pos_r, lay_r)[r_all, nr_r], at(hook_post, pos_r, lay_r)[r_all, nr_r], prob)

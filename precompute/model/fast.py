@@ -45,8 +45,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre, norm_read
+from context_lookups.precompute.model.backend import Backend, Dims, NeuronPass, centre
 from context_lookups.precompute.model.batching import pad
+from context_lookups.precompute.model.components import attribute_components, norm_scale, upstream_mask
+from context_lookups.precompute.model.knockout import KnockoutRead
 from context_lookups.precompute.model.processing import (
     centres_writes,
     kv_prefix,
@@ -54,7 +56,13 @@ from context_lookups.precompute.model.processing import (
     process_unembed,
 )
 from context_lookups.precompute.model.readout import doc_max, head_mask, probabilities
-from context_lookups.precompute.model.sources import SourceTerms, decomposed_layers, readout, source_terms
+from context_lookups.precompute.model.sources import (
+    SourceTerms,
+    attention_row,
+    decomposed_layers,
+    readout,
+    source_terms,
+)
 
 
 class _Stop(Exception):
@@ -72,6 +80,7 @@ class Block:
     mlp_out: torch.nn.Module    # forward pre-hook input: hook_post; W_out
     qkv: torch.nn.Module        # output: carries v (read by FastBackend._values; GPT-2: q, k, v)
     attn: torch.nn.Module | None = None  # the attention; pre-hook (with kwargs): FastBackend._qkv
+    mlp_up: torch.nn.Module | None = None  # gated MLPs: output hook_pre_linear (x W_in), read by knockout
 
 
 # (module, pre, fn): pre False: forward hook fn(module, args, output); True: forward pre-hook
@@ -203,12 +212,7 @@ class FastBackend(Backend):
             b = torch.arange(q.shape[0], device=q.device)
             qp = q[b, pos].float()  # [batch, n_heads, d_head] at each row's target position
             kk = k.float().repeat_interleave(group, 2).transpose(1, 2)  # [batch, n_heads, pos, d_head]
-            scores = (kk @ qp[..., None])[..., 0] * scaling  # [batch, n_heads, pos]
-            s = torch.arange(q.shape[1], device=q.device)[None, :]
-            hidden = s > pos[:, None]
-            if window is not None:
-                hidden |= s <= pos[:, None] - window
-            pattern = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
+            pattern = attention_row((kk @ qp[..., None])[..., 0], pos, scaling=scaling, window=window)
             fn(pattern, v.repeat_interleave(group, 2) if group > 1 else v)
         return self.qkv_hook(layer, on_qkv)
 
@@ -271,12 +275,15 @@ class FastBackend(Backend):
 
     # --- the forward pass ------------------------------------------------------------------------
     def capture(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[Hook], *,
-                stop: torch.nn.Module | None, final: bool = False) -> Tensor | None:
+                stop: torch.nn.Module | None, final: bool = False, **inputs) -> Tensor | None:
         """One forward pass of the plain model with ``hooks`` — ``(module, pre, fn)``: a forward
         pre-hook ``fn(module, args)`` if ``pre`` else a forward hook ``fn(module, args, output)``;
         a pre-hook may return new args (ablation) — registered in order. The pass stops right
         before ``stop`` runs (after its pre-hooks); with ``final`` it runs to the end and returns
-        the base model's last hidden state ``[batch, pos, d_model]`` (no unembedding)."""
+        the base model's last hidden state ``[batch, pos, d_model]`` (no unembedding). ``inputs``:
+        further arguments of the Hugging Face model (``past_key_values``, ``position_ids``,
+        ``attention_mask``: the knockout's cached passes); with ``past_key_values`` the cache is
+        filled (or read) as the model does."""
         handles = []
         try:
             for mod, pre, fn in hooks:
@@ -288,7 +295,7 @@ class FastBackend(Backend):
                 handles.append(stop.register_forward_pre_hook(halt))
             with torch.no_grad():
                 try:
-                    out = self.base(input_ids=tokens, use_cache=False)
+                    out = self.base(input_ids=tokens, use_cache="past_key_values" in inputs, **inputs)
                 except _Stop:
                     return None
             return out.last_hidden_state if final else None
@@ -439,7 +446,7 @@ class FastBackend(Backend):
                    lookup: bool | Sequence[int] = False, length: int = 0) -> None:
         """raw, ln, pre and other of ``res`` from the captured quantities (float32); with
         ``lookup`` the per-source terms captured by :meth:`_attribution_hooks`."""
-        dev, (H, D) = self.device, (self.dims.n_heads, self.dims.d_head)
+        dev, H = self.device, self.dims.n_heads
         B, K, top = len(res.layers), max(res.n_attn), int(layers.max())
         pre = torch.empty(B, device=dev)
         resid = torch.empty(B, self.dims.d_model, device=dev)
@@ -451,32 +458,136 @@ class FastBackend(Backend):
             pre[r], resid[r], eps[r] = got["pre", lay], got["resid", lay], self.ln2_eps[lay]
             w[r], b_pre[r] = W[:, nr].T, bias[nr]
 
-        def read(x: Tensor) -> Tensor:  # what the MLP's norm divides by its scale
-            return norm_read(x, self.dims.normalization)
-        scale = (read(resid).pow(2).mean(-1) + eps).sqrt()  # the norm's hook_scale, [batch]
-        # hook_result at the target positions, [batch, K, H, d_model] (K = 0: no upstream head)
-        result = torch.zeros(B, 0, H, self.dims.d_model, device=dev)
-        if K:
-            z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
-            result = torch.stack([torch.einsum("bhd,hdm->bhm", z[:, k] - self.b_V[k],
-                                               self.W_O_plain(k).float()) for k in range(K)], 1)
-            result = centre(result) if self.centred else result
-        upstream = (torch.arange(K, device=dev)[None, :] < torch.tensor(res.n_attn, device=dev)[:, None])
-        res.raw = torch.einsum("bkhm,bm->bkh", result, w) * upstream[:, :, None]
-        res.ln = torch.einsum("bkhm,bm->bkh", read(result), w) / scale[:, None, None] * upstream[:, :, None]
+        scale = norm_scale(resid, eps, self.dims.normalization)  # the norm's hook_scale, [batch]
+        result = self._results(got, B, K)
+        res.raw, res.ln, res.other = attribute_components(
+            result, w, scale, layers=res.layers, n_attn=res.n_attn,
+            parts={k: got[k] for k in ("embed", "pos_embed") if k in got}, b_O=self.b_O_proc[:K],
+            mlp={k: got["mlp", k] for k in range(top)}, b_pre=b_pre, normalization=self.dims.normalization)
         if lookup:
             ks = decomposed_layers(lookup, K)
             res.lookup = SourceTerms.stack({k: got["src", k] for k in ks}, {k: got["att", k] for k in ks},
                                            {k: (got["u", k] * self.b_V_proc[k]).sum(-1) for k in ks},
-                                           scale, upstream, K, H, length)
+                                           scale, upstream_mask(res.n_attn, K, dev), K, H, length)
         res.pre = pre
-        parts = {k: (read(got[k]) * w).sum(-1) / scale for k in ("embed", "pos_embed") if k in got}
-        b_O = (read(self.b_O_proc[:K]) @ w.T).T  # [batch, K]
-        mlp = {k: (read(got["mlp", k]) * w).sum(-1) / scale for k in range(top)}
-        for j in range(B):
-            o = {k: float(v[j]) for k, v in parts.items()}
-            o["b_O"] = float(b_O[j, :res.n_attn[j]].sum() / scale[j])
-            for k in range(res.layers[j]):
-                o[f"mlp{k}"] = float(mlp[k][j])
-            o["b_in"] = float(b_pre[j])  # the bias of hook_pre (b_gate for a gated MLP)
-            res.other.append(o)
+
+    def _results(self, got: dict, B: int, K: int) -> Float[Tensor, "batch K n_heads d_model"]:
+        """``hook_result`` of every head of the ``K`` upstream layers at the target positions,
+        from the captured per-head ``z`` (K = 0: no upstream head)."""
+        H, D = self.dims.n_heads, self.dims.d_head
+        if not K:
+            return torch.zeros(B, 0, H, self.dims.d_model, device=self.device)
+        z = torch.stack([got["z", k] for k in range(K)], 1).unflatten(-1, (H, D))  # [batch, K, H, D]
+        return torch.stack([self.head_result(k, z[:, k] - self.b_V[k]) for k in range(K)], 1)
+
+    def head_out(self, layer: int, head: Int[Tensor, " n"], z: Float[Tensor, "n *pos d_head"]
+                 ) -> Float[Tensor, "n *pos d_model"]:
+        """:meth:`Backend.head_out <precompute.model.backend.Backend.head_out>` with the plain
+        ``W_O``, centred where processing centres it (as :meth:`head_result`)."""
+        out = torch.einsum("n...d,ndm->n...m", z.float(), self.W_O_plain(layer).float()[head])
+        return centre(out) if self.centred else out
+
+    def head_readout(self, layer: int, head: Int[Tensor, " n"], w: Float[Tensor, "n d_model"]
+                     ) -> Float[Tensor, "n d_head"]:
+        """:meth:`Backend.head_readout <precompute.model.backend.Backend.head_readout>` with the
+        plain ``W_O``: ``centre(z W_O) · w = z · (W_O · centre(w))`` where processing centres it."""
+        w = centre(w.float()) if self.centred else w.float()
+        return torch.einsum("ndm,nm->nd", self.W_O_plain(layer).float()[head], w)
+
+    # --- attention knockout (docs/method.md §3) -------------------------------------------------
+    def _knockout_pass(self, rows, targets, pos, plan, total):
+        """One pass of the plain model, to the end. The clean values are read at each row's firing
+        position ``p``, and the plan is worked out as each head's layer runs (its attention row
+        and values from the look-up capture, :meth:`_lookup_hook`).
+
+        With ``total``, each row carries its knockouts in the same pass: copies of its token at
+        ``p``, appended after ``p``, each at position ``p`` (``position_ids``) and seeing the keys
+        ``s < p`` and itself (a 4D mask, with the layer's sliding window), and at layer ``k`` the
+        head's ``z`` of copy ``c`` moved by ``plan.dz[c]``. A knockout at ``p`` changes nothing
+        before ``p`` (causal attention) nor at ``p`` below layer ``k``, so each copy computes
+        what re-running the prompt with that knockout computes at ``p``; the clean positions do
+        not see the copies. The tests check it against the bridge, which re-runs the prompts."""
+        dev, d = self.device, self.dims
+        B = len(rows)
+        counts = plan.counts if total else [0] * B
+        p = torch.tensor(pos, device=dev)
+        tokens, _ = pad([list(rows[j][:pos[j] + 1]) + [rows[j][pos[j]]] * counts[j] for j in range(B)],
+                        self.pad_id, dev)
+        rep = plan.rep if total else torch.zeros(0, dtype=torch.long, device=dev)
+        col = torch.tensor([pos[j] + 1 + i for j in range(B) for i in range(counts[j])], dtype=torch.long,
+                           device=dev)
+        qb, qp = torch.cat([torch.arange(B, device=dev), rep]), torch.cat([p, col])  # where values are read
+        lay = torch.tensor([int(t[0]) for t in targets], device=dev)
+        nr = torch.tensor([int(t[1]) for t in targets], device=dev)
+        got = {x: torch.zeros(len(qb), device=dev) for x in ("pre", "act", "up")}
+        resid = torch.empty(B, d.d_model, device=dev)
+        eps = torch.tensor([self.ln2_eps[int(x)] for x in lay.tolist()], device=dev)
+        hooks: list[Hook] = []
+
+        def read(name: str, q: Tensor, x: Tensor) -> None:
+            got[name][q] = x[qb[q], qp[q], nr[qb[q]]].float()
+        for layer in lay.unique().tolist():
+            q = (lay[qb] == layer).nonzero().squeeze(1)
+            r = (lay == layer).nonzero().squeeze(1)
+            blk = self.blocks[layer]
+            hooks.append((blk.mlp_in, False, lambda m, a, out, q=q: read("pre", q, out)))
+            hooks.append((blk.mlp_out, True, lambda m, a, q=q: read("act", q, a[0])))
+            hooks.append((blk.ln2, True, lambda m, a, r=r: resid.__setitem__(r, a[0][r, p[r]].float())))
+            if d.gated_mlp:
+                hooks.append((blk.mlp_up, False, lambda m, a, out, q=q: read("up", q, out)))
+        for k in plan.hk.unique().tolist():
+            r = (plan.hk == k).nonzero().squeeze(1)
+
+            def lookup(pattern: Tensor, values: Tensor, k: int = k, r: Tensor = r) -> None:
+                hh = plan.hh[r]
+                v = values[r][torch.arange(len(r), device=dev), :, hh].float() - self.b_V[k][hh][:, None, :]
+                plan(k, r, pattern[r, hh], v)
+            hooks.append(self._lookup_hook(k, p, lookup))
+            if total:
+                cs = plan.copies(r)
+
+                def shift(mod, args, cs=cs):
+                    z = args[0].unflatten(-1, (d.n_heads, d.d_head)).clone()
+                    z[rep[cs], col[cs], plan.hh[rep[cs]]] += plan.dz[cs].to(z.dtype)
+                    return (z.flatten(-2), *args[1:])
+                hooks.append((self.blocks[k].attn_o, True, shift))
+        inputs = self._copies_inputs(p, tokens.shape[1]) if total else {}
+        hidden = self.capture(tokens, hooks, stop=None, final=True, **inputs)
+        prob, _ = probabilities(self.head(hidden[qb, qp]), [targets[j] for j in qb.tolist()], 1)
+        out = KnockoutRead(pre=got["pre"][:B], act=got["act"][:B], prob=prob[:B],
+                           scale=norm_scale(resid, eps, d.normalization),
+                           up=got["up"][:B] if d.gated_mlp else None)
+        return out, (got["pre"][B:], got["act"][B:], prob[B:]) if total else None
+
+    def _copies_inputs(self, p: Int[Tensor, " batch"], T: int) -> dict:
+        """``position_ids [batch, T]`` and the additive 4D ``attention_mask [batch, 1, T, T]`` of
+        rows that carry copies of their token at ``p[b]`` after ``p[b]`` (:meth:`_knockout_pass`):
+        position ``q <= p`` sees ``s <= q``; a copy (and the padding after the copies) sits at
+        position ``p`` and sees ``s < p`` and itself; every query sees only keys within its
+        layer's sliding window (``s > position - window``). One mask, or one per layer type
+        (``config.layer_types``) when the layers' windows differ."""
+        q = torch.arange(T, device=self.device)
+        at = torch.minimum(q[None, :], p[:, None])  # [batch, T]: each query's position
+        s = q[None, None, :]
+        base = (s < at[:, :, None]) | (s == q[None, :, None])  # [batch, T, T]
+        fill = torch.finfo(self.dtype).min
+
+        def mask(window: int | None) -> Tensor:
+            seen = base & (s > at[:, :, None] - window) if window is not None else base
+            zero = torch.zeros(seen.shape, dtype=self.dtype, device=self.device)
+            return zero.masked_fill(~seen, fill)[:, None]
+        windows = [self._sliding_window(k) for k in range(self.dims.n_layers)]
+        if len(set(windows)) == 1:
+            masks = mask(windows[0])
+        else:
+            types = self.hf.config.layer_types
+            masks = {types[k]: mask(windows[k]) for k in range(self.dims.n_layers)}
+        return {"position_ids": at, "attention_mask": masks}
+
+    def head_result(self, layer: int, z: Float[Tensor, "batch n_heads d_head"]
+                    ) -> Float[Tensor, "batch n_heads d_model"]:
+        """``hook_result`` of every head of ``layer`` for processed ``z`` (``hook_z``: the plain
+        ``z`` minus ``b_V``), float32: ``centre(z @ W_O)`` with the plain ``W_O`` where processing
+        centres the writing weights (LayerNorm models), ``z @ W_O`` otherwise (module docstring)."""
+        out = torch.einsum("bhd,hdm->bhm", z.float(), self.W_O_plain(layer).float())
+        return centre(out) if self.centred else out

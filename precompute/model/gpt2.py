@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from context_lookups.precompute.model.fast import Block, FastBackend, Hook
-from context_lookups.precompute.model.sources import head_dots
+from context_lookups.precompute.model.sources import attention_row, head_dots
 
 
 class GPT2Backend(FastBackend):
@@ -73,9 +73,8 @@ class GPT2Backend(FastBackend):
         d, H, D = self.dims.d_model, self.dims.n_heads, self.dims.d_head
         b = torch.arange(qkv_out.shape[0], device=qkv_out.device)
         q = qkv_out[b, pos, :d].unflatten(-1, (H, D))  # [batch, H, D] at each row's target position
-        scores = head_dots(qkv_out[..., d:2 * d], q) * float(self.hf.transformer.h[layer].attn.scaling)
-        after = torch.arange(qkv_out.shape[1], device=qkv_out.device)[None, :] > pos[:, None]  # [batch, pos]
-        pattern = scores.masked_fill(after[:, None, :], float("-inf")).softmax(-1)
+        pattern = attention_row(head_dots(qkv_out[..., d:2 * d], q), pos,
+                                scaling=float(self.hf.transformer.h[layer].attn.scaling))
         return pattern, self._values(layer, qkv_out)
 
 

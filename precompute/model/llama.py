@@ -47,7 +47,7 @@ class LlamaBackend(FastBackend):
     def _blocks(self) -> list[Block]:
         return [Block(ln2=h.post_attention_layernorm, attn_o=h.self_attn.o_proj, mlp=h.mlp,
                       mlp_in=h.mlp.gate_proj, mlp_out=h.mlp.down_proj, qkv=h.self_attn.v_proj,
-                      attn=h.self_attn) for h in self._layers()]
+                      attn=h.self_attn, mlp_up=h.mlp.up_proj) for h in self._layers()]
 
     def _embeddings(self):
         return self.hf.model.embed_tokens, None

@@ -12,7 +12,9 @@ W_in[l][:, i]`` (``[d_head]``), one dot product per source. The LN-aware split d
 term by the scale of the LayerNorm feeding the MLP at ``p``, common to all of them.
 
 A backend reads ``a[p, :]`` and ``v`` at its capture points and calls :func:`source_terms`
-with :func:`readout`: the formula has this one home.
+with :func:`readout`: the formula has this one home. A fast backend forms ``a[p, :]`` itself
+with :func:`attention_row` (the causal row's one home). :func:`split_sink` sets a look-up's
+attention sink (BOS) apart from its context sources (docs/method.md §3, "The attention sink").
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -41,6 +43,23 @@ def head_dots(x: Float[Tensor, "batch pos n_heads_d_head"], y: Float[Tensor, "ba
     B, H, D = y.shape
     blocks = (y.float()[..., None] * torch.eye(H, device=y.device)[:, None, :]).reshape(B, H * D, H)
     return torch.bmm(x.float(), blocks).transpose(1, 2)
+
+
+def attention_row(scores: Float[Tensor, "batch n_heads pos"], pos: Int[Tensor, " batch"], *, scaling: float,
+                  window: int | None = None) -> Float[Tensor, "batch n_heads pos"]:
+    """The causal attention row of every head at each row's target position (docs/method.md §3):
+    ``a[b, h, s] = softmax_s(scores[b, h, s] · scaling)`` over the keys the query at ``pos[b]``
+    sees — ``s <= pos[b]``, and ``s > pos[b] - window`` where the layer has a sliding window —
+    and exactly 0 elsewhere; float32, each row sums to 1. ``scores``: the unscaled dot products
+    ``q_p · k_s`` (keys after rotary where the family has it; a grouped kv head's keys repeated
+    for each query head that reads them). The one home of the causal row that a fast backend
+    forms itself (SDPA returns no pattern): every family's look-up capture and the knockout read
+    it (:meth:`FastBackend._lookup_hook <precompute.model.fast.FastBackend._lookup_hook>`)."""
+    s = torch.arange(scores.shape[-1], device=scores.device)[None, :]
+    hidden = s > pos[:, None]  # [batch, pos]
+    if window is not None:
+        hidden = hidden | (s <= pos[:, None] - window)
+    return (scores.float() * scaling).masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
 
 
 def source_terms(pattern: Float[Tensor, "batch n_heads pos"], values: Float[Tensor, "batch pos n_heads d_head"],
@@ -104,3 +123,68 @@ def decomposed_layers(lookup: bool | Sequence[int], K: int) -> list[int]:
     if lookup is True:
         return list(range(K))
     return sorted({int(k) for k in (lookup or ()) if 0 <= int(k) < K})
+
+
+SINK = (0,)  # the attention sink: BOS, position 0 of every prompt (docs/method.md §3 says why)
+
+
+@dataclass(frozen=True)
+class SinkSplit:
+    """A look-up split into its attention sink and its context sources (docs/method.md §3,
+    "The attention sink"). Contributions keep the units they were given (raw or LN-aware).
+
+    ``sink``: the sink positions (BOS: ``(0,)``); ``sink_contrib``/``sink_attention``: their
+    summed term and attention weight. ``positions``: the context sources (every other position),
+    ranked by their share of the non-sink total, largest first (ties by position), with their
+    ``contrib``, ``attention`` and ``share = contrib / Σ_context |contrib|`` (in ``[-1, 1]``:
+    terms of opposite signs do not cancel in the denominator; None when every context term is
+    0). ``context_total``: ``Σ_context contrib`` (signed); ``context_abs``: ``Σ_context |contrib|``.
+    """
+
+    sink: tuple[int, ...]
+    sink_contrib: float
+    sink_attention: float
+    positions: list[int]
+    contrib: list[float]
+    attention: list[float]
+    share: list[float] | None
+    context_total: float
+    context_abs: float
+
+    def as_dict(self) -> dict:
+        """The ``sink`` object of a look-up's JSON (beside ``contrib``, ``attention``, ``bias``,
+        ``total``) and the ranked context sources."""
+        return {"sink": {"positions": list(self.sink), "contrib": self.sink_contrib,
+                         "attention": self.sink_attention},
+                "context": [{"position": s, "contrib": c, "attention": a,
+                             "share": None if self.share is None else self.share[i]}
+                            for i, (s, c, a) in enumerate(zip(self.positions, self.contrib, self.attention,
+                                                              strict=True))],
+                "context_total": self.context_total, "context_abs": self.context_abs}
+
+
+def split_sink(contrib: Sequence[float] | Tensor, attention: Sequence[float] | Tensor,
+               sink: Sequence[int] = SINK) -> SinkSplit:
+    """Set the attention sink of one look-up apart from its context sources (docs/method.md §3,
+    "The attention sink"; issue 28). ``contrib``, ``attention``: one head's terms and weights at
+    the firing position for sources ``s = 0..p`` (BOS at 0), as stored or as
+    ``NeuronPass.lookup`` gives them for one row and head.
+
+    Raises:
+        ValueError: ``contrib`` and ``attention`` of different lengths, or a sink position outside
+            them.
+    """
+    c = [float(x) for x in (contrib.tolist() if isinstance(contrib, Tensor) else contrib)]
+    a = [float(x) for x in (attention.tolist() if isinstance(attention, Tensor) else attention)]
+    if len(c) != len(a):
+        raise ValueError(f"A look-up has {len(c)} contributions but {len(a)} attention weights.")
+    sink = tuple(sorted({int(s) for s in sink}))
+    if any(not 0 <= s < len(c) for s in sink):
+        raise ValueError(f"Sink positions {sink} outside the look-up's {len(c)} sources.")
+    ctx = [s for s in range(len(c)) if s not in sink]
+    ranked = sorted(ctx, key=lambda s: (-c[s], s))
+    total_abs = sum(abs(c[s]) for s in ctx)
+    return SinkSplit(sink=sink, sink_contrib=sum(c[s] for s in sink), sink_attention=sum(a[s] for s in sink),
+                     positions=ranked, contrib=[c[s] for s in ranked], attention=[a[s] for s in ranked],
+                     share=[c[s] / total_abs for s in ranked] if total_abs > 0 else None,
+                     context_total=sum(c[s] for s in ctx), context_abs=total_abs)
