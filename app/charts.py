@@ -9,7 +9,7 @@ import math
 
 from markupsafe import Markup, escape
 
-from context_lookups.precompute.histogram import bin_bounds, bin_of
+from context_lookups.precompute.prompts.histogram import bin_bounds, bin_of
 
 from .formats import decimals, fixed
 from .present import colour

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.core.errors import NotFound
 
 from . import queries as Q
 from . import urls

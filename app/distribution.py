@@ -10,7 +10,7 @@ import math
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.histogram import SCHEME, ZERO, bin_bounds, bin_of
+from context_lookups.precompute.prompts.histogram import SCHEME, ZERO, bin_bounds, bin_of
 from context_lookups.precompute.store.schema import ActivationHistogram
 
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 
-from context_lookups.precompute.errors import ModelNotAvailable
+from context_lookups.precompute.core.errors import ModelNotAvailable
 
 logger = logging.getLogger(__name__)
 

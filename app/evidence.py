@@ -38,7 +38,7 @@ def best_explanations(session: Session, *, neurons: list[Neuron]) -> dict[int, E
     """``{neuron_id: explanation}``: for each neuron with a ``best_score``, the explanation of one
     of its pairs that scores it (by either rule; an LLM's preferred, then the most held-out
     prompts), so a list can show that E's held-out size and interval."""
-    from context_lookups.precompute.scoring import authors_score
+    from context_lookups.precompute.explain.scoring import authors_score
 
     want = {n.id: n.best_score for n in neurons if n.best_score is not None}
     if not want:

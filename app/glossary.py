@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from markupsafe import Markup, escape
 
-from context_lookups.precompute.scoring import MIN_HELDOUT_PER_CLASS
-from context_lookups.precompute.verdict import MIN_PAIRS
+from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
+from context_lookups.precompute.findings.verdict import MIN_PAIRS
 
 # key: (label, definition, docs/method.md section)
 TERMS: dict[str, tuple[str, str, str]] = {

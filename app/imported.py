@@ -5,8 +5,8 @@ for attribution values the files do not record."""
 
 from __future__ import annotations
 
-from context_lookups.precompute.attribution import head_label, scored_layers
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.heads.attribution import head_label, scored_layers
 
 from .live import Live
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache, cached
 
-from context_lookups.precompute.attribution import parse_heads
-from context_lookups.precompute.errors import ModelNotAvailable
+from context_lookups.precompute.core.errors import ModelNotAvailable
+from context_lookups.precompute.core.settings import EMBEDDED_MODEL, Settings
+from context_lookups.precompute.core.tokens import partial_tokens
+from context_lookups.precompute.heads.attribution import parse_heads
 from context_lookups.precompute.model import LoadedModel, length_batches, load_model, resolve_device
-from context_lookups.precompute.settings import EMBEDDED_MODEL, Settings
 from context_lookups.precompute.store.schema import Neuron, Run
-from context_lookups.precompute.tokens import partial_tokens
 
 from .engine import Engine
 from .live_pass import _WARM_TEXT, BadLiveInput, _check_head, _check_ids, _token_str, live_views

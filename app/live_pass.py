@@ -9,16 +9,16 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from context_lookups.precompute.attribution import (
+from context_lookups.precompute.core.errors import LookupsError, PromptTooLong
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.heads.attribution import (
     active_heads_of_run,
     head_label,
     scored_layers,
     upstream_attn_layers,
 )
-from context_lookups.precompute.errors import LookupsError, PromptTooLong
-from context_lookups.precompute.lookup import lookup_dict
+from context_lookups.precompute.heads.lookup import lookup_dict
 from context_lookups.precompute.model import LoadedModel, NeuronPass
-from context_lookups.precompute.settings import Settings
 
 if TYPE_CHECKING:
     from .live import LiveJob, Target

@@ -13,7 +13,7 @@ from __future__ import annotations
 from markupsafe import Markup, escape
 from pydantic import BaseModel, ConfigDict, Field
 
-from context_lookups.precompute.lookup import BOS_LABEL, decode, lookup_dict, summary
+from context_lookups.precompute.heads.lookup import BOS_LABEL, decode, lookup_dict, summary
 
 from . import evidence as QE
 from .formats import fmt, has_hidden, visible

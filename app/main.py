@@ -21,10 +21,10 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from context_lookups.precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
-from context_lookups.precompute.scoring import MIN_HELDOUT_PER_CLASS
+from context_lookups.precompute.core.errors import ModelNotAvailable, NotFound, PromptTooLong
+from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
+from context_lookups.precompute.findings.verdict import WORDS
 from context_lookups.precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
-from context_lookups.precompute.verdict import WORDS
 
 from . import charts, formats, glossary, lookup, present, states, urls
 from .engine import LiveBusy

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.ablation import METHODS as ABLATION_METHODS
-from context_lookups.precompute.ablation import ablation_table, pair_ablation_stats
-from context_lookups.precompute.errors import NotFound
-from context_lookups.precompute.report import comparison_table, explainers_of_run, score_table
+from context_lookups.precompute.ablation.ablate import METHODS as ABLATION_METHODS
+from context_lookups.precompute.ablation.ablate import ablation_table, pair_ablation_stats
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.findings.report import comparison_table, explainers_of_run, score_table
+from context_lookups.precompute.findings.verdict import run_verdict
 from context_lookups.precompute.store.schema import (
     Ablation,
     Classification,
@@ -29,7 +30,6 @@ from context_lookups.precompute.store.schema import (
     Run,
     TopActivation,
 )
-from context_lookups.precompute.verdict import run_verdict
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.attribution import head_label
-from context_lookups.precompute.errors import NotFound
-from context_lookups.precompute.scoring import authors_score
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.explain.scoring import authors_score
+from context_lookups.precompute.heads.attribution import head_label
 
 from . import urls
 from .present import flat_uncertainty, uncertainty

@@ -10,7 +10,7 @@ Nothing here touches the database: the views pass what ``app.queries`` read.
 
 from __future__ import annotations
 
-from context_lookups.precompute.pairs import not_kept_reason, too_few_prompts
+from context_lookups.precompute.heads.pairs import not_kept_reason, too_few_prompts
 
 DONE, NOT_COMPUTED, SKIPPED, NOT_APPLICABLE = "done", "not_computed", "skipped", "not_applicable"
 IMPORTED, NOT_IN_DATA = "imported", "not_in_data"

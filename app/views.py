@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.attribution import head_label, scored_layers
+from context_lookups.precompute.heads.attribution import head_label, scored_layers
 
 from . import distribution as DIST
 from . import evidence as QE

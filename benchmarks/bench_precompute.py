@@ -57,11 +57,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
 from context_lookups.precompute.corpus import load_corpus  # noqa: E402
 from context_lookups.precompute.model import load_model, pad, tokenize_batch  # noqa: E402
-from context_lookups.precompute.next_token import default_layers  # noqa: E402
-from context_lookups.precompute.scan import scan  # noqa: E402
-from context_lookups.precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
+from context_lookups.precompute.neurons.congruence import default_layers  # noqa: E402
+from context_lookups.precompute.prompts.scan import scan  # noqa: E402
 
 
 def shape_config(name: str):
@@ -127,7 +127,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
-    from context_lookups.precompute.histogram import Histograms
+    from context_lookups.precompute.prompts.histogram import Histograms
 
     layers = default_layers(model.n_layers)
     batches = [pad(tokenize_batch(model, docs[i:i + batch_size], ctx), model.bos_token_id)
@@ -318,10 +318,10 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
     layer a pass, batches cut to minimise padding, early stop of prompts that will be dropped,
     ``batched_pass``). Also the searches run to the end (no early stop), as the former code did.
     Returns (former, job) seconds per neuron and split."""
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.core.settings import Settings
+    from context_lookups.precompute.heads.attribution import attribute
     from context_lookups.precompute.job.pipeline import PromptsJob, Top, compute_prompts
-    from context_lookups.precompute.scan import TrimTask, trim_many
-    from context_lookups.precompute.settings import Settings
+    from context_lookups.precompute.prompts.scan import TrimTask, trim_many
     from tests.test_backend_equality import reference_trim
 
     settings = Settings()
@@ -383,8 +383,8 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
 
 
 def bench_live(model, ref, hf, repeats: int) -> None:
-    from context_lookups.precompute.ablation import ablate
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.ablation.ablate import ablate
+    from context_lookups.precompute.heads.attribution import attribute
 
     text = ("The history of the city goes back to the Roman period, when a small fort was built on the "
             "hill above the river. In the middle ages the town grew around the market and the church")

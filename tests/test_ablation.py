@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from context_lookups.precompute.ablation import (
+from context_lookups.precompute.ablation.ablate import (
     ablate,
     ablation_table,
     mean_values,
@@ -20,8 +20,8 @@ from context_lookups.precompute.ablation import (
     run_ablations,
     stored_mean_values,
 )
-from context_lookups.precompute.attribution import attribute
-from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.heads.attribution import attribute
 from context_lookups.precompute.model import tokenize_batch
 from context_lookups.precompute.store.db import open_writer, sessions
 from tests.conftest import small_settings

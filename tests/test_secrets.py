@@ -71,7 +71,7 @@ def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomp
 
 
 def test_redact_covers_bearer_tokens_and_key_shapes():
-    from context_lookups.precompute.redact import redact
+    from context_lookups.precompute.core.redact import redact
 
     assert redact("Authorization: Bearer abc.DEF-123_456") == "Authorization: Bearer [redacted]"
     assert redact("{'authorization': 'bearer xyz12345'}") == "{'authorization': 'bearer [redacted]'}"
@@ -122,7 +122,7 @@ def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_di
     the explanations' stored settings, nor any page, JSON twin or CSV."""
     from urllib.parse import quote
 
-    from context_lookups.precompute.redact import mask_url
+    from context_lookups.precompute.core.redact import mask_url
 
     tag = hashlib.sha256(str(tmp_path).encode()).hexdigest()
     key, pw, qk = f"PROBE4abc/def+ghi{tag[:16]}", f"S3cret-pw-{tag[16:24]}", f"QK{tag[24:36]}"
@@ -173,7 +173,7 @@ def test_redaction_is_idempotent_and_covers_every_encoding():
     import base64
     from urllib.parse import quote
 
-    from context_lookups.precompute.redact import mask_url, redact, url_secrets
+    from context_lookups.precompute.core.redact import mask_url, redact, url_secrets
 
     key = "PROBE4abc/def+ghi=jkl"
     samples = [f"Bearer {key}", f"x {quote(key, safe='')} y", f"x {quote(key, safe='').replace('%2F', '%2f')} y",

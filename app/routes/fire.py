@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.errors import ModelNotAvailable, PromptTooLong
+from context_lookups.precompute.core.errors import ModelNotAvailable, PromptTooLong
 
 from .. import fire as F
 from .. import queries as Q

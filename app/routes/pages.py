@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.errors import ModelNotAvailable, PromptTooLong
+from context_lookups.precompute.core.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views

@@ -15,18 +15,24 @@ import torch
 from sqlalchemy import delete, insert, select, update
 from tqdm.auto import tqdm
 
-from context_lookups.precompute.attribution import (
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.corpus import SPLITS, load_corpus
+from context_lookups.precompute.heads.attribution import (
     active_heads_of_run,
     head_label,
     scored_layers,
     upstream_attn_layers,
 )
-from context_lookups.precompute.corpus import SPLITS, load_corpus
-from context_lookups.precompute.histogram import SCHEME as HISTOGRAM_SCHEME
+from context_lookups.precompute.heads.lookup import stored_rows
+from context_lookups.precompute.heads.pairs import (
+    TOO_FEW_PROMPTS,
+    kept_heads,
+    not_kept_reason,
+    too_few_prompts,
+)
 from context_lookups.precompute.job.distributed import LocalExecutor, ray_executor
-from context_lookups.precompute.lookup import stored_rows
 from context_lookups.precompute.model import LoadedModel, load_model, tokenize_batch
-from context_lookups.precompute.next_token import (
+from context_lookups.precompute.neurons.congruence import (
     check_layers,
     check_neuron_counts,
     default_layers,
@@ -34,9 +40,8 @@ from context_lookups.precompute.next_token import (
     sample_random_neurons,
     select_next_token_neurons,
 )
-from context_lookups.precompute.pairs import TOO_FEW_PROMPTS, kept_heads, not_kept_reason, too_few_prompts
-from context_lookups.precompute.scan import TrimTask, check_scan_memory, top_k_for, trim_many
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.prompts.histogram import SCHEME as HISTOGRAM_SCHEME
+from context_lookups.precompute.prompts.scan import TrimTask, check_scan_memory, top_k_for, trim_many
 from context_lookups.precompute.store.db import check_writable, open_writer, sessions
 from context_lookups.precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
 from context_lookups.precompute.store.schema import (
@@ -71,7 +76,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     # anything slow), then the settings against the model, then the corpus (memory-mapped).
     check_writable(settings.db_url)
     if settings.explainer == "openai":  # the key is needed only after the scan: check it now
-        from context_lookups.precompute.explainers.llm import api_key
+        from context_lookups.precompute.explain.explainers.llm import api_key
         api_key(settings)
     executor = ray_executor(settings)
     try:
@@ -83,7 +88,7 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         check_neuron_counts(settings.n_per_layer, settings.n_random, model.d_mlp)
         ctx = settings.context_tokens or model.n_ctx
         if ctx > model.n_ctx:
-            from context_lookups.precompute.errors import BadSettings
+            from context_lookups.precompute.core.errors import BadSettings
             raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
         corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
         check_scan_memory(top_k_for(settings.top_k, max(len(corpus[s]) for s in SPLITS)), len(layers),
@@ -145,12 +150,13 @@ def _run(engine, settings: Settings, model: LoadedModel, executor, layers: list[
 
 def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, executor=None) -> None:
     """Explanations (§4-5) and ablations (§6), when those modules are present and enabled."""
-    from context_lookups.precompute import ablation, explain
+    from context_lookups.precompute.ablation.ablate import run_ablations
+    from context_lookups.precompute.explain.step import run_explanations
 
     if settings.explainer != "none":
-        explain.run_explanations(Session, run_id, model, settings)
+        run_explanations(Session, run_id, model, settings)
     if settings.ablation != "none":
-        ablation.run_ablations(Session, run_id, model, settings, executor=executor)
+        run_ablations(Session, run_id, model, settings, executor=executor)
 
 
 def select_neurons(s, run_id: int, model: LoadedModel, layers: list[int], settings: Settings) -> None:
@@ -367,8 +373,8 @@ def store_pairs(s, run_id: int, model: LoadedModel, settings: Settings) -> dict:
 def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -> dict:
     """Figures printed at the end of the job and stored on the run, with the paper's two
     tables for this run (explanation score E; ablation drop active vs inactive)."""
-    from context_lookups.precompute.ablation import ablation_table
-    from context_lookups.precompute.report import explainers_of_run, score_table
+    from context_lookups.precompute.ablation.ablate import ablation_table
+    from context_lookups.precompute.findings.report import explainers_of_run, score_table
 
     def brief_e(kind_row):
         return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {

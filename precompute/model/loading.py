@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from context_lookups.precompute.errors import BadSettings, ModelNotAvailable, ModelNotSupported
+from context_lookups.precompute.core.errors import BadSettings, ModelNotAvailable, ModelNotSupported
+from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 from context_lookups.precompute.model.backend import Backend, Dims
-from context_lookups.precompute.settings import EMBEDDED_MODEL
 
 logger = logging.getLogger(__name__)
 

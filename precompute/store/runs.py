@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute import __version__
-from context_lookups.precompute.errors import SettingsMismatch
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.errors import SettingsMismatch
+from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.store.schema import Phase, Run
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
 EMBEDDED_MODEL = str(EMBEDDED_DIR / "model")
 EMBEDDED_CORPUS = str(EMBEDDED_DIR / "corpus")
 DEFAULT_DB_URL = "sqlite:///lookups.db"

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from context_lookups.precompute.errors import BadSettings
-from context_lookups.precompute.explainers import PairResult, PairTask, explainer_name
-from context_lookups.precompute.redact import mask_url, redact, redact_tree, register_secret, url_secrets
+from context_lookups.precompute.core.errors import BadSettings
+from context_lookups.precompute.core.redact import mask_url, redact, redact_tree, register_secret, url_secrets
+from context_lookups.precompute.explain.explainers import PairResult, PairTask, explainer_name
 from context_lookups.precompute.store.runs import now
 from context_lookups.precompute.store.schema import LLMCall
 

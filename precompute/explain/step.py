@@ -38,7 +38,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from tqdm.auto import tqdm
 
-from context_lookups.precompute.explainers import (
+from context_lookups.precompute.explain.explainers import (
     BASELINE,
     Example,
     PairResult,
@@ -46,8 +46,8 @@ from context_lookups.precompute.explainers import (
     explainer_name,
     parse_answer,
 )
-from context_lookups.precompute.lookup import carriers, decode
-from context_lookups.precompute.scoring import explanation_score
+from context_lookups.precompute.explain.scoring import explanation_score
+from context_lookups.precompute.heads.lookup import carriers, decode
 from context_lookups.precompute.store.runs import now
 from context_lookups.precompute.store.schema import (
     Classification,
@@ -168,7 +168,7 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
                                task.neuron_id, exp.error)
 
         if name == BASELINE and tasks:
-            from context_lookups.precompute.explainers.selection import choose, explain_with
+            from context_lookups.precompute.explain.explainers.selection import choose, explain_with
 
             # the configuration per neuron, by cross-validation across neurons on explain
             # prompts of every kept pair (done or not: a resumed run chooses the same)
@@ -183,7 +183,7 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
                 result.settings = {**result.settings, "heldout_per_pair": settings.heldout_per_pair}
                 on_result(t, result)
         elif tasks:
-            from context_lookups.precompute.explainers.llm import run_llm
+            from context_lookups.precompute.explain.explainers.llm import run_llm
 
             out.update(run_llm(s, tasks, settings, on_result))
         out["best_scores"] = update_best_scores(s, run_id=run_id)
@@ -198,7 +198,7 @@ def update_best_scores(session: Session, *, run_id: int) -> int:
     pair scores its one defined rate) for imported runs (LLM explainers preferred over the
     baseline; see the module docstring). Returns the number of neurons with a score. The
     caller commits."""
-    from context_lookups.precompute.scoring import authors_score
+    from context_lookups.precompute.explain.scoring import authors_score
 
     authors = session.get(Run, run_id).provenance is not None
     rows = session.execute(select(Pair.neuron_id, Explanation.explainer, Explanation.score, Explanation.tpr,

@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from context_lookups.precompute.attribution import head_label
-from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.heads.attribution import head_label
 from context_lookups.precompute.model import METHODS, LoadedModel, batches, tokenize_batch
-from context_lookups.precompute.settings import Settings
 from context_lookups.precompute.store.runs import is_done, unit_of_work
 from context_lookups.precompute.store.schema import Ablation, Document, Neuron, Pair, Phase, Prompt, Run
 

@@ -13,8 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from context_lookups.precompute.histogram import N_BINS, Histograms
 from context_lookups.precompute.model import LoadedModel, PostObserver, batches, tokenize_batch
+from context_lookups.precompute.prompts.histogram import N_BINS, Histograms
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None =
         BadSettings: the estimate exceeds ``available`` (default: :func:`available_memory`);
             the message says what to lower.
     """
-    from context_lookups.precompute.errors import BadSettings
+    from context_lookups.precompute.core.errors import BadSettings
 
     need = n_layers * d_mlp * (k * SCAN_BYTES_PER_ENTRY + HISTOGRAM_BYTES_PER_NEURON)
     available = available_memory() if available is None else available

@@ -11,9 +11,9 @@ import math
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.errors import NotFound
-from context_lookups.precompute.explainers import BASELINE
-from context_lookups.precompute.scoring import authors_score, describe, paired_comparison
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.explain.explainers import BASELINE
+from context_lookups.precompute.explain.scoring import authors_score, describe, paired_comparison
 from context_lookups.precompute.store.schema import Explanation, Neuron, Pair, Run
 
 KINDS = ("next_token", "random")

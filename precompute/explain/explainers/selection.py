@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from context_lookups.precompute.explainers import PairResult, PairTask
-from context_lookups.precompute.explainers.baseline import Config, explain_pair, features, out_of_fold
+from context_lookups.precompute.explain.explainers import PairResult, PairTask
+from context_lookups.precompute.explain.explainers.baseline import Config, explain_pair, features, out_of_fold
 
 GRID = tuple(Config(half_life=h, max_features=m, threshold=t)
              for m in (1, 2, 4, 6) for h in (4.0, 8.0, 16.0) for t in ("fit", "oof"))

@@ -28,7 +28,7 @@ from functools import lru_cache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.scoring import authors_score
+from context_lookups.precompute.explain.scoring import authors_score
 from context_lookups.precompute.store.schema import Ablation, Explanation, Neuron, Pair, Run
 
 CONFIDENCE = 0.95

@@ -55,7 +55,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from context_lookups.precompute.explainers import BASELINE, PairResult, PairTask
+from context_lookups.precompute.explain.explainers import BASELINE, PairResult, PairTask
 
 LENGTHS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tokens: thresholds of the length features
 HALF_LIFE = 8.0  # tokens: a feature 8 tokens before the end weighs half as much as at the end

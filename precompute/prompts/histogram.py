@@ -110,7 +110,7 @@ def count_batch(post: Float[Tensor, "batch pos d_mlp"], real: Bool[Tensor, "batc
     if use_numba:
         n_real = int(real.sum())
         counts = np.zeros((N_BINS, d_mlp), dtype=np.uint16 if n_real < 1 << 16 else np.int64)
-        from context_lookups.precompute.histogram_pass import count_keys
+        from context_lookups.precompute.prompts.histogram_pass import count_keys
 
         count_keys(bits.numpy(), real.cpu().numpy(), shift, KEY_BINS, counts)
         return torch.from_numpy(counts.astype(np.int64, copy=False))

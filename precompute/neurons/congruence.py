@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from context_lookups.precompute.errors import BadSettings
+from context_lookups.precompute.core.errors import BadSettings
 
 
 @dataclass
