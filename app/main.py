@@ -26,10 +26,10 @@ from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
 from context_lookups.precompute.findings.verdict import WORDS
 from context_lookups.precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
 
-from . import charts, formats, glossary, lookup, present, states, urls
-from .engine import LiveBusy
-from .live import BadLiveInput, Live
-from .queries import list_runs
+from .live.engine import LiveBusy
+from .live.service import BadLiveInput, Live
+from .pages import charts, formats, glossary, lookup, present, states, urls
+from .pages.queries import list_runs
 from .settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _warm_findings(app: FastAPI) -> None:
     """Compute every run's findings once (scipy's import and the verdict's bootstrap intervals,
     which are cached), so the first view of the home page is not the slow one."""
     try:
-        from .views import home
+        from .pages.views import home
 
         with app.state.Session() as s:
             home(s)

@@ -122,7 +122,7 @@ def _one_prompt_db(url: str) -> None:
 
 def test_migration_indexes_existing_rows_and_writes_keep_it_current(db_url):
     from alembic import command
-    from context_lookups.app.search import SearchQuery, search
+    from context_lookups.app.pages.search import SearchQuery, search
     from context_lookups.precompute.store.db import _alembic_config, open_reader, open_writer, sessions
 
     engine = create_engine(parse_url(db_url))

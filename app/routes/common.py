@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from ..live import BadLiveInput
+from ..live.service import BadLiveInput
 
 
 async def db(request: Request) -> AsyncIterator[Session]:

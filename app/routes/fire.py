@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import ModelNotAvailable, PromptTooLong
 
-from .. import fire as F
-from .. import queries as Q
-from .. import urls
-from ..imported import model_notice
-from ..live import BadLiveInput
-from ..present import run_dict
+from ..live import fire as F
+from ..live.service import BadLiveInput
+from ..pages import queries as Q
+from ..pages import urls
+from ..pages.imported import model_notice
+from ..pages.present import run_dict
 from .common import clean_text, db, render
 
 router = APIRouter()

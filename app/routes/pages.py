@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import ModelNotAvailable, PromptTooLong
 
-from .. import queries as Q
-from .. import urls, views
-from ..export import CHUNK as CSV_CHUNK
-from ..export import all_pages_csv, csv_response
-from ..live import BadLiveInput
-from ..lookup import NeuronJSON, PairJSON
+from ..live.service import BadLiveInput
+from ..pages import queries as Q
+from ..pages import urls, views
+from ..pages.export import CHUNK as CSV_CHUNK
+from ..pages.export import all_pages_csv, csv_response
+from ..pages.lookup import NeuronJSON, PairJSON
 from .common import clean_text, db, is_htmx, render
 
 router = APIRouter()

@@ -132,7 +132,7 @@ def run_fire_batch(live, model: LoadedModel, jobs: list[FireJob], check_ids) -> 
             ok.append(j)
     if not ok:
         return
-    from .live import _token_str
+    from .service import _token_str
 
     by_run: dict[str, list[FireJob]] = {}
     for j in ok:  # one model may serve several runs (other analysed layers)
@@ -171,8 +171,8 @@ def shown(res: dict, index: RunIndex, partial: dict) -> dict:
     tokens escaped (``app.present.token_fields``), and per token its strongest relative
     activation (``peak``) for the colours, and the lowest relative activation shown (``rel_lo``,
     at most 0: the colour legend's low end)."""
-    from . import urls
-    from .present import token_escaped, token_fields
+    from ..pages import urls
+    from ..pages.present import token_escaped, token_fields
 
     def neuron(col: int, rel: float, act: float) -> dict:
         layer, i = index.neuron(col)

@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session
 
 from context_lookups.precompute.heads.attribution import head_label, scored_layers
 
+from ..live.service import Live, run_rules
 from . import distribution as DIST
 from . import evidence as QE
 from . import lookup as LK
 from . import queries as Q
 from . import states, urls
 from .imported import model_notice, top3_view
-from .live import Live, run_rules
 from .present import (
     ablation_dict,
     act_floor,

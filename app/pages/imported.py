@@ -8,7 +8,7 @@ from __future__ import annotations
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.heads.attribution import head_label, scored_layers
 
-from .live import Live
+from ..live.service import Live
 
 
 def model_notice(live: Live, run) -> str | None:

@@ -21,7 +21,7 @@ from context_lookups.precompute.heads.lookup import lookup_dict
 from context_lookups.precompute.model import LoadedModel, NeuronPass
 
 if TYPE_CHECKING:
-    from .live import LiveJob, Target
+    from .service import LiveJob, Target
 
 
 class BadLiveInput(LookupsError):

@@ -28,9 +28,9 @@ from context_lookups.precompute.heads.attribution import parse_heads
 from context_lookups.precompute.model import LoadedModel, length_batches, load_model, resolve_device
 from context_lookups.precompute.store.schema import Neuron, Run
 
+from ..settings import WebSettings
 from .engine import Engine
-from .live_pass import _WARM_TEXT, BadLiveInput, _check_head, _check_ids, _token_str, live_views
-from .settings import WebSettings
+from .passes import _WARM_TEXT, BadLiveInput, _check_head, _check_ids, _token_str, live_views
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Live:
         """``app.model_cache.local_model(source)``, decided once per source."""
         got = self._local.get(source)
         if got is None:
-            from .model_cache import local_model
+            from ..model_files import local_model
 
             got = self._local[source] = local_model(source)
         return got
