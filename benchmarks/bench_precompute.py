@@ -314,13 +314,14 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
     """Seconds per (neuron, split) of trimming + attribution, as the job runs that phase: the
     former per-neuron code on the bridge backend ``ref`` (one pass per bisection step and
     neuron, prompts of max_prompt_tokens or more dropped, ``attribute`` of the rest) against the job's own
-    :func:`precompute.job.pipeline.compute_prompts` (every neuron's searches in one lockstep, one
+    :func:`precompute.heads.step.compute_prompts` (every neuron's searches in one lockstep, one
     layer a pass, batches cut to minimise padding, early stop of prompts that will be dropped,
     ``batched_pass``). Also the searches run to the end (no early stop), as the former code did.
     Returns (former, job) seconds per neuron and split."""
     from context_lookups.precompute.core.settings import Settings
     from context_lookups.precompute.heads.attribution import attribute
-    from context_lookups.precompute.job.pipeline import PromptsJob, Top, compute_prompts
+    from context_lookups.precompute.heads.step import PromptsJob, compute_prompts
+    from context_lookups.precompute.prompts.reads import TopDocument
     from context_lookups.precompute.prompts.scan import TrimTask, trim_many
     from tests.test_backend_equality import reference_trim
 
@@ -338,7 +339,8 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
             d = int(res.docs[r, c])
             if d >= 0 and float(res.values[r, c]) > 0:
                 tasks.append(TrimTask(rows[d], int(res.positions[r, c]), layer, n, float(res.values[r, c])))
-                mine.append(Top(r, d, int(res.positions[r, c]), float(res.values[r, c]), docs[d]))
+                mine.append(TopDocument(rank=r, doc_idx=d, act=float(res.values[r, c]),
+                                         position=int(res.positions[r, c]), text=docs[d]))
         tops.append({"explain": mine, "heldout": []})
     job = PromptsJob([(layer, n) for n in neurons], tops, ctx, settings)
 

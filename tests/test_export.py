@@ -151,7 +151,7 @@ def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):
 def test_pair_states_skipped_and_not_computed(tmp_path, web_db, tiny_model, tiny_model_dir):
     """A kept pair whose neuron has no held-out prompt is ablated on nothing: "skipped"; a kept
     pair whose ablation has not run: "not computed"."""
-    from context_lookups.precompute.ablation.ablate import run_ablations
+    from context_lookups.precompute.ablation.step import run_ablations
     from context_lookups.precompute.store.db import open_writer, sessions
     from tests.conftest import small_settings
 

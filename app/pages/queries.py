@@ -8,27 +8,26 @@ the valid range; the route boundary turns it into a 404.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.ablation.ablate import METHODS as ABLATION_METHODS
-from context_lookups.precompute.ablation.ablate import ablation_table, pair_ablation_stats
+from context_lookups.precompute.ablation.reads import ablation_table, pair_ablation_stats
 from context_lookups.precompute.core.errors import NotFound
 from context_lookups.precompute.findings.report import comparison_table, explainers_of_run, score_table
 from context_lookups.precompute.findings.verdict import run_verdict
+from context_lookups.precompute.model import METHODS as ABLATION_METHODS
+from context_lookups.precompute.prompts import reads as prompt_reads
 from context_lookups.precompute.store.schema import (
     Ablation,
     Classification,
-    Document,
     Explanation,
     Neuron,
     Pair,
     Phase,
     Prompt,
     Run,
-    TopActivation,
 )
 
 logger = logging.getLogger(__name__)
@@ -230,16 +229,9 @@ def neuron_pairs(session: Session, *, neuron_id: int, kept_only: bool = True) ->
 
 def top_documents(session: Session, *, run_id: int, layer: int, neuron: int, split: str = "explain",
                   limit: int = 10) -> list[dict]:
-    """The neuron's top documents from the scan (any neuron of a scanned layer)."""
-    rows = session.execute(
-        select(TopActivation.rank, TopActivation.doc_idx, TopActivation.act, TopActivation.position,
-               Document.text)
-        .join(Document, (Document.run_id == TopActivation.run_id) & (Document.split == TopActivation.split)
-              & (Document.idx == TopActivation.doc_idx))
-        .where(TopActivation.run_id == run_id, TopActivation.split == split,
-               TopActivation.layer == layer, TopActivation.neuron == neuron)
-        .order_by(TopActivation.rank).limit(limit)).all()
-    return [dict(rank=r.rank, doc_idx=r.doc_idx, act=r.act, position=r.position, text=r.text) for r in rows]
+    """The neuron's top documents from the scan (any neuron of a scanned layer), as dicts."""
+    return [asdict(d) for d in prompt_reads.top_documents(session, run_id=run_id, layer=layer, neuron=neuron,
+                                                          split=split, limit=limit)]
 
 
 # --- pairs and heads -------------------------------------------------------------------------

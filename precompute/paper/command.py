@@ -64,7 +64,7 @@ def _f(x, fmt=".4f") -> str:
 def run_figures(s, slug: str) -> dict:
     """What the table shows of an imported run: pairs explained / answered / ablated, E by
     the authors' rule, the ablation statistics (authors' and per prompt)."""
-    from context_lookups.precompute.ablation.ablate import ablation_table
+    from context_lookups.precompute.ablation.reads import ablation_table
     from context_lookups.precompute.findings.report import score_table
     from context_lookups.precompute.paper.importer import EXPLAINER
     from context_lookups.precompute.store.schema import Run
