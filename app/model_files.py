@@ -1,5 +1,6 @@
-"""Whether a run's model is on this server, decided from local files only (never the hub), so
-that the answer is known at start and no request ever waits on the network.
+"""Whether a run's model is on this server, and where, decided from local files only (never the
+hub), so that the answer is known at start and no request ever waits on the network. Both halves
+of the explorer read it: the pages load the run's tokenizer from there, the live half its model.
 
 A run's model source is a local Hugging Face directory (the embedded model, a
 ``LOOKUPS_MODEL_PATHS`` entry, a ``--model`` directory) or a hub name (``gpt2``): a name is
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 
 _WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
 
@@ -48,3 +51,12 @@ def local_model(source: str) -> tuple[str | None, str | None]:
         return None, f"the model {source} is not on this server"
     why = _complete(Path(path))
     return (path, None) if why is None else (None, f"the model {source} is only partly on this server ({why})")
+
+
+def model_source(run, settings) -> str:
+    """Where ``run``'s model is loaded from (a name or a local directory): the
+    ``settings.model_paths`` entry of the run's slug (:class:`app.settings.WebSettings`), the
+    embedded model, or the model name the run stored."""
+    if run.slug in settings.model_paths:
+        return settings.model_paths[run.slug]
+    return EMBEDDED_MODEL if run.model_name == "embedded" else run.model_name

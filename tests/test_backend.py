@@ -242,8 +242,8 @@ def test_length_batches_cover_every_row_once_within_the_caps():
 
 HOOK_WORDS = ("hook_post", "hook_pre", "hook_v", "hook_z", "hook_result", "hook_scale", "hook_embed",
               "hook_pattern", "run_with_cache", "run_with_hooks")
-APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "resolve_device", "resolve_dtype",
-               "length_batches", "METHODS", "BACKENDS"}
+APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "load_tokenizer", "resolve_device",
+               "resolve_dtype", "length_batches", "METHODS", "BACKENDS"}
 
 
 MODEL = "context_lookups.precompute.model"

@@ -57,7 +57,7 @@ def index(web_db):
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
-    from context_lookups.app.live.fire import run_index
+    from context_lookups.app.pages.fire import run_index
     from context_lookups.precompute.store.schema import Run
 
     engine = create_engine(f"sqlite:///{web_db}")

@@ -21,7 +21,7 @@ from tests.test_explain_llm import ChatServer, expected_pairs
 # --- 1. the API key is never logged, stored or shown ---------------------------------------------
 
 def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomputed_db):
-    from context_lookups.app import urls
+    from context_lookups.app.pages import urls
     from context_lookups.app.main import create_app
 
     key = "sk-PROBE-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:32]
@@ -96,7 +96,7 @@ def _leak_forms(*secrets: str) -> set[str]:
 
 def _pages(db, slug: str) -> dict[str, str]:
     """Every page, twin and CSV that shows explanations and answers, by path."""
-    from context_lookups.app import urls
+    from context_lookups.app.pages import urls
     from context_lookups.app.main import create_app
 
     with sqlite3.connect(db) as c:

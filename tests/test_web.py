@@ -474,7 +474,7 @@ def test_empty_database_and_missing_file(tmp_path):
 
 
 def test_model_source_resolves_the_embedded_model_and_overrides():
-    from context_lookups.app.live.service import model_source
+    from context_lookups.app.model_files import model_source
     from context_lookups.app.settings import WebSettings
     from context_lookups.precompute.core.settings import EMBEDDED_MODEL
     from context_lookups.precompute.store.schema import Run

@@ -1,15 +1,18 @@
 """The live views of a batch of prompts: the model backend's clean (and ablated) passes as the
 dicts the neuron page renders, with the checks the model thread makes before running them
-(paper §4.3, §5.4; docs/method.md §3 for the look-up). Run on the model thread only
-(:class:`app.live.Live`); nothing here re-derives the science, which is the backend's.
+(paper §4.3, §5.4; docs/method.md §3 for the look-up), and the one loop every batch of live
+jobs goes through (:func:`serve_batch`: tokenize, check, length-batch, settle). Run on the model
+thread only (:class:`app.live.service.Live`); nothing here re-derives the science, which is the
+backend's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
-from context_lookups.precompute.core.errors import LookupsError, PromptTooLong
+from context_lookups.precompute.core.errors import BadLiveInput, LookupsError, PromptTooLong
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.heads.attribution import (
     active_heads_of_run,
@@ -18,17 +21,26 @@ from context_lookups.precompute.heads.attribution import (
     upstream_attn_layers,
 )
 from context_lookups.precompute.heads.lookup import lookup_dict
-from context_lookups.precompute.model import LoadedModel, NeuronPass
-
-if TYPE_CHECKING:
-    from .service import LiveJob, Target
+from context_lookups.precompute.model import LoadedModel, NeuronPass, length_batches
 
 
-class BadLiveInput(LookupsError):
-    """A live request the server cannot run: empty prompt, malformed head list, bad position."""
+@dataclass(frozen=True)
+class Target:
+    """What a live view needs to know about its run and neuron (plain values: no database row
+    crosses to the model thread). ``rules``: the run's settings (active-head rule, heads_upto)."""
+
+    slug: str
+    layer: int
+    neuron: int
+    token_id: int
+    token: str
+    rules: Settings
 
 
-def _check_ids(ids: list[int], pos: int | None, cap: int, token_cap: int) -> LookupsError | None:
+def check_ids(ids: list[int], pos: int | None, cap: int, token_cap: int) -> LookupsError | None:
+    """Why a tokenized prompt cannot run (None when it can): more than ``cap`` tokens (the
+    server's ``token_cap``, or the model's context length minus BOS when smaller), none, or a
+    position ``pos`` (0-based, BOS excluded) outside it."""
     if len(ids) > cap:
         why = "" if cap == token_cap else " (the model's context length, minus BOS)"
         return PromptTooLong(f"The prompt has {len(ids)} tokens; the limit of this server is "
@@ -41,15 +53,47 @@ def _check_ids(ids: list[int], pos: int | None, cap: int, token_cap: int) -> Loo
     return None
 
 
-def _check_head(model: LoadedModel, job: LiveJob) -> LookupsError | None:
-    """A look-up head must write to the residual stream before the neuron's MLP reads it."""
-    if job.head is None:
+def check_head(model: LoadedModel, head: tuple[int, int] | None, target: Target) -> LookupsError | None:
+    """Why ``head``'s look-up cannot be shown for ``target``'s neuron (None when it can): a
+    look-up head must write to the residual stream before the neuron's MLP reads it
+    (:func:`precompute.heads.attribution.upstream_attn_layers`)."""
+    if head is None:
         return None
-    n = upstream_attn_layers(model, job.target.layer)
-    if job.head[0] >= n:
-        return BadLiveInput(f"Head {head_label(*job.head)} is not upstream of neuron L{job.target.layer}N"
-                            f"{job.target.neuron}: its look-up needs a head of layers 0..{n - 1}.")
+    n = upstream_attn_layers(model, target.layer)
+    if head[0] >= n:
+        return BadLiveInput(f"Head {head_label(*head)} is not upstream of neuron L{target.layer}N"
+                            f"{target.neuron}: its look-up needs a head of layers 0..{n - 1}.")
     return None
+
+
+def serve_batch(model: LoadedModel, jobs: Sequence, *, check: Callable, compute: Callable, settle: Callable,
+                max_tokens: int, max_rows: int, extra: int = 0) -> None:
+    """The one way a batch of live jobs (each with ``prompt``, ``ids`` and a ``future``) is served
+    on the model thread: tokenize the prompts (no special tokens), check each (``check(job,
+    ids)``: an error or None; a job that fails is settled with its error), then run the others
+    through ``compute(jobs) -> results`` in length-sorted batches of at most ``max_rows`` rows and
+    ``max_tokens`` padded tokens (a row counts ``len(ids) + extra`` tokens), settling each job
+    with its result: ``settle(job, result=...)`` or ``settle(job, error=...)`` (every job of a
+    batch gets the error its computation raised)."""
+    enc = model.tokenizer([j.prompt for j in jobs], add_special_tokens=False)["input_ids"]
+    ok = []
+    for j, ids in zip(jobs, enc, strict=True):
+        err = check(j, list(ids))
+        if err is not None:
+            settle(j, error=err)
+        else:
+            j.ids = list(ids)
+            ok.append(j)
+    for idx in length_batches([len(j.ids) + extra for j in ok], max_tokens, max_rows):
+        batch = [ok[i] for i in idx]
+        try:
+            outs = compute(batch)
+        except Exception as exc:  # every request of this sub-batch gets the error
+            for j in batch:
+                settle(j, error=exc)
+            continue
+        for j, out in zip(batch, outs, strict=True):
+            settle(j, result=out)
 
 
 def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], targets: list[Target],
@@ -81,7 +125,8 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
     abl = [j for j, hs in enumerate(heads) if hs]
     tgt = [(t.layer, t.neuron, t.token_id) for t in targets]
     lookups = lookups or [None] * len(rows)
-    c = model.backend.clean_view(rows, tgt, positions, lookup=sorted({h[0] for h in lookups if h is not None}))
+    layers = sorted({h[0] for h in lookups if h is not None})  # the layers whose look-ups are asked for
+    c = model.backend.clean_view(rows, tgt, positions, lookup=layers)
     clean = [_view(c, j) for j in range(len(rows))]
     ablated = {}
     if abl:
@@ -89,12 +134,12 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
                                        [list(heads[j]) for j in abl], [positions[j] for j in abl])
         ablated = {j: _view(a, q) for q, j in enumerate(abl)}
     outs = []
-    for j, (x, t) in enumerate(zip(rows, targets)):
+    for j, (x, t) in enumerate(zip(rows, targets, strict=True)):
         ids = x[1:]
         v = clean[j]
         n_scored = scored_layers(t.layer, t.rules.heads_upto, upstream_attn_layers(model, t.layer))
         out = {"n_tokens": len(ids), "pos": pos[j], "token_ids": ids,
-               "tokens": [_token_str(model.tokenizer, i) for i in ids], "acts": v["acts"][1:], "act": v["act"],
+               "tokens": [token_str(model.tokenizer, i) for i in ids], "acts": v["acts"][1:], "act": v["act"],
                "pre": v["pre"], "attr_raw": v["raw"], "attr_ln": v["ln"], "n_scored": n_scored,
                "active": _active(t.rules, v["raw"], n_scored, model.n_heads),
                "token_id": t.token_id, "token": t.token, "prob": v["prob"],
@@ -138,15 +183,15 @@ def _active(rs: Settings, raw: list[list[float]], n_scored: int, n_heads: int) -
 
 
 def _top(model: LoadedModel, top: list[tuple[int, float]]) -> list[list]:
-    return [[int(i), _token_str(model.tokenizer, int(i)), float(v)] for i, v in top]
+    return [[int(i), token_str(model.tokenizer, int(i)), float(v)] for i, v in top]
 
 
-_WARM_TEXT = ("The council met in the old hall by the river and argued about the harvest, the "
+WARM_TEXT = ("The council met in the old hall by the river and argued about the harvest, the "
               "roads and the taxes, while the children played outside in the rain.")
 
 
 @lru_cache(maxsize=1 << 17)
-def _token_str(tokenizer, token_id: int) -> str:
+def token_str(tokenizer, token_id: int) -> str:
     """``LoadedModel.token_str``, cached: a token's text never changes, and decoding each token
     of each live prompt one by one was a visible part of a batched pass."""
     return tokenizer.decode([int(token_id)])

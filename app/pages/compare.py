@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.explain.explainers import preferred
 
 from . import queries as Q
 from . import urls
@@ -19,11 +20,6 @@ RULES = ("authors", "project")
 
 def _brief(row: dict) -> dict:
     return {k: row.get(k) for k in ("n", "mean", "std")}
-
-
-def main_explainer(names: list[str]) -> str | None:
-    """The explainer whose scores stand for a run in the overlay: an LLM's when there is one."""
-    return next((n for n in names if n.startswith("openai:")), names[0] if names else None)
 
 
 def run_summary(s: Session, slug: str, rule: str) -> dict:
@@ -38,7 +34,7 @@ def run_summary(s: Session, slug: str, rule: str) -> dict:
     abl = {m: {kind: {k: t[kind].get(k) for k in ("n_pairs", "n_kept", "n_prompts", "active", "inactive", "ks")}
                for kind in ("next_token", "random") if t.get(kind)} for m, t in f["ablation"].items()}
     layers = Q.layer_counts(s, run_id=run.id)
-    main = main_explainer(list(f["explanations"]))
+    main = preferred(f["explanations"])  # an LLM's when there is one
     scores: list[float] = []
     if main is not None:
         row = f["explanations"][main]["kinds"]["next_token"]

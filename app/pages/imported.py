@@ -1,31 +1,20 @@
-"""What the explorer shows differently when something is not there: the live model's
-availability in one line (any run; imported runs usually lack their model), and, for runs
-imported from the authors' data (``lookups import-paper``), the top-3 head counts that stand in
-for attribution values the files do not record."""
+"""What the explorer shows differently for runs imported from the authors' data (``lookups
+import-paper``): the top-3 head counts that stand in for attribution values the files do not
+record."""
 
 from __future__ import annotations
 
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.heads.attribution import head_label, scored_layers
 
-from ..live.service import Live
 
-
-def model_notice(live: Live, run) -> str | None:
-    """One line saying live passes cannot run on this run and why (its model is not on this
-    server, or failed to load), known without waiting on anything; None when they can. The
-    page then disables its Run button."""
-    why = live.unavailable(run)
-    return f"Live passes are off for this run: {why}." if why else None
-
-
-def top3_view(run, layer: int, prompts: list) -> dict | None:
+def top3_view(run, rules: Settings, layer: int, prompts: list) -> dict | None:
     """For prompts without recorded attribution values (imported runs): per head of the scored
     layers, the share of the prompts on which it is among the top 3 (``Prompt.active``), as a
     ``[layer][head]`` grid; None when the prompts carry attribution values."""
     if not prompts or prompts[0].attr_raw:
         return None
-    n_scored = scored_layers(layer, Settings.of_run(run.settings).heads_upto, run.n_layers)
+    n_scored = scored_layers(layer, rules.heads_upto, run.n_layers)
     grid = [[0.0] * run.n_heads for _ in range(n_scored)]
     for p in prompts:
         for lab in p.active:

@@ -5,7 +5,7 @@ The pair page reads the stored decomposition (table ``lookups``, :mod:`precomput
 live view gets it from the backend's clean pass (:func:`app.live.live_views`); both show one row
 of tokens per prompt coloured by contribution (diverging, centred at 0), attention weight and
 contribution in each token's tooltip, the firing position marked. Source position 0 is BOS,
-shown as its own chip. Database reads go through :mod:`app.evidence`.
+shown as its own chip. Database reads go through :mod:`precompute.heads.reads`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 from markupsafe import Markup, escape
 from pydantic import BaseModel, ConfigDict, Field
 
+from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.lookup import BOS_LABEL, decode, lookup_dict, summary
 
-from . import evidence as QE
 from .formats import fmt, has_hidden, visible
 from .present import colour, nice_scale, token_escaped
 
@@ -46,7 +46,7 @@ def pair_lookups(s, run, pair, prompts: list, score: str) -> tuple[dict[int, dic
     tokens that carry the most over the prompts on which the head is active and inactive
     (:func:`precompute.lookup.summary`)."""
     k, h = pair.head_layer, pair.head
-    rows = QE.pair_lookups(s, prompt_ids=[p.id for p in prompts], head_layer=k, head=h)
+    rows = head_reads.pair_lookups(s, prompt_ids=[p.id for p in prompts], head_layer=k, head=h)
     out: dict[int, dict] = {}
     for p in prompts:
         lk = rows.get(p.id)

@@ -425,6 +425,12 @@ def classification_dict(c) -> dict:
 
 # --- heatmaps ------------------------------------------------------------------------------------
 
+def grid_scale(grids: list[list[list[float]]], n_rows: int) -> float:
+    """The colour scale of ``[attn_layer][head]`` grids: their largest finite ``|value|`` over the
+    first ``n_rows`` layers (the scored ones)."""
+    return nice_scale(v for g in grids for row in g[:n_rows] for v in row)
+
+
 def mean_grid(grids: list[list[list[float]]]) -> list[list[float]]:
     """Element-wise mean of ``[attn_layer][head]`` grids (empty list if none)."""
     if not grids:

@@ -1,31 +1,32 @@
-"""Every read of the database the explorer makes, as keyword-only functions.
+"""The stored-data pages' own reads of the database, as keyword-only functions: the runs, a run's
+findings and counts, and the filtered, sorted, paginated lists of neurons and of pairs (which
+join several steps' rows). The reads of one paper step's rows are that step's own
+(``precompute.<step>.reads``); the pages call them directly.
 
 Routes never build SQL. Functions return ORM rows or plain dicts/lists ready for a template and
-for JSON. Lookups that can fail raise :class:`precompute.errors.NotFound` with a message naming
-the valid range; the route boundary turns it into a 404.
+for JSON. Lookups that can fail raise :class:`precompute.core.errors.NotFound` with a message
+naming the valid range; the route boundary turns it into a 404.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.ablation.reads import ablation_table, pair_ablation_stats
+from context_lookups.precompute.ablation.reads import ablation_methods, ablation_table
 from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.explain.explainers import preferred
 from context_lookups.precompute.findings.report import comparison_table, explainers_of_run, score_table
 from context_lookups.precompute.findings.verdict import run_verdict
-from context_lookups.precompute.model import METHODS as ABLATION_METHODS
-from context_lookups.precompute.prompts import reads as prompt_reads
+from context_lookups.precompute.store.runs import check_layer
 from context_lookups.precompute.store.schema import (
     Ablation,
-    Classification,
     Explanation,
     Neuron,
     Pair,
-    Phase,
     Prompt,
     Run,
 )
@@ -42,10 +43,6 @@ SORTS = {"kind": KIND_ORDER, "congruence": Neuron.congruence, "best_score": Neur
 # Bounds of what one page may show (a hostile or huge import cannot make a page unbounded):
 MAX_PAGE_PROMPTS = 200  # prompts of one neuron and split on a neuron or pair page
 MAX_PAGE_ROWS = 500  # rows of a list that is not paginated (a head's neurons, findings' pair rows)
-
-
-def _ranges(values: list[int]) -> str:
-    return ", ".join(map(str, values)) if values else "none"
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -82,16 +79,6 @@ def run_counts(session: Session, *, run_id: int) -> dict:
             "explanations": n_expl, "ablations": n_abl}
 
 
-def explainers(session: Session, *, run_id: int) -> list[str]:
-    return list(session.scalars(select(Explanation.explainer).join(Pair).where(Pair.run_id == run_id)
-                                .distinct().order_by(Explanation.explainer)))
-
-
-def ablation_methods(session: Session, *, run_id: int) -> list[str]:
-    return list(session.scalars(select(Ablation.method).join(Pair).where(Pair.run_id == run_id)
-                                .distinct().order_by(Ablation.method)))
-
-
 def findings(session: Session, *, run_id: int) -> dict:
     """The paper's two claims for one run: the ``verdict`` (``precompute.verdict.run_verdict``)
     and the two tables behind it, from precompute: explanation scores E of next-token
@@ -100,7 +87,7 @@ def findings(session: Session, *, run_id: int) -> dict:
     ``comparisons``: each other explainer against the first LLM explainer (else the first) on
     the same pairs (``report.comparison_table``)."""
     names = explainers_of_run(session, run_id=run_id)
-    ref = next((n for n in names if n.startswith("openai:")), names[0] if names else None)
+    ref = preferred(names)  # an LLM's when there is one
     methods = ablation_methods(session, run_id=run_id)
     comparisons = []
     for ex in names:
@@ -157,8 +144,8 @@ def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list
     Raises:
         NotFound: ``flt.layer`` is not a scanned layer.
     """
-    if flt.layer is not None and flt.layer not in run.layers:
-        raise NotFound(f"layer {flt.layer} out of range: scanned layers are {_ranges(run.layers)}.")
+    if flt.layer is not None:
+        check_layer(run, flt.layer)
     cond = [Neuron.run_id == run.id]
     if flt.layer is not None:
         cond.append(Neuron.layer == flt.layer)
@@ -186,134 +173,7 @@ def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list
     return list(rows), total
 
 
-def get_neuron(session: Session, *, run: Run, layer: int, neuron: int) -> Neuron:
-    """Neuron (layer, neuron) of the run. Raises NotFound naming the scanned layers or the
-    neuron range."""
-    if layer not in run.layers:
-        raise NotFound(f"layer {layer} out of range: scanned layers are {_ranges(run.layers)}.")
-    if not 0 <= neuron < run.d_mlp:
-        raise NotFound(f"neuron {neuron} out of range: neurons of layer {layer} are 0..{run.d_mlp - 1}.")
-    n = session.scalar(select(Neuron).where(Neuron.run_id == run.id, Neuron.layer == layer,
-                                            Neuron.neuron == neuron))
-    if n is None:
-        raise NotFound(f"neuron L{layer}N{neuron} is not stored in run {run.slug!r}.")
-    return n
-
-
-def neuron_prompts(session: Session, *, neuron_id: int, split: str = "explain",
-                   limit: int | None = MAX_PAGE_PROMPTS) -> list[Prompt]:
-    """The neuron's prompts of ``split`` by rank, at most ``limit`` (None: all)."""
-    q = select(Prompt).where(Prompt.neuron_id == neuron_id, Prompt.split == split).order_by(Prompt.rank)
-    return list(session.scalars(q if limit is None else q.limit(limit)))
-
-
-def neuron_pairs(session: Session, *, neuron_id: int, kept_only: bool = True) -> list[dict]:
-    """The neuron's (kept) pairs, each with its explanations and ablation summary per method."""
-    cond = [Pair.neuron_id == neuron_id] + ([Pair.kept.is_(True)] if kept_only else [])
-    pairs = session.scalars(select(Pair).where(*cond).order_by(Pair.mean_attr_raw.desc())).all()
-    if not pairs:
-        return []
-    ids = [p.id for p in pairs]
-    expl: dict[int, list[Explanation]] = {}
-    for e in session.scalars(select(Explanation).where(Explanation.pair_id.in_(ids))
-                             .order_by(Explanation.explainer)):
-        expl.setdefault(e.pair_id, []).append(e)
-    abl = {}
-    for pid, method, active, n, mean_drop in session.execute(
-            select(Ablation.pair_id, Ablation.method, Ablation.active, func.count(), func.avg(Ablation.drop))
-            .where(Ablation.pair_id.in_(ids)).group_by(Ablation.pair_id, Ablation.method, Ablation.active)):
-        d = abl.setdefault(pid, {}).setdefault(method, {})
-        d["active" if active else "inactive"] = {"n": n, "mean_drop": mean_drop}
-    return [{"pair": p, "explanations": expl.get(p.id, []), "ablation": abl.get(p.id, {})} for p in pairs]
-
-
-def top_documents(session: Session, *, run_id: int, layer: int, neuron: int, split: str = "explain",
-                  limit: int = 10) -> list[dict]:
-    """The neuron's top documents from the scan (any neuron of a scanned layer), as dicts."""
-    return [asdict(d) for d in prompt_reads.top_documents(session, run_id=run_id, layer=layer, neuron=neuron,
-                                                          split=split, limit=limit)]
-
-
 # --- pairs and heads -------------------------------------------------------------------------
-
-def _check_head(run: Run, head_layer: int, head: int) -> None:
-    top = max(run.layers) if run.layers else run.n_layers - 1
-    if not 0 <= head_layer <= min(top, run.n_layers - 1):
-        raise NotFound(f"head layer {head_layer} out of range: heads that can drive a scanned "
-                       f"neuron are in layers 0..{min(top, run.n_layers - 1)}.")
-    if not 0 <= head < run.n_heads:
-        raise NotFound(f"head {head} out of range: heads are 0..{run.n_heads - 1}.")
-
-
-def get_pair(session: Session, *, run: Run, neuron: Neuron, head_layer: int, head: int) -> Pair:
-    """The (neuron, head) pair. Raises NotFound naming the range of heads scored for it."""
-    _check_head(run, head_layer, head)
-    p = session.scalar(select(Pair).where(Pair.neuron_id == neuron.id, Pair.head_layer == head_layer,
-                                          Pair.head == head))
-    if p is None:
-        if neuron.kind == "other":
-            raise NotFound(f"neuron L{neuron.layer}N{neuron.neuron} was not selected (neither a "
-                           f"next-token nor a random neuron): it has no head pairs.")
-        n_layers = session.scalar(select(func.max(Pair.head_layer)).where(Pair.neuron_id == neuron.id))
-        rng = f"layers 0..{n_layers}" if n_layers is not None else "none (no activating prompts)"
-        raise NotFound(f"head L{head_layer}H{head} is not scored for neuron L{neuron.layer}N{neuron.neuron}: "
-                       f"scored head layers are {rng}.")
-    return p
-
-
-def ablation_phases(session: Session, *, run_id: int, pair_ids: list[int]) -> dict[int, dict[str, int]]:
-    """``{pair_id: {method: held-out prompts}}`` of the pairs' finished ablation units of work
-    (phase ``ablation:{method}:{pair_id}``): a pair with a phase but no ablation row was
-    skipped, one without a phase is not computed yet."""
-    out: dict[int, dict[str, int]] = {}
-    if not pair_ids:
-        return out
-    names = {f"ablation:{m}:{pid}": (m, pid) for pid in pair_ids for m in ABLATION_METHODS}
-    for name, stats in session.execute(select(Phase.name, Phase.stats).where(
-            Phase.run_id == run_id, Phase.name.in_(list(names)))):
-        m, pid = names[name]
-        out.setdefault(pid, {})[m] = (stats or {}).get("prompts", 0)
-    return out
-
-
-def count_prompts(session: Session, *, neuron_id: int, split: str = "explain") -> int:
-    return session.scalar(select(func.count()).select_from(Prompt).where(
-        Prompt.neuron_id == neuron_id, Prompt.split == split)) or 0
-
-
-def pair_explanations(session: Session, *, pair_id: int) -> list[Explanation]:
-    return list(session.scalars(select(Explanation).where(Explanation.pair_id == pair_id)
-                                .order_by(Explanation.explainer)))
-
-
-def pair_classifications(session: Session, *, explanation_ids: list[int]) -> dict[int, dict[int, Classification]]:
-    """{explanation_id: {prompt_id: Classification}}."""
-    out: dict[int, dict[int, Classification]] = {}
-    if explanation_ids:
-        for c in session.scalars(select(Classification).where(Classification.explanation_id.in_(explanation_ids))):
-            out.setdefault(c.explanation_id, {})[c.prompt_id] = c
-    return out
-
-
-def pair_ablations(session: Session, *, pair_id: int) -> dict[str, dict[int, Ablation]]:
-    """{method: {prompt_id: Ablation}}."""
-    out: dict[str, dict[int, Ablation]] = {}
-    for a in session.scalars(select(Ablation).where(Ablation.pair_id == pair_id)):
-        out.setdefault(a.method, {})[a.prompt_id] = a
-    return out
-
-
-def pair_ablation_summary(session: Session, *, pair_id: int) -> dict:
-    """precompute's ``ablation.pair_ablation_stats`` per stored method, without the per-prompt
-    rows (the page shows those next to each prompt)."""
-    methods = session.scalars(select(Ablation.method).where(Ablation.pair_id == pair_id).distinct())
-    out = {}
-    for m in methods:
-        st = pair_ablation_stats(session, pair_id=pair_id, method=m)
-        st.pop("prompts", None)
-        out[m] = st
-    return out
-
 
 @dataclass
 class PairFilter:
@@ -345,8 +205,8 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
     Raises:
         NotFound: ``flt.layer`` is not a scanned layer.
     """
-    if flt.layer is not None and flt.layer not in run.layers:
-        raise NotFound(f"layer {flt.layer} out of range: scanned layers are {_ranges(run.layers)}.")
+    if flt.layer is not None:
+        check_layer(run, flt.layer)
     on = Explanation.pair_id == Pair.id
     if flt.explainer:
         on = and_(on, Explanation.explainer == flt.explainer)
@@ -372,34 +232,3 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
     rows = session.execute(base.order_by(*order).limit(flt.per_page)
                            .offset((flt.page - 1) * flt.per_page)).all()
     return [tuple(r) for r in rows], total
-
-
-def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False,
-               order: str = "raw", limit: int = MAX_PAGE_ROWS) -> list[dict]:
-    """Reverse index: the neurons this head was scored against, with attribution, active
-    fraction and best explanation (``best``, with its score ``best_score``), most driven first
-    (at most ``limit``; see :func:`count_head_pairs`)."""
-    _check_head(run, head_layer, head)
-    cond = [Pair.run_id == run.id, Pair.head_layer == head_layer, Pair.head == head]
-    if kept_only:
-        cond.append(Pair.kept.is_(True))
-    col = {"raw": Pair.mean_attr_raw, "ln": Pair.mean_attr_ln, "fraction": Pair.active_fraction}[order]
-    rows = session.execute(select(Pair, Neuron).join(Neuron, Neuron.id == Pair.neuron_id)
-                           .where(*cond).order_by(col.desc(), Neuron.layer, Neuron.neuron).limit(limit)).all()
-    best: dict[int, Explanation] = {}
-    ids = [p.id for p, _ in rows]
-    for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-        for e in session.scalars(select(Explanation).where(Explanation.pair_id.in_(ids[i:i + 900]),
-                                                           Explanation.score.is_not(None))):
-            if e.pair_id not in best or e.score > best[e.pair_id].score:
-                best[e.pair_id] = e
-    return [{"pair": p, "neuron": n, "best": best.get(p.id),
-             "best_score": best[p.id].score if p.id in best else None} for p, n in rows]
-
-
-def count_head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_only: bool = False) -> int:
-    """How many neurons the head was scored against (kept pairs only with ``kept_only``)."""
-    cond = [Pair.run_id == run.id, Pair.head_layer == head_layer, Pair.head == head]
-    if kept_only:
-        cond.append(Pair.kept.is_(True))
-    return session.scalar(select(func.count()).select_from(Pair).where(*cond)) or 0

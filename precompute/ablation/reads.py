@@ -1,18 +1,20 @@
 """The reads of step 5's rows (paper §5.4, docs/method.md §6), read only: the drop statistics
-(the project's KS over prompts, the authors' over per-pair means), the run's ablation table and
-one pair's ablation."""
+(the project's KS over prompts, the authors' over per-pair means), the run's ablation table,
+one pair's ablation and what the pages show of each pair's ablation (its state, its mean
+drops). Keyword-only; the job's summary and the explorer's pages call them."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import NotFound
 from context_lookups.precompute.heads.attribution import head_label
-from context_lookups.precompute.store.schema import Ablation, Neuron, Pair, Prompt
+from context_lookups.precompute.model import METHODS
+from context_lookups.precompute.store.schema import Ablation, Neuron, Pair, Phase, Prompt
 
 
 def _side(drops: list[float]) -> dict:
@@ -115,4 +117,62 @@ def pair_ablation_stats(session: Session, *, pair_id: int, method: str = "zero")
                              act_ablated=a.act_ablated, prob_clean=a.prob_clean,
                              prob_ablated=a.prob_ablated, drop=a.drop, n_records=a.n_records)
                         for a, rank in rows])
+    return out
+
+
+# --- what the pages read of a run's ablations --------------------------------------------------------
+
+def ablation_methods(session: Session, *, run_id: int) -> list[str]:
+    """The ablation methods with rows in the run, by name."""
+    return list(session.scalars(select(Ablation.method).join(Pair).where(Pair.run_id == run_id)
+                                .distinct().order_by(Ablation.method)))
+
+
+def ablation_phases(session: Session, *, run_id: int, pair_ids: list[int]) -> dict[int, dict[str, int]]:
+    """``{pair_id: {method: held-out prompts}}`` of the pairs' finished ablation units of work
+    (phase ``ablation:{method}:{pair_id}``): a pair with a phase but no ablation row was
+    skipped, one without a phase is not computed yet."""
+    out: dict[int, dict[str, int]] = {}
+    if not pair_ids:
+        return out
+    names = {f"ablation:{m}:{pid}": (m, pid) for pid in pair_ids for m in METHODS}
+    for name, stats in session.execute(select(Phase.name, Phase.stats).where(
+            Phase.run_id == run_id, Phase.name.in_(list(names)))):
+        m, pid = names[name]
+        out.setdefault(pid, {})[m] = (stats or {}).get("prompts", 0)
+    return out
+
+
+def mean_drops(session: Session, *, pair_ids: list[int]) -> dict[int, dict[str, dict]]:
+    """``{pair_id: {method: {"active" | "inactive": {"n", "mean_drop"}}}}``: each pair's held-out
+    prompts and mean drop of p(token) where its head is active and where it is not."""
+    out: dict[int, dict[str, dict]] = {}
+    if not pair_ids:
+        return out
+    for pid, method, active, n, mean_drop in session.execute(
+            select(Ablation.pair_id, Ablation.method, Ablation.active, func.count(), func.avg(Ablation.drop))
+            .where(Ablation.pair_id.in_(pair_ids))
+            .group_by(Ablation.pair_id, Ablation.method, Ablation.active)):
+        out.setdefault(pid, {}).setdefault(method, {})["active" if active else "inactive"] = {
+            "n": n, "mean_drop": mean_drop}
+    return out
+
+
+def pair_ablations(session: Session, *, pair_id: int) -> dict[str, dict[int, Ablation]]:
+    """``{method: {prompt_id: Ablation}}`` of one pair."""
+    out: dict[str, dict[int, Ablation]] = {}
+    for a in session.scalars(select(Ablation).where(Ablation.pair_id == pair_id)):
+        out.setdefault(a.method, {})[a.prompt_id] = a
+    return out
+
+
+def pair_ablation_summary(session: Session, *, pair_id: int) -> dict:
+    """:func:`pair_ablation_stats` per stored method, without the per-prompt rows (the pair page
+    shows those next to each prompt)."""
+    methods = session.scalars(select(Ablation.method).where(Ablation.pair_id == pair_id).distinct())
+    out = {}
+    for m in methods:
+        st = pair_ablation_stats(session, pair_id=pair_id, method=m)
+        st.pop("prompts", None)
+        out[m] = st
     return out

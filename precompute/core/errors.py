@@ -50,3 +50,8 @@ class BadDatabase(LookupsError):
 class ModelNotSupported(ModelNotAvailable):
     """A model whose architecture no backend runs (or ``--backend fast`` for one without a fast
     backend); the message names the architecture and what to use instead."""
+
+
+class BadLiveInput(LookupsError):
+    """A request the explorer cannot run: an empty prompt, a malformed head list, a position
+    outside the prompt, text that is not valid Unicode or too long."""

@@ -34,6 +34,19 @@ class Score:
     n_unparsed: int
 
 
+def run_rule(run) -> str:
+    """The E rule a run is judged by (docs/method.md §5), the one place it is decided:
+    ``"authors"`` for the authors' imported data (so their figures are reproduced, ``run`` has a
+    ``provenance``), ``"project"`` for runs computed here."""
+    return "authors" if run.provenance is not None else "project"
+
+
+def score_by_rule(rule: str, score: float | None, tpr: float | None, tnr: float | None) -> float | None:
+    """One explanation's E by ``rule`` (:func:`run_rule`): the stored project score, or the
+    authors' with their single-class fallback (:func:`authors_score`)."""
+    return authors_score(score, tpr, tnr) if rule == "authors" else score
+
+
 def explanation_score(truth: Sequence[bool], predicted: Sequence[bool | None]) -> Score:
     """``E = ½(TP/(TP+FN) + TN/(TN+FP))`` (paper §4.4); ``predicted`` None (unparsed) is left
     out of the confusion matrix and counted. This is the project's rule: E is None when either

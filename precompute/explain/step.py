@@ -44,9 +44,10 @@ from context_lookups.precompute.explain.explainers import (
     PairResult,
     PairTask,
     explainer_name,
+    is_llm,
     parse_answer,
 )
-from context_lookups.precompute.explain.scoring import explanation_score
+from context_lookups.precompute.explain.scoring import explanation_score, run_rule, score_by_rule
 from context_lookups.precompute.heads.lookup import carriers, decode
 from context_lookups.precompute.store.runs import now
 from context_lookups.precompute.store.schema import (
@@ -198,19 +199,17 @@ def update_best_scores(session: Session, *, run_id: int) -> int:
     pair scores its one defined rate) for imported runs (LLM explainers preferred over the
     baseline; see the module docstring). Returns the number of neurons with a score. The
     caller commits."""
-    from context_lookups.precompute.explain.scoring import authors_score
-
-    authors = session.get(Run, run_id).provenance is not None
+    rule = run_rule(session.get(Run, run_id))
     rows = session.execute(select(Pair.neuron_id, Explanation.explainer, Explanation.score, Explanation.tpr,
                                   Explanation.tnr)
                            .join(Explanation, Explanation.pair_id == Pair.id)
                            .where(Pair.run_id == run_id, Explanation.status != "failed")).all()
     best: dict[int, tuple[bool, float]] = {}
     for nid, explainer, score, tpr, tnr in rows:
-        e = authors_score(score, tpr, tnr) if authors else score
+        e = score_by_rule(rule, score, tpr, tnr)
         if e is None:
             continue
-        key = (explainer != BASELINE, e)
+        key = (is_llm(explainer), e)
         if nid not in best or key > best[nid]:
             best[nid] = key
     for n in session.scalars(select(Neuron).where(Neuron.run_id == run_id, Neuron.kind != "other")):

@@ -28,7 +28,8 @@ from functools import lru_cache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.explain.scoring import authors_score
+from context_lookups.precompute.explain.explainers import llm_first
+from context_lookups.precompute.explain.scoring import run_rule, score_by_rule
 from context_lookups.precompute.store.schema import Ablation, Explanation, Neuron, Pair, Run
 
 CONFIDENCE = 0.95
@@ -136,12 +137,6 @@ def claim(groups: Sequence[Sequence[float]], *, null: float, paper: float | None
 
 # --- what the verdict reads from the database ---------------------------------------------------
 
-def run_rule(run: Run) -> str:
-    """The E rule a run is judged by: the authors' for their imported data (so their figures are
-    reproduced), the project's for runs computed here (docs/method.md §5)."""
-    return "authors" if run.provenance is not None else "project"
-
-
 def pair_scores(session: Session, *, run_id: int, explainer: str, kind: str, rule: str) -> list[float]:
     """E of every kept pair of ``kind`` neurons explained by ``explainer``, by ``rule``
     (``"project"``: undefined for single-class held-out sets; ``"authors"``: their fallback)."""
@@ -150,10 +145,7 @@ def pair_scores(session: Session, *, run_id: int, explainer: str, kind: str, rul
                            .join(Neuron, Neuron.id == Pair.neuron_id)
                            .where(Pair.run_id == run_id, Pair.kept, Neuron.kind == kind,
                                   Explanation.explainer == explainer)).all()
-    if rule == "authors":
-        vals = [authors_score(s, tp, tn) for s, tp, tn, st in rows if st != "failed"]
-    else:
-        vals = [s for s, _, _, _ in rows]
+    vals = [score_by_rule(rule, s, tp, tn) for s, tp, tn, st in rows if rule == "project" or st != "failed"]
     return [v for v in vals if v is not None]
 
 
@@ -176,9 +168,9 @@ def pair_mean_drops(session: Session, *, run_id: int, method: str, kind: str = "
 
 
 def explainers_for_verdict(names: Sequence[str]) -> list[str]:
-    """Explainers in the order the verdict shows them: an LLM's first (the paper's), then the
-    others."""
-    return sorted(names, key=lambda n: (not n.startswith("openai:"), n))
+    """Explainers in the order the verdict shows them: an LLM's first (the paper's,
+    ``explainers.llm_first``), then the others."""
+    return llm_first(names)
 
 
 def run_verdict(session: Session, run: Run, *, explainers: Sequence[str], methods: Sequence[str]) -> dict:

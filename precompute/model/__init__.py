@@ -31,10 +31,11 @@ from context_lookups.precompute.model.loading import (
     BACKENDS,
     LoadedModel,
     load_model,
+    load_tokenizer,
     resolve_device,
     resolve_dtype,
 )
 
 __all__ = ["BACKENDS", "METHODS", "Backend", "Dims", "LoadedModel", "NeuronPass", "PostObserver", "batches",
-           "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model", "pad",
-           "resolve_device", "resolve_dtype", "tokenize_batch"]
+           "centre", "check_head", "check_neuron", "check_token", "length_batches", "load_model",
+           "load_tokenizer", "pad", "resolve_device", "resolve_dtype", "tokenize_batch"]

@@ -15,6 +15,31 @@ import re
 from dataclasses import dataclass, field
 
 BASELINE = "baseline"
+LLM_PREFIX = "openai:"  # every LLM explainer's stored name: openai:<model> (the authors' GPT-4 too)
+
+
+def is_llm(name: str) -> bool:
+    """Whether explainer ``name`` is an LLM's (``openai:<model>``: this project's LLM explainer,
+    and the authors' GPT-4 on imported runs) rather than the offline baseline.
+
+    "Prefer the LLM explainer" means this, everywhere it applies: among a pair's or a neuron's
+    explanations, or a run's explainers, one whose explainer is an LLM's comes first
+    (:func:`llm_first`, :func:`preferred`), whatever the order they ran in; the baseline (and
+    any other name) only when no LLM explained. The paper's explanations are an LLM's.
+    """
+    return name.startswith(LLM_PREFIX)
+
+
+def llm_first(names) -> list[str]:
+    """Explainer names, the LLMs' first (:func:`is_llm`), each group by name."""
+    return sorted(names, key=lambda n: (not is_llm(n), n))
+
+
+def preferred(names) -> str | None:
+    """The explainer that stands for a run (its main explanations): the first LLM's in
+    ``names``' order, else the first name; None without any."""
+    names = list(names)
+    return next((n for n in names if is_llm(n)), names[0] if names else None)
 
 
 def explainer_name(settings) -> str:
@@ -26,7 +51,7 @@ def explainer_name(settings) -> str:
     if settings.explainer == "baseline":
         return BASELINE
     if settings.explainer == "openai":
-        return f"openai:{settings.llm_model}"
+        return f"{LLM_PREFIX}{settings.llm_model}"
     raise ValueError(f"No explainer to run (--explainer {settings.explainer!r}): use "
                      f"--explainer baseline or --explainer openai.")
 
