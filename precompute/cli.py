@@ -154,7 +154,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "explain":
         return explain_command(_settings(ns))
     if ns.command == "import-paper":
-        from context_lookups.precompute.paper.importer import import_command
+        from context_lookups.precompute.paper.command import import_command
         return import_command(ns.path, ns.db_url or Settings().db_url)
     if ns.command == "db":
         from context_lookups.precompute.store.db import current_revision, open_writer

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import NotFound
-from context_lookups.precompute.explain.explainers import BASELINE
+from context_lookups.precompute.explain.explainers import baseline_first
 from context_lookups.precompute.explain.scoring import authors_score, describe, paired_comparison
 from context_lookups.precompute.store.schema import Explanation, Neuron, Pair, Run
 
@@ -78,7 +78,7 @@ def explainers_of_run(session: Session, *, run_id: int) -> list[str]:
     """The explainers that have explanations in the run (baseline first)."""
     names = session.scalars(select(Explanation.explainer).join(Pair, Explanation.pair_id == Pair.id)
                             .where(Pair.run_id == run_id).distinct()).all()
-    return sorted(names, key=lambda n: (n != BASELINE, n))
+    return baseline_first(names)
 
 
 def comparison_table(session: Session, *, run_id: int, a: str, b: str) -> dict:

@@ -360,10 +360,3 @@ def match_values(items: list[tuple[str, list[int]]], entries: dict, records, n_h
                 return (f"pair {key}: the mean drop {got:.6g} of its {'active' if sel is mask else 'inactive'} "
                         f"prompts is not the authors' {want:.6g}"), []
     return None, groups
-
-
-def import_command(path: str, db_url: str) -> int:
-    """``lookups import-paper PATH [--db URL]`` (see :mod:`precompute.paper.command`)."""
-    from context_lookups.precompute.paper.command import import_command as run
-
-    return run(path, db_url)

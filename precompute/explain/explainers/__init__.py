@@ -35,6 +35,12 @@ def llm_first(names) -> list[str]:
     return sorted(names, key=lambda n: (not is_llm(n), n))
 
 
+def baseline_first(names) -> list[str]:
+    """Explainer names in the order the score tables list them: the baseline first, then the
+    others by name."""
+    return sorted(names, key=lambda n: (n != BASELINE, n))
+
+
 def preferred(names) -> str | None:
     """The explainer that stands for a run (its main explanations): the first LLM's in
     ``names``' order, else the first name; None without any."""
