@@ -52,7 +52,9 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
         NotFound: no such neuron in the run.
     """
     run = ctx.run
+    # the rows first (each read is its step's: precompute.<step>.reads), then their presentation
     n = neuron_reads.get_neuron(s, run=run, layer=layer, neuron=neuron_)
+    above = _selected_above(s, ctx, n, cache)
     part = _prompts_part(s, ctx, n, split=split, score=score, cache=cache)
     prompts = part["prompts"]
     pairs = _pairs(s, ctx, n)
@@ -69,7 +71,7 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
     return {
         "run": run_dict(run), "neuron": neuron_dict(n, ctx.partial), "best": best_scores(ctx, pairs),
         "score": score, "split": split,
-        "rank_note": rank_note(n, run.d_mlp, _selected_above(s, ctx, n, cache)),
+        "rank_note": rank_note(n, run.d_mlp, above),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
         "prompts": prompts, "n_prompts_total": part["n_prompts_total"], "act_scale": part["act_scale"],
         "act_lo": min(part["act_lo"], act_floor(d["act"] for d in docs)),
@@ -106,12 +108,14 @@ def _prompts_part(s: Session, ctx: RunContext, n: Neuron, *, split: str, score: 
     # blocks, layer + 1)
     n_upstream = len(prompts[0].attr_raw) if prompts else n.layer + 1
     n_scored = scored_layers(n.layer, ctx.rules.heads_upto, n_upstream)
-    part = {"prompts": [prompt_dict(p, ctx.partial) for p in prompts], "n_scored": n_scored,
+    top3 = top3_view(run, ctx.rules, n.layer, prompts)
+    part = {"n_scored": n_scored,
             "head_labels": [head_label(k, h) for k in range(n_scored) for h in range(run.n_heads)],
             "act_scale": nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts]),
             "act_lo": act_floor(a for p in prompts for a in p.acts),
             "mean_attr": mean_grid(grids), "attr_scale": grid_scale(grids, n_scored),
-            "top3": top3_view(run, ctx.rules, n.layer, prompts), "n_prompts_total": n_total}
+            "top3": top3, "n_prompts_total": n_total,
+            "prompts": [prompt_dict(p, ctx.partial) for p in prompts]}
     if cache is not None and prompts:
         cache[key] = part
     return part
