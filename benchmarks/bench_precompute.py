@@ -7,7 +7,7 @@ Every ratio is against the bare Hugging Face forward (``AutoModelForCausalLM``, 
 included, SDPA) of the same model on the same batches, measured in the same process,
 interleaved, best of ``--repeats``:
 
-1. Scan: ``precompute.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s on the
+1. Scan: ``precompute.prompts.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s on the
    backend ``load_model`` picks (``--backend auto``: the fast one for GPT-2), without and with
    the activation histograms the job keeps (docs/method.md §2); and its peak RSS alone, in a
    child process.
@@ -206,8 +206,10 @@ def vm_hwm_kb(pid: int | str) -> int:
 
 def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
-            f"import benchmarks.bench_precompute as b; from precompute.model import load_model;"
-            f"from precompute.scan import scan; from precompute.next_token import default_layers;"
+            f"import benchmarks.bench_precompute as b;"
+            f"from context_lookups.precompute.model import load_model;"
+            f"from context_lookups.precompute.prompts.scan import scan;"
+            f"from context_lookups.precompute.neurons.congruence import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx}, histograms=True);"
             f"print(b.vm_hwm_kb('self'))")

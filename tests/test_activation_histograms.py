@@ -1,4 +1,4 @@
-"""Activation histograms of the scan (docs/method.md §2, precompute/histogram.py): the fixed bins
+"""Activation histograms of the scan (docs/method.md §2, precompute/prompts/histogram.py): the fixed bins
 follow their definition on every edge, the counting passes (compiled CPU pass and torch) agree,
 a scan's counts equal a direct count of the activations it saw and add up to its real tokens,
 shards merge exactly, and the job stores them (with each neuron's most negative congruent

@@ -242,8 +242,8 @@ def test_length_batches_cover_every_row_once_within_the_caps():
 
 HOOK_WORDS = ("hook_post", "hook_pre", "hook_v", "hook_z", "hook_result", "hook_scale", "hook_embed",
               "hook_pattern", "run_with_cache", "run_with_hooks")
-APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "load_tokenizer", "resolve_device",
-               "resolve_dtype", "length_batches", "METHODS", "BACKENDS"}
+APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "load_tokenizer",
+               "resolve_device", "resolve_dtype", "length_batches", "METHODS", "BACKENDS"}
 
 
 MODEL = "context_lookups.precompute.model"
@@ -294,7 +294,7 @@ def test_the_boundary_check_finds_what_it_forbids():
            "def f(model, t):\n"
            "    with model.bridge.hooks(fwd_hooks=[]):\n"
            "        return model.bridge.run_with_cache(t, names_filter=[hook_post(1), 'blocks.0.attn.hook_v'])\n")
-    got = violations(Path("app/live.py"), ast.parse(src))
+    got = violations(Path("app/live/service.py"), ast.parse(src))
     assert any("imports context_lookups.precompute.model.hooks" in g for g in got)
     assert any("['fast_supported', 'hook_post']" in g for g in got)
     assert {g.split(": ")[-1] for g in got} >= {".bridge", ".hooks", ".run_with_cache", "hook_post",

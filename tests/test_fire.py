@@ -1,4 +1,4 @@
-"""Which neurons fire on a text (app/fire.py, /fire, docs/method.md §11): the backend's
+"""Which neurons fire on a text (app/live/fire.py, /fire, docs/method.md §11): the backend's
 ``layer_acts`` equals the bridge's ``hook_post``; the page's relative activations are the
 activations over each neuron's stored explain maximum, ranked per token and overall; the page
 and its JSON twin over real HTTP (shareable URL, token cap, unknown run, empty text); texts

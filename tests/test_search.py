@@ -1,4 +1,4 @@
-"""Full-text search (migration 0004_search, app/search.py) on both backends: a SQLite file and a
+"""Full-text search (migration 0004_search, app/pages/search.py) on both backends: a SQLite file and a
 real PostgreSQL server (tests/pgserver.py), each holding the small run written by the real
 precompute job. Words in stored prompt and explanation texts are found through the HTTP API
 with links to their neurons and pairs; phrases, any punctuation and a run filter work; the

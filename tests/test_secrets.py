@@ -21,8 +21,8 @@ from tests.test_explain_llm import ChatServer, expected_pairs
 # --- 1. the API key is never logged, stored or shown ---------------------------------------------
 
 def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomputed_db):
-    from context_lookups.app.pages import urls
     from context_lookups.app.main import create_app
+    from context_lookups.app.pages import urls
 
     key = "sk-PROBE-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:32]
     db = fresh_copy(precomputed_db, tmp_path / "lookups.db")
@@ -96,8 +96,8 @@ def _leak_forms(*secrets: str) -> set[str]:
 
 def _pages(db, slug: str) -> dict[str, str]:
     """Every page, twin and CSV that shows explanations and answers, by path."""
-    from context_lookups.app.pages import urls
     from context_lookups.app.main import create_app
+    from context_lookups.app.pages import urls
 
     with sqlite3.connect(db) as c:
         keys = c.execute("SELECT DISTINCT n.layer, n.neuron, p.head_layer, p.head FROM explanations e "

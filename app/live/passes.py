@@ -114,7 +114,7 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
         run's rule on the scored heads), ``prob`` of the neuron's token and ``top5`` at the
         target position; ``ablation`` the same under the ablated heads and the ``drop``;
         ``lookup`` the look-up head's per-source decomposition in the clean pass
-        (:func:`precompute.lookup.lookup_dict` with ``head``; sources ``0..pos + 1``, BOS first)
+        (:func:`precompute.heads.lookup.lookup_dict` with ``head``; sources ``0..pos + 1``, BOS first)
         or None. One forward pass over all rows (decomposing the layers of the heads asked
         for), and a second over the rows with heads ablated.
 

@@ -152,7 +152,7 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
 
 def legend(scale: float, *, lo: float | None = None, hi: float | None = None, label: str = "",
            unit: str = "", n: int = 9) -> dict:
-    """A colour legend for values drawn by :func:`app.present.colour` on ``[-scale, scale]``:
+    """A colour legend for values drawn by :func:`app.pages.present.colour` on ``[-scale, scale]``:
     the range actually shown, ``lo..hi`` (default ``-scale..scale``; 0..1 for a non-negative
     share, ``min(0, smallest)..largest`` for activations), as a CSS gradient of ``n`` stops and
     tick labels at its ends (and 0 when inside), written with one number of decimals; ``label``
@@ -183,7 +183,7 @@ def _value_label(v: float) -> str:
 
 
 def activation_histogram_svg(h: dict, *, label: str = "", height: int = 230) -> Markup:
-    """The activation distribution of one neuron (``app.distribution.histogram``) as an SVG as
+    """The activation distribution of one neuron (``precompute.prompts.reads.histogram``) as an SVG as
     wide as its box (x in percent, text at a fixed size, so it stays legible on a phone): one
     bar per fixed bin from the lowest to the highest occupied one (the central bin always
     shown), each bin the same width, so the x axis is logarithmic on either side of 0 (bins of a

@@ -72,7 +72,7 @@ def pick_run(runs: list[Run], model_notice, slug: str | None) -> Run | None:
 def shown(res: dict, index: RunIndex, partial: dict) -> dict:
     """A result of :func:`fire_views` as the page and its JSON twin show it: each listed
     neuron as ``{layer, neuron, label, kind, token, token_escaped, rel, act, url}``, the text's
-    tokens escaped (``app.present.token_fields``), and per token its strongest relative
+    tokens escaped (``app.pages.present.token_fields``), and per token its strongest relative
     activation (``peak``) for the colours, and the lowest relative activation shown (``rel_lo``,
     at most 0: the colour legend's low end)."""
     def neuron(col: int, rel: float, act: float) -> dict:

@@ -109,13 +109,13 @@ def _escape_char(m: re.Match) -> str:
 def visible(token: str) -> str:
     """A token's text as shown: newline ↵, tab ⇥, every other control character or invisible
     character escaped as ``\\xNN`` / ``\\uNNNN`` (as partial UTF-8 bytes are, see
-    :mod:`precompute.tokens`), an empty token ∅. Escaping for HTML is the caller's job."""
+    :mod:`precompute.core.tokens`), an empty token ∅. Escaping for HTML is the caller's job."""
     if not token:
         return "∅"
     return _HIDDEN.sub(_escape_char, token.translate(_ARROWS))
 
 
-# A control character already escaped upstream (``precompute.tokens.escape_controls`` writes
+# A control character already escaped upstream (``precompute.core.tokens.escape_controls`` writes
 # C0 but tab and newline, DEL and C1 as ``\xNN`` in ``tokens_escaped``).
 _ESCAPED_CONTROL = re.compile(r"\\x(?:0[0-8b-f]|1[0-9a-f]|7f|[89][0-9a-f])")
 

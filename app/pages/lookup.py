@@ -1,8 +1,8 @@
 """The context look-up on the explorer's pages (docs/method.md §3, "Per-source decomposition"):
 which earlier tokens a head reads at the firing position, and what each carries to the neuron.
 
-The pair page reads the stored decomposition (table ``lookups``, :mod:`precompute.lookup`), the
-live view gets it from the backend's clean pass (:func:`app.live.live_views`); both show one row
+The pair page reads the stored decomposition (table ``lookups``, :mod:`precompute.heads.lookup`), the
+live view gets it from the backend's clean pass (:func:`app.live.passes.live_views`); both show one row
 of tokens per prompt coloured by contribution (diverging, centred at 0), attention weight and
 contribution in each token's tooltip, the firing position marked. Source position 0 is BOS,
 shown as its own chip. Database reads go through :mod:`precompute.heads.reads`.
@@ -40,11 +40,11 @@ def state(run, pair, n_rows: int) -> dict:
 
 def pair_lookups(s, run, pair, prompts: list, score: str) -> tuple[dict[int, dict], dict]:
     """The stored look-ups of a pair's ``prompts`` (``Prompt`` rows, both splits) as
-    ``{prompt_id: lookup_dict}`` (:func:`precompute.lookup.lookup_dict`; ``total`` and
+    ``{prompt_id: lookup_dict}`` (:func:`precompute.heads.lookup.lookup_dict`; ``total`` and
     ``total_ln`` the head's stored scores), and the page's summary: ``state``, ``units``,
     ``scale`` (the largest |contribution| shown, in the ``score``'s units) and ``groups``, the
     tokens that carry the most over the prompts on which the head is active and inactive
-    (:func:`precompute.lookup.summary`)."""
+    (:func:`precompute.heads.lookup.summary`)."""
     k, h = pair.head_layer, pair.head
     rows = head_reads.pair_lookups(s, prompt_ids=[p.id for p in prompts], head_layer=k, head=h)
     out: dict[int, dict] = {}

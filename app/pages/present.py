@@ -114,7 +114,7 @@ def token_fields(token_ids, texts, partial) -> dict:
     """The shown form of a sequence of tokens: ``tokens_escaped`` (each token's text, partial
     UTF-8 characters as escaped bytes ``\\xe2\\x82``) and ``tokens_joined`` (for each partial
     token, the text of the run of partial tokens it belongs to; else None). ``partial`` is
-    :func:`precompute.tokens.partial_tokens` of the run's tokenizer (empty when unknown: the
+    :func:`precompute.core.tokens.partial_tokens` of the run's tokenizer (empty when unknown: the
     texts are then shown as stored). Every token shown by the explorer goes through here."""
     texts = list(texts or [])
     if token_ids is None or len(token_ids) != len(texts):  # no ids (imported data): as stored

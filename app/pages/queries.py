@@ -80,7 +80,7 @@ def run_counts(session: Session, *, run_id: int) -> dict:
 
 
 def findings(session: Session, *, run_id: int) -> dict:
-    """The paper's two claims for one run: the ``verdict`` (``precompute.verdict.run_verdict``)
+    """The paper's two claims for one run: the ``verdict`` (``precompute.findings.verdict.run_verdict``)
     and the two tables behind it, from precompute: explanation scores E of next-token
     vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
     inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed.

@@ -5,7 +5,7 @@ with the reason), ``not_applicable`` (it never runs for this pair, with the reas
 run: the authors' data has none, with the reason). An imported run is never "not computed
 yet": nothing here computes it. Status codes are turned into words here too.
 
-Nothing here touches the database: the views pass what ``app.queries`` read.
+Nothing here touches the database: the views pass what ``app.pages.queries`` read.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _state(state: str, reason: str | None = None) -> dict:
 
 def kept_reason(pair, settings) -> str | None:
     """None for a kept pair, else why it was not kept (the run's rule,
-    :func:`precompute.pairs.not_kept_reason`).
+    :func:`precompute.heads.pairs.not_kept_reason`).
 
     Args:
         pair: a ``Pair`` row or its dict (``kept``, ``n_prompts``, ``n_active``).

@@ -1,4 +1,4 @@
-"""``/compare``: runs side by side (``app.compare``), with its ``.json`` twin."""
+"""``/compare``: runs side by side (``app.pages.compare``), with its ``.json`` twin."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/search`` (full-text search over explanations and prompt texts, :mod:`app.search`) and
+"""``/search`` (full-text search over explanations and prompt texts, :mod:`app.pages.search`) and
 ``/glossary`` (every term the pages use), each with its ``.json`` twin."""
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def scored_layers(layer: int, heads_upto: str, n_upstream: int) -> int:
 
 def active_heads_of_run(scores: Float[Tensor, "... n"], settings) -> Bool[Tensor, "... n"]:
     """``active_heads`` with the rule a run was computed with (``settings``: its
-    ``precompute.settings.Settings``, e.g. ``run_settings(run)``): the one place where the
+    ``precompute.core.settings.Settings``, e.g. ``run_settings(run)``): the one place where the
     precompute job and the live pass read the rule."""
     return active_heads(scores, rule=settings.active_rule, sigma=settings.active_sigma,
                         k=settings.active_topk)

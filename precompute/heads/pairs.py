@@ -16,7 +16,7 @@ def too_few_prompts(n_prompts: int, settings) -> str | None:
 
     Args:
         n_prompts: the neuron's explain-split prompts.
-        settings: the run's :class:`~precompute.settings.Settings` (``Settings.of_run``).
+        settings: the run's :class:`~precompute.core.settings.Settings` (``Settings.of_run``).
     """
     if n_prompts < settings.pair_min_prompts:
         return (f"the neuron has {n_prompts} explain prompt{'s' if n_prompts != 1 else ''}, fewer "
@@ -30,7 +30,7 @@ def not_kept_reason(n_prompts: int, n_active: int, settings) -> str | None:
     Args:
         n_prompts: the neuron's explain-split prompts (> 0).
         n_active: those on which the head is active (the run's rule).
-        settings: the run's :class:`~precompute.settings.Settings`.
+        settings: the run's :class:`~precompute.core.settings.Settings`.
     """
     few = too_few_prompts(n_prompts, settings)
     if few is not None:

@@ -19,7 +19,7 @@ bits): exactly the bin of the comparisons above (:func:`bin_of` is that definiti
 check the two agree on every edge and its neighbours).
 
 **Counting** is the scan's extension point (a) (:mod:`precompute.model.backend`): a
-:class:`Histograms` is passed as ``observe`` to :func:`precompute.scan.scan` and sees every
+:class:`Histograms` is passed as ``observe`` to :func:`precompute.prompts.scan.scan` and sees every
 batch's ``hook_post`` of each analysed layer with the real positions (after BOS, not padding).
 Memory is ``N_BINS × d_mlp`` integers per layer, whatever the corpus; counts are integers, so
 shards (Ray) merge exactly in any order (:meth:`Histograms.merge`). On the CPU one compiled

@@ -1,4 +1,4 @@
-"""The compiled CPU pass of the activation histograms (precompute/histogram.py, docs/method.md §2),
+"""The compiled CPU pass of the activation histograms (precompute/prompts/histogram.py, docs/method.md §2),
 apart so that numba is imported only by a scan that counts on the CPU. Compiled on first use and
 cached on disk (numba's ``cache=True``)."""
 

@@ -126,7 +126,7 @@ class ScanResult:
     ``values/docs/positions``: ``[k, len(layers) * d_mlp]``; column ``j * d_mlp + i`` is neuron
     ``i`` of ``layers[j]``. ``n_docs``/``n_tokens``: what was scanned (tokens with BOS);
     ``seconds``: wall time; ``histograms``: the activation histograms of the scanned tokens
-    (:class:`precompute.histogram.Histograms`) when the scan kept them.
+    (:class:`precompute.prompts.histogram.Histograms`) when the scan kept them.
     """
 
     layers: list[int]
@@ -178,7 +178,7 @@ def scan(model: LoadedModel, texts: Iterator[str] | Sequence[str], *, layers: li
     sees every batch's whole ``hook_post`` of each layer first (extension point (a) of
     :mod:`precompute.model.backend`: per-layer accumulators such as activation histograms).
 
-    With ``histograms``, a :class:`~precompute.histogram.Histograms` observes every batch too
+    With ``histograms``, a :class:`~precompute.prompts.histogram.Histograms` observes every batch too
     (the fixed-bin activation histograms of docs/method.md §2) and is returned on the result.
 
     A shard of a corpus is scanned with ``doc_offset`` = the index of its first document, so

@@ -68,7 +68,7 @@ class Example:
     the max-activating token); ``active``: whether the pair's head is active on it (the run's
     rule, stored in ``Prompt.active``); ``carriers``: on explain prompts only, the pair head's
     look-up, ``(token, what it carries to the neuron)`` per token string
-    (``precompute.lookup.carriers``; empty when not stored, and always for held-out prompts)."""
+    (``precompute.heads.lookup.carriers``; empty when not stored, and always for held-out prompts)."""
 
     prompt_id: int
     text: str

@@ -275,7 +275,7 @@ def fit(active: Sequence[Sequence[str]], inactive: Sequence[Sequence[str]],
 
 def read_tokens(carriers_a: Sequence[dict[str, float]] | None, n: int = N_LOOKUP) -> list[str]:
     """The look-up candidates: the ``n`` token strings that carry the most to the neuron summed
-    over the active explain prompts' carriers (``precompute.lookup.carriers``, BOS left out),
+    over the active explain prompts' carriers (``precompute.heads.lookup.carriers``, BOS left out),
     those with a positive total only; ties by token. Empty without carriers."""
     total: dict[str, float] = {}
     for c in carriers_a or ():

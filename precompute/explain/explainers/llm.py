@@ -141,7 +141,7 @@ class ChatClient:
     comes back from the endpoint, answers and failure messages alike, has the credentials it
     was sent (``secrets``: the key, the userinfo and secret query values of ``llm_base_url``,
     in every encoding they went out in) and anything shaped like a key redacted
-    (:mod:`precompute.redact`).
+    (:mod:`precompute.core.redact`).
 
     Raises:
         BadSettings: no key and no ``llm_base_url`` (OpenAI itself needs a key).
@@ -198,7 +198,7 @@ class ChatClient:
 
     def clean(self, response):
         """A response (JSON-able) with the credentials sent and key-shaped strings redacted in
-        every string it holds (:func:`precompute.redact.redact_tree`)."""
+        every string it holds (:func:`precompute.core.redact.redact_tree`)."""
         return redact_tree(response, *self.secrets)
 
 

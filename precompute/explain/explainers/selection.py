@@ -1,6 +1,6 @@
 """The baseline's configuration chosen by cross-validation across neurons (docs/method.md §4).
 
-The baseline (:mod:`precompute.explainers.baseline`) has choices a fixed setting would tune to
+The baseline (:mod:`precompute.explain.explainers.baseline`) has choices a fixed setting would tune to
 whatever data it was tried on: the recency half-life, how many features it may name, and
 whether its threshold is set on the prompts its features were chosen on or on their
 out-of-fold scores. They are chosen per neuron, from :data:`GRID`, by leave-one-neuron-out
