@@ -33,7 +33,7 @@ from context_lookups.precompute.store.db import GRANT_SELECT, open_reader, sessi
 from .live.engine import LiveBusy
 from .live.service import Live
 from .model_files import model_source
-from .pages import charts, formats, glossary, lookup, present, states, urls
+from .pages import charts, formats, glossary, lookup, markup, present, states, urls
 from .pages.context import RunContexts
 from .pages.queries import list_runs
 from .pages.views import home
@@ -50,16 +50,16 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env = Environment(loader=FileSystemLoader(str(directory)),
                       autoescape=select_autoescape(["html", "xml", "svg"], default=True),
                       trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-    env.filters.update(tok=formats.token_html, tok_plain=formats.token_plain, colour=present.colour,
+    env.filters.update(tok=formats.token_html, tok_plain=formats.token_plain, colour=markup.colour,
                        fmt=formats.fmt, fixed=formats.fixed, signed=formats.signed, pval=formats.pval,
                        pct=formats.pct, date=formats.date)
     env.globals.update(urls=urls, legend=charts.legend, histogram_svg=charts.histogram_svg,
                        activation_histogram_svg=charts.activation_histogram_svg,
                        decimals=formats.decimals, term=glossary.term, verdict_words=WORDS,
                        min_heldout=MIN_HELDOUT_PER_CLASS,
-                       score_groups=present.score_groups, tokens_html=present.tokens_html,
-                       prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
-                       html_cache=present.HtmlCache(), section_cache=present.LockedLRU(1024),
+                       score_groups=present.score_groups, tokens_html=markup.tokens_html,
+                       prompt_heat_html=markup.prompt_heat_html, head_grid_html=markup.head_grid_html,
+                       html_cache=markup.HtmlCache(), section_cache=markup.LockedLRU(1024),
                        state_text=states.text, marked=formats.marked, pair_drops=present.pair_drops,
                        heldout_ablations=present.heldout_ablations, answer_parts=present.answer_parts,
                        lookup_tokens_html=lookup.lookup_tokens_html)
@@ -107,7 +107,7 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     app.state.live = Live(settings)  # the live half
     app.state.runs = RunContexts(settings, availability=app.state.live.unavailable)  # the pages' runs
     app.state.templates = make_templates(settings.templates_dir)
-    app.state.view_cache = present.LockedLRU(1024)  # views._prompts_part, by (neuron id, split, score)
+    app.state.view_cache = markup.LockedLRU(1024)  # views._prompts_part, by (neuron id, split, score)
 
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)

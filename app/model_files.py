@@ -53,6 +53,20 @@ def local_model(source: str) -> tuple[str | None, str | None]:
     return (path, None) if why is None else (None, f"the model {source} is only partly on this server ({why})")
 
 
+class LocalModels:
+    """:func:`local_model` of each model source, decided once per source (one per user: the
+    pages' run contexts and the live engine each keep their own)."""
+
+    def __init__(self):
+        self._got: dict[str, tuple[str | None, str | None]] = {}
+
+    def __call__(self, source: str) -> tuple[str | None, str | None]:
+        got = self._got.get(source)
+        if got is None:
+            got = self._got[source] = local_model(source)
+        return got
+
+
 def model_source(run, settings) -> str:
     """Where ``run``'s model is loaded from (a name or a local directory): the
     ``settings.model_paths`` entry of the run's slug (:class:`app.settings.WebSettings`), the

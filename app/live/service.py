@@ -32,7 +32,7 @@ from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailab
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.model import LoadedModel, load_model, resolve_device
 
-from ..model_files import local_model
+from ..model_files import LocalModels
 from ..settings import WebSettings
 from .engine import Engine
 from .fire import FireColumns, FireJob, run_fire_batch
@@ -67,7 +67,7 @@ class Live:
         self._models: dict[str, LoadedModel] = {}
         self._failed: dict[str, ModelNotAvailable] = {}
         self._sources: dict[str, str] = {}  # run slug -> model source
-        self._local: dict[str, tuple[str | None, str | None]] = {}  # source -> (directory, why not here)
+        self.local = LocalModels()  # source -> (directory, why not here), decided once per source
         self._lock = threading.Lock()  # cache, in-flight requests, counters
         self._cache = LRUCache(settings.live_cache_size) if settings.live_cache_size else None
         self._inflight: dict[tuple, Future] = {}
@@ -97,13 +97,6 @@ class Live:
         return futs
 
     # --- availability (local files only: no request ever waits on the hub) -------------------
-    def local(self, source: str) -> tuple[str | None, str | None]:
-        """``app.model_files.local_model(source)``, decided once per source."""
-        got = self._local.get(source)
-        if got is None:
-            got = self._local[source] = local_model(source)
-        return got
-
     def unavailable(self, source: str) -> str | None:
         """Why live passes cannot run on model ``source`` (it is not on this server, or failed to
         load), one line for a page; None when they can."""

@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 from context_lookups.precompute.prompts.histogram import bin_bounds, bin_of
 
 from .formats import decimals, fixed
-from .present import colour
+from .markup import colour
 
 KIND_COLOURS = {"next_token": "#d6604d", "random": "#4393c3", "other": "#999999"}
 KIND_LABELS = {"next_token": "next-token neurons", "random": "random neurons", "other": "other"}
@@ -152,7 +152,7 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
 
 def legend(scale: float, *, lo: float | None = None, hi: float | None = None, label: str = "",
            unit: str = "", n: int = 9) -> dict:
-    """A colour legend for values drawn by :func:`app.pages.present.colour` on ``[-scale, scale]``:
+    """A colour legend for values drawn by :func:`app.pages.markup.colour` on ``[-scale, scale]``:
     the range actually shown, ``lo..hi`` (default ``-scale..scale``; 0..1 for a non-negative
     share, ``min(0, smallest)..largest`` for activations), as a CSS gradient of ``n`` stops and
     tick labels at its ends (and 0 when inside), written with one number of decimals; ``label``

@@ -30,7 +30,7 @@ from context_lookups.precompute.heads.attribution import parse_heads
 from context_lookups.precompute.model import load_tokenizer
 from context_lookups.precompute.store.schema import Run
 
-from ..model_files import local_model, model_source
+from ..model_files import LocalModels, model_source
 from ..settings import WebSettings
 from .present import token_fields
 from .queries import get_run
@@ -154,7 +154,7 @@ class RunContexts:
         self.settings = settings
         self.availability = availability or (lambda source: self.local(source)[1])
         self._tokens: dict[str, RunTokenizer] = {}
-        self._local: dict[str, tuple[str | None, str | None]] = {}
+        self.local = LocalModels()  # source -> (directory, why not here), decided once per source
         self._lock = threading.Lock()
 
     def resolve(self, session: Session, slug: str) -> RunContext:
@@ -189,13 +189,6 @@ class RunContexts:
             got = self._tokens.get(run.slug)
             if got is None:
                 got = self._tokens[run.slug] = self._load(run)
-        return got
-
-    def local(self, source: str) -> tuple[str | None, str | None]:
-        """``app.model_files.local_model(source)``, decided once per source."""
-        got = self._local.get(source)
-        if got is None:
-            got = self._local[source] = local_model(source)
         return got
 
     def _load(self, run: Run) -> RunTokenizer:

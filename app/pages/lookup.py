@@ -17,7 +17,8 @@ from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.lookup import BOS_LABEL, decode, lookup_dict, summary
 
 from .formats import fmt, has_hidden, visible
-from .present import colour, nice_scale, token_escaped
+from .markup import colour
+from .present import nice_scale, token_escaped
 
 UNITS = {"raw": "residual-stream units", "ln": "pre-activation units"}
 

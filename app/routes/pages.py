@@ -276,7 +276,7 @@ def _pair_urls(run: str, layer: int, neuron: int, n_layers: int, n_heads: int) -
 
 def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
     """Template-only URL builders of the neuron page (links keep the live state). Live tokens
-    are buttons of the live form (``pos`` only), not links: see ``present.tokens_html``."""
+    are buttons of the live form (``pos`` only), not links: see ``markup.tokens_html``."""
     def with_score(score: str) -> str:
         return urls.neuron(run, layer, neuron, **{**params, "score": score if score != "raw" else None})
 
