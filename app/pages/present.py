@@ -12,6 +12,8 @@ import math
 
 from context_lookups.precompute.core.redact import redact
 from context_lookups.precompute.core.tokens import escape_controls, escaped, joined_text
+from context_lookups.precompute.explain.explainers import full_text
+from context_lookups.precompute.explain.scoring import authors_score, score_interval, small_sample
 from context_lookups.precompute.heads.attribution import head_label
 
 from .states import explanation_status, neuron_status
@@ -180,8 +182,6 @@ def uncertainty(*, score, score_authors, tpr, tnr, n_pos: int, n_neg: int, n_unp
     the documented minimum (``scoring.small_sample``). ``counts`` = (TP, FN, TN, FP) from the
     stored answers; without them (no stored answers) they are recovered from the rates when no
     answer was unparsed, else the interval is None."""
-    from context_lookups.precompute.explain.scoring import score_interval, small_sample
-
     if counts is None and not n_unparsed and (tpr is not None or tnr is not None):
         tp = round(tpr * n_pos) if tpr is not None else 0
         tn = round(tnr * n_neg) if tnr is not None else 0
@@ -213,9 +213,6 @@ def explanation_dict(e, counts: tuple[int, int, int, int] | None = None) -> dict
     (TP, FN, TN, FP) of its stored answers, ``queries.answer_counts``). ``text`` as the
     explainer wrote it, with the lead-in of the authors' prompt for their GPT-4 explanations
     (imports made before it was stored get it here); ``status_text``: the status in words."""
-    from context_lookups.precompute.explain.scoring import authors_score
-    from context_lookups.precompute.paper.format import full_text
-
     st = e.settings or {}
     auth = authors_score(e.score, e.tpr, e.tnr)
     text = full_text(e.text) if st.get("source") == "paper" else e.text

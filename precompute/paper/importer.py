@@ -38,10 +38,10 @@ from sqlalchemy.orm import Session
 
 from context_lookups.precompute import __version__
 from context_lookups.precompute.core.settings import Settings
-from context_lookups.precompute.explain.explainers import parse_answer
+from context_lookups.precompute.explain.explainers import LEAD_IN, full_text, parse_answer
 from context_lookups.precompute.explain.scoring import explanation_score
 from context_lookups.precompute.paper.files import PaperFormatError
-from context_lookups.precompute.paper.format import LEAD_IN, SHAPES, full_text
+from context_lookups.precompute.paper.format import SHAPES
 from context_lookups.precompute.paper.loader import Loaded, prompt_records
 from context_lookups.precompute.store.runs import now, transaction
 from context_lookups.precompute.store.schema import (

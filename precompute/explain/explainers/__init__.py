@@ -126,6 +126,19 @@ class PairResult:
     error: str | None = None
 
 
+# The end of the authors' Oct 2023 explanation prompt: their GPT-4 explanations (imported runs)
+# continue it.
+LEAD_IN = "This attention head is active when the document"
+
+
+def full_text(content: str | None) -> str | None:
+    """The authors' GPT-4 explanation as a sentence: the lead-in its prompt ended with
+    (:data:`LEAD_IN`), then its words (which continue it); unchanged when it has the lead-in."""
+    if content is None or content.startswith(LEAD_IN):
+        return content
+    return f"{LEAD_IN}{'' if content[:1].isspace() else ' '}{content}"
+
+
 _ANSWER = re.compile(r"^[\s\"'`*_(\[]*([A-Za-z]+)")
 
 
