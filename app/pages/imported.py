@@ -4,17 +4,17 @@ record."""
 
 from __future__ import annotations
 
-from context_lookups.precompute.core.settings import Settings
-from context_lookups.precompute.heads.attribution import head_label, scored_layers
+from context_lookups.precompute.heads.attribution import head_label
 
 
-def top3_view(run, rules: Settings, layer: int, prompts: list) -> dict | None:
-    """For prompts without recorded attribution values (imported runs): per head of the scored
-    layers, the share of the prompts on which it is among the top 3 (``Prompt.active``), as a
-    ``[layer][head]`` grid; None when the prompts carry attribution values."""
+def top3_view(run, n_scored: int, prompts: list) -> dict | None:
+    """For prompts without recorded attribution values (imported runs): per head of the
+    ``n_scored`` scored layers (the run's rule over all the model's layers: the files do not
+    say which are upstream), the share of the prompts on which it is among the top 3
+    (``Prompt.active``), as a ``[layer][head]`` grid; None when the prompts carry attribution
+    values."""
     if not prompts or prompts[0].attr_raw:
         return None
-    n_scored = scored_layers(layer, rules.heads_upto, run.n_layers)
     grid = [[0.0] * run.n_heads for _ in range(n_scored)]
     for p in prompts:
         for lab in p.active:

@@ -108,7 +108,8 @@ def _prompts_part(s: Session, ctx: RunContext, n: Neuron, *, split: str, score: 
     # blocks, layer + 1)
     n_upstream = len(prompts[0].attr_raw) if prompts else n.layer + 1
     n_scored = scored_layers(n.layer, ctx.rules.heads_upto, n_upstream)
-    top3 = top3_view(run, ctx.rules, n.layer, prompts)
+    n_scored_top3 = scored_layers(n.layer, ctx.rules.heads_upto, run.n_layers)  # files without attribution
+    top3 = top3_view(run, n_scored_top3, prompts)
     part = {"n_scored": n_scored,
             "head_labels": [head_label(k, h) for k in range(n_scored) for h in range(run.n_heads)],
             "act_scale": nice_scale([n.max_act or 0.0] + [a for p in prompts for a in p.acts]),
