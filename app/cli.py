@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from context_lookups.precompute.cli import EXIT_BAD_INPUT, printable, validation_lines
 from context_lookups.precompute.cli import main as _main
-from context_lookups.precompute.options import Options, given
-from context_lookups.precompute.redact import mask_db_url
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.options import Options, given
+from context_lookups.precompute.core.redact import mask_db_url
+from context_lookups.precompute.core.settings import Settings
 
 from .settings import WebSettings
 

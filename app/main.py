@@ -1,8 +1,12 @@
 """The explorer's FastAPI application: ``create_app(db_url=...)``.
 
-The database is opened read-only (``precompute.store.db.open_reader``); the runs' models load in the
-background at start-up, on the live model thread (``app.live``, ``app.engine``; ``/healthz``). Domain errors become HTTP
-statuses here, as JSON for ``.json`` routes and API clients and as a readable page otherwise.
+The app composes the explorer's two halves: the stored-data pages (:mod:`app.pages`, their runs
+resolved by :class:`~app.pages.context.RunContexts`) and the live half (:class:`app.live.service.Live`),
+which the pages reach only through the availability function handed to ``RunContexts`` and the
+routes (:mod:`app.routes`). The database is opened read-only
+(``precompute.store.db.open_reader``); the runs' models load in the background at start-up, on the
+live model thread (``/healthz``). Domain errors become HTTP statuses here, as JSON for ``.json``
+routes and API clients and as a readable page otherwise.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from context_lookups.precompute.errors import ModelNotAvailable, NotFound, PromptTooLong
-from context_lookups.precompute.scoring import MIN_HELDOUT_PER_CLASS
+from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailable, NotFound, PromptTooLong
+from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
+from context_lookups.precompute.findings.verdict import WORDS
 from context_lookups.precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
-from context_lookups.precompute.verdict import WORDS
 
-from . import charts, formats, glossary, lookup, present, states, urls
-from .engine import LiveBusy
-from .live import BadLiveInput, Live
-from .queries import list_runs
+from .live.engine import LiveBusy
+from .live.service import Live
+from .model_files import model_source
+from .pages import charts, formats, glossary, lookup, markup, present, states, urls
+from .pages.context import RunContexts
+from .pages.queries import list_runs
+from .pages.views import home
 from .settings import WebSettings
 
 logger = logging.getLogger(__name__)
@@ -43,16 +50,16 @@ def make_templates(directory: Path) -> Jinja2Templates:
     env = Environment(loader=FileSystemLoader(str(directory)),
                       autoescape=select_autoescape(["html", "xml", "svg"], default=True),
                       trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-    env.filters.update(tok=formats.token_html, tok_plain=formats.token_plain, colour=present.colour,
+    env.filters.update(tok=formats.token_html, tok_plain=formats.token_plain, colour=markup.colour,
                        fmt=formats.fmt, fixed=formats.fixed, signed=formats.signed, pval=formats.pval,
                        pct=formats.pct, date=formats.date)
     env.globals.update(urls=urls, legend=charts.legend, histogram_svg=charts.histogram_svg,
                        activation_histogram_svg=charts.activation_histogram_svg,
                        decimals=formats.decimals, term=glossary.term, verdict_words=WORDS,
                        min_heldout=MIN_HELDOUT_PER_CLASS,
-                       score_groups=present.score_groups, tokens_html=present.tokens_html,
-                       prompt_heat_html=present.prompt_heat_html, head_grid_html=present.head_grid_html,
-                       html_cache=present.HtmlCache(), section_cache=present.LockedLRU(1024),
+                       score_groups=present.score_groups, tokens_html=markup.tokens_html,
+                       prompt_heat_html=markup.prompt_heat_html, head_grid_html=markup.head_grid_html,
+                       html_cache=markup.HtmlCache(), section_cache=markup.LockedLRU(1024),
                        state_text=states.text, marked=formats.marked, pair_drops=present.pair_drops,
                        heldout_ablations=present.heldout_ablations, answer_parts=present.answer_parts,
                        lookup_tokens_html=lookup.lookup_tokens_html)
@@ -81,9 +88,11 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
             app.state.templates.get_template(name)
         if settings.preload:  # the models load on the model thread while pages are served
             with app.state.Session() as s:
-                app.state.live.preload(list_runs(s))
-            # and the findings' bootstrap intervals (cached) in a thread, not on a first visitor
-            threading.Thread(target=_warm_findings, args=(app,), name="warm-findings", daemon=True).start()
+                runs = list_runs(s)
+                app.state.live.preload({r.slug: model_source(r, settings) for r in runs})
+            # and the pages' tokenizers and the findings' bootstrap intervals (cached) in a thread,
+            # not on a first visitor
+            threading.Thread(target=_warm_pages, args=(app,), name="warm-pages", daemon=True).start()
         yield
         app.state.live.close()
         engine.dispose()
@@ -95,9 +104,10 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.Session = sessions(engine)
-    app.state.live = Live(settings)
+    app.state.live = Live(settings)  # the live half
+    app.state.runs = RunContexts(settings, availability=app.state.live.unavailable)  # the pages' runs
     app.state.templates = make_templates(settings.templates_dir)
-    app.state.view_cache = present.LockedLRU(1024)  # views._prompts_part, by (neuron id, split, score)
+    app.state.view_cache = markup.LockedLRU(1024)  # views._prompts_part, by (neuron id, split, score)
 
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
@@ -114,13 +124,13 @@ def create_app(db_url: str | None = None, **overrides) -> FastAPI:
     return app
 
 
-def _warm_findings(app: FastAPI) -> None:
-    """Compute every run's findings once (scipy's import and the verdict's bootstrap intervals,
-    which are cached), so the first view of the home page is not the slow one."""
+def _warm_pages(app: FastAPI) -> None:
+    """Load every run's tokenizer for the pages, and compute every run's findings once (scipy's
+    import and the verdict's bootstrap intervals, which are cached), so the first view of a page
+    is not the slow one."""
     try:
-        from .views import home
-
         with app.state.Session() as s:
+            app.state.runs.preload(list_runs(s))
             home(s)
     except Exception:  # a warm-up only: the page computes and reports the same on request
         logger.exception("warming the findings failed")

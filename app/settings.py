@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from context_lookups.precompute.resources import resource_dir
+from context_lookups.precompute.core.resources import resource_dir
 
 
 class WebSettings(BaseSettings):

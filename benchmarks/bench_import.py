@@ -30,7 +30,7 @@ def main() -> int:
     if not args.path or not Path(args.path).is_dir():
         print("pass the authors' experiment_data folder (or set LOOKUPS_PAPER_DATA)", file=sys.stderr)
         return 2
-    from context_lookups.precompute.paper.importer import import_folder
+    from context_lookups.precompute.paper.command import import_folder
     from context_lookups.precompute.store.db import open_writer, sessions
 
     n_bytes = sum(f.stat().st_size for f in Path(args.path).rglob("*") if f.is_file())

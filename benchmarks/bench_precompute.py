@@ -7,7 +7,7 @@ Every ratio is against the bare Hugging Face forward (``AutoModelForCausalLM``, 
 included, SDPA) of the same model on the same batches, measured in the same process,
 interleaved, best of ``--repeats``:
 
-1. Scan: ``precompute.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s on the
+1. Scan: ``precompute.prompts.scan.scan`` (tokenizing, hook_post maxima, top-k) in tokens/s on the
    backend ``load_model`` picks (``--backend auto``: the fast one for GPT-2), without and with
    the activation histograms the job keeps (docs/method.md §2); and its peak RSS alone, in a
    child process.
@@ -57,11 +57,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
 from context_lookups.precompute.corpus import load_corpus  # noqa: E402
 from context_lookups.precompute.model import load_model, pad, tokenize_batch  # noqa: E402
-from context_lookups.precompute.next_token import default_layers  # noqa: E402
-from context_lookups.precompute.scan import scan  # noqa: E402
-from context_lookups.precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
+from context_lookups.precompute.neurons.congruence import default_layers  # noqa: E402
+from context_lookups.precompute.prompts.scan import scan  # noqa: E402
 
 
 def shape_config(name: str):
@@ -127,7 +127,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
-    from context_lookups.precompute.histogram import Histograms
+    from context_lookups.precompute.prompts.histogram import Histograms
 
     layers = default_layers(model.n_layers)
     batches = [pad(tokenize_batch(model, docs[i:i + batch_size], ctx), model.bos_token_id)
@@ -206,8 +206,10 @@ def vm_hwm_kb(pid: int | str) -> int:
 
 def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
-            f"import benchmarks.bench_precompute as b; from precompute.model import load_model;"
-            f"from precompute.scan import scan; from precompute.next_token import default_layers;"
+            f"import benchmarks.bench_precompute as b;"
+            f"from context_lookups.precompute.model import load_model;"
+            f"from context_lookups.precompute.prompts.scan import scan;"
+            f"from context_lookups.precompute.neurons.congruence import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
             f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx}, histograms=True);"
             f"print(b.vm_hwm_kb('self'))")
@@ -314,14 +316,15 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
     """Seconds per (neuron, split) of trimming + attribution, as the job runs that phase: the
     former per-neuron code on the bridge backend ``ref`` (one pass per bisection step and
     neuron, prompts of max_prompt_tokens or more dropped, ``attribute`` of the rest) against the job's own
-    :func:`precompute.job.pipeline.compute_prompts` (every neuron's searches in one lockstep, one
+    :func:`precompute.heads.step.compute_prompts` (every neuron's searches in one lockstep, one
     layer a pass, batches cut to minimise padding, early stop of prompts that will be dropped,
     ``batched_pass``). Also the searches run to the end (no early stop), as the former code did.
     Returns (former, job) seconds per neuron and split."""
-    from context_lookups.precompute.attribution import attribute
-    from context_lookups.precompute.job.pipeline import PromptsJob, Top, compute_prompts
-    from context_lookups.precompute.scan import TrimTask, trim_many
-    from context_lookups.precompute.settings import Settings
+    from context_lookups.precompute.core.settings import Settings
+    from context_lookups.precompute.heads.attribution import attribute
+    from context_lookups.precompute.heads.step import PromptsJob, compute_prompts
+    from context_lookups.precompute.prompts.reads import TopDocument
+    from context_lookups.precompute.prompts.scan import TrimTask, trim_many
     from tests.test_backend_equality import reference_trim
 
     settings = Settings()
@@ -338,7 +341,8 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
             d = int(res.docs[r, c])
             if d >= 0 and float(res.values[r, c]) > 0:
                 tasks.append(TrimTask(rows[d], int(res.positions[r, c]), layer, n, float(res.values[r, c])))
-                mine.append(Top(r, d, int(res.positions[r, c]), float(res.values[r, c]), docs[d]))
+                mine.append(TopDocument(rank=r, doc_idx=d, act=float(res.values[r, c]),
+                                         position=int(res.positions[r, c]), text=docs[d]))
         tops.append({"explain": mine, "heldout": []})
     job = PromptsJob([(layer, n) for n in neurons], tops, ctx, settings)
 
@@ -383,8 +387,8 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
 
 
 def bench_live(model, ref, hf, repeats: int) -> None:
-    from context_lookups.precompute.ablation import ablate
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.ablation.ablate import ablate
+    from context_lookups.precompute.heads.attribution import attribute
 
     text = ("The history of the city goes back to the Roman period, when a small fort was built on the "
             "hill above the river. In the middle ages the town grew around the market and the church")

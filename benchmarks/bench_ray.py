@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
 from context_lookups.precompute.corpus import load_corpus  # noqa: E402
 from context_lookups.precompute.job.distributed import LocalExecutor, RayExecutor  # noqa: E402
+from context_lookups.precompute.model import pad, tokenize_batch  # noqa: E402
 from context_lookups.precompute.model.loading import load_model  # noqa: E402
-from context_lookups.precompute.next_token import default_layers  # noqa: E402
-from context_lookups.precompute.scan import pad, tokenize_batch  # noqa: E402
-from context_lookups.precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL  # noqa: E402
+from context_lookups.precompute.neurons.congruence import default_layers  # noqa: E402
 
 
 def _ready(model, job):

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             slug = ns.run or runs[0]["slug"]
         if not ns.pages_only:
             sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            from context_lookups.precompute.settings import EMBEDDED_MODEL
+            from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 
             bare = Bare(ns.model or EMBEDDED_MODEL, ns.threads)
             live(base, slug, bare, ns, proc.pid if proc else ns.pid, t_start)

@@ -16,10 +16,10 @@ import typing
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from context_lookups.precompute.errors import LookupsError
-from context_lookups.precompute.options import Options, given
-from context_lookups.precompute.redact import RedactingFilter, mask_db_url, mask_url
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.errors import LookupsError
+from context_lookups.precompute.core.options import Options, given
+from context_lookups.precompute.core.redact import RedactingFilter, mask_db_url, mask_url
+from context_lookups.precompute.core.settings import Settings
 
 logger = logging.getLogger("lookups")
 
@@ -154,7 +154,7 @@ def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "explain":
         return explain_command(_settings(ns))
     if ns.command == "import-paper":
-        from context_lookups.precompute.paper.importer import import_command
+        from context_lookups.precompute.paper.command import import_command
         return import_command(ns.path, ns.db_url or Settings().db_url)
     if ns.command == "db":
         from context_lookups.precompute.store.db import current_revision, open_writer
@@ -208,9 +208,9 @@ def explain_command(settings: Settings) -> int:
 
     from sqlalchemy.engine import make_url
 
-    from context_lookups.precompute.explain import run_explanations
-    from context_lookups.precompute.explainers import explainer_name
-    from context_lookups.precompute.report import (
+    from context_lookups.precompute.explain.explainers import explainer_name
+    from context_lookups.precompute.explain.step import run_explanations
+    from context_lookups.precompute.findings.report import (
         comparison_table,
         explainers_of_run,
         find_run,

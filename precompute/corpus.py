@@ -17,8 +17,8 @@ import os
 import zlib
 from collections.abc import Iterator
 
-from context_lookups.precompute.errors import DatasetNotAvailable
-from context_lookups.precompute.jsontext import nesting_depth
+from context_lookups.precompute.core.errors import DatasetNotAvailable
+from context_lookups.precompute.core.jsontext import nesting_depth
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from context_lookups.precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL, Settings  # noqa: E402
 
 # Fixture modules: the web database and loopback server, PostgreSQL, Chromium, the tiny models of
 # the other fast-backend families (GPT-NeoX, Llama, Qwen2, Mistral).

@@ -43,7 +43,7 @@ def make_family_dir(path: Path, family: str, *, seed: int = 0) -> Path:
     Face directory at ``path``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from context_lookups.precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(family_config(family))
@@ -117,7 +117,7 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
     tokenizer: an architecture with no fast backend, which runs on the bridge."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from context_lookups.precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-qwen3")

@@ -12,16 +12,11 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from context_lookups.precompute.ablation import (
-    ablate,
-    ablation_table,
-    mean_values,
-    pair_ablation_stats,
-    run_ablations,
-    stored_mean_values,
-)
-from context_lookups.precompute.attribution import attribute
-from context_lookups.precompute.errors import NotFound
+from context_lookups.precompute.ablation.ablate import ablate, mean_values
+from context_lookups.precompute.ablation.reads import ablation_table, pair_ablation_stats
+from context_lookups.precompute.ablation.step import run_ablations, stored_mean_values
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.heads.attribution import attribute
 from context_lookups.precompute.model import tokenize_batch
 from context_lookups.precompute.store.db import open_writer, sessions
 from tests.conftest import small_settings

@@ -1,4 +1,4 @@
-"""Activation histograms of the scan (docs/method.md §2, precompute/histogram.py): the fixed bins
+"""Activation histograms of the scan (docs/method.md §2, precompute/prompts/histogram.py): the fixed bins
 follow their definition on every edge, the counting passes (compiled CPU pass and torch) agree,
 a scan's counts equal a direct count of the activations it saw and add up to its real tokens,
 shards merge exactly, and the job stores them (with each neuron's most negative congruent
@@ -15,7 +15,7 @@ import torch
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.histogram import (
+from context_lookups.precompute.prompts.histogram import (
     N_BINS,
     SCHEME,
     ZERO,
@@ -84,7 +84,7 @@ def _texts(corpus_dir) -> list[str]:
 
 
 def test_scan_histograms_equal_a_direct_count_of_the_scanned_tokens(tiny_model, small_corpus_dir):
-    from context_lookups.precompute.scan import scan
+    from context_lookups.precompute.prompts.scan import scan
 
     texts = _texts(small_corpus_dir)
     layers, ctx = [0, 1], 24
@@ -113,7 +113,7 @@ def test_scan_histograms_equal_a_direct_count_of_the_scanned_tokens(tiny_model, 
 
 def test_shards_merge_to_the_single_scan(tiny_model, small_corpus_dir):
     from context_lookups.precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
-    from context_lookups.precompute.scan import scan
+    from context_lookups.precompute.prompts.scan import scan
 
     texts = _texts(small_corpus_dir)
     kw = {"layers": [0, 1], "k": 4, "batch_size": 8, "context_tokens": 24}
@@ -155,9 +155,9 @@ def _stored(url: str) -> dict:
 
 
 def test_the_job_stores_every_neurons_histogram(precomputed_db, tiny_model, small_corpus_dir):
+    from context_lookups.precompute.core.settings import Settings
     from context_lookups.precompute.corpus import load_corpus
-    from context_lookups.precompute.scan import scan
-    from context_lookups.precompute.settings import Settings
+    from context_lookups.precompute.prompts.scan import scan
 
     got = _stored(f"sqlite:///{precomputed_db}")
     s = Settings()

@@ -18,7 +18,7 @@ from context_lookups.precompute.model import (
     resolve_dtype,
     tokenize_batch,
 )
-from context_lookups.precompute.scan import ScanResult, TopK, scan
+from context_lookups.precompute.prompts.scan import ScanResult, TopK, scan
 from tests.conftest import ROOT
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
@@ -30,7 +30,7 @@ TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into
 def _save_tokenizer(path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from context_lookups.precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 
     AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(path)
 
@@ -62,7 +62,7 @@ def test_auto_picks_the_fast_backend_of_the_architecture_and_the_bridge_otherwis
     assert neox.backend.name == "bridge"
     assert neox.dims.parallel_attn_mlp and neox.dims.architecture == "GPTNeoXForCausalLM"
     assert neox.dims.upstream_attn_layers(1) == 1  # the same layer's heads are not upstream
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.heads.attribution import attribute
 
     rows = tokenize_batch(neox, TEXTS, 30)
     for layer, n_heads_up in ((0, 0), (1, 1)):  # layer 0 of a parallel model: no upstream head
@@ -101,7 +101,7 @@ def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_
 
 def test_a_model_neither_backend_supports_is_one_line_and_exit_2(tmp_path, tiny_xlnet_dir, small_corpus_dir, capsys):
     from context_lookups.precompute.cli import main as cli_main
-    from context_lookups.precompute.errors import ModelNotSupported
+    from context_lookups.precompute.core.errors import ModelNotSupported
 
     with pytest.raises(ModelNotSupported, match="XLNetLMHeadModel"):
         load_model(str(tiny_xlnet_dir))
@@ -163,7 +163,7 @@ def test_topk_merge_of_shards_is_exact(tiny_model, small_corpus_dir):
 
 
 def test_device_and_dtype_resolution():
-    from context_lookups.precompute.errors import BadSettings
+    from context_lookups.precompute.core.errors import BadSettings
 
     assert resolve_device("auto") in ("cuda", "mps", "cpu")
     assert resolve_device("cpu") == "cpu"
@@ -242,8 +242,8 @@ def test_length_batches_cover_every_row_once_within_the_caps():
 
 HOOK_WORDS = ("hook_post", "hook_pre", "hook_v", "hook_z", "hook_result", "hook_scale", "hook_embed",
               "hook_pattern", "run_with_cache", "run_with_hooks")
-APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "resolve_device", "resolve_dtype",
-               "length_batches", "METHODS", "BACKENDS"}
+APP_ALLOWED = {"Backend", "Dims", "LoadedModel", "NeuronPass", "load_model", "load_tokenizer",
+               "resolve_device", "resolve_dtype", "length_batches", "METHODS", "BACKENDS"}
 
 
 MODEL = "context_lookups.precompute.model"
@@ -294,7 +294,7 @@ def test_the_boundary_check_finds_what_it_forbids():
            "def f(model, t):\n"
            "    with model.bridge.hooks(fwd_hooks=[]):\n"
            "        return model.bridge.run_with_cache(t, names_filter=[hook_post(1), 'blocks.0.attn.hook_v'])\n")
-    got = violations(Path("app/live.py"), ast.parse(src))
+    got = violations(Path("app/live/service.py"), ast.parse(src))
     assert any("imports context_lookups.precompute.model.hooks" in g for g in got)
     assert any("['fast_supported', 'hook_post']" in g for g in got)
     assert {g.split(": ")[-1] for g in got} >= {".bridge", ".hooks", ".run_with_cache", "hook_post",

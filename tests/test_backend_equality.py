@@ -13,16 +13,16 @@ import sqlite3
 import pytest
 import torch
 
-from context_lookups.precompute.ablation import ablate, mean_values
-from context_lookups.precompute.attribution import (
+from context_lookups.precompute.ablation.ablate import ablate, mean_values
+from context_lookups.precompute.heads.attribution import (
     active_heads_of_run,
     attribute,
     scored_layers,
     upstream_attn_layers,
 )
-from context_lookups.precompute.lookup import decode
+from context_lookups.precompute.heads.lookup import decode
 from context_lookups.precompute.model import tokenize_batch
-from context_lookups.precompute.scan import neuron_acts
+from context_lookups.precompute.prompts.scan import neuron_acts
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
          "In the beginning God created the heaven and the earth.",
@@ -227,7 +227,7 @@ def reference_trim(model, docs, max_positions, layer, neuron, *, act_ratio, orig
 
 def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_pair, small_corpus_dir):
     from context_lookups.precompute.corpus import load_corpus
-    from context_lookups.precompute.scan import TrimTask, trim_many
+    from context_lookups.precompute.prompts.scan import TrimTask, trim_many
 
     m, tiny_bridge = tiny_pair
     rows = tokenize_batch(m, [r["text"] for r in load_corpus(str(small_corpus_dir))["explain"]][:10], 40)
@@ -259,7 +259,7 @@ def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_pair, sma
 def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
     """Row for row, the prompts the job stored (fast backend) equal those of the former
     per-neuron code (bisection and attribute() one neuron at a time) on the bridge backend."""
-    from context_lookups.precompute.settings import Settings
+    from context_lookups.precompute.core.settings import Settings
 
     m = tiny_bridge
     con = sqlite3.connect(precomputed_db)

@@ -165,7 +165,7 @@ OVERLAPS = """() => [...document.querySelectorAll('svg.hist')].flatMap(svg => {
 
 
 def test_histogram_legend_clear_of_bars(page, server):
-    from context_lookups.app.charts import histogram_svg
+    from context_lookups.app.pages.charts import histogram_svg
 
     page.goto(server.url + "/")
     page.wait_for_selector("svg.hist")

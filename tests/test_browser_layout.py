@@ -133,7 +133,7 @@ def test_legends_fit_their_quantity_and_name_the_unit(wpage, server, pages, web_
 
 def test_share_legend_runs_from_0_to_1():
     """The top-3 grid of an imported run shows shares of prompts: a 0..1 scale."""
-    from context_lookups.app.charts import legend
+    from context_lookups.app.pages.charts import legend
 
     lg = legend(1.0, lo=0.0, hi=1.0, label="share of prompts")
     assert [t["text"] for t in lg["ticks"]] == ["0.0", "1.0"]

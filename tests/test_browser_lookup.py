@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from context_lookups.app.formats import fmt
+from context_lookups.app.pages.formats import fmt
 from tests.browser_fixtures import shot
 from tests.web_fixtures import TOPK_RUN
 

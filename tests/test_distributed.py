@@ -15,7 +15,7 @@ import torch
 
 from context_lookups.precompute.cli import main as cli_main
 from context_lookups.precompute.job.distributed import ScanShard, merge_scans, scan_shard, shard_ranges
-from context_lookups.precompute.scan import scan
+from context_lookups.precompute.prompts.scan import scan
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows, first_difference
 

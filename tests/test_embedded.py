@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from context_lookups.precompute.core.errors import ModelNotAvailable
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL
 from context_lookups.precompute.corpus import load_corpus
-from context_lookups.precompute.errors import ModelNotAvailable
 from context_lookups.precompute.model.loading import load_model
-from context_lookups.precompute.settings import EMBEDDED_CORPUS, EMBEDDED_MODEL
 
 # Stated bound on held-out loss (nats/token) over the first 64 documents of the held-out scan
 # split, which the model never saw in training. MODEL_CARD.md gives the measured value; the

@@ -18,19 +18,19 @@ from scipy import stats
 from sqlalchemy import select
 
 from context_lookups.precompute.cli import main as cli_main
-from context_lookups.precompute.explain import load_tasks, run_explanations, store_result
-from context_lookups.precompute.explainers import Example, PairTask, explainer_name, parse_answer
-from context_lookups.precompute.explainers.baseline import (
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.explain.explainers import Example, PairTask, explainer_name, parse_answer
+from context_lookups.precompute.explain.explainers.baseline import (
     best_threshold,
     explain_pair,
     features,
     fit,
     log_odds_z,
 )
-from context_lookups.precompute.report import find_run, score_table
-from context_lookups.precompute.scoring import describe as _describe
-from context_lookups.precompute.scoring import explanation_score
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.explain.scoring import describe as _describe
+from context_lookups.precompute.explain.scoring import explanation_score
+from context_lookups.precompute.explain.step import load_tasks, run_explanations, store_result
+from context_lookups.precompute.findings.report import find_run, score_table
 from context_lookups.precompute.store.db import open_writer, sessions
 from context_lookups.precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt
 
@@ -41,7 +41,7 @@ def relabel_topk(db: Path, k: int = 3) -> int:
     and ``kept`` flags by a real SQL update. The tiny random test model rarely passes the
     2-sigma rule, so a database made with it has (almost) no kept pairs otherwise.
     Returns the number of kept pairs."""
-    from context_lookups.precompute.attribution import active_heads
+    from context_lookups.precompute.heads.attribution import active_heads
 
     c = sqlite3.connect(db)
     rows = c.execute("SELECT p.id, p.attr_raw, n.layer FROM prompts p JOIN neurons n ON n.id = p.neuron_id").fetchall()
@@ -330,7 +330,7 @@ def test_failed_explanation_is_replaced_on_rerun(db_copy):
     with Session() as s:
         run_id = find_run(s, run_name=None, model=None).id
         tasks = load_tasks(s, run_id=run_id, explainer="baseline", heldout_per_pair=6)
-        from context_lookups.precompute.explainers import PairResult
+        from context_lookups.precompute.explain.explainers import PairResult
         store_result(s, tasks[0], PairResult(status="failed", error="boom"), explainer="baseline")
         assert s.scalar(select(Explanation.status).where(Explanation.pair_id == tasks[0].pair_id)) == "failed"
         assert len(load_tasks(s, run_id=run_id, explainer="baseline", heldout_per_pair=6)) == len(tasks)
@@ -383,7 +383,7 @@ def _neuron_tasks(neuron_id: int, seed: int, n_pairs: int = 2) -> list[PairTask]
 
 
 def test_baseline_configuration_never_depends_on_the_neurons_own_prompts():
-    from context_lookups.precompute.explainers.selection import GRID, choose, cv_scores, explain_with
+    from context_lookups.precompute.explain.explainers.selection import GRID, choose, cv_scores, explain_with
 
     pool = [t for n in range(1, 5) for t in _neuron_tasks(n, seed=n)]
     chosen = choose(pool)
@@ -409,7 +409,7 @@ def test_baseline_configuration_never_depends_on_the_neurons_own_prompts():
 
 
 def test_out_of_fold_threshold_and_folds():
-    from context_lookups.precompute.explainers.baseline import Config, folds
+    from context_lookups.precompute.explain.explainers.baseline import Config, folds
 
     fs = folds(7, 3)
     assert len(fs) == 3 and sorted(x for f in fs for x in f) == sorted([(True, i) for i in range(7)] +

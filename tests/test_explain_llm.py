@@ -19,11 +19,15 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import select
 
-from context_lookups.precompute.errors import BadSettings
-from context_lookups.precompute.explain import run_explanations
-from context_lookups.precompute.explainers.llm import CLASSIFIER_TEMPLATE, EXPLANATION_TEMPLATE, request_hash
-from context_lookups.precompute.report import find_run, score_table
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.errors import BadSettings
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.explain.explainers.llm import (
+    CLASSIFIER_TEMPLATE,
+    EXPLANATION_TEMPLATE,
+    request_hash,
+)
+from context_lookups.precompute.explain.step import run_explanations
+from context_lookups.precompute.findings.report import find_run, score_table
 from context_lookups.precompute.store.db import open_writer, sessions
 from context_lookups.precompute.store.schema import Classification, Explanation, LLMCall
 

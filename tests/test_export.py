@@ -151,7 +151,7 @@ def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):
 def test_pair_states_skipped_and_not_computed(tmp_path, web_db, tiny_model, tiny_model_dir):
     """A kept pair whose neuron has no held-out prompt is ablated on nothing: "skipped"; a kept
     pair whose ablation has not run: "not computed"."""
-    from context_lookups.precompute.ablation import run_ablations
+    from context_lookups.precompute.ablation.step import run_ablations
     from context_lookups.precompute.store.db import open_writer, sessions
     from tests.conftest import small_settings
 
@@ -317,7 +317,7 @@ def test_csv_round_trips_any_token_text_and_neutralises_formulas(tmp_path, web_d
 
 
 def test_control_characters_are_escaped_in_token_escaped(tmp_path, web_db, tiny_model_dir):
-    from context_lookups.precompute.tokens import escaped
+    from context_lookups.precompute.core.tokens import escaped
 
     assert escaped([1, 2, 3, 4, 5], ["\x00", "\r", "\n", "a\tb", "\x16\x7f"], {}) == \
         ["\\x00", "\\x0d", "\n", "a\tb", "\\x16\\x7f"]

@@ -53,8 +53,8 @@ def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, ti
     bridge: a gated, RMSNorm, grouped-query model without attention biases."""
     import logging
 
-    from context_lookups.precompute.attribution import attribute
     from context_lookups.precompute.cli import main as cli_main
+    from context_lookups.precompute.heads.attribution import attribute
     from context_lookups.precompute.model import load_model
     from tests.test_precompute_job import _args
 
@@ -89,7 +89,7 @@ def test_blocks_the_method_cannot_read_are_refused_with_one_line(tmp_path, small
     import transformers as T
 
     from context_lookups.precompute.cli import main as cli_main
-    from context_lookups.precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.core.settings import EMBEDDED_MODEL
     from tests.test_precompute_job import _args
 
     make, says = REFUSED[arch]
@@ -188,7 +188,7 @@ def test_rmsnorm_processing_centres_nothing_and_congruence_reads_the_untied_unem
     ``W_U`` and centres ``W_U`` over the vocabulary, and leaves ``W_out`` as it is (no
     center_writing_weights: an RMSNorm does not remove the mean); a LayerNorm model's (GPT-NeoX)
     ``W_out`` is centred over ``d_model``."""
-    from context_lookups.precompute.next_token import layer_congruences
+    from context_lookups.precompute.neurons.congruence import layer_congruences
 
     m = families.fast("qwen2")
     hf = m.backend.hf
@@ -252,9 +252,9 @@ def test_precompute_and_serve_with_a_live_pass_on_each_family(tmp_path, families
     import logging
 
     from context_lookups.app.main import create_app
-    from context_lookups.precompute.attribution import attribute
     from context_lookups.precompute.cli import main as cli_main
-    from context_lookups.precompute.next_token import layer_congruences
+    from context_lookups.precompute.heads.attribution import attribute
+    from context_lookups.precompute.neurons.congruence import layer_congruences
     from tests.test_live_engine import wait_ready
     from tests.test_precompute_job import _args
     from tests.web_fixtures import Server

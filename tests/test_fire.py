@@ -1,4 +1,4 @@
-"""Which neurons fire on a text (app/fire.py, /fire, docs/method.md §11): the backend's
+"""Which neurons fire on a text (app/live/fire.py, /fire, docs/method.md §11): the backend's
 ``layer_acts`` equals the bridge's ``hook_post``; the page's relative activations are the
 activations over each neuron's stored explain maximum, ranked per token and overall; the page
 and its JSON twin over real HTTP (shareable URL, token cap, unknown run, empty text); texts
@@ -57,7 +57,7 @@ def index(web_db):
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
-    from context_lookups.app.fire import run_index
+    from context_lookups.app.pages.fire import run_index
     from context_lookups.precompute.store.schema import Run
 
     engine = create_engine(f"sqlite:///{web_db}")
@@ -68,7 +68,7 @@ def index(web_db):
 
 
 def test_relative_activations_rank_the_neurons(tiny_model, tiny_bridge, index, web_db):
-    from context_lookups.app.fire import fire_views
+    from context_lookups.app.live.fire import fire_views
 
     stored = {(lay, n): m for lay, n, m in rows(web_db, "SELECT n.layer, n.neuron, n.max_act FROM neurons n "
                                                       "JOIN runs r ON r.id = n.run_id WHERE r.slug = ?", TOPK_RUN)}
@@ -140,7 +140,7 @@ def test_bad_input(client):
 
 
 def test_queued_texts_share_a_pass_and_respect_the_queue(web_db, tiny_model_dir, tiny_model, index):
-    from context_lookups.app.fire import fire_views
+    from context_lookups.app.live.fire import fire_views
     from context_lookups.app.main import create_app
 
     app = create_app(db_url=f"sqlite:///{web_db}", torch_threads=None, live_queue=6,

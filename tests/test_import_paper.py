@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 
 from context_lookups.precompute.cli import main as cli_main
+from context_lookups.precompute.findings.report import comparison_table, find_run, score_table
 from context_lookups.precompute.paper.importer import EXPLAINER, words
-from context_lookups.precompute.report import comparison_table, find_run, score_table
 from context_lookups.precompute.store.db import open_writer, sessions
 
 from .paper_data import import_sample, require_sample

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy.engine import URL
 
-from context_lookups.precompute.errors import BadSettings, DatasetNotAvailable, ModelNotAvailable
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.errors import BadSettings, DatasetNotAvailable, ModelNotAvailable
+from context_lookups.precompute.core.settings import Settings
 from tests.cli_helpers import assert_one_line_exit_2, lookups, tree
 from tests.conftest import small_settings
 
@@ -183,7 +183,7 @@ def test_model_directory_without_tokenizer_files_is_named_and_exits_2(tmp_path, 
 
 def test_empty_tableless_or_old_sqlite_is_one_line_and_readers_create_nothing(tmp_path, precomputed_db):
     from context_lookups.app.main import create_app
-    from context_lookups.precompute.errors import BadDatabase
+    from context_lookups.precompute.core.errors import BadDatabase
 
     empty = tmp_path / "empty.db"
     empty.touch()
@@ -241,8 +241,8 @@ def test_local_corpus_reads_as_before(tmp_path):
     import gzip
     import json
 
+    from context_lookups.precompute.core.settings import EMBEDDED_CORPUS
     from context_lookups.precompute.corpus import load_corpus
-    from context_lookups.precompute.settings import EMBEDDED_CORPUS
 
     corpus = load_corpus(EMBEDDED_CORPUS)
     for split in ("explain", "heldout"):

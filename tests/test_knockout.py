@@ -276,7 +276,7 @@ def test_rank_agreement_is_spearman_of_contribution_and_drop_or_says_why_not():
 
 
 def test_share_of_pairs_whose_top_source_holds_with_its_wilson_interval():
-    from context_lookups.precompute.scoring import wilson
+    from context_lookups.precompute.explain.scoring import wilson
 
     assert top_source_holds([1.0, 1.0], [-0.6, -0.5]) is True   # mean drop 0.55 >= 0.5
     assert top_source_holds([1.0, 1.0], [-0.6, -0.3]) is False  # mean drop 0.45 < 0.5

@@ -93,8 +93,8 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
 def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model, tiny_bridge):
     """Queued requests for several neurons, some with heads ablated, run as one batch; each
     result equals precompute's attribute()/ablate() on that prompt alone, on the bridge backend."""
-    from context_lookups.precompute.ablation import ablate
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.ablation.ablate import ablate
+    from context_lookups.precompute.heads.attribution import attribute
 
     picked = neurons(web_db, 3)
     app = make_app(web_db, tiny_model_dir)

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 import torch
 
-from context_lookups.precompute.lookup import BOS_LABEL, carriers, decode, encode, summary
+from context_lookups.precompute.heads.lookup import BOS_LABEL, carriers, decode, encode, summary
 from tests.conftest import small_settings
 
 REL = 1e-5
@@ -58,8 +58,8 @@ def test_stored_lookups_sum_to_the_attribution_on_a_random_gpt2(precomputed_db):
 @pytest.mark.parametrize("backend", ["fast", "bridge"])
 def test_stored_lookups_sum_to_the_attribution_on_the_embedded_model(tmp_path, small_corpus_dir, backend):
     """The real job on the embedded model (a few neurons of its last layer, on each backend)."""
+    from context_lookups.precompute.core.settings import EMBEDDED_MODEL
     from context_lookups.precompute.job.pipeline import run_precompute
-    from context_lookups.precompute.settings import EMBEDDED_MODEL
 
     db = tmp_path / "embedded.db"
     summary_ = run_precompute(small_settings(db, EMBEDDED_MODEL, small_corpus_dir, layers=[3], n_per_layer=2,

@@ -13,7 +13,7 @@ from html import unescape
 import pytest
 from fastapi.testclient import TestClient
 
-from context_lookups.app.formats import fmt
+from context_lookups.app.pages.formats import fmt
 from tests.web_fixtures import TOPK_RUN, one, rows
 
 PROMPT = "In the beginning God created the heaven and the earth, and the earth was without form"

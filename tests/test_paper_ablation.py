@@ -18,9 +18,9 @@ import pytest
 import torch
 from scipy import stats
 
-from context_lookups.precompute.ablation import ablation_table
+from context_lookups.precompute.ablation.reads import ablation_table
+from context_lookups.precompute.findings.report import find_run, score_table
 from context_lookups.precompute.paper.pickled import read_ablation
-from context_lookups.precompute.report import find_run, score_table
 from context_lookups.precompute.store.db import open_writer, sessions
 
 from .paper_data import copy_sample, require_sample, run_cli

@@ -36,7 +36,7 @@ def dump(db) -> dict[str, list[tuple]]:
 
 def _args(db, model_dir, corpus_dir):
     """CLI arguments equal to conftest.small_settings (every field that is not the default)."""
-    from context_lookups.precompute.settings import Settings
+    from context_lookups.precompute.core.settings import Settings
 
     s, default = small_settings(db, model_dir, corpus_dir), Settings()
     args = ["precompute"]
@@ -190,7 +190,7 @@ def test_stored_run_settings_validate_against_settings(precomputed_db):
     dict: a renamed, removed or retyped field of Settings fails here."""
     import json
 
-    from context_lookups.precompute.settings import SCIENCE_FIELDS, Settings
+    from context_lookups.precompute.core.settings import SCIENCE_FIELDS, Settings
 
     con = sqlite3.connect(precomputed_db)
     stored = json.loads(con.execute("SELECT settings FROM runs").fetchone()[0])
@@ -207,7 +207,7 @@ def test_runs_stored_before_pair_min_prompts_read_back_as_computed(precomputed_d
     import hashlib
     import json
 
-    from context_lookups.precompute.settings import Settings
+    from context_lookups.precompute.core.settings import Settings
 
     con = sqlite3.connect(precomputed_db)
     stored = json.loads(con.execute("SELECT settings FROM runs").fetchone()[0])

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from context_lookups.precompute.attribution import (
+from context_lookups.precompute.heads.attribution import (
     active_heads,
     attribute,
     parse_heads,
     scored_layers,
     upstream_attn_layers,
 )
-from context_lookups.precompute.next_token import (
+from context_lookups.precompute.neurons.congruence import (
     congruence,
     default_layers,
     layer_congruences,
@@ -21,7 +21,7 @@ from context_lookups.precompute.next_token import (
     select_next_token_neurons,
     token_allowed,
 )
-from context_lookups.precompute.scan import TopK, neuron_acts, scan, tokenize_batch, trim
+from context_lookups.precompute.prompts.scan import TopK, neuron_acts, scan, tokenize_batch, trim
 
 
 def test_congruence_and_selection_match_direct_computation(tiny_model):

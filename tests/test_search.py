@@ -1,4 +1,4 @@
-"""Full-text search (migration 0004_search, app/search.py) on both backends: a SQLite file and a
+"""Full-text search (migration 0004_search, app/pages/search.py) on both backends: a SQLite file and a
 real PostgreSQL server (tests/pgserver.py), each holding the small run written by the real
 precompute job. Words in stored prompt and explanation texts are found through the HTTP API
 with links to their neurons and pairs; phrases, any punctuation and a run filter work; the
@@ -122,7 +122,7 @@ def _one_prompt_db(url: str) -> None:
 
 def test_migration_indexes_existing_rows_and_writes_keep_it_current(db_url):
     from alembic import command
-    from context_lookups.app.search import SearchQuery, search
+    from context_lookups.app.pages.search import SearchQuery, search
     from context_lookups.precompute.store.db import _alembic_config, open_reader, open_writer, sessions
 
     engine = create_engine(parse_url(db_url))

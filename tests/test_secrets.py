@@ -21,8 +21,8 @@ from tests.test_explain_llm import ChatServer, expected_pairs
 # --- 1. the API key is never logged, stored or shown ---------------------------------------------
 
 def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomputed_db):
-    from context_lookups.app import urls
     from context_lookups.app.main import create_app
+    from context_lookups.app.pages import urls
 
     key = "sk-PROBE-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:32]
     db = fresh_copy(precomputed_db, tmp_path / "lookups.db")
@@ -71,7 +71,7 @@ def test_api_key_echoed_by_the_endpoint_is_redacted_everywhere(tmp_path, precomp
 
 
 def test_redact_covers_bearer_tokens_and_key_shapes():
-    from context_lookups.precompute.redact import redact
+    from context_lookups.precompute.core.redact import redact
 
     assert redact("Authorization: Bearer abc.DEF-123_456") == "Authorization: Bearer [redacted]"
     assert redact("{'authorization': 'bearer xyz12345'}") == "{'authorization': 'bearer [redacted]'}"
@@ -96,8 +96,8 @@ def _leak_forms(*secrets: str) -> set[str]:
 
 def _pages(db, slug: str) -> dict[str, str]:
     """Every page, twin and CSV that shows explanations and answers, by path."""
-    from context_lookups.app import urls
     from context_lookups.app.main import create_app
+    from context_lookups.app.pages import urls
 
     with sqlite3.connect(db) as c:
         keys = c.execute("SELECT DISTINCT n.layer, n.neuron, p.head_layer, p.head FROM explanations e "
@@ -122,7 +122,7 @@ def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_di
     the explanations' stored settings, nor any page, JSON twin or CSV."""
     from urllib.parse import quote
 
-    from context_lookups.precompute.redact import mask_url
+    from context_lookups.precompute.core.redact import mask_url
 
     tag = hashlib.sha256(str(tmp_path).encode()).hexdigest()
     key, pw, qk = f"PROBE4abc/def+ghi{tag[:16]}", f"S3cret-pw-{tag[16:24]}", f"QK{tag[24:36]}"
@@ -173,7 +173,7 @@ def test_redaction_is_idempotent_and_covers_every_encoding():
     import base64
     from urllib.parse import quote
 
-    from context_lookups.precompute.redact import mask_url, redact, url_secrets
+    from context_lookups.precompute.core.redact import mask_url, redact, url_secrets
 
     key = "PROBE4abc/def+ghi=jkl"
     samples = [f"Bearer {key}", f"x {quote(key, safe='')} y", f"x {quote(key, safe='').replace('%2F', '%2f')} y",

@@ -17,8 +17,8 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from context_lookups.precompute.errors import BadSettings
-from context_lookups.precompute.settings import MAX_SEED, Settings
+from context_lookups.precompute.core.errors import BadSettings
+from context_lookups.precompute.core.settings import MAX_SEED, Settings
 from tests.cli_helpers import ROOT, assert_one_line_exit_2, lookups, tree
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows
@@ -97,7 +97,7 @@ def _topk_peak_bytes(k: int, n: int) -> int:
     code = f"""
 import resource, torch
 torch.set_num_threads(1)
-from context_lookups.precompute.scan import TopK
+from context_lookups.precompute.prompts.scan import TopK
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 top = TopK({k}, {n})
 for i in range(8):
@@ -113,7 +113,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 
 
 def test_scan_memory_estimate_bounds_the_real_peak_and_refuses_what_does_not_fit():
-    from context_lookups.precompute.scan import check_scan_memory
+    from context_lookups.precompute.prompts.scan import check_scan_memory
 
     k, n_layers, d_mlp = 400, 2, 1024
     need = check_scan_memory(k, n_layers, d_mlp, available=10**15)
@@ -163,7 +163,7 @@ def test_options_environment_and_defaults_combine_as_before(tmp_path):
 
 
 def test_the_cli_uses_no_argparse_internals_nor_private_helpers():
-    for path in ("precompute/cli.py", "precompute/options.py", "app/cli.py"):
+    for path in ("precompute/cli.py", "precompute/core/options.py", "app/cli.py"):
         source = (ROOT / path).read_text()
         assert "_option_string_actions" not in source and "._actions" not in source, path
     imported = [name.split(" as ")[0].strip() for line in re.findall(r"from context_lookups.precompute[.\w]* import (.+)",

@@ -42,7 +42,7 @@ def test_migrations_up_down_up(db_url, capsys):
 
 
 def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):
-    from context_lookups.precompute.errors import SchemaTooNew
+    from context_lookups.precompute.core.errors import SchemaTooNew
     from context_lookups.precompute.store.db import open_reader, open_writer, sessions
     from context_lookups.precompute.store.runs import is_done, now, unit_of_work
     from context_lookups.precompute.store.schema import Document, Phase, Run
@@ -85,7 +85,7 @@ def test_postgres_run_equals_sqlite_run_row_for_row(stored_url, precomputed_db):
 
 def test_other_settings_are_refused_and_change_nothing(stored_url, tiny_model_dir, small_corpus_dir,
                                                        tiny_model, precomputed_db):
-    from context_lookups.precompute.errors import SettingsMismatch
+    from context_lookups.precompute.core.errors import SettingsMismatch
     from context_lookups.precompute.job.pipeline import run_precompute
 
     before = canonical_rows(stored_url)

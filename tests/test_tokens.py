@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from context_lookups.precompute.settings import EMBEDDED_MODEL
-from context_lookups.precompute.tokens import escape, escaped, joined_text, partial_tokens, token_bytes
+from context_lookups.precompute.core.settings import EMBEDDED_MODEL
+from context_lookups.precompute.core.tokens import escape, escaped, joined_text, partial_tokens, token_bytes
 
 
 @pytest.fixture(scope="module")

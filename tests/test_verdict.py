@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy import stats
 
-from context_lookups.precompute.scoring import authors_score, score_interval, small_sample, wilson
-from context_lookups.precompute.verdict import (
+from context_lookups.precompute.explain.scoring import authors_score, score_interval, small_sample, wilson
+from context_lookups.precompute.findings.verdict import (
     CONFIDENCE,
     DOES_NOT,
     INCONCLUSIVE,

@@ -354,8 +354,8 @@ def test_server_is_read_only(app, client, web_db):
 
 def test_live_pass_matches_precompute_functions(client, app, web_db, kept, tiny_model, tiny_bridge):
     """The live view (the fast backend) equals precompute's attribute()/ablate() on the bridge."""
-    from context_lookups.precompute.ablation import ablate
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.ablation.ablate import ablate
+    from context_lookups.precompute.heads.attribution import attribute
 
     layer, neuron, hl, h = kept
     token_id = one(web_db, "SELECT n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
@@ -421,8 +421,8 @@ def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_
     precompute's attribute()/ablate() on that prompt alone, on the bridge backend."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from context_lookups.precompute.ablation import ablate
-    from context_lookups.precompute.attribution import attribute
+    from context_lookups.precompute.ablation.ablate import ablate
+    from context_lookups.precompute.heads.attribution import attribute
 
     layer, neuron, hl, h = kept
     token_id = one(web_db, "SELECT n.token_id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
@@ -474,9 +474,9 @@ def test_empty_database_and_missing_file(tmp_path):
 
 
 def test_model_source_resolves_the_embedded_model_and_overrides():
-    from context_lookups.app.live import model_source
+    from context_lookups.app.model_files import model_source
     from context_lookups.app.settings import WebSettings
-    from context_lookups.precompute.settings import EMBEDDED_MODEL
+    from context_lookups.precompute.core.settings import EMBEDDED_MODEL
     from context_lookups.precompute.store.schema import Run
 
     s = WebSettings(model_paths={"other": "/some/dir"})

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from context_lookups.precompute.histogram import N_BINS, bin_bounds, bin_of
+from context_lookups.precompute.prompts.histogram import N_BINS, bin_bounds, bin_of
 from tests.web_fixtures import TOPK_RUN, rows
 
 

@@ -10,7 +10,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from ..live import BadLiveInput
+from context_lookups.precompute.core.errors import BadLiveInput
+
+from ..pages.context import RunContext
 
 
 async def db(request: Request) -> AsyncIterator[Session]:
@@ -23,6 +25,15 @@ async def db(request: Request) -> AsyncIterator[Session]:
         yield s
     finally:
         s.close()
+
+
+def run_context(request: Request, s: Session, slug: str) -> RunContext:
+    """The context of run ``slug`` for this request (:class:`app.pages.context.RunContexts`):
+    resolve it once and hand it on.
+
+    Raises:
+        NotFound: no such run."""
+    return request.app.state.runs.resolve(s, slug)
 
 
 def is_htmx(request: Request) -> bool:

@@ -1,4 +1,4 @@
-"""``/compare``: runs side by side (``app.compare``), with its ``.json`` twin."""
+"""``/compare``: runs side by side (``app.pages.compare``), with its ``.json`` twin."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from .. import compare as C
-from ..charts import overlay_svg
+from ..pages import compare as C
+from ..pages.charts import overlay_svg
 from .common import clean_text, db, render
 
 router = APIRouter()

@@ -1,6 +1,8 @@
-"""``/fire``: which neurons fire on a text (:mod:`app.fire`, docs/method.md §11), with its
-``.json`` twin. The pass is awaited, as on the neuron page: database reads and rendering run in
-the thread pool, the model on its own thread, so waiting requests hold no page thread."""
+"""``/fire``: which neurons fire on a text (docs/method.md §11), with its ``.json`` twin. The
+route composes the page side (:mod:`app.pages.fire`: the run's columns, the shown result) and
+the live half (:mod:`app.live.fire`: the pass). The pass is awaited, as on the neuron page:
+database reads and rendering run in the thread pool, the model on its own thread, so waiting
+requests hold no page thread."""
 
 from __future__ import annotations
 
@@ -12,14 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.errors import ModelNotAvailable, PromptTooLong
+from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailable, PromptTooLong
 
-from .. import fire as F
-from .. import queries as Q
-from .. import urls
-from ..imported import model_notice
-from ..live import BadLiveInput
-from ..present import run_dict
+from ..live.fire import OVERALL, PER_POSITION, FireColumns
+from ..pages import fire as F
+from ..pages import queries as Q
+from ..pages import urls
+from ..pages.present import run_dict
 from .common import clean_text, db, render
 
 router = APIRouter()
@@ -32,20 +33,22 @@ RunQ = Annotated[str | None, Query(max_length=100, description="The run (its slu
 
 
 def _prepare(s: Session, request: Request, slug: str | None, text: str | None):
-    """The page's data without the result, and the pass's Future (None without a text, or when
-    the run's model is not on this server: the notice says so and nothing waits)."""
-    live, cache = request.app.state.live, request.app.state.view_cache
+    """The page's data without the result, the pass's Future (None without a text, or when the
+    run's model is not on this server: the notice says so and nothing waits), the run's columns
+    and its context (for showing the result)."""
+    live, runs_, cache = request.app.state.live, request.app.state.runs, request.app.state.view_cache
     try:
         runs = Q.list_runs(s)
-        run = F.pick_run(runs, live, slug)
+        run = F.pick_run(runs, runs_.model_notice, slug)
         if slug is not None and run is None:
             Q.get_run(s, slug=slug)  # NotFound naming the runs
-        notice = model_notice(live, run) if run is not None else None
+        ctx = runs_.of(run) if run is not None else None
+        notice = ctx.model_notice if ctx is not None else None
         params = {"run": run.slug if run is not None and slug is not None else None, "text": text}
-        data = {"runs": [{"slug": r.slug, "model_name": r.model_name, "live": live.unavailable(r) is None}
+        data = {"runs": [{"slug": r.slug, "model_name": r.model_name, "live": runs_.model_notice(r) is None}
                          for r in runs],
                 "run": run_dict(run) if run is not None else None, "text": text, "notice": notice,
-                "per_position": F.PER_POSITION, "overall": F.OVERALL, "result": None, "error": None,
+                "per_position": PER_POSITION, "overall": OVERALL, "result": None, "error": None,
                 "links": {"page": urls.fire(**params), "json": urls.fire(fmt="json", **params)}}
         fut = index = None
         if text is not None and run is not None and notice is None:
@@ -53,9 +56,9 @@ def _prepare(s: Session, request: Request, slug: str | None, text: str | None):
             if index is None:
                 index = F.run_index(s, run)
                 cache[("fire-index", run.id)] = index
-            fut = live.submit_fire(run=run, index=index, text=text)
-        partial = live.partial_tokens(run) if run is not None else {}
-        return data, fut, index, partial
+            columns = FireColumns(index.slug, index.layers, index.d_mlp, index.max_act)
+            fut = live.submit_fire(source=ctx.model_source, columns=columns, text=text)
+        return data, fut, index, ctx
     finally:
         s.close()
 
@@ -64,14 +67,14 @@ async def fire_view(request: Request, s: Session, run: str | None, text: str | N
     text = clean_text(text, name="text")
     text = text if text and text.strip() else None
     run = clean_text(run, name="run", max_chars=100) or None
-    data, fut, index, partial = await run_in_threadpool(_prepare, s, request, run, text)
+    data, fut, index, ctx = await run_in_threadpool(_prepare, s, request, run, text)
     status = 200
     if text is not None and data["notice"] is not None:
         data["error"], status = data["notice"], 503
     elif fut is not None:
         try:  # shielded: a client that goes away must not cancel a pass other requests share
             res = await asyncio.shield(asyncio.wrap_future(fut))
-            data["result"] = await run_in_threadpool(F.shown, res, index, partial)
+            data["result"] = await run_in_threadpool(F.shown, res, index, ctx.partial)
         except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
             data["error"], status = str(exc), 503 if isinstance(exc, ModelNotAvailable) else 422
     if fmt == "json" and status != 200:

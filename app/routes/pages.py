@@ -1,4 +1,7 @@
-"""HTML pages, each with a ``.json`` twin at the same path plus ``.json``.
+"""HTML pages, each with a ``.json`` twin at the same path plus ``.json``: the routes compose the
+two halves of the explorer, the stored-data pages (:mod:`app.pages`: each page's data from its
+run's context, resolved once per request) and, on the neuron page, the live half
+(:mod:`app.live`: a pass queued with plain values and awaited).
 
 Handlers are plain ``def`` (run in the threadpool) so that database reads never block the event
 loop; the neuron page's handlers are ``async`` because they may await a live pass (see
@@ -19,15 +22,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
-from context_lookups.precompute.errors import ModelNotAvailable, PromptTooLong
+from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailable, PromptTooLong
+from context_lookups.precompute.neurons.reads import get_neuron
 
-from .. import queries as Q
-from .. import urls, views
-from ..export import CHUNK as CSV_CHUNK
-from ..export import all_pages_csv, csv_response
-from ..live import BadLiveInput
-from ..lookup import NeuronJSON, PairJSON
-from .common import clean_text, db, is_htmx, render
+from ..live.passes import Target
+from ..pages import neuron as NP
+from ..pages import queries as Q
+from ..pages import urls, views
+from ..pages.context import RunContext
+from ..pages.export import CHUNK as CSV_CHUNK
+from ..pages.export import all_pages_csv, csv_response
+from ..pages.lookup import NeuronJSON, PairJSON
+from .common import clean_text, db, is_htmx, render, run_context
 
 router = APIRouter()
 
@@ -95,14 +101,14 @@ def _neurons(request: Request, s: Session, run: str, fmt: str | None, layer, kin
         v = getattr(flt, name)
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
-    if fmt == "csv":  # every row matching the filters, streamed (app.export)
+    ctx = run_context(request, s, run)
+    if fmt == "csv":  # every row matching the filters, streamed (app.pages.export)
         def fetch(session: Session, page: int) -> tuple[list[dict], int]:
-            d = views.neurons(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),
-                              default_per_page=settings.page_size, live=request.app.state.live)
+            d = views.neurons(session, ctx, flt=replace(flt, page=page, per_page=CSV_CHUNK),
+                              default_per_page=settings.page_size)
             return d["neurons"], d["pages"]
         return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-neurons.csv")
-    data = views.neurons(s, slug=run, flt=flt, default_per_page=settings.page_size,
-                         live=request.app.state.live)
+    data = views.neurons(s, ctx, flt=flt, default_per_page=settings.page_size)
     if is_htmx(request) and fmt is None:
         return render(request, "_neuron_table.html", data, fmt=None,
                       headers={"HX-Push-Url": data["links"]["page"]})
@@ -147,8 +153,7 @@ router.get("/{run}/neurons", response_class=HTMLResponse, tags=["pages"],
             status_code=303, response_class=RedirectResponse)
 def goto_neuron(s: DB, run: str, layer: int, neuron: int):
     """303 to the neuron's page (404 naming the valid range if it does not exist)."""
-    found = Q.get_run(s, slug=run)
-    Q.get_neuron(s, run=found, layer=layer, neuron=neuron)
+    get_neuron(s, run=Q.get_run(s, slug=run), layer=layer, neuron=neuron)
     return RedirectResponse(urls.neuron(run, layer, neuron), status_code=303)
 
 
@@ -161,20 +166,26 @@ async def neuron_view(request: Request, s: Session, run: str, layer: int, neuron
     pass is rendered server-side. Live errors keep the page and set the status (422/503).
 
     The live pass is awaited, not waited for in a worker thread: database reads and rendering
-    run in the thread pool, the model on its own thread (``app.engine``), so queued live
-    requests never hold the threads that serve pages."""
+    run in the thread pool, the model on its own thread (``app.live.engine``), so queued live
+    requests never hold the threads that serve pages. The run's context is resolved once, in
+    the first thread-pool step of the request."""
     prompt = clean_text(prompt, name="prompt")
-    res = params = error = brief = None
+    ctx = res = params = error = brief = fut = None
     if prompt is not None:
         try:
-            fut, params, partial, brief = await run_in_threadpool(
-                _submit, s, request.app.state.live, slug=run, layer=layer, neuron_=neuron,
-                prompt=prompt, ablate=ablate, pos=pos, score=score, head=clean_text(head, name="head") or None)
-            # shielded: a client that goes away must not cancel a pass other requests share
-            res = views.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), partial)
-        except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
+            picked = clean_text(head, name="head") or None
+        except BadLiveInput as exc:
             error = exc
-    return await run_in_threadpool(_closing, s, _neuron_response, request, s, run, layer, neuron,
+        else:
+            ctx, fut, error, params, brief = await run_in_threadpool(
+                _submit, request, s, run, layer=layer, neuron_=neuron, prompt=prompt, ablate=ablate, pos=pos,
+                score=score, head=picked)
+        if fut is not None:
+            try:  # shielded: a client that goes away must not cancel a pass other requests share
+                res = NP.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), ctx.partial)
+            except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
+                error = exc
+    return await run_in_threadpool(_closing, s, _neuron_response, request, s, run, layer, neuron, ctx=ctx,
                                    score=score, split=split, prompt=prompt, pos=pos, fmt=fmt,
                                    fragment=fragment, res=res, params=params, error=error,
                                    brief=brief)
@@ -189,34 +200,48 @@ def _closing(s: Session, fn, *args, **kw):
         s.close()
 
 
-def _submit(s: Session, live, **kw):
-    """``views.live_request``, then the session lets go of its pooled connection, so that
-    requests waiting for the model hold no database connection either (the session reconnects
-    when the response is rendered)."""
+def _submit(request: Request, s: Session, slug: str, **kw):
+    """Resolve the run's context, check the live input (``neuron.live_request``) and queue the
+    pass on the live half; then the session lets go of its pooled connection, so that requests
+    waiting for the model hold no database connection either (the session reconnects when the
+    response is rendered). Returns ``(ctx, future, error, params, brief)``: the future is None
+    when the input or the queue refused the request at once (``error`` says why).
+
+    Raises:
+        NotFound: no such run or neuron."""
     try:
-        return views.live_request(s, live, **kw)
+        ctx = run_context(request, s, slug)
+        try:
+            req = NP.live_request(s, ctx, **kw)
+            n = req["neuron"]
+            target = Target(ctx.slug, n.layer, n.neuron, n.token_id, n.token, ctx.rules)
+            fut = request.app.state.live.submit(source=ctx.model_source, target=target, prompt=kw["prompt"],
+                                                ablate=req["ablate"], pos=kw["pos"], head=req["head"])
+        except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
+            return ctx, None, exc, None, None
+        return ctx, fut, None, req["params"], req["brief"]
     finally:
         s.close()
 
 
-def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron: int, *, score: str,
-                     split: str, prompt: str | None, pos: int | None, fmt: str | None, fragment: bool,
-                     res: dict | None, params: dict | None, error: Exception | None,
-                     brief: dict | None = None):
+def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron: int, *,
+                     ctx: RunContext | None, score: str, split: str, prompt: str | None, pos: int | None,
+                     fmt: str | None, fragment: bool, res: dict | None, params: dict | None,
+                     error: Exception | None, brief: dict | None = None):
+    ctx = ctx or run_context(request, s, run)
     if fragment:
-        data = brief if brief is not None else views.neuron_brief(
-            s, request.app.state.live, slug=run, layer=layer, neuron_=neuron, score=score)
+        data = brief if brief is not None else NP.neuron_brief(s, ctx, layer=layer, neuron_=neuron,
+                                                                        score=score)
     else:
-        data = views.neuron(s, request.app.state.live, slug=run, layer=layer, neuron_=neuron,
-                            score=score, split=split, settings=request.app.state.settings,
-                            cache=request.app.state.view_cache)
+        data = NP.neuron(s, ctx, layer=layer, neuron_=neuron, score=score, split=split,
+                                  settings=request.app.state.settings, cache=request.app.state.view_cache)
     status, extra, headers = 200, {}, {}
     page_params = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     if prompt is not None:
         if error is None:
             data["live"] = res
             page_params.update(params)
-            extra.update(views.live_extra(res, data, score))
+            extra.update(NP.live_extra(res, data, score))
         else:
             status = 503 if isinstance(error, ModelNotAvailable) else 422
             data["live_error"] = str(error)
@@ -251,7 +276,7 @@ def _pair_urls(run: str, layer: int, neuron: int, n_layers: int, n_heads: int) -
 
 def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
     """Template-only URL builders of the neuron page (links keep the live state). Live tokens
-    are buttons of the live form (``pos`` only), not links: see ``present.tokens_html``."""
+    are buttons of the live form (``pos`` only), not links: see ``markup.tokens_html``."""
     def with_score(score: str) -> str:
         return urls.neuron(run, layer, neuron, **{**params, "score": score if score != "raw" else None})
 
@@ -291,18 +316,18 @@ async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int
             summary="One (neuron, head) pair (JSON)", responses={200: {"model": PairJSON}})
 def pair_json(request: Request, s: DB, run: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
-    return render(request, "pair.html", views.pair(s, slug=run, layer=layer, neuron_=neuron,
-                                                   head_layer=head_layer, head=head, score=score,
-                                                   live=request.app.state.live), fmt="json")
+    data = views.pair(s, run_context(request, s, run), layer=layer, neuron_=neuron, head_layer=head_layer,
+                      head=head, score=score)
+    return render(request, "pair.html", data, fmt="json")
 
 
 @router.get("/{run}/neurons/{layer}/{neuron}/heads/{head_layer}/{head}", response_class=HTMLResponse,
             tags=["pages"], summary="One (neuron, head) pair: prompts, explanation, scoring, ablation")
 def pair_page(request: Request, s: DB, run: str, layer: int, neuron: int, head_layer: int, head: int,
               score: Score = "raw"):
-    return render(request, "pair.html", views.pair(s, slug=run, layer=layer, neuron_=neuron,
-                                                   head_layer=head_layer, head=head, score=score,
-                                                   live=request.app.state.live), fmt=None)
+    data = views.pair(s, run_context(request, s, run), layer=layer, neuron_=neuron, head_layer=head_layer,
+                      head=head, score=score)
+    return render(request, "pair.html", data, fmt=None)
 
 
 # --- head --------------------------------------------------------------------------------------
@@ -316,23 +341,23 @@ KeptQ = Annotated[bool, Query(description="Only kept pairs (active on 25-75% of 
             summary="Neurons a head drives (CSV: the JSON twin's rows)")
 def head_csv(request: Request, s: DB, run: str, layer: int, head: int, order: HeadOrder = "raw",
              kept: KeptQ = False):
-    data = views.head(s, slug=run, layer=layer, head_=head, order=order, kept=kept, live=request.app.state.live)
+    data = views.head(s, run_context(request, s, run), layer=layer, head_=head, order=order, kept=kept)
     return csv_response(data["pairs"], filename=f"{run}-L{layer}H{head}-neurons.csv")
 
 
 @router.get("/{run}/heads/{layer}/{head}.json", tags=["json"], summary="Neurons a head drives (JSON)")
 def head_json(request: Request, s: DB, run: str, layer: int, head: int, order: HeadOrder = "raw",
               kept: KeptQ = False):
-    return render(request, "head.html", views.head(s, slug=run, layer=layer, head_=head, order=order,
-                                                   kept=kept, live=request.app.state.live), fmt="json")
+    return render(request, "head.html", views.head(s, run_context(request, s, run), layer=layer, head_=head,
+                                                   order=order, kept=kept), fmt="json")
 
 
 @router.get("/{run}/heads/{layer}/{head}", response_class=HTMLResponse, tags=["pages"],
             summary="Neurons a head drives (reverse index over pairs)")
 def head_page(request: Request, s: DB, run: str, layer: int, head: int, order: HeadOrder = "raw",
               kept: KeptQ = False):
-    return render(request, "head.html", views.head(s, slug=run, layer=layer, head_=head, order=order,
-                                                   kept=kept, live=request.app.state.live), fmt=None)
+    return render(request, "head.html", views.head(s, run_context(request, s, run), layer=layer, head_=head,
+                                                   order=order, kept=kept), fmt=None)
 
 
 # --- a run's pairs -----------------------------------------------------------------------------
@@ -359,13 +384,13 @@ def _pair_list_route(fmt: str | None):
             raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
                            min_n=min_n, sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
-        if fmt == "csv":  # every row matching the filters, streamed (app.export)
+        ctx = run_context(request, s, run)
+        if fmt == "csv":  # every row matching the filters, streamed (app.pages.export)
             def fetch(session: Session, page: int) -> tuple[list[dict], int]:
-                d = views.pairs(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),
-                                live=request.app.state.live)
+                d = views.pairs(session, ctx, flt=replace(flt, page=page, per_page=CSV_CHUNK))
                 return d["pairs"], d["pages"]
             return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-pairs.csv")
-        data = views.pairs(s, slug=run, flt=flt, live=request.app.state.live)
+        data = views.pairs(s, ctx, flt=flt)
         return render(request, "pairs.html", data, fmt=fmt)
     return handler
 

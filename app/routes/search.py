@@ -1,4 +1,4 @@
-"""``/search`` (full-text search over explanations and prompt texts, :mod:`app.search`) and
+"""``/search`` (full-text search over explanations and prompt texts, :mod:`app.pages.search`) and
 ``/glossary`` (every term the pages use), each with its ``.json`` twin."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from .. import glossary, urls
-from ..queries import list_runs
-from ..search import KINDS, SearchQuery, search, terms
+from ..pages import glossary, urls
+from ..pages.queries import list_runs
+from ..pages.search import KINDS, SearchQuery, search, terms
 from .common import clean_text, db, render
 
 router = APIRouter()

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from context_lookups.precompute.errors import ClusterUnavailable
-from context_lookups.precompute.scan import ScanResult, scan
+from context_lookups.precompute.core.errors import ClusterUnavailable
+from context_lookups.precompute.prompts.scan import ScanResult, scan
 
 logger = logging.getLogger(__name__)
 

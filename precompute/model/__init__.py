@@ -49,6 +49,7 @@ from context_lookups.precompute.model.loading import (
     BACKENDS,
     LoadedModel,
     load_model,
+    load_tokenizer,
     resolve_device,
     resolve_dtype,
 )
@@ -56,6 +57,6 @@ from context_lookups.precompute.model.sources import SINK, SinkSplit, split_sink
 
 __all__ = ["BACKENDS", "METHODS", "RENORMALISE", "SINK", "TOP_M", "Backend", "Dims", "Knockout",
            "LoadedModel", "NeuronPass", "PostObserver", "SinkSplit", "batches", "centre", "check_head",
-           "check_neuron", "check_token", "default_sources", "length_batches", "load_model", "pad",
-           "pair_agreement", "pair_top_source", "rank_agreement", "resolve_device", "resolve_dtype",
+           "check_neuron", "check_token", "default_sources", "length_batches", "load_model", "load_tokenizer",
+           "pad", "pair_agreement", "pair_top_source", "rank_agreement", "resolve_device", "resolve_dtype",
            "share_of_pairs", "split_sink", "tokenize_batch", "top_source_holds"]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from context_lookups.precompute.errors import BadSettings, ModelNotAvailable, ModelNotSupported
+from context_lookups.precompute.core.errors import BadSettings, ModelNotAvailable, ModelNotSupported
+from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 from context_lookups.precompute.model.backend import Backend, Dims
-from context_lookups.precompute.settings import EMBEDDED_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _load_fast(cls, source: str, arch: str, cfg, device: str, dtype: torch.dtype
     hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa").to(device).eval()
     for p in hf.parameters():
         p.requires_grad_(False)
-    tokenizer = _tokenizer(source, cfg)
+    tokenizer = load_tokenizer(source, cfg)
     return cls(hf, cfg, pad_id=_bos(tokenizer), architecture=arch), tokenizer
 
 
@@ -294,8 +294,21 @@ def _load_bridge(source: str, arch: str, device: str, dtype: torch.dtype):
     return BridgeBackend(bridge, pad_id=_bos(bridge.tokenizer), architecture=arch), bridge.tokenizer
 
 
-def _tokenizer(source: str, cfg):
-    """The tokenizer of ``source`` exactly as ``TransformerBridge.boot_transformers`` makes it."""
+def load_tokenizer(source: str, cfg=None):
+    """The tokenizer of ``source`` (a Hugging Face name or a local model directory) exactly as
+    ``TransformerBridge.boot_transformers`` makes it: the one way the project loads a tokenizer
+    (with every model :func:`load_model` loads, and alone for the explorer's pages). ``cfg``:
+    the model's TransformerLens config when the caller has it, else derived from the Hugging Face
+    config (no weights are read).
+
+    Raises:
+        OSError, ValueError: ``source`` holds no loadable config or tokenizer (the caller says
+            what to do).
+    """
+    if cfg is None:
+        from transformers import AutoConfig
+
+        cfg = _tl_config(AutoConfig.from_pretrained(source), source, source, torch.float32)[1]
     from transformer_lens.model_bridge.sources._bridge_builder import configure_tokenizer
     from transformer_lens.utilities.hf_utils import autotokenizer_with_special_token_compat
     from transformers import AutoTokenizer

@@ -64,9 +64,9 @@ def _f(x, fmt=".4f") -> str:
 def run_figures(s, slug: str) -> dict:
     """What the table shows of an imported run: pairs explained / answered / ablated, E by
     the authors' rule, the ablation statistics (authors' and per prompt)."""
-    from context_lookups.precompute.ablation import ablation_table
+    from context_lookups.precompute.ablation.reads import ablation_table
+    from context_lookups.precompute.findings.report import score_table
     from context_lookups.precompute.paper.importer import EXPLAINER
-    from context_lookups.precompute.report import score_table
     from context_lookups.precompute.store.schema import Run
 
     run = s.scalar(select(Run).where(Run.slug == slug))
@@ -79,7 +79,7 @@ def run_figures(s, slug: str) -> dict:
 def import_command(path: str, db_url: str) -> int:
     """``lookups import-paper``: import, print per run what it holds and lacks, then the table.
     Returns the exit code (module docstring)."""
-    from context_lookups.precompute.redact import mask_db_url
+    from context_lookups.precompute.core.redact import mask_db_url
     from context_lookups.precompute.store.db import open_writer, sessions
 
     engine = open_writer(db_url)

@@ -25,8 +25,8 @@ import os
 import stat
 from pathlib import Path
 
-from context_lookups.precompute.errors import LookupsError
-from context_lookups.precompute.jsontext import nesting_depth
+from context_lookups.precompute.core.errors import LookupsError
+from context_lookups.precompute.core.jsontext import nesting_depth
 
 MAX_FILE_BYTES = 256 * 1024 * 1024  # bytes: ~17x the authors' largest file the importer reads
 MAX_DEPTH = 64  # JSON nesting levels (the authors' files: at most 6)

@@ -35,8 +35,7 @@ from datetime import datetime
 from context_lookups.precompute.paper.files import NonFinite, PaperFormatError, check_number
 
 __all__ = ["PaperFormatError", "Record", "parse_key", "read_neurons", "read_records", "read_attributions",
-           "read_pair_keys", "read_explain_dict", "read_results", "file_date", "full_text", "SHAPES", "MODEL_OF",
-           "LEAD_IN"]
+           "read_pair_keys", "read_explain_dict", "read_results", "file_date", "SHAPES", "MODEL_OF"]
 
 # model name -> (Hugging Face name, n_layers, n_heads, d_mlp, d_model)
 SHAPES = {"gpt2-small": ("gpt2", 12, 12, 3072, 768), "gpt2-medium": ("gpt2-medium", 24, 16, 4096, 1024),
@@ -44,7 +43,6 @@ SHAPES = {"gpt2-small": ("gpt2", 12, 12, 3072, 768), "gpt2-medium": ("gpt2-mediu
 # the ablation files' suffixes (``..._noabs_small.pkl``) -> model
 MODEL_OF = {"small": "gpt2-small", "medium": "gpt2-medium", "large": "gpt2-large", "xl": "gpt2-xl"}
 MAX_TOKEN_CHARS = 200  # a vocabulary token (GPT-2's longest is 128 characters)
-LEAD_IN = "This attention head is active when the document"  # the end of the authors' explain prompt
 
 _KEY = re.compile(r"^\((\d{1,9}(?:, \d{1,9})*)\)$")
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_")
@@ -74,14 +72,6 @@ def file_date(name: str) -> datetime | None:
         return datetime.strptime(m.group(1), "%Y-%m-%d_%H-%M-%S")
     except ValueError:
         return None
-
-
-def full_text(content: str | None) -> str | None:
-    """GPT-4's explanation as a sentence: the lead-in its prompt ended with (:data:`LEAD_IN`),
-    then its words (which continue it)."""
-    if content is None or content.startswith(LEAD_IN):
-        return content
-    return f"{LEAD_IN}{'' if content[:1].isspace() else ' '}{content}"
 
 
 def need(obj, key, kind, where: str):

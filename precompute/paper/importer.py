@@ -37,12 +37,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute import __version__
-from context_lookups.precompute.explainers import parse_answer
+from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.explain.explainers import LEAD_IN, full_text, parse_answer
+from context_lookups.precompute.explain.scoring import explanation_score
 from context_lookups.precompute.paper.files import PaperFormatError
-from context_lookups.precompute.paper.format import LEAD_IN, SHAPES, full_text
+from context_lookups.precompute.paper.format import SHAPES
 from context_lookups.precompute.paper.loader import Loaded, prompt_records
-from context_lookups.precompute.scoring import explanation_score
-from context_lookups.precompute.settings import Settings
 from context_lookups.precompute.store.runs import now, transaction
 from context_lookups.precompute.store.schema import (
     Ablation,
@@ -132,7 +132,7 @@ def import_run(session: Session, data: Loaded) -> dict:
         session.flush()
         _explanations(session, data, pairs, by_key, prompts["heldout"], counts)
         _ablations(session, data, pairs, prompts["heldout"], counts)
-        from context_lookups.precompute.explain import update_best_scores
+        from context_lookups.precompute.explain.step import update_best_scores
 
         update_best_scores(session, run_id=run.id)
         run.provenance = {**PROVENANCE, "experiment": e.slug, "model": model, "layers": list(e.layers),
@@ -360,10 +360,3 @@ def match_values(items: list[tuple[str, list[int]]], entries: dict, records, n_h
                 return (f"pair {key}: the mean drop {got:.6g} of its {'active' if sel is mask else 'inactive'} "
                         f"prompts is not the authors' {want:.6g}"), []
     return None, groups
-
-
-def import_command(path: str, db_url: str) -> int:
-    """``lookups import-paper PATH [--db URL]`` (see :mod:`precompute.paper.command`)."""
-    from context_lookups.precompute.paper.command import import_command as run
-
-    return run(path, db_url)

@@ -23,9 +23,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from context_lookups.precompute.errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
-from context_lookups.precompute.redact import mask_db_url
-from context_lookups.precompute.resources import resource_dir
+from context_lookups.precompute.core.errors import BadDatabase, DatabaseUnavailable, SchemaTooNew
+from context_lookups.precompute.core.redact import mask_db_url
+from context_lookups.precompute.core.resources import resource_dir
 
 logger = logging.getLogger(__name__)
 

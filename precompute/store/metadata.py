@@ -101,7 +101,7 @@ def check_output(path: str) -> None:
     """
     import json
 
-    from context_lookups.precompute.errors import BadSettings
+    from context_lookups.precompute.core.errors import BadSettings
 
     p = Path(path)
     if p.is_dir():

@@ -1,5 +1,6 @@
 """Writing a run: the run row, its settings check and the per-unit-of-work phase marks that make
-the job resumable and idempotent."""
+the job resumable and idempotent; and the run's ranges (which layers, neurons and heads it has),
+checked in one place for every page."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute import __version__
-from context_lookups.precompute.errors import SettingsMismatch
-from context_lookups.precompute.settings import Settings
+from context_lookups.precompute.core.errors import NotFound, SettingsMismatch
+from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.store.schema import Phase, Run
 
 logger = logging.getLogger(__name__)
@@ -102,3 +103,45 @@ def phase_seconds(session: Session, run_id: int) -> dict[str, float]:
         fam = p.name.split(":")[0]
         out[fam] = round(out.get(fam, 0.0) + p.seconds, 2)
     return out
+
+
+# --- a run's ranges: the one home of every check of a layer, neuron or head against a run ----------
+
+def _ranges(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if values else "none"
+
+
+def check_layer(run: Run, layer: int) -> None:
+    """Raises NotFound naming the scanned layers if ``layer`` is not one of the run's."""
+    if layer not in run.layers:
+        raise NotFound(f"layer {layer} out of range: scanned layers are {_ranges(run.layers)}.")
+
+
+def neuron_range_error(run: Run, layer: int, neuron: int) -> str | None:
+    """Why neuron ``L{layer}N{neuron}`` is not one of the run's scanned neurons (the message of
+    :func:`check_neuron`), or None when it is."""
+    if layer not in run.layers:
+        return f"layer {layer} out of range: scanned layers are {_ranges(run.layers)}."
+    if not 0 <= neuron < run.d_mlp:
+        return f"neuron {neuron} out of range: neurons of layer {layer} are 0..{run.d_mlp - 1}."
+    return None
+
+
+def check_neuron(run: Run, layer: int, neuron: int) -> None:
+    """Raises NotFound naming the scanned layers or the neuron range if neuron
+    ``L{layer}N{neuron}`` is not one of the run's scanned neurons."""
+    why = neuron_range_error(run, layer, neuron)
+    if why is not None:
+        raise NotFound(why)
+
+
+def check_head(run: Run, head_layer: int, head: int) -> None:
+    """Raises NotFound naming the range if head ``L{head_layer}H{head}`` cannot drive any scanned
+    neuron of the run: heads of layers up to the last scanned layer (the loosest of the
+    upstream rules, docs/method.md §3; each neuron's own heads are its stored pairs)."""
+    top = min(max(run.layers) if run.layers else run.n_layers - 1, run.n_layers - 1)
+    if not 0 <= head_layer <= top:
+        raise NotFound(f"head layer {head_layer} out of range: heads that can drive a scanned "
+                       f"neuron are in layers 0..{top}.")
+    if not 0 <= head < run.n_heads:
+        raise NotFound(f"head {head} out of range: heads are 0..{run.n_heads - 1}.")

@@ -185,7 +185,7 @@ class TopActivation(Base):
 
 class ActivationHistogram(Base):
     """Fixed-bin histogram of one neuron's activations (``hook_post``) over every real token
-    (after BOS) of one split's scan (docs/method.md §2; bins: ``precompute.histogram``). The
+    (after BOS) of one split's scan (docs/method.md §2; bins: ``precompute.prompts.histogram``). The
     counts of a split add up to its scanned tokens; the two splits' counts add exactly."""
 
     __tablename__ = "activation_histograms"
@@ -195,7 +195,7 @@ class ActivationHistogram(Base):
     neuron: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based index in the layer")
     scheme: Mapped[str] = mapped_column(String(40), doc="the bins, e.g. 'log2/4:-10:10': 4 bins per "
                                         "octave of |act| from 2^-10 to 2^10, mirrored, a central bin and "
-                                        "two outer bins (precompute.histogram)")
+                                        "two outer bins (precompute.prompts.histogram)")
     first_bin: Mapped[int] = mapped_column(Integer, doc="0-based bin of counts[0]")
     counts: Mapped[list] = mapped_column(JSON, doc="tokens per bin from first_bin to the last non-empty "
                                          "bin (integers)")
@@ -243,7 +243,7 @@ class Lookup(Base):
     neuron's explain and held-out prompts. Source positions ``s = 0..p``: 0 is BOS, ``s >= 1``
     the prompt's token ``s - 1`` (``prompts.tokens``), ``p`` the firing position (the last).
     The vectors are little-endian float32 bytes, one value per source position
-    (``precompute.lookup.decode``)."""
+    (``precompute.heads.lookup.decode``)."""
 
     __tablename__ = "lookups"
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True)

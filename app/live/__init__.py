@@ -1,0 +1,1 @@
+"""The live half of the explorer: the model thread, live passes and /fire's pass."""

@@ -1,0 +1,234 @@
+"""The stored-data pages' own reads of the database, as keyword-only functions: the runs, a run's
+findings and counts, and the filtered, sorted, paginated lists of neurons and of pairs (which
+join several steps' rows). The reads of one paper step's rows are that step's own
+(``precompute.<step>.reads``); the pages call them directly.
+
+Routes never build SQL. Functions return ORM rows or plain dicts/lists ready for a template and
+for JSON. Lookups that can fail raise :class:`precompute.core.errors.NotFound` with a message
+naming the valid range; the route boundary turns it into a 404.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.orm import Session
+
+from context_lookups.precompute.ablation.reads import ablation_methods, ablation_table
+from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.explain.explainers import preferred
+from context_lookups.precompute.findings.report import comparison_table, explainers_of_run, score_table
+from context_lookups.precompute.findings.verdict import run_verdict
+from context_lookups.precompute.store.runs import check_layer
+from context_lookups.precompute.store.schema import (
+    Ablation,
+    Explanation,
+    Neuron,
+    Pair,
+    Prompt,
+    Run,
+)
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("selected", "all", "next_token", "random", "other")
+# "kind" sorts the analysed neurons first: next-token, then random, then the others.
+KIND_ORDER = case({"next_token": 0, "random": 1}, value=Neuron.kind, else_=2)
+SORTS = {"kind": KIND_ORDER, "congruence": Neuron.congruence, "best_score": Neuron.best_score,
+         "max_act": Neuron.max_act, "layer": Neuron.layer, "neuron": Neuron.neuron, "token": Neuron.token}
+
+
+# Bounds of what one page may show (a hostile or huge import cannot make a page unbounded):
+MAX_PAGE_PROMPTS = 200  # prompts of one neuron and split on a neuron or pair page
+MAX_PAGE_ROWS = 500  # rows of a list that is not paginated (a head's neurons, findings' pair rows)
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+def list_runs(session: Session) -> list[Run]:
+    return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id)))
+
+
+def get_run(session: Session, *, slug: str) -> Run:
+    """The run called ``slug``. Raises NotFound naming the runs that exist."""
+    run = session.scalar(select(Run).where(Run.slug == slug))
+    if run is None:
+        names = [r.slug for r in list_runs(session)]
+        raise NotFound(f"Unknown model {slug!r}: runs in this database are "
+                       f"{', '.join(names) if names else 'none (run `lookups precompute`)'}.")
+    return run
+
+
+def run_counts(session: Session, *, run_id: int) -> dict:
+    """Rows per table of one run (neurons by kind, prompts, pairs, explanations, ablations)."""
+    kinds = dict(session.execute(select(Neuron.kind, func.count()).where(Neuron.run_id == run_id)
+                                 .group_by(Neuron.kind)).all())
+    pairs = dict(session.execute(select(Pair.kept, func.count()).where(Pair.run_id == run_id)
+                                 .group_by(Pair.kept)).all())
+    n_prompts = session.scalar(select(func.count()).select_from(Prompt).join(Neuron)
+                               .where(Neuron.run_id == run_id)) or 0
+    n_expl = session.scalar(select(func.count()).select_from(Explanation).join(Pair)
+                            .where(Pair.run_id == run_id)) or 0
+    n_abl = session.scalar(select(func.count()).select_from(Ablation).join(Pair)
+                           .where(Pair.run_id == run_id)) or 0
+    return {"neurons": sum(kinds.values()), "next_token": kinds.get("next_token", 0),
+            "random": kinds.get("random", 0), "other": kinds.get("other", 0), "prompts": n_prompts,
+            "pairs": sum(pairs.values()), "kept_pairs": pairs.get(True, 0),
+            "explanations": n_expl, "ablations": n_abl}
+
+
+def findings(session: Session, *, run_id: int) -> dict:
+    """The paper's two claims for one run: the ``verdict`` (``precompute.findings.verdict.run_verdict``)
+    and the two tables behind it, from precompute: explanation scores E of next-token
+    vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
+    inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed.
+    ``comparisons``: each other explainer against the first LLM explainer (else the first) on
+    the same pairs (``report.comparison_table``)."""
+    names = explainers_of_run(session, run_id=run_id)
+    ref = preferred(names)  # an LLM's when there is one
+    methods = ablation_methods(session, run_id=run_id)
+    comparisons = []
+    for ex in names:
+        if ex != ref:
+            c = comparison_table(session, run_id=run_id, a=ref, b=ex)
+            c["n_rows"], c["rows"] = len(c["rows"]), c["rows"][:MAX_PAGE_ROWS]  # all pairs: /{run}/pairs
+            comparisons.append(c)
+    return {"verdict": run_verdict(session, session.get(Run, run_id), explainers=names, methods=methods),
+            "explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
+            "ablation": {m: ablation_table(session, run_id=run_id, method=m) for m in methods},
+            "comparisons": comparisons}
+
+
+def layer_counts(session: Session, *, run_id: int) -> dict[int, dict]:
+    """Per scanned layer: selected neurons by kind, pairs scored and kept (next-token and
+    random neurons together)."""
+    out: dict[int, dict] = {}
+    for layer, kind, n in session.execute(select(Neuron.layer, Neuron.kind, func.count())
+                                          .where(Neuron.run_id == run_id, Neuron.kind != "other")
+                                          .group_by(Neuron.layer, Neuron.kind)):
+        out.setdefault(layer, {"next_token": 0, "random": 0, "pairs": 0, "kept_pairs": 0})[kind] = n
+    for layer, kept, n in session.execute(select(Neuron.layer, Pair.kept, func.count())
+                                          .join(Neuron, Neuron.id == Pair.neuron_id)
+                                          .where(Pair.run_id == run_id).group_by(Neuron.layer, Pair.kept)):
+        row = out.setdefault(layer, {"next_token": 0, "random": 0, "pairs": 0, "kept_pairs": 0})
+        row["pairs"] += n
+        row["kept_pairs"] += n if kept else 0
+    return dict(sorted(out.items()))
+
+
+# --- neurons ---------------------------------------------------------------------------------
+
+@dataclass
+class NeuronFilter:
+    """The neuron list's query. The default view leads with the analysed neurons (``kind``
+    "selected": next-token, then random), each kind by congruence; ``kind="all"`` lists every
+    scanned neuron."""
+
+    layer: int | None = None
+    kind: str = "selected"
+    q: str | None = None
+    min_congruence: float | None = None
+    max_congruence: float | None = None
+    min_score: float | None = None
+    sort: str = "kind"
+    order: str = "asc"
+    page: int = 1
+    per_page: int = 50
+
+
+def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list[Neuron], int]:
+    """One page of the run's neurons matching ``flt`` and the total count.
+
+    Raises:
+        NotFound: ``flt.layer`` is not a scanned layer.
+    """
+    if flt.layer is not None:
+        check_layer(run, flt.layer)
+    cond = [Neuron.run_id == run.id]
+    if flt.layer is not None:
+        cond.append(Neuron.layer == flt.layer)
+    if flt.kind == "selected":
+        cond.append(Neuron.kind != "other")
+    elif flt.kind != "all":
+        cond.append(Neuron.kind == flt.kind)
+    if flt.q:
+        esc = flt.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        cond.append(Neuron.token.ilike(f"%{esc}%", escape="\\"))
+    if flt.min_congruence is not None:
+        cond.append(Neuron.congruence >= flt.min_congruence)
+    if flt.max_congruence is not None:
+        cond.append(Neuron.congruence <= flt.max_congruence)
+    if flt.min_score is not None:
+        cond.append(Neuron.best_score >= flt.min_score)
+    where = and_(*cond)
+    total = session.scalar(select(func.count()).select_from(Neuron).where(where)) or 0
+    col = SORTS[flt.sort]
+    primary = col.desc().nulls_last() if flt.order == "desc" else col.asc().nulls_last()
+    ties = (Neuron.congruence.desc(),) if flt.sort == "kind" else ()
+    rows = session.scalars(select(Neuron).where(where)
+                           .order_by(primary, *ties, Neuron.layer, Neuron.neuron)
+                           .limit(flt.per_page).offset((flt.page - 1) * flt.per_page)).all()
+    return list(rows), total
+
+
+# --- pairs and heads -------------------------------------------------------------------------
+
+@dataclass
+class PairFilter:
+    """The run's pair list: one row per (pair, explanation), or per pair without any."""
+
+    layer: int | None = None
+    kind: str = "selected"
+    kept: bool = True
+    explainer: str | None = None
+    min_score: float | None = None
+    min_n: int | None = None
+    sort: str = "score"
+    page: int = 1
+    per_page: int = 100
+
+
+# "n": the smaller class of the held-out set first-largest (the figure that limits how precise E
+# is, docs/method.md §5), then E.
+PAIR_SORTS = ("score", "neuron", "n")
+_SMALLER_CLASS = case((Explanation.n_pos < Explanation.n_neg, Explanation.n_pos), else_=Explanation.n_neg)
+
+
+def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tuple], int]:
+    """One page of ``(Pair, Neuron, Explanation | None)`` rows of the run matching ``flt`` and
+    their total: best E first (unscored last), by neuron and head, or by held-out size (``n``:
+    the smaller of the active and inactive held-out counts, largest first). ``min_n``: that
+    smaller count at least.
+
+    Raises:
+        NotFound: ``flt.layer`` is not a scanned layer.
+    """
+    if flt.layer is not None:
+        check_layer(run, flt.layer)
+    on = Explanation.pair_id == Pair.id
+    if flt.explainer:
+        on = and_(on, Explanation.explainer == flt.explainer)
+    cond = [Pair.run_id == run.id]
+    if flt.kept:
+        cond.append(Pair.kept.is_(True))
+    if flt.layer is not None:
+        cond.append(Neuron.layer == flt.layer)
+    if flt.kind in ("next_token", "random"):
+        cond.append(Neuron.kind == flt.kind)
+    if flt.min_score is not None:
+        cond.append(Explanation.score >= flt.min_score)
+    if flt.min_n is not None:
+        cond.append(flt.min_n <= _SMALLER_CLASS)
+    base = (select(Pair, Neuron, Explanation).join(Neuron, Neuron.id == Pair.neuron_id)
+            .outerjoin(Explanation, on).where(*cond))
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    by_neuron = (Neuron.layer, Neuron.neuron, Pair.head_layer, Pair.head, Explanation.explainer)
+    score = Explanation.score.desc().nulls_last()
+    order = {"neuron": by_neuron, "score": (score, *by_neuron),
+             "n": (_SMALLER_CLASS.desc().nulls_last(), (Explanation.n_pos + Explanation.n_neg).desc().nulls_last(),
+                   score, *by_neuron)}[flt.sort]
+    rows = session.execute(base.order_by(*order).limit(flt.per_page)
+                           .offset((flt.page - 1) * flt.per_page)).all()
+    return [tuple(r) for r in rows], total

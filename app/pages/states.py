@@ -1,0 +1,131 @@
+"""The state of a pair's explanation and ablation, as the pages show it: ``done``,
+``not_computed`` (the work has not run yet), ``skipped`` (it ran and had nothing to work on,
+with the reason), ``not_applicable`` (it never runs for this pair, with the reason),
+``imported`` (figures from the authors' files, naming them) or ``not_in_data`` (an imported
+run: the authors' data has none, with the reason). An imported run is never "not computed
+yet": nothing here computes it. Status codes are turned into words here too.
+
+Nothing here touches the database: the views pass what ``app.pages.queries`` read.
+"""
+
+from __future__ import annotations
+
+from context_lookups.precompute.heads.pairs import not_kept_reason, too_few_prompts
+
+DONE, NOT_COMPUTED, SKIPPED, NOT_APPLICABLE = "done", "not_computed", "skipped", "not_applicable"
+IMPORTED, NOT_IN_DATA = "imported", "not_in_data"
+
+
+def _state(state: str, reason: str | None = None) -> dict:
+    return {"state": state, "reason": reason}
+
+
+def kept_reason(pair, settings) -> str | None:
+    """None for a kept pair, else why it was not kept (the run's rule,
+    :func:`precompute.heads.pairs.not_kept_reason`).
+
+    Args:
+        pair: a ``Pair`` row or its dict (``kept``, ``n_prompts``, ``n_active``).
+        settings: the run's settings (``Settings.of_run``).
+    """
+    get = pair.get if isinstance(pair, dict) else lambda k: getattr(pair, k)
+    if get("kept"):
+        return None
+    return not_kept_reason(get("n_prompts"), get("n_active"), settings) or "outside the run's pair rule"
+
+
+def no_pair_reason(n_explain: int, settings) -> str:
+    """Why a selected neuron has no kept pair, given its number of explain prompts."""
+    if not n_explain:
+        return "it has no activating explain prompt"
+    return too_few_prompts(n_explain, settings) or (
+        f"no head is active on {settings.pair_min_fraction:g}-{settings.pair_max_fraction:g} of its "
+        f"{n_explain} explain prompts")
+
+
+def _missing(provenance: dict | None, *roles: str) -> str | None:
+    """Why an imported run lacks what ``roles`` would have given (its provenance), or None."""
+    for m in (provenance or {}).get("missing") or []:
+        if isinstance(m, dict) and m.get("role") in roles:
+            return f"the run has no {m.get('what', m['role']).split(' (')[0]}: {m.get('reason', '')}".rstrip(": ")
+    return None
+
+
+def _files(provenance: dict | None, role: str) -> str:
+    files = ((provenance or {}).get("files") or {}).get(role) or []
+    return ", ".join(files if isinstance(files, list) else [files])
+
+
+def explanation_state(*, kept_why: str | None, n_explanations: int, provenance: dict | None = None) -> dict:
+    """State of a pair's explanations (any explainer); ``provenance``: the run's (imported runs)."""
+    if kept_why is not None:
+        return _state(NOT_APPLICABLE, f"only kept pairs are explained; {kept_why}")
+    if n_explanations:
+        return _state(DONE)
+    if provenance is not None:
+        return _state(NOT_IN_DATA, _missing(provenance, "expl_dict", "expl_results")
+                      or "the authors' files hold no explanation of this pair")
+    return _state(NOT_COMPUTED, "run `lookups precompute` or `lookups explain` on this database")
+
+
+def ablation_state(*, kept_why: str | None, n_rows: int, phases: dict[str, int],
+                   provenance: dict | None = None) -> dict:
+    """State of a pair's ablation.
+
+    Args:
+        kept_why: :func:`kept_reason` of the pair.
+        n_rows: its stored ablation rows (any method).
+        phases: ``{method: held-out prompts}`` of its finished ablation units of work.
+        provenance: the run's provenance (imported runs; None for runs computed here).
+    """
+    if kept_why is not None:
+        return _state(NOT_APPLICABLE, f"only kept pairs are ablated; {kept_why}")
+    if provenance is not None:
+        if n_rows:
+            return _state(IMPORTED, f"imported from the authors' {_files(provenance, 'ablation') or 'ablation file'}")
+        return _state(NOT_IN_DATA, _missing(provenance, "ablation", "attr_test")
+                      or "the authors' ablation file has no values for this pair's held-out prompts")
+    if n_rows:
+        return _state(DONE)
+    if phases:
+        return _state(SKIPPED, "the neuron has no held-out prompt to ablate on")
+    return _state(NOT_COMPUTED, "run `lookups precompute` with --ablation zero or mean")
+
+
+_LABELS = {NOT_COMPUTED: "not computed yet", SKIPPED: "skipped", NOT_APPLICABLE: "not applicable",
+           DONE: "done", IMPORTED: "imported", NOT_IN_DATA: "not in the authors' data"}
+
+
+def text(st: dict) -> str:
+    """``not computed yet``, ``skipped (reason)``, ``not applicable (reason)``,
+    ``imported (from ...)``, ``not in the authors' data (reason)``."""
+    label = _LABELS[st["state"]]
+    return f"{label} ({st['reason']})" if st.get("reason") and st["state"] != NOT_COMPUTED else label
+
+
+# --- status codes as words -------------------------------------------------------------------
+
+EXPLANATION_STATUS = {"ok": "scored", "single_class": "single class (held-out prompts all one class)",
+                      "unanswered": "unanswered (no held-out answers in the data)", "failed": "failed"}
+
+
+def explanation_status(code: str | None) -> str:
+    """An ``Explanation.status`` in words (an unknown code is shown with its underscores as
+    spaces)."""
+    return EXPLANATION_STATUS.get(code or "", (code or "").replace("_", " "))
+
+
+_SPLITS = {"explain": "explain", "heldout": "held-out"}
+
+
+def neuron_status(code: str | None) -> str | None:
+    """A ``Neuron.status`` in words: ``records_not_matched:explain+heldout`` (an imported
+    neuron whose duplicate prompt texts collapsed) becomes a sentence; other codes lose their
+    underscores."""
+    if not code:
+        return None
+    if code.startswith("records_not_matched:"):
+        splits = [_SPLITS.get(x, x) for x in code.split(":", 1)[1].split("+") if x]
+        return (f"the authors' document positions could not be matched to the {' and '.join(splits)} prompt "
+                f"texts (equal texts collapsed into one), so those prompts show no document or activation")
+    return code.replace("_", " ")

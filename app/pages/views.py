@@ -1,0 +1,236 @@
+"""The data of the stored-data pages other than the neuron page (:mod:`app.pages.neuron`): the
+home page, a run's neuron and pair lists, a head's page and a pair's page, each as the JSON-able
+dict its ``.json`` twin returns and its template renders.
+
+Every page but the home page starts from its run's context
+(:class:`~app.pages.context.RunContext`, resolved once per request); the rows are read through the
+paper steps' own reads (``precompute.<step>.reads``) and the list pages' queries
+(:mod:`app.pages.queries`). Nothing here runs or imports the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy.orm import Session
+
+from context_lookups.precompute.ablation import reads as ablation_reads
+from context_lookups.precompute.explain import reads as explain_reads
+from context_lookups.precompute.findings.report import explainers_of_run
+from context_lookups.precompute.heads import reads as head_reads
+from context_lookups.precompute.heads.attribution import head_label
+from context_lookups.precompute.neurons import reads as neuron_reads
+
+from . import lookup as LK
+from . import queries as Q
+from . import states, urls
+from .context import RunContext
+from .present import (
+    ablation_dict,
+    act_floor,
+    classification_dict,
+    explanation_dict,
+    flat_uncertainty,
+    neuron_dict,
+    nice_scale,
+    pair_dict,
+    prompt_dict,
+    run_dict,
+    token_escaped,
+)
+
+
+def home(s: Session) -> dict:
+    runs = []
+    for run in Q.list_runs(s):
+        d = run_dict(run, Q.run_counts(s, run_id=run.id))
+        d["findings"] = Q.findings(s, run_id=run.id)
+        d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
+        runs.append(d)
+    return {"runs": runs}
+
+
+def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50) -> dict:
+    """A run's neurons (one page of ``flt``), each with the held-out size and interval of its
+    best E (docs/method.md §1, §5)."""
+    run, slug, partial = ctx.run, ctx.slug, ctx.partial
+    rows, total = Q.list_neurons(s, run=run, flt=flt)
+    best = explain_reads.best_explanations(s, neurons=rows)
+    counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
+    pages = max(1, math.ceil(total / flt.per_page))
+    defaults = vars(Q.NeuronFilter(per_page=default_per_page))
+    params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
+    page = flt.page if flt.page > 1 else None
+    items = []
+    for n in rows:
+        d = neuron_dict(n, partial)
+        d.pop("top_tokens")
+        d.pop("bottom_tokens")
+        ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
+        d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
+        d["url"] = urls.neuron(slug, n.layer, n.neuron)
+        items.append(d)
+    return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
+            "neurons": items,
+            "links": {"prev": urls.neurons(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
+                      "next": urls.neurons(slug, page=flt.page + 1, **params) if flt.page < pages else None,
+                      "json": urls.neurons(slug, fmt="json", page=page, **params),
+                      "csv": urls.neurons(slug, fmt="csv", **_all_rows(params)),  # every page
+                      "page": urls.neurons(slug, page=page, **params)},
+            "sort_links": {k: urls.neurons(slug, **_sort_params(params, flt, k)) for k in Q.SORTS},
+            "kind_links": {"all": urls.neurons(slug, **{**params, "kind": "all"}),
+                           "selected": urls.neurons(slug, **{**params, "kind": None})},
+            "layers": run.layers, "kinds": Q.KINDS, "sorts": list(Q.SORTS)}
+
+
+def _all_rows(params: dict) -> dict:
+    """A list's filter parameters without its paging (the CSV twin holds every row)."""
+    return {k: v for k, v in params.items() if k != "per_page"}
+
+
+def _sort_params(params: dict, flt: Q.NeuronFilter, key: str) -> dict:
+    """Clicking a column sorts by it; clicking the sorted column flips the order."""
+    if flt.sort == key:
+        order = "asc" if flt.order == "desc" else "desc"
+    else:
+        order = "asc" if key in ("token", "layer", "neuron", "kind") else "desc"
+    default = Q.NeuronFilter()
+    return {**params, "sort": key if key != default.sort else None,
+            "order": order if order != default.order else None}
+
+
+def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: int, head: int,
+         score: str) -> dict:
+    """The pair page's data (paper §4.3-§5.4 for one (neuron, head) pair): its prompts split by
+    the head's activity, with their look-ups, its explanations with their held-out answers, its
+    ablation per held-out prompt, and the state of each.
+
+    Raises:
+        NotFound: no such neuron or pair.
+    """
+    run, slug, partial = ctx.run, ctx.slug, ctx.partial
+    n = neuron_reads.get_neuron(s, run=run, layer=layer, neuron=neuron_)
+    p = head_reads.get_pair(s, run=run, neuron=n, head_layer=head_layer, head=head)
+    label = head_label(head_layer, head)
+    explain = head_reads.neuron_prompts(s, neuron_id=n.id, split="explain", limit=Q.MAX_PAGE_PROMPTS)
+    heldout = head_reads.neuron_prompts(s, neuron_id=n.id, split="heldout", limit=Q.MAX_PAGE_PROMPTS)
+    expl = explain_reads.pair_explanations(s, pair_id=p.id)
+    cls = explain_reads.pair_classifications(s, explanation_ids=[e.id for e in expl])
+    abl = ablation_reads.pair_ablations(s, pair_id=p.id)
+    kept_why = states.kept_reason(p, ctx.rules)
+    pair_state = {"kept_reason": kept_why,
+                  "explanation": states.explanation_state(kept_why=kept_why, n_explanations=len(expl),
+                                                          provenance=run.provenance),
+                  "ablation": states.ablation_state(
+                      kept_why=kept_why, n_rows=sum(len(a) for a in abl.values()),
+                      phases=ablation_reads.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}),
+                      provenance=run.provenance)}
+    key = "attr_ln" if score == "ln" else "attr_raw"
+    looks, look = LK.pair_lookups(s, run, p, explain + heldout, score)
+    look["tokens"] = LK.summary_tokens(look["groups"], explain + heldout, partial)
+
+    def row(pr, with_outcomes: bool) -> dict:
+        d = prompt_dict(pr, partial)
+        d["head_attr"] = getattr(pr, key)[head_layer][head] if head_layer < len(pr.attr_raw) else None
+        d["head_active"] = label in pr.active
+        d["lookup"] = looks.get(pr.id)
+        if with_outcomes:
+            d["classifications"] = {e.explainer: classification_dict(cls[e.id][pr.id])
+                                    for e in expl if pr.id in cls.get(e.id, {})}
+            d["ablations"] = {m: ablation_dict(a[pr.id]) for m, a in abl.items() if pr.id in a}
+        return d
+
+    held = [row(pr, True) for pr in heldout]
+    scored_ids = {pid for c in cls.values() for pid in c} | {pid for a in abl.values() for pid in a}
+    if scored_ids:
+        held = [h for h in held if h["id"] in scored_ids]
+    prompts = explain + heldout
+    return {
+        "run": run_dict(run), "neuron": neuron_dict(n, partial), "pair": pair_dict(p), "label": label,
+        "score": score,
+        "active": [row(pr, False) for pr in explain if label in pr.active],
+        "inactive": [row(pr, False) for pr in explain if label not in pr.active],
+        "heldout": held,
+        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {}))) for e in expl],
+        "ablation_summary": ablation_reads.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
+        "lookup": look,
+        "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
+        "act_lo": act_floor(a for pr in prompts for a in pr.acts),
+        "links": {"neuron": urls.neuron(slug, layer, neuron_), "head": urls.head(slug, head_layer, head)},
+    }
+
+
+def _counts(answers: dict) -> tuple[int, int, int, int] | None:
+    """(TP, FN, TN, FP) of one explanation's stored answers (``{prompt_id: Classification}``)."""
+    parsed = [(c.truth, c.predicted) for c in answers.values() if c.predicted is not None]
+    if not parsed:
+        return None
+    return (sum(t and p for t, p in parsed), sum(t and not p for t, p in parsed),
+            sum(not t and not p for t, p in parsed), sum(not t and p for t, p in parsed))
+
+
+def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kept: bool) -> dict:
+    """The head page's data: the neurons the head was scored against (reverse index over
+    pairs, paper §4.3), most driven first, each with its pair's best explanation.
+
+    Raises:
+        NotFound: the head is outside the run's range.
+    """
+    run, slug, partial = ctx.run, ctx.slug, ctx.partial
+    rows = head_reads.head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept, order=order,
+                                 limit=Q.MAX_PAGE_ROWS)
+    bests = explain_reads.best_of_pairs(s, pair_ids=[p.id for p, _ in rows])
+    counts = explain_reads.answer_counts(s, explanation_ids=[bests[p.id].id for p, _ in rows
+                                                             if p.id in bests and bests[p.id].n_unparsed])
+    items = []
+    for p, n in rows:
+        best = bests.get(p.id)
+        d = pair_dict(p)
+        ex = explanation_dict(best, counts.get(best.id)) if best is not None else {}
+        d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token,
+                 token_escaped=token_escaped(n.token_id, n.token, partial), congruence=n.congruence,
+                 best_score=best.score if best is not None else None, best_explainer=ex.get("explainer"),
+                 n_pos=ex.get("n_pos"),
+                 n_neg=ex.get("n_neg"), **flat_uncertainty(ex), url=urls.neuron(slug, n.layer, n.neuron),
+                 pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
+        items.append(d)
+    total = head_reads.count_head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept)
+    return {"run": run_dict(run), "head": {"layer": layer, "head": head_, "label": head_label(layer, head_)},
+            "order": order, "kept": kept, "pairs": items, "total": total,
+            "raw_scale": nice_scale(i["mean_attr_raw"] for i in items),
+            "ln_scale": nice_scale(i["mean_attr_ln"] for i in items),
+            "links": {f: urls.head(slug, layer, head_, fmt=f, order=order if order != "raw" else None,
+                                   kept="true" if kept else None) for f in ("json", "csv")}}
+
+
+def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
+    """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
+    the explanation's text and score E (paper §4.4)."""
+    run, slug, partial = ctx.run, ctx.slug, ctx.partial
+    rows, total = Q.list_pairs(s, run=run, flt=flt)
+    counts = explain_reads.answer_counts(s, explanation_ids=[e.id for _, _, e in rows
+                                                             if e is not None and e.n_unparsed])
+    items = []
+    for p, n, e in rows:
+        d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
+             "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
+        d.pop("id")
+        ex = explanation_dict(e, counts.get(e.id)) if e is not None else {}
+        d.update(explainer=ex.get("explainer"), status=ex.get("status"), status_text=ex.get("status_text"),
+                 score=ex.get("score"), score_authors=ex.get("score_authors"),
+                 tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
+                 **flat_uncertainty(ex), explanation=ex.get("text"),
+                 url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
+        items.append(d)
+    pages = max(1, math.ceil(total / flt.per_page))
+    defaults = vars(Q.PairFilter())
+    params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in vars(flt).items()
+              if k != "page" and v != defaults[k]}
+    page = flt.page if flt.page > 1 else None
+    return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
+            "pairs": items, "explainers": sorted(explainers_of_run(s, run_id=run.id)), "layers": run.layers,
+            "links": {"prev": urls.pairs(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
+                      "next": urls.pairs(slug, page=flt.page + 1, **params) if flt.page < pages else None,
+                      "page": urls.pairs(slug, page=page, **params),
+                      "json": urls.pairs(slug, fmt="json", page=page, **params),
+                      "csv": urls.pairs(slug, fmt="csv", **_all_rows(params))}}  # every page

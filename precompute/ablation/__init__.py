@@ -1,0 +1,1 @@
+"""Step 5, head ablation (paper §5.4, docs/method.md §6)."""
