@@ -155,10 +155,7 @@ _EXAMPLE = "sqlite:///lookups.db (in the working directory) or sqlite:////abs/pa
 def database_error(url: str | None, error: BaseException, *, writing: bool = True) -> BadDatabase:
     """The one-line :class:`BadDatabase` for a driver or filesystem error ``error`` met while
     opening or creating ``url`` (the password of a URL is never shown)."""
-    try:
-        where = make_url(url).render_as_string(hide_password=True) if url else "the database"
-    except exc.ArgumentError:
-        where = repr(url)
+    where = mask_db_url(str(url)) if url else "the database"
     orig = getattr(error, "orig", None) or error
     if isinstance(orig, OSError) and orig.strerror:
         reason = f"{orig.strerror}: {orig.filename}" if orig.filename else orig.strerror
