@@ -67,7 +67,8 @@ def check_schema(engine: Engine) -> None:
     try:
         script.get_revision(rev)
     except Exception:
-        raise SchemaTooNew(f"The database {engine.url} has schema revision {rev!r}, newer than "
+        raise SchemaTooNew(f"The database {mask_db_url(engine.url.render_as_string(hide_password=False))} "
+                           f"has schema revision {rev!r}, newer than "
                            f"this context-lookups knows (head {head_revision()!r}). Upgrade "
                            f"context-lookups, or use another --db.") from None
 
@@ -225,6 +226,57 @@ def check_writable(url: str) -> None:
                           f"file in a directory you can write, e.g. {_EXAMPLE}.")
 
 
+@contextmanager
+def _migration_transaction(conn, *, atomic: bool) -> Iterator[None]:
+    """The transaction the migrations run in. ``atomic`` (the first migration of a SQLite
+    database): every statement, DDL included, in one SQLite transaction. Python's sqlite3 sends
+    no BEGIN before DDL, so each CREATE TABLE committed on its own, and a disk full midway left
+    a half-made schema without ``alembic_version``; here the driver is put in autocommit mode
+    for the duration and BEGIN is sent explicitly, so a failure rolls every table back."""
+    if not atomic:
+        with conn.begin():
+            yield
+        return
+    dbapi = conn.connection.driver_connection
+    old = dbapi.isolation_level
+    dbapi.isolation_level = None
+    try:
+        with conn.begin():
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield
+    finally:
+        dbapi.isolation_level = old
+
+
+def _drop_half_made_schema(engine: Engine, u: URL) -> None:
+    """A SQLite database without ``alembic_version`` whose tables are this schema's and all
+    empty is a first migration interrupted before it was atomic (disk full, killed): its
+    tables are dropped, in one transaction, so the migration runs anew.
+
+    Raises:
+        BadDatabase: those tables hold rows (nothing is touched).
+    """
+    from context_lookups.precompute.store.schema import SEARCH_TABLES, Base
+
+    with engine.connect() as conn:
+        names = set(inspect(conn).get_table_names())
+        ours = names & set(Base.metadata.tables)
+        if not ours or names - ours - {n for n in names if n.startswith(tuple(SEARCH_TABLES))}:
+            return  # a new database, or one holding other tables: the migration adds ours
+        full = [n for n in sorted(ours) if conn.execute(text(f'SELECT 1 FROM "{n}" LIMIT 1')).first()]
+    if full:
+        raise BadDatabase(f"The database {mask_db_url(u.render_as_string(hide_password=False))} holds "
+                          f"context-lookups tables ({', '.join(full)} with rows) but no schema revision "
+                          f"(alembic_version): nothing was changed. Pass --db another file.")
+    with engine.begin() as conn:
+        for fts in SEARCH_TABLES:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{fts}"')
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table.name}"')
+    logger.warning("database %s: %d empty tables of an interrupted first migration dropped; migrating anew",
+                   mask_db_url(u.render_as_string(hide_password=False)), len(ours))
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -256,7 +308,10 @@ def open_writer(url: str) -> Engine:
         _probe(engine)
         check_schema(engine)
         before = current_revision(engine)
-        with engine.begin() as conn:
+        sqlite = u.get_backend_name() == "sqlite"
+        if before is None and sqlite:
+            _drop_half_made_schema(engine, u)
+        with engine.connect() as conn, _migration_transaction(conn, atomic=before is None and sqlite):
             cfg = _alembic_config(u.render_as_string(hide_password=False))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
