@@ -36,6 +36,16 @@ from .present import (
 )
 
 
+def neuron_keys(s: Session, *, slug: str, flt: Q.NeuronFilter):
+    """The ids of every neuron of ``flt``, in the list's order (:func:`queries.neuron_keys`)."""
+    return Q.neuron_keys(s, run=Q.get_run(s, slug=slug), flt=flt)
+
+
+def pair_keys(s: Session, *, slug: str, flt: Q.PairFilter):
+    """The keys of every row of ``flt``'s pair list, in order (:func:`queries.pair_keys`)."""
+    return Q.pair_keys(s, run=Q.get_run(s, slug=slug), flt=flt)
+
+
 def home(s: Session) -> dict:
     runs = []
     for run in Q.list_runs(s):
@@ -47,9 +57,11 @@ def home(s: Session) -> dict:
 
 
 def neurons(s: Session, *, slug: str, flt: Q.NeuronFilter, default_per_page: int = 50,
-            live: Live | None = None) -> dict:
+            live: Live | None = None, ids=None) -> dict:
+    """A run's neuron list: one page of ``flt``, or with ``ids`` (:func:`neuron_keys`) those
+    neurons (a chunk of a CSV stream)."""
     run = Q.get_run(s, slug=slug)
-    rows, total = Q.list_neurons(s, run=run, flt=flt)
+    rows, total = Q.list_neurons(s, run=run, flt=flt, ids=ids)
     partial = live.partial_tokens(run) if live else {}
     best = QE.best_explanations(s, neurons=rows)
     counts = QE.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
@@ -393,12 +405,13 @@ def head(s: Session, *, slug: str, layer: int, head_: int, order: str, kept: boo
                                    kept="true" if kept else None) for f in ("json", "csv")}}
 
 
-def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None) -> dict:
+def pairs(s: Session, *, slug: str, flt: Q.PairFilter, live: Live | None = None, keys=None) -> dict:
     """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
-    the explanation's text and score E (paper §4.4)."""
+    the explanation's text and score E (paper §4.4); with ``keys`` (:func:`pair_keys`) those
+    rows (a chunk of a CSV stream)."""
     run = Q.get_run(s, slug=slug)
     partial = live.partial_tokens(run) if live else {}
-    rows, total = Q.list_pairs(s, run=run, flt=flt)
+    rows, total = Q.list_pairs(s, run=run, flt=flt, keys=keys)
     counts = QE.answer_counts(s, explanation_ids=[e.id for _, _, e in rows if e is not None and e.n_unparsed])
     items = []
     for p, n, e in rows:

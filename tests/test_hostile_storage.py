@@ -5,9 +5,13 @@ tmp_path (and the PostgreSQL of ``tests/pgserver.py``)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import sqlite3
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -68,3 +72,72 @@ def test_half_made_schema_of_an_older_version_is_rebuilt(tmp_path):
     with pytest.raises(BadDatabase, match="llm_calls with rows.*nothing was changed"):
         open_writer(f"sqlite:///{db2}")
     assert _tables(db2) == {"llm_calls"}
+
+
+# --- 12. CSV streams and deep pages by key -----------------------------------------------------
+
+@pytest.fixture
+def statements(web_db):
+    """The SQL statements the server runs (a list filled while the test runs)."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, params, context, executemany):
+        seen.append(" ".join(statement.split()))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", record)
+
+
+def _client(db):
+    from context_lookups.app.main import create_app
+
+    return TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None, preload=False))
+
+
+@pytest.mark.parametrize("path,field", [
+    ("/{run}/neurons.{fmt}?kind=all&sort=congruence&order=desc", "neurons"),
+    ("/{run}/neurons.{fmt}?kind=all", "neurons"),
+    ("/{run}/pairs.{fmt}?kept=false&sort=n", "pairs"),
+    ("/{run}/pairs.{fmt}?kept=false", "pairs"),
+])
+def test_csv_streams_by_key_the_same_rows_in_the_same_order(web_db, statements, monkeypatch, path, field):
+    from context_lookups.app import export
+    from context_lookups.app.routes import pages
+    from tests.web_fixtures import TOPK_RUN
+
+    monkeypatch.setattr(export, "CHUNK", 7)  # many chunks of the test database's few hundred rows
+    monkeypatch.setattr(pages, "CSV_CHUNK", 7, raising=False)  # (the name the OFFSET pages used)
+    with _client(web_db) as client:
+        url = path.format(run=TOPK_RUN, fmt="json")
+        rows, page = [], 1
+        while True:  # every JSON page, in order
+            d = client.get(url + f"&per_page=100&page={page}").json()
+            rows += d[field]
+            if page >= d["pages"]:
+                break
+            page += 1
+        assert len(rows) > 40  # several CSV chunks
+        statements.clear()
+        r = client.get(path.format(run=TOPK_RUN, fmt="csv"))
+        assert r.status_code == 200
+    got = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(got) == len(rows)
+    for a, b in zip(got, rows, strict=True):
+        assert (a["layer"], a["neuron"]) == (str(b["layer"]), str(b["neuron"]))
+        if field == "pairs":
+            assert (a["head_layer"], a["head"], a["explainer"]) == (str(b["head_layer"]), str(b["head"]),
+                                                                    b["explainer"] or "")
+    skipped = [s for s in statements if re.search(r"OFFSET (?!0\b)", s)]
+    assert skipped == []  # no chunk re-sorts and skips the rows before it
+
+
+def test_deep_page_sorts_keys_not_rows(web_db, statements):
+    from tests.web_fixtures import TOPK_RUN
+
+    with _client(web_db) as client:
+        statements.clear()
+        d = client.get(f"/{TOPK_RUN}/neurons.json?kind=all&per_page=50&page=4").json()
+        assert d["page"] == 4 and len(d["neurons"]) == 50
+    deep = [s for s in statements if "OFFSET" in s]
+    assert deep and all(s.startswith("SELECT neurons.id FROM neurons") for s in deep), deep

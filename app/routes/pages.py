@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import replace
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -23,8 +22,7 @@ from context_lookups.precompute.errors import ModelNotAvailable, PromptTooLong
 
 from .. import queries as Q
 from .. import urls, views
-from ..export import CHUNK as CSV_CHUNK
-from ..export import all_pages_csv, csv_response
+from ..export import all_rows_csv, csv_response
 from ..live import BadLiveInput
 from ..lookup import NeuronJSON, PairJSON
 from .common import clean_text, db, is_htmx, render
@@ -95,12 +93,12 @@ def _neurons(request: Request, s: Session, run: str, fmt: str | None, layer, kin
         v = getattr(flt, name)
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
-    if fmt == "csv":  # every row matching the filters, streamed (app.export)
-        def fetch(session: Session, page: int) -> tuple[list[dict], int]:
-            d = views.neurons(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),
-                              default_per_page=settings.page_size, live=request.app.state.live)
-            return d["neurons"], d["pages"]
-        return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-neurons.csv")
+    if fmt == "csv":  # every row matching the filters, streamed by key (app.export)
+        def fetch(session: Session, ids) -> list[dict]:
+            return views.neurons(session, slug=run, flt=flt, default_per_page=settings.page_size,
+                                 live=request.app.state.live, ids=ids)["neurons"]
+        keys = views.neuron_keys(s, slug=run, flt=flt)
+        return all_rows_csv(fetch, keys, s, request.app.state.Session, filename=f"{run}-neurons.csv")
     data = views.neurons(s, slug=run, flt=flt, default_per_page=settings.page_size,
                          live=request.app.state.live)
     if is_htmx(request) and fmt is None:
@@ -359,12 +357,12 @@ def _pair_list_route(fmt: str | None):
             raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
                            min_n=min_n, sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
-        if fmt == "csv":  # every row matching the filters, streamed (app.export)
-            def fetch(session: Session, page: int) -> tuple[list[dict], int]:
-                d = views.pairs(session, slug=run, flt=replace(flt, page=page, per_page=CSV_CHUNK),
-                                live=request.app.state.live)
-                return d["pairs"], d["pages"]
-            return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-pairs.csv")
+        if fmt == "csv":  # every row matching the filters, streamed by key (app.export)
+            def fetch(session: Session, keys) -> list[dict]:
+                return views.pairs(session, slug=run, flt=flt, live=request.app.state.live,
+                                   keys=keys)["pairs"]
+            keys = views.pair_keys(s, slug=run, flt=flt)
+            return all_rows_csv(fetch, keys, s, request.app.state.Session, filename=f"{run}-pairs.csv")
         data = views.pairs(s, slug=run, flt=flt, live=request.app.state.live)
         return render(request, "pairs.html", data, fmt=fmt)
     return handler
