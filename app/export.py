@@ -19,6 +19,7 @@ import csv
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
+from urllib.parse import quote
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -73,8 +74,12 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def _disposition(filename: str) -> dict:
-    safe = re.sub(r"[^\w.-]+", "_", filename)
-    return {"Content-Disposition": f'attachment; filename="{safe}"'}
+    """``Content-Disposition`` offering ``filename`` (RFC 6266): an ASCII ``filename=`` for old
+    clients and the exact name as ``filename*=UTF-8''...`` (percent-encoded UTF-8, RFC 8187), so
+    a header never carries a character latin-1 cannot encode."""
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", filename)
+    return {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+                                   f"filename*=UTF-8''{quote(filename, safe='')}"}
 
 
 def csv_response(rows: list[dict], *, filename: str) -> Response:

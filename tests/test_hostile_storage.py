@@ -141,3 +141,76 @@ def test_deep_page_sorts_keys_not_rows(web_db, statements):
         assert d["page"] == 4 and len(d["neurons"]) == 50
     deep = [s for s in statements if "OFFSET" in s]
     assert deep and all(s.startswith("SELECT neurons.id FROM neurons") for s in deep), deep
+
+
+# --- 13. run names and the names headers carry -------------------------------------------------
+
+@pytest.mark.parametrize("name", ["static", "a/b", "../x", "ＡＢＣ", "Upper", ".hidden", "x" * 101, ""])
+def test_run_name_that_is_not_a_slug_is_one_line_exit_2(tmp_path, capsys, name):
+    from context_lookups.precompute.cli import main
+
+    rc = main(["precompute", "--run-name", name, "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1 and "--run-name" in lines[0], err
+    assert not (tmp_path / "x.db").exists()  # refused before anything is created
+
+
+def test_run_names_derived_from_model_folders_follow_the_same_rule(tmp_path):
+    from context_lookups.precompute.model.loading import model_slug
+    from context_lookups.precompute.settings import slug_problem
+
+    for folder in ("static", "ＡＢＣ-model", ".hidden", "My Model (v2)", "x" * 200):
+        d = tmp_path / folder
+        d.mkdir()
+        assert slug_problem(model_slug(str(d))) is None, folder
+    assert model_slug(str(tmp_path / "static")) == "static-model"
+
+
+def test_csv_of_a_run_with_a_non_ascii_name_encodes_it_per_rfc_6266(web_db, tmp_path):
+    """A database written before run names were checked may hold any name."""
+    import shutil
+    from urllib.parse import quote, unquote
+
+    from tests.web_fixtures import TOPK_RUN
+
+    db = tmp_path / "old.db"
+    shutil.copy(web_db, db)
+    db.chmod(0o644)
+    name = "ＡＢＣ é"
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE runs SET slug = ? WHERE slug = ?", (name, TOPK_RUN))
+    with _client(db) as client:
+        for path in (f"/{quote(name)}/neurons.csv", f"/{quote(name)}/pairs.csv",
+                     f"/{quote(name)}/heads/0/0.csv"):
+            r = client.get(path)
+            assert r.status_code == 200, (path, r.text[:300])
+            disp = r.headers["content-disposition"]
+            assert disp.isascii() and 'filename="' in disp
+            star = re.search(r"filename\*=UTF-8''([^;\s]+)", disp).group(1)
+            assert unquote(star).startswith(name + "-")
+
+
+# --- 14. NUL bytes: the same answer on SQLite and PostgreSQL -----------------------------------
+
+@pytest.mark.parametrize("path,status", [
+    ("/search.json?q=neuron&run=%00", 404),
+    ("/search.json?q=%00", 200),
+    ("/fire.json?run=%00", 404),
+    ("/%00/neurons.json", 404),
+    ("/{run}%00/neurons.json", 404),
+    ("/{run}/pairs.json?explainer=%00", 200),
+    ("/{run}/pairs.json?explainer=base%00line", 200),
+    ("/{run}/neurons.json?kind=all&q=%00", 200),
+    ("/compare.json?runs={run},%00", 404),
+])
+def test_nul_in_a_parameter_or_path_answers_the_same_on_both_databases(stored_url, path, status):
+    from context_lookups.app.main import create_app
+
+    with TestClient(create_app(db_url=stored_url, torch_threads=None, preload=False)) as client:
+        run = client.get("/.json").json()["runs"][0]["slug"]
+        r = client.get(path.format(run=run))
+    assert r.status_code == status, r.text[:500]
+    assert "Internal error" not in r.text and "DataError" not in r.text
+    if "explainer" in path:  # pairs are listed, with no explanation of that (impossible) explainer
+        assert r.json()["pairs"] and all(p["explainer"] is None for p in r.json()["pairs"])

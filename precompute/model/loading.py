@@ -19,7 +19,7 @@ import torch
 
 from context_lookups.precompute.errors import BadSettings, ModelNotAvailable, ModelNotSupported
 from context_lookups.precompute.model.backend import Backend, Dims
-from context_lookups.precompute.settings import EMBEDDED_MODEL
+from context_lookups.precompute.settings import EMBEDDED_MODEL, RESERVED_SLUGS
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +138,14 @@ def resolve_dtype(name: str | torch.dtype | None = "float32") -> torch.dtype:
 
 
 def model_slug(name: str) -> str:
-    """URL-safe slug of a model name or directory: ``EleutherAI/pythia-160m`` → ``pythia-160m``."""
+    """URL-safe slug of a model name or directory: ``EleutherAI/pythia-160m`` → ``pythia-160m``
+    (the form :data:`precompute.settings.SLUG` every run name has; a reserved name gets
+    ``-model``)."""
     base = Path(name.rstrip("/")).name if os.path.isdir(name) else name.split("/")[-1]
     if os.path.abspath(name) == os.path.abspath(EMBEDDED_MODEL):
         base = "embedded"
-    return re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-").lower() or "model"
+    slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-._").lower()[:94] or "model"
+    return f"{slug}-model" if slug in RESERVED_SLUGS else slug
 
 
 BACKENDS = ("auto", "bridge", "fast")

@@ -149,6 +149,27 @@ def _read_only_sessions(engine: Engine) -> None:
         dbapi_conn.commit()
 
 
+NUL_STANDIN = "\uffff"  # a Unicode noncharacter: no text the job stores holds it
+
+
+def _no_nul_parameters(engine: Engine) -> None:
+    """PostgreSQL refuses a NUL character in a text parameter (``DataError``), where SQLite
+    compares it like any other: a URL's ``run=%00`` was a 500 on one and a 404 on the other.
+    PostgreSQL cannot store a NUL, so a value holding one matches no stored value; it is sent
+    with :data:`NUL_STANDIN` in its place, which matches no stored value either, and the query
+    answers what SQLite answers (no such run: 404; no such explainer: an empty list)."""
+    def fix(v):
+        return v.replace("\x00", NUL_STANDIN) if isinstance(v, str) and "\x00" in v else v
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _swap(conn, cursor, statement, params, context, executemany):
+        if isinstance(params, dict):
+            params = {k: fix(v) for k, v in params.items()}
+        elif isinstance(params, (list, tuple)) and not executemany:
+            params = type(params)(fix(v) for v in params)
+        return statement, params
+
+
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
 _EXAMPLE = "sqlite:///lookups.db (in the working directory) or sqlite:////abs/path/lookups.db"
 
@@ -345,6 +366,7 @@ def read_only_engine(url: str) -> Engine:
     if u.get_backend_name() == "postgresql":
         engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads)
         _read_only_sessions(engine)
+        _no_nul_parameters(engine)
         _probe(engine)
         return engine
     path = Path(u.database or "")
