@@ -10,7 +10,10 @@ standard library's :mod:`csv` module.
   LF): Python's ``csv`` reader (and spreadsheets) read back the same rows whatever a token holds.
 - **Formulas.** A text cell starting with ``=``, ``+``, ``-``, ``@``, tab or CR would run as a
   formula in a spreadsheet (CSV injection); such cells get a leading ``'`` (OWASP's rule), which
-  spreadsheets hide. Numbers are written as numbers. The JSON twin keeps every text exact.
+  spreadsheets hide. So do cells whose first character after leading spaces or line breaks is
+  one of those, or a fullwidth ``＝ ＋ － ＠`` (outside OWASP's list, but some spreadsheets trim
+  or fold them and evaluate). Numbers are written as numbers. The JSON twin keeps every text
+  exact.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from urllib.parse import quote
 from fastapi.responses import Response, StreamingResponse
 
 CHUNK = 500  # rows read per query while streaming a CSV
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
 
 
 def cell(v):
@@ -34,7 +37,7 @@ def cell(v):
         return "true" if v else "false"
     if v is None:
         return ""
-    if isinstance(v, str) and v.startswith(FORMULA_START):
+    if isinstance(v, str) and (v.startswith(FORMULA_START) or v.lstrip(" \n\r\t").startswith(FORMULA_START)):
         return "'" + v
     return v
 
