@@ -278,8 +278,8 @@ def check_config(hf_config, name: str, dtype: torch.dtype = torch.float32,
 
     for field, what in _SIZES.items():
         v = getattr(hf_config, field, None)
-        if v is None and field == "max_position_embeddings":
-            continue
+        if field == "max_position_embeddings" and hf_config.model_type != "gpt2":
+            continue  # learned positions (a table to allocate) only in GPT-2; XLNet says -1: unbounded
         if _size(hf_config, field) is None or v < 1:
             raise BadSettings(f"Model {name!r}: its config.json gives {what} ({field}) = {v!r}, which is "
                               f"impossible: it must be a whole number of at least 1. Fix config.json.")
