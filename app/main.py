@@ -31,8 +31,7 @@ from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
 from context_lookups.precompute.findings.verdict import WORDS
 from context_lookups.precompute.store.db import GRANT_SELECT, open_reader, sessions, writable_tables
 
-from .live.engine import LiveBusy
-from .live.service import Live
+from .live.service import Live, LiveBusy
 from .model_files import model_source
 from .pages import charts, formats, glossary, lookup, markup, present, states, urls
 from .pages.context import RunContexts

@@ -46,10 +46,13 @@ class WebSettings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the "
                                                              "live model's weights and passes.")
     torch_threads: int | None = Field(1, ge=1, description="Intra-op threads of torch in the "
-                                      "server process (set when the first model loads). Passes are "
-                                      "serialised, and on a small model one thread is many times "
-                                      "faster than several competing for busy cores. None: torch's "
-                                      "default.")
+                                      "live model process. Passes are serialised, and on a small "
+                                      "model one thread is many times faster than several competing "
+                                      "for busy cores; one also leaves a core to the web process on "
+                                      "a 2-core machine. None: torch's default.")
+    live_restarts: int = Field(3, ge=0, description="Times the live model process is restarted "
+                               "within a minute after it dies (its waiting requests get a 503); "
+                               "once more and live passes are off until the server restarts.")
     templates_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "templates"), description="Jinja2 templates directory.")
     static_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "static"), description="Static files directory (CSS, JS, "
                              "vendored htmx and Swagger UI).")

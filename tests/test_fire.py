@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from html import unescape
@@ -148,8 +147,7 @@ def test_queued_texts_share_a_pass_and_respect_the_queue(web_db, tiny_model_dir,
     texts = [f"Text {i}: the son of the king" + " went far" * i for i in range(6)]
     with Server(app) as srv:
         assert httpx.get(srv.url + f"/fire.json?run={TOPK_RUN}&text=warm", timeout=120).status_code == 200
-        gate = threading.Event()
-        app.state.live.engine.call(lambda: gate.wait(120))  # the model thread is busy
+        release = app.state.live.hold()  # the model thread is busy
 
         def get(t):
             return httpx.get(srv.url + "/fire.json", params={"run": TOPK_RUN, "text": t}, timeout=120)
@@ -157,11 +155,11 @@ def test_queued_texts_share_a_pass_and_respect_the_queue(web_db, tiny_model_dir,
         with ThreadPoolExecutor(len(texts)) as ex:
             futs = [ex.submit(get, t) for t in texts]
             deadline = time.time() + 60
-            while app.state.live.engine.waiting() < len(texts) and time.time() < deadline:
+            while app.state.live.waiting() < len(texts) and time.time() < deadline:
                 time.sleep(0.05)
             busy = httpx.get(srv.url + "/fire.json", params={"run": TOPK_RUN, "text": "one too many"}, timeout=30)
             page = httpx.get(srv.url + "/", timeout=30)  # pages are served meanwhile
-            gate.set()
+            release()
             got = [f.result().json() for f in futs]
         assert busy.status_code == 503 and "busy" in busy.json()["detail"]
         assert page.status_code == 200

@@ -5,7 +5,6 @@ precompute's reference functions, and the device / dtype settings."""
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,8 +64,7 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
     app = make_app(web_db, tiny_model_dir)
     with Server(app) as srv:
         wait_ready(srv.url)
-        gate = threading.Event()
-        app.state.live.engine.call(lambda: gate.wait(120))  # the model thread is busy
+        release = app.state.live.hold()  # the model thread is busy
         url = f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}"
 
         def live(i: int) -> int:
@@ -76,14 +74,14 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
         with ThreadPoolExecutor(60) as ex:
             futs = [ex.submit(live, i) for i in range(60)]
             deadline = time.time() + 60
-            while app.state.live.engine.waiting() < 60 and time.time() < deadline:
+            while app.state.live.waiting() < 60 and time.time() < deadline:
                 time.sleep(0.05)
-            assert app.state.live.engine.waiting() == 60  # all queued, none answered
+            assert app.state.live.waiting() == 60  # all queued, none answered
             page = httpx.get(url, timeout=30)
             assert page.status_code == 200 and "Top explain prompts" in page.text
             assert httpx.get(srv.url + "/healthz", timeout=30).json()["queue"] == 60
             assert not any(f.done() for f in futs)
-            gate.set()
+            release()
             assert [f.result() for f in futs] == [200] * 60
         stats = app.state.live.stats
         assert stats["max_batch"] == app.state.settings.max_batch  # bounded batches
@@ -102,8 +100,7 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
              for i, n in enumerate(picked * 2)]
     with Server(app) as srv:
         wait_ready(srv.url)
-        gate = threading.Event()
-        app.state.live.engine.call(lambda: gate.wait(120))
+        release = app.state.live.hold()
 
         def get(case):
             (layer, neuron, _), prompt, heads = case
@@ -112,9 +109,9 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
 
         with ThreadPoolExecutor(len(cases)) as ex:
             futs = [ex.submit(get, c) for c in cases]
-            while app.state.live.engine.waiting() < len(cases):
+            while app.state.live.waiting() < len(cases):
                 time.sleep(0.05)
-            gate.set()
+            release()
             got = [f.result() for f in futs]
         assert app.state.live.stats["max_batch"] == len(cases)  # one batch across neurons
     for ((layer, neuron, token_id), prompt, heads), r in zip(cases, got):

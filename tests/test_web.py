@@ -255,25 +255,25 @@ def test_not_found_names_the_valid_range(client, web_db):
     assert r.status_code == 422 and "page" in r.json()["detail"]
 
 
-def test_live_errors_are_422_with_a_message(client, app, web_db, kept):
+def test_live_errors_are_422_with_a_message(client, app, web_db, tiny_model_dir, kept):
     layer, neuron, _, _ = kept
     base = f"/{TOPK_RUN}/neurons/{layer}/{neuron}"
     r = client.get(base + ".json", params={"prompt": "  "})
     assert r.status_code == 422 and "empty" in r.json()["detail"]
     r = client.get(base + "/live", params={"prompt": ""}, headers={"HX-Request": "true"})
     assert r.status_code == 422 and "empty" in r.text and "<html" not in r.text
-    settings = app.state.live.settings
-    old = settings.token_cap
-    settings.token_cap = 8
-    try:
+    from context_lookups.app.main import create_app
+
+    paths = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
+    with TestClient(create_app(db_url=f"sqlite:///{web_db}", torch_threads=None, model_paths=paths,
+                               token_cap=8)) as capped:
         long = " ".join(["word"] * 30)
         for path in (base + ".json", base + "/live", base):
-            r = client.get(path, params={"prompt": long})
+            r = capped.get(path, params={"prompt": long})
             assert r.status_code == 422
             assert "limit of this server is 8 tokens" in r.text
-        assert client.get(base + ".json", params={"prompt": "a b"}).status_code == 200
-    finally:
-        settings.token_cap = old
+        assert capped.get(base + ".json", params={"prompt": "a b"}).status_code == 200
+    old = app.state.settings.token_cap
     n_ctx = one(web_db, "SELECT n_ctx FROM runs WHERE slug = ?", TOPK_RUN)[0]
     if n_ctx - 1 < old:  # the model's context is the tighter limit
         r = client.get(base + ".json", params={"prompt": " ".join(["word"] * (n_ctx + 5))})

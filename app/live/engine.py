@@ -1,11 +1,12 @@
-"""The model worker of the live server: ONE thread owns the models and runs every forward pass.
+"""The batching queue of the live model process: ONE thread owns the models and runs every
+forward pass (:mod:`app.live.worker`).
 
-Requests never wait on the model while holding a page worker thread: a route submits a job and
-awaits its :class:`concurrent.futures.Future` (``asyncio.wrap_future``), so the thread pool that
-serves pages stays free however many live requests are queued. The worker takes the queued
-jobs of one model, at most ``max_rows`` at a time (a bounded batch keeps memory bounded), and
-hands them to one batch function; tasks (loading a model, warming it up) run on the same thread
-before any job, so torch only ever runs on this thread.
+Jobs arrive from the web process (:class:`app.live.service.Live`) as plain values; the thread
+takes the queued jobs of one model and kind, at most ``max_rows`` at a time (a bounded batch
+keeps memory bounded), and hands them to one batch function; tasks (loading a model, warming
+it up) run on the same thread before any job, so torch only ever runs on this thread. The
+queue's limit (503 when too many requests wait) is the web process's, which sees every
+request first.
 """
 
 from __future__ import annotations
@@ -22,21 +23,18 @@ from context_lookups.precompute.core.errors import ModelNotAvailable
 logger = logging.getLogger(__name__)
 
 
-class LiveBusy(ModelNotAvailable):
-    """Too many live requests are waiting for the model (the route answers 503, retry later)."""
-
-
 class Engine:
     """A queue of jobs served in batches by one daemon thread.
 
     ``run_batch(jobs)`` receives jobs of one group (``group(job)``, e.g. the model) and must
-    settle each job's ``future``; if it raises, every job of the batch gets the exception.
+    settle each of them; if it raises, or the engine closes with jobs still queued, each job
+    gets ``fail(job, exc)``.
     """
 
     def __init__(self, run_batch: Callable[[list], None], *, group: Callable[[object], Hashable],
-                 max_rows: int, max_queue: int, name: str = "live-model"):
-        self._run_batch, self._group = run_batch, group
-        self.max_rows, self.max_queue = max_rows, max_queue
+                 fail: Callable[[object, BaseException], None], max_rows: int, name: str = "live-model"):
+        self._run_batch, self._group, self._fail = run_batch, group, fail
+        self.max_rows = max_rows
         self._jobs: deque = deque()
         self._tasks: deque = deque()
         self._cv = threading.Condition()
@@ -47,15 +45,8 @@ class Engine:
 
     # --- producer side (any thread) ----------------------------------------------------------
     def submit(self, job) -> None:
-        """Queue ``job`` (an object with a ``future``).
-
-        Raises:
-            LiveBusy: ``max_queue`` jobs are already waiting.
-        """
+        """Queue ``job``."""
         with self._cv:
-            if len(self._jobs) >= self.max_queue:
-                raise LiveBusy(f"The live model is busy: {len(self._jobs)} requests are waiting. "
-                               f"Retry in a moment.")
             self._jobs.append(job)
             self._ensure_thread()
             self._cv.notify()
@@ -79,8 +70,7 @@ class Engine:
             self._cv.notify()
             pending, self._jobs = list(self._jobs), deque()
         for job in pending:
-            if not job.future.done():
-                job.future.set_exception(ModelNotAvailable("The server is shutting down."))
+            self._fail(job, ModelNotAvailable("The server is shutting down."))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -117,14 +107,15 @@ class Engine:
                 except Exception as exc:  # handed to whoever waits
                     fut.set_exception(exc)
                 continue
+            # counted before the batch runs: its results carry the counters (app.live.worker)
+            self.stats["batches"] += 1
+            self.stats["batched"] += len(batch)
+            self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
             t0 = time.perf_counter()
             try:
                 self._run_batch(batch)
-                self.stats["busy_s"] = round(self.stats["busy_s"] + time.perf_counter() - t0, 4)
-                self.stats["batches"] += 1
-                self.stats["batched"] += len(batch)
-                self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
             except Exception as exc:  # every request of the batch gets the error
+                logger.exception("a live batch failed")
                 for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
+                    self._fail(j, exc)
+            self.stats["busy_s"] = round(self.stats["busy_s"] + time.perf_counter() - t0, 4)

@@ -14,7 +14,6 @@ maxima) comes as plain values (:class:`FireColumns`), read by the page side
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -39,16 +38,25 @@ class FireColumns:
     d_mlp: int
     max_act: torch.Tensor
 
+    def __reduce__(self):
+        """Pickled as plain values (the maxima as a NumPy array) to cross to the live model
+        process, never as a tensor in shared memory."""
+        return _columns, (self.slug, self.layers, self.d_mlp, self.max_act.cpu().numpy())
+
+
+def _columns(slug: str, layers: tuple[int, ...], d_mlp: int, max_act) -> FireColumns:
+    return FireColumns(slug, layers, d_mlp, torch.from_numpy(max_act))
+
 
 @dataclass(eq=False)
 class FireJob:
-    """One text for the model thread (``kind`` groups it apart from the neuron page's jobs)."""
+    """One text for the live model process (plain values; ``kind`` groups it apart from the
+    neuron page's jobs, ``id`` names it for the web process)."""
 
-    key: tuple
+    id: int
     source: str
     prompt: str
     columns: FireColumns
-    future: Future = field(default_factory=Future)
     ids: list[int] = field(default_factory=list)
     kind: str = "fire"
 
@@ -90,7 +98,7 @@ def fire_views(model: LoadedModel, rows: list[list[int]], index: FireColumns, *,
 
 def run_fire_batch(model: LoadedModel, jobs: list[FireJob], *, check_ids: Callable, settle: Callable,
                    max_batch_tokens: int, max_batch: int) -> None:
-    """The model thread's part (:meth:`app.live.service.Live._run_batch`): the jobs of each run
+    """The model thread's part (:meth:`app.live.host.ModelHost.run_batch`): the jobs of each run
     through :func:`~app.live.passes.serve_batch` (``check_ids(ids) -> error or None``: the token
     cap), :func:`fire_views` in length-sorted batches whose activations stay under
     :data:`MAX_FLOATS`; each job settled with its result (``token_ids``, ``positions``,

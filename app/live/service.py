@@ -1,12 +1,14 @@
 """Live forward passes for the explorer, the live half's one interface (:class:`Live`): the runs'
-models load in the background at server start, one worker thread (:mod:`app.live.engine`) runs
-every forward pass, a token cap, single-flight and an LRU cache of recent results.
+models run in a process of their own (:mod:`app.live.worker`, started with the server, restarted
+if it dies), which loads them in the background and batches every forward pass on one thread;
+this side keeps the token cap's and queue's answers, single-flight and an LRU cache of recent
+results, and a Future per request.
 
 The interface takes and gives plain values only (a model source, a :class:`~app.live.passes.Target`,
-texts, head tuples; Futures of JSON-able dicts), never a database row or session, so that the
-model could run in a process of its own behind the same methods: :meth:`Live.preload`,
-:meth:`Live.unavailable`, :meth:`Live.status`, :meth:`Live.submit`, :meth:`Live.submit_fire`,
-:meth:`Live.waiting`, :attr:`Live.stats`, :meth:`Live.close`.
+texts, head tuples; Futures of JSON-able dicts), never a database row or session, and so do the
+messages to and from the model process: :meth:`Live.preload`, :meth:`Live.unavailable`,
+:meth:`Live.status`, :meth:`Live.submit`, :meth:`Live.submit_fire`, :meth:`Live.waiting`,
+:attr:`Live.stats`, :meth:`Live.close` (and :meth:`Live.worker`, :meth:`Live.hold`).
 
 The science is precompute's: a live view is the model backend's ``clean_view`` (activations,
 raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass;
@@ -19,90 +21,112 @@ model work.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
-import torch
 from cachetools import LRUCache
 
 from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailable
-from context_lookups.precompute.core.settings import Settings
-from context_lookups.precompute.model import LoadedModel, load_model, resolve_device
+from context_lookups.precompute.model import resolve_device
 
 from ..model_files import LocalModels
 from ..settings import WebSettings
-from .engine import Engine
-from .fire import FireColumns, FireJob, run_fire_batch
-from .passes import WARM_TEXT, Target, check_head, check_ids, live_views, serve_batch, token_str
+from .fire import FireColumns, FireJob
+from .host import LiveJob
+from .passes import Target
+from .process import ModelProcess, exit_text
 
 logger = logging.getLogger(__name__)
 
+ZERO = {"batches": 0, "batched": 0, "max_batch": 0, "busy_s": 0.0}
+RESTART_WINDOW_S = 60.0  # the model process is restarted at most `live_restarts` times in this window
 
-@dataclass(eq=False)
-class LiveJob:
-    """One live request for the model thread: ``heads`` ablated, attribution at ``pos`` (0-based,
-    BOS excluded; None: the last token), ``head`` the head whose look-up is shown (or None)."""
 
-    key: tuple
-    source: str
-    prompt: str
-    target: Target
-    heads: tuple[tuple[int, int], ...]
-    pos: int | None
-    head: tuple[int, int] | None = None
-    future: Future = field(default_factory=Future)
-    ids: list[int] = field(default_factory=list)
-    kind: str = "neuron"  # the engine batches jobs of one model and kind (app.live.fire: "fire")
+class LiveBusy(ModelNotAvailable):
+    """Too many live requests are waiting for the model (the route answers 503, retry later)."""
 
 
 class Live:
-    """The live engine of one server process (thread-safe)."""
+    """The live half of one server process (thread-safe); the models run in the live model
+    process, started on first need (:meth:`preload` at server start)."""
 
     def __init__(self, settings: WebSettings):
         self.settings = settings
         self.device = resolve_device(settings.device)  # BadSettings now, not at the first pass
-        self._models: dict[str, LoadedModel] = {}
-        self._failed: dict[str, ModelNotAvailable] = {}
-        self._sources: dict[str, str] = {}  # run slug -> model source
         self.local = LocalModels()  # source -> (directory, why not here), decided once per source
-        self._lock = threading.Lock()  # cache, in-flight requests, counters
+        self._lock = threading.Lock()  # everything below, and the order of messages to the process
         self._cache = LRUCache(settings.live_cache_size) if settings.live_cache_size else None
-        self._inflight: dict[tuple, Future] = {}
+        self._inflight: dict[tuple, Future] = {}  # request key -> its Future (single-flight)
+        self._pending: dict[int, tuple[tuple, Future]] = {}  # job id -> (key, Future), sent to the process
+        self._running: set[int] = set()  # job ids in the process's current batch
+        self._ids = itertools.count()
         self._counts = {"hits": 0, "misses": 0}
-        self.ready_at: dict[str, float] = {}
-        self.engine = Engine(self._run_batch, group=lambda j: (j.source, j.kind), max_rows=settings.max_batch,
-                             max_queue=settings.live_queue)
+        self._engine = dict(ZERO)  # the running model process's counters
+        self._before = dict(ZERO)  # those of the processes before it (restarts)
+        self._sources: dict[str, str] = {}  # run slug -> model source
+        self._asked: dict[str, str] = {}  # model source -> directory, sent to the process (again on restart)
+        self._loads: dict[str, Future] = {}  # model source -> its load, settled when the process says
+        self._models: set[str] = set()  # sources loaded in the running process
+        self._failed: dict[str, ModelNotAvailable] = {}
+        self._deaths: list[float] = []  # when the process died, within RESTART_WINDOW_S
+        self._restarts = 0
+        self._down: str | None = None  # why live passes are off for good (the process kept dying)
+        self._closed = False
+        self._process = ModelProcess(settings, on_message=self._on_message, on_exit=self._on_exit)
 
     @property
     def stats(self) -> dict:
-        return {**self._counts, **self.engine.stats}
+        """Counters: cache ``hits`` and ``misses`` here; ``batches``, requests ``batched``,
+        ``max_batch`` and the model thread's ``busy_s`` from the model process (since it started)."""
+        b, e = self._before, self._engine
+        return {**self._counts, **{k: max(b[k], e[k]) if k == "max_batch" else round(b[k] + e[k], 4)
+                                   for k in ZERO}}
 
     def waiting(self) -> int:
-        """Live requests waiting for the model."""
-        return self.engine.waiting()
+        """Live requests waiting for the model (sent to it, not in the batch it is running)."""
+        return len(self._pending) - len(self._running)
 
-    # --- models (loaded on the model thread) -------------------------------------------------
+    def worker(self) -> dict:
+        """The live model process: ``pid`` (None before it starts), ``restarts`` since the server
+        started, ``state`` (``not started``, ``running``, ``stopped``, or ``off: <why>``)."""
+        state = (f"off: {self._down}" if self._down else "stopped" if self._closed
+                 else "running" if self._process.running else "not started")
+        return {"pid": self._process.pid, "restarts": self._restarts, "state": state}
+
+    # --- models (loaded in the model process) ------------------------------------------------
     def preload(self, sources: dict[str, str]) -> list[Future]:
-        """Load (then warm up) the models of ``sources`` (``{run slug: model source}``) on the
-        model thread, in the background; the runs' states are known at once (:meth:`status`)."""
+        """Load (then warm up) the models of ``sources`` (``{run slug: model source}``) in the model
+        process, in the background; the runs' states are known at once (:meth:`status`). Returns
+        a Future per model asked for (its result None, or why it could not be loaded)."""
         futs = []
-        for slug, src in sources.items():
-            self._sources.setdefault(slug, src)
-            if self.local(src)[1] is not None:  # not on this server: known now, never loaded
-                continue
-            futs.append(self.engine.call(lambda src=src: self._model(src)))
+        with self._lock:
+            for slug, src in sources.items():
+                self._sources.setdefault(slug, src)
+                if self.local(src)[1] is None and src not in self._failed:  # not on this server: never loaded
+                    futs.append(self._ask(src))
         return futs
+
+    def _ask(self, source: str) -> Future:  # with self._lock held
+        """The load of ``source`` in the model process, asked for once (and again after a restart)."""
+        if source not in self._asked:
+            self._asked[source] = self.local(source)[0]
+            self._loads[source] = Future()
+            self._send(("load", source, self._asked[source]))
+        return self._loads[source]
 
     # --- availability (local files only: no request ever waits on the hub) -------------------
     def unavailable(self, source: str) -> str | None:
-        """Why live passes cannot run on model ``source`` (it is not on this server, or failed to
-        load), one line for a page; None when they can."""
+        """Why live passes cannot run on model ``source`` (it is not on this server, failed to
+        load, or the model process kept dying), one line for a page; None when they can."""
         why = self.local(source)[1]
         if why is None and source in self._failed:
             why = f"the model {source} could not be loaded"
+        if why is None and self._down:
+            why = self._down
         return why
 
     def loaded(self, slug: str) -> bool:
@@ -115,50 +139,9 @@ class Live:
         for slug, src in self._sources.items():
             why = self.local(src)[1]
             out[slug] = ("ready" if src in self._models else f"unavailable: {why}" if why is not None
-                         else f"failed: {self._failed[src]}" if src in self._failed else "loading")
+                         else f"failed: {self._failed[src]}" if src in self._failed
+                         else f"failed: {self._down}" if self._down else "loading")
         return out
-
-    def _model(self, source: str) -> LoadedModel:
-        """The model of ``source`` (model thread only): loaded and warmed up on first use; a
-        failure is kept and raised again.
-
-        Raises:
-            ModelNotAvailable: it cannot be loaded (the route answers 503).
-        """
-        m = self._models.get(source)
-        if m is not None:
-            return m
-        if source in self._failed:
-            raise self._failed[source]
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        t0 = time.perf_counter()
-        path, why = self.local(source)
-        if why is not None:  # never the hub: not on this server is final
-            self._failed[source] = ModelNotAvailable(f"Live passes are off for this run: {why}.")
-            raise self._failed[source]
-        try:
-            m = load_model(path, device=self.device, dtype=self.settings.dtype)
-        except ModelNotAvailable as exc:
-            logger.warning("live model %s: %s", source, exc)
-            self._failed[source] = ModelNotAvailable(f"Live passes are off for this run: the model {source} "
-                                                     f"could not be loaded.")
-            raise self._failed[source] from exc
-        # warm-up: the backend's processed weights and torch's first-call costs are paid here, so the
-        # first live pass costs what a steady one does
-        warm = Target("", m.n_layers - 1, 0, 0, "", Settings.of_run({}))
-        n = min(64, m.n_ctx - 1)
-        ids = (m.encode(WARM_TEXT) * n)[:n]  # real tokens: the shapes and code paths of a request
-        live_views(m, [[m.bos_token_id] + ids] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
-        if m.d_vocab <= 1 << 17:  # every token's text, decoded once (the cache of token_str)
-            for i in range(m.d_vocab):
-                token_str(m.tokenizer, i)
-        self._models[source] = m
-        for slug, src in self._sources.items():
-            if src == source:
-                self.ready_at[slug] = time.time()
-        logger.info("live model %s ready in %.1f s", source, time.perf_counter() - t0)
-        return m
 
     # --- requests ----------------------------------------------------------------------------
     def submit(self, *, source: str, target: Target, prompt: str, ablate: list[tuple[int, int]],
@@ -174,14 +157,15 @@ class Live:
             BadLiveInput: an empty prompt (at once); a position outside it, or a look-up head not
                 upstream of the neuron (from the Future).
             PromptTooLong: more tokens than the server's cap (from the Future).
-            ModelNotAvailable: the model cannot be loaded (from the Future).
+            ModelNotAvailable: the model cannot be loaded, or the model process stopped while
+                the request waited (from the Future).
             LiveBusy: too many requests are waiting (at once).
         """
         if not prompt or not prompt.strip():
             raise BadLiveInput("The prompt is empty: type some text to run the model on.")
         key = (target.slug, target.layer, target.neuron, prompt, tuple(ablate), pos, head)
-        return self._enqueue(target.slug, LiveJob(key=key, source=source, prompt=prompt, heads=tuple(ablate),
-                                                  pos=pos, head=head, target=target))
+        return self._enqueue(target.slug, key, lambda i: LiveJob(
+            id=i, source=source, prompt=prompt, heads=tuple(ablate), pos=pos, head=head, target=target))
 
     def submit_fire(self, *, source: str, columns: FireColumns, text: str) -> Future:
         """Queue ``text`` for "which neurons fire" on the model of ``source`` (:mod:`app.live.fire`;
@@ -194,76 +178,161 @@ class Live:
         if not text or not text.strip():
             raise BadLiveInput("The text is empty: type some text to run the model on.")
         key = ("fire", columns.slug, text)
-        return self._enqueue(columns.slug, FireJob(key=key, source=source, prompt=text, columns=columns))
+        return self._enqueue(columns.slug, key, lambda i: FireJob(id=i, source=source, prompt=text,
+                                                                  columns=columns))
 
-    def _enqueue(self, slug: str, job) -> Future:
-        """The cached result of ``job.key``, the Future of the same request in flight, or ``job``
-        queued for the model thread (run ``slug``'s)."""
-        key = job.key
+    def _enqueue(self, slug: str, key: tuple, make: Callable[[int], object]) -> Future:
+        """The cached result of ``key``, the Future of the same request in flight, or the job
+        ``make(job id)`` sent to the model process (run ``slug``'s)."""
+        fut: Future = Future()
         with self._lock:
-            self._sources.setdefault(slug, job.source)
             if self._cache is not None and key in self._cache:
                 self._counts["hits"] += 1
-                fut: Future = Future()
                 fut.set_result(self._cache[key])
                 return fut
             if key in self._inflight:
                 self._counts["hits"] += 1
                 return self._inflight[key]
-            self._inflight[key] = job.future
-        try:
-            self.engine.submit(job)
-        except Exception:
+            job = make(next(self._ids))
+            self._sources.setdefault(slug, job.source)
+            why = self.local(job.source)[1]
+            if why is not None or job.source in self._failed or self._down:  # known now: nothing to send
+                fut.set_exception(ModelNotAvailable(f"Live passes are off for this run: {why}.") if why
+                                  else self._failed.get(job.source) or ModelNotAvailable(
+                                      f"Live passes are off: {self._down}."))
+                return fut
+            if self._closed:
+                raise ModelNotAvailable("The server is shutting down.")
+            if self.waiting() >= self.settings.live_queue:
+                raise LiveBusy(f"The live model is busy: {self.waiting()} requests are waiting. "
+                               f"Retry in a moment.")
+            self._ask(job.source)
+            self._pending[job.id] = (key, fut)
+            self._inflight[key] = fut
+            self._send(("job", job))
+        return fut
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the model process from starting its next batch until the returned function is
+        called, so that requests queue up (what a test does to see them batched; at most 10
+        minutes)."""
+        with self._lock:
+            token = next(self._ids)
+            self._send(("hold", token))
+
+        def release() -> None:
             with self._lock:
-                self._inflight.pop(key, None)
-            raise
-        return job.future
+                self._send(("release", token))
+        return release
 
     def close(self) -> None:
-        self.engine.close()
-
-    # --- the model thread --------------------------------------------------------------------
-    def _run_batch(self, jobs: list) -> None:
-        """Run a batch of one model's jobs of one kind: the neuron page's through
-        :func:`~app.live.passes.live_views`, "which neurons fire" through
-        :func:`~app.live.fire.run_fire_batch`, each through the one loop
-        :func:`~app.live.passes.serve_batch` (tokenize, check, length-sorted sub-batches of at most
-        ``max_batch_tokens`` padded tokens, settle each job's Future and the cache)."""
-        try:
-            model = self._model(jobs[0].source)
-        except ModelNotAvailable as exc:
-            for j in jobs:
-                self._settle(j, error=exc)
-            return
-        cap = min(self.settings.token_cap, model.n_ctx - 1)  # BOS takes one position
-        token_cap = self.settings.token_cap
-        if jobs[0].kind == "fire":
-            return run_fire_batch(model, jobs, check_ids=lambda ids: check_ids(ids, None, cap, token_cap),
-                                  settle=self._settle, max_batch_tokens=self.settings.max_batch_tokens,
-                                  max_batch=self.settings.max_batch)
-
-        def compute(batch: list[LiveJob]) -> list[dict]:
-            outs = live_views(model, [[model.bos_token_id] + j.ids for j in batch],
-                              [len(j.ids) - 1 if j.pos is None else j.pos for j in batch],
-                              [j.target for j in batch], [j.heads for j in batch], [j.head for j in batch])
-            for j, out in zip(batch, outs, strict=True):
-                out["prompt"] = j.prompt
-            return outs
-
-        serve_batch(model, jobs, check=lambda j, ids: check_ids(ids, j.pos, cap, token_cap)
-                    or check_head(model, j.head, j.target), compute=compute, settle=self._settle,
-                    max_tokens=self.settings.max_batch_tokens, max_rows=self.settings.max_batch)
-
-    def _settle(self, job, *, result: dict | None = None, error: BaseException | None = None):
+        """Stop the model process (its running batch finishes; requests still waiting fail) and
+        wait for it to exit."""
         with self._lock:
-            self._inflight.pop(job.key, None)
-            if error is None:
-                self._counts["misses"] += 1
-                if self._cache is not None:
-                    self._cache[job.key] = result
-        if job.future.done():  # settled already (e.g. by a failing batch)
+            self._closed = True
+        self._process.stop()
+        self._fail_pending(ModelNotAvailable("The server is shutting down."))
+
+    # --- the model process -------------------------------------------------------------------
+    def _send(self, msg: tuple) -> None:  # with self._lock held
+        """Send ``msg`` to the model process, starting it first if none runs (a message to a
+        process that just died is lost with it: its requests fail when its exit is seen)."""
+        if self._closed:
             return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
+        if not self._process.running:
+            try:
+                self._process.start()
+            except Exception as exc:  # e.g. no memory for a process: said once, in a 503
+                logger.exception("the live model process could not start")
+                raise ModelNotAvailable(f"The live model process could not start ({type(exc).__name__}: "
+                                        f"{exc}); retry in a moment.") from exc
+        self._process.send(msg)
+
+    def _on_message(self, msg: tuple) -> None:
+        """A message of the model process (on its reading thread): a model's state, a batch
+        started, a batch's results (each request's Future settled, the result cached)."""
+        kind = msg[0]
+        if kind == "done":
+            _, results, stats = msg
+            settled = []
+            with self._lock:
+                self._engine = stats
+                for job_id, result, error in results:
+                    key, fut = self._pending.pop(job_id, (None, None))
+                    self._running.discard(job_id)
+                    if fut is None:
+                        continue
+                    self._inflight.pop(key, None)
+                    if error is None:
+                        self._counts["misses"] += 1
+                        if self._cache is not None:
+                            self._cache[key] = result
+                    settled.append((fut, result, error))
+            for fut, result, error in settled:  # outside the lock: callbacks run here
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+        elif kind == "took":
+            with self._lock:
+                self._running.update(i for i in msg[1] if i in self._pending)
+        elif kind == "model":
+            _, source, why = msg
+            with self._lock:
+                if why is None:
+                    self._models.add(source)
+                else:
+                    self._failed[source] = ModelNotAvailable(why)
+                load = self._loads.get(source)
+            if load is not None and not load.done():
+                load.set_result(why)
+
+    def _on_exit(self, code: int | None) -> None:
+        """The model process died (on its reading thread): the requests it had fail with a 503
+        that says so, and it is started again with the models it had, unless it died more than
+        ``live_restarts`` times within a minute (then live passes are off, and say why)."""
+        now = time.time()
+        with self._lock:
+            if self._closed:
+                return
+            self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW_S] + [now]
+            how = exit_text(code)
+            give_up = len(self._deaths) > self.settings.live_restarts
+            if give_up:
+                self._down = (f"the live model process stopped {len(self._deaths)} times within "
+                              f"{RESTART_WINDOW_S:.0f} s (last: {how}); live passes need a server restart")
+                logger.error("live passes are off: %s", self._down)
+            error = ModelNotAvailable(
+                f"The live model process stopped ({how}) while this request waited"
+                + (f"; live passes are off: {self._down}." if give_up else "; it is restarting: retry in a moment."))
+            failed = self._take_pending()
+            self._before = {k: max(self._before[k], v) if k == "max_batch" else self._before[k] + v
+                            for k, v in self._engine.items()}
+            self._engine = dict(ZERO)
+            self._models.clear()
+            loads, asked = dict(self._loads), dict(self._asked)
+            self._loads, self._asked = {}, {}
+            if not give_up:
+                self._restarts += 1
+                for source in asked:  # the same models, loaded again in the new process
+                    self._ask(source)
+        for fut in failed:
+            fut.set_exception(error)
+        for fut in loads.values():
+            if not fut.done():
+                fut.set_result(str(error))
+
+    def _take_pending(self) -> list[Future]:  # with self._lock held
+        failed = [fut for _, fut in self._pending.values()]
+        for key, _ in self._pending.values():
+            self._inflight.pop(key, None)
+        self._pending.clear()
+        self._running.clear()
+        return failed
+
+    def _fail_pending(self, error: BaseException) -> None:
+        with self._lock:
+            failed = self._take_pending()
+        for fut in failed:
+            if not fut.done():
+                fut.set_exception(error)

@@ -32,12 +32,13 @@ def healthz(request: Request) -> dict:
     gives each run's state (``ready``, ``loading``, ``failed: <why>``, or ``unavailable:
     <why>``: not on this server, known at start, never loaded), ``live`` whether each run can
     run live passes (now, or once its model has loaded), ``queue`` the live requests waiting
-    for the model, ``database`` whether the database can be read (else the answer is a 503)."""
+    for the model, ``worker`` the live model process (``pid``, ``restarts``, ``state``),
+    ``database`` whether the database can be read (else the answer is a 503)."""
     live = request.app.state.live
     models = live.status()
     db = database_state(request)
     body = {"status": "ok" if db == "ok" else "unavailable", "database": db,
             "ready": bool(models) and all(v == "ready" for v in models.values()),
             "models": models, "live": {k: not v.startswith(("unavailable", "failed")) for k, v in models.items()},
-            "queue": live.waiting(), "stats": live.stats}
+            "queue": live.waiting(), "stats": live.stats, "worker": live.worker()}
     return body if db == "ok" else JSONResponse(body, status_code=503)
