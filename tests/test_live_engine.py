@@ -154,3 +154,78 @@ def test_device_and_dtype_settings(web_db, tiny_model_dir, capsys):
     assert f32["token_ids"] == bf16["token_ids"]
     scale = max(abs(a) for a in f32["acts"])
     assert max(abs(a - b) for a, b in zip(f32["acts"], bf16["acts"])) < 0.1 * scale
+
+
+def _gone(pid: int, timeout: float = 20) -> bool:
+    """Whether process ``pid`` has exited (and been reaped) within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(") ")[-1].startswith("Z"):  # a zombie: exited, not yet reaped
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_model_process_answers_503_and_restarts(web_db, tiny_model_dir):
+    """The model process is killed while a request waits on it: the request answers 503 saying
+    so (it does not hang), /healthz reports the restart and the new process, live passes work
+    again, and no model process outlives the server."""
+    import os
+    import signal
+
+    (layer, neuron, _), = neurons(web_db, 1)
+    app = make_app(web_db, tiny_model_dir)
+    with Server(app) as srv:
+        wait_ready(srv.url)
+        worker = httpx.get(srv.url + "/healthz", timeout=30).json()["worker"]
+        assert worker["state"] == "running" and worker["restarts"] == 0 and worker["pid"] != os.getpid()
+        first = worker["pid"]
+        url = f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}.json"
+        release = app.state.live.hold()  # the request waits in the model process
+        with ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(httpx.get, url, params={"prompt": "the son of the king"}, timeout=120)
+            deadline = time.time() + 60
+            while app.state.live.waiting() < 1 and time.time() < deadline:
+                time.sleep(0.05)
+            os.kill(first, signal.SIGKILL)
+            r = fut.result(timeout=60)
+        release()  # to a process that has gone: nothing happens
+        assert r.status_code == 503
+        assert "live model process stopped (killed by SIGKILL)" in r.json()["detail"]
+        assert "retry" in r.json()["detail"]
+        h = wait_ready(srv.url)
+        assert h["ready"] and h["worker"]["restarts"] == 1 and h["worker"]["state"] == "running"
+        second = h["worker"]["pid"]
+        assert second not in (None, first) and _gone(first)
+        again = httpx.get(url, params={"prompt": "the son of the king"}, timeout=120)
+        assert again.status_code == 200 and again.json()["live"]["token_ids"]
+    assert _gone(second), "the model process outlived the server"
+    assert app.state.live.worker()["state"] == "stopped"
+
+
+def test_a_model_process_that_keeps_dying_turns_live_passes_off(web_db, tiny_model_dir):
+    """With ``live_restarts=0`` the first death is the last: live requests answer 503 at once
+    with why, /healthz says the worker is off, and the stored-data pages still answer."""
+    import os
+    import signal
+
+    (layer, neuron, _), = neurons(web_db, 1)
+    app = make_app(web_db, tiny_model_dir, live_restarts=0)
+    with Server(app) as srv:
+        pid = wait_ready(srv.url)["worker"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert _gone(pid)
+        deadline = time.time() + 30
+        while not app.state.live.worker()["state"].startswith("off") and time.time() < deadline:
+            time.sleep(0.05)
+        h = httpx.get(srv.url + "/healthz", timeout=30).json()
+        assert h["worker"]["state"].startswith("off: the live model process stopped 1 times")
+        assert h["live"][TOPK_RUN] is False
+        base = f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}"
+        r = httpx.get(base + ".json", params={"prompt": "the son of the king"}, timeout=30)
+        assert r.status_code == 503 and "live passes" in r.json()["detail"] and "restart" in r.json()["detail"]
+        assert httpx.get(base, timeout=30).status_code == 200
