@@ -288,4 +288,4 @@ def test_rule_8_live_jobs_are_served_by_one_loop():
     hits = _where(lambda n: isinstance(n, ast.Name) and n.id == "length_batches")
     assert {h for h in _modules(hits) if h.startswith("app.")} == {"app.live.passes"}, hits
     uses = _where(lambda n: isinstance(n, ast.Name) and n.id == "serve_batch")
-    assert {"app.live.service", "app.live.fire"} <= _modules(uses)
+    assert {"app.live.host", "app.live.fire"} <= _modules(uses)

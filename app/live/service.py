@@ -304,7 +304,8 @@ class Live:
                 logger.error("live passes are off: %s", self._down)
             error = ModelNotAvailable(
                 f"The live model process stopped ({how}) while this request waited"
-                + (f"; live passes are off: {self._down}." if give_up else "; it is restarting: retry in a moment."))
+                + (f"; live passes are off: {self._down}." if give_up
+                   else "; it is restarting: retry in a moment."))
             failed = self._take_pending()
             self._before = {k: max(self._before[k], v) if k == "max_batch" else self._before[k] + v
                             for k, v in self._engine.items()}
