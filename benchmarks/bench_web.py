@@ -17,10 +17,15 @@
      their ratio (goal <= 1.2);
    - 60 clients: errors (goal 0), the server's peak RSS (goal <= 2 GB) and a plain page's
      latency meanwhile (goal <= 50 ms).
+3. ``--load-figures`` (issue 27 item 3, the live model in its own process): only the two figures
+   of the web process's load, ``--rounds`` times in turn with the load average of each round:
+   8 concurrent live clients vs the bare batched forward of the same 8 prompts (goal >= 0.8x),
+   and a plain neuron page's p95 while 60 clients run live passes (goal <= 20 ms).
 
 Usage:
     python benchmarks/bench_web.py --db sqlite:///lookups.db        # starts a server
     python benchmarks/bench_web.py --base-url http://127.0.0.1:8000 # a running one (no RSS)
+    python benchmarks/bench_web.py --db sqlite:///lookups.db --load-figures --rounds 3
 """
 
 from __future__ import annotations
@@ -314,23 +319,7 @@ def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float |
         print(f"  live {tps:,.0f} tokens/s ({len(r['ms']) / r['wall']:.1f} req/s); bare HF batched "
               f"(8 rows) {bare_tps:,.0f} tokens/s; ratio {tps / bare_tps:.2f} (goal >= 0.5), "
               f"p95 {pct(r['ms'], 0.95):.0f} ms (goal <= 200){engine_line(r)}")
-    # 60 clients, and a plain page meanwhile
-    page_ms: list[float] = []
-    stop = threading.Event()
-
-    def pages() -> None:
-        with httpx.Client(base_url=base, timeout=60) as c:
-            while not stop.is_set():
-                t = time.perf_counter()
-                c.get(many[0])
-                page_ms.append((time.perf_counter() - t) * 1000)
-                time.sleep(0.02)
-
-    pt = threading.Thread(target=pages)
-    pt.start()
-    r = Round(base, many, [prompt], [None, head]).run(60, max(2, ns.per_client // 2), "s60")
-    stop.set()
-    pt.join()
+    r, page_ms = sixty_with_a_page(base, many, prompt, head, max(2, ns.per_client // 2), "s60")
     summary("60 clients, 24 neurons, half ablating a head", r["ms"], r["errors"], r["srv"])
     rss = peak_rss_gb(pid)
     print(f"  errors {r['errors']} (goal 0); server peak RSS "
@@ -340,6 +329,67 @@ def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float |
               f"p95={pct(page_ms, 0.95):.1f} ms max={max(page_ms):.1f} ms (goal <= 50 ms)")
     cached = Round(base, one, [prompt], [None]).run(8, ns.per_client, "cached")  # same prompts: LRU
     summary("8 clients, cached (repeated prompts)", cached["ms"], cached["errors"])
+
+
+def sixty_with_a_page(base: str, targets: list[str], prompt: str, head: str, per_client: int,
+                      tag: str) -> tuple[dict, list[float]]:
+    """60 clients of live passes (over ``targets``, half ablating ``head``) and, meanwhile, one
+    client reading a plain neuron page every 20 ms: the round and the page's latencies (ms)."""
+    page_ms: list[float] = []
+    stop = threading.Event()
+
+    def pages() -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                c.get(targets[0])
+                page_ms.append((time.perf_counter() - t) * 1000)
+                time.sleep(0.02)
+
+    pt = threading.Thread(target=pages)
+    pt.start()
+    r = Round(base, targets, [prompt], [None, head]).run(60, per_client, tag)
+    stop.set()
+    pt.join()
+    return r, page_ms
+
+
+def load_figures(base: str, slug: str, bare: Bare, ns) -> None:
+    """Issue 27 item 3: ``ns.rounds`` times in turn, the 8-client ratio to the bare batched
+    forward (measured right after the round, in this process) and a page's p95 under 60 live
+    clients, each with the load average (the machine may be shared)."""
+    rng = random.Random(ns.seed)
+    with httpx.Client(base_url=base, timeout=300) as c:
+        wait_ready(c, None)
+        sel = c.get(f"/{slug}/neurons.json", params={"kind": "selected", "per_page": 500}).json()["neurons"] \
+            or c.get(f"/{slug}/neurons.json", params={"per_page": 50}).json()["neurons"]
+        one = [f"/{slug}/neurons/{sel[0]['layer']}/{sel[0]['neuron']}"]
+        many = [f"/{slug}/neurons/{n['layer']}/{n['neuron']}" for n in rng.sample(sel, min(len(sel), 24))]
+        pairs = c.get(one[0] + ".json").json().get("pairs") or []
+        head = pairs[0]["label"] if pairs else "L0H0"
+        worker = c.get("/healthz").json().get("worker")
+    print(f"live model worker: {worker or 'none (the model runs in the web process)'}")
+    prompt = prompt_of(bare, ns.tokens)
+    n_tok = len(bare.rows([f"x0:{prompt}"])[0])
+    Round(base, one, [prompt], [None]).run(8, 2, "warm")
+    ratios, p95s = [], []
+    for k in range(ns.rounds):
+        load = os.getloadavg()[0]
+        r = Round(base, one, [prompt], [None]).run(8, ns.per_client, f"e{k}")
+        bare8 = bare.forward_ms(bare.rows([f"x{i}:{prompt}" for i in range(8)]))
+        tps, bare_tps = len(r["ms"]) * n_tok / r["wall"], 8 * n_tok / bare8 * 1000
+        ratios.append(tps / bare_tps)
+        r60, page_ms = sixty_with_a_page(base, many, prompt, head, max(2, ns.per_client // 2), f"s{k}")
+        p95s.append(pct(page_ms, 0.95) if page_ms else float("nan"))
+        print(f"round {k + 1} (load average {load:.1f} -> {os.getloadavg()[0]:.1f}): 8 clients "
+              f"{tps:,.0f} tok/s vs bare HF batched (8 rows of {n_tok} tokens) {bare_tps:,.0f} tok/s: "
+              f"ratio {ratios[-1]:.2f} (goal >= 0.8), errors {r['errors']}{engine_line(r)}\n"
+              f"  a page under 60 live clients: n={len(page_ms)} p50={statistics.median(page_ms):.1f} ms "
+              f"p95={p95s[-1]:.1f} ms (goal <= 20 ms); live p95 {pct(r60['ms'], 0.95):.0f} ms, "
+              f"errors {r60['errors']}")
+    print(f"\nover {ns.rounds} rounds: 8-client ratio {min(ratios):.2f}-{max(ratios):.2f} (median "
+          f"{statistics.median(ratios):.2f}); page p95 under 60 clients {min(p95s):.1f}-{max(p95s):.1f} ms "
+          f"(median {statistics.median(p95s):.1f})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pages-only", action="store_true", help="skip the live rounds")
     ap.add_argument("--live-only", action="store_true", help="skip the page rounds")
+    ap.add_argument("--load-figures", action="store_true", help="only issue 27's two figures (8-client "
+                    "ratio to bare, a page's p95 under 60 live clients), --rounds times")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("serve_args", nargs="*", help="extra `lookups serve` options (after --)")
     ns = ap.parse_args(argv)
     if not ns.db and not ns.base_url:
@@ -375,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             from context_lookups.precompute.core.settings import EMBEDDED_MODEL
 
             bare = Bare(ns.model or EMBEDDED_MODEL, ns.threads)
+            if ns.load_figures:
+                load_figures(base, slug, bare, ns)
+                return 0
             live(base, slug, bare, ns, proc.pid if proc else ns.pid, t_start)
         if not ns.live_only:
             with httpx.Client(base_url=base, timeout=60) as c:
