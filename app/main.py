@@ -4,8 +4,8 @@ The app composes the explorer's two halves: the stored-data pages (:mod:`app.pag
 resolved by :class:`~app.pages.context.RunContexts`) and the live half (:class:`app.live.service.Live`),
 which the pages reach only through the availability function handed to ``RunContexts`` and the
 routes (:mod:`app.routes`). The database is opened read-only
-(``precompute.store.db.open_reader``); the runs' models load in the background at start-up, on the
-live model thread (``/healthz``). Domain errors become HTTP statuses here, as JSON for ``.json``
+(``precompute.store.db.open_reader``); the runs' models load in the background at start-up, in the
+live model process (``/healthz``). Domain errors become HTTP statuses here, as JSON for ``.json``
 routes and API clients and as a readable page otherwise.
 """
 

@@ -227,5 +227,6 @@ def test_a_model_process_that_keeps_dying_turns_live_passes_off(web_db, tiny_mod
         assert h["live"][TOPK_RUN] is False
         base = f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}"
         r = httpx.get(base + ".json", params={"prompt": "the son of the king"}, timeout=30)
-        assert r.status_code == 503 and "live passes" in r.json()["detail"] and "restart" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert r.status_code == 503 and "live passes" in detail and "restart" in detail
         assert httpx.get(base, timeout=30).status_code == 200
