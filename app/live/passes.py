@@ -2,8 +2,8 @@
 dicts the neuron page renders, with the checks the model thread makes before running them
 (paper §4.3, §5.4; docs/method.md §3 for the look-up), and the one loop every batch of live
 jobs goes through (:func:`serve_batch`: tokenize, check, length-batch, settle). Run on the model
-thread of the live model process only (:class:`app.live.host.ModelHost`); nothing here re-derives the science, which is the
-backend's.
+thread of the live model process only (:class:`app.live.host.ModelHost`); nothing here
+re-derives the science, which is the backend's.
 """
 
 from __future__ import annotations
