@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
+import anyio
 import orjson
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
@@ -25,6 +27,20 @@ async def db(request: Request) -> AsyncIterator[Session]:
         yield s
     finally:
         s.close()
+
+
+LIVE_THREADS = 2  # thread-pool threads the live requests' steps may hold at once
+
+
+async def in_live_threads(request: Request, fn: Callable, *args, **kw):
+    """``fn(*args, **kw)`` in the thread pool for a request with a live pass (its checks, its
+    result shown and rendered), at most :data:`LIVE_THREADS` at a time: 60 live requests then
+    share the web process's GIL with a page request as 2 threads, not as 40 (the pool's size),
+    so pages keep their latency. The passes themselves run in the live model process."""
+    limiter = getattr(request.app.state, "live_threads", None)
+    if limiter is None:  # made in the event loop, on first use
+        limiter = request.app.state.live_threads = anyio.CapacityLimiter(LIVE_THREADS)
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kw), limiter=limiter)
 
 
 def run_context(request: Request, s: Session, slug: str) -> RunContext:

@@ -7,6 +7,7 @@ requests hold no page thread."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -21,7 +22,7 @@ from ..pages import fire as F
 from ..pages import queries as Q
 from ..pages import urls
 from ..pages.present import run_dict
-from .common import clean_text, db, render
+from .common import clean_text, db, in_live_threads, render
 
 router = APIRouter()
 
@@ -67,19 +68,20 @@ async def fire_view(request: Request, s: Session, run: str | None, text: str | N
     text = clean_text(text, name="text")
     text = text if text and text.strip() else None
     run = clean_text(run, name="run", max_chars=100) or None
-    data, fut, index, ctx = await run_in_threadpool(_prepare, s, request, run, text)
+    run_in = partial(in_live_threads, request) if text is not None else run_in_threadpool
+    data, fut, index, ctx = await run_in(_prepare, s, request, run, text)
     status = 200
     if text is not None and data["notice"] is not None:
         data["error"], status = data["notice"], 503
     elif fut is not None:
         try:  # shielded: a client that goes away must not cancel a pass other requests share
             res = await asyncio.shield(asyncio.wrap_future(fut))
-            data["result"] = await run_in_threadpool(F.shown, res, index, ctx.partial)
+            data["result"] = await run_in(F.shown, res, index, ctx.partial)
         except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
             data["error"], status = str(exc), 503 if isinstance(exc, ModelNotAvailable) else 422
     if fmt == "json" and status != 200:
         return render(request, "", {"detail": data["error"], "status": status}, fmt="json", status=status)
-    return await run_in_threadpool(render, request, "fire.html", data, fmt=fmt, status=status)
+    return await run_in(render, request, "fire.html", data, fmt=fmt, status=status)
 
 
 @router.get("/fire.json", tags=["json"], summary="Which neurons fire on a text (JSON)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -31,7 +31,7 @@ from ..pages import urls, views
 from ..pages.context import RunContext
 from ..pages.export import all_rows_csv, csv_response
 from ..pages.lookup import NeuronJSON, PairJSON
-from .common import clean_text, db, is_htmx, render, run_context
+from .common import clean_text, db, in_live_threads, is_htmx, render, run_context
 
 router = APIRouter()
 
@@ -163,8 +163,9 @@ async def neuron_view(request: Request, s: Session, run: str, layer: int, neuron
     pass is rendered server-side. Live errors keep the page and set the status (422/503).
 
     The live pass is awaited, not waited for in a worker thread: database reads and rendering
-    run in the thread pool, the model on its own thread (``app.live.engine``), so queued live
-    requests never hold the threads that serve pages. The run's context is resolved once, in
+    run in the thread pool (a live request's steps at most ``LIVE_THREADS`` at a time:
+    :func:`~app.routes.common.in_live_threads`), the model in the live model process, so queued
+    live requests never hold the threads that serve pages. The run's context is resolved once, in
     the first thread-pool step of the request."""
     prompt = clean_text(prompt, name="prompt")
     ctx = res = params = error = brief = fut = None
@@ -174,18 +175,18 @@ async def neuron_view(request: Request, s: Session, run: str, layer: int, neuron
         except BadLiveInput as exc:
             error = exc
         else:
-            ctx, fut, error, params, brief = await run_in_threadpool(
-                _submit, request, s, run, layer=layer, neuron_=neuron, prompt=prompt, ablate=ablate, pos=pos,
-                score=score, head=picked)
+            ctx, fut, error, params, brief = await in_live_threads(
+                request, _submit, request, s, run, layer=layer, neuron_=neuron, prompt=prompt, ablate=ablate,
+                pos=pos, score=score, head=picked)
         if fut is not None:
             try:  # shielded: a client that goes away must not cancel a pass other requests share
-                res = NP.shown_live(await asyncio.shield(asyncio.wrap_future(fut)), ctx.partial)
+                res = await asyncio.shield(asyncio.wrap_future(fut))
             except (BadLiveInput, PromptTooLong, ModelNotAvailable) as exc:
                 error = exc
-    return await run_in_threadpool(_closing, s, _neuron_response, request, s, run, layer, neuron, ctx=ctx,
-                                   score=score, split=split, prompt=prompt, pos=pos, fmt=fmt,
-                                   fragment=fragment, res=res, params=params, error=error,
-                                   brief=brief)
+    run_in = partial(in_live_threads, request) if prompt is not None else run_in_threadpool
+    return await run_in(_closing, s, _neuron_response, request, s, run, layer, neuron, ctx=ctx, score=score,
+                        split=split, prompt=prompt, pos=pos, fmt=fmt, fragment=fragment, res=res,
+                        params=params, error=error, brief=brief)
 
 
 def _closing(s: Session, fn, *args, **kw):
@@ -236,7 +237,7 @@ def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron:
     page_params = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     if prompt is not None:
         if error is None:
-            data["live"] = res
+            res = data["live"] = NP.shown_live(res, ctx.partial)
             page_params.update(params)
             extra.update(NP.live_extra(res, data, score))
         else:
