@@ -50,6 +50,8 @@ TEXT = ("In the beginning the council met in the old hall by the river and argue
 
 
 def pct(xs: list[float], q: float) -> float:
+    if not xs:  # every request failed: the errors are printed beside it
+        return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
