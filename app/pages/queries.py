@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from context_lookups.precompute.ablation.reads import ablation_methods, ablation_table
 from context_lookups.precompute.core.errors import NotFound
@@ -229,6 +229,10 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
     order = {"neuron": by_neuron, "score": (score, *by_neuron),
              "n": (_SMALLER_CLASS.desc().nulls_last(), (Explanation.n_pos + Explanation.n_neg).desc().nulls_last(),
                    score, *by_neuron)}[flt.sort]
-    rows = session.execute(base.order_by(*order).limit(flt.per_page)
-                           .offset((flt.page - 1) * flt.per_page)).all()
+    rows = session.execute(base.order_by(*order).limit(flt.per_page).offset((flt.page - 1) * flt.per_page)
+                           .options(_PAIR_ROW_NEURON)).all()
     return [tuple(r) for r in rows], total
+
+
+# what a pair row shows of its neuron (its congruent-token lists are JSON that no row shows)
+_PAIR_ROW_NEURON = load_only(Neuron.layer, Neuron.neuron, Neuron.kind, Neuron.token, Neuron.token_id)
