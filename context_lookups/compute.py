@@ -69,9 +69,9 @@ _PARTIAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _partial(model: LoadedModel) -> dict[int, bytes]:
     """The model's partial UTF-8 tokens (how its tokens are shown), computed once per model."""
-    got = _PARTIAL.get(model)
+    got = _PARTIAL.get(model.tokenizer)
     if got is None:
-        got = _PARTIAL[model] = partial_tokens(model.tokenizer)
+        got = _PARTIAL[model.tokenizer] = partial_tokens(model.tokenizer)
     return got
 
 
@@ -292,6 +292,16 @@ class Lookup:
                    top5=[tuple(x) for x in v["top5"]], head=head, knockout=ko, ablation=v.get("ablation"),
                    run=nr.run, max_act=nr.max_act, view=v, base_url=nr.base_url, **extra)
 
+    def __repr__(self) -> str:
+        look = ""
+        if self.head is not None:
+            top = self.sink.positions[0] if self.sink.positions else None
+            look = (f", head=L{self.head[0]}H{self.head[1]} total={self.total:.4g}"
+                    + (f" top source #{top - 1} {self.tokens[top - 1]!r}" if top else ""))
+        return (f"<Lookup L{self.layer}N{self.neuron} ({self.token!r}) at #{self.position} "
+                f"{self.tokens[self.position]!r}: act={self.act:.4g} prob={self.prob:.4g}{look}"
+                f"{', knockout' if self.knockout is not None else ''} of {len(self.tokens)} tokens>")
+
     def to_dict(self) -> dict:
         """The live pass as the neuron page's twin gives it (``live`` of
         ``/{run}/neurons/{layer}/{neuron}.json?prompt=...``); the sink is :attr:`sink`
@@ -461,6 +471,10 @@ class Fire:
                    neurons=[o["label"] for o in shown["overall"]],
                    rel=torch.tensor([o["rels"] for o in shown["overall"]], dtype=torch.float32).reshape(-1, n),
                    run=slug, view=shown, info=info, base_url=base_url)
+
+    def __repr__(self) -> str:
+        top = ", ".join(self.neurons[:5])
+        return f"<Fire of run {self.run!r} on {len(self.tokens)} tokens: strongest {top}>"
 
     def to_dict(self) -> dict:
         """The /fire page twin's ``result``."""

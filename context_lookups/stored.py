@@ -35,6 +35,7 @@ from context_lookups.precompute.ablation.reads import ablation_rows
 from context_lookups.precompute.core.errors import ModelNotAvailable, NotFound
 from context_lookups.precompute.heads.attribution import head_label
 from context_lookups.precompute.heads.reads import neuron_pairs
+from context_lookups.precompute.model import load_model
 from context_lookups.precompute.neurons.reads import get_neuron
 from context_lookups.precompute.store.db import open_reader, sessions
 
@@ -47,9 +48,14 @@ BASE_URL_ENV = "LOOKUPS_BASE_URL"
 
 
 def frame(rows: list[dict], *, tables: str, **attrs) -> pd.DataFrame:
-    """A DataFrame of twin rows (one row per dict, its columns the dicts' keys in order) with
+    """A DataFrame of twin rows (one row per dict, its columns the dicts' keys in order of first
+    appearance; a key a row lacks is null there) with
     ``attrs``: the given ones, ``units`` and ``columns`` (:mod:`context_lookups.columns`)."""
-    df = pd.DataFrame.from_records(rows, columns=list(rows[0]) if rows else None)
+    keys = dict.fromkeys(rows[0]) if rows else {}
+    for r in rows:  # the rows of one twin may differ (a pair page's held-out prompts have more fields)
+        if len(r) != len(keys) or r.keys() != keys.keys():
+            keys.update(dict.fromkeys(r))
+    df = pd.DataFrame.from_records(rows, columns=list(keys) or None)
     df.attrs.update(attrs)
     df.attrs["units"] = C.units(df.columns)
     df.attrs["columns"] = C.describe(df.columns, tables)
@@ -356,8 +362,6 @@ class Run:
         Raises:
             ModelNotAvailable: its files are not on this machine (the message says why).
         """
-        from .compute import load_model
-
         source = self.model_source()
         path, why = self.db.models(source)
         if why is not None:
