@@ -96,7 +96,8 @@ def _labels(heads) -> list[str]:
     """``["L1H3", ...]`` of heads given as ``(1, 3)`` or ``"L1H3"``."""
     if heads is None:
         return []
-    if isinstance(heads, str) or (isinstance(heads, tuple) and len(heads) == 2 and not isinstance(heads[0], (tuple, str))):
+    one = isinstance(heads, tuple) and len(heads) == 2 and not isinstance(heads[0], (tuple, str))
+    if isinstance(heads, str) or one:
         heads = [heads]
     return [h if isinstance(h, str) else head_label(integer("head layer", h[0]), integer("head", h[1]))
             for h in heads]
@@ -121,9 +122,9 @@ def _of_run(model: LoadedModel, run, layer: int, neuron: int, head, ablate) -> _
     def read(s, ctx):
         r = ctx.run
         if (r.n_layers, r.n_heads, r.d_mlp) != (model.n_layers, model.n_heads, model.d_mlp):
-            raise ValueError(f"Run {ctx.slug!r} was computed on a model with {r.n_layers} layers, {r.n_heads} "
-                             f"heads and d_mlp {r.d_mlp}, not this one ({model.name}): load its model with "
-                             f"run.load_model().")
+            raise ValueError(f"Run {ctx.slug!r} was computed on a model with {r.n_layers} layers, "
+                             f"{r.n_heads} heads and d_mlp {r.d_mlp}, not this one ({model.name}): load "
+                             f"its model with run.load_model().")
         picked = _labels(head)
         if len(picked) > 1:
             raise ValueError(f"head={head!r} names {len(picked)} heads: give one, e.g. (1, 3).")
@@ -146,7 +147,8 @@ def _of_model(model: LoadedModel, layer: int, neuron: int, head, ablate, token) 
     elif isinstance(token, str):
         ids = model.encode(token)
         if len(ids) != 1:
-            raise ValueError(f"token={token!r} is {len(ids)} tokens of this model: give one token (or its id).")
+            raise ValueError(f"token={token!r} is {len(ids)} tokens of this model: give one token "
+                             f"(or its id).")
         token = ids[0]
     elif not 0 <= int(token) < model.d_vocab:
         raise ValueError(f"token={token} is outside the vocabulary (0..{model.d_vocab - 1}).")
@@ -159,9 +161,9 @@ def _of_model(model: LoadedModel, layer: int, neuron: int, head, ablate, token) 
     return _Neuron(target, heads, picked[0] if picked else None, _partial(model), None, None)
 
 
-def lookup(model: LoadedModel, prompt: str | Sequence[str], *, layer: int, neuron: int, position: int | None = None,
-           head: tuple[int, int] | str | None = None, ablate: Sequence = (), token: int | str | None = None,
-           run=None, knockout: bool = False) -> Lookup | list[Lookup]:
+def lookup(model: LoadedModel, prompt: str | Sequence[str], *, layer: int, neuron: int,
+           position: int | None = None, head: tuple[int, int] | str | None = None, ablate: Sequence = (),
+           token: int | str | None = None, run=None, knockout: bool = False) -> Lookup | list[Lookup]:
     """Neuron ``L{layer}N{neuron}`` on ``prompt``: the live page's pass (paper §4.3; docs/method.md §3).
 
     Args:
@@ -280,15 +282,18 @@ class Lookup:
         f32 = torch.float32
         extra = {}
         if lk:
-            extra = dict(contrib=torch.tensor(lk["contrib"], dtype=f32), contrib_ln=torch.tensor(lk["contrib_ln"], dtype=f32),
-                         attention=torch.tensor(lk["attention"], dtype=f32), bias=lk["bias"], bias_ln=lk["bias_ln"],
+            extra = dict(contrib=torch.tensor(lk["contrib"], dtype=f32),
+                         contrib_ln=torch.tensor(lk["contrib_ln"], dtype=f32),
+                         attention=torch.tensor(lk["attention"], dtype=f32), bias=lk["bias"],
+                         bias_ln=lk["bias_ln"],
                          total=lk["total"], total_ln=lk["total_ln"], ln_scale=lk["ln_scale"],
                          sink=split_sink(lk["contrib"], lk["attention"]))
         return cls(prompt=v["prompt"], tokens=list(v["tokens"]), token_ids=torch.tensor(v["token_ids"]),
                    layer=nr.target.layer, neuron=nr.target.neuron, position=v["pos"], token_id=v["token_id"],
                    token=v["token"], acts=torch.tensor(v["acts"], dtype=f32), act=v["act"], pre=v["pre"],
                    prob=v["prob"], attr_raw=torch.tensor(v["attr_raw"], dtype=f32),
-                   attr_ln=torch.tensor(v["attr_ln"], dtype=f32), n_scored=v["n_scored"], active=list(v["active"]),
+                   attr_ln=torch.tensor(v["attr_ln"], dtype=f32), n_scored=v["n_scored"],
+                   active=list(v["active"]),
                    top5=[tuple(x) for x in v["top5"]], head=head, knockout=ko, ablation=v.get("ablation"),
                    run=nr.run, max_act=nr.max_act, view=v, base_url=nr.base_url, **extra)
 
@@ -328,8 +333,8 @@ class Lookup:
                      "active": head_label(k, h) in active}
                     for k in range(self.attr_raw.shape[0]) for h in range(self.attr_raw.shape[1])]
         elif what == "tokens":
-            rows = [{"position": i, "token": t, "token_id": int(self.token_ids[i]), "act": float(self.acts[i])}
-                    for i, t in enumerate(self.tokens)]
+            rows = [{"position": i, "token": t, "token_id": int(self.token_ids[i]),
+                     "act": float(self.acts[i])} for i, t in enumerate(self.tokens)]
         elif what == "sources":
             if self.head is None:
                 raise ValueError("No look-up: run lookup(..., head=(layer, head)) for one.")
@@ -341,16 +346,18 @@ class Lookup:
                 ko = self.knockout
                 for j, g in enumerate(ko.sources):
                     if len(g) == 1:
-                        rows[g[0]].update(ko_total_act=_f(ko.total_act, j), ko_direct_act=float(ko.direct_act[j]),
+                        rows[g[0]].update(ko_total_act=_f(ko.total_act, j),
+                                          ko_direct_act=float(ko.direct_act[j]),
                                           ko_total_prob=_f(ko.total_prob, j))
             attrs["head"] = head_label(*self.head)
         else:
             raise ValueError(f"what={what!r}: use sources, heads or tokens.")
         df = pd.DataFrame(rows)
         df.attrs.update(attrs, units={**C.units(df.columns), **{
-            c: u for c, u in (("contrib", C.RAW), ("contrib_ln", C.LN), ("attention", "attention weight (0..1)"),
-                              ("ko_total_act", C.ACT), ("ko_direct_act", C.ACT),
-                              ("ko_total_prob", "probability")) if c in df.columns}})
+            c: u for c, u in (("contrib", C.RAW), ("contrib_ln", C.LN),
+                              ("attention", "attention weight (0..1)"), ("ko_total_act", C.ACT),
+                              ("ko_direct_act", C.ACT), ("ko_total_prob", "probability"))
+            if c in df.columns}})
         return df
 
     def html(self, score: str = "raw") -> str:
@@ -421,8 +428,8 @@ def fire(model: LoadedModel, text: str, *, run=None) -> Fire:
     columns = FireColumns(index.slug, index.layers, index.d_mlp, index.max_act)
     job = FireJob(key=("fire", index.slug, text), source=model.name, prompt=text, columns=columns)
     cap = model.n_ctx - 1
-    run_fire_batch(model, [job], check_ids=lambda ids: check_ids(ids, None, cap, NO_SERVER_CAP), settle=_settle,
-                   max_batch_tokens=MAX_BATCH_TOKENS, max_batch=MAX_BATCH)
+    run_fire_batch(model, [job], check_ids=lambda ids: check_ids(ids, None, cap, NO_SERVER_CAP),
+                   settle=_settle, max_batch_tokens=MAX_BATCH_TOKENS, max_batch=MAX_BATCH)
     shown = fire_page.shown(job.future.result(), index, run.context().partial)
     return Fire.of(shown, run.slug, info, run.db.base_url)
 
@@ -466,10 +473,12 @@ class Fire:
     def of(cls, shown: dict, slug: str, info: dict, base_url: str | None) -> Fire:
         nan = float("nan")
         n = shown["n_tokens"]
-        return cls(text=shown["prompt"], tokens=list(shown["tokens"]), token_ids=torch.tensor(shown["token_ids"]),
+        return cls(text=shown["prompt"], tokens=list(shown["tokens"]),
+                   token_ids=torch.tensor(shown["token_ids"]),
                    peak=torch.tensor([nan if p is None else p for p in shown["peak"]], dtype=torch.float32),
                    neurons=[o["label"] for o in shown["overall"]],
-                   rel=torch.tensor([o["rels"] for o in shown["overall"]], dtype=torch.float32).reshape(-1, n),
+                   rel=torch.tensor([o["rels"] for o in shown["overall"]],
+                                    dtype=torch.float32).reshape(-1, n),
                    run=slug, view=shown, info=info, base_url=base_url)
 
     def __repr__(self) -> str:
@@ -485,8 +494,8 @@ class Fire:
         ``overall``: ``label``, ``layer``, ``neuron``, ``kind``, ``token``, ``rel``, ``act``,
         ``pos`` where it peaks, ``rels`` at every token)."""
         df = pd.DataFrame.from_records(self.view["overall"])
-        df.attrs.update(run=self.run, units={"rel": "activation ÷ the neuron's explain maximum",
-                                             "act": C.ACT, "rels": "activation ÷ the neuron's explain maximum"})
+        rel = "activation ÷ the neuron's explain maximum"
+        df.attrs.update(run=self.run, units={"rel": rel, "act": C.ACT, "rels": rel})
         return df
 
     def html(self) -> str:

@@ -193,7 +193,8 @@ class Run:
         return self.db.view(self.slug, lambda s, ctx: run_dict(ctx.run))
 
     def _attrs(self, flt) -> dict:
-        return {"run": self.slug, "filter": {k: v for k, v in vars(flt).items() if k not in ("page", "per_page")}}
+        return {"run": self.slug,
+                "filter": {k: v for k, v in vars(flt).items() if k not in ("page", "per_page")}}
 
     # --- the list pages --------------------------------------------------------------------------
     def neurons(self, *, layer: int | None = None, kind: str = "selected", q: str | None = None,
@@ -239,8 +240,8 @@ class Run:
         _finite(min_score=min_score)
         if min_n is not None and min_n < 0:
             raise ValueError(f"min_n must be 0 or more, not {min_n}.")
-        flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer or None, min_score=min_score,
-                           min_n=min_n, sort=sort, page=1, per_page=ALL)
+        flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer or None,
+                           min_score=min_score, min_n=min_n, sort=sort, page=1, per_page=ALL)
         data = self.db.view(self.slug, lambda s, ctx: views.pairs(s, ctx, flt=flt))
         return frame(data["pairs"], tables="pairs", total=data["total"], explainers=data["explainers"],
                      **self._attrs(flt))
@@ -293,9 +294,9 @@ class Run:
             out = []
             for a, rank in ablation_rows(s, pair_ids=list(pairs), method=method):
                 p, n = pairs[a.pair_id]
-                out.append({"layer": n.layer, "neuron": n.neuron, "head_layer": p.head_layer, "head": p.head,
-                            "label": head_label(p.head_layer, p.head), "kind": n.kind, "prompt_id": a.prompt_id,
-                            "prompt_rank": rank, **ablation_dict(a)})
+                out.append({"layer": n.layer, "neuron": n.neuron, "head_layer": p.head_layer,
+                            "head": p.head, "label": head_label(p.head_layer, p.head), "kind": n.kind,
+                            "prompt_id": a.prompt_id, "prompt_rank": rank, **ablation_dict(a)})
             return out
 
         return frame(self.db.view(self.slug, read), tables="ablations", **self._attrs(flt),
@@ -337,8 +338,8 @@ class Run:
         layer, neuron = integer("layer", layer), integer("neuron", neuron)
         head_layer, head = integer("head_layer", head_layer), integer("head", head)
         _choice("score", score, ("raw", "ln"))
-        data = self.db.view(self.slug, lambda s, ctx: views.pair(s, ctx, layer=layer, neuron_=neuron,
-                                                                 head_layer=head_layer, head=head, score=score))
+        data = self.db.view(self.slug, lambda s, ctx: views.pair(
+            s, ctx, layer=layer, neuron_=neuron, head_layer=head_layer, head=head, score=score))
         return PairPage(data, self.db.base_url)
 
     def kept_heads(self, layer: int, neuron: int) -> list[tuple[int, int]]:

@@ -82,7 +82,8 @@ def assert_inert(browser, document: str, inline: str, marks=MARKS) -> None:
 
 def test_a_hostile_prompt_displays_inert(browser, api, model, kept):
     layer, neuron, hl, h = kept
-    res = cl.lookup(model, HOSTILE, layer=layer, neuron=neuron, head=(hl, h), run=api.run(TOPK_RUN), knockout=True)
+    res = cl.lookup(model, HOSTILE, layer=layer, neuron=neuron, head=(hl, h), run=api.run(TOPK_RUN),
+                    knockout=True)
     document = res.html()
     assert_inert(browser, document, res._repr_html_())
     assert 'href="http://127.0.0.1:9/"' in document  # the base URL: links go to the server

@@ -121,8 +121,8 @@ def test_the_pairs_frame_equals_the_pairs_twin_row_for_row(api, client, query):
 
 def test_the_neurons_frame_equals_the_neurons_twin_row_for_row(api, client):
     run = api.run()
-    for query, kw in (("kind=all&sort=congruence&order=desc", dict(kind="all", sort="congruence", order="desc")),
-                      ("", {})):
+    for query, kw in (("kind=all&sort=congruence&order=desc",
+                       dict(kind="all", sort="congruence", order="desc")), ("", {})):
         df = run.neurons(**kw)
         assert records(df) == all_pages(client, f"/{run.slug}/neurons.json?{query}", "neurons")
     assert len(run.neurons(kind="all")) == run.db.runs()["neurons"].iloc[0]

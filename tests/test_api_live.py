@@ -64,14 +64,16 @@ def test_lookup_is_the_live_pages_pass(api, client, model, kept):
     twin = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json",
                       params={"prompt": PROMPT, "head": f"L{hl}H{h}", "ablate": f"L{hl}H{h}", "pos": 5})
     assert twin.status_code == 200, twin.text[:300]
-    res = cl.lookup(model, PROMPT, layer=layer, neuron=neuron, head=(hl, h), ablate=[(hl, h)], position=5, run=run)
+    res = cl.lookup(model, PROMPT, layer=layer, neuron=neuron, head=(hl, h), ablate=[(hl, h)], position=5,
+                    run=run)
     close(res.to_dict(), twin.json()["live"])
     lk = twin.json()["live"]["lookup"]
     assert res.position == 5 and res.head == (hl, h) and len(res.contrib) == 5 + 2  # BOS and tokens 0..5
     assert torch.allclose(res.contrib, torch.tensor(lk["contrib"]), rtol=1e-5, atol=1e-7)
     assert math.isclose(float(res.contrib.sum()) + res.bias, res.total, rel_tol=1e-4, abs_tol=1e-5)
     assert math.isclose(res.total, float(res.attr_raw[hl, h]), rel_tol=1e-6, abs_tol=1e-7)
-    assert res.ablation["heads"] == [f"L{hl}H{h}"] and res.ablation["drop"] == res.prob - res.ablation["prob_ablated"]
+    assert res.ablation["heads"] == [f"L{hl}H{h}"]
+    assert res.ablation["drop"] == res.prob - res.ablation["prob_ablated"]
     sink = split_sink(lk["contrib"], lk["attention"])
     assert res.sink == sink
     df = res.to_frame()
@@ -88,7 +90,8 @@ def test_lookup_knockout_is_the_backends(model, api, kept):
     res = cl.lookup(model, PROMPT, layer=layer, neuron=neuron, head=f"L{hl}H{h}", run=run, knockout=True)
     ids = [model.bos_token_id] + model.encode(PROMPT)
     ko = model.backend.knockout([ids], [(layer, neuron, res.token_id)], [(hl, h)])[0]
-    assert res.knockout.sources == ko.sources and res.knockout.sources[-1] == (0,)  # the top sources, then the sink
+    assert res.knockout.sources == ko.sources
+    assert res.knockout.sources[-1] == (0,)  # the top sources, then the sink
     assert torch.allclose(res.knockout.total_act, ko.total_act, equal_nan=True)
     assert torch.allclose(res.knockout.contrib, res.contrib, rtol=1e-4, atol=1e-6)  # the same look-up
     df = res.to_frame()

@@ -220,7 +220,8 @@ def test_the_checks_find_what_they_forbid():
     # nothing below the public API imports it, by any spelling
     for code in ("import context_lookups\n", "from context_lookups import open\n",
                  "from context_lookups.stored import Run\n"):
-        up = {"app.pages.views": imports("app.pages.views", ast.parse(code), known | {"context_lookups.stored"})}
+        edges = imports("app.pages.views", ast.parse(code), known | {"context_lookups.stored"})
+        up = {"app.pages.views": edges}
         assert any("a layer above" in b for b in layer_violations(up)), code
 
 

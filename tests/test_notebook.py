@@ -65,8 +65,9 @@ def test_the_notebook_executes(web_db, tmp_path, monkeypatch):
     assert "<Lookup " in out[4] and "<iframe srcdoc=" in out[4]  # the live look-up, shown inline
     assert "contrib" in out[5]
     if paper:
-        assert re.search(r"^\d+ pairs explained by both: openai:gpt-4 E 0\.\d{3} ± 0\.\d{3}, baseline E "
-                         r"0\.\d{3} ± 0\.\d{3}; Pearson r -?0\.\d{3}, paired Wilcoxon p [01]\.\d{3}$", out[6], re.M), out[6]
+        line = (r"^\d+ pairs explained by both: openai:gpt-4 E 0\.\d{3} ± 0\.\d{3}, baseline E "
+                r"0\.\d{3} ± 0\.\d{3}; Pearson r -?0\.\d{3}, paired Wilcoxon p [01]\.\d{3}$")
+        assert re.search(line, out[6], re.M), out[6]
     else:
         assert out[6].startswith("Skipped: the authors' sample is not here")
     json.dumps(nb)  # the executed notebook is plain JSON
