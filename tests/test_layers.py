@@ -34,12 +34,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("app.routes",),  # routes compose the two halves
     ("app.main",),  # the application
     ("app.cli",),  # `lookups serve`
+    ("context_lookups",),  # the public Python API (docs/python.md): on top, nothing below imports it
 ]
 RANK = {name: i for i, line in enumerate(LAYERS) for name in line}
 
 
 def module_of(path: Path) -> str:
-    """``precompute/heads/step.py`` -> ``precompute.heads.step`` (without the package prefix)."""
+    """``precompute/heads/step.py`` -> ``precompute.heads.step`` (without the package prefix;
+    the public API's modules keep theirs: ``context_lookups/stored.py`` -> ``context_lookups.stored``)."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -54,9 +56,10 @@ def layer_of(module: str) -> str | None:
 
 
 def sources() -> dict[str, tuple[Path, ast.AST]]:
-    """Every module of ``app/`` and ``precompute/`` (the migrations and the embedded data aside)."""
+    """Every module of ``app/``, ``precompute/`` and the public API ``context_lookups/`` (the
+    migrations and the embedded data aside)."""
     out = {}
-    for top in ("app", "precompute"):
+    for top in ("app", "precompute", PKG):
         for path in sorted((ROOT / top).rglob("*.py")):
             rel = path.relative_to(ROOT).parts
             if "migrations" in rel or "embedded" in rel:
@@ -68,6 +71,16 @@ def sources() -> dict[str, tuple[Path, ast.AST]]:
 Edge = tuple[str, int, list[str]]  # (imported module, line, names imported from it)
 
 
+def _project(name: str) -> str | None:
+    """The module name ``name`` (an absolute import) has here, or None outside the project:
+    ``context_lookups.app.x`` -> ``app.x``; the public API keeps its prefix (``context_lookups``,
+    ``context_lookups.stored``)."""
+    if name != PKG and not name.startswith(PKG + "."):
+        return None
+    rest = name[len(PKG) + 1:]
+    return rest if rest.split(".")[0] in ("app", "precompute") else name
+
+
 def imports(module: str, tree: ast.AST, known: set[str], is_package: bool = False) -> list[Edge]:
     """The project modules ``module`` imports: ``(target, line, names)``; a ``from P import X``
     of a submodule ``X`` counts as an import of ``P.X``."""
@@ -76,15 +89,15 @@ def imports(module: str, tree: ast.AST, known: set[str], is_package: bool = Fals
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                if a.name.startswith(PKG + "."):
-                    out.append((a.name[len(PKG) + 1:], node.lineno, []))
+                if _project(a.name) is not None:
+                    out.append((_project(a.name), node.lineno, []))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
                 base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
                 target = ".".join(base + ([node.module] if node.module else []))
-            elif (node.module or "").startswith(PKG + "."):
-                target = node.module[len(PKG) + 1:]
+            elif _project(node.module or "") is not None:
+                target = _project(node.module)
             else:
                 continue
             names = [a.name for a in node.names]
@@ -204,6 +217,12 @@ def test_the_checks_find_what_they_forbid():
     assert any("app.pages.views:1 imports app.live.service, a sibling" in b for b in bad)
     assert cycles(edges) == [["app.live.passes", "app.live.service"]]
     assert private_imports(edges) == ["app.live.service:1 imports _check_ids from app.live.passes"]
+    # nothing below the public API imports it, by any spelling
+    for code in ("import context_lookups\n", "from context_lookups import open\n",
+                 "from context_lookups.stored import Run\n"):
+        edges = imports("app.pages.views", ast.parse(code), known | {"context_lookups.stored"})
+        up = {"app.pages.views": edges}
+        assert any("a layer above" in b for b in layer_violations(up)), code
 
 
 # --- the rules written once (issue 27, rules 3-8): each one's call sites --------------------------

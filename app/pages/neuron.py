@@ -45,8 +45,8 @@ from .present import (
 
 def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str, split: str, settings,
            cache=None) -> dict:
-    """The neuron page's data (``settings``: the server's, for the top documents shown;
-    ``cache``: see :func:`_prompts_part`).
+    """The neuron page's data, its ``.json`` twin without a live pass (``settings``: the
+    server's, for the top documents shown; ``cache``: see :func:`_prompts_part`).
 
     Raises:
         NotFound: no such neuron in the run.
@@ -62,6 +62,7 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
     if not pairs and n.kind != "other":
         n_explain = len(prompts) if split == "explain" else head_reads.count_prompts(s, neuron_id=n.id)
         no_pair_reason = states.no_pair_reason(n_explain, ctx.rules)
+    view = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     docs = []
     if n.kind == "other" or not prompts:
         top = prompt_reads.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
@@ -77,10 +78,10 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
         "act_lo": min(part["act_lo"], act_floor(d["act"] for d in docs)),
         "mean_attr": part["mean_attr"], "attr_scale": part["attr_scale"],
         "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
-        "links": {"page": urls.neuron(run.slug, layer, neuron_, score=score if score != "raw" else None,
-                                      split=split if split != "explain" else None),
+        "links": {"page": urls.neuron(run.slug, layer, neuron_, **view),
+                  "json": urls.neuron(run.slug, layer, neuron_, fmt="json", **view),
                   "neurons": urls.neurons(run.slug, layer=layer)},
-        "live": None, "live_error": None,
+        "live": None, "live_error": None, "live_prompt": None, "live_pos": None,
         "top3": part["top3"], "model_notice": ctx.model_notice,
         "histogram": _histogram(s, ctx, n, split=split, prompts=prompts, docs=docs, cache=cache),
     }

@@ -15,7 +15,7 @@ from array import array
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, load_only
 
 from context_lookups.precompute.ablation.reads import ablation_methods, ablation_table
 from context_lookups.precompute.core.errors import NotFound
@@ -139,13 +139,14 @@ class NeuronFilter:
     per_page: int = 50
 
 
-def _by_ids(session: Session, model, ids) -> list:
+def _by_ids(session: Session, model, ids, *options) -> list:
     """Rows of ``model`` with these ids, in the order of ``ids`` (read 900 at a time: SQLite's
-    bound-parameter limit)."""
+    bound-parameter limit), loaded with ``options`` (e.g. ``load_only``)."""
     found = {}
     ids = list(ids)
     for i in range(0, len(ids), 900):
-        found.update((r.id, r) for r in session.scalars(select(model).where(model.id.in_(ids[i:i + 900]))))
+        found.update((r.id, r) for r in session.scalars(select(model).where(model.id.in_(ids[i:i + 900]))
+                                                        .options(*options)))
     return [found[i] for i in ids if i in found]
 
 
@@ -250,9 +251,16 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter, keys=None) -> tup
     else:
         total = len(keys)
     pairs = {p.id: p for p in _by_ids(session, Pair, {p for p, _ in keys})}
-    neurons = {n.id: n for n in _by_ids(session, Neuron, {p.neuron_id for p in pairs.values()})}
-    expl = {e.id: e for e in _by_ids(session, Explanation, {e for _, e in keys if e >= 0})}
+    neurons = {n.id: n for n in _by_ids(session, Neuron, {p.neuron_id for p in pairs.values()},
+                                        _PAIR_ROW_NEURON)}
+    expl = {e.id: e for e in _by_ids(session, Explanation, {e for _, e in keys if e >= 0},
+                                     defer(Explanation.prompt))}
     return [(pairs[p], neurons[pairs[p].neuron_id], expl.get(e)) for p, e in keys], total
+
+
+# what a pair row shows of its neuron (its congruent-token lists are JSON that no row shows; a
+# 2,848-row list spends most of its time decoding them otherwise)
+_PAIR_ROW_NEURON = load_only(Neuron.layer, Neuron.neuron, Neuron.kind, Neuron.token, Neuron.token_id)
 
 
 def pair_keys(session: Session, *, run: Run, flt: PairFilter) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from functools import lru_cache, partial
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -252,8 +252,8 @@ def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron:
     data["links"]["json"] = urls.neuron(run, layer, neuron, fmt="json", **page_params)
     data["live_prompt"] = prompt
     data["live_pos"] = pos
-    extra.update(_neuron_helpers(run, layer, neuron, page_params))
-    extra["pair_urls"] = _pair_urls(run, layer, neuron, data["run"]["n_layers"], data["run"]["n_heads"])
+    extra.update(urls.neuron_helpers(run, layer, neuron, page_params))
+    extra["pair_urls"] = urls.pair_urls(run, layer, neuron, data["run"]["n_layers"], data["run"]["n_heads"])
     # the stored prompts' sections depend on the neuron's prompts (immutable) and, through the
     # score/split links, on the live state: rendered once per neuron, split and score without one
     extra["prompts_key"] = (("neuron", data["run"]["slug"], layer, neuron, score, split)
@@ -263,27 +263,6 @@ def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron:
             headers["HX-Push-Url"] = url
         return render(request, "_live.html", data, fmt=None, status=status, extra=extra, headers=headers)
     return render(request, "neuron.html", data, fmt=fmt, status=status, extra=extra)
-
-
-@lru_cache(maxsize=4096)
-def _pair_urls(run: str, layer: int, neuron: int, n_layers: int, n_heads: int) -> dict[str, str]:
-    """``{"L{k}H{h}": pair page URL}`` of every head of the model, for one neuron (the page links
-    each prompt's active heads and every heatmap column)."""
-    return {f"L{k}H{h}": urls.pair(run, layer, neuron, k, h) for k in range(n_layers) for h in range(n_heads)}
-
-
-def _neuron_helpers(run: str, layer: int, neuron: int, params: dict) -> dict:
-    """Template-only URL builders of the neuron page (links keep the live state). Live tokens
-    are buttons of the live form (``pos`` only), not links: see ``markup.tokens_html``."""
-    def with_score(score: str) -> str:
-        return urls.neuron(run, layer, neuron, **{**params, "score": score if score != "raw" else None})
-
-    def with_split(split: str) -> str:
-        return urls.neuron(run, layer, neuron, **{**params, "split": split if split != "explain" else None})
-
-    return {"live_url": urls.live(run, layer, neuron), "page_base": urls.neuron(run, layer, neuron),
-            "with_score": with_score, "with_split": with_split,
-            "pair_url": lambda k, h: urls.pair(run, layer, neuron, k, h)}
 
 
 @router.get("/{run}/neurons/{layer}/{neuron}.json", tags=["json"], summary="One neuron (JSON); "

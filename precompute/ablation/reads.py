@@ -166,6 +166,19 @@ def pair_ablations(session: Session, *, pair_id: int) -> dict[str, dict[int, Abl
     return out
 
 
+def ablation_rows(session: Session, *, pair_ids: list[int], method: str | None = None
+                  ) -> list[tuple[Ablation, int]]:
+    """Every ablation row of the pairs (of ``method``, or of every method) with its prompt's
+    rank, by pair, method and rank: ``[(Ablation, rank)]``."""
+    if not pair_ids:
+        return []
+    q = (select(Ablation, Prompt.rank).join(Prompt, Prompt.id == Ablation.prompt_id)
+         .where(Ablation.pair_id.in_(pair_ids)))
+    if method is not None:
+        q = q.where(Ablation.method == method)
+    return [tuple(r) for r in session.execute(q.order_by(Ablation.pair_id, Ablation.method, Prompt.rank))]
+
+
 def pair_ablation_summary(session: Session, *, pair_id: int) -> dict:
     """:func:`pair_ablation_stats` per stored method, without the per-prompt rows (the pair page
     shows those next to each prompt)."""
