@@ -85,11 +85,15 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
-def _settle(job, *, result=None, error=None) -> None:
+def _settle_future(future: Future, *, result=None, error=None) -> None:
     if error is not None:
-        job.future.set_exception(error)
+        future.set_exception(error)
     else:
-        job.future.set_result(result)
+        future.set_result(result)
+
+
+def _settle(job, *, result=None, error=None) -> None:
+    _settle_future(job.future, result=result, error=error)
 
 
 def _labels(heads) -> list[str]:
@@ -426,11 +430,13 @@ def fire(model: LoadedModel, text: str, *, run=None) -> Fire:
                          f"of this model, or load the run's own with run.load_model().")
     index = run.fire_columns()
     columns = FireColumns(index.slug, index.layers, index.d_mlp, index.max_act)
-    job = FireJob(key=("fire", index.slug, text), source=model.name, prompt=text, columns=columns)
+    job = FireJob(id=0, source=model.name, prompt=text, columns=columns)
+    done: Future = Future()
     cap = model.n_ctx - 1
     run_fire_batch(model, [job], check_ids=lambda ids: check_ids(ids, None, cap, NO_SERVER_CAP),
-                   settle=_settle, max_batch_tokens=MAX_BATCH_TOKENS, max_batch=MAX_BATCH)
-    shown = fire_page.shown(job.future.result(), index, run.context().partial)
+                   settle=lambda _job, **res: _settle_future(done, **res),
+                   max_batch_tokens=MAX_BATCH_TOKENS, max_batch=MAX_BATCH)
+    shown = fire_page.shown(done.result(), index, run.context().partial)
     return Fire.of(shown, run.slug, info, run.db.base_url)
 
 
