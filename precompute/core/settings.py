@@ -103,8 +103,10 @@ class Settings(BaseSettings):
     neurons_per_pass: int = Field(8, ge=1, description="Selected neurons whose trimming and "
                                   "attribution share batched forward passes (a resumed job "
                                   "recomputes an interrupted group whole).")
-    top_k: int = Field(20, ge=1, le=MAX_TOP_K, description="Top documents kept per neuron and "
-                       f"split (at most {MAX_TOP_K}; more than a split's documents keeps them all).")
+    top_k: int = Field(20, ge=1, le=MAX_TOP_K, description="Distinct trimmed prompts kept per neuron "
+                       "and split (documents that trim to the same tokens are one prompt); the scan keeps "
+                       "half as many top documents again to draw them from (at most "
+                       f"{MAX_TOP_K}; more than a split's documents keeps them all).")
     act_ratio: float = Field(0.8, gt=0, le=1, description="Trimming keeps the latest start at "
                              "which the neuron still reaches this fraction of its activation.")
     max_prompt_tokens: int = Field(100, ge=2, description="Trimmed prompts of this many tokens "

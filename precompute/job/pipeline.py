@@ -31,6 +31,7 @@ from context_lookups.precompute.job.distributed import LocalExecutor, ray_execut
 from context_lookups.precompute.model import LoadedModel, load_model
 from context_lookups.precompute.neurons.congruence import check_layers, check_neuron_counts, default_layers
 from context_lookups.precompute.neurons.step import select_neurons
+from context_lookups.precompute.prompts.distinct import scan_depth
 from context_lookups.precompute.prompts.scan import check_scan_memory, top_k_for
 from context_lookups.precompute.prompts.step import store_scan
 from context_lookups.precompute.store.db import check_writable, open_writer, sessions
@@ -72,8 +73,8 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         if ctx > model.n_ctx:
             raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
         corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
-        check_scan_memory(top_k_for(settings.top_k, max(len(corpus[s]) for s in SPLITS)), len(layers),
-                          model.d_mlp)
+        check_scan_memory(top_k_for(scan_depth(settings.top_k), max(len(corpus[s]) for s in SPLITS)),
+                          len(layers), model.d_mlp)
         engine = open_writer(settings.db_url)
         try:
             return _run(engine, settings, model, executor or LocalExecutor(model), layers, ctx, corpus,
