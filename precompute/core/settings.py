@@ -20,6 +20,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
 EMBEDDED_MODEL = str(EMBEDDED_DIR / "model")
 EMBEDDED_CORPUS = str(EMBEDDED_DIR / "corpus")
 DEFAULT_DB_URL = "sqlite:///lookups.db"
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # where `lookups serve` listens unless told otherwise
 
 # Fields that change what is computed. A run remembers them; re-running with other values is an
 # error (SettingsMismatch) rather than a silent overwrite. Explainer and ablation settings are
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     ray_workers: int | None = Field(None, ge=1, description="Ray workers, each holding the model; "
                                     "default one per GPU of the cluster, or one per node without "
                                     "GPUs.")
+    summary_json: Path | None = Field(None, description="Write the finished run's full summary "
+                                      "(every count, the paper's tables, the verdict with its "
+                                      "intervals, seconds per phase) to this JSON file; the command "
+                                      "itself ends with a short one. The run keeps it too "
+                                      "(runs.summary). Default: not written.")
 
     # --- §1 next-token neurons ---------------------------------------------------------------
     layers: list[int] | None = Field(None, description="0-based MLP layers to analyse; default "

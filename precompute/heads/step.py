@@ -175,10 +175,10 @@ def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
         p = Prompt(neuron_id=n.id, **{k: v for k, v in r.items() if k != "lookups"})
         s.add(p)
         s.add_all(Lookup(prompt=p, **lk) for lk in r.get("lookups", ()))
-    if not stats.get("explain"):
+    if not stats.get("explain"):  # the job's summary counts them and says what could help
         n.status = "no_activating_prompt"
-        logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "
-                       "larger corpus (--dataset, --n-docs)", n.layer, n.neuron, n.kind)
+        logger.info("neuron L%dN%d (%s) fires on no scanned explain document: it has no prompt",
+                    n.layer, n.neuron, n.kind)
 
 
 def attribute_prompts(s, run_id: int, executor, ctx: int, settings: Settings) -> None:

@@ -21,8 +21,8 @@ def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, l
     """§2: one streaming scan of ``split`` (by ``executor``: this process, or document shards on
     Ray); stores every scanned neuron's top documents (``top_k`` and the reserve distinct
     prompts are drawn from, :func:`~precompute.prompts.distinct.scan_depth`), the documents
-    they point to and its activation histogram over the split's tokens, in one unit of work. The explain split's scan also sets
-    each neuron's ``max_act``. Returns the unit's figures."""
+    they point to and its activation histogram over the split's tokens, in one unit of work.
+    The explain split's scan also sets each neuron's ``max_act``. Returns the unit's figures."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
         res = executor.scan(docs, layers=layers, k=top_k_for(scan_depth(settings.top_k), len(docs)),
                             batch_size=settings.batch_size,
