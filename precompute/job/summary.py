@@ -156,46 +156,46 @@ def summary_text(summary: dict, settings: Settings, *, db_shown: str, db_bytes: 
     merged), pairs kept, explained pairs with the mean E and its interval, the verdict, the time
     and where to look next (the serve command and the address it serves). Every term is said in
     words; the full figures are in ``--summary-json FILE`` and on the run."""
-    nk = summary["neurons"]
-    lines = [f"run {summary['run']!r} done: this invocation took {_duration(summary['wall_seconds_this_invocation'])}"
-             f"; database {db_shown}" + (f" ({_size(db_bytes)})" if db_bytes else "") + "."]
-    layers = ", ".join(map(str, summary["layers"]))
-    line = f"  neurons    {nk['next_token']} next-token and {nk['random']} random baseline neurons in layer" \
-           f"{'s' if len(summary['layers']) != 1 else ''} {layers}"
+    nk, layers = summary["neurons"], summary["layers"]
+    took = _duration(summary["wall_seconds_this_invocation"])
+    size = f" ({_size(db_bytes)})" if db_bytes else ""
+    lines = [f"run {summary['run']!r} done: this invocation took {took}; database {db_shown}{size}."]
+    line = (f"  neurons    {nk['next_token']} next-token and {nk['random']} random baseline neurons in "
+            f"layer{'s' if len(layers) != 1 else ''} {', '.join(map(str, layers))}")
     if summary["no_activating_prompt"]:
         help_ = no_prompt_help(settings)
-        line += (f"; {summary['no_activating_prompt']} fire on no scanned explain document, so they have no "
-                 f"prompt" + (f" ({help_})" if help_ else ""))
+        line += (f"; {summary['no_activating_prompt']} fire on no scanned explain document, so they have "
+                 f"no prompt" + (f" ({help_})" if help_ else ""))
     lines.append(line)
     rep = summary["repeats"]
     merged = sum(r["repeats_merged"] for r in rep.values())
-    lines.append(f"  prompts    {rep['explain']['prompts']:,} explain and {rep['heldout']['prompts']:,} held-out "
-                 f"prompts, each distinct within its neuron: {merged:,} repeat{'s' if merged != 1 else ''} merged "
-                 f"(documents trimmed to the same tokens count once)")
-    line = (f"  pairs      {summary['kept_pairs']:,} (neuron, head) pairs kept of {summary['pairs']:,} scored "
-            f"(the head active on {settings.pair_min_fraction:.0%}-{settings.pair_max_fraction:.0%} of the "
-            f"neuron's explain prompts)")
+    lines.append(f"  prompts    {rep['explain']['prompts']:,} explain and {rep['heldout']['prompts']:,} "
+                 f"held-out prompts, each distinct within its neuron: {merged:,} "
+                 f"repeat{'s' if merged != 1 else ''} merged (documents trimmed to the same tokens count "
+                 f"once)")
+    line = (f"  pairs      {summary['kept_pairs']:,} (neuron, head) pairs kept of {summary['pairs']:,} "
+            f"scored (the head active on {settings.pair_min_fraction:.0%}-{settings.pair_max_fraction:.0%} "
+            f"of the neuron's explain prompts)")
     if summary["too_few_prompts"]:
-        line += (f"; {summary['too_few_prompts']} neurons have fewer than {settings.pair_min_prompts} explain "
-                 f"prompts and keep none")
+        line += (f"; {summary['too_few_prompts']} neurons have fewer than {settings.pair_min_prompts} "
+                 f"explain prompts and keep none")
     lines.append(line)
     v = summary["verdict"]
     for x in v["explanations"]:
         c = x["vs_chance"]
-        n = c["n"][0] if c["n"] else 0
         lines.append(f"  explained  {summary['explained_pairs'].get(x['explainer'], 0):,} pairs by "
-                     f"{x['explainer']}; mean explanation score E of next-token neurons' pairs "
-                     f"{_figure(c, 3)} over {n} pairs (0.5 = chance; 95 % bootstrap interval)")
+                     f"{x['explainer']}; mean explanation score E of the {c['n'][0]} scored next-token pairs "
+                     f"{_figure(c, 3)} (0.5 = chance; 95 % bootstrap interval)")
     words = []
     for x in v["explanations"]:
         words += [f"E above chance: {WORDS[x['vs_chance']['verdict']]}",
                   f"E above random neurons': {WORDS[x['vs_random']['verdict']]}"]
     for a in v["ablation"]:
-        words += [f"{a['method']}-ablation drop larger where the head is active: {WORDS[a['drop']['verdict']]}",
-                  f"that gap larger than for random neurons: {WORDS[a['vs_random']['verdict']]}"]
+        words += [f"{a['method']}-ablation drop larger where the head is active: "
+                  f"{WORDS[a['drop']['verdict']]}",
+                  f"that gap larger than random neurons': {WORDS[a['vs_random']['verdict']]}"]
     if words:
         lines.append("  verdict    " + "; ".join(words))
     lines.append(f"  next       lookups serve --db {db_shown}   then open http://{SERVE_HOST}:{SERVE_PORT}/")
     lines.append("  all figures: --summary-json FILE (also kept on the run, runs.summary)")
     return "\n".join(lines)
-

@@ -108,9 +108,10 @@ def import_command(path: str, db_url: str) -> int:
                   f"({c.get('truncated', 0)} cut at max_tokens), {c.get('classifications', 0)} answers, "
                   f"{c.get('ablated_pairs', 0)} pairs ablated")
             rep = c.get("repeated_prompts", 0)
-            print(f"  prompts: {'each distinct within its neuron and split' if not rep else f'{rep} repeated'} "
-                  f"(the authors' files key prompts by text); their step-3 records under 100 tokens hold "
-                  f"{c.get('records_merged', 0)} repeats beyond one per text, already merged into one prompt")
+            distinct = "each distinct within its neuron and split" if not rep else f"{rep} repeated"
+            print(f"  prompts: {distinct} (the authors' files key prompts by text); their step-3 records "
+                  f"under 100 tokens hold {c.get('records_merged', 0)} repeats beyond one per text, already "
+                  f"merged into one prompt")
             t, au = fig["E"], fig["E"]["authors_rule"]
             if au["n"]:
                 print(f"  E (authors' rule) {_f(au['mean'])} ± {_f(au['std'])} over {au['n']} pairs; project's "
@@ -131,7 +132,8 @@ def import_command(path: str, db_url: str) -> int:
             rows.append((e.slug, status if r["outcome"] == "imported" else "unchanged", str(c.get("neurons", 0)),
                          str(c.get("kept_pairs", 0)), str(fig["explained"]), str(fig["answered"]),
                          str(c.get("ablated_pairs", 0)),
-                         f"{_f(au['mean'], '.3f')} ({au['n']})" if au["n"] else "–", str(c.get("repeated_prompts", "–"))))
+                         f"{_f(au['mean'], '.3f')} ({au['n']})" if au["n"] else "–",
+                         str(c.get("repeated_prompts", "–"))))
         for f in files:
             if f.error and f.rel not in used:
                 print(f"not read: {f.error}")

@@ -180,7 +180,8 @@ def _prompts(session, data: Loaded, by_key, n_heads: int, counts) -> dict[str, d
             counts["repeated_prompts"] += len(kept_texts) - len(set(kept_texts))
             records = data.records.get(split, {}).get(key)
             if records is not None:
-                counts["records_merged"] += max(0, sum(r.n_tokens < MAX_PROMPT_TOKENS for r in records) - len(items))
+                short = sum(r.n_tokens < MAX_PROMPT_TOKENS for r in records)
+                counts["records_merged"] += max(0, short - len(items))
             recs = prompt_records([t for t, _ in items], records)
             if records is not None and recs and recs[0] is None:
                 unmatched.append(split)
