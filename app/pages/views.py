@@ -57,6 +57,7 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
     rows, total = Q.list_neurons(s, run=run, flt=flt)
     best = explain_reads.best_explanations(s, neurons=rows)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in best.values()])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -66,7 +67,8 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
         d = neuron_dict(n, partial)
         d.pop("top_tokens")
         d.pop("bottom_tokens")
-        ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
+        e = best.get(n.id)
+        ex = explanation_dict(e, counts.get(e.id), docs.get(e.id)) if e is not None else {}
         d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
@@ -145,13 +147,19 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
     if scored_ids:
         held = [h for h in held if h["id"] in scored_ids]
     prompts = explain + heldout
+    by_id = {pr.id: pr for pr in prompts}
+    pair_d = pair_dict(p)
+    # distinct explain prompts (pair.n_prompts) and the documents they came from (repeats merged)
+    pair_d["n_documents"] = sum(pr.multiplicity or 1 for pr in explain)
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n, partial), "pair": pair_dict(p), "label": label,
+        "run": run_dict(run), "neuron": neuron_dict(n, partial), "pair": pair_d, "label": label,
         "score": score,
         "active": [row(pr, False) for pr in explain if label in pr.active],
         "inactive": [row(pr, False) for pr in explain if label not in pr.active],
         "heldout": held,
-        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {}))) for e in expl],
+        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {})),
+                                          sum(by_id[pid].multiplicity or 1 for pid in cls.get(e.id, {})
+                                              if pid in by_id) or None) for e in expl],
         "ablation_summary": ablation_reads.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
         "lookup": look,
         "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
@@ -182,11 +190,12 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
     bests = explain_reads.best_of_pairs(s, pair_ids=[p.id for p, _ in rows])
     counts = explain_reads.answer_counts(s, explanation_ids=[bests[p.id].id for p, _ in rows
                                                              if p.id in bests and bests[p.id].n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in bests.values()])
     items = []
     for p, n in rows:
         best = bests.get(p.id)
         d = pair_dict(p)
-        ex = explanation_dict(best, counts.get(best.id)) if best is not None else {}
+        ex = explanation_dict(best, counts.get(best.id), docs.get(best.id)) if best is not None else {}
         d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token,
                  token_escaped=token_escaped(n.token_id, n.token, partial), congruence=n.congruence,
                  best_score=best.score if best is not None else None, best_explainer=ex.get("explainer"),
@@ -210,12 +219,13 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
     rows, total = Q.list_pairs(s, run=run, flt=flt)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for _, _, e in rows
                                                              if e is not None and e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for _, _, e in rows if e is not None])
     items = []
     for p, n, e in rows:
         d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
              "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
         d.pop("id")
-        ex = explanation_dict(e, counts.get(e.id)) if e is not None else {}
+        ex = explanation_dict(e, counts.get(e.id), docs.get(e.id)) if e is not None else {}
         d.update(explainer=ex.get("explainer"), status=ex.get("status"), status_text=ex.get("status_text"),
                  score=ex.get("score"), score_authors=ex.get("score_authors"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
