@@ -214,9 +214,15 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
 
 def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
     """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
-    the explanation's text and score E (paper §4.4)."""
+    the explanation's text and score E (paper §4.4) and the pair's ablation (§5.4): per method
+    of the run, the mean drop of p(token) on its held-out prompts where the head is active and
+    where it is not, with their n (``ablation``, and flat as ``{method}_drop_active``,
+    ``{method}_n_active``, ``{method}_drop_inactive``, ``{method}_n_inactive`` for the CSV: the
+    figures of the pair page)."""
     run, slug, partial = ctx.run, ctx.slug, ctx.partial
     rows, total = Q.list_pairs(s, run=run, flt=flt)
+    methods = ablation_reads.ablation_methods(s, run_id=run.id)
+    drops = ablation_reads.mean_drops(s, pair_ids=list(dict.fromkeys(p.id for p, _, _ in rows)))
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for _, _, e in rows
                                                              if e is not None and e.n_unparsed])
     docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for _, _, e in rows if e is not None])
@@ -231,6 +237,11 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
                  **flat_uncertainty(ex), explanation=ex.get("text"),
                  url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
+        d["ablation"] = {m: drops.get(p.id, {}).get(m, {}) for m in methods}
+        for m, sides in d["ablation"].items():
+            for side in ("active", "inactive"):
+                d[f"{m}_drop_{side}"] = (sides.get(side) or {}).get("mean_drop")
+                d[f"{m}_n_{side}"] = (sides.get(side) or {}).get("n", 0 if sides else None)
         items.append(d)
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.PairFilter())
@@ -239,6 +250,7 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
     page = flt.page if flt.page > 1 else None
     return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
             "pairs": items, "explainers": sorted(explainers_of_run(s, run_id=run.id)), "layers": run.layers,
+            "ablation_methods": methods,
             "links": {"prev": urls.pairs(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
                       "next": urls.pairs(slug, page=flt.page + 1, **params) if flt.page < pages else None,
                       "page": urls.pairs(slug, page=page, **params),
