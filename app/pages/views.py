@@ -15,6 +15,7 @@ import math
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.ablation import reads as ablation_reads
+from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
 from context_lookups.precompute.explain import reads as explain_reads
 from context_lookups.precompute.findings.report import explainers_of_run
 from context_lookups.precompute.heads import reads as head_reads
@@ -22,6 +23,7 @@ from context_lookups.precompute.heads.attribution import head_label
 from context_lookups.precompute.neurons import reads as neuron_reads
 
 from . import lookup as LK
+from . import model_card
 from . import queries as Q
 from . import states, urls
 from .context import RunContext
@@ -40,14 +42,57 @@ from .present import (
 )
 
 
+STRONGEST = 5  # pairs the home page lists per run
+
+
 def home(s: Session) -> dict:
+    """The home page's data: every run with its counts, findings (the verdict and the tables
+    behind it), its strongest pairs (:func:`strongest_pairs`) and, for the embedded run, what its
+    model is (``model_note``, with a link to its model card)."""
     runs = []
     for run in Q.list_runs(s):
         d = run_dict(run, Q.run_counts(s, run_id=run.id))
         d["findings"] = Q.findings(s, run_id=run.id)
+        d["strongest"] = strongest_pairs(s, run, limit=STRONGEST)
+        d["model_note"] = model_note(run)
         d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
         runs.append(d)
-    return {"runs": runs}
+    return {"runs": runs, "strongest_rule": {"min_per_class": MIN_HELDOUT_PER_CLASS, "lower_bound_above": 0.5,
+                                             "limit": STRONGEST}}
+
+
+def strongest_pairs(s: Session, run, *, limit: int) -> list[dict]:
+    """A run's strongest pairs, where a reader can start: kept pairs whose E interval (95 %,
+    docs/method.md §5) lies above chance (lower bound above 0.5) with at least
+    ``scoring.MIN_HELDOUT_PER_CLASS`` answered distinct held-out prompts in each class, ranked by
+    that lower bound (a pair's best explanation counts), at most ``limit``. Each row: the pair,
+    its neuron and token, the explainer, E with its interval and n, the explanation, its URL."""
+    cands = Q.strong_candidates(s, run_id=run.id, min_per_class=MIN_HELDOUT_PER_CLASS)
+    counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e, _, _ in cands if e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e, _, _ in cands])
+    best: dict[int, dict] = {}
+    for e, p, n in cands:
+        ex = explanation_dict(e, counts.get(e.id), docs.get(e.id))
+        if not ex["interval"] or ex["interval"][0] <= 0.5 or ex["small"]:
+            continue
+        row = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
+               "token_escaped": token_escaped(n.token_id, n.token, {}), "head": head_label(p.head_layer, p.head),
+               "explainer": e.explainer, "score": e.score, "n_pos": e.n_pos, "n_neg": e.n_neg,
+               **flat_uncertainty(ex), "explanation": ex["text"], "truncated": ex["truncated"],
+               "url": urls.pair(run.slug, n.layer, n.neuron, p.head_layer, p.head)}
+        old = best.get(p.id)
+        if old is None or (row["e_lo"], row["score"]) > (old["e_lo"], old["score"]):
+            best[p.id] = row
+    ranked = sorted(best.values(), key=lambda r: (-r["e_lo"], -r["score"], r["layer"], r["neuron"], r["head"]))
+    return ranked[:limit]
+
+
+def model_note(run) -> dict | None:
+    """What the embedded run's model is, in one line, and where its model card is; None for
+    other runs (their model is named on the page)."""
+    if run.model_name != "embedded" or run.provenance is not None:
+        return None
+    return {"text": model_card.note(run.n_layers, run.n_heads, run.d_model), "card": urls.model_card()}
 
 
 def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50) -> dict:
