@@ -15,17 +15,16 @@ import math
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.ablation import reads as ablation_reads
-from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
 from context_lookups.precompute.explain import reads as explain_reads
+from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
 from context_lookups.precompute.findings.report import explainers_of_run
 from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.attribution import head_label
 from context_lookups.precompute.neurons import reads as neuron_reads
 
 from . import lookup as LK
-from . import model_card
+from . import model_card, states, urls
 from . import queries as Q
-from . import states, urls
 from .context import RunContext
 from .present import (
     ablation_dict,
@@ -40,7 +39,6 @@ from .present import (
     run_dict,
     token_escaped,
 )
-
 
 STRONGEST = 5  # pairs the home page lists per run
 
