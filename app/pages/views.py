@@ -74,15 +74,16 @@ def strongest_pairs(s: Session, run, *, limit: int) -> list[dict]:
         if not ex["interval"] or ex["interval"][0] <= 0.5 or ex["small"]:
             continue
         row = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
-               "token_escaped": token_escaped(n.token_id, n.token, {}), "head": head_label(p.head_layer, p.head),
+               "token_escaped": token_escaped(n.token_id, n.token, {}),
+               "head": head_label(p.head_layer, p.head),
                "explainer": e.explainer, "score": e.score, "n_pos": e.n_pos, "n_neg": e.n_neg,
                **flat_uncertainty(ex), "explanation": ex["text"], "truncated": ex["truncated"],
                "url": urls.pair(run.slug, n.layer, n.neuron, p.head_layer, p.head)}
         old = best.get(p.id)
         if old is None or (row["e_lo"], row["score"]) > (old["e_lo"], old["score"]):
             best[p.id] = row
-    ranked = sorted(best.values(), key=lambda r: (-r["e_lo"], -r["score"], r["layer"], r["neuron"], r["head"]))
-    return ranked[:limit]
+    return sorted(best.values(), key=lambda r: (-r["e_lo"], -r["score"], r["layer"], r["neuron"],
+                                                r["head"]))[:limit]
 
 
 def model_note(run) -> dict | None:
