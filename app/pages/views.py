@@ -94,11 +94,12 @@ def model_note(run) -> dict | None:
     return {"text": model_card.note(run.n_layers, run.n_heads, run.d_model), "card": urls.model_card()}
 
 
-def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50) -> dict:
+def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50,
+            ids=None) -> dict:
     """A run's neurons (one page of ``flt``), each with the held-out size and interval of its
     best E (docs/method.md §1, §5)."""
     run, slug, partial = ctx.run, ctx.slug, ctx.partial
-    rows, total = Q.list_neurons(s, run=run, flt=flt)
+    rows, total = Q.list_neurons(s, run=run, flt=flt, ids=ids)
     best = explain_reads.best_explanations(s, neurons=rows)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
     docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in best.values()])
@@ -256,7 +257,7 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
                                    kept="true" if kept else None) for f in ("json", "csv")}}
 
 
-def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
+def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter, keys=None) -> dict:
     """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
     the explanation's text and score E (paper §4.4) and the pair's ablation (§5.4): per method
     of the run, the mean drop of p(token) on its held-out prompts where the head is active and
@@ -264,7 +265,7 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
     ``{method}_n_active``, ``{method}_drop_inactive``, ``{method}_n_inactive`` for the CSV: the
     figures of the pair page)."""
     run, slug, partial = ctx.run, ctx.slug, ctx.partial
-    rows, total = Q.list_pairs(s, run=run, flt=flt)
+    rows, total = Q.list_pairs(s, run=run, flt=flt, keys=keys)
     methods = ablation_reads.ablation_methods(s, run_id=run.id)
     drops = ablation_reads.mean_drops(s, pair_ids=list(dict.fromkeys(p.id for p, _, _ in rows)))
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for _, _, e in rows
