@@ -15,7 +15,7 @@ from context_lookups.precompute.cli import EXIT_BAD_INPUT, printable, validation
 from context_lookups.precompute.cli import main as _main
 from context_lookups.precompute.core.options import Options, given
 from context_lookups.precompute.core.redact import mask_db_url
-from context_lookups.precompute.core.settings import Settings
+from context_lookups.precompute.core.settings import SERVE_HOST, SERVE_PORT, Settings
 
 from .settings import WebSettings
 
@@ -23,8 +23,8 @@ from .settings import WebSettings
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve the explorer on a database (read-only)")
     Options(p, WebSettings)
-    p.add_argument("--host", default="127.0.0.1", help="bind address [default: 127.0.0.1]")
-    p.add_argument("--port", type=int, default=8000, help="port [default: 8000]")
+    p.add_argument("--host", default=SERVE_HOST, help=f"bind address [default: {SERVE_HOST}]")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help=f"port [default: {SERVE_PORT}]")
 
 
 def _serve(ns) -> int:

@@ -139,17 +139,30 @@ def printable(settings: dict) -> dict:
     return out
 
 
+def _sqlite_bytes(db_url: str) -> int | None:
+    """The size of a SQLite database file (with its write-ahead log), or None for another
+    database."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    files = [Path(url.database), Path(url.database + "-wal")]
+    return sum(f.stat().st_size for f in files if f.is_file()) or None
+
+
 def _dispatch(ns: argparse.Namespace) -> int:
     if ns.command == "config":
         print(json.dumps(printable(_settings(ns).model_dump()), indent=2, default=str))
         return 0
     if ns.command == "precompute":
         from context_lookups.precompute.job.pipeline import run_precompute
+        from context_lookups.precompute.job.summary import summary_text
         s = _settings(ns)
         summary = run_precompute(s)
-        print(json.dumps(summary, indent=2, default=str))
-        shown = mask_db_url(s.db_url)
-        print(f"done: database {shown}. Browse it with: lookups serve --db {shown}")
+        print(summary_text(summary, s, db_shown=mask_db_url(s.db_url), db_bytes=_sqlite_bytes(s.db_url)))
         return 0
     if ns.command == "explain":
         return explain_command(_settings(ns))

@@ -118,7 +118,8 @@ def test_scan_memory_estimate_bounds_the_real_peak_and_refuses_what_does_not_fit
     k, n_layers, d_mlp = 400, 2, 1024
     need = check_scan_memory(k, n_layers, d_mlp, available=10**15)
     assert _topk_peak_bytes(k, n_layers * d_mlp) <= need
-    with pytest.raises(BadSettings, match=r"--top-k 400 over 2 layers x 1024 neurons needs about 0\.5 GB"):
+    with pytest.raises(BadSettings, match=r"400 top documents per neuron \(--top-k and its reserve\) over "
+                       r"2 layers x 1024 neurons needs about 0\.5 GB"):
         check_scan_memory(k, n_layers, d_mlp, available=need - 1)
 
 

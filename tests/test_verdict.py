@@ -141,7 +141,8 @@ def test_verdict_of_a_real_run_from_its_rows(client, web_db):
     # the compare page shows the same verdicts side by side
     cmp = client.get("/compare.json", params={"runs": TOPK_RUN}).json()
     assert [r["cells"][0]["verdict"] for r in cmp["verdict_rows"]] == [
-        ex["vs_chance"]["verdict"], ex["vs_random"]["verdict"], drop["verdict"]]
+        ex["vs_chance"]["verdict"], ex["vs_random"]["verdict"], drop["verdict"],
+        v["ablation"][0]["vs_random"]["verdict"]]
     assert 'class="data compare verdicts' in client.get("/compare", params={"runs": TOPK_RUN}).text
 
 

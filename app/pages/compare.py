@@ -51,8 +51,8 @@ def run_summary(s: Session, slug: str, rule: str) -> dict:
 
 def verdict_rows(cols: list[dict]) -> list[dict]:
     """The verdicts side by side: one row per claim (E vs chance and vs random with each run's
-    main explainer, the drop with each ablation method), one cell per run (None where the run
-    has no such figure)."""
+    main explainer, the drop and its random-neuron control with each ablation method), one cell
+    per run (None where the run has no such figure)."""
     rows = []
     for claim in ("vs_chance", "vs_random"):
         cells = []
@@ -61,9 +61,10 @@ def verdict_rows(cols: list[dict]) -> list[dict]:
             cells.append({**ex[0][claim], "explainer": ex[0]["explainer"]} if ex else None)
         rows.append({"claim": claim, "cells": cells})
     for m in dict.fromkeys(a["method"] for c in cols for a in c["verdict"]["ablation"]):
-        cells = [next(({**a["drop"], "method": m} for a in c["verdict"]["ablation"] if a["method"] == m), None)
-                 for c in cols]
-        rows.append({"claim": "ablation", "method": m, "cells": cells})
+        for claim, key in (("ablation", "drop"), ("ablation_vs_random", "vs_random")):
+            cells = [next(({**a[key], "method": m} for a in c["verdict"]["ablation"] if a["method"] == m),
+                          None) for c in cols]
+            rows.append({"claim": claim, "method": m, "cells": cells})
     return rows
 
 

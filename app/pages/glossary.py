@@ -33,6 +33,13 @@ TERMS: dict[str, tuple[str, str, str]] = {
         "max-activating prompt",
         "A document on which the neuron fires most, cut to end at the token where it fires and "
         "to start as late as possible while keeping 80% of the activation (trimmed).", "§2"),
+    "repeats": (
+        "repeated prompt (×N)",
+        "Different documents can trim to the same tokens (a short ending such as \" such\", or "
+        "the same text twice in the corpus). They are one prompt, shown ×N with the documents it "
+        "came from, and counted once everywhere: in the pair rule, E and its interval, and the "
+        "ablation tests. A neuron's 20 prompts are 20 different ones where its top documents hold "
+        "them; n is then written as distinct / documents where they differ.", "§2"),
     "document-activation": (
         "document activation",
         "The neuron's largest activation in the whole, untrimmed document: prompts are ranked "
@@ -88,7 +95,8 @@ TERMS: dict[str, tuple[str, str, str]] = {
         "active) and true negative rate (share of the others it calls inactive).", "§5"),
     "n-heldout": (
         "n (held-out)",
-        "How many held-out prompts a score rests on, as active / inactive. Scores with fewer than "
+        "How many distinct held-out prompts a score rests on, as active / inactive (repeats merged). "
+        "Scores with fewer than "
         f"{MIN_HELDOUT_PER_CLASS} answered prompts in either group are flagged ⚑ small sample.", "§5"),
     "e-interval": (
         "interval of E",

@@ -74,7 +74,8 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
         "score": score, "split": split,
         "rank_note": rank_note(n, run.d_mlp, above),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
-        "prompts": prompts, "n_prompts_total": part["n_prompts_total"], "act_scale": part["act_scale"],
+        "prompts": prompts, "n_prompts_total": part["n_prompts_total"], "n_documents": part["n_documents"],
+        "act_scale": part["act_scale"],
         "act_lo": min(part["act_lo"], act_floor(d["act"] for d in docs)),
         "mean_attr": part["mean_attr"], "attr_scale": part["attr_scale"],
         "pairs": pairs, "no_pair_reason": no_pair_reason, "top_documents": docs,
@@ -117,6 +118,7 @@ def _prompts_part(s: Session, ctx: RunContext, n: Neuron, *, split: str, score: 
             "act_lo": act_floor(a for p in prompts for a in p.acts),
             "mean_attr": mean_grid(grids), "attr_scale": grid_scale(grids, n_scored),
             "top3": top3, "n_prompts_total": n_total,
+            "n_documents": sum(p.multiplicity or 1 for p in prompts),
             "prompts": [prompt_dict(p, ctx.partial) for p in prompts]}
     if cache is not None and prompts:
         cache[key] = part
@@ -132,14 +134,16 @@ def _pairs(s: Session, ctx: RunContext, n: Neuron) -> list[dict]:
     drops = ablation_reads.mean_drops(s, pair_ids=ids)
     phases = ablation_reads.ablation_phases(s, run_id=ctx.run.id, pair_ids=ids)
     # the rates give the answer counts exactly unless some answers were unparsed (uncertainty())
-    counts = explain_reads.answer_counts(s, explanation_ids=[e.id for p in kept for e in expl.get(p.id, [])
-                                                             if e.n_unparsed])
+    exps = [e for p in kept for e in expl.get(p.id, [])]
+    counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in exps if e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in exps])
     prov = ctx.run.provenance
     pairs = []
     for p in kept:
         d = pair_dict(p)
         d["url"] = urls.pair(ctx.slug, n.layer, n.neuron, p.head_layer, p.head)
-        d["explanations"] = [explanation_dict(e, counts.get(e.id)) for e in expl.get(p.id, [])]
+        d["explanations"] = [explanation_dict(e, counts.get(e.id), docs.get(e.id))
+                             for e in expl.get(p.id, [])]
         d["ablation"] = drops.get(p.id, {})
         d["explanation_state"] = states.explanation_state(kept_why=None,
                                                           n_explanations=len(d["explanations"]),

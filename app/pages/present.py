@@ -157,6 +157,8 @@ def neuron_dict(n, partial=None) -> dict:
 
 
 def prompt_dict(p, partial=None) -> dict:
+    """A prompt row; ``multiplicity``: how many documents trimmed to it (repeats merged,
+    docs/method.md §2), ``doc_idxs`` their indices (None where not recorded)."""
     return {"id": p.id, "split": p.split, "rank": p.rank, "doc_idx": p.doc_idx, "start": p.start,
             "end": p.end, "text": p.text, "tokens": p.tokens, "token_ids": p.token_ids,
             **token_fields(p.token_ids, p.tokens, partial or {}),
@@ -164,7 +166,8 @@ def prompt_dict(p, partial=None) -> dict:
             "acts": p.acts, "max_pos": max(range(len(p.acts)), key=p.acts.__getitem__) if p.acts
             else (len(p.tokens) - 1 if p.tokens else None),
             "act": p.act, "doc_act": p.doc_act, "pre": p.pre,
-            "attr_raw": p.attr_raw, "attr_ln": p.attr_ln, "other_ln": p.other_ln, "active": p.active}
+            "attr_raw": p.attr_raw, "attr_ln": p.attr_ln, "other_ln": p.other_ln, "active": p.active,
+            "multiplicity": p.multiplicity or 1, "doc_idxs": p.doc_idxs}
 
 
 def pair_dict(p) -> dict:
@@ -200,17 +203,21 @@ def uncertainty(*, score, score_authors, tpr, tnr, n_pos: int, n_neg: int, n_unp
 def flat_uncertainty(ex: dict) -> dict:
     """An :func:`explanation_dict`'s uncertainty as flat fields for list rows (and their CSV):
     ``e_lo``/``e_hi`` (E's interval, the authors' rule's where only it defines E),
-    ``n_answered_active``/``n_answered_inactive`` and ``small_sample``; None without one."""
+    ``n_answered_active``/``n_answered_inactive``, ``small_sample`` and ``n_documents`` (the
+    documents behind the distinct held-out prompts); None without one."""
     iv = ex.get("interval") or ex.get("interval_authors")
     ans = ex.get("answered")
     return {"e_lo": iv[0] if iv else None, "e_hi": iv[1] if iv else None,
             "n_answered_active": ans[0] if ans else None, "n_answered_inactive": ans[1] if ans else None,
-            "small_sample": ex.get("small") if ex else None}
+            "small_sample": ex.get("small") if ex else None, "n_documents": ex.get("n_documents")}
 
 
-def explanation_dict(e, counts: tuple[int, int, int, int] | None = None) -> dict:
+def explanation_dict(e, counts: tuple[int, int, int, int] | None = None,
+                     n_documents: int | None = None) -> dict:
     """An explanation with its E, rates, held-out sizes and :func:`uncertainty` (``counts``:
-    (TP, FN, TN, FP) of its stored answers, ``queries.answer_counts``). ``text`` as the
+    (TP, FN, TN, FP) of its stored answers, ``explain.reads.answer_counts``; ``n_documents``: the
+    documents its ``n_pos + n_neg`` distinct held-out prompts came from,
+    ``explain.reads.heldout_documents``, None when not read). ``text`` as the
     explainer wrote it, with the lead-in of the authors' prompt for their GPT-4 explanations
     (imports made before it was stored get it here); ``status_text``: the status in words."""
     st = e.settings or {}
@@ -221,7 +228,7 @@ def explanation_dict(e, counts: tuple[int, int, int, int] | None = None) -> dict
     return {"id": e.id, "explainer": e.explainer, "status": e.status,
             "status_text": explanation_status(e.status), "text": redact(text),
             "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
-            "n_unparsed": e.n_unparsed, "error": redact(e.error),
+            "n_documents": n_documents, "n_unparsed": e.n_unparsed, "error": redact(e.error),
             "score_authors": auth,
             **uncertainty(score=e.score, score_authors=auth, tpr=e.tpr, tnr=e.tnr, n_pos=e.n_pos,
                           n_neg=e.n_neg, n_unparsed=e.n_unparsed, counts=counts),

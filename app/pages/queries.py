@@ -14,7 +14,7 @@ import logging
 from array import array
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, exists, func, select
 from sqlalchemy.orm import Session, defer, load_only
 
 from context_lookups.precompute.ablation.reads import ablation_methods, ablation_table
@@ -35,7 +35,9 @@ from context_lookups.precompute.store.schema import (
 logger = logging.getLogger(__name__)
 
 KINDS = ("selected", "all", "next_token", "random", "other")
-# "kind" sorts the analysed neurons first: next-token, then random, then the others.
+# "kind" (the default) sorts the neurons with a kept pair first, so the list opens on neurons that
+# lead somewhere; then the analysed neurons: next-token, then random, then the others.
+KEPT_FIRST = case((exists().where(Pair.neuron_id == Neuron.id, Pair.kept.is_(True)), 0), else_=1)
 KIND_ORDER = case({"next_token": 0, "random": 1}, value=Neuron.kind, else_=2)
 SORTS = {"kind": KIND_ORDER, "congruence": Neuron.congruence, "best_score": Neuron.best_score,
          "max_act": Neuron.max_act, "layer": Neuron.layer, "neuron": Neuron.neuron, "token": Neuron.token}
@@ -102,6 +104,17 @@ def findings(session: Session, *, run_id: int) -> dict:
             "comparisons": comparisons}
 
 
+def strong_candidates(session: Session, *, run_id: int, min_per_class: int) -> list[tuple]:
+    """``(Explanation, Pair, Neuron)`` rows that may be among the run's strongest pairs (the home
+    page's list, :func:`app.pages.views.strongest_pairs`): explanations of kept pairs with E above
+    0.5 and at least ``min_per_class`` distinct held-out prompts in each class."""
+    return [tuple(r) for r in session.execute(
+        select(Explanation, Pair, Neuron).join(Pair, Pair.id == Explanation.pair_id)
+        .join(Neuron, Neuron.id == Pair.neuron_id)
+        .where(Pair.run_id == run_id, Pair.kept.is_(True), Explanation.score > 0.5,
+               Explanation.n_pos >= min_per_class, Explanation.n_neg >= min_per_class))]
+
+
 def layer_counts(session: Session, *, run_id: int) -> dict[int, dict]:
     """Per scanned layer: selected neurons by kind, pairs scored and kept (next-token and
     random neurons together)."""
@@ -123,9 +136,9 @@ def layer_counts(session: Session, *, run_id: int) -> dict[int, dict]:
 
 @dataclass
 class NeuronFilter:
-    """The neuron list's query. The default view leads with the analysed neurons (``kind``
-    "selected": next-token, then random), each kind by congruence; ``kind="all"`` lists every
-    scanned neuron."""
+    """The neuron list's query. The default view (``sort="kind"``) leads with the neurons that
+    have a kept pair, then the analysed neurons (``kind`` "selected": next-token, then random),
+    each group by congruence; ``kind="all"`` lists every scanned neuron."""
 
     layer: int | None = None
     kind: str = "selected"
@@ -203,8 +216,11 @@ def _neuron_query(run: Run, flt: NeuronFilter):
         cond.append(Neuron.best_score >= flt.min_score)
     col = SORTS[flt.sort]
     primary = col.desc().nulls_last() if flt.order == "desc" else col.asc().nulls_last()
+    lead = ()
+    if flt.sort == "kind":  # neurons with a kept pair first (last, reversed)
+        lead = (KEPT_FIRST.desc() if flt.order == "desc" else KEPT_FIRST.asc(),)
     ties = (Neuron.congruence.desc(),) if flt.sort == "kind" else ()
-    return and_(*cond), (primary, *ties, Neuron.layer, Neuron.neuron)
+    return and_(*cond), (*lead, primary, *ties, Neuron.layer, Neuron.neuron)
 
 
 # --- pairs and heads -------------------------------------------------------------------------

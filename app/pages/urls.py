@@ -98,6 +98,16 @@ def glossary(*, fmt: str | None = None) -> str:
     return _path("/glossary", fmt)
 
 
+def model_card(*, fmt: str | None = None) -> str:
+    """The embedded model's card."""
+    return _path("/models/embedded", fmt)
+
+
+def model_file(name: str) -> str:
+    """A figure the embedded model's card shows."""
+    return f"/models/embedded/{quote(name)}"
+
+
 def search(*, fmt: str | None = None, **params) -> str:
     """Full-text search over explanations and prompt texts; ``q`` the words, ``run`` a slug."""
     return _path("/search", fmt) + _query(params)

@@ -16,14 +16,15 @@ from sqlalchemy.orm import Session
 
 from context_lookups.precompute.ablation import reads as ablation_reads
 from context_lookups.precompute.explain import reads as explain_reads
+from context_lookups.precompute.explain.scoring import MIN_HELDOUT_PER_CLASS
 from context_lookups.precompute.findings.report import explainers_of_run
 from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.attribution import head_label
 from context_lookups.precompute.neurons import reads as neuron_reads
 
 from . import lookup as LK
+from . import model_card, states, urls
 from . import queries as Q
-from . import states, urls
 from .context import RunContext
 from .present import (
     ablation_dict,
@@ -39,15 +40,58 @@ from .present import (
     token_escaped,
 )
 
+STRONGEST = 5  # pairs the home page lists per run
+
 
 def home(s: Session) -> dict:
+    """The home page's data: every run with its counts, findings (the verdict and the tables
+    behind it), its strongest pairs (:func:`strongest_pairs`) and, for the embedded run, what its
+    model is (``model_note``, with a link to its model card)."""
     runs = []
     for run in Q.list_runs(s):
         d = run_dict(run, Q.run_counts(s, run_id=run.id))
         d["findings"] = Q.findings(s, run_id=run.id)
+        d["strongest"] = strongest_pairs(s, run, limit=STRONGEST)
+        d["model_note"] = model_note(run)
         d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
         runs.append(d)
-    return {"runs": runs}
+    return {"runs": runs, "strongest_rule": {"min_per_class": MIN_HELDOUT_PER_CLASS, "lower_bound_above": 0.5,
+                                             "limit": STRONGEST}}
+
+
+def strongest_pairs(s: Session, run, *, limit: int) -> list[dict]:
+    """A run's strongest pairs, where a reader can start: kept pairs whose E interval (95 %,
+    docs/method.md §5) lies above chance (lower bound above 0.5) with at least
+    ``scoring.MIN_HELDOUT_PER_CLASS`` answered distinct held-out prompts in each class, ranked by
+    that lower bound (a pair's best explanation counts), at most ``limit``. Each row: the pair,
+    its neuron and token, the explainer, E with its interval and n, the explanation, its URL."""
+    cands = Q.strong_candidates(s, run_id=run.id, min_per_class=MIN_HELDOUT_PER_CLASS)
+    counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e, _, _ in cands if e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e, _, _ in cands])
+    best: dict[int, dict] = {}
+    for e, p, n in cands:
+        ex = explanation_dict(e, counts.get(e.id), docs.get(e.id))
+        if not ex["interval"] or ex["interval"][0] <= 0.5 or ex["small"]:
+            continue
+        row = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
+               "token_escaped": token_escaped(n.token_id, n.token, {}),
+               "head": head_label(p.head_layer, p.head),
+               "explainer": e.explainer, "score": e.score, "n_pos": e.n_pos, "n_neg": e.n_neg,
+               **flat_uncertainty(ex), "explanation": ex["text"], "truncated": ex["truncated"],
+               "url": urls.pair(run.slug, n.layer, n.neuron, p.head_layer, p.head)}
+        old = best.get(p.id)
+        if old is None or (row["e_lo"], row["score"]) > (old["e_lo"], old["score"]):
+            best[p.id] = row
+    return sorted(best.values(), key=lambda r: (-r["e_lo"], -r["score"], r["layer"], r["neuron"],
+                                                r["head"]))[:limit]
+
+
+def model_note(run) -> dict | None:
+    """What the embedded run's model is, in one line, and where its model card is; None for
+    other runs (their model is named on the page)."""
+    if run.model_name != "embedded" or run.provenance is not None:
+        return None
+    return {"text": model_card.note(run.n_layers, run.n_heads, run.d_model), "card": urls.model_card()}
 
 
 def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50,
@@ -58,6 +102,7 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
     rows, total = Q.list_neurons(s, run=run, flt=flt, ids=ids)
     best = explain_reads.best_explanations(s, neurons=rows)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in best.values()])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -67,7 +112,8 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
         d = neuron_dict(n, partial)
         d.pop("top_tokens")
         d.pop("bottom_tokens")
-        ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
+        e = best.get(n.id)
+        ex = explanation_dict(e, counts.get(e.id), docs.get(e.id)) if e is not None else {}
         d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
@@ -146,13 +192,19 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
     if scored_ids:
         held = [h for h in held if h["id"] in scored_ids]
     prompts = explain + heldout
+    by_id = {pr.id: pr for pr in prompts}
+    pair_d = pair_dict(p)
+    # distinct explain prompts (pair.n_prompts) and the documents they came from (repeats merged)
+    pair_d["n_documents"] = sum(pr.multiplicity or 1 for pr in explain)
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n, partial), "pair": pair_dict(p), "label": label,
+        "run": run_dict(run), "neuron": neuron_dict(n, partial), "pair": pair_d, "label": label,
         "score": score,
         "active": [row(pr, False) for pr in explain if label in pr.active],
         "inactive": [row(pr, False) for pr in explain if label not in pr.active],
         "heldout": held,
-        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {}))) for e in expl],
+        "explanations": [explanation_dict(e, _counts(cls.get(e.id, {})),
+                                          sum(by_id[pid].multiplicity or 1 for pid in cls.get(e.id, {})
+                                              if pid in by_id) or None) for e in expl],
         "ablation_summary": ablation_reads.pair_ablation_summary(s, pair_id=p.id), "state": pair_state,
         "lookup": look,
         "act_scale": nice_scale([n.max_act or 0.0] + [a for pr in prompts for a in pr.acts]),
@@ -183,11 +235,12 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
     bests = explain_reads.best_of_pairs(s, pair_ids=[p.id for p, _ in rows])
     counts = explain_reads.answer_counts(s, explanation_ids=[bests[p.id].id for p, _ in rows
                                                              if p.id in bests and bests[p.id].n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in bests.values()])
     items = []
     for p, n in rows:
         best = bests.get(p.id)
         d = pair_dict(p)
-        ex = explanation_dict(best, counts.get(best.id)) if best is not None else {}
+        ex = explanation_dict(best, counts.get(best.id), docs.get(best.id)) if best is not None else {}
         d.update(layer=n.layer, neuron=n.neuron, kind=n.kind, token=n.token,
                  token_escaped=token_escaped(n.token_id, n.token, partial), congruence=n.congruence,
                  best_score=best.score if best is not None else None, best_explainer=ex.get("explainer"),
@@ -206,22 +259,34 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
 
 def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter, keys=None) -> dict:
     """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
-    the explanation's text and score E (paper §4.4)."""
+    the explanation's text and score E (paper §4.4) and the pair's ablation (§5.4): per method
+    of the run, the mean drop of p(token) on its held-out prompts where the head is active and
+    where it is not, with their n (``ablation``, and flat as ``{method}_drop_active``,
+    ``{method}_n_active``, ``{method}_drop_inactive``, ``{method}_n_inactive`` for the CSV: the
+    figures of the pair page)."""
     run, slug, partial = ctx.run, ctx.slug, ctx.partial
     rows, total = Q.list_pairs(s, run=run, flt=flt, keys=keys)
+    methods = ablation_reads.ablation_methods(s, run_id=run.id)
+    drops = ablation_reads.mean_drops(s, pair_ids=list(dict.fromkeys(p.id for p, _, _ in rows)))
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for _, _, e in rows
                                                              if e is not None and e.n_unparsed])
+    docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for _, _, e in rows if e is not None])
     items = []
     for p, n, e in rows:
         d = {"layer": n.layer, "neuron": n.neuron, "kind": n.kind, "token": n.token,
              "token_escaped": token_escaped(n.token_id, n.token, partial), **pair_dict(p)}
         d.pop("id")
-        ex = explanation_dict(e, counts.get(e.id)) if e is not None else {}
+        ex = explanation_dict(e, counts.get(e.id), docs.get(e.id)) if e is not None else {}
         d.update(explainer=ex.get("explainer"), status=ex.get("status"), status_text=ex.get("status_text"),
                  score=ex.get("score"), score_authors=ex.get("score_authors"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
                  **flat_uncertainty(ex), explanation=ex.get("text"),
                  url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
+        d["ablation"] = {m: drops.get(p.id, {}).get(m, {}) for m in methods}
+        for m, sides in d["ablation"].items():
+            for side in ("active", "inactive"):
+                d[f"{m}_drop_{side}"] = (sides.get(side) or {}).get("mean_drop")
+                d[f"{m}_n_{side}"] = (sides.get(side) or {}).get("n", 0 if sides else None)
         items.append(d)
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.PairFilter())
@@ -230,6 +295,7 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter, keys=None) -> dict:
     page = flt.page if flt.page > 1 else None
     return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
             "pairs": items, "explainers": sorted(explainers_of_run(s, run_id=run.id)), "layers": run.layers,
+            "ablation_methods": methods,
             "links": {"prev": urls.pairs(slug, page=flt.page - 1, **params) if flt.page > 1 else None,
                       "next": urls.pairs(slug, page=flt.page + 1, **params) if flt.page < pages else None,
                       "page": urls.pairs(slug, page=page, **params),

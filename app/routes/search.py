@@ -1,5 +1,6 @@
-"""``/search`` (full-text search over explanations and prompt texts, :mod:`app.pages.search`) and
-``/glossary`` (every term the pages use), each with its ``.json`` twin."""
+"""``/search`` (full-text search over explanations and prompt texts, :mod:`app.pages.search`),
+``/glossary`` (every term the pages use) and ``/models/embedded`` (the embedded model's card,
+:mod:`app.pages.model_card`), each with its ``.json`` twin."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy.orm import Session
 
-from ..pages import glossary, urls
+from ..pages import glossary, model_card, urls
 from ..pages.queries import list_runs
 from ..pages.search import KINDS, SearchQuery, search, terms
 from .common import clean_text, db, render
@@ -66,3 +67,20 @@ def glossary_json(request: Request):
             summary="Every term the pages use, defined")
 def glossary_page(request: Request):
     return render(request, "glossary.html", {"terms": glossary.entries()}, fmt=None)
+
+
+@router.get("/models/embedded.json", tags=["json"], summary="The embedded model's card (JSON)")
+def model_card_json(request: Request):
+    return render(request, "model_card.html", model_card.card(), fmt="json")
+
+
+@router.get("/models/embedded", response_class=HTMLResponse, tags=["pages"],
+            summary="The embedded model's card: data, tokenizer, architecture, training, evaluation")
+def model_card_page(request: Request):
+    return render(request, "model_card.html", model_card.card(), fmt=None)
+
+
+@router.get("/models/embedded/{name}", tags=["pages"], summary="A figure of the embedded model's card")
+def model_card_file(name: str):
+    path, media = model_card.card_file(name)
+    return FileResponse(path, media_type=media)

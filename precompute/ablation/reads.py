@@ -8,13 +8,15 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import NotFound
 from context_lookups.precompute.heads.attribution import head_label
 from context_lookups.precompute.model import METHODS
 from context_lookups.precompute.store.schema import Ablation, Neuron, Pair, Phase, Prompt
+
+CHUNK = 900  # ids per IN (...) list: under SQLite's bound-parameter limit
 
 
 def _side(drops: list[float]) -> dict:
@@ -145,16 +147,21 @@ def ablation_phases(session: Session, *, run_id: int, pair_ids: list[int]) -> di
 
 def mean_drops(session: Session, *, pair_ids: list[int]) -> dict[int, dict[str, dict]]:
     """``{pair_id: {method: {"active" | "inactive": {"n", "mean_drop"}}}}``: each pair's held-out
-    prompts and mean drop of p(token) where its head is active and where it is not."""
+    prompts and mean drop of p(token) where its head is active and where it is not, the same
+    figures as :func:`pair_ablation_stats` (one mean, :func:`drop_stats`'s); a side without
+    prompts is absent."""
+    drops: dict[tuple[int, str, bool], list[float]] = {}
+    for i in range(0, len(pair_ids), CHUNK):
+        for pid, method, active, drop in session.execute(
+                select(Ablation.pair_id, Ablation.method, Ablation.active, Ablation.drop)
+                .where(Ablation.pair_id.in_(pair_ids[i:i + CHUNK]))
+                .order_by(Ablation.pair_id, Ablation.method, Ablation.prompt_id)):
+            drops.setdefault((pid, method, bool(active)), []).append(drop)
     out: dict[int, dict[str, dict]] = {}
-    if not pair_ids:
-        return out
-    for pid, method, active, n, mean_drop in session.execute(
-            select(Ablation.pair_id, Ablation.method, Ablation.active, func.count(), func.avg(Ablation.drop))
-            .where(Ablation.pair_id.in_(pair_ids))
-            .group_by(Ablation.pair_id, Ablation.method, Ablation.active)):
+    for (pid, method, active), ds in drops.items():
+        side = _side(ds)
         out.setdefault(pid, {}).setdefault(method, {})["active" if active else "inactive"] = {
-            "n": n, "mean_drop": mean_drop}
+            "n": side["n"], "mean_drop": side["mean_drop"]}
     return out
 
 

@@ -21,6 +21,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
 EMBEDDED_MODEL = str(EMBEDDED_DIR / "model")
 EMBEDDED_CORPUS = str(EMBEDDED_DIR / "corpus")
 DEFAULT_DB_URL = "sqlite:///lookups.db"
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # where `lookups serve` listens unless told otherwise
 
 # Fields that change what is computed. A run remembers them; re-running with other values is an
 # error (SettingsMismatch) rather than a silent overwrite. Explainer and ablation settings are
@@ -100,6 +101,11 @@ class Settings(BaseSettings):
     ray_workers: int | None = Field(None, ge=1, description="Ray workers, each holding the model; "
                                     "default one per GPU of the cluster, or one per node without "
                                     "GPUs.")
+    summary_json: Path | None = Field(None, description="Write the finished run's full summary "
+                                      "(every count, the paper's tables, the verdict with its "
+                                      "intervals, seconds per phase) to this JSON file; the command "
+                                      "itself ends with a short one. The run keeps it too "
+                                      "(runs.summary). Default: not written.")
 
     # --- §1 next-token neurons ---------------------------------------------------------------
     layers: list[int] | None = Field(None, description="0-based MLP layers to analyse; default "
@@ -124,8 +130,10 @@ class Settings(BaseSettings):
     neurons_per_pass: int = Field(8, ge=1, description="Selected neurons whose trimming and "
                                   "attribution share batched forward passes (a resumed job "
                                   "recomputes an interrupted group whole).")
-    top_k: int = Field(20, ge=1, le=MAX_TOP_K, description="Top documents kept per neuron and "
-                       f"split (at most {MAX_TOP_K}; more than a split's documents keeps them all).")
+    top_k: int = Field(20, ge=1, le=MAX_TOP_K, description="Distinct trimmed prompts kept per neuron "
+                       "and split (documents that trim to the same tokens are one prompt); the scan keeps "
+                       "half as many top documents again to draw them from (at most "
+                       f"{MAX_TOP_K}; more than a split's documents keeps them all).")
     act_ratio: float = Field(0.8, gt=0, le=1, description="Trimming keeps the latest start at "
                              "which the neuron still reaches this fraction of its activation.")
     max_prompt_tokens: int = Field(100, ge=2, description="Trimmed prompts of this many tokens "

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from context_lookups.precompute.explain.explainers import is_llm
 from context_lookups.precompute.explain.scoring import authors_score
-from context_lookups.precompute.store.schema import Classification, Explanation, Neuron, Pair
+from context_lookups.precompute.store.schema import Classification, Explanation, Neuron, Pair, Prompt
 
 CHUNK = 900  # ids per IN (...) list: under SQLite's bound-parameter limit
 
@@ -67,6 +67,22 @@ def answer_counts(session: Session, *, explanation_ids: list[int]) -> dict[int, 
         c = out.setdefault(eid, [0, 0, 0, 0])
         c[(0 if pred else 1) if truth else (3 if pred else 2)] += n
     return {k: tuple(v) for k, v in out.items()}
+
+
+def heldout_documents(session: Session, *, explanation_ids: list[int]) -> dict[int, int]:
+    """``{explanation_id: documents}``: how many documents the held-out prompts an explanation was
+    scored on came from (the sum of their multiplicities, docs/method.md §2, "Repeats"); it
+    differs from the distinct prompts (``n_pos + n_neg``) where repeats were merged.
+    Explanations without answers are absent."""
+    out: dict[int, int] = {}
+    for i in range(0, len(explanation_ids), CHUNK):
+        for eid, n in session.execute(
+                select(Classification.explanation_id, func.sum(Prompt.multiplicity))
+                .join(Prompt, Prompt.id == Classification.prompt_id)
+                .where(Classification.explanation_id.in_(explanation_ids[i:i + CHUNK]))
+                .group_by(Classification.explanation_id)):
+            out[eid] = int(n or 0)
+    return out
 
 
 def best_explanations(session: Session, *, neurons: list[Neuron]) -> dict[int, Explanation]:

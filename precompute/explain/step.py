@@ -189,7 +189,9 @@ def run_explanations(Session, run_id: int, model=None, settings=None) -> dict:
             out.update(run_llm(s, tasks, settings, on_result))
         out["best_scores"] = update_best_scores(s, run_id=run_id)
         s.commit()
-    logger.info("explain (%s): %s", name, out)
+    logger.info("explain (%s): %d pairs explained now (%d scored, %d with held-out prompts all of one "
+                "class, %d failed; %d answers not Yes/No); %d neurons have a best E", name, out["pairs_done"],
+                out["ok"], out["single_class"], out["failed"], out["n_unparsed"], out["best_scores"])
     return out
 
 

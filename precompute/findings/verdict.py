@@ -9,7 +9,9 @@ Claims (paper §4.4 and §5.4):
    neurons' mean against 0.
 2. Ablating a head where it is active lowers the probability of the neuron's token more than
    where it is not: the mean over pairs of the pair's mean drop on active held-out prompts,
-   minus the same on inactive ones (the authors' per-pair statistic), against 0.
+   minus the same on inactive ones (the authors' per-pair statistic), against 0; and its
+   control, that gap for next-token neurons' pairs minus the same gap for random neurons'
+   pairs, against 0 (the paper reports no random-neuron ablation).
 
 Rule: *reproduces* when the whole interval lies on the paper's side of the null value,
 *does not reproduce* when it lies wholly on the other side, *inconclusive* when it contains the
@@ -84,18 +86,19 @@ def decide(lo: float | None, hi: float | None, null: float) -> str:
 
 
 @lru_cache(maxsize=256)
-def _bootstrap(groups: tuple[tuple[float, ...], ...]) -> tuple[float, float]:
-    """95 % interval of ``mean(groups[0])`` (one group) or ``mean(groups[0]) - mean(groups[1])``
-    (two, resampled independently): ``scipy.stats.bootstrap``, BCa (percentile when BCa is
-    degenerate, e.g. all values equal), seeded. Cached: the same stored values give the same
-    interval, and a page asks again on every view."""
+def _bootstrap(groups: tuple[tuple[float, ...], ...], signs: tuple[int, ...]) -> tuple[float, float]:
+    """95 % interval of ``Σ signs[g] · mean(groups[g])`` (e.g. one group; a difference of two;
+    a difference of two differences), the groups resampled independently:
+    ``scipy.stats.bootstrap``, BCa (percentile when BCa is degenerate, e.g. all values equal),
+    seeded. Cached: the same stored values give the same interval, and a page asks again on
+    every view."""
     import numpy as np
     from scipy import stats
 
     data = tuple(np.asarray(g, dtype=float) for g in groups)
 
     def stat(*xs, axis=-1):
-        return xs[0].mean(axis=axis) - (xs[1].mean(axis=axis) if len(xs) > 1 else 0.0)
+        return sum(sign * x.mean(axis=axis) for sign, x in zip(signs, xs, strict=True))
 
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
@@ -110,16 +113,22 @@ def _bootstrap(groups: tuple[tuple[float, ...], ...]) -> tuple[float, float]:
     return point, point
 
 
-def claim(groups: Sequence[Sequence[float]], *, null: float, paper: float | None) -> dict:
-    """One claim's figure: ``value`` (mean of the first group, minus the second's mean when
-    there are two), its interval ``lo``/``hi``, the group sizes ``n``, the ``null`` value, the
-    ``paper``'s figure, whether the interval holds it (``paper_inside``) and the ``verdict``.
+def claim(groups: Sequence[Sequence[float]], *, null: float, paper: float | None,
+          signs: Sequence[int] | None = None) -> dict:
+    """One claim's figure: ``value`` = ``Σ signs[g] · mean(groups[g])`` (default: the mean of
+    the first group, minus the second's mean when there are two), its interval ``lo``/``hi``,
+    the group sizes ``n``, the ``null`` value, the ``paper``'s figure, whether the interval
+    holds it (``paper_inside``) and the ``verdict``.
 
     Raises:
-        ValueError: not one or two groups.
+        ValueError: no group, more than two without ``signs``, or ``signs`` of another length.
     """
-    if len(groups) not in (1, 2):
-        raise ValueError(f"a claim compares one or two groups, not {len(groups)}")
+    if signs is None:
+        if len(groups) not in (1, 2):
+            raise ValueError(f"a claim of {len(groups)} groups needs their signs")
+        signs = (1, -1)[:len(groups)]
+    if not groups or len(signs) != len(groups):
+        raise ValueError(f"{len(groups)} groups and {len(signs)} signs")
     clean = [tuple(float(v) for v in g if v is not None and math.isfinite(v)) for g in groups]
     n = [len(g) for g in clean]
     out = {"value": None, "lo": None, "hi": None, "n": n, "null": null, "paper": paper,
@@ -128,8 +137,8 @@ def claim(groups: Sequence[Sequence[float]], *, null: float, paper: float | None
     if min(n) < MIN_PAIRS:
         out["reason"] = f"needs at least {MIN_PAIRS} pairs per group, has {' and '.join(map(str, n))}"
         return out
-    value = sum(clean[0]) / n[0] - (sum(clean[1]) / n[1] if len(clean) > 1 else 0.0)
-    lo, hi = _bootstrap(tuple(clean))
+    value = sum(sign * sum(g) / len(g) for sign, g in zip(signs, clean, strict=True))
+    lo, hi = _bootstrap(tuple(clean), tuple(int(x) for x in signs))
     out.update(value=value, lo=lo, hi=hi, verdict=decide(lo, hi, null),
                paper_inside=None if paper is None else lo <= paper <= hi)
     return out
@@ -176,8 +185,10 @@ def explainers_for_verdict(names: Sequence[str]) -> list[str]:
 def run_verdict(session: Session, run: Run, *, explainers: Sequence[str], methods: Sequence[str]) -> dict:
     """The verdict of ``run`` (docs/method.md §8): ``rule`` (the E rule used), ``paper`` (the
     reference figures, :func:`paper_reference`), ``explanations`` (per explainer, LLM first:
-    ``vs_chance`` and ``vs_random`` claims), ``ablation`` (per method: ``drop`` claim), and the
-    stated ``rule_text``."""
+    ``vs_chance`` and ``vs_random`` claims), ``ablation`` (per method: the ``drop`` claim, and
+    its control ``vs_random``: the next-token pairs' gap minus the random pairs', groups
+    ``n`` = next-token active, inactive, random active, inactive), and the stated
+    ``rule_text``."""
     ref = paper_reference(run.model_name, run.slug)
     rule = run_rule(run)
     expl = []
@@ -192,10 +203,17 @@ def run_verdict(session: Session, run: Run, *, explainers: Sequence[str], method
     abl = []
     for m in methods:
         d = pair_mean_drops(session, run_id=run.id, method=m)
+        r = pair_mean_drops(session, run_id=run.id, method=m, kind="random")
         paper = ref.get("drop")
+        vs_random = claim([d["active"], d["inactive"], r["active"], r["inactive"]], null=0.0, paper=None,
+                          signs=(1, -1, -1, 1))
+        if not r["active"] and not r["inactive"]:
+            vs_random["reason"] = "no ablated pairs of random neurons in this run"
         abl.append({"method": m, "drop": claim([d["active"], d["inactive"]], null=0.0,
                                                paper=round(paper[0] - paper[1], 6) if paper else None),
-                    "mean_active": _mean(d["active"]), "mean_inactive": _mean(d["inactive"])})
+                    "vs_random": vs_random,
+                    "mean_active": _mean(d["active"]), "mean_inactive": _mean(d["inactive"]),
+                    "random_mean_active": _mean(r["active"]), "random_mean_inactive": _mean(r["inactive"])})
     return {"rule": rule, "paper": ref, "explanations": expl, "ablation": abl, "rule_text": RULE,
             "words": WORDS}
 

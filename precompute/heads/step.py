@@ -35,6 +35,7 @@ from context_lookups.precompute.heads.pairs import (
     too_few_prompts,
 )
 from context_lookups.precompute.model import LoadedModel, tokenize_batch
+from context_lookups.precompute.prompts.distinct import distinct_prompts, needs_reserve
 from context_lookups.precompute.prompts.reads import TopDocument, top_documents
 from context_lookups.precompute.prompts.scan import TrimTask, trim_many
 from context_lookups.precompute.store.runs import is_done, unit_of_work
@@ -72,38 +73,51 @@ def prompts_job(s, run_id: int, neurons: list[Neuron], ctx: int, settings: Setti
 
 def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict], dict]]:
     """§2-§3 for a group of selected neurons (any layers), batched across neurons and prompts:
-    trim the top documents of both splits (:func:`~precompute.prompts.scan.trim_many`), attribute
-    each trimmed prompt to the upstream heads in batched passes, mark the active heads, and keep
-    the per-source decomposition (docs/method.md §3) of the heads whose pair with the neuron will
-    be kept (:func:`precompute.heads.pairs.kept_heads`, the rule ``store_pairs`` applies), from
-    the same passes.
+    trim the top documents of both splits (:func:`~precompute.prompts.scan.trim_many`), merge
+    the repeats (:func:`~precompute.prompts.distinct.distinct_prompts`: documents that trim to
+    the same token ids are one prompt; the first ``top_k`` documents are trimmed, the scan's
+    reserve only for a neuron and split still short of ``top_k`` distinct prompts), attribute
+    each distinct prompt to the upstream heads in batched passes, mark the active heads, and
+    keep the per-source decomposition (docs/method.md §3) of the heads whose pair with the
+    neuron will be kept (:func:`precompute.heads.pairs.kept_heads`, the rule ``store_pairs``
+    applies), from the same passes.
 
     Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.store.schema.Prompt` fields
     (without ``neuron_id``) in storage order (split, then rank), each with ``lookups``, the
     :class:`~precompute.store.schema.Lookup` fields of its kept heads (without ``prompt_id``), and
-    ``{split: n_prompts, "lookups": n_rows}``. Touches no database, so it runs on any worker
-    (``distributed``).
+    ``{split: distinct prompts, "repeats:{split}": occurrences merged into an earlier prompt,
+    "lookups": n_rows}``. Touches no database, so it runs on any worker (``distributed``).
     """
-    settings, ctx = job.settings, job.ctx
+    settings, ctx, top_k = job.settings, job.ctx, job.settings.top_k
     neurons = [_LayerNeuron(*x) for x in job.neurons]
-    items = []  # (neuron index, split, top row, token row)
+    docs = []  # (neuron index, split, [(top row, token row)] by rank)
     for q, tops_q in enumerate(job.tops):
         for split in SPLITS:
             tops = tops_q[split]
             if tops:
-                rows = tokenize_batch(model, [t.text for t in tops], ctx)
-                items += [(q, split, t, row) for t, row in zip(tops, rows, strict=True)]
-    trims = trim_many(model, [TrimTask(row, t.position, neurons[q].layer, neurons[q].neuron, t.act)
-                              for q, _, t, row in items], act_ratio=settings.act_ratio,
-                      max_len=settings.max_prompt_tokens)
-    keep = [(it, tr) for it, tr in zip(items, trims, strict=True)
-            if it[2].position + 1 - tr[0] < settings.max_prompt_tokens]
-    prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for (_, _, t, row), tr in keep]
-    atts = model.backend.batched_pass(prompts, [(neurons[q].layer, neurons[q].neuron)
-                                                for (q, _, _, _), _ in keep], lookup=True) if prompts else []
+                docs.append((q, split, list(zip(tops, tokenize_batch(model, [t.text for t in tops], ctx),
+                                                strict=True))))
+    trims: list[list] = [[None] * len(d) for _, _, d in docs]  # per document: trim_many's, or None
+    first = [(i, j) for i, (_, _, d) in enumerate(docs) for j in range(min(top_k, len(d)))]
+    _trim(model, neurons, docs, first, trims, settings)
+    keys = [[_key(t, row, tr, settings) for (t, row), tr in zip(d, trims[i], strict=True)]
+            for i, (_, _, d) in enumerate(docs)]
+    reserve = [(i, j) for i, (_, _, d) in enumerate(docs) if needs_reserve(keys[i], top_k)
+               for j in range(top_k, len(d))]
+    _trim(model, neurons, docs, reserve, trims, settings)
+    for i, j in reserve:
+        keys[i][j] = _key(*docs[i][2][j], trims[i][j], settings)
+    chosen = []  # (neuron index, split, top row, token row, trim, occurrences' doc indices)
+    for i, (q, split, d) in enumerate(docs):
+        for occ in distinct_prompts(keys[i], top_k):
+            t, row = d[occ[0]]
+            chosen.append((q, split, t, row, trims[i][occ[0]], [d[j][0].doc_idx for j in occ]))
+    prompts = [[model.bos_token_id] + row[tr[0]:t.position + 1] for _, _, t, row, tr, _ in chosen]
+    atts = model.backend.batched_pass(prompts, [(neurons[q].layer, neurons[q].neuron) for q, *_ in chosen],
+                                      lookup=True) if prompts else []
     out: list[tuple[list[dict], dict]] = [([], {split: 0 for split in SPLITS}) for _ in neurons]
     terms: dict[int, object] = {}  # id(prompt row) -> its decomposition
-    for ((q, split, t, _row), tr), prompt, att in zip(keep, prompts, atts, strict=True):
+    for (q, split, t, _row, tr, occ), prompt, att in zip(chosen, prompts, atts, strict=True):
         n = neurons[q]
         n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
         active = active_heads_of_run(att.raw[:, :n_scored].flatten(1), settings)[0]
@@ -115,9 +129,10 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
                               tokens=[model.token_str(i) for i in ids], acts=att.acts[0][1:],
                               act=float(att.act[0]), doc_act=float(tr[1]), attr_raw=att.raw[0].tolist(),
                               attr_ln=att.ln[0].tolist(), other_ln=att.other[0], pre=float(att.pre[0]),
-                              active=labels))
+                              active=labels, multiplicity=len(occ), doc_idxs=occ))
         terms[id(out[q][0][-1])] = att.lookup
         out[q][1][split] += 1
+        out[q][1][f"repeats:{split}"] = out[q][1].get(f"repeats:{split}", 0) + len(occ) - 1
     for n, (rows, stats) in zip(neurons, out, strict=True):
         n_scored = scored_layers(n.layer, settings.heads_upto, upstream_attn_layers(model, n.layer))
         heads = kept_heads([r["active"] for r in rows if r["split"] == "explain"], n_scored, model.n_heads,
@@ -129,6 +144,30 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
     return out
 
 
+def _trim(model: LoadedModel, neurons: list[_LayerNeuron], docs, which: list[tuple[int, int]],
+          trims: list[list], settings: Settings) -> None:
+    """Trim documents ``which`` (``(group, index)`` into ``docs``) in one batched search
+    (:func:`~precompute.prompts.scan.trim_many`); each ``(start, original act, trimmed act)``
+    goes to ``trims``."""
+    tasks = []
+    for i, j in which:
+        t, row = docs[i][2][j]
+        n = neurons[docs[i][0]]
+        tasks.append(TrimTask(row, t.position, n.layer, n.neuron, t.act))
+    if tasks:
+        got = trim_many(model, tasks, act_ratio=settings.act_ratio, max_len=settings.max_prompt_tokens)
+        for (i, j), tr in zip(which, got, strict=True):
+            trims[i][j] = tr
+
+
+def _key(t: TopDocument, row, tr, settings: Settings) -> tuple | None:
+    """A trimmed document's prompt as token ids (without BOS): the key repeats are merged by;
+    None when not trimmed yet or over the length cap (the prompt is dropped, §2)."""
+    if tr is None or t.position + 1 - tr[0] >= settings.max_prompt_tokens:
+        return None
+    return tuple(row[tr[0]:t.position + 1])
+
+
 def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
     """Add one neuron's prompts (from :func:`compute_prompts`) and their look-ups to the session;
     mark a neuron without explain-split prompt."""
@@ -136,10 +175,10 @@ def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
         p = Prompt(neuron_id=n.id, **{k: v for k, v in r.items() if k != "lookups"})
         s.add(p)
         s.add_all(Lookup(prompt=p, **lk) for lk in r.get("lookups", ()))
-    if not stats.get("explain"):
+    if not stats.get("explain"):  # the job's summary counts them and says what could help
         n.status = "no_activating_prompt"
-        logger.warning("neuron L%dN%d (%s) has no activating prompt in the explain split; use a "
-                       "larger corpus (--dataset, --n-docs)", n.layer, n.neuron, n.kind)
+        logger.info("neuron L%dN%d (%s) fires on no scanned explain document: it has no prompt",
+                    n.layer, n.neuron, n.kind)
 
 
 def attribute_prompts(s, run_id: int, executor, ctx: int, settings: Settings) -> None:

@@ -17,25 +17,25 @@ import logging
 import time
 
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 
-from context_lookups.precompute.ablation.reads import ablation_table
 from context_lookups.precompute.ablation.step import run_ablations
 from context_lookups.precompute.core.errors import BadSettings
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.corpus import SPLITS, load_corpus
 from context_lookups.precompute.explain.step import run_explanations
-from context_lookups.precompute.findings.report import explainers_of_run, score_table
 from context_lookups.precompute.heads.step import attribute_prompts, store_pairs
 from context_lookups.precompute.job.distributed import LocalExecutor, ray_executor
+from context_lookups.precompute.job.summary import check_summary_path, summarize, write_summary
 from context_lookups.precompute.model import LoadedModel, load_model
 from context_lookups.precompute.neurons.congruence import check_layers, check_neuron_counts, default_layers
 from context_lookups.precompute.neurons.step import select_neurons
+from context_lookups.precompute.prompts.distinct import scan_depth
 from context_lookups.precompute.prompts.scan import check_scan_memory, top_k_for
 from context_lookups.precompute.prompts.step import store_scan
 from context_lookups.precompute.store.db import check_writable, open_writer, sessions
-from context_lookups.precompute.store.runs import get_or_create_run, is_done, now, phase_seconds, unit_of_work
-from context_lookups.precompute.store.schema import Neuron, Pair, Phase, Prompt, Run
+from context_lookups.precompute.store.runs import get_or_create_run, is_done, now, unit_of_work
+from context_lookups.precompute.store.schema import Run
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
     # Bad input is found before anything is written: a bad --db first, then --ray (before
     # anything slow), then the settings against the model, then the corpus (memory-mapped).
     check_writable(settings.db_url)
+    if settings.summary_json is not None:
+        check_summary_path(settings.summary_json)
     if settings.explainer == "openai":  # the key is needed only after the scan: check it now
         from context_lookups.precompute.explain.explainers.llm import api_key
         api_key(settings)
@@ -72,8 +74,8 @@ def run_precompute(settings: Settings, *, model: LoadedModel | None = None) -> d
         if ctx > model.n_ctx:
             raise BadSettings(f"--context-tokens {ctx} exceeds the model's context length {model.n_ctx}.")
         corpus = load_corpus(settings.dataset, n_docs=settings.n_docs, seed=settings.seed)
-        check_scan_memory(top_k_for(settings.top_k, max(len(corpus[s]) for s in SPLITS)), len(layers),
-                          model.d_mlp)
+        check_scan_memory(top_k_for(scan_depth(settings.top_k), max(len(corpus[s]) for s in SPLITS)),
+                          len(layers), model.d_mlp)
         engine = open_writer(settings.db_url)
         try:
             return _run(engine, settings, model, executor or LocalExecutor(model), layers, ctx, corpus,
@@ -115,6 +117,9 @@ def _run(engine, settings: Settings, model: LoadedModel, executor, layers: list[
         s.execute(update(Run).where(Run.id == run_id).values(status="complete", finished_at=now(),
                                                              summary=summary))
         s.commit()
+    logger.debug("summary: %s", summary)
+    if settings.summary_json is not None:
+        write_summary(settings.summary_json, summary)
     return summary
 
 
@@ -124,43 +129,3 @@ def run_followups(Session, run_id: int, model: LoadedModel, settings: Settings, 
         run_explanations(Session, run_id, model, settings)
     if settings.ablation != "none":
         run_ablations(Session, run_id, model, settings, executor=executor)
-
-
-def summarize(s, run_id: int, scans: dict, seconds: float, settings: Settings) -> dict:
-    """Figures printed at the end of the job and stored on the run, with the paper's two
-    tables for this run (explanation score E; ablation drop active vs inactive)."""
-    def brief_e(kind_row):
-        return {k: kind_row.get(k) for k in ("n", "mean", "std", "skew")} | {
-            "skewtest_p": kind_row["skewtest"]["pvalue"]}
-
-    def brief_abl(kind_row):
-        return {"pairs": kind_row["n_pairs"], "prompts": kind_row["n_prompts"],
-                "mean_drop_active": kind_row["active"]["mean_drop"],
-                "mean_drop_inactive": kind_row["inactive"]["mean_drop"],
-                "ks_D": kind_row["ks"]["D"], "ks_p": kind_row["ks"]["p"]}
-
-    def count(model, *where, join=None):
-        q = select(func.count()).select_from(model)
-        return s.scalar((q.join(join) if join is not None else q).where(*where)) or 0
-
-    scan_stats = {p.name: p.stats for p in s.scalars(select(Phase).where(Phase.run_id == run_id,
-                                                                          Phase.name.like("scan:%")))}
-    tables = {e: score_table(s, run_id=run_id, explainer=e) for e in explainers_of_run(s, run_id=run_id)}
-    ablation = None
-    if settings.ablation != "none":
-        table = ablation_table(s, run_id=run_id, method=settings.ablation)
-        ablation = {k: brief_abl(table[k]) for k in ("next_token", "random")}
-    return {
-        "neurons": {kind: count(Neuron, Neuron.run_id == run_id, Neuron.kind == kind)
-                    for kind in ("next_token", "random", "other")},
-        "prompts": count(Prompt, Neuron.run_id == run_id, join=Neuron),
-        "pairs": count(Pair, Pair.run_id == run_id),
-        "kept_pairs": count(Pair, Pair.run_id == run_id, Pair.kept),
-        "no_activating_prompt": count(Neuron, Neuron.run_id == run_id,
-                                      Neuron.status == "no_activating_prompt"),
-        "explanation_scores": {e: {k: brief_e(v) for k, v in t["kinds"].items()} for e, t in tables.items()},
-        "ablation": ablation,
-        "phase_seconds": phase_seconds(s, run_id),
-        "scan": scan_stats,
-        "wall_seconds_this_invocation": round(seconds, 1),
-    }

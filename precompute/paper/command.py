@@ -96,7 +96,7 @@ def import_command(path: str, db_url: str) -> int:
             e: Experiment = r["exp"]
             if r["outcome"] == "not imported":
                 print(f"{e.slug}: not imported: {r['reason']}")
-                rows.append((e.slug, "not imported", *["–"] * 6))
+                rows.append((e.slug, "not imported", *["–"] * 7))
                 continue
             with Session() as s:
                 fig = run_figures(s, e.slug)
@@ -107,6 +107,11 @@ def import_command(path: str, db_url: str) -> int:
                   f"prompts, {c.get('kept_pairs', 0)} kept pairs, {c.get('explanations', 0)} explanations "
                   f"({c.get('truncated', 0)} cut at max_tokens), {c.get('classifications', 0)} answers, "
                   f"{c.get('ablated_pairs', 0)} pairs ablated")
+            rep = c.get("repeated_prompts", 0)
+            distinct = "each distinct within its neuron and split" if not rep else f"{rep} repeated"
+            print(f"  prompts: {distinct} (the authors' files key prompts by text); their step-3 records "
+                  f"under 100 tokens hold {c.get('records_merged', 0)} repeats beyond one per text, already "
+                  f"merged into one prompt")
             t, au = fig["E"], fig["E"]["authors_rule"]
             if au["n"]:
                 print(f"  E (authors' rule) {_f(au['mean'])} ± {_f(au['std'])} over {au['n']} pairs; project's "
@@ -127,16 +132,21 @@ def import_command(path: str, db_url: str) -> int:
             rows.append((e.slug, status if r["outcome"] == "imported" else "unchanged", str(c.get("neurons", 0)),
                          str(c.get("kept_pairs", 0)), str(fig["explained"]), str(fig["answered"]),
                          str(c.get("ablated_pairs", 0)),
-                         f"{_f(au['mean'], '.3f')} ({au['n']})" if au["n"] else "–"))
+                         f"{_f(au['mean'], '.3f')} ({au['n']})" if au["n"] else "–",
+                         str(c.get("repeated_prompts", "–"))))
         for f in files:
             if f.error and f.rel not in used:
                 print(f"not read: {f.error}")
     finally:
         engine.dispose()
     print(f"done: database {mask_db_url(db_url)}. Browse it with: lookups serve --db {mask_db_url(db_url)}")
-    head = ("experiment", "status", "neurons", "pairs", "explained", "answered", "ablation", "E (authors')")
+    head = ("experiment", "status", "neurons", "pairs", "explained", "answered", "ablation", "E (authors')",
+            "repeats")
+    print("repeats: prompts repeated within a neuron and split (the project's rule would merge them; the "
+          "authors' files hold none)")
     width = max([len(head[0])] + [len(r[0]) for r in rows])
-    print(f"{head[0]:<{width}}  {head[1]:<12}" + "".join(f"{h:>10}" for h in head[2:7]) + f"  {head[7]}")
+    print(f"{head[0]:<{width}}  {head[1]:<12}" + "".join(f"{h:>10}" for h in head[2:7]) + f"  {head[7]:<12}"
+          f"  {head[8]}")
     for r in rows:
-        print(f"{r[0]:<{width}}  {r[1]:<12}" + "".join(f"{x:>10}" for x in r[2:7]) + f"  {r[7]}")
+        print(f"{r[0]:<{width}}  {r[1]:<12}" + "".join(f"{x:>10}" for x in r[2:7]) + f"  {r[7]:<12}  {r[8]}")
     return EXIT_SOME_FAILED if any(r["outcome"] == "not imported" for r in results) else EXIT_OK

@@ -7,7 +7,9 @@ What a run holds (docs/method.md §7):
 - neurons: layer, index, token, congruence, rank in layer (``kind`` next_token; no token id);
 - prompts: the step-4 prompt texts of the training (``explain``) and held-out (``heldout``)
   attribution files, ``rank`` = position in the file, ``active`` = their top-3 heads, largest
-  attribution first. The step-3 record of a text (document index, positions, ``doc_act`` =
+  attribution first. Their files key prompts by text, so a neuron's prompts of a split are
+  distinct (checked and counted: ``repeated_prompts``; the step-3 records they merged:
+  ``records_merged``), multiplicity 1. The step-3 record of a text (document index, positions, ``doc_act`` =
   ``og_act``) only when the neuron's records under 100 tokens and its texts are equally many;
   ``act`` = ``trunc_act`` only when that is the kept prompt's (``trunc_act > 0.8 · og_act``).
   No per-token values are recorded; ``tokens`` are GPT-2's pre-tokenizer words;
@@ -116,7 +118,8 @@ def import_run(session: Session, data: Loaded) -> dict:
     layers = sorted({row[0] for row in data.neurons})
     per_layer = max(sum(1 for row in data.neurons if row[0] == x) for x in layers)
     settings = science(model, layers, per_layer)
-    counts = {"neurons": len(data.neurons), "prompts": 0, "pairs": 0, "kept_pairs": 0, "explanations": 0,
+    counts = {"neurons": len(data.neurons), "prompts": 0, "repeated_prompts": 0, "records_merged": 0,
+              "pairs": 0, "kept_pairs": 0, "explanations": 0,
               "truncated": 0, "answered": 0, "classifications": 0, "unmatched_records": 0,
               "ablated_pairs": 0, "ablation_rows": 0}
     dates = [f.date for fs in e.roles.values() for f in fs if f.date is not None]
@@ -161,7 +164,12 @@ def _neurons(session, run, data: Loaded) -> dict[tuple[int, int], Neuron]:
 
 
 def _prompts(session, data: Loaded, by_key, n_heads: int, counts) -> dict[str, dict]:
-    """The neurons' prompts per split: ``{split: {neuron: {index in file: Prompt}}}``."""
+    """The neurons' prompts per split: ``{split: {neuron: {index in file: Prompt}}}``.
+
+    Checks the prompts are distinct within a neuron and split (docs/method.md §2, "Repeats"):
+    ``counts["repeated_prompts"]`` (texts imported more than once; the authors' attribution files
+    key prompts by text, so 0), and ``counts["records_merged"]``, the authors' step-3 records
+    under 100 tokens beyond one per text (documents their files merged into one prompt)."""
     out: dict[str, dict] = {"explain": {}, "heldout": {}}
     for key, n in by_key.items():
         unmatched = []
@@ -170,8 +178,14 @@ def _prompts(session, data: Loaded, by_key, n_heads: int, counts) -> dict[str, d
             if texts is None:
                 continue
             items = list(texts.items())
-            recs = prompt_records([t for t, _ in items], data.records.get(split, {}).get(key))
-            if data.records.get(split, {}).get(key) is not None and recs and recs[0] is None:
+            kept_texts = [items[i][0] for i in data.keep[split][key]]
+            counts["repeated_prompts"] += len(kept_texts) - len(set(kept_texts))
+            records = data.records.get(split, {}).get(key)
+            if records is not None:
+                short = sum(r.n_tokens < MAX_PROMPT_TOKENS for r in records)
+                counts["records_merged"] += max(0, short - len(items))
+            recs = prompt_records([t for t, _ in items], records)
+            if records is not None and recs and recs[0] is None:
                 unmatched.append(split)
             rows = {}
             for i in data.keep[split][key]:

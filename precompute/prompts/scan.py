@@ -47,9 +47,10 @@ def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None =
     need = n_layers * d_mlp * (k * SCAN_BYTES_PER_ENTRY + HISTOGRAM_BYTES_PER_NEURON)
     available = available_memory() if available is None else available
     if available is not None and need > available:
-        raise BadSettings(f"--top-k {k} over {n_layers} layers x {d_mlp} neurons needs about "
-                          f"{need / 1e9:.1f} GB for the scan's top documents and histograms, and {available / 1e9:.1f} "
-                          f"GB of memory is available: lower --top-k or analyse fewer --layers.")
+        raise BadSettings(f"{k} top documents per neuron (--top-k and its reserve) over {n_layers} layers x "
+                          f"{d_mlp} neurons needs about {need / 1e9:.1f} GB for the scan's top documents and "
+                          f"histograms, and {available / 1e9:.1f} GB of memory is available: lower --top-k or "
+                          f"analyse fewer --layers.")
     return need
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import insert, select
 
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.model import LoadedModel
+from context_lookups.precompute.prompts.distinct import scan_depth
 from context_lookups.precompute.prompts.histogram import SCHEME as HISTOGRAM_SCHEME
 from context_lookups.precompute.prompts.scan import top_k_for
 from context_lookups.precompute.store.runs import unit_of_work
@@ -18,11 +19,12 @@ from context_lookups.precompute.store.schema import ActivationHistogram, Documen
 def store_scan(s, run_id: int, executor, model: LoadedModel, docs, split: str, layers: list[int],
                ctx: int, settings: Settings) -> dict:
     """§2: one streaming scan of ``split`` (by ``executor``: this process, or document shards on
-    Ray); stores every scanned neuron's top-k, the documents they point to and its activation
-    histogram over the split's tokens, in one unit of work. The explain split's scan also sets
-    each neuron's ``max_act``. Returns the unit's figures."""
+    Ray); stores every scanned neuron's top documents (``top_k`` and the reserve distinct
+    prompts are drawn from, :func:`~precompute.prompts.distinct.scan_depth`), the documents
+    they point to and its activation histogram over the split's tokens, in one unit of work.
+    The explain split's scan also sets each neuron's ``max_act``. Returns the unit's figures."""
     with unit_of_work(s, run_id, f"scan:{split}") as st:
-        res = executor.scan(docs, layers=layers, k=top_k_for(settings.top_k, len(docs)),
+        res = executor.scan(docs, layers=layers, k=top_k_for(scan_depth(settings.top_k), len(docs)),
                             batch_size=settings.batch_size,
                             context_tokens=ctx, desc=f"scan {split}")
         rows = []

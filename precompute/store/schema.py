@@ -203,7 +203,8 @@ class ActivationHistogram(Base):
 
 class Prompt(Base):
     """A trimmed max-activating prompt of a selected (next-token or random) neuron, with its
-    head attributions at the last position."""
+    head attributions at the last position. Distinct within a neuron and split: documents that
+    trim to the same token ids are one prompt with a ``multiplicity``."""
 
     __tablename__ = "prompts"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -231,6 +232,14 @@ class Prompt(Base):
     pre: Mapped[float | None] = mapped_column(Float, nullable=True, doc="hook_pre at the last token")
     active: Mapped[list] = mapped_column(JSON, doc="['L0H3', ...] by the run's rule (raw score); "
                                          "top-k: largest first")
+    multiplicity: Mapped[int] = mapped_column(Integer, default=1, server_default="1",
+                                              doc="how many of the neuron's documents of this split "
+                                              "trimmed to these token ids (repeats merged into one prompt, "
+                                              "docs/method.md §2); 1 for runs stored before 0007 and for "
+                                              "imported runs")
+    doc_idxs: Mapped[list | None] = mapped_column(JSON, nullable=True, doc="documents.idx of every "
+                                                  "occurrence, in rank order (the first is doc_idx); "
+                                                  "empty: not recorded (before 0007, imported runs)")
     neuron: Mapped[Neuron] = relationship()
     __table_args__ = (UniqueConstraint("neuron_id", "split", "rank"),
                       Index("ix_prompts_neuron", "neuron_id", "split", "rank"))
