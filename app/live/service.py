@@ -5,13 +5,14 @@ every forward pass, a token cap, single-flight and an LRU cache of recent result
 The interface takes and gives plain values only (a model source, a :class:`~app.live.passes.Target`,
 texts, head tuples; Futures of JSON-able dicts), never a database row or session, so that the
 model could run in a process of its own behind the same methods: :meth:`Live.preload`,
-:meth:`Live.unavailable`, :meth:`Live.status`, :meth:`Live.submit`, :meth:`Live.submit_fire`,
-:meth:`Live.waiting`, :attr:`Live.stats`, :meth:`Live.close`.
+:meth:`Live.unavailable`, :meth:`Live.status`, :meth:`Live.submit`, :meth:`Live.submit_knockout`,
+:meth:`Live.submit_fire`, :meth:`Live.waiting`, :attr:`Live.stats`, :meth:`Live.close`.
 
 The science is precompute's: a live view is the model backend's ``clean_view`` (activations,
 raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass;
 with a head selected, also that pass's per-source decomposition, docs/method.md §3) and, when
-heads are ablated, its ``ablated_view`` — the passes the precompute job batches
+heads are ablated, its ``ablated_view``; a source's attention knockout, its ``knockout`` — the
+passes the precompute job batches
 through, on whichever backend the model was loaded with (:mod:`precompute.model`). Nothing here
 re-derives them: :func:`~app.live.passes.live_views` is the one place where the live server does
 model work.
@@ -36,7 +37,17 @@ from ..model_files import LocalModels
 from ..settings import WebSettings
 from .engine import Engine
 from .fire import FireColumns, FireJob, run_fire_batch
-from .passes import WARM_TEXT, Target, check_head, check_ids, live_views, serve_batch, token_str
+from .passes import (
+    WARM_TEXT,
+    Target,
+    check_head,
+    check_ids,
+    check_source,
+    live_knockouts,
+    live_views,
+    serve_batch,
+    token_str,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +55,8 @@ logger = logging.getLogger(__name__)
 @dataclass(eq=False)
 class LiveJob:
     """One live request for the model thread: ``heads`` ablated, attribution at ``pos`` (0-based,
-    BOS excluded; None: the last token), ``head`` the head whose look-up is shown (or None)."""
+    BOS excluded; None: the last token), ``head`` the head whose look-up is shown (or None); for
+    a knockout (``kind="knockout"``), ``src`` the source of ``head``'s look-up knocked out."""
 
     key: tuple
     source: str
@@ -55,7 +67,8 @@ class LiveJob:
     head: tuple[int, int] | None = None
     future: Future = field(default_factory=Future)
     ids: list[int] = field(default_factory=list)
-    kind: str = "neuron"  # the engine batches jobs of one model and kind (app.live.fire: "fire")
+    kind: str = "neuron"  # the engine batches jobs of one model and kind ("knockout"; app.live.fire: "fire")
+    src: int | None = None
 
 
 class Live:
@@ -150,6 +163,7 @@ class Live:
         n = min(64, m.n_ctx - 1)
         ids = (m.encode(WARM_TEXT) * n)[:n]  # real tokens: the shapes and code paths of a request
         live_views(m, [[m.bos_token_id] + ids] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
+        live_knockouts(m, [[m.bos_token_id] + ids], [n - 1], [warm], [(0, 0)], [1])
         if m.d_vocab <= 1 << 17:  # every token's text, decoded once (the cache of token_str)
             for i in range(m.d_vocab):
                 token_str(m.tokenizer, i)
@@ -182,6 +196,24 @@ class Live:
         key = (target.slug, target.layer, target.neuron, prompt, tuple(ablate), pos, head)
         return self._enqueue(target.slug, LiveJob(key=key, source=source, prompt=prompt, heads=tuple(ablate),
                                                   pos=pos, head=head, target=target))
+
+    def submit_knockout(self, *, source: str, target: Target, prompt: str, pos: int | None,
+                        head: tuple[int, int], src: int) -> Future:
+        """Queue the attention knockout of source ``src`` (0 = BOS, the sink; ``s`` = the prompt's
+        token ``s - 1``) of ``head``'s look-up at ``pos`` (0-based, BOS excluded; default the last
+        token) for ``target``'s neuron (docs/method.md §3, "Attention knockout"); cached and shared
+        like :meth:`submit`. The Future gives :func:`~app.live.passes.live_knockouts`' dict.
+
+        Raises:
+            BadLiveInput: an empty prompt (at once); a position or source outside it, or a head not
+                upstream of the neuron (from the Future). PromptTooLong, ModelNotAvailable (from the
+                Future). LiveBusy: too many requests are waiting (at once).
+        """
+        if not prompt or not prompt.strip():
+            raise BadLiveInput("The prompt is empty: type some text to run the model on.")
+        key = ("knockout", target.slug, target.layer, target.neuron, prompt, pos, head, src)
+        return self._enqueue(target.slug, LiveJob(key=key, source=source, prompt=prompt, heads=(), pos=pos,
+                                                  head=head, target=target, kind="knockout", src=src))
 
     def submit_fire(self, *, source: str, columns: FireColumns, text: str) -> Future:
         """Queue ``text`` for "which neurons fire" on the model of ``source`` (:mod:`app.live.fire`;
@@ -241,6 +273,17 @@ class Live:
             return run_fire_batch(model, jobs, check_ids=lambda ids: check_ids(ids, None, cap, token_cap),
                                   settle=self._settle, max_batch_tokens=self.settings.max_batch_tokens,
                                   max_batch=self.settings.max_batch)
+
+        if jobs[0].kind == "knockout":
+            return serve_batch(
+                model, jobs, check=lambda j, ids: check_ids(ids, j.pos, cap, token_cap)
+                or check_head(model, j.head, j.target) or check_source(j.src, j.pos, len(ids)),
+                compute=lambda batch: live_knockouts(
+                    model, [[model.bos_token_id] + j.ids for j in batch],
+                    [len(j.ids) - 1 if j.pos is None else j.pos for j in batch], [j.target for j in batch],
+                    [j.head for j in batch], [j.src for j in batch]),
+                settle=self._settle, max_tokens=self.settings.max_batch_tokens,
+                max_rows=self.settings.max_batch)
 
         def compute(batch: list[LiveJob]) -> list[dict]:
             outs = live_views(model, [[model.bos_token_id] + j.ids for j in batch],

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.ablation import reads as ablation_reads
+from context_lookups.precompute.core.errors import BadLiveInput
 from context_lookups.precompute.explain import reads as explain_reads
 from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.attribution import head_label, scored_layers
@@ -229,6 +230,29 @@ def live_request(s: Session, ctx: RunContext, *, layer: int, neuron_: int, promp
             "brief": neuron_brief(None, ctx, layer=layer, neuron_=neuron_, score=score, n=n)}
 
 
+def knockout_request(s: Session, ctx: RunContext, *, layer: int, neuron_: int, prompt: str, head: str | None,
+                     src: int, pos: int | None, score: str = "raw") -> dict:
+    """What a live knockout needs, checked before anything is queued (docs/method.md §3,
+    "Attention knockout"): ``neuron`` (the row), ``head`` (parsed against the run's model: a
+    knockout needs one) and ``params``, the parameters of the knockout's URL and of the live
+    page it belongs to (``page``).
+
+    Raises:
+        NotFound: no such neuron. BadLiveInput: no head, or a malformed or out-of-range one; a
+            negative source.
+    """
+    n = neuron_reads.get_neuron(s, run=ctx.run, layer=layer, neuron=neuron_)
+    picked = ctx.parse_head(head)
+    if picked is None:
+        raise BadLiveInput("A knockout needs the look-up's head: give head=L{layer}H{head} "
+                           "(e.g. head=L0H1).")
+    if src < 0:
+        raise BadLiveInput(f"src {src} is not a source position: 0 is BOS, s the prompt's token s - 1.")
+    page = {"prompt": prompt, "head": head_label(*picked), "pos": pos,
+            "score": score if score != "raw" else None}
+    return {"neuron": n, "head": picked, "params": {**page, "src": src}, "page": page}
+
+
 def shown_live(res: dict, partial: dict) -> dict:
     """A live result (shared, cached: not modified) with its tokens as shown
     (:func:`app.pages.present.token_fields`): ``tokens_escaped``, ``tokens_joined``,
@@ -244,7 +268,7 @@ def shown_live(res: dict, partial: dict) -> dict:
 
 def live_extra(res: dict, data: dict, score: str) -> dict:
     """Scales of the live view (template helpers); ``live_lookup_scale`` that of the look-up's
-    contributions in the score's units."""
+    context contributions in the score's units (the attention sink left out, docs/method.md §3)."""
     key = "attr_ln" if score == "ln" else "attr_raw"
     n_scored = res["n_scored"]
     grids = [res[key]] + ([res["ablation"][key]] if res.get("ablation") else [])
@@ -253,4 +277,6 @@ def live_extra(res: dict, data: dict, score: str) -> dict:
     return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]),
             "live_act_lo": act_floor(acts),
             "live_attr_scale": grid_scale(grids, n_scored),
-            "live_lookup_scale": nice_scale(lk["contrib_ln" if score == "ln" else "contrib"]) if lk else None}
+            # the context's scale: the attention sink (source 0) keeps its figure but not a colour
+            "live_lookup_scale": nice_scale(lk["contrib_ln" if score == "ln" else "contrib"][1:])
+            if lk else None}

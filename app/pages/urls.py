@@ -7,7 +7,7 @@ from __future__ import annotations
 from urllib.parse import quote, urlencode
 
 _ORDER = ("layer", "kind", "q", "min_congruence", "max_congruence", "min_score", "min_n", "sort", "order",
-          "page", "per_page", "score", "split", "prompt", "ablate", "head", "pos")
+          "page", "per_page", "score", "split", "prompt", "ablate", "head", "pos", "src")
 
 
 def _query(params: dict) -> str:
@@ -42,6 +42,12 @@ def goto(slug: str) -> str:
 def live(slug: str, layer: int, neuron_: int, **params) -> str:
     """The htmx fragment of the live panel (its page URL is :func:`neuron` with the same params)."""
     return f"/{quote(slug)}/neurons/{layer}/{neuron_}/live" + _query(params)
+
+
+def knockout(slug: str, layer: int, neuron_: int, *, fmt: str | None = None, **params) -> str:
+    """A live attention knockout (``prompt``, ``head``, ``pos``, ``src``): the htmx fragment the
+    live look-up's source tokens ask for, a page of its own without htmx, and its ``.json`` twin."""
+    return _path(f"/{quote(slug)}/neurons/{layer}/{neuron_}/knockout", fmt) + _query(params)
 
 
 def pair(slug: str, layer: int, neuron_: int, head_layer: int, head_: int, *,

@@ -126,7 +126,7 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
                       phases=ablation_reads.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}),
                       provenance=run.provenance)}
     key = "attr_ln" if score == "ln" else "attr_raw"
-    looks, look = LK.pair_lookups(s, run, p, explain + heldout, score)
+    looks, look = LK.pair_lookups(s, run, p, explain + heldout, score, ctx.rules)
     look["tokens"] = LK.summary_tokens(look["groups"], explain + heldout, partial)
 
     def row(pr, with_outcomes: bool) -> dict:
