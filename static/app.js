@@ -44,6 +44,7 @@
     if (el.matches("#live button.tok")) { return "#live button.tok[value='" + el.value + "']"; }
     if (el.matches("#live input.abl-box")) { return "#live input.abl-box[value='" + el.value + "']"; }
     if (el.matches("#live button.pick-head")) { return "#live button.pick-head[value='" + el.value + "']"; }
+    if (el.matches("#live button.ko-src")) { return "#live button.ko-src[value='" + el.value + "']"; }
     if (el.id) { return "#" + el.id; }
     return null;
   }
@@ -60,11 +61,19 @@
   });
   // Ctrl+Enter (Cmd+Enter on a Mac) in the prompt box (or the fire page's text box) runs it.
   var boxes = { "live-prompt": "live-form", "fire-text": "fire-form" };
+  // A box whose model is not on this server is off: disabled, and Ctrl+Enter does nothing (it
+  // used to submit anyway and add a second copy of the notice).
+  function isOff(box, form) {
+    if (!form || box.disabled || box.getAttribute("aria-disabled") === "true") { return true; }
+    if (form.getAttribute("aria-disabled") === "true") { return true; }
+    var run = form.querySelector("button[type=submit]:not([name])");
+    return !!(run && run.disabled);
+  }
   document.addEventListener("keydown", function (ev) {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && ev.target && boxes[ev.target.id]) {
       ev.preventDefault();
       var form = document.getElementById(boxes[ev.target.id]);
-      if (form) { form.requestSubmit(); }
+      if (!isOff(ev.target, form)) { form.requestSubmit(); }
     }
   });
   // Ticking a head in the live heatmap re-runs the live pass with those heads ablated.
@@ -83,7 +92,9 @@
       if (pos) { pos.remove(); }
       var res = document.querySelector("#live .live-result");
       var stale = !res || res.getAttribute("data-prompt") !== ev.target.value;
-      document.querySelectorAll("#live .live-tokens button.tok").forEach(function (b) { b.disabled = stale; });
+      document.querySelectorAll("#live .live-tokens button.tok, #live button.ko-src").forEach(function (b) {
+        b.disabled = stale;
+      });
     }
   });
 })();

@@ -61,7 +61,14 @@ def knockout_dict(row, ln_scale: float, tokens: list[str]) -> dict:
     text = BOS_LABEL if sink else "".join(tokens[s - 1] for s in src if 1 <= s <= len(tokens))
     return {"sources": src, "sink": sink, "label": label, "text": text, "contrib": row.contrib,
             "contrib_ln": row.contrib / ln_scale, **{e: getattr(row, e) for e in EFFECTS},
-            "prob_clean": row.prob_clean}
+            "prob_clean": row.prob_clean, "reason": knockout_reason(row)}
+
+
+def knockout_reason(ko) -> str | None:
+    """Why a knockout's effects are missing (None when they are there): a renormalised row with
+    no attention left (docs/method.md §3)."""
+    get = ko.get if isinstance(ko, dict) else lambda k: getattr(ko, k)
+    return states.reason("knockout_undefined") if get("direct_act") is None else None
 
 
 def pair_lookups(s, run, pair, prompts: list, score: str, rules=None) -> tuple[dict[int, dict], dict]:
@@ -220,6 +227,8 @@ class KnockoutJSON(BaseModel):
     total_act: float | None = Field(description="total effect on the activation")
     total_prob: float | None = Field(description="total effect on the probability of the neuron's token")
     prob_clean: float | None = Field(description="that probability, clean")
+    reason: str | None = Field(description="why the effects are null (undefined: no attention left to "
+                               "renormalise); null when they are there")
 
 
 class LookupJSON(BaseModel):

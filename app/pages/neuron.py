@@ -62,7 +62,8 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
     no_pair_reason = None
     if not pairs and n.kind != "other":
         n_explain = len(prompts) if split == "explain" else head_reads.count_prompts(s, neuron_id=n.id)
-        no_pair_reason = states.no_pair_reason(n_explain, ctx.rules)
+        no_pair_reason = (states.reason("neurons_only") if states.neurons_only(run.provenance)
+                          else states.no_pair_reason(n_explain, ctx.rules))
     docs = []
     if n.kind == "other" or not prompts:
         top = prompt_reads.top_documents(s, run_id=run.id, layer=layer, neuron=neuron_,
@@ -70,7 +71,8 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
         docs = ctx.tokens.windows([asdict(d) for d in top], ctx=ctx.context_tokens,
                                   window=settings.doc_window)
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n, ctx.partial), "best": best_scores(ctx, pairs),
+        "run": run_dict(run), "neuron": neuron_dict(n, ctx.partial),
+        "best": best_scores(ctx, pairs, n=n, no_pair=no_pair_reason),
         "score": score, "split": split,
         "rank_note": rank_note(n, run.d_mlp, above),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
@@ -183,10 +185,12 @@ def _histogram(s: Session, ctx: RunContext, n: Neuron, *, split: str, prompts: l
     return h
 
 
-def best_scores(ctx: RunContext, pairs: list[dict]) -> dict:
+def best_scores(ctx: RunContext, pairs: list[dict], *, n: Neuron | None = None,
+                no_pair: str | None = None) -> dict:
     """The neuron's best E over its kept pairs by the run's own rule (``ctx.e_rule``, as
     ``Neuron.best_score``: the authors' for imported runs, the project's otherwise) and by the
-    other rule, labelled."""
+    other rule, labelled; ``reason``: why there is none (None when there is one;
+    :func:`app.pages.states.neuron_score_reason`)."""
     def best(key):
         vals = [e[key] for p in pairs for e in p["explanations"] if e[key] is not None]
         return max(vals) if vals else None
@@ -194,7 +198,20 @@ def best_scores(ctx: RunContext, pairs: list[dict]) -> dict:
     own = ctx.e_rule
     other = "project" if own == "authors" else "authors"
     keys = {"authors": "score_authors", "project": "score"}
-    return {"rule": own, "score": best(keys[own]), "other_rule": other, "other": best(keys[other])}
+    out = {"rule": own, "score": best(keys[own]), "other_rule": other, "other": best(keys[other]),
+           "reason": None}
+    if out["score"] is None and n is not None:
+        exps = [e for p in pairs for e in p["explanations"]]
+        if no_pair:
+            only = states.neurons_only(ctx.run.provenance)
+            out["reason"] = no_pair if only else states.reason("no_pair", why=no_pair)
+        elif exps:
+            out["reason"] = "; ".join(dict.fromkeys(e["reason"] for e in exps if e.get("reason"))) or None
+        else:
+            out["reason"] = states.neuron_score_reason(
+                kind=n.kind, status=n.status, has_kept_pair=bool(pairs), provenance=ctx.run.provenance, best=None,
+                settings=ctx.rules)
+    return out
 
 
 def neuron_brief(s: Session | None, ctx: RunContext, *, layer: int, neuron_: int, score: str,

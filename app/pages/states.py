@@ -156,6 +156,33 @@ class _Blank(dict):
         return ""
 
 
+def neurons_only(provenance: dict | None) -> bool:
+    """Whether an imported run's files hold neurons only (a gpt2-xl-like release: no training
+    attributions, so no prompts, pairs or explanations; nothing a command here can add)."""
+    missing = (provenance or {}).get("missing") or []
+    return any(isinstance(m, dict) and m.get("role") == "attr" for m in missing)
+
+
+def neuron_score_reason(*, kind: str, status: str | None, has_kept_pair: bool, provenance: dict | None,
+                        best: dict | None, settings=None) -> str | None:
+    """Why a neuron's best E is missing on the lists (None when it has one): not selected, the
+    run's files hold neurons only, no kept pair (and why: :func:`no_pair_reason` from its
+    status), or its best explanation's reason (:func:`score_reason`), or not explained yet."""
+    if best is not None:
+        return score_reason(best)
+    if kind == "other":
+        return reason("not_selected")
+    if neurons_only(provenance):
+        return reason("neurons_only")
+    if not has_kept_pair:
+        if status == "no_activating_prompt":
+            return reason("no_pair", why="it has no activating explain prompt")
+        if status == "too_few_prompts" and settings is not None:
+            return reason("no_pair", why=f"fewer than {settings.pair_min_prompts} explain prompts")
+        return reason("no_pair", why="no head is active on the pair rule's share of its explain prompts")
+    return reason("not_explained_imported" if provenance is not None else "not_explained")
+
+
 def score_reason(e: dict | None, *, explanation_state: dict | None = None, no_pair: str | None = None,
                  neurons_only: bool = False) -> str | None:
     """Why an explanation score E is missing (None when there is one): from the explanation's

@@ -45,6 +45,7 @@ def home(s: Session) -> dict:
     for run in Q.list_runs(s):
         d = run_dict(run, Q.run_counts(s, run_id=run.id))
         d["findings"] = Q.findings(s, run_id=run.id)
+        d["neurons_only"] = states.neurons_only(run.provenance)  # a gpt2-xl-like import: nothing to explain
         d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
         runs.append(d)
     return {"runs": runs}
@@ -57,6 +58,7 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
     rows, total = Q.list_neurons(s, run=run, flt=flt)
     best = explain_reads.best_explanations(s, neurons=rows)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
+    with_pairs = head_reads.kept_pair_neurons(s, neuron_ids=[n.id for n in rows if n.id not in best])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -68,6 +70,9 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
         d.pop("bottom_tokens")
         ex = explanation_dict(best[n.id], counts.get(best[n.id].id)) if n.id in best else {}
         d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
+        d["reason"] = None if n.best_score is not None else states.neuron_score_reason(
+            kind=n.kind, status=n.status, has_kept_pair=n.id in best or n.id in with_pairs,
+            provenance=run.provenance, best=ex or None, settings=ctx.rules)
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
     return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
@@ -160,6 +165,16 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
     }
 
 
+def _pair_reason(p, ex: dict, run, rules) -> str | None:
+    """Why a pair row's E is missing (None when it has one): its explanation's reason, or why it
+    has none (:func:`app.pages.states.score_reason`)."""
+    if ex:
+        return ex.get("reason")
+    return states.score_reason(None, explanation_state=states.explanation_state(
+        kept_why=states.kept_reason(p, rules), n_explanations=0, provenance=run.provenance),
+        neurons_only=states.neurons_only(run.provenance))
+
+
 def _counts(answers: dict) -> tuple[int, int, int, int] | None:
     """(TP, FN, TN, FP) of one explanation's stored answers (``{prompt_id: Classification}``)."""
     parsed = [(c.truth, c.predicted) for c in answers.values() if c.predicted is not None]
@@ -192,7 +207,8 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
                  best_score=best.score if best is not None else None, best_explainer=ex.get("explainer"),
                  n_pos=ex.get("n_pos"),
                  n_neg=ex.get("n_neg"), **flat_uncertainty(ex), url=urls.neuron(slug, n.layer, n.neuron),
-                 pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
+                 pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_),
+                 reason=_pair_reason(p, ex, run, ctx.rules))
         items.append(d)
     total = head_reads.count_head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept)
     return {"run": run_dict(run), "head": {"layer": layer, "head": head_, "label": head_label(layer, head_)},
@@ -220,6 +236,7 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
                  score=ex.get("score"), score_authors=ex.get("score_authors"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
                  **flat_uncertainty(ex), explanation=ex.get("text"),
+                 reason=_pair_reason(p, ex, run, ctx.rules),
                  url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
         items.append(d)
     pages = max(1, math.ceil(total / flt.per_page))

@@ -32,6 +32,7 @@ from ..pages import urls, views
 from ..pages.context import RunContext
 from ..pages.export import CHUNK as CSV_CHUNK
 from ..pages.export import all_pages_csv, csv_response
+from ..pages import lookup as LK
 from ..pages.lookup import LiveKnockoutJSON, NeuronJSON, PairJSON
 from .common import clean_text, db, is_htmx, render, run_context
 
@@ -343,6 +344,7 @@ async def knockout_view(request: Request, s: Session, run: str, layer: int, neur
 
     ctx, req, fut = await run_in_threadpool(submit)
     res = await asyncio.shield(asyncio.wrap_future(fut))
+    res = {**res, "reason": LK.knockout_reason(res)}  # the result is shared (cached): not modified
     if fmt == "json":
         return render(request, "", res, fmt="json")
     data = {"run": {"slug": ctx.slug}, "neuron": {"layer": layer, "neuron": neuron}, "ko": res,

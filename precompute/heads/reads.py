@@ -75,6 +75,14 @@ def head_pairs(session: Session, *, run: Run, head_layer: int, head: int, kept_o
     return [tuple(r) for r in session.execute(q if limit is None else q.limit(limit))]
 
 
+def kept_pair_neurons(session: Session, *, neuron_ids: list[int]) -> set[int]:
+    """Which of ``neuron_ids`` have at least one kept pair."""
+    if not neuron_ids:
+        return set()
+    return set(session.scalars(select(Pair.neuron_id).distinct()
+                               .where(Pair.neuron_id.in_(neuron_ids), Pair.kept.is_(True))))
+
+
 def count_head_pairs(session: Session, *, run: Run, head_layer: int, head: int,
                      kept_only: bool = False) -> int:
     """How many neurons the head was scored against (kept pairs only with ``kept_only``)."""
