@@ -209,8 +209,8 @@ def best_scores(ctx: RunContext, pairs: list[dict], *, n: Neuron | None = None,
             out["reason"] = "; ".join(dict.fromkeys(e["reason"] for e in exps if e.get("reason"))) or None
         else:
             out["reason"] = states.neuron_score_reason(
-                kind=n.kind, status=n.status, has_kept_pair=bool(pairs), provenance=ctx.run.provenance, best=None,
-                settings=ctx.rules)
+                kind=n.kind, status=n.status, has_kept_pair=bool(pairs), provenance=ctx.run.provenance,
+                best=None, settings=ctx.rules)
     return out
 
 
