@@ -84,6 +84,53 @@
       if (form) { refocus = describe(t); form.requestSubmit(); }
     }
   });
+  // Inner scroll areas (.xscroll: wide tables and heatmaps on a narrow screen) say that they
+  // scroll: a "scroll →" line above them and a shadow on the side with more (class overflowing,
+  // at-end when scrolled to the end). The live heatmap's selected head is scrolled into view.
+  function cue(box) {
+    var over = box.scrollWidth > box.clientWidth + 1;
+    box.classList.toggle("overflowing", over);
+    box.classList.toggle("at-end", !over || box.scrollLeft + box.clientWidth >= box.scrollWidth - 1);
+    var prev = box.previousElementSibling;
+    var has = prev && prev.classList.contains("scroll-hint");
+    if (over && !has) {
+      var hint = document.createElement("div");
+      hint.className = "scroll-hint";
+      hint.setAttribute("aria-hidden", "true");
+      hint.textContent = "scroll \u2192";
+      box.parentNode.insertBefore(hint, box);
+    } else if (!over && has) {
+      prev.remove();
+    }
+  }
+  function showPicked(root) {
+    root.querySelectorAll("table.heat td.picked").forEach(function (cell) {
+      var box = cell.closest(".xscroll");
+      if (!box || box.scrollWidth <= box.clientWidth) { return; }
+      var b = box.getBoundingClientRect(), c = cell.getBoundingClientRect();
+      box.scrollLeft += (c.left - b.left) - (box.clientWidth - c.width) / 2;
+    });
+  }
+  function cues(root) {
+    root = root || document;
+    showPicked(root);
+    document.querySelectorAll(".xscroll").forEach(cue);
+  }
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", function () { cues(); });
+  } else {
+    cues();
+  }
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () { cues(); }, 150);
+  });
+  document.addEventListener("htmx:afterSettle", function (ev) { cues(ev.detail && ev.detail.target); });
+  document.addEventListener("scroll", function (ev) {
+    var t = ev.target;
+    if (t && t.classList && t.classList.contains("xscroll")) { cue(t); }
+  }, true);
   // A new prompt forgets the clicked position of the previous one, and the tokens of the
   // previous result (buttons of the live form carrying pos=) cannot be clicked until it runs.
   document.addEventListener("input", function (ev) {

@@ -172,9 +172,9 @@ def lookup_tokens_html(toks: list[str], lookup: dict, scale: float, *, score: st
             cls += " ko"
         bg = colour(a, 1.0) if row == "attention" else "transparent" if sink else colour(c, scale)
         where = f"{SINK_LABEL} (BOS)" if sink else f"#{s - 1}"
-        off = " — not on the colour scale" if sink and row != "attention" else ""
-        title = (f"{where}: contribution {fmt(c, 4)} ({unit}){off}; "
-                 f"attention {fmt(a, 4)}{' · firing position' if s == p else ''}"
+        off = " · not on the colour scale" if sink and row != "attention" else ""
+        title = (f"{where}: contribution {fmt(c, 4)} ({unit}); "
+                 f"attention {fmt(a, 4)}{off}{' · firing position' if s == p else ''}"
                  f"{' · ' + knockout_title(ko, unit) if ko else ''}")
         shown = (f'{BOS_LABEL}<span class="sink-mark" aria-hidden="true">sink</span>' if sink
                  else escape(visible(text)))
