@@ -202,7 +202,7 @@ def test_the_openapi_schema_describes_the_sink_and_the_knockouts(client):
     comps = schema["components"]["schemas"]
     assert "sink" in comps["LookupJSON"]["properties"] and "context" in comps["LookupJSON"]["properties"]
     assert "attention sink" in json.dumps(comps["SinkJSON"])
-    assert "knockouts" in comps["StoredLookupJSON"]["properties"]
+    assert "knockouts" in comps["LookupJSON"]["properties"]
     assert "total_act" in comps["KnockoutJSON"]["properties"]
     path = next(p for p in schema["paths"] if p.endswith("/knockout.json"))
     assert "LiveKnockoutJSON" in json.dumps(schema["paths"][path])

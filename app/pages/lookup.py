@@ -176,8 +176,7 @@ def lookup_tokens_html(toks: list[str], lookup: dict, scale: float, *, score: st
         title = (f"{where}: contribution {fmt(c, 4)} ({unit}); "
                  f"attention {fmt(a, 4)}{off}{' · firing position' if s == p else ''}"
                  f"{' · ' + knockout_title(ko, unit) if ko else ''}")
-        shown = (f'{BOS_LABEL}<span class="sink-mark" aria-hidden="true">sink</span>' if sink
-                 else escape(visible(text)))
+        shown = BOS_LABEL if sink else escape(visible(text))  # the sink's marker: CSS (.tok.sink::after)
         if pick and row == "contrib":
             out.append(f'<button type="submit" form="{pick}" name="src" value="{s}" class="{cls} ko-src" '
                        f'style="background:{bg}" data-src="{s}" '
@@ -258,14 +257,10 @@ class LookupJSON(BaseModel):
                                              "non-sink total, largest first")
     context_scale: float = Field(description="the largest |contrib| of a context source (raw units): the "
                                  "colour scale, which leaves the sink out")
-
-
-class StoredLookupJSON(LookupJSON):
-    """:class:`LookupJSON` of a stored prompt, with its stored knockouts."""
-
-    knockouts: list[KnockoutJSON] = Field(description="the prompt's attention knockouts of this head: its "
-                                          "top context sources one at a time, then the sink (empty: none "
-                                          "stored, see the page's lookup.knockout.state)")
+    knockouts: list[KnockoutJSON] | None = Field(None, description="a stored prompt's attention knockouts of "
+                                                 "this head: its top context sources one at a time, then the "
+                                                 "sink (empty: none stored, see the page's "
+                                                 "lookup.knockout.state); absent in a live look-up")
 
 
 class LiveLookupJSON(LookupJSON):
@@ -294,9 +289,8 @@ class _Open(BaseModel):
 class PairPromptJSON(_Open):
     """A prompt of the pair page (the other fields as on the neuron page)."""
 
-    lookup: StoredLookupJSON | None = Field(description="the pair head's stored look-up at the firing "
-                                            "position, with its knockouts (null: not stored, see the page's "
-                                            "lookup.state)")
+    lookup: LookupJSON | None = Field(description="the pair head's stored look-up at the firing position, "
+                                      "with its knockouts (null: not stored, see the page's lookup.state)")
 
 
 class LookupSummaryRowJSON(BaseModel):
