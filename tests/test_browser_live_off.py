@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser_fixtures import shot
-from tests.paper_data import build_paper_web_db, require_sample
-from tests.web_fixtures import Server
+from tests.paper_data import paper_server
 
 pytestmark = pytest.mark.browser
 
@@ -21,12 +20,7 @@ CTRL_ENTER = """() => document.getElementById('live-prompt').dispatchEvent(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, precomputed_db):
-    require_sample()
-    from context_lookups.app.main import create_app
-
-    db = build_paper_web_db(tmp_path_factory, precomputed_db)
-    with Server(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as srv:
-        yield srv
+    yield from paper_server(tmp_path_factory, precomputed_db)
 
 
 def test_the_box_of_a_run_without_its_model_is_off(page, server):
