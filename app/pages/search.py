@@ -150,7 +150,7 @@ def _link(kind: str, row) -> dict:
         st = json.loads(st) if isinstance(st, str) else (st or {})
         d["truncated"] = bool(st.get("truncated"))  # cut at the explainer's token limit
         d["score_authors"] = authors_score(d["score"], d["tpr"], d["tnr"])
-        d["reason"] = score_reason({**d, "score_authors": None})  # the project's E is the one shown
+        d["reason"] = score_reason(d, rule="project")  # the project's E is the one shown
         d["url"] = urls.pair(d["run"], d["layer"], d["neuron"], d["head_layer"], d["head"])
     else:
         d["url"] = urls.neuron(d["run"], d["layer"], d["neuron"],

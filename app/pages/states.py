@@ -169,7 +169,7 @@ def neuron_score_reason(*, kind: str, status: str | None, has_kept_pair: bool, p
     run's files hold neurons only, no kept pair (and why: :func:`no_pair_reason` from its
     status), or its best explanation's reason (:func:`score_reason`), or not explained yet."""
     if best is not None:
-        return score_reason(best)
+        return score_reason(best, rule="project")
     if kind == "other":
         return reason("not_selected")
     if neurons_only(provenance):
@@ -184,13 +184,15 @@ def neuron_score_reason(*, kind: str, status: str | None, has_kept_pair: bool, p
 
 
 def score_reason(e: dict | None, *, explanation_state: dict | None = None, no_pair: str | None = None,
-                 neurons_only: bool = False) -> str | None:
+                 neurons_only: bool = False, rule: str = "any") -> str | None:
     """Why an explanation score E is missing (None when there is one): from the explanation's
     status (``e``, an :func:`app.pages.present.explanation_dict`), else from why the pair has no
     explanation (``explanation_state``), or why the neuron has no kept pair (``no_pair``), or
-    because the run's files hold neurons only."""
+    because the run's files hold neurons only. ``rule``: "any" (E by either rule counts) or
+    "project" (the view shows the project's E, ``score``, alone: a one-class pair that only the
+    authors' rule scores has none)."""
     if e is not None:
-        if e.get("score") is not None or e.get("score_authors") is not None:
+        if e.get("score") is not None or (rule == "any" and e.get("score_authors") is not None):
             return None
         st = e.get("status")
         if st == "single_class":

@@ -165,11 +165,16 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
     }
 
 
+def score_reason_project(ex: dict) -> str | None:
+    """Why a row that shows the project's E (``score``) has none."""
+    return states.score_reason(ex, rule="project")
+
+
 def _pair_reason(p, ex: dict, run, rules) -> str | None:
     """Why a pair row's E is missing (None when it has one): its explanation's reason, or why it
     has none (:func:`app.pages.states.score_reason`)."""
-    if ex:
-        return ex.get("reason")
+    if ex:  # the list shows the project's E (``score``)
+        return score_reason_project(ex)
     return states.score_reason(None, explanation_state=states.explanation_state(
         kept_why=states.kept_reason(p, rules), n_explanations=0, provenance=run.provenance),
         neurons_only=states.neurons_only(run.provenance))
