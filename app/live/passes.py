@@ -21,8 +21,8 @@ from context_lookups.precompute.heads.attribution import (
     upstream_attn_layers,
 )
 from context_lookups.precompute.heads.knockout import stored_rows as knockout_rows
-from context_lookups.precompute.heads.lookup import BOS_LABEL, SINK_LABEL, lookup_dict
-from context_lookups.precompute.model import SINK, LoadedModel, NeuronPass, length_batches
+from context_lookups.precompute.heads.lookup import BOS_LABEL, SINK, SINK_LABEL, lookup_dict
+from context_lookups.precompute.model import LoadedModel, NeuronPass, length_batches
 
 
 @dataclass(frozen=True)

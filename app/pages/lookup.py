@@ -19,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.knockout import EFFECTS, from_stored, summarise_pair
-from context_lookups.precompute.heads.lookup import BOS_LABEL, SINK_LABEL, decode, lookup_dict, summary
-from context_lookups.precompute.model import SINK
+from context_lookups.precompute.heads.lookup import BOS_LABEL, SINK, SINK_LABEL, decode, lookup_dict, summary
 
 from . import states
 from .formats import fmt, has_hidden, visible

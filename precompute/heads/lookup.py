@@ -20,6 +20,9 @@ import numpy as np
 
 from context_lookups.precompute.model import SINK, rank_context
 
+__all__ = ["BOS_LABEL", "SINK", "SINK_LABEL", "SinkSplit", "carriers", "decode", "encode", "lookup_dict",
+           "split_sink", "stored_rows", "summary"]
+
 BOS_LABEL = "\u27e8BOS\u27e9"  # ⟨BOS⟩: source position 0 (no token of a BPE vocabulary)
 SINK_LABEL = "attention sink"  # the sink's row in summaries and on the pages
 
