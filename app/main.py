@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailable, NotFound, PromptTooLong
@@ -140,8 +141,9 @@ def _warm_pages(app: FastAPI) -> None:
 class SecurityHeaders:
     """Pure ASGI middleware: the security headers (CSP, nosniff, referrer policy), ``Vary:
     HX-Request`` (a fragment and its page share a URL) and ``Server-Timing`` (the app's time up to
-    the response headers, ms). Starlette's ``@app.middleware("http")`` did the same through
-    ``BaseHTTPMiddleware``, whose extra task and memory stream cost ~1 ms per request."""
+    the response headers, ms); a HEAD request is answered as its GET, headers only. Starlette's
+    ``@app.middleware("http")`` did the same through ``BaseHTTPMiddleware``, whose extra task and
+    memory stream cost ~1 ms per request."""
 
     def __init__(self, app):
         self.app = app
@@ -150,8 +152,13 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
+        head = scope["method"] == "HEAD"  # answered as GET without its body (RFC 9110 §9.3.2)
+        if head:
+            scope = {**scope, "method": "GET"}
 
         async def send_with_headers(message):
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.lower() not in (b"server-timing", b"x-content-type-options", b"referrer-policy")]
@@ -191,6 +198,7 @@ def error_response(request: Request, status: int, message: str, title: str | Non
 
 _TITLES = {404: "Not found", 422: "Cannot run this request", 503: "Model not available",
            500: "Server error"}
+DB_RETRY_AFTER_S = 5  # seconds a client is asked to wait when the SQLite file is locked
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -224,6 +232,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         for k, v in (exc.headers or {}).items():
             resp.headers[k] = v
         return resp
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(request: Request, exc: OperationalError):
+        """The database locked by another process (SQLite's busy timeout ran out) or gone (its
+        file deleted or moved): a 503 the client can retry, and one log line, not a traceback."""
+        reason = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        if "locked" in reason or "busy" in reason:
+            logger.warning("database busy on %s (%s): answered 503", request.url.path, reason)
+            resp = error_response(request, 503, "The database is locked by another process (a write in "
+                                                "progress); retry in a few seconds.", "Database busy")
+            resp.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+            return resp
+        if "unable to open" in reason or "no such table" in reason or "disk I/O" in reason:
+            logger.error("database unavailable on %s (%s): answered 503", request.url.path, reason)
+            return error_response(request, 503, "The database cannot be read (was its file deleted or "
+                                                "moved?); the server needs restarting on a database.",
+                                  "Database not available")
+        return await crash(request, exc)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):

@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_precompute import model_dir  # noqa: E402
 from context_lookups.precompute.corpus import load_corpus  # noqa: E402
 from context_lookups.precompute.model import load_model, pad, tokenize_batch  # noqa: E402
-from context_lookups.precompute.settings import EMBEDDED_CORPUS  # noqa: E402
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS  # noqa: E402
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("explain", "heldout")
 MAX_DEPTH = 64  # JSON nesting levels of a corpus line (a document is {"text": ...}: 1)
+MAX_LINE_BYTES = 32 * 1024 * 1024  # one JSON Lines record (a scan reads ~1,000 tokens of a document)
+MAX_ARRAY_BYTES = 256 * 1024 * 1024  # a corpus given as one JSON array (.jsonl has no such limit)
 _ALIASES = {"explain": ("explain", "train"), "heldout": ("heldout", "test", "validation")}
 
 
@@ -105,18 +107,29 @@ def read_texts(path: str) -> Iterator[str | None]:
     ``text``), read with Python's own JSON parser: a ``.jsonl[.gz]`` file line by line (blank
     lines skipped), any other file as one JSON array of objects. Python's parser cannot crash on
     hostile input (nesting too deep is an error, where pyarrow's reader crashes the process).
+    A line is read up to :data:`MAX_LINE_BYTES` (an array file up to :data:`MAX_ARRAY_BYTES`),
+    so a small gzip that expands to one huge line is refused without holding it.
+
+    A ``text`` holding a lone surrogate (JSON ``"\\ud800"``) is refused like a line that is not
+    UTF-8: it is not Unicode text, cannot be written as UTF-8 (the datasets cache) nor
+    tokenized as it is, and replacing it would scan a document the file does not hold.
 
     Raises:
         DatasetNotAvailable: the file is empty, unreadable, corrupt (gzip), not UTF-8, not JSON,
-            nested too deeply, or a record is not an object; the message names the file and
-            the 1-based line.
+            nested too deeply, a line is too long, a record is not an object, or its text holds
+            a lone surrogate; the message names the file and the 1-based line.
     """
     n, seen = 0, False
     try:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as fh:
             if not path.endswith((".jsonl", ".jsonl.gz")):
-                records = _record(path, 1, fh.read())
+                raw = fh.read(MAX_ARRAY_BYTES + 1)
+                if len(raw) > MAX_ARRAY_BYTES:
+                    raise DatasetNotAvailable(f"{path}: a JSON array file larger than "
+                                              f"{MAX_ARRAY_BYTES >> 20} MB; give the corpus as JSON Lines "
+                                              f"(.jsonl[.gz]), one document a line")
+                records = _record(path, 1, raw)
                 if not isinstance(records, list):
                     raise DatasetNotAvailable(f"{path}: a JSON {type(records).__name__}, not an array "
                                               f"of objects")
@@ -125,7 +138,10 @@ def read_texts(path: str) -> Iterator[str | None]:
                 if not records:
                     raise DatasetNotAvailable(f"{path} is empty")
                 return
-            for n, line in enumerate(fh, 1):
+            for n, line in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
+                if len(line) > MAX_LINE_BYTES:
+                    raise DatasetNotAvailable(f"{path}, line {n}: longer than {MAX_LINE_BYTES >> 20} MB "
+                                              f"(the limit of one document's line); shorten or split it")
                 if line.strip():
                     seen = True
                     yield _text(path, f"line {n}", _record(path, n, line))
@@ -155,7 +171,15 @@ def _text(path: str, where: str, record) -> str | None:
     if not isinstance(record, dict):
         raise DatasetNotAvailable(f"{path}, {where}: a JSON {type(record).__name__}, not an object")
     text = record.get("text")
-    return text if isinstance(text, str) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DatasetNotAvailable(f"{path}, {where}: the text holds a lone surrogate "
+                                  f"(\\u{ord(text[e.start]):04x} at character {e.start + 1}), which is not "
+                                  f"Unicode text; fix or drop that record") from None
+    return text
 
 
 def local_dataset(paths: list[str]):

@@ -11,6 +11,7 @@ naming the valid range; the route boundary turns it into a 404.
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, select
@@ -160,8 +161,45 @@ class NeuronFilter:
     per_page: int = 50
 
 
-def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list[Neuron], int]:
-    """One page of the run's neurons matching ``flt`` and the total count.
+def _by_ids(session: Session, model, ids) -> list:
+    """Rows of ``model`` with these ids, in the order of ``ids`` (read 900 at a time: SQLite's
+    bound-parameter limit)."""
+    found = {}
+    ids = list(ids)
+    for i in range(0, len(ids), 900):
+        found.update((r.id, r) for r in session.scalars(select(model).where(model.id.in_(ids[i:i + 900]))))
+    return [found[i] for i in ids if i in found]
+
+
+def list_neurons(session: Session, *, run: Run, flt: NeuronFilter, ids=None) -> tuple[list[Neuron], int]:
+    """One page of the run's neurons matching ``flt`` and the total count; with ``ids`` (keys
+    of :func:`neuron_keys`), those neurons in that order and their count.
+
+    The page is found on the sort keys and ids alone (the sorter never carries a row's JSON
+    columns), then its rows are read by id.
+
+    Raises:
+        NotFound: ``flt.layer`` is not a scanned layer.
+    """
+    if ids is not None:
+        rows = _by_ids(session, Neuron, ids)
+        return rows, len(rows)
+    where, order = _neuron_query(run, flt)
+    total = session.scalar(select(func.count()).select_from(Neuron).where(where)) or 0
+    page = session.scalars(select(Neuron.id).where(where).order_by(*order)
+                           .limit(flt.per_page).offset((flt.page - 1) * flt.per_page)).all()
+    return _by_ids(session, Neuron, page), total
+
+
+def neuron_keys(session: Session, *, run: Run, flt: NeuronFilter) -> array:
+    """The ids of every neuron of the run matching ``flt``, in the list's order (one sorted
+    read of the keys: a CSV streams their rows a chunk at a time by id, never by OFFSET)."""
+    where, order = _neuron_query(run, flt)
+    return array("q", session.scalars(select(Neuron.id).where(where).order_by(*order)))
+
+
+def _neuron_query(run: Run, flt: NeuronFilter):
+    """The WHERE and ORDER BY of the neuron list (the last keys, layer and neuron, are unique).
 
     Raises:
         NotFound: ``flt.layer`` is not a scanned layer.
@@ -184,15 +222,10 @@ def list_neurons(session: Session, *, run: Run, flt: NeuronFilter) -> tuple[list
         cond.append(Neuron.congruence <= flt.max_congruence)
     if flt.min_score is not None:
         cond.append(Neuron.best_score >= flt.min_score)
-    where = and_(*cond)
-    total = session.scalar(select(func.count()).select_from(Neuron).where(where)) or 0
     col = SORTS[flt.sort]
     primary = col.desc().nulls_last() if flt.order == "desc" else col.asc().nulls_last()
     ties = (Neuron.congruence.desc(),) if flt.sort == "kind" else ()
-    rows = session.scalars(select(Neuron).where(where)
-                           .order_by(primary, *ties, Neuron.layer, Neuron.neuron)
-                           .limit(flt.per_page).offset((flt.page - 1) * flt.per_page)).all()
-    return list(rows), total
+    return and_(*cond), (primary, *ties, Neuron.layer, Neuron.neuron)
 
 
 # --- pairs and heads -------------------------------------------------------------------------
@@ -218,11 +251,44 @@ PAIR_SORTS = ("score", "neuron", "n")
 _SMALLER_CLASS = case((Explanation.n_pos < Explanation.n_neg, Explanation.n_pos), else_=Explanation.n_neg)
 
 
-def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tuple], int]:
+def list_pairs(session: Session, *, run: Run, flt: PairFilter, keys=None) -> tuple[list[tuple], int]:
     """One page of ``(Pair, Neuron, Explanation | None)`` rows of the run matching ``flt`` and
     their total: best E first (unscored last), by neuron and head, or by held-out size (``n``:
     the smaller of the active and inactive held-out counts, largest first). ``min_n``: that
-    smaller count at least.
+    smaller count at least. With ``keys`` (``(pair id, explanation id or -1)`` of
+    :func:`pair_keys`), those rows in that order and their count.
+
+    The page is found on the sort keys and ids alone, then its rows are read by id.
+
+    Raises:
+        NotFound: ``flt.layer`` is not a scanned layer.
+    """
+    if keys is None:
+        base, order = _pair_query(run, flt)
+        total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+        keys = [(p, -1 if e is None else e) for p, e in session.execute(
+            base.with_only_columns(Pair.id, Explanation.id).order_by(*order)
+            .limit(flt.per_page).offset((flt.page - 1) * flt.per_page))]
+    else:
+        total = len(keys)
+    pairs = {p.id: p for p in _by_ids(session, Pair, {p for p, _ in keys})}
+    neurons = {n.id: n for n in _by_ids(session, Neuron, {p.neuron_id for p in pairs.values()})}
+    expl = {e.id: e for e in _by_ids(session, Explanation, {e for _, e in keys if e >= 0})}
+    return [(pairs[p], neurons[pairs[p].neuron_id], expl.get(e)) for p, e in keys], total
+
+
+def pair_keys(session: Session, *, run: Run, flt: PairFilter) -> list[tuple[int, int]]:
+    """``(pair id, explanation id or -1)`` of every row of the run's pair list matching
+    ``flt``, in the list's order (one sorted read of the keys: a CSV streams their rows a chunk
+    at a time by key, never by OFFSET)."""
+    base, order = _pair_query(run, flt)
+    return [(p, -1 if e is None else e)
+            for p, e in session.execute(base.with_only_columns(Pair.id, Explanation.id).order_by(*order))]
+
+
+def _pair_query(run: Run, flt: PairFilter):
+    """The SELECT (pair, neuron, explanation) and ORDER BY of the pair list, ending with the
+    pair and explanation ids (unique keys).
 
     Raises:
         NotFound: ``flt.layer`` is not a scanned layer.
@@ -245,12 +311,9 @@ def list_pairs(session: Session, *, run: Run, flt: PairFilter) -> tuple[list[tup
         cond.append(flt.min_n <= _SMALLER_CLASS)
     base = (select(Pair, Neuron, Explanation).join(Neuron, Neuron.id == Pair.neuron_id)
             .outerjoin(Explanation, on).where(*cond))
-    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     by_neuron = (Neuron.layer, Neuron.neuron, Pair.head_layer, Pair.head, Explanation.explainer)
     score = Explanation.score.desc().nulls_last()
     order = {"neuron": by_neuron, "score": (score, *by_neuron),
              "n": (_SMALLER_CLASS.desc().nulls_last(), (Explanation.n_pos + Explanation.n_neg).desc().nulls_last(),
                    score, *by_neuron)}[flt.sort]
-    rows = session.execute(base.order_by(*order).limit(flt.per_page)
-                           .offset((flt.page - 1) * flt.per_page)).all()
-    return [tuple(r) for r in rows], total
+    return base, (*order, Pair.id, Explanation.id)

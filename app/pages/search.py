@@ -5,6 +5,11 @@
 The words typed are matched as words (all of them; a "quoted phrase" as a phrase), never as
 query syntax, so any input is safe on both backends. SQLite stems with Porter's stemmer,
 PostgreSQL with its ``english`` configuration (which also ignores stop words such as "the").
+
+Snippets are stored text shown, so they go through the one redaction of stored text on display
+(:func:`precompute.redact.redact`, as pair pages and their twins do): a database written before
+answers were redacted, or by another writer, may hold a key. A match whose matched words all lay
+inside a redacted credential is not shown (searching a password must not confirm it).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.core.errors import NotFound
+from context_lookups.precompute.core.redact import redact
 from context_lookups.precompute.explain.scoring import authors_score
 from context_lookups.precompute.heads.attribution import head_label
 
@@ -66,7 +72,9 @@ def pg_query(phrases: list[list[str]]) -> str:
 
 def _snippet(marked: str) -> dict:
     """A snippet with the matched words between the private-use marks, as ``text`` and
-    ``marks`` (``[start, end)`` character offsets of the matches in ``text``)."""
+    ``marks`` (``[start, end)`` character offsets of the matches in ``text``), redacted
+    (:func:`precompute.redact.redact`): when redaction changed the text, the matched words are
+    marked again where they still stand in it, and those inside a credential are gone."""
     out, marks, start = [], [], None
     n = 0
     for ch in marked or "":
@@ -79,7 +87,14 @@ def _snippet(marked: str) -> dict:
         else:
             out.append(ch)
             n += 1
-    return {"snippet": "".join(out), "marks": marks}
+    text = "".join(out)
+    clean = redact(text)
+    if clean == text:
+        return {"snippet": text, "marks": marks}
+    words = {text[a:b] for a, b in marks}
+    remarked = sorted([m.start(), m.end()] for w in words if w
+                      for m in re.finditer(r"(?<!\w)" + re.escape(w) + r"(?!\w)", clean))
+    return {"snippet": clean, "marks": remarked, "only_in_secret": bool(marks) and not remarked}
 
 
 _SQLITE = {
@@ -186,5 +201,7 @@ def search(session: Session, sq: SearchQuery) -> dict:
         rows = session.execute(text(select_sql.format(run=run_clause)),
                                {**params, "lim": limit, "off": offset}).all()
         total = session.execute(text(count_sql.format(run=run_clause)), params).scalar() or 0
-        out[k] = {"total": total, "items": [_link(k, r) for r in rows]}
+        items = [_link(k, r) for r in rows]
+        shown = [d for d in items if not d.pop("only_in_secret", False)]  # matched only in a credential
+        out[k] = {"total": total - (len(items) - len(shown)), "items": shown}
     return out

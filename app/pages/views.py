@@ -51,11 +51,12 @@ def home(s: Session) -> dict:
     return {"runs": runs}
 
 
-def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50) -> dict:
+def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_page: int = 50,
+            ids=None) -> dict:
     """A run's neurons (one page of ``flt``), each with the held-out size and interval of its
     best E (docs/method.md §1, §5)."""
     run, slug, partial = ctx.run, ctx.slug, ctx.partial
-    rows, total = Q.list_neurons(s, run=run, flt=flt)
+    rows, total = Q.list_neurons(s, run=run, flt=flt, ids=ids)
     best = explain_reads.best_explanations(s, neurons=rows)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
     with_pairs = head_reads.kept_pair_neurons(s, neuron_ids=[n.id for n in rows if n.id not in best])
@@ -224,11 +225,11 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
                                    kept="true" if kept else None) for f in ("json", "csv")}}
 
 
-def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter) -> dict:
+def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter, keys=None) -> dict:
     """A run's (neuron, head) pairs, one row per explanation (or per pair without one), with
     the explanation's text and score E (paper §4.4)."""
     run, slug, partial = ctx.run, ctx.slug, ctx.partial
-    rows, total = Q.list_pairs(s, run=run, flt=flt)
+    rows, total = Q.list_pairs(s, run=run, flt=flt, keys=keys)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for _, _, e in rows
                                                              if e is not None and e.n_unparsed])
     items = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import replace
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -26,13 +25,12 @@ from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailab
 from context_lookups.precompute.neurons.reads import get_neuron
 
 from ..live.passes import Target
+from ..pages import lookup as LK
 from ..pages import neuron as NP
 from ..pages import queries as Q
 from ..pages import urls, views
 from ..pages.context import RunContext
-from ..pages.export import CHUNK as CSV_CHUNK
-from ..pages.export import all_pages_csv, csv_response
-from ..pages import lookup as LK
+from ..pages.export import all_rows_csv, csv_response
 from ..pages.lookup import LiveKnockoutJSON, NeuronJSON, PairJSON
 from .common import clean_text, db, is_htmx, render, run_context
 
@@ -103,12 +101,11 @@ def _neurons(request: Request, s: Session, run: str, fmt: str | None, layer, kin
         if v is not None and not math.isfinite(v):
             raise BadLiveInput(f"{name} must be a finite number, not {v}.")
     ctx = run_context(request, s, run)
-    if fmt == "csv":  # every row matching the filters, streamed (app.pages.export)
-        def fetch(session: Session, page: int) -> tuple[list[dict], int]:
-            d = views.neurons(session, ctx, flt=replace(flt, page=page, per_page=CSV_CHUNK),
-                              default_per_page=settings.page_size)
-            return d["neurons"], d["pages"]
-        return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-neurons.csv")
+    if fmt == "csv":  # every row matching the filters, streamed by key (app.pages.export)
+        def fetch(session: Session, ids) -> list[dict]:
+            return views.neurons(session, ctx, flt=flt, default_per_page=settings.page_size, ids=ids)["neurons"]
+        keys = Q.neuron_keys(s, run=ctx.run, flt=flt)
+        return all_rows_csv(fetch, keys, s, request.app.state.Session, filename=f"{run}-neurons.csv")
     data = views.neurons(s, ctx, flt=flt, default_per_page=settings.page_size)
     if is_htmx(request) and fmt is None:
         return render(request, "_neuron_table.html", data, fmt=None,
@@ -446,11 +443,11 @@ def _pair_list_route(fmt: str | None):
         flt = Q.PairFilter(layer=layer, kind=kind, kept=kept, explainer=explainer, min_score=min_score,
                            min_n=min_n, sort=sort, page=page, per_page=per_page or Q.PairFilter.per_page)
         ctx = run_context(request, s, run)
-        if fmt == "csv":  # every row matching the filters, streamed (app.pages.export)
-            def fetch(session: Session, page: int) -> tuple[list[dict], int]:
-                d = views.pairs(session, ctx, flt=replace(flt, page=page, per_page=CSV_CHUNK))
-                return d["pairs"], d["pages"]
-            return all_pages_csv(fetch, fetch(s, 1), request.app.state.Session, filename=f"{run}-pairs.csv")
+        if fmt == "csv":  # every row matching the filters, streamed by key (app.pages.export)
+            def fetch(session: Session, keys) -> list[dict]:
+                return views.pairs(session, ctx, flt=flt, keys=keys)["pairs"]
+            keys = Q.pair_keys(s, run=ctx.run, flt=flt)
+            return all_rows_csv(fetch, keys, s, request.app.state.Session, filename=f"{run}-pairs.csv")
         data = views.pairs(s, ctx, flt=flt)
         return render(request, "pairs.html", data, fmt=fmt)
     return handler

@@ -10,11 +10,20 @@ sent includes the key (``Authorization: Bearer KEY``), the userinfo of ``--llm-b
 out in; :func:`redact` removes those and the generic shapes (bearer and basic tokens, ``sk-``
 keys, URL userinfo, secret-looking query values). Redaction is idempotent:
 ``redact(redact(t)) == redact(t)``.
+
+A known secret is matched in the encodings an endpoint, a page or a log is likely to give it
+back in, written once here (:func:`secret_forms` for whole-string encodings, :func:`_secret_pattern`
+for per-character ones, in any mix): any letter case; hex of its bytes; base64 of it, of
+``user:pass`` and of any text holding it (``Bearer KEY``: the part of the base64 that depends
+only on the key, for each of the 3 alignments); each character as itself, percent-encoded once
+or more (``%2F``, ``%252F``), an HTML character reference (``&#x2F;``, ``&#47;``, ``&sol;``) or
+a JSON escape (``\\/``, ``\\u002f``).
 """
 
 from __future__ import annotations
 
 import base64
+import html.entities
 import logging
 import re
 import threading
@@ -39,32 +48,60 @@ _known: set[str] = set()  # secrets in use in this process (register_secret), fo
 _known_lock = threading.Lock()
 
 
+_ENTITY_NAMES: dict[str, list[str]] = {}
+for _name, _ch in html.entities.html5.items():
+    if _name.endswith(";") and len(_ch) == 1 and ord(_ch) < 128:
+        _ENTITY_NAMES.setdefault(_ch, []).append(re.escape(_name))
+del _name, _ch
+
+
 def _secret_pattern(secret: str) -> str:
-    """A regex matching ``secret`` with any of its characters percent-encoded (either case of
-    hex digit, ``+`` for a space), as a URL or form may carry it."""
+    """A regex (matched ignoring case) for ``secret`` with each character as itself,
+    percent-encoded once or more (``%2F``, ``%252F``; ``+`` for a space), as an HTML character
+    reference (``&#x2F;``, ``&#47;``, ``&sol;``) or a JSON escape (``\\/``, ``\\u002F``)."""
     out = []
     for ch in secret:
-        alts = [re.escape(ch), "".join("%" + "".join(f"[{d}{d.upper()}]" if d.isalpha() else d
-                                                     for d in f"{b:02x}") for b in ch.encode())]
+        code = ord(ch)
+        alts = [re.escape(ch), "".join(f"%(?:25)*{b:02x}" for b in ch.encode()),
+                f"&#x0*{code:x};", f"&#0*{code};", f"\\\\u{code:04x}"]
+        alts += [f"&{n}" for n in _ENTITY_NAMES.get(ch, [])]
         if ch == " ":
             alts.append(r"\+")
+        if ch == "/":
+            alts.append(r"\\/")
         out.append("(?:" + "|".join(alts) + ")")
     return "".join(out)
 
 
 @lru_cache(maxsize=64)
 def _secrets_regex(forms: tuple[str, ...]) -> re.Pattern:
-    return re.compile("|".join(_secret_pattern(f) for f in forms))
+    return re.compile("|".join(_secret_pattern(f) for f in forms), re.IGNORECASE)
+
+
+def _base64_cores(data: bytes) -> list[str]:
+    """The base64 characters that encode ``data`` whatever bytes come before and after it:
+    one string per alignment (0, 1 or 2 bytes before it in its group of 3)."""
+    out = []
+    for k in range(3):
+        enc = base64.b64encode(b"\0" * k + data + b"\0\0").decode()
+        first = (8 * k + 5) // 6  # characters holding bits of the bytes before
+        last = (8 * (k + len(data))) // 6  # characters holding only bits of ``data``
+        out.append(enc[first:last])
+    return out
 
 
 def secret_forms(secret: str | None) -> list[str]:
-    """``secret`` and the encodings it may travel in besides percent-encoding (which
-    :func:`redact` matches in any mix): base64, as ``user:pass`` goes out in a Basic header.
-    Empty for a secret shorter than 4 characters."""
+    """``secret`` and the whole-string encodings it may travel in (the per-character ones,
+    percent-encoding, HTML references and JSON escapes, :func:`redact` matches in any mix):
+    hex of its bytes; base64 of it (as ``user:pass`` goes out in a Basic header) and the part of
+    the base64 of any text holding it (``Bearer KEY``, an ``Authorization`` header) that
+    encodes only it. Empty for a secret shorter than 4 characters."""
     if not secret or len(secret) < _MIN_SECRET:
         return []
-    b64 = base64.b64encode(secret.encode()).decode()
-    return list(dict.fromkeys([secret, b64, b64.rstrip("=")]))
+    raw = secret.encode()
+    b64 = base64.b64encode(raw).decode()
+    cores = [c for c in _base64_cores(raw) if len(c) >= _MIN_SECRET]
+    return list(dict.fromkeys([secret, raw.hex(), b64, b64.rstrip("="), *cores]))
 
 
 def url_secrets(url: str | None) -> list[str]:
@@ -152,16 +189,19 @@ def mask_url(url: str | None) -> str | None:
 
 def mask_db_url(url: str | None) -> str | None:
     """A database URL as it may be printed: SQLAlchemy's rendering with the password hidden
-    (``postgresql+psycopg://user:***@host/db``); a string that does not parse, redacted."""
+    (``postgresql+psycopg://user:***@host/db``), and so is a secret-looking query parameter
+    (``?password=***``); a string that does not parse, redacted."""
     if not url:
         return url
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        shown = make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return redact(url)
+    # a password may also come as a query parameter (?password=...): masked the same way
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}***", shown)
 
 
 class RedactingFilter(logging.Filter):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
@@ -35,6 +36,25 @@ SCIENCE_FIELDS = (
 # stored without them computed. ``Settings.of_run`` fills them in, and ``science_hash`` leaves a
 # field out at that value, so an older run still reads back and resumes as it was computed.
 ADDED_FIELDS = {"pair_min_prompts": 1, "knockout_top_m": 0}
+
+# A run's name is the first segment of its pages' URLs: lower-case ASCII letters, digits, '.', '_'
+# and '-', starting with a letter or digit, at most 100 characters (the form of a name derived from
+# a model folder, precompute.model.loading.model_slug), and not a path the server itself serves.
+SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+RESERVED_SLUGS = ("static",)
+
+
+def slug_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run (None: it can), in words that say what to use."""
+    if not SLUG.fullmatch(name):
+        fixed = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")[:100]
+        hint = f" (e.g. {fixed!r})" if fixed and SLUG.fullmatch(fixed) and fixed not in RESERVED_SLUGS else ""
+        return (f"a run name is the first part of its pages' URLs: use lower-case ASCII letters, digits, "
+                f"'.', '_' and '-', starting with a letter or digit, at most 100 characters{hint}")
+    if name in RESERVED_SLUGS:
+        return f"{name!r} is a path the server uses for its own files: choose another run name"
+    return None
+
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding and datasets' splits accept no more
 MAX_TOP_K = 1000  # the paper kept 20; each kept document is trimmed and attributed
@@ -58,7 +78,8 @@ class Settings(BaseSettings):
                         "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB).")
     run_name: str | None = Field(None, description="Name (URL slug) of the run; default: derived "
                                  "from the model name. Use another name to keep a second run of "
-                                 "the same model with other settings.")
+                                 "the same model with other settings. Lower-case ASCII letters, "
+                                 "digits, '.', '_' and '-' (at most 100; not 'static').")
     device: str = Field("auto", description="Torch device of the model: auto (cuda, else mps, "
                         "else cpu), cpu, cuda, cuda:N or mps.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of "
@@ -154,6 +175,13 @@ class Settings(BaseSettings):
     ablation: Literal["zero", "mean", "none"] = Field("zero", description="Ablate a head's value "
                                                       "vectors with zeros (paper) or their mean "
                                                       "over the scan corpus.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_slug(cls, v: str | None) -> str | None:
+        if v is not None and (why := slug_problem(v)):
+            raise ValueError(why)
+        return v
 
     @model_validator(mode="after")
     def _pair_fractions_in_order(self) -> Settings:

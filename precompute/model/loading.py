@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from context_lookups.precompute.core.errors import BadSettings, ModelNotAvailable, ModelNotSupported
-from context_lookups.precompute.core.settings import EMBEDDED_MODEL
+from context_lookups.precompute.core.settings import EMBEDDED_MODEL, RESERVED_SLUGS
 from context_lookups.precompute.model.backend import Backend, Dims
 
 logger = logging.getLogger(__name__)
@@ -138,11 +138,14 @@ def resolve_dtype(name: str | torch.dtype | None = "float32") -> torch.dtype:
 
 
 def model_slug(name: str) -> str:
-    """URL-safe slug of a model name or directory: ``EleutherAI/pythia-160m`` → ``pythia-160m``."""
+    """URL-safe slug of a model name or directory: ``EleutherAI/pythia-160m`` → ``pythia-160m``
+    (the form :data:`precompute.settings.SLUG` every run name has; a reserved name gets
+    ``-model``)."""
     base = Path(name.rstrip("/")).name if os.path.isdir(name) else name.split("/")[-1]
     if os.path.abspath(name) == os.path.abspath(EMBEDDED_MODEL):
         base = "embedded"
-    return re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-").lower() or "model"
+    slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", base).strip("-._").lower()[:94] or "model"
+    return f"{slug}-model" if slug in RESERVED_SLUGS else slug
 
 
 BACKENDS = ("auto", "bridge", "fast")
@@ -208,6 +211,9 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
         hf_config = AutoConfig.from_pretrained(source)
     except Exception as exc:  # the hub client raises many types (OSError, HfHubHTTPError, ...)
         raise _not_available(name, local, exc) from exc
+    check_config(hf_config, name, dtype)
+    if local:
+        check_checkpoint_layers(name, hf_config)
     arch, cfg = _tl_config(hf_config, name, source, dtype)
     fast = _fast_backends().get(arch)
     if backend == "fast" and fast is None:
@@ -220,6 +226,7 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str | None = "cpu",
             be, tokenizer = _load_bridge(source, arch, device, dtype)
     except Exception as exc:
         raise _not_available(name, local, exc) from exc
+    check_vocabulary(tokenizer, name)
     d = be.dims
     logger.info("loaded %s (%s): %d layers, %d heads, d_mlp %d, n_ctx %d; backend: %s", name, arch,
                 d.n_layers, d.n_heads, d.d_mlp, d.n_ctx, be.name)
@@ -231,6 +238,128 @@ def _official_name(name: str) -> str:
     from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
 
     return resolve_model_alias(name) or name
+
+
+# The config fields every supported architecture has (transformers' generic names; GPT-2's n_layer,
+# n_head, n_embd, n_positions are mapped onto them), and how the error names them.
+_SIZES = {"num_hidden_layers": "layers", "num_attention_heads": "heads", "hidden_size": "d_model",
+          "vocab_size": "vocab_size", "max_position_embeddings": "positions"}
+
+
+def _size(hf_config, field: str):
+    v = getattr(hf_config, field, None)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def config_parameters(hf_config) -> int:
+    """Parameters a Hugging Face config builds, estimated from its sizes (no weights are read):
+    token and learned position embeddings, attention (``4 d_model²``), MLP (``2`` or, gated,
+    ``3 × d_model × d_mlp``) per layer, and an untied unembedding; norms and biases are left
+    out (under 1%)."""
+    d, n_layers = hf_config.hidden_size, hf_config.num_hidden_layers
+    d_mlp = (_size(hf_config, "intermediate_size") or _size(hf_config, "n_inner") or 4 * d)
+    gated = getattr(hf_config, "hidden_act", None) in ("silu", "swiglu")
+    positions = hf_config.max_position_embeddings if hf_config.model_type == "gpt2" else 0
+    embed = hf_config.vocab_size * d * (1 if getattr(hf_config, "tie_word_embeddings", True) else 2)
+    return embed + positions * d + n_layers * (4 * d * d + (3 if gated else 2) * d * d_mlp)
+
+
+def check_config(hf_config, name: str, dtype: torch.dtype = torch.float32,
+                 available: int | None = None) -> None:
+    """A model config that can be built: positive whole sizes, ``d_model`` divisible by the
+    heads, and parameters (:func:`config_parameters` × the dtype's bytes) that fit the memory
+    available (``available``, default :func:`precompute.core.memory.available_memory`, the estimate
+    the scan's own check uses). Checked before any weight is allocated.
+
+    Raises:
+        BadSettings: an impossible value, or a model that cannot fit; one line naming it.
+    """
+    from context_lookups.precompute.core.memory import available_memory
+
+    for field, what in _SIZES.items():
+        v = getattr(hf_config, field, None)
+        if field == "max_position_embeddings" and hf_config.model_type != "gpt2":
+            continue  # learned positions (a table to allocate) only in GPT-2; XLNet says -1: unbounded
+        if _size(hf_config, field) is None or v < 1:
+            raise BadSettings(f"Model {name!r}: its config.json gives {what} ({field}) = {v!r}, which is "
+                              f"impossible: it must be a whole number of at least 1. Fix config.json.")
+    heads, d = hf_config.num_attention_heads, hf_config.hidden_size
+    if getattr(hf_config, "head_dim", None) is None and d % heads:
+        raise BadSettings(f"Model {name!r}: its config.json gives d_model {d} and {heads} heads, but d_model "
+                          f"must be divisible by the number of heads. Fix config.json.")
+    kv = getattr(hf_config, "num_key_value_heads", None)
+    if kv is not None and (_size(hf_config, "num_key_value_heads") is None or kv < 1 or heads % kv):
+        raise BadSettings(f"Model {name!r}: its config.json gives {kv!r} key/value heads for {heads} heads; "
+                          f"the heads must be a multiple of it. Fix config.json.")
+    need = config_parameters(hf_config) * torch.empty((), dtype=dtype).element_size()
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        positions = getattr(hf_config, "max_position_embeddings", "?")
+        raise BadSettings(f"Model {name!r}: its config.json ({hf_config.num_hidden_layers} layers, d_model "
+                          f"{d}, vocab {hf_config.vocab_size}, {positions} positions) needs about "
+                          f"{need / 1e9:.1f} GB for its weights in {str(dtype)[6:]}, and "
+                          f"{available / 1e9:.1f} GB of memory is available: use a smaller model or a "
+                          f"smaller --dtype.")
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks)\.(\d+)\.")
+
+
+def check_checkpoint_layers(path: str, hf_config) -> None:
+    """The layers a local checkpoint holds (read from the ``*.safetensors`` headers, no
+    weight is read) against the layers its config builds, before the model is built: a config
+    that says 6 layers over weights of 4 would otherwise get 2 layers of random weights.
+
+    Raises:
+        ModelNotAvailable: the config builds layers the weights do not hold (or the reverse).
+    """
+    from safetensors import safe_open
+
+    layers = set()
+    for w in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(w), framework="pt") as fh:
+                layers.update(int(m.group(1)) for k in fh.keys() if (m := _LAYER_KEY.search(k)))  # noqa: SIM118
+        except Exception:  # a corrupt header: the load says so (local_dir_problem)
+            return
+    n = hf_config.num_hidden_layers
+    if layers and layers != set(range(n)):
+        held = f"layers 0-{max(layers)}" if layers == set(range(max(layers) + 1)) else f"{len(layers)} layers"
+        raise ModelNotAvailable(f"The model directory {path!r}: config.json builds {n} layers but its "
+                                f"weights hold {held}. Fix num_hidden_layers (n_layer) in config.json, or "
+                                f"the weights.")
+
+
+def check_loading_info(source: str, info: dict) -> None:
+    """What transformers reports after loading a checkpoint into the model its config builds:
+    any weight the model has that the checkpoint lacks (left at random), or the checkpoint
+    has that the model does not use, or of another shape, is an error naming them.
+
+    Raises:
+        ModelNotAvailable: the message names up to 5 of the weights and how many there are.
+    """
+    for kind, what in (("missing_keys", "weights the config builds are missing from the checkpoint"),
+                       ("unexpected_keys", "weights of the checkpoint are not used by the config's model"),
+                       ("mismatched_keys", "weights of the checkpoint have another shape than the config's")):
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ())
+        if keys:
+            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+            raise ModelNotAvailable(f"Model {source!r}: {len(keys)} {what} ({shown}). Fix config.json or "
+                                    f"the weights so that they describe the same model.")
+
+
+def check_vocabulary(tokenizer, name: str) -> None:
+    """A tokenizer with a vocabulary: one whose vocabulary is empty (besides special tokens)
+    turns every text into no token and every neuron's token into an empty string.
+
+    Raises:
+        ModelNotAvailable: fewer than 2 ordinary tokens.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    n = backend.get_vocab_size(with_added_tokens=False) if backend is not None else len(tokenizer)
+    if n < 2:
+        raise ModelNotAvailable(f"The tokenizer of {name!r} has an empty vocabulary ({n} tokens besides its "
+                                f"special tokens): save the model's real tokenizer next to its weights.")
 
 
 def _tl_config(hf_config, name: str, source: str, dtype: torch.dtype):
@@ -260,7 +389,10 @@ def _load_fast(cls, source: str, arch: str, cfg, device: str, dtype: torch.dtype
     and the tokenizer set up as the bridge sets it up."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    hf, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa",
+                                                    output_loading_info=True, ignore_mismatched_sizes=True)
+    check_loading_info(source, info)
+    hf = hf.to(device).eval()
     for p in hf.parameters():
         p.requires_grad_(False)
     tokenizer = load_tokenizer(source, cfg)
@@ -384,6 +516,8 @@ def local_dir_problem(path: str, exc: BaseException) -> str:
         return "it holds no weights (model.safetensors or pytorch_model.bin)"
     if not any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
         return "it holds no tokenizer (tokenizer.json, or vocab.json and merges.txt)"
+    if "ignore_mismatched_sizes" in str(exc):  # transformers points at a report it does not show
+        return "its weights have other shapes than config.json describes (d_model, d_mlp, vocab_size...)"
     return f"{type(exc).__name__}: {_one_line(exc)}"
 
 

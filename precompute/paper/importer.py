@@ -17,7 +17,8 @@ What a run holds (docs/method.md §7):
   prompt ("This attention head is active when the document ..."), and its Yes / No on each of
   the first 20 held-out prompts: the classification prompts are rebuilt with the authors'
   template and looked up in the answer files (later answers win, as in their notebook);
-  status ``unanswered`` when no answer is in the data;
+  status ``unanswered`` when no answer is in the data; texts, answers and errors are stored
+  redacted (:func:`precompute.redact.redact`), as ``lookups explain`` stores an endpoint's;
 - ablation (:mod:`precompute.paper.pickled`): per held-out prompt, the probability of the
   token with the head zero-ablated and without, ``active`` by the authors' rule, and
   ``n_records`` = how many of the authors' records had that text (their per-pair means count
@@ -37,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute import __version__
+from context_lookups.precompute.core.redact import redact
 from context_lookups.precompute.core.settings import Settings
 from context_lookups.precompute.explain.explainers import LEAD_IN, full_text, parse_answer
 from context_lookups.precompute.explain.scoring import explanation_score
@@ -241,15 +243,17 @@ def _explanations(session, data: Loaded, pairs, by_key, heldout, counts) -> None
             ans = data.answers.get(CLASSIFY.format(explanation=res["content"].replace("\n", " "),
                                                    shown=text + n.token))
             if ans is not None and ans["content"] is not None:
-                rows.append((p, label in p.active, ans["content"][:200]))
+                rows.append((p, label in p.active, redact(ans["content"][:200])))
         preds = [parse_answer(a) for _, _, a in rows]
         sc = explanation_score([t for _, t, _ in rows], preds)
         truncated = res["finish_reason"] == "length"
         status = ("failed" if res["error"] else "unanswered" if not rows
                   else "single_class" if len({t for _, t, _ in rows}) < 2 else "ok")
-        exp = Explanation(pair_id=pair.id, explainer=EXPLAINER, status=status, text=full_text(res["content"]),
-                          prompt=prompt, score=sc.score, tpr=sc.tpr, tnr=sc.tnr, n_pos=sc.n_pos, n_neg=sc.n_neg,
-                          n_unparsed=sc.n_unparsed, error=res["error"],
+        # the authors' answers are stored redacted, as `lookups explain` stores an endpoint's
+        exp = Explanation(pair_id=pair.id, explainer=EXPLAINER, status=status,
+                          text=redact(full_text(res["content"])), prompt=redact(prompt), score=sc.score,
+                          tpr=sc.tpr, tnr=sc.tnr, n_pos=sc.n_pos, n_neg=sc.n_neg,
+                          n_unparsed=sc.n_unparsed, error=redact(res["error"]),
                           settings={"source": "paper", "model": res["model"], "max_tokens": 200,
                                     "finish_reason": res["finish_reason"], "truncated": truncated,
                                     "lead_in": LEAD_IN},

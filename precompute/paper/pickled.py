@@ -12,7 +12,9 @@ Unpickling runs whatever callables a pickle names, so :class:`AllowListUnpickler
 the globals this file holds:
 
 - ``collections.OrderedDict``;
-- ``torch._utils._rebuild_tensor_v2`` (a tensor view of a storage; it checks its bounds);
+- ``torch._utils._rebuild_tensor_v2`` (a tensor view of a storage): the view (offset, size,
+  stride) must lie inside the elements the file's storage holds (torch would grow the storage
+  to fit, with memory the file never held);
 - ``torch.storage._load_from_bytes``, which in torch is ``torch.load(..., weights_only=False)``,
   an unrestricted nested unpickler: it is mapped to :func:`load_storage`, the same bytes read
   with ``torch.load(..., weights_only=True)`` (torch's own allow-list), whose result must be a
@@ -22,6 +24,14 @@ the globals this file holds:
 
 Any other global, a persistent id, or a nested stream with another object is refused with one
 line naming the file, before anything it names is called.
+
+What the unpickler builds is bounded too. A pickle may refer to an object it built before (its
+memo) any number of times, so a few hundred bytes can describe a tuple of tuples whose full
+tree holds 3**19 items: hashing it as a dict key, or printing it, never ends. The authors' file
+refers again only to strings, callables and numpy dtypes, never to a container: a reference to a
+tuple, list, dict or set it built before (a memo fetch, or ``DUP``) is refused, so the objects
+built are at most the opcodes read, at most :data:`MAX_OBJECTS`. Untrusted objects are
+described in messages by type and size, never by ``str()`` or ``repr()``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import pickle
 from context_lookups.precompute.paper.files import PaperFormatError
 
 MAX_VALUES = 1000  # held-out prompts per pair in one file (the authors' files: at most 30)
+MAX_OBJECTS = 5_000_000  # opcodes run, each building at most one object (the sample: 2,700 for 29 pairs)
+_CONTAINERS = (tuple, list, dict, set, frozenset, bytearray)
 
 
 def load_storage(b: bytes):
@@ -77,13 +89,34 @@ def _scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
-def _rebuild_tensor(*args):
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _rebuild_tensor(storage=None, offset=None, size=None, stride=None, *rest):
+    """``torch._utils._rebuild_tensor_v2`` for a view that lies inside its storage: ``offset``,
+    ``size`` and ``stride`` (elements) must address only elements the storage holds, and the
+    view has at most as many elements as the storage (torch itself would grow the storage to
+    fit the view, with uninitialised memory).
+
+    Raises:
+        pickle.UnpicklingError: not a typed storage, or a view that does not fit inside it.
+    """
     import torch
     from torch._utils import _rebuild_tensor_v2
 
-    if not args or not isinstance(args[0], (torch.UntypedStorage, torch.TypedStorage)):
+    if not isinstance(storage, torch.TypedStorage):
         raise pickle.UnpicklingError("a tensor whose storage is not a torch storage")
-    return _rebuild_tensor_v2(*args)
+    if not (_is_int(offset) and isinstance(size, tuple) and isinstance(stride, tuple)
+            and len(size) == len(stride) <= 8 and all(_is_int(x) for x in size + stride)):
+        raise pickle.UnpicklingError("a tensor whose offset, size or stride are not integers")
+    held = storage._untyped_storage.nbytes() // torch.empty((), dtype=storage.dtype).element_size()
+    numel = math.prod(size)
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))  # the last element read
+    if offset < 0 or min(size + stride, default=0) < 0 or numel > held or (numel and last >= held):
+        raise pickle.UnpicklingError(f"a tensor view (offset {offset}, {len(size)}-D size and stride) "
+                                     f"that does not fit inside its storage of {held} elements")
+    return _rebuild_tensor_v2(storage, offset, size, stride, *rest)
 
 
 _ALLOWED = {
@@ -96,9 +129,51 @@ _ALLOWED = {
 }
 
 
-class AllowListUnpickler(pickle.Unpickler):
+def _describe(obj) -> str:
+    """An untrusted object named by its type and size, never by its text."""
+    n = len(obj) if isinstance(obj, _CONTAINERS + (str, bytes)) else None
+    return type(obj).__name__ + (f" of {n} items" if n is not None else "")
+
+
+def _counted(op):
+    def run(self):
+        self.built += 1
+        if self.built > MAX_OBJECTS:
+            raise pickle.UnpicklingError(f"it builds more than {MAX_OBJECTS} objects")
+        op(self)
+    return run
+
+
+def _fetched(op):
+    def run(self):
+        op(self)
+        if isinstance(self.stack[-1], _CONTAINERS):
+            raise pickle.UnpicklingError(f"it refers again to a {_describe(self.stack[-1])} it built "
+                                         f"before (the authors' file shares no container)")
+    return run
+
+
+def _dispatch() -> dict:
+    """The pure-Python unpickler's opcode table with every opcode counted and a second
+    reference to a container (a memo fetch, or ``DUP``) refused."""
+    table = dict(pickle._Unpickler.dispatch)
+    for code in (pickle.GET, pickle.BINGET, pickle.LONG_BINGET, pickle.DUP):
+        table[code[0]] = _fetched(table[code[0]])
+    return {k: _counted(v) for k, v in table.items()}
+
+
+class AllowListUnpickler(pickle._Unpickler):
     """An unpickler that resolves only the globals of the authors' ablation file (see the
-    module docstring); anything else raises ``pickle.UnpicklingError`` before it is called."""
+    module docstring); anything else raises ``pickle.UnpicklingError`` before it is called.
+    It refuses a second reference to a container it built (a memo fetch of a tuple, list,
+    dict or set) and more than :data:`MAX_OBJECTS` opcodes; ``built`` counts the opcodes run.
+
+    It is the pure-Python unpickler (``pickle._Unpickler``), whose opcodes can be checked one
+    by one; the authors' file is small (24 KB for 29 pairs).
+    """
+
+    dispatch = _dispatch()
+    built = 0
 
     def find_class(self, module, name):
         fn = _ALLOWED.get((module, name))
@@ -159,7 +234,8 @@ def read_ablation(raw: bytes, rel: str) -> dict[tuple[int, int, int], dict]:
     for key, v in data.items():
         if not (isinstance(key, tuple) and len(key) == 3 and
                 all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10**6 for x in key)):
-            raise PaperFormatError(f"{rel}: key {str(key)[:60]} is not a (layer, neuron, flat head) tuple.")
+            raise PaperFormatError(f"{rel}: a key ({_describe(key)}) is not a (layer, neuron, flat head) "
+                                   f"tuple.")
         where = f"{rel}[{key}]"
         if not isinstance(v, dict):
             raise PaperFormatError(f"{where}: should be a dict of 'normal', 'ablated' and the mean drops.")

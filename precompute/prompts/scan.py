@@ -4,7 +4,6 @@ docs/method.md §2)."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from context_lookups.precompute.core.memory import available_memory
 from context_lookups.precompute.model import LoadedModel, PostObserver, batches, tokenize_batch
 from context_lookups.precompute.prompts.histogram import N_BINS, Histograms
 
@@ -31,22 +31,6 @@ def top_k_for(top_k: int, n_docs: int) -> int:
     """The k a scan of ``n_docs`` documents keeps: ``--top-k``, capped by the documents (a
     neuron has no more top documents than there are; the stored rows are the same)."""
     return max(1, min(top_k, n_docs))
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; else the free
-    physical pages), None when the system does not say."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None = None) -> int:

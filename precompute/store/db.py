@@ -67,7 +67,8 @@ def check_schema(engine: Engine) -> None:
     try:
         script.get_revision(rev)
     except Exception:
-        raise SchemaTooNew(f"The database {engine.url} has schema revision {rev!r}, newer than "
+        raise SchemaTooNew(f"The database {mask_db_url(engine.url.render_as_string(hide_password=False))} "
+                           f"has schema revision {rev!r}, newer than "
                            f"this context-lookups knows (head {head_revision()!r}). Upgrade "
                            f"context-lookups, or use another --db.") from None
 
@@ -148,6 +149,27 @@ def _read_only_sessions(engine: Engine) -> None:
         dbapi_conn.commit()
 
 
+NUL_STANDIN = "\uffff"  # a Unicode noncharacter: no text the job stores holds it
+
+
+def _no_nul_parameters(engine: Engine) -> None:
+    """PostgreSQL refuses a NUL character in a text parameter (``DataError``), where SQLite
+    compares it like any other: a URL's ``run=%00`` was a 500 on one and a 404 on the other.
+    PostgreSQL cannot store a NUL, so a value holding one matches no stored value; it is sent
+    with :data:`NUL_STANDIN` in its place, which matches no stored value either, and the query
+    answers what SQLite answers (no such run: 404; no such explainer: an empty list)."""
+    def fix(v):
+        return v.replace("\x00", NUL_STANDIN) if isinstance(v, str) and "\x00" in v else v
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _swap(conn, cursor, statement, params, context, executemany):
+        if isinstance(params, dict):
+            params = {k: fix(v) for k, v in params.items()}
+        elif isinstance(params, (list, tuple)) and not executemany:
+            params = type(params)(fix(v) for v in params)
+        return statement, params
+
+
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
 _EXAMPLE = "sqlite:///lookups.db (in the working directory) or sqlite:////abs/path/lookups.db"
 
@@ -155,10 +177,7 @@ _EXAMPLE = "sqlite:///lookups.db (in the working directory) or sqlite:////abs/pa
 def database_error(url: str | None, error: BaseException, *, writing: bool = True) -> BadDatabase:
     """The one-line :class:`BadDatabase` for a driver or filesystem error ``error`` met while
     opening or creating ``url`` (the password of a URL is never shown)."""
-    try:
-        where = make_url(url).render_as_string(hide_password=True) if url else "the database"
-    except exc.ArgumentError:
-        where = repr(url)
+    where = mask_db_url(str(url)) if url else "the database"
     orig = getattr(error, "orig", None) or error
     if isinstance(orig, OSError) and orig.strerror:
         reason = f"{orig.strerror}: {orig.filename}" if orig.filename else orig.strerror
@@ -228,6 +247,57 @@ def check_writable(url: str) -> None:
                           f"file in a directory you can write, e.g. {_EXAMPLE}.")
 
 
+@contextmanager
+def _migration_transaction(conn, *, atomic: bool) -> Iterator[None]:
+    """The transaction the migrations run in. ``atomic`` (the first migration of a SQLite
+    database): every statement, DDL included, in one SQLite transaction. Python's sqlite3 sends
+    no BEGIN before DDL, so each CREATE TABLE committed on its own, and a disk full midway left
+    a half-made schema without ``alembic_version``; here the driver is put in autocommit mode
+    for the duration and BEGIN is sent explicitly, so a failure rolls every table back."""
+    if not atomic:
+        with conn.begin():
+            yield
+        return
+    dbapi = conn.connection.driver_connection
+    old = dbapi.isolation_level
+    dbapi.isolation_level = None
+    try:
+        with conn.begin():
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield
+    finally:
+        dbapi.isolation_level = old
+
+
+def _drop_half_made_schema(engine: Engine, u: URL) -> None:
+    """A SQLite database without ``alembic_version`` whose tables are this schema's and all
+    empty is a first migration interrupted before it was atomic (disk full, killed): its
+    tables are dropped, in one transaction, so the migration runs anew.
+
+    Raises:
+        BadDatabase: those tables hold rows (nothing is touched).
+    """
+    from context_lookups.precompute.store.schema import SEARCH_TABLES, Base
+
+    with engine.connect() as conn:
+        names = set(inspect(conn).get_table_names())
+        ours = names & set(Base.metadata.tables)
+        if not ours or names - ours - {n for n in names if n.startswith(tuple(SEARCH_TABLES))}:
+            return  # a new database, or one holding other tables: the migration adds ours
+        full = [n for n in sorted(ours) if conn.execute(text(f'SELECT 1 FROM "{n}" LIMIT 1')).first()]
+    if full:
+        raise BadDatabase(f"The database {mask_db_url(u.render_as_string(hide_password=False))} holds "
+                          f"context-lookups tables ({', '.join(full)} with rows) but no schema revision "
+                          f"(alembic_version): nothing was changed. Pass --db another file.")
+    with engine.begin() as conn:
+        for fts in SEARCH_TABLES:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{fts}"')
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table.name}"')
+    logger.warning("database %s: %d empty tables of an interrupted first migration dropped; migrating anew",
+                   mask_db_url(u.render_as_string(hide_password=False)), len(ours))
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -259,7 +329,10 @@ def open_writer(url: str) -> Engine:
         _probe(engine)
         check_schema(engine)
         before = current_revision(engine)
-        with engine.begin() as conn:
+        sqlite = u.get_backend_name() == "sqlite"
+        if before is None and sqlite:
+            _drop_half_made_schema(engine, u)
+        with engine.connect() as conn, _migration_transaction(conn, atomic=before is None and sqlite):
             cfg = _alembic_config(u.render_as_string(hide_password=False))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -293,6 +366,7 @@ def read_only_engine(url: str) -> Engine:
     if u.get_backend_name() == "postgresql":
         engine = _engine(u, pool_size=8, max_overflow=16, pool_pre_ping=True, json_deserializer=_loads)
         _read_only_sessions(engine)
+        _no_nul_parameters(engine)
         _probe(engine)
         return engine
     path = Path(u.database or "")
