@@ -14,6 +14,9 @@ from html import unescape
 
 import pytest
 
+from context_lookups.app.pages.formats import fmt
+from context_lookups.app.pages.markup import colour
+from context_lookups.app.pages.present import nice_scale
 from context_lookups.precompute.model import rank_context
 from tests.web_fixtures import TOPK_RUN, rows, web_client
 
@@ -162,6 +165,18 @@ def test_clicking_a_source_of_the_live_lookup_runs_its_knockout_in_place(client,
     assert form and form.group(1) == form.group(2) == f"{base}/knockout"
     buttons = re.findall(r'<button type="submit" form="ko-form" name="src" value="(\d+)"', page)
     assert [int(b) for b in buttons] == list(range(lk["position"] + 1))  # every source, the sink first
+    # the live look-up's sink: its own chip, no colour, its figure in the text and the tooltip
+    sink_btn = re.search(r'<button type="submit" form="ko-form" name="src" value="0" '
+                         r'class="tok bos sink[^"]*" style="background:([^"]+)" data-src="0" '
+                         r'title="([^"]*)"', page)
+    assert sink_btn and sink_btn.group(1) == "transparent"
+    assert "not on the colour scale" in unescape(sink_btn.group(2))
+    assert re.search(r'id="lookup-sink">([^<]+)<', page).group(1) == fmt(lk["sink"]["contrib"], 4)
+    # the context's colour scale is set by the context sources alone (the sink's term left out)
+    scale = nice_scale([abs(c) for c in lk["contrib"][1:]])
+    ctx = re.findall(r'name="src" value="([1-9]\d*)" class="tok[^"]*" style="background:([^"]+)"', page)
+    assert len(ctx) == lk["position"]
+    assert all(bg == colour(lk["contrib"][int(s)], scale) for s, bg in ctx)
     top = lk["context"][0]["position"]
     q = {"prompt": PROMPT, "head": f"L{hl}H{h}", "src": top}
     frag = client.get(base + "/knockout", params=q, headers={"HX-Request": "true"})
