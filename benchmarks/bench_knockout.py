@@ -48,9 +48,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_precompute import model_dir  # noqa: E402
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS  # noqa: E402
 from context_lookups.precompute.corpus import load_corpus  # noqa: E402
 from context_lookups.precompute.model import load_model, pad, tokenize_batch  # noqa: E402
-from context_lookups.precompute.core.settings import EMBEDDED_CORPUS  # noqa: E402
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -102,10 +102,10 @@ def main() -> None:
     if args.db:
         run_part(model, args.db, max(1, args.repeats // 5))
     if args.served:
-        served_part(args.served, args.model, args.repeats)
+        served_part(model, args.served, args.model, args.repeats)
 
 
-def served_part(db: str, model_name: str, repeats: int) -> None:
+def served_part(model, db: str, model_name: str, repeats: int) -> None:
     """Part 4: the explorer's live look-up against a click on a source token, served."""
     import sqlite3
 
@@ -121,12 +121,20 @@ def served_part(db: str, model_name: str, repeats: int) -> None:
     con.close()
     docs = load_corpus(EMBEDDED_CORPUS)["explain"]
     text = " ".join(r["text"] for r, _ in zip(docs, range(8), strict=False))
+    ids = [i for i in tokenize_batch(model, [text], 64)[0] if i != model.bos_token_id][:63]
+    text = model.tokenizer.decode(ids)  # ~64 tokens with BOS, as part 1 (the server's cap is the context)
     over = {"live_cache_size": 0, "torch_threads": torch.get_num_threads()}
     if model_name != "embedded":
         over["model_paths"] = {slug: model_name}
     with TestClient(create_app(db_url=f"sqlite:///{db}", **over)) as c:
+        health = c.get("/healthz").json()  # the model loads in the background: wait, as bench_web does
+        while not health["ready"] and not any(str(v).startswith("failed") for v in health["models"].values()):
+            time.sleep(0.05)
+            health = c.get("/healthz").json()
         base = f"/{slug}/neurons/{layer}/{neuron}"
-        live = c.get(base + ".json", params={"prompt": text, "head": f"L{k}H{h}"}).json()["live"]
+        r0 = c.get(base + ".json", params={"prompt": text, "head": f"L{k}H{h}"})
+        assert r0.status_code == 200, r0.text[:300]
+        live = r0.json()["live"]
         n_tok, src = live["n_tokens"], live["lookup"]["context"][0]["position"]
         q = {"prompt": text, "head": f"L{k}H{h}"}
         hx = {"HX-Request": "true"}
