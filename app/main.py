@@ -62,7 +62,8 @@ def make_templates(directory: Path) -> Jinja2Templates:
                        html_cache=markup.HtmlCache(), section_cache=markup.LockedLRU(1024),
                        state_text=states.text, marked=formats.marked, pair_drops=present.pair_drops,
                        heldout_ablations=present.heldout_ablations, answer_parts=present.answer_parts,
-                       lookup_tokens_html=lookup.lookup_tokens_html)
+                       lookup_tokens_html=lookup.lookup_tokens_html, knockout_title=lookup.knockout_title,
+                       dash=formats.dash, reason=states.reason)
     return Jinja2Templates(env=env)
 
 

@@ -24,6 +24,12 @@ timed alternately (the machine is shared: interleaving keeps both sides under th
    prompt of every neuron (``batched_pass(..., lookup=True)``), interleaved; and the knockouts'
    time against the job's own phase times stored in the database (not interleaved: the job ran
    before, under its own load), i.e. the job's predicted added time.
+4. **Served** (``--served FILE``, a database the job wrote with this model): the explorer's own
+   requests, through its app (TestClient, the live cache off so that every request runs the
+   model): the live look-up the user starts from (the ``/live`` fragment with ``&head=``, one
+   clean pass with the head's look-up) against a click on a source token (the ``/knockout``
+   fragment: that source knocked out, total effect), and the same with their ``.json`` twins
+   (the neuron page's JSON reads the page's data too). Goal: <= 1.5x.
 """
 
 from __future__ import annotations
@@ -42,9 +48,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_precompute import model_dir  # noqa: E402
+from context_lookups.precompute.core.settings import EMBEDDED_CORPUS  # noqa: E402
 from context_lookups.precompute.corpus import load_corpus  # noqa: E402
 from context_lookups.precompute.model import load_model, pad, tokenize_batch  # noqa: E402
-from context_lookups.precompute.core.settings import EMBEDDED_CORPUS  # noqa: E402
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -75,6 +81,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--db", default=None, help="a SQLite database the job wrote with this model (part 3)")
+    ap.add_argument("--served", default=None, help="a SQLite database the job wrote with this model (part 4)")
     ap.add_argument("--skip", default="", help="parts to skip, e.g. '1,2'")
     args = ap.parse_args()
     if args.threads:
@@ -94,6 +101,60 @@ def main() -> None:
         pair_part(model, layer, head, args.prompts, args.repeats)
     if args.db:
         run_part(model, args.db, max(1, args.repeats // 5))
+    if args.served:
+        served_part(model, args.served, args.model, args.repeats)
+
+
+def served_part(model, db: str, model_name: str, repeats: int) -> None:
+    """Part 4: the explorer's live look-up against a click on a source token, served."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from context_lookups.app.main import create_app
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    slug, layer, neuron, k, h = con.execute(
+        "SELECT r.slug, n.layer, n.neuron, p.head_layer, p.head FROM pairs p "
+        "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id WHERE p.kept "
+        "ORDER BY p.id LIMIT 1").fetchone()
+    con.close()
+    docs = load_corpus(EMBEDDED_CORPUS)["explain"]
+    text = " ".join(r["text"] for r, _ in zip(docs, range(8), strict=False))
+    ids = [i for i in tokenize_batch(model, [text], 64)[0] if i != model.bos_token_id][:63]
+    text = model.tokenizer.decode(ids)  # ~64 tokens with BOS, as part 1 (the server's cap is the context)
+    over = {"live_cache_size": 0, "torch_threads": torch.get_num_threads()}
+    if model_name != "embedded":
+        over["model_paths"] = {slug: model_name}
+    with TestClient(create_app(db_url=f"sqlite:///{db}", **over)) as c:
+        health = c.get("/healthz").json()  # the model loads in the background: wait, as bench_web does
+        while not health["ready"] and not any(str(v).startswith("failed") for v in health["models"].values()):
+            time.sleep(0.05)
+            health = c.get("/healthz").json()
+        base = f"/{slug}/neurons/{layer}/{neuron}"
+        r0 = c.get(base + ".json", params={"prompt": text, "head": f"L{k}H{h}"})
+        assert r0.status_code == 200, r0.text[:300]
+        live = r0.json()["live"]
+        n_tok, src = live["n_tokens"], live["lookup"]["context"][0]["position"]
+        q = {"prompt": text, "head": f"L{k}H{h}"}
+        hx = {"HX-Request": "true"}
+
+        def get(url, params, headers=None):
+            r = c.get(url, params=params, headers=headers)
+            assert r.status_code == 200, r.text[:300]
+
+        t = interleaved({
+            "live": lambda: get(base + "/live", q, hx),
+            "knockout": lambda: get(base + "/knockout", {**q, "src": src}, hx),
+            "live_json": lambda: get(base + ".json", q),
+            "knockout_json": lambda: get(base + "/knockout.json", {**q, "src": src}),
+        }, repeats)
+    print(f"\n4. served, {slug} L{layer}N{neuron}, head L{k}H{h}, a prompt of {n_tok} tokens, "
+          f"source #{src - 1} ({repeats} interleaved rounds, medians, live cache off)")
+    print(f"   live look-up (/live fragment) {t['live'] * 1e3:7.1f} ms   click: knockout fragment "
+          f"{t['knockout'] * 1e3:7.1f} ms  = {t['knockout'] / t['live']:.2f}x (goal <= 1.5x)")
+    print(f"   neuron .json with the live pass {t['live_json'] * 1e3:7.1f} ms   knockout .json "
+          f"{t['knockout_json'] * 1e3:7.1f} ms  = {t['knockout_json'] / t['live_json']:.2f}x")
 
 
 def live_part(model, layer, head, repeats) -> None:

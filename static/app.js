@@ -44,6 +44,7 @@
     if (el.matches("#live button.tok")) { return "#live button.tok[value='" + el.value + "']"; }
     if (el.matches("#live input.abl-box")) { return "#live input.abl-box[value='" + el.value + "']"; }
     if (el.matches("#live button.pick-head")) { return "#live button.pick-head[value='" + el.value + "']"; }
+    if (el.matches("#live button.ko-src")) { return "#live button.ko-src[value='" + el.value + "']"; }
     if (el.id) { return "#" + el.id; }
     return null;
   }
@@ -60,11 +61,19 @@
   });
   // Ctrl+Enter (Cmd+Enter on a Mac) in the prompt box (or the fire page's text box) runs it.
   var boxes = { "live-prompt": "live-form", "fire-text": "fire-form" };
+  // A box whose model is not on this server is off: disabled, and Ctrl+Enter does nothing (it
+  // used to submit anyway and add a second copy of the notice).
+  function isOff(box, form) {
+    if (!form || box.disabled || box.getAttribute("aria-disabled") === "true") { return true; }
+    if (form.getAttribute("aria-disabled") === "true") { return true; }
+    var run = form.querySelector("button[type=submit]:not([name])");
+    return !!(run && run.disabled);
+  }
   document.addEventListener("keydown", function (ev) {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && ev.target && boxes[ev.target.id]) {
       ev.preventDefault();
       var form = document.getElementById(boxes[ev.target.id]);
-      if (form) { form.requestSubmit(); }
+      if (!isOff(ev.target, form)) { form.requestSubmit(); }
     }
   });
   // Ticking a head in the live heatmap re-runs the live pass with those heads ablated.
@@ -75,6 +84,53 @@
       if (form) { refocus = describe(t); form.requestSubmit(); }
     }
   });
+  // Inner scroll areas (.xscroll: wide tables and heatmaps on a narrow screen) say that they
+  // scroll: a "scroll →" line above them and a shadow on the side with more (class overflowing,
+  // at-end when scrolled to the end). The live heatmap's selected head is scrolled into view.
+  function cue(box) {
+    var over = box.scrollWidth > box.clientWidth + 1;
+    box.classList.toggle("overflowing", over);
+    box.classList.toggle("at-end", !over || box.scrollLeft + box.clientWidth >= box.scrollWidth - 1);
+    var prev = box.previousElementSibling;
+    var has = prev && prev.classList.contains("scroll-hint");
+    if (over && !has) {
+      var hint = document.createElement("div");
+      hint.className = "scroll-hint";
+      hint.setAttribute("aria-hidden", "true");
+      hint.textContent = "scroll \u2192";
+      box.parentNode.insertBefore(hint, box);
+    } else if (!over && has) {
+      prev.remove();
+    }
+  }
+  function showPicked(root) {
+    root.querySelectorAll("table.heat td.picked").forEach(function (cell) {
+      var box = cell.closest(".xscroll");
+      if (!box || box.scrollWidth <= box.clientWidth) { return; }
+      var b = box.getBoundingClientRect(), c = cell.getBoundingClientRect();
+      box.scrollLeft += (c.left - b.left) - (box.clientWidth - c.width) / 2;
+    });
+  }
+  function cues(root) {
+    root = root || document;
+    showPicked(root);
+    document.querySelectorAll(".xscroll").forEach(cue);
+  }
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", function () { cues(); });
+  } else {
+    cues();
+  }
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () { cues(); }, 150);
+  });
+  document.addEventListener("htmx:afterSettle", function (ev) { cues(ev.detail && ev.detail.target); });
+  document.addEventListener("scroll", function (ev) {
+    var t = ev.target;
+    if (t && t.classList && t.classList.contains("xscroll")) { cue(t); }
+  }, true);
   // A new prompt forgets the clicked position of the previous one, and the tokens of the
   // previous result (buttons of the live form carrying pos=) cannot be clicked until it runs.
   document.addEventListener("input", function (ev) {
@@ -83,7 +139,9 @@
       if (pos) { pos.remove(); }
       var res = document.querySelector("#live .live-result");
       var stale = !res || res.getAttribute("data-prompt") !== ev.target.value;
-      document.querySelectorAll("#live .live-tokens button.tok").forEach(function (b) { b.disabled = stale; });
+      document.querySelectorAll("#live .live-tokens button.tok, #live button.ko-src").forEach(function (b) {
+        b.disabled = stale;
+      });
     }
   });
 })();

@@ -17,6 +17,7 @@ from context_lookups.precompute.store.db import parse_url
 from context_lookups.precompute.store.schema import (
     Ablation,
     ActivationHistogram,
+    AttentionKnockout,
     Classification,
     Document,
     Explanation,
@@ -76,6 +77,8 @@ def canonical_rows(url: str) -> dict[str, list[str]]:
                             for a in s.scalars(select(Ablation))]
         out["llm_calls"] = [_row(c, set()) for c in s.scalars(select(LLMCall))]
         out["lookups"] = [_row(lk, {"prompt_id"}, prompt=prompts[lk.prompt_id]) for lk in s.scalars(select(Lookup))]
+        out["knockouts"] = [_row(k, {"prompt_id"}, prompt=prompts[k.prompt_id])
+                            for k in s.scalars(select(AttentionKnockout))]
     engine.dispose()
     return {t: sorted(json.dumps(r, sort_keys=True, default=_bytes) for r in rows) for t, rows in out.items()}
 

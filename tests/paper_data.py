@@ -54,6 +54,18 @@ def build_paper_web_db(tmp_path_factory, precomputed_db: Path) -> Path:
     return db
 
 
+def paper_server(tmp_path_factory, precomputed_db: Path):
+    """A real uvicorn server on :func:`build_paper_web_db` (a generator: the server, then
+    stopped); skips without the sample."""
+    require_sample()
+    from context_lookups.app.main import create_app
+    from tests.web_fixtures import Server
+
+    db = build_paper_web_db(tmp_path_factory, precomputed_db)
+    with Server(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as srv:
+        yield srv
+
+
 # --- hostile and partial folders, built in tmp_path ----------------------------------------------
 
 def copy_sample(dst: Path) -> Path:

@@ -1,6 +1,7 @@
 """Every page type in real Chromium at 1400 and 400 px (issue 21, defects 3, 7 and 8): no
 sideways scroll and a readable header, no box that cuts rows off, one number format per grid
-column (per quantity, where a table's rows hold different ones: ``tr[data-quantity]``), legends
+column (per quantity, where a table's rows hold different ones: ``tr[data-quantity]``; figures
+under 1e-3 in scientific notation, issue 28), legends
 that fit their quantity and name its unit, and the search box in the header."""
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ NUMBERS = r"""() => {
       });
     }
     for (const [ci, vals] of Object.entries(cols)) {
-      const exp = vals.filter(v => /e/.test(v));
+      // scientific notation is the rule for figures under 1e-3 (formats.sci), and only for them
+      const exp = vals.filter(v => /e/.test(v) && !(Math.abs(parseFloat(v.replace('−', '-'))) < 1e-3));
       const decs = new Set(vals.filter(v => !/e/.test(v)).map(v => (v.split('.')[1] || '').length));
       if (exp.length || decs.size > 1) out.push({table: ti, cls: table.className, col: ci, vals: vals.slice(0, 12)});
     }

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser_fixtures import shot
-from tests.paper_data import build_paper_web_db, require_sample
-from tests.web_fixtures import Server
+from tests.paper_data import paper_server
 
 pytestmark = pytest.mark.browser
 
@@ -19,12 +18,7 @@ LEAD = "This attention head is active when the document"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, precomputed_db):
-    require_sample()
-    from context_lookups.app.main import create_app
-
-    db = build_paper_web_db(tmp_path_factory, precomputed_db)
-    with Server(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as srv:
-        yield srv
+    yield from paper_server(tmp_path_factory, precomputed_db)
 
 
 def test_imported_neuron_and_pair_pages(page, server):

@@ -83,6 +83,7 @@ def test_ray_run_equals_single_process_run(ray_cluster, tmp_path, precomputed_db
     summary = run_precompute(settings, model=tiny_model)
     assert summary["prompts"] > 0 and summary["kept_pairs"] > 0
     ray_rows = canonical_rows(f"sqlite:///{db}")
+    assert ray_rows["knockouts"]  # the knockouts of every look-up, computed on the workers: compared too
     assert ray_rows["activation_histograms"]  # the shards' histograms, merged: compared below too
     assert first_difference(ray_rows, canonical_rows(f"sqlite:///{precomputed_db}")) is None
 

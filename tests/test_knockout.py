@@ -10,19 +10,17 @@ import math
 import pytest
 import torch
 
-from context_lookups.precompute.model import tokenize_batch
-from context_lookups.precompute.model.knockout import (
-    Knockout,
-    activation,
-    default_sources,
-    knocked_pattern,
+from context_lookups.precompute.heads.knockout import (
+    from_backend,
     pair_agreement,
     pair_top_source,
     rank_agreement,
     share_of_pairs,
     top_source_holds,
 )
-from context_lookups.precompute.model.sources import split_sink
+from context_lookups.precompute.heads.lookup import split_sink
+from context_lookups.precompute.model import tokenize_batch
+from context_lookups.precompute.model.knockout import Knockout, activation, default_sources, knocked_pattern
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
          "In the beginning God created the heaven and the earth.",
@@ -304,12 +302,16 @@ def _ko(contrib_ln, sources, total_act):
 def test_pair_summaries_pool_the_context_sources_and_leave_the_sink_out():
     a = _ko([5.0, 1.0, 0.5, 0.2], [(1,), (2,), (3,), (0,), (1, 2)], [-0.9, -0.4, -0.05, -3.0, -1.0])
     b = _ko([4.0, 0.1, 0.8], [(2,), (1,), (0,)], [-0.3, 0.0, -2.0])
-    got = pair_agreement([a, b])
+    prompts = [from_backend(a), from_backend(b)]
+    got = pair_agreement(prompts)
     # the sink (0,) and the set (1, 2) are left out: 5 (prompt, source) knockouts
     want = rank_agreement([1.0, 0.5, 0.2, 0.8, 0.1], [-0.9, -0.4, -0.05, -0.3, 0.0])
     assert got == want and got["n"] == 5
     # top sources: 1.0 (drop 0.9) and 0.8 (drop 0.3): mean drop 0.6 >= 0.5 * mean 0.9
-    assert pair_top_source([a, b]) is True
-    assert pair_top_source([a, b], fraction=0.7) is False
-    with pytest.raises(ValueError, match="total=True"):
-        pair_agreement([Knockout(**{**a.__dict__, "total_act": None})])
+    top = pair_top_source(prompts)
+    assert top["holds"] is True and top["n"] == 2
+    assert top["mean_contrib"] == pytest.approx(0.9) and top["mean_drop"] == pytest.approx(0.6)
+    assert pair_top_source(prompts, fraction=0.7)["holds"] is False
+    # knockouts run without the total effect: nothing to rank, and it says so
+    direct_only = pair_agreement([from_backend(Knockout(**{**a.__dict__, "total_act": None}))])
+    assert direct_only["rho"] is None and direct_only["n"] == 0 and "at least 3" in direct_only["reason"]

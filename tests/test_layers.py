@@ -308,3 +308,16 @@ def test_rule_8_live_jobs_are_served_by_one_loop():
     assert {h for h in _modules(hits) if h.startswith("app.")} == {"app.live.passes"}, hits
     uses = _where(lambda n: isinstance(n, ast.Name) and n.id == "serve_batch")
     assert {"app.live.host", "app.live.fire"} <= _modules(uses)
+
+
+def test_the_sink_and_the_knockout_summaries_are_the_lookup_steps_science():
+    """The look-up's sink split and what the knockouts say about a look-up (issue 28) live in step
+    3's package; the backend keeps the computation (the sink's position and the context order,
+    ``model.sources.rank_context``, which only the default knockouts and the split call)."""
+    names = {"split_sink", "rank_agreement", "pair_agreement", "pair_top_source", "top_source_holds",
+             "share_of_pairs", "summarise_pair", "summarise_run"}
+    defs = _where(lambda n: isinstance(n, ast.FunctionDef) and n.name in names)
+    assert _modules(defs) == {"precompute.heads.lookup", "precompute.heads.knockout"}, defs
+    calls = _where(lambda n: isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                   and n.func.id == "rank_context")
+    assert _modules(calls) == {"precompute.model.knockout", "precompute.heads.lookup"}, calls

@@ -117,18 +117,25 @@ def test_encoding_round_trips_float32_and_refuses_a_torn_vector():
         decode(b"\x00" * 6)
 
 
-def test_carriers_and_summary_group_by_token_string():
+def test_carriers_and_summary_group_by_token_string_the_sink_apart():
     tokens = [" the", " LORD", " said", " the"]
     contrib = [0.5, 0.1, 2.0, -0.25, 0.3]  # BOS first
     c = carriers(tokens, contrib)
-    assert c == {BOS_LABEL: 0.5, " the": pytest.approx(0.4), " LORD": 2.0, " said": -0.25}
-    assert BOS_LABEL not in carriers(tokens, contrib, bos=False)
-    s = summary([(tokens, contrib), ([" LORD", " God"], [0.0, 1.0, 0.5])])
+    # the attention sink (BOS) is no context token: never among the carriers
+    assert c == {" the": pytest.approx(0.4), " LORD": 2.0, " said": -0.25} and BOS_LABEL not in c
+    s = summary([(tokens, contrib, [0.6, 0.1, 0.1, 0.1, 0.1]),
+                 ([" LORD", " God"], [0.0, 1.0, 0.5], [0.2, 0.5, 0.3])])
     assert s["n_prompts"] == 2
+    assert s["sink"]["total"] == pytest.approx(0.5) and s["sink"]["per_prompt"] == pytest.approx(0.25)
+    assert s["sink"]["attention"] == pytest.approx(0.4) and s["sink"]["token"] == BOS_LABEL
     rows = {r["token"]: r for r in s["rows"]}
+    assert BOS_LABEL not in rows
     assert rows[" LORD"]["total"] == pytest.approx(3.0) and rows[" LORD"]["prompts"] == 2
-    assert rows[" LORD"]["top"] == 2  # it carries the most on both prompts
+    assert rows[" LORD"]["top"] == 2  # it carries the most of the context on both prompts
     assert rows[" LORD"]["per_prompt"] == pytest.approx(1.5)
+    # share of the non-sink total: |3.0| + |0.4| + |0.5| + |-0.25|
+    assert s["context_abs"] == pytest.approx(4.15) and rows[" LORD"]["share"] == pytest.approx(3.0 / 4.15)
+    assert rows[" said"]["share"] == pytest.approx(-0.25 / 4.15)
     assert s["rows"][0]["token"] == " LORD"  # by total, largest first
 
 

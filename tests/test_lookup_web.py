@@ -11,25 +11,16 @@ import re
 from html import unescape
 
 import pytest
-from fastapi.testclient import TestClient
 
 from context_lookups.app.pages.formats import fmt
-from tests.web_fixtures import TOPK_RUN, one, rows
+from tests.web_fixtures import TOPK_RUN, one, web_client
 
 PROMPT = "In the beginning God created the heaven and the earth, and the earth was without form"
 
 
 @pytest.fixture(scope="module")
 def client(web_db, tiny_model_dir):
-    import os
-
-    from context_lookups.app.main import create_app
-
-    over = {"torch_threads": None}
-    if os.environ.get("LOOKUPS_TEST_WEB_DB"):
-        over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
-    with TestClient(create_app(db_url=f"sqlite:///{web_db}", **over)) as c:
-        yield c
+    yield from web_client(web_db, tiny_model_dir)
 
 
 def _sums(lk: dict, scale: float) -> None:

@@ -79,7 +79,7 @@ def test_unit_of_work_is_atomic_and_newer_schema_is_refused(db_url):
 @pytest.mark.slow
 def test_postgres_run_equals_sqlite_run_row_for_row(stored_url, precomputed_db):
     rows = canonical_rows(stored_url)
-    assert rows["prompts"] and rows["ablations"] and rows["explanations"]
+    assert rows["prompts"] and rows["ablations"] and rows["explanations"] and rows["knockouts"]
     assert first_difference(rows, canonical_rows(f"sqlite:///{precomputed_db}")) is None
 
 

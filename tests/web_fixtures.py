@@ -64,6 +64,22 @@ def kept(web_db) -> tuple[int, int, int, int]:
                "WHERE r.slug = ? AND p.kept AND e.status = 'ok' ORDER BY p.id LIMIT 1", TOPK_RUN)
 
 
+def web_client(web_db: Path, tiny_model_dir: Path):
+    """A TestClient of the app on the web tests' database, live passes on the tiny model (a
+    generator: the client, then closed)."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from context_lookups.app.main import create_app
+
+    over = {"torch_threads": None}
+    if os.environ.get("LOOKUPS_TEST_WEB_DB"):
+        over["model_paths"] = {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")}
+    with TestClient(create_app(db_url=f"sqlite:///{web_db}", **over)) as c:
+        yield c
+
+
 def one(db: Path, sql: str, *args):
     found = rows(db, sql, *args)
     return found[0] if found else None

@@ -20,7 +20,17 @@ from context_lookups.precompute.model import LoadedModel, load_model, resolve_de
 
 from ..settings import WebSettings
 from .fire import run_fire_batch
-from .passes import WARM_TEXT, Target, check_head, check_ids, live_views, serve_batch, token_str
+from .passes import (
+    WARM_TEXT,
+    Target,
+    check_head,
+    check_ids,
+    check_source,
+    live_knockouts,
+    live_views,
+    serve_batch,
+    token_str,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +39,9 @@ logger = logging.getLogger(__name__)
 class LiveJob:
     """One live request for the model process (plain values): ``heads`` ablated, attribution at
     ``pos`` (0-based, BOS excluded; None: the last token), ``head`` the head whose look-up is
-    shown (or None). ``id`` names it for the web process; ``ids`` are its tokens, set on the
-    model thread."""
+    shown (or None); for a knockout (``kind="knockout"``), ``src`` the source of ``head``'s look-up
+    knocked out. ``id`` names it for the web process; ``ids`` are its tokens, set on the model
+    thread."""
 
     id: int
     source: str
@@ -40,7 +51,8 @@ class LiveJob:
     pos: int | None
     head: tuple[int, int] | None = None
     ids: list[int] = field(default_factory=list)
-    kind: str = "neuron"  # the engine batches jobs of one model and kind (app.live.fire: "fire")
+    kind: str = "neuron"  # the engine batches jobs of one model and kind ("knockout"; app.live.fire: "fire")
+    src: int | None = None  # a knockout's source of ``head``'s look-up (0: BOS, the sink)
 
 
 Settle = Callable[..., None]  # settle(job, result=dict) or settle(job, error=exception)
@@ -84,6 +96,7 @@ class ModelHost:
         n = min(64, m.n_ctx - 1)
         ids = (m.encode(WARM_TEXT) * n)[:n]  # real tokens: the shapes and code paths of a request
         live_views(m, [[m.bos_token_id] + ids] * 2, [n - 1] * 2, [warm, warm], [(), ((0, 0),)])
+        live_knockouts(m, [[m.bos_token_id] + ids], [n - 1], [warm], [(0, 0)], [1])
         if m.d_vocab <= 1 << 17:  # every token's text, decoded once (the cache of token_str)
             for i in range(m.d_vocab):
                 token_str(m.tokenizer, i)
@@ -93,7 +106,8 @@ class ModelHost:
 
     def run_batch(self, jobs: list, settle: Settle) -> None:
         """Run a batch of one model's jobs of one kind: the neuron page's through
-        :func:`~app.live.passes.live_views`, "which neurons fire" through
+        :func:`~app.live.passes.live_views`, a source's knockout through
+        :func:`~app.live.passes.live_knockouts`, "which neurons fire" through
         :func:`~app.live.fire.run_fire_batch`, each through the one loop
         :func:`~app.live.passes.serve_batch` (tokenize, check, length-sorted sub-batches of at most
         ``max_batch_tokens`` padded tokens), each job settled with ``settle``."""
@@ -109,6 +123,15 @@ class ModelHost:
             return run_fire_batch(model, jobs, check_ids=lambda ids: check_ids(ids, None, cap, token_cap),
                                   settle=settle, max_batch_tokens=self.settings.max_batch_tokens,
                                   max_batch=self.settings.max_batch)
+        if jobs[0].kind == "knockout":
+            return serve_batch(
+                model, jobs, check=lambda j, ids: check_ids(ids, j.pos, cap, token_cap)
+                or check_head(model, j.head, j.target) or check_source(j.src, j.pos, len(ids)),
+                compute=lambda batch: live_knockouts(
+                    model, [[model.bos_token_id] + j.ids for j in batch],
+                    [len(j.ids) - 1 if j.pos is None else j.pos for j in batch], [j.target for j in batch],
+                    [j.head for j in batch], [j.src for j in batch]),
+                settle=settle, max_tokens=self.settings.max_batch_tokens, max_rows=self.settings.max_batch)
 
         def compute(batch: list[LiveJob]) -> list[dict]:
             outs = live_views(model, [[model.bos_token_id] + j.ids for j in batch],

@@ -20,7 +20,8 @@ from context_lookups.precompute.heads.attribution import (
     scored_layers,
     upstream_attn_layers,
 )
-from context_lookups.precompute.heads.lookup import lookup_dict
+from context_lookups.precompute.heads.knockout import stored_rows as knockout_rows
+from context_lookups.precompute.heads.lookup import BOS_LABEL, SINK, SINK_LABEL, lookup_dict
 from context_lookups.precompute.model import LoadedModel, NeuronPass, length_batches
 
 
@@ -63,6 +64,17 @@ def check_head(model: LoadedModel, head: tuple[int, int] | None, target: Target)
     if head[0] >= n:
         return BadLiveInput(f"Head {head_label(*head)} is not upstream of neuron L{target.layer}N"
                             f"{target.neuron}: its look-up needs a head of layers 0..{n - 1}.")
+    return None
+
+
+def check_source(src: int, pos: int | None, n_ids: int) -> LookupsError | None:
+    """Why source ``src`` cannot be knocked out at ``pos`` (0-based among the prompt's ``n_ids``
+    tokens, BOS excluded; None: the last): a source is a position ``0..pos + 1`` of the look-up
+    (0 = BOS, the attention sink)."""
+    p = (n_ids - 1 if pos is None else pos) + 1
+    if not 0 <= src <= p:
+        return BadLiveInput(f"src {src} out of range: the look-up at #{p - 1} has sources 0..{p} "
+                            f"(0 = BOS, s = the prompt's token s - 1).")
     return None
 
 
@@ -155,6 +167,41 @@ def live_views(model: LoadedModel, rows: list[list[int]], pos: list[int], target
                 "active": _active(t.rules, a["raw"], n_scored, model.n_heads), "top5": _top(model, a["top"])}
         outs.append(out)
     return outs
+
+
+def live_knockouts(model: LoadedModel, rows: list[list[int]], pos: list[int], targets: list[Target],
+                   heads: list[tuple[int, int]], sources: list[int]) -> list[dict]:
+    """The live knockout of one source per row (docs/method.md §3, "Attention knockout"): head
+    ``heads[j]``'s read of source ``sources[j]`` at position ``pos[j]`` (among the prompt's tokens,
+    BOS excluded) removed, renormalised, the model re-run — the backend's :meth:`knockout
+    <precompute.model.backend.Backend.knockout>` as the job stores it
+    (:func:`precompute.heads.knockout.stored_rows`, so the fields equal the stored ones).
+
+    Returns per row: ``head``, ``position`` (among the sources, BOS = 0), ``sources``, ``sink``,
+    ``label``, ``text`` (the source's token, ⟨BOS⟩ for the sink), ``contrib`` / ``contrib_ln``
+    (its look-up term, raw / pre-activation units), ``attention``, the effects ``direct_pre``,
+    ``direct_act``, ``total_pre``, ``total_act``, ``total_prob`` (None where undefined), and the
+    clean ``act``, ``pre``, ``prob_clean``, ``token``, ``token_id``.
+
+    Raises:
+        ValueError: a layer, neuron, token, head, position or source out of range.
+    """
+    positions = [p + 1 for p in pos]
+    kos = model.backend.knockout(rows, [(t.layer, t.neuron, t.token_id) for t in targets], heads,
+                                 [[(int(s),)] for s in sources], positions)
+    out = []
+    for x, t, ko, s in zip(rows, targets, kos, sources, strict=True):
+        row = knockout_rows(ko)[0]
+        sink = (int(s),) == SINK
+        out.append({"head": head_label(*ko.head), "position": ko.position, "sources": row["sources"],
+                    "sink": sink, "label": SINK_LABEL if sink else f"#{s - 1}",
+                    "text": BOS_LABEL if sink else token_str(model.tokenizer, x[s]),
+                    "contrib": row["contrib"], "contrib_ln": row["contrib"] / ko.scale,
+                    "attention": float(ko.attention[s]),
+                    **{k: row[k] for k in ("direct_pre", "direct_act", "total_pre", "total_act", "total_prob",
+                                           "prob_clean")},
+                    "act": ko.act, "pre": ko.pre, "token_id": t.token_id, "token": t.token})
+    return out
 
 
 def _view(p: NeuronPass, j: int) -> dict:

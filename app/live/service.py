@@ -7,13 +7,15 @@ results, and a Future per request.
 The interface takes and gives plain values only (a model source, a :class:`~app.live.passes.Target`,
 texts, head tuples; Futures of JSON-able dicts), never a database row or session, and so do the
 messages to and from the model process: :meth:`Live.preload`, :meth:`Live.unavailable`,
-:meth:`Live.status`, :meth:`Live.submit`, :meth:`Live.submit_fire`, :meth:`Live.waiting`,
+:meth:`Live.status`, :meth:`Live.submit`, :meth:`Live.submit_knockout`,
+:meth:`Live.submit_fire`, :meth:`Live.waiting`,
 :attr:`Live.stats`, :meth:`Live.close` (and :meth:`Live.worker`, :meth:`Live.hold`).
 
 The science is precompute's: a live view is the model backend's ``clean_view`` (activations,
 raw and LN-aware head attribution, the token's probability and the top-5, in ONE forward pass;
 with a head selected, also that pass's per-source decomposition, docs/method.md §3) and, when
-heads are ablated, its ``ablated_view`` — the passes the precompute job batches
+heads are ablated, its ``ablated_view``; a source's attention knockout, its ``knockout`` — the
+passes the precompute job batches
 through, on whichever backend the model was loaded with (:mod:`precompute.model`). Nothing here
 re-derives them: :func:`~app.live.passes.live_views` is the one place where the live server does
 model work.
@@ -166,6 +168,25 @@ class Live:
         key = (target.slug, target.layer, target.neuron, prompt, tuple(ablate), pos, head)
         return self._enqueue(target.slug, key, lambda i: LiveJob(
             id=i, source=source, prompt=prompt, heads=tuple(ablate), pos=pos, head=head, target=target))
+
+    def submit_knockout(self, *, source: str, target: Target, prompt: str, pos: int | None,
+                        head: tuple[int, int], src: int) -> Future:
+        """Queue the attention knockout of source ``src`` (0 = BOS, the sink; ``s`` = the prompt's
+        token ``s - 1``) of ``head``'s look-up at ``pos`` (0-based, BOS excluded; default the last
+        token) for ``target``'s neuron (docs/method.md §3, "Attention knockout"); cached and shared
+        like :meth:`submit`. The Future gives :func:`~app.live.passes.live_knockouts`' dict.
+
+        Raises:
+            BadLiveInput: an empty prompt (at once); a position or source outside it, or a head not
+                upstream of the neuron (from the Future). PromptTooLong, ModelNotAvailable (from the
+                Future). LiveBusy: too many requests are waiting (at once).
+        """
+        if not prompt or not prompt.strip():
+            raise BadLiveInput("The prompt is empty: type some text to run the model on.")
+        key = ("knockout", target.slug, target.layer, target.neuron, prompt, pos, head, src)
+        return self._enqueue(target.slug, key, lambda i: LiveJob(
+            id=i, source=source, prompt=prompt, heads=(), pos=pos, head=head, target=target, kind="knockout",
+            src=src))
 
     def submit_fire(self, *, source: str, columns: FireColumns, text: str) -> Future:
         """Queue ``text`` for "which neurons fire" on the model of ``source`` (:mod:`app.live.fire`;

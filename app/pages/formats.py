@@ -13,14 +13,29 @@ from markupsafe import Markup, escape
 
 # --- numbers -----------------------------------------------------------------------------------
 
+TINY = 1e-3  # a non-zero figure smaller than this is written in scientific notation (sci)
+
+
+def sci(x: float, sig: int = 2) -> str:
+    """The one way a tiny (``0 < |x| < 1e-3``) or huge figure is written: scientific notation with
+    ``sig`` significant figures and a short exponent (``4.0e-9``, ``-1.3e-4``), so that a drop of
+    4e-9 never reads as 0.000000. :func:`fmt`, :func:`fixed` and :func:`signed` call it."""
+    mant, _, exp = f"{x:.{max(sig, 1) - 1}e}".partition("e")
+    return f"{mant}e{int(exp)}"
+
+
+def _tiny(x: float) -> bool:
+    return x != 0 and abs(x) < TINY
+
+
 def fmt(x, digits: int = 3) -> str:
-    """One value: ``digits`` decimals, or ``digits`` significant figures when it is tiny or huge
-    (alone; a column or grid uses :func:`decimals` and :func:`fixed` so its values agree)."""
+    """One value: ``digits`` decimals, or scientific notation (:func:`sci`) when it is under 1e-3 or
+    huge (alone; a column or grid uses :func:`decimals` and :func:`fixed` so its values agree)."""
     if type(x) is float:  # the common case first: a page formats thousands of floats
         if not math.isfinite(x):
             return str(x)
-        if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 10 ** 6):
-            return f"{x:.{digits}g}"
+        if x != 0 and (abs(x) < TINY or abs(x) < 10 ** -digits or abs(x) >= 10 ** 6):
+            return sci(x, digits)
         return f"{x:.{digits}f}"
     if x is None:
         return "–"
@@ -48,13 +63,16 @@ def decimals(values, sig: int = 3, most: int = 6) -> int:
 
 
 def fixed(x, d: int) -> str:
-    """``x`` with exactly ``d`` decimals ("–" for None); -0.000 is written 0.000."""
+    """``x`` with exactly ``d`` decimals ("–" for None; -0.000 is written 0.000), or in scientific
+    notation (:func:`sci`) when it is a non-zero figure under 1e-3."""
     if x is None:
         return "–"
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return str(x)
     if not math.isfinite(x):
         return str(x)
+    if _tiny(x):
+        return sci(x)
     s = f"{x:.{d}f}"
     return s[1:] if s.startswith("-") and float(s) == 0 else s
 
@@ -64,7 +82,19 @@ def signed(x, d: int) -> str:
     if x is None:
         return "–"
     s = fixed(x, d)
-    return s.replace("-", "−") if s.startswith("-") else "+" + s
+    return "−" + s[1:] if s.startswith("-") else "+" + s
+
+
+def dash(why: str | None, text: bool = False) -> Markup:
+    """A missing figure: "–" with its reason (:func:`app.pages.states.reason`) as its tooltip, and
+    with ``text`` also written beside it (where the page has room); "–" alone when no reason is
+    known."""
+    if not why:
+        return Markup('<span class="missing">–</span>')
+    out = f'<span class="missing" title="{escape(why)}">–</span>'
+    if text:
+        out += f' <span class="why">{escape(why)}</span>'
+    return Markup(out)
 
 
 def pval(p, d: int = 3) -> str:

@@ -76,6 +76,22 @@ TERMS: dict[str, tuple[str, str, str]] = {
          "on source token s and v_s its value vector. Each term is what token s carries to the "
          "neuron through the head; a head can attend hard to a token that carries nothing. The "
          "project's addition."), "§3"),
+    "attention-sink": (
+        "attention sink",
+        ("⟨BOS⟩, the first position of every prompt, where heads rest attention they do not give the "
+         "context. It sees only itself, so its value vector is the same in every prompt: its term "
+         "in a look-up is a fixed vector gated by how little the head attends to the context, and "
+         "says nothing about the context. The look-up shows it as its own row with its figure, "
+         "apart from the context tokens, and leaves it off their colour scale."), "§3"),
+    "knockout": (
+        "attention knockout",
+        ("A causal check of a look-up: the head's attention to one source token at the firing "
+         "position is set to zero and the rest of its attention row renormalised (Geva et al. 2023), "
+         "then the change of the neuron's activation and of p(token) is measured — directly (only "
+         "the head's path into the neuron) and in total (the model re-run). Negative: the source "
+         "made the neuron fire. Summaries: the rank agreement (Spearman ρ) between the sources' "
+         "contributions and what knocking each out removes, and the share of pairs whose top context "
+         "source, knocked out, lowers the activation by at least half of its contribution."), "§3"),
     "active-head": (
         "active head",
         "On one prompt, a head whose attribution is above mean + 2 standard deviations of all "
@@ -133,8 +149,11 @@ TERMS: dict[str, tuple[str, str, str]] = {
         "position, to see what the head does.", "§6"),
     "drop": (
         "drop",
-        "p(token) without ablation minus p(token) with the head ablated, at the prompt's last "
-        "position: how much the head helped predict the neuron's token.", "§6"),
+        ("p(token) without ablation minus p(token) with the head ablated, at the prompt's last "
+         "position: how much the head helped predict the neuron's token. A negative drop means "
+         "p(token) rose when the head was ablated: the head was working against the token on that "
+         "prompt (or, for tiny values, rounding noise). Means over prompts can be negative for the "
+         "same reason; figures under 1e-3 are written in scientific notation."), "§6"),
     "ks-test": (
         "KS test",
         "Two-sample Kolmogorov-Smirnov test: whether two sets of values (drops where the head is "

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from sqlalchemy.orm import Session
 
 from context_lookups.precompute.ablation import reads as ablation_reads
+from context_lookups.precompute.core.errors import BadLiveInput
 from context_lookups.precompute.explain import reads as explain_reads
 from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.heads.attribution import head_label, scored_layers
@@ -61,7 +62,8 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
     no_pair_reason = None
     if not pairs and n.kind != "other":
         n_explain = len(prompts) if split == "explain" else head_reads.count_prompts(s, neuron_id=n.id)
-        no_pair_reason = states.no_pair_reason(n_explain, ctx.rules)
+        no_pair_reason = (states.reason("neurons_only") if states.neurons_only(run.provenance)
+                          else states.no_pair_reason(n_explain, ctx.rules))
     view = {"score": score if score != "raw" else None, "split": split if split != "explain" else None}
     docs = []
     if n.kind == "other" or not prompts:
@@ -70,7 +72,8 @@ def neuron(s: Session, ctx: RunContext, *, layer: int, neuron_: int, score: str,
         docs = ctx.tokens.windows([asdict(d) for d in top], ctx=ctx.context_tokens,
                                   window=settings.doc_window)
     return {
-        "run": run_dict(run), "neuron": neuron_dict(n, ctx.partial), "best": best_scores(ctx, pairs),
+        "run": run_dict(run), "neuron": neuron_dict(n, ctx.partial),
+        "best": best_scores(ctx, pairs, n=n, no_pair=no_pair_reason),
         "score": score, "split": split,
         "rank_note": rank_note(n, run.d_mlp, above),
         "n_scored": part["n_scored"], "head_labels": part["head_labels"],
@@ -187,10 +190,12 @@ def _histogram(s: Session, ctx: RunContext, n: Neuron, *, split: str, prompts: l
     return h
 
 
-def best_scores(ctx: RunContext, pairs: list[dict]) -> dict:
+def best_scores(ctx: RunContext, pairs: list[dict], *, n: Neuron | None = None,
+                no_pair: str | None = None) -> dict:
     """The neuron's best E over its kept pairs by the run's own rule (``ctx.e_rule``, as
     ``Neuron.best_score``: the authors' for imported runs, the project's otherwise) and by the
-    other rule, labelled."""
+    other rule, labelled; ``reason``: why there is none (None when there is one;
+    :func:`app.pages.states.neuron_score_reason`)."""
     def best(key):
         vals = [e[key] for p in pairs for e in p["explanations"] if e[key] is not None]
         return max(vals) if vals else None
@@ -198,7 +203,20 @@ def best_scores(ctx: RunContext, pairs: list[dict]) -> dict:
     own = ctx.e_rule
     other = "project" if own == "authors" else "authors"
     keys = {"authors": "score_authors", "project": "score"}
-    return {"rule": own, "score": best(keys[own]), "other_rule": other, "other": best(keys[other])}
+    out = {"rule": own, "score": best(keys[own]), "other_rule": other, "other": best(keys[other]),
+           "reason": None}
+    if out["score"] is None and n is not None:
+        exps = [e for p in pairs for e in p["explanations"]]
+        if no_pair:
+            only = states.neurons_only(ctx.run.provenance)
+            out["reason"] = no_pair if only else states.reason("no_pair", why=no_pair)
+        elif exps:
+            out["reason"] = "; ".join(dict.fromkeys(e["reason"] for e in exps if e.get("reason"))) or None
+        else:
+            out["reason"] = states.neuron_score_reason(
+                kind=n.kind, status=n.status, has_kept_pair=bool(pairs), provenance=ctx.run.provenance,
+                best=None, settings=ctx.rules)
+    return out
 
 
 def neuron_brief(s: Session | None, ctx: RunContext, *, layer: int, neuron_: int, score: str,
@@ -234,6 +252,29 @@ def live_request(s: Session, ctx: RunContext, *, layer: int, neuron_: int, promp
             "brief": neuron_brief(None, ctx, layer=layer, neuron_=neuron_, score=score, n=n)}
 
 
+def knockout_request(s: Session, ctx: RunContext, *, layer: int, neuron_: int, prompt: str, head: str | None,
+                     src: int, pos: int | None, score: str = "raw") -> dict:
+    """What a live knockout needs, checked before anything is queued (docs/method.md §3,
+    "Attention knockout"): ``neuron`` (the row), ``head`` (parsed against the run's model: a
+    knockout needs one) and ``params``, the parameters of the knockout's URL and of the live
+    page it belongs to (``page``).
+
+    Raises:
+        NotFound: no such neuron. BadLiveInput: no head, or a malformed or out-of-range one; a
+            negative source.
+    """
+    n = neuron_reads.get_neuron(s, run=ctx.run, layer=layer, neuron=neuron_)
+    picked = ctx.parse_head(head)
+    if picked is None:
+        raise BadLiveInput("A knockout needs the look-up's head: give head=L{layer}H{head} "
+                           "(e.g. head=L0H1).")
+    if src < 0:
+        raise BadLiveInput(f"src {src} is not a source position: 0 is BOS, s the prompt's token s - 1.")
+    page = {"prompt": prompt, "head": head_label(*picked), "pos": pos,
+            "score": score if score != "raw" else None}
+    return {"neuron": n, "head": picked, "params": {**page, "src": src}, "page": page}
+
+
 def shown_live(res: dict, partial: dict) -> dict:
     """A live result (shared, cached: not modified) with its tokens as shown
     (:func:`app.pages.present.token_fields`): ``tokens_escaped``, ``tokens_joined``,
@@ -249,7 +290,7 @@ def shown_live(res: dict, partial: dict) -> dict:
 
 def live_extra(res: dict, data: dict, score: str) -> dict:
     """Scales of the live view (template helpers); ``live_lookup_scale`` that of the look-up's
-    contributions in the score's units."""
+    context contributions in the score's units (the attention sink left out, docs/method.md §3)."""
     key = "attr_ln" if score == "ln" else "attr_raw"
     n_scored = res["n_scored"]
     grids = [res[key]] + ([res["ablation"][key]] if res.get("ablation") else [])
@@ -258,4 +299,6 @@ def live_extra(res: dict, data: dict, score: str) -> dict:
     return {"live_act_scale": nice_scale(acts + [data["neuron"]["max_act"] or 0.0]),
             "live_act_lo": act_floor(acts),
             "live_attr_scale": grid_scale(grids, n_scored),
-            "live_lookup_scale": nice_scale(lk["contrib_ln" if score == "ln" else "contrib"]) if lk else None}
+            # the context's scale: the attention sink (source 0) keeps its figure but not a colour
+            "live_lookup_scale": nice_scale(lk["contrib_ln" if score == "ln" else "contrib"][1:])
+            if lk else None}

@@ -16,7 +16,7 @@ from context_lookups.precompute.explain.explainers import full_text
 from context_lookups.precompute.explain.scoring import authors_score, score_interval, small_sample
 from context_lookups.precompute.heads.attribution import head_label
 
-from .states import explanation_status, neuron_status
+from .states import explanation_status, neuron_status, score_reason
 
 # --- scales ---------------------------------------------------------------------------------------
 
@@ -204,12 +204,14 @@ def flat_uncertainty(ex: dict) -> dict:
     """An :func:`explanation_dict`'s uncertainty as flat fields for list rows (and their CSV):
     ``e_lo``/``e_hi`` (E's interval, the authors' rule's where only it defines E),
     ``n_answered_active``/``n_answered_inactive``, ``small_sample`` and ``n_documents`` (the
-    documents behind the distinct held-out prompts); None without one."""
+    documents behind the distinct held-out prompts); None without one; and ``truncated`` (the
+    explanation was cut at its token limit)."""
     iv = ex.get("interval") or ex.get("interval_authors")
     ans = ex.get("answered")
     return {"e_lo": iv[0] if iv else None, "e_hi": iv[1] if iv else None,
             "n_answered_active": ans[0] if ans else None, "n_answered_inactive": ans[1] if ans else None,
-            "small_sample": ex.get("small") if ex else None, "n_documents": ex.get("n_documents")}
+            "small_sample": ex.get("small") if ex else None, "n_documents": ex.get("n_documents"),
+            "truncated": bool(ex.get("truncated"))}
 
 
 def explanation_dict(e, counts: tuple[int, int, int, int] | None = None,
@@ -219,20 +221,24 @@ def explanation_dict(e, counts: tuple[int, int, int, int] | None = None,
     documents its ``n_pos + n_neg`` distinct held-out prompts came from,
     ``explain.reads.heldout_documents``, None when not read). ``text`` as the
     explainer wrote it, with the lead-in of the authors' prompt for their GPT-4 explanations
-    (imports made before it was stored get it here); ``status_text``: the status in words."""
+    (imports made before it was stored get it here); ``status_text``: the status in words;
+    ``truncated``: cut at the explainer's token limit (it ends mid-sentence); ``reason``: why E
+    is missing (:func:`app.pages.states.score_reason`), None when there is one."""
     st = e.settings or {}
     auth = authors_score(e.score, e.tpr, e.tnr)
     text = full_text(e.text) if st.get("source") == "paper" else e.text
     # redacted: a database written before answers and errors were redacted may hold a key an
     # endpoint echoed
-    return {"id": e.id, "explainer": e.explainer, "status": e.status,
-            "status_text": explanation_status(e.status), "text": redact(text),
-            "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
-            "n_documents": n_documents, "n_unparsed": e.n_unparsed, "error": redact(e.error),
-            "score_authors": auth,
-            **uncertainty(score=e.score, score_authors=auth, tpr=e.tpr, tnr=e.tnr, n_pos=e.n_pos,
-                          n_neg=e.n_neg, n_unparsed=e.n_unparsed, counts=counts),
-            "truncated": bool(st.get("truncated")), "source": st.get("source")}
+    d = {"id": e.id, "explainer": e.explainer, "status": e.status,
+         "status_text": explanation_status(e.status), "text": redact(text),
+         "score": e.score, "tpr": e.tpr, "tnr": e.tnr, "n_pos": e.n_pos, "n_neg": e.n_neg,
+         "n_documents": n_documents, "n_unparsed": e.n_unparsed, "error": redact(e.error),
+         "score_authors": auth,
+         **uncertainty(score=e.score, score_authors=auth, tpr=e.tpr, tnr=e.tnr, n_pos=e.n_pos,
+                       n_neg=e.n_neg, n_unparsed=e.n_unparsed, counts=counts),
+         "truncated": bool(st.get("truncated")), "source": st.get("source")}
+    d["reason"] = score_reason(d)  # why E is missing (None when there is one)
+    return d
 
 
 def ablation_dict(a) -> dict:

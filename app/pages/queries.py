@@ -22,6 +22,7 @@ from context_lookups.precompute.core.errors import NotFound
 from context_lookups.precompute.explain.explainers import preferred
 from context_lookups.precompute.findings.report import comparison_table, explainers_of_run, score_table
 from context_lookups.precompute.findings.verdict import run_verdict
+from context_lookups.precompute.heads import reads as head_reads
 from context_lookups.precompute.store.runs import check_layer
 from context_lookups.precompute.store.schema import (
     Ablation,
@@ -88,7 +89,9 @@ def findings(session: Session, *, run_id: int) -> dict:
     vs random neurons per explainer (``report.score_table``) and ablation drops of active vs
     inactive prompts per method (``ablation.ablation_table``). Empty dicts when not computed.
     ``comparisons``: each other explainer against the first LLM explainer (else the first) on
-    the same pairs (``report.comparison_table``)."""
+    the same pairs (``report.comparison_table``). ``knockout``: the run's attention-knockout
+    summary over its kept pairs (``heads.reads.knockout_summary`` without the per-pair map;
+    docs/method.md §3), with its ``state``."""
     names = explainers_of_run(session, run_id=run_id)
     ref = preferred(names)  # an LLM's when there is one
     methods = ablation_methods(session, run_id=run_id)
@@ -101,7 +104,26 @@ def findings(session: Session, *, run_id: int) -> dict:
     return {"verdict": run_verdict(session, session.get(Run, run_id), explainers=names, methods=methods),
             "explanations": {ex: score_table(session, run_id=run_id, explainer=ex) for ex in names},
             "ablation": {m: ablation_table(session, run_id=run_id, method=m) for m in methods},
-            "comparisons": comparisons}
+            "comparisons": comparisons, "knockout": knockout_findings(session, run_id=run_id)}
+
+
+def knockout_findings(session: Session, *, run_id: int) -> dict:
+    """The run's knockout summary (``heads.reads.knockout_summary``: the share of pairs whose top
+    context source holds, with its Wilson interval, and the pairs' rank agreement) and its
+    ``state``: ``done``, ``not_in_data`` (an imported run: the knockout needs the model) or
+    ``not_computed`` (no knockout stored: a run computed before it existed or with
+    ``--knockout-top-m 0``)."""
+    run = session.get(Run, run_id)
+    out = {k: v for k, v in head_reads.knockout_summary(session, run_id=run_id).items() if k != "pairs"}
+    if out["n_pairs"]:
+        out["state"] = {"state": "done", "reason": None}
+    elif run.provenance is not None:
+        out["state"] = {"state": "not_in_data", "reason": "the knockout needs the model's weights, which "
+                        "the authors' files do not hold"}
+    else:
+        out["state"] = {"state": "not_computed", "reason": "no knockout stored: a run computed before the "
+                        "knockout existed or with --knockout-top-m 0"}
+    return out
 
 
 def strong_candidates(session: Session, *, run_id: int, min_per_class: int) -> list[tuple]:

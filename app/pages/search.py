@@ -14,6 +14,7 @@ inside a redacted credential is not shown (searching a password must not confirm
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from context_lookups.precompute.heads.attribution import head_label
 
 from . import urls
 from .present import flat_uncertainty, uncertainty
+from .states import score_reason
 
 _START, _STOP = "\ue000", "\ue001"  # private-use marks around matched words in snippets
 _PHRASE = re.compile(r'"([^"]*)"|(\w+)', re.UNICODE)
@@ -105,7 +107,9 @@ _SQLITE = {
                 "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
                 "WHERE search_prompts MATCH :q {run}"),
     "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.tpr AS tpr, e.tnr AS tnr, "
-                     "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, pr.head_layer AS head_layer, pr.head AS head, n.layer AS layer, "
+                     "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, e.status AS status, "
+                     "e.error AS error, e.settings AS settings, pr.head_layer AS head_layer, "
+                     "pr.head AS head, n.layer AS layer, "
                      "n.neuron AS neuron, n.kind AS kind, r.slug AS run, "
                      "snippet(search_explanations, 0, :a, :b, '…', 24) AS marked "
                      "FROM search_explanations JOIN explanations e ON e.id = search_explanations.rowid "
@@ -131,7 +135,9 @@ _PG = {
                 "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
                 "WHERE " + _TSV.format(col="p.text") + " @@ websearch_to_tsquery('english'::regconfig, :q) {run}"),
     "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.tpr AS tpr, e.tnr AS tnr, "
-                     "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, pr.head_layer AS head_layer, pr.head AS head, n.layer AS layer, "
+                     "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, e.status AS status, "
+                     "e.error AS error, e.settings AS settings, pr.head_layer AS head_layer, "
+                     "pr.head AS head, n.layer AS layer, "
                      "n.neuron AS neuron, n.kind AS kind, r.slug AS run, "
                      + _HEADLINE.format(col="e.text", w=35, m=15) + " AS marked "
                      "FROM explanations e JOIN pairs pr ON pr.id = e.pair_id "
@@ -155,6 +161,11 @@ def _link(kind: str, row) -> dict:
         d.update(flat_uncertainty(uncertainty(
             score=d["score"], score_authors=authors_score(d["score"], d["tpr"], d["tnr"]), tpr=d["tpr"],
             tnr=d["tnr"], n_pos=d["n_pos"], n_neg=d["n_neg"], n_unparsed=d["n_unparsed"], counts=None)))
+        st = d.pop("settings")
+        st = json.loads(st) if isinstance(st, str) else (st or {})
+        d["truncated"] = bool(st.get("truncated"))  # cut at the explainer's token limit
+        d["score_authors"] = authors_score(d["score"], d["tpr"], d["tnr"])
+        d["reason"] = score_reason(d, rule="project")  # the project's E is the one shown
         d["url"] = urls.pair(d["run"], d["layer"], d["neuron"], d["head_layer"], d["head"])
     else:
         d["url"] = urls.neuron(d["run"], d["layer"], d["neuron"],

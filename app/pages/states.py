@@ -5,6 +5,10 @@ with the reason), ``not_applicable`` (it never runs for this pair, with the reas
 run: the authors' data has none, with the reason). An imported run is never "not computed
 yet": nothing here computes it. Status codes are turned into words here too.
 
+:func:`reason` is the one function that says why a figure is missing: every "–" of a page
+carries its text (``formats.dash``: a tooltip, and the text where space allows) and every JSON
+row its ``reason``.
+
 Nothing here touches the database: the views pass what ``app.pages.queries`` read.
 """
 
@@ -90,6 +94,125 @@ def ablation_state(*, kept_why: str | None, n_rows: int, phases: dict[str, int],
     if phases:
         return _state(SKIPPED, "the neuron has no held-out prompt to ablate on")
     return _state(NOT_COMPUTED, "run `lookups precompute` with --ablation zero or mean")
+
+
+def lookup_state(*, run, kept: bool, what: str, off: bool = False) -> dict:
+    """State of a pair's stored look-up or its attention knockouts (``what``: "look-up" or
+    "knockout", docs/method.md §3) when it has none: ``not_in_data`` (an imported run: both need
+    the model's weights, which the authors' files do not hold), ``not_applicable`` (stored for
+    kept pairs only), or ``not_computed`` (a run stored before they existed, or, with ``off``,
+    computed with ``--knockout-top-m 0``)."""
+    if run.provenance is not None:
+        return _state(NOT_IN_DATA, f"the {what} needs the model's weights, which the authors' files do "
+                      f"not hold")
+    if not kept:
+        return _state(NOT_APPLICABLE, "it is stored for kept pairs only")
+    if what == "knockout" and off:
+        return _state(NOT_COMPUTED, "this run was computed with --knockout-top-m 0 (or before the knockout "
+                      "existed); run `lookups precompute` into a new database to get it")
+    return _state(NOT_COMPUTED, f"this run was stored by a context-lookups without the {what}; run "
+                  f"`lookups precompute` into a new database to get it")
+
+
+# --- why a figure is missing: the one function every view uses ---------------------------------
+
+REASONS = {
+    "not_explained": "not explained yet: run `lookups explain` (or `lookups precompute`) on this database",
+    "not_explained_imported": "not in the authors' files: they hold no explanation of this pair",
+    "single_class": "one class: the held-out prompts are all {side}, so E = ½(TPR + TNR) is undefined",
+    "unanswered": "unanswered: the authors' files hold no answers on this pair's held-out prompts",
+    "failed": "the explainer failed{detail}",
+    "undefined_e": "E undefined{detail}",
+    "not_in_files": "not in the authors' files",
+    "neurons_only": "the authors' files for this run hold neurons only: no prompts, pairs or explanations",
+    "no_pair": "no kept pair: {why}",
+    "not_selected": "not selected: neither a next-token nor a random neuron",
+    "no_interval": "no interval: some answers were not Yes/No and the answer counts are not stored",
+    "not_ablated": "not ablated: {why}",
+    "no_side": "no held-out prompt where the head is {side}",
+    "not_classified": "not classified: this prompt is not among the pair's scored held-out prompts",
+    "knockout_undefined": "undefined: no attention left to renormalise",
+    "direct_prob": "the direct effect is defined at the neuron's input; p(token) changes only through "
+                   "the whole pass (the total effect)",
+    "not_in_run": "not in this run",
+    "no_token": "not recorded: the authors' files do not name this neuron's token",
+}
+
+
+def reason(code: str, **detail) -> str:
+    """Why a figure is missing, in words: the one place the texts are written (:data:`REASONS`;
+    ``detail`` fills their blanks). Every "–" of the pages and every ``reason`` of the JSON
+    twins comes from here.
+
+    Raises:
+        KeyError: an unknown code.
+    """
+    text = REASONS[code]
+    return text.format(**detail) if detail else text.format_map(_Blank())
+
+
+class _Blank(dict):
+    def __missing__(self, key):  # an unfilled blank reads as nothing
+        return ""
+
+
+def neurons_only(provenance: dict | None) -> bool:
+    """Whether an imported run's files hold neurons only (a gpt2-xl-like release: no training
+    attributions, so no prompts, pairs or explanations; nothing a command here can add)."""
+    missing = (provenance or {}).get("missing") or []
+    return any(isinstance(m, dict) and m.get("role") == "attr" for m in missing)
+
+
+def neuron_score_reason(*, kind: str, status: str | None, has_kept_pair: bool, provenance: dict | None,
+                        best: dict | None, settings=None) -> str | None:
+    """Why a neuron's best E is missing on the lists (None when it has one): not selected, the
+    run's files hold neurons only, no kept pair (and why: :func:`no_pair_reason` from its
+    status), or its best explanation's reason (:func:`score_reason`), or not explained yet."""
+    if best is not None:
+        return score_reason(best, rule="project")
+    if kind == "other":
+        return reason("not_selected")
+    if neurons_only(provenance):
+        return reason("neurons_only")
+    if not has_kept_pair:
+        if status == "no_activating_prompt":
+            return reason("no_pair", why="it has no activating explain prompt")
+        if status == "too_few_prompts" and settings is not None:
+            return reason("no_pair", why=f"fewer than {settings.pair_min_prompts} explain prompts")
+        return reason("no_pair", why="no head is active on the pair rule's share of its explain prompts")
+    return reason("not_explained_imported" if provenance is not None else "not_explained")
+
+
+def score_reason(e: dict | None, *, explanation_state: dict | None = None, no_pair: str | None = None,
+                 neurons_only: bool = False, rule: str = "any") -> str | None:
+    """Why an explanation score E is missing (None when there is one): from the explanation's
+    status (``e``, an :func:`app.pages.present.explanation_dict`), else from why the pair has no
+    explanation (``explanation_state``), or why the neuron has no kept pair (``no_pair``), or
+    because the run's files hold neurons only. ``rule``: "any" (E by either rule counts) or
+    "project" (the view shows the project's E, ``score``, alone: a one-class pair that only the
+    authors' rule scores has none)."""
+    if e is not None:
+        if e.get("score") is not None or (rule == "any" and e.get("score_authors") is not None):
+            return None
+        st = e.get("status")
+        if st == "single_class":
+            side = "active" if not e.get("n_neg") else "inactive"
+            return reason("single_class", side=side)
+        if st == "unanswered":
+            return reason("unanswered")
+        if st == "failed":
+            return reason("failed", detail=f": {e['error']}" if e.get("error") else "")
+        return reason("undefined_e", detail=f": {e['error']}" if e.get("error") else "")
+    if neurons_only:
+        return reason("neurons_only")
+    if no_pair:
+        return reason("no_pair", why=no_pair)
+    st = explanation_state or {}
+    if st.get("state") == NOT_IN_DATA:
+        return reason("not_explained_imported")
+    if st.get("state") == NOT_APPLICABLE:
+        return st.get("reason")
+    return reason("not_explained")
 
 
 _LABELS = {NOT_COMPUTED: "not computed yet", SKIPPED: "skipped", NOT_APPLICABLE: "not applicable",

@@ -8,7 +8,7 @@ from functools import lru_cache
 from urllib.parse import quote, urlencode
 
 _ORDER = ("layer", "kind", "q", "min_congruence", "max_congruence", "min_score", "min_n", "sort", "order",
-          "page", "per_page", "score", "split", "prompt", "ablate", "head", "pos")
+          "page", "per_page", "score", "split", "prompt", "ablate", "head", "pos", "src")
 
 
 def _query(params: dict) -> str:
@@ -61,6 +61,7 @@ def neuron_helpers(run: str, layer: int, neuron_: int, params: dict) -> dict:
         return neuron(run, layer, neuron_, **{**params, "split": split if split != "explain" else None})
 
     return {"live_url": live(run, layer, neuron_), "page_base": neuron(run, layer, neuron_),
+            "knockout_url": knockout(run, layer, neuron_),
             "with_score": with_score, "with_split": with_split,
             "pair_url": lambda k, h: pair(run, layer, neuron_, k, h)}
 
@@ -72,6 +73,12 @@ def goto(slug: str) -> str:
 def live(slug: str, layer: int, neuron_: int, **params) -> str:
     """The htmx fragment of the live panel (its page URL is :func:`neuron` with the same params)."""
     return f"/{_slug(slug)}/neurons/{layer}/{neuron_}/live" + _query(params)
+
+
+def knockout(slug: str, layer: int, neuron_: int, *, fmt: str | None = None, **params) -> str:
+    """A live attention knockout (``prompt``, ``head``, ``pos``, ``src``): the htmx fragment the
+    live look-up's source tokens ask for, a page of its own without htmx, and its ``.json`` twin."""
+    return _path(f"/{quote(slug)}/neurons/{layer}/{neuron_}/knockout", fmt) + _query(params)
 
 
 def pair(slug: str, layer: int, neuron_: int, head_layer: int, head_: int, *,

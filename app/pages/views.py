@@ -53,6 +53,7 @@ def home(s: Session) -> dict:
         d["findings"] = Q.findings(s, run_id=run.id)
         d["strongest"] = strongest_pairs(s, run, limit=STRONGEST)
         d["model_note"] = model_note(run)
+        d["neurons_only"] = states.neurons_only(run.provenance)  # a gpt2-xl-like import: nothing to explain
         d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
         runs.append(d)
     return {"runs": runs, "strongest_rule": {"min_per_class": MIN_HELDOUT_PER_CLASS, "lower_bound_above": 0.5,
@@ -103,6 +104,7 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
     best = explain_reads.best_explanations(s, neurons=rows)
     counts = explain_reads.answer_counts(s, explanation_ids=[e.id for e in best.values() if e.n_unparsed])
     docs = explain_reads.heldout_documents(s, explanation_ids=[e.id for e in best.values()])
+    with_pairs = head_reads.kept_pair_neurons(s, neuron_ids=[n.id for n in rows if n.id not in best])
     pages = max(1, math.ceil(total / flt.per_page))
     defaults = vars(Q.NeuronFilter(per_page=default_per_page))
     params = {k: v for k, v in vars(flt).items() if k != "page" and v != defaults[k]}
@@ -115,6 +117,9 @@ def neurons(s: Session, ctx: RunContext, *, flt: Q.NeuronFilter, default_per_pag
         e = best.get(n.id)
         ex = explanation_dict(e, counts.get(e.id), docs.get(e.id)) if e is not None else {}
         d.update(n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"), **flat_uncertainty(ex))
+        d["reason"] = None if n.best_score is not None else states.neuron_score_reason(
+            kind=n.kind, status=n.status, has_kept_pair=n.id in best or n.id in with_pairs,
+            provenance=run.provenance, best=ex or None, settings=ctx.rules)
         d["url"] = urls.neuron(slug, n.layer, n.neuron)
         items.append(d)
     return {"run": run_dict(run), "filter": vars(flt), "total": total, "page": flt.page, "pages": pages,
@@ -173,7 +178,7 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
                       phases=ablation_reads.ablation_phases(s, run_id=run.id, pair_ids=[p.id]).get(p.id, {}),
                       provenance=run.provenance)}
     key = "attr_ln" if score == "ln" else "attr_raw"
-    looks, look = LK.pair_lookups(s, run, p, explain + heldout, score)
+    looks, look = LK.pair_lookups(s, run, p, explain + heldout, score, ctx.rules)
     look["tokens"] = LK.summary_tokens(look["groups"], explain + heldout, partial)
 
     def row(pr, with_outcomes: bool) -> dict:
@@ -213,6 +218,21 @@ def pair(s: Session, ctx: RunContext, *, layer: int, neuron_: int, head_layer: i
     }
 
 
+def score_reason_project(ex: dict) -> str | None:
+    """Why a row that shows the project's E (``score``) has none."""
+    return states.score_reason(ex, rule="project")
+
+
+def _pair_reason(p, ex: dict, run, rules) -> str | None:
+    """Why a pair row's E is missing (None when it has one): its explanation's reason, or why it
+    has none (:func:`app.pages.states.score_reason`)."""
+    if ex:  # the list shows the project's E (``score``)
+        return score_reason_project(ex)
+    return states.score_reason(None, explanation_state=states.explanation_state(
+        kept_why=states.kept_reason(p, rules), n_explanations=0, provenance=run.provenance),
+        neurons_only=states.neurons_only(run.provenance))
+
+
 def _counts(answers: dict) -> tuple[int, int, int, int] | None:
     """(TP, FN, TN, FP) of one explanation's stored answers (``{prompt_id: Classification}``)."""
     parsed = [(c.truth, c.predicted) for c in answers.values() if c.predicted is not None]
@@ -246,7 +266,8 @@ def head(s: Session, ctx: RunContext, *, layer: int, head_: int, order: str, kep
                  best_score=best.score if best is not None else None, best_explainer=ex.get("explainer"),
                  n_pos=ex.get("n_pos"),
                  n_neg=ex.get("n_neg"), **flat_uncertainty(ex), url=urls.neuron(slug, n.layer, n.neuron),
-                 pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_))
+                 pair_url=urls.pair(slug, n.layer, n.neuron, layer, head_),
+                 reason=_pair_reason(p, ex, run, ctx.rules))
         items.append(d)
     total = head_reads.count_head_pairs(s, run=run, head_layer=layer, head=head_, kept_only=kept)
     return {"run": run_dict(run), "head": {"layer": layer, "head": head_, "label": head_label(layer, head_)},
@@ -281,6 +302,7 @@ def pairs(s: Session, ctx: RunContext, *, flt: Q.PairFilter, keys=None) -> dict:
                  score=ex.get("score"), score_authors=ex.get("score_authors"),
                  tpr=ex.get("tpr"), tnr=ex.get("tnr"), n_pos=ex.get("n_pos"), n_neg=ex.get("n_neg"),
                  **flat_uncertainty(ex), explanation=ex.get("text"),
+                 reason=_pair_reason(p, ex, run, ctx.rules),
                  url=urls.pair(slug, n.layer, n.neuron, p.head_layer, p.head))
         d["ablation"] = {m: drops.get(p.id, {}).get(m, {}) for m in methods}
         for m, sides in d["ablation"].items():

@@ -25,12 +25,13 @@ from context_lookups.precompute.core.errors import BadLiveInput, ModelNotAvailab
 from context_lookups.precompute.neurons.reads import get_neuron
 
 from ..live.passes import Target
+from ..pages import lookup as LK
 from ..pages import neuron as NP
 from ..pages import queries as Q
 from ..pages import urls, views
 from ..pages.context import RunContext
 from ..pages.export import all_rows_csv, csv_response
-from ..pages.lookup import NeuronJSON, PairJSON
+from ..pages.lookup import LiveKnockoutJSON, NeuronJSON, PairJSON
 from .common import clean_text, db, in_live_threads, is_htmx, render, run_context
 
 router = APIRouter()
@@ -285,6 +286,65 @@ async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int
                                             ablate=[a for a in ablate if a], head=head, pos=pos), status_code=303)
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
                              ablate=ablate, pos=pos, fmt=None, head=head)
+
+
+# --- a live knockout ----------------------------------------------------------------------------
+
+SrcQ = Annotated[int, Query(ge=0, le=1_000_000, description="The source position to knock out of the "
+                            "head's look-up: 0 = BOS (the attention sink), s = the prompt's token s - 1.")]
+KoHeadQ = Annotated[str, Query(max_length=40, description="The look-up's head, e.g. 'L1H3'.")]
+KoPromptQ = Annotated[str, Query(max_length=20000, description="The live prompt (runs the model).")]
+
+
+async def knockout_view(request: Request, s: Session, run: str, layer: int, neuron: int, *, prompt: str,
+                        head: str, src: int, pos: int | None, score: str, fmt: str | None):
+    """A live attention knockout (docs/method.md §3): ``head``'s read of source ``src`` at ``pos``
+    removed from the live prompt and the model re-run on the live half, awaited like the neuron
+    page's live pass; the htmx fragment shown in place in the live look-up, a page of its own
+    without htmx, or its JSON twin. Live errors answer 422/503 (JSON) or an error panel."""
+    prompt = clean_text(prompt, name="prompt")
+    head = clean_text(head, name="head")
+
+    def submit():
+        try:
+            ctx = run_context(request, s, run)
+            req = NP.knockout_request(s, ctx, layer=layer, neuron_=neuron, prompt=prompt, head=head, src=src,
+                                      pos=pos, score=score)
+            n = req["neuron"]
+            target = Target(ctx.slug, n.layer, n.neuron, n.token_id, n.token, ctx.rules)
+            fut = request.app.state.live.submit_knockout(source=ctx.model_source, target=target,
+                                                         prompt=prompt, pos=pos, head=req["head"], src=src)
+            return ctx, req, fut
+        finally:
+            s.close()
+
+    ctx, req, fut = await run_in_threadpool(submit)
+    res = await asyncio.shield(asyncio.wrap_future(fut))
+    res = {**res, "reason": LK.knockout_reason(res)}  # the result is shared (cached): not modified
+    if fmt == "json":
+        return render(request, "", res, fmt="json")
+    data = {"run": {"slug": ctx.slug}, "neuron": {"layer": layer, "neuron": neuron}, "ko": res,
+            "score": score, "links": {"json": urls.knockout(run, layer, neuron, fmt="json", **req["params"]),
+                                      "page": urls.neuron(run, layer, neuron, **req["page"])}}
+    template = "_knockout.html" if is_htmx(request) else "knockout.html"
+    return render(request, template, data, fmt=None)
+
+
+@router.get("/{run}/neurons/{layer}/{neuron}/knockout.json", tags=["json"],
+            summary="A live attention knockout of one source of a head's look-up (JSON)",
+            responses={200: {"model": LiveKnockoutJSON}})
+async def knockout_json(request: Request, s: DB, run: str, layer: int, neuron: int, prompt: KoPromptQ,
+                        head: KoHeadQ, src: SrcQ, pos: PosQ = None, score: Score = "raw"):
+    return await knockout_view(request, s, run, layer, neuron, prompt=prompt, head=head, src=src, pos=pos,
+                               score=score, fmt="json")
+
+
+@router.get("/{run}/neurons/{layer}/{neuron}/knockout", response_class=HTMLResponse, tags=["pages"],
+            summary="A live attention knockout of one source of a head's look-up")
+async def knockout_page(request: Request, s: DB, run: str, layer: int, neuron: int, prompt: KoPromptQ,
+                        head: KoHeadQ, src: SrcQ, pos: PosQ = None, score: Score = "raw"):
+    return await knockout_view(request, s, run, layer, neuron, prompt=prompt, head=head, src=src, pos=pos,
+                               score=score, fmt=None)
 
 
 # --- pair --------------------------------------------------------------------------------------

@@ -30,13 +30,13 @@ SCIENCE_FIELDS = (
     "model", "dataset", "layers", "n_per_layer", "reject_tokens", "reject_numeric", "seed",
     "n_docs", "context_tokens", "top_k", "act_ratio", "max_prompt_tokens", "heads_upto",
     "active_rule", "active_sigma", "active_topk", "pair_min_fraction", "pair_max_fraction",
-    "n_random", "pair_min_prompts",
+    "n_random", "pair_min_prompts", "knockout_top_m",
 )
 
 # Science fields added after runs were first stored, with the value that reproduces what a run
 # stored without them computed. ``Settings.of_run`` fills them in, and ``science_hash`` leaves a
 # field out at that value, so an older run still reads back and resumes as it was computed.
-ADDED_FIELDS = {"pair_min_prompts": 1}
+ADDED_FIELDS = {"pair_min_prompts": 1, "knockout_top_m": 0}
 
 # A run's name is the first segment of its pages' URLs: lower-case ASCII letters, digits, '.', '_'
 # and '-', starting with a letter or digit, at most 100 characters (the form of a name derived from
@@ -155,6 +155,11 @@ class Settings(BaseSettings):
                                   "paper's neurons had 20-30; below 10 the active fraction moves in "
                                   "steps over 10 points and the 0.25-0.75 filter means little). "
                                   "1: no minimum (runs stored before this setting).")
+    knockout_top_m: int = Field(3, ge=0, le=100, description="Attention knockout (the project's "
+                                "causal check of each look-up, docs/method.md §3): on every stored "
+                                "look-up, knock out the prompt's top m context sources by contribution, "
+                                "one at a time, then the attention sink; 0: no knockout (runs stored "
+                                "before this setting).")
 
     # --- §4-5 explanations (recorded per explanation, not part of the run's identity) ----------
     explainer: Literal["baseline", "openai", "none"] = Field("baseline", description="Explainer "

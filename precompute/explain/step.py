@@ -102,7 +102,7 @@ def load_tasks(session: Session, *, run_id: int, explainer: str, heldout_per_pai
         def ex(p: Prompt, carried: bool = False, pair=pair, label=label) -> Example:
             c = looks.get((p.id, pair.head_layer, pair.head)) if carried else None
             return Example(p.id, p.text, tuple(p.tokens), label in p.active,
-                           tuple(carriers(p.tokens, decode(c), bos=False).items()) if c is not None else ())
+                           tuple(carriers(p.tokens, decode(c)).items()) if c is not None else ())
 
         held = prompts[n.id]["heldout"]
         same = classified.get(pair.id)

@@ -1,9 +1,10 @@
 """Step 3 of the job, head attribution (paper §4.3, docs/method.md §3), after step 2's scan: each
 selected neuron's top documents are trimmed (§4.2, :func:`precompute.prompts.scan.trim_many`) and
 the trimmed prompts attributed to the upstream heads in the same batched passes, with their
-active heads and, for the heads whose pair with the neuron is kept, the per-source look-up. They
-are stored as the ``prompts`` and ``lookups`` tables, one unit of work per neuron
-(``prompts:L{layer}N{neuron}``); then the (neuron, head) ``pairs`` in one unit of work.
+active heads and, for the heads whose pair with the neuron is kept, the per-source look-up and
+its attention knockouts (docs/method.md §3). They are stored as the ``prompts``, ``lookups`` and
+``knockouts`` tables, one unit of work per neuron (``prompts:L{layer}N{neuron}``); then the
+(neuron, head) ``pairs`` in one unit of work.
 
 The computation (:func:`compute_prompts`) touches no database, so the job's executor may run it
 on Ray workers; this process alone writes.
@@ -27,6 +28,7 @@ from context_lookups.precompute.heads.attribution import (
     scored_layers,
     upstream_attn_layers,
 )
+from context_lookups.precompute.heads.knockout import stored_rows as knockout_rows
 from context_lookups.precompute.heads.lookup import stored_rows
 from context_lookups.precompute.heads.pairs import (
     TOO_FEW_PROMPTS,
@@ -39,7 +41,7 @@ from context_lookups.precompute.prompts.distinct import distinct_prompts, needs_
 from context_lookups.precompute.prompts.reads import TopDocument, top_documents
 from context_lookups.precompute.prompts.scan import TrimTask, trim_many
 from context_lookups.precompute.store.runs import is_done, unit_of_work
-from context_lookups.precompute.store.schema import Lookup, Neuron, Pair, Prompt, Run
+from context_lookups.precompute.store.schema import AttentionKnockout, Lookup, Neuron, Pair, Prompt, Run
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +55,15 @@ class _LayerNeuron:
 
 @dataclass
 class PromptsJob:
-    """What §2-§3 need for a group of selected neurons: ``neurons[q] = (layer, neuron)`` and
+    """What §2-§3 need for a group of selected neurons: ``neurons[q] = (layer, neuron)``,
     ``tops[q][split]``, its top documents (:class:`~precompute.prompts.reads.TopDocument`) by
-    rank (activation > 0 only)."""
+    rank (activation > 0 only), and ``tokens[q]``, its token (the knockouts' predicted token)."""
 
     neurons: list[tuple[int, int]]
     tops: list[dict[str, list[TopDocument]]]
     ctx: int
     settings: Settings
+    tokens: list[int] | None = None
 
 
 def prompts_job(s, run_id: int, neurons: list[Neuron], ctx: int, settings: Settings) -> PromptsJob:
@@ -68,7 +71,8 @@ def prompts_job(s, run_id: int, neurons: list[Neuron], ctx: int, settings: Setti
     tops = [{split: top_documents(s, run_id=run_id, layer=n.layer, neuron=n.neuron, split=split,
                                   positive_only=True)
              for split in SPLITS} for n in neurons]
-    return PromptsJob([(n.layer, n.neuron) for n in neurons], tops, ctx, settings)
+    return PromptsJob([(n.layer, n.neuron) for n in neurons], tops, ctx, settings,
+                      [n.token_id for n in neurons])
 
 
 def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict], dict]]:
@@ -80,13 +84,18 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
     each distinct prompt to the upstream heads in batched passes, mark the active heads, and
     keep the per-source decomposition (docs/method.md §3) of the heads whose pair with the
     neuron will be kept (:func:`precompute.heads.pairs.kept_heads`, the rule ``store_pairs``
-    applies), from the same passes.
+    applies), from the same passes; and each look-up's attention knockouts
+    (``settings.knockout_top_m`` context sources and the sink,
+    :meth:`Backend.knockout <precompute.model.backend.Backend.knockout>`, batched across the
+    group's prompts and heads).
 
     Returns per neuron ``(prompt rows, stats)``: the :class:`~precompute.store.schema.Prompt` fields
     (without ``neuron_id``) in storage order (split, then rank), each with ``lookups``, the
     :class:`~precompute.store.schema.Lookup` fields of its kept heads (without ``prompt_id``), and
-    ``{split: distinct prompts, "repeats:{split}": occurrences merged into an earlier prompt,
-    "lookups": n_rows}``. Touches no database, so it runs on any worker (``distributed``).
+    ``knockouts``, the :class:`~precompute.store.schema.AttentionKnockout` fields of their
+    knockouts; and ``{split: distinct prompts, "repeats:{split}": occurrences merged into an
+    earlier prompt, "lookups": n_rows, "knockouts": n_rows}``. Touches no database, so it runs on
+    any worker (``distributed``).
     """
     settings, ctx, top_k = job.settings, job.ctx, job.settings.top_k
     neurons = [_LayerNeuron(*x) for x in job.neurons]
@@ -139,8 +148,10 @@ def compute_prompts(model: LoadedModel, job: PromptsJob) -> list[tuple[list[dict
                            settings)
         for r in rows:
             r["lookups"] = stored_rows(terms[id(r)], heads)
-        stats["lookups"] = len(heads) * len(rows)
+            r["knockouts"] = []
+        stats["lookups"], stats["knockouts"] = len(heads) * len(rows), 0
         rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["rank"]))  # storage order: split, then rank
+    _knockouts(model, job, neurons, out)
     return out
 
 
@@ -168,13 +179,33 @@ def _key(t: TopDocument, row, tr, settings: Settings) -> tuple | None:
     return tuple(row[tr[0]:t.position + 1])
 
 
+def _knockouts(model: LoadedModel, job: PromptsJob, neurons: list[_LayerNeuron],
+               out: list[tuple[list[dict], dict]]) -> None:
+    """The attention knockouts of every look-up of the group (docs/method.md §3), in one batched
+    call in storage order (neuron, split, rank, head), added to each prompt row's ``knockouts``."""
+    m = job.settings.knockout_top_m
+    tasks = []  # (prompt row, head)
+    if m > 0 and job.tokens is not None:
+        for q, (rows, _) in enumerate(out):
+            if job.tokens[q] is not None:
+                tasks += [(q, r, (lk["head_layer"], lk["head"])) for r in rows for lk in r["lookups"]]
+    kos = model.backend.knockout([[model.bos_token_id] + list(r["token_ids"]) for _, r, _ in tasks],
+                                 [(neurons[q].layer, neurons[q].neuron, job.tokens[q]) for q, _, _ in tasks],
+                                 [h for _, _, h in tasks], m=m) if tasks else []
+    for (q, r, _), ko in zip(tasks, kos, strict=True):
+        got = knockout_rows(ko)
+        r["knockouts"] += got
+        out[q][1]["knockouts"] += len(got)
+
+
 def store_prompts(s, n: Neuron, rows: list[dict], stats: dict) -> None:
     """Add one neuron's prompts (from :func:`compute_prompts`) and their look-ups to the session;
     mark a neuron without explain-split prompt."""
     for r in rows:
-        p = Prompt(neuron_id=n.id, **{k: v for k, v in r.items() if k != "lookups"})
+        p = Prompt(neuron_id=n.id, **{k: v for k, v in r.items() if k not in ("lookups", "knockouts")})
         s.add(p)
         s.add_all(Lookup(prompt=p, **lk) for lk in r.get("lookups", ()))
+        s.add_all(AttentionKnockout(prompt=p, **ko) for ko in r.get("knockouts", ()))
     if not stats.get("explain"):  # the job's summary counts them and says what could help
         n.status = "no_activating_prompt"
         logger.info("neuron L%dN%d (%s) fires on no scanned explain document: it has no prompt",

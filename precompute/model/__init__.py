@@ -15,10 +15,11 @@ what is exported here; ``app/`` imports nothing else from it.
 - :mod:`~precompute.model.components`: head attribution and the other components of a
   pre-activation, the formula every backend calls (docs/method.md §3);
 - :mod:`~precompute.model.sources`: the per-source decomposition (the look-up), the causal
-  attention row, the attention sink (:func:`split_sink`);
-- :mod:`~precompute.model.knockout`: attention knockout's intervention, direct effects, result
-  (:class:`Knockout`, from :meth:`Backend.knockout`) and summaries (:func:`rank_agreement`,
-  :func:`top_source_holds`, :func:`share_of_pairs`);
+  attention row, the attention sink's position (:data:`SINK`) and the context sources' order
+  (:func:`rank_context`);
+- :mod:`~precompute.model.knockout`: attention knockout's intervention, direct effects and result
+  (:class:`Knockout`, from :meth:`Backend.knockout`), the default knockouts
+  (:func:`default_sources`); what they say about a look-up is ``precompute.heads``';
 - :mod:`~precompute.model.batching`: tokenizing with BOS, padding, length-sorted batches.
 """
 
@@ -34,17 +35,7 @@ from context_lookups.precompute.model.backend import (
     check_token,
 )
 from context_lookups.precompute.model.batching import batches, length_batches, pad, tokenize_batch
-from context_lookups.precompute.model.knockout import (
-    RENORMALISE,
-    TOP_M,
-    Knockout,
-    default_sources,
-    pair_agreement,
-    pair_top_source,
-    rank_agreement,
-    share_of_pairs,
-    top_source_holds,
-)
+from context_lookups.precompute.model.knockout import RENORMALISE, TOP_M, Knockout, default_sources
 from context_lookups.precompute.model.loading import (
     BACKENDS,
     LoadedModel,
@@ -53,10 +44,9 @@ from context_lookups.precompute.model.loading import (
     resolve_device,
     resolve_dtype,
 )
-from context_lookups.precompute.model.sources import SINK, SinkSplit, split_sink
+from context_lookups.precompute.model.sources import SINK, rank_context
 
 __all__ = ["BACKENDS", "METHODS", "RENORMALISE", "SINK", "TOP_M", "Backend", "Dims", "Knockout",
-           "LoadedModel", "NeuronPass", "PostObserver", "SinkSplit", "batches", "centre", "check_head",
-           "check_neuron", "check_token", "default_sources", "length_batches", "load_model", "load_tokenizer",
-           "pad", "pair_agreement", "pair_top_source", "rank_agreement", "resolve_device", "resolve_dtype",
-           "share_of_pairs", "split_sink", "tokenize_batch", "top_source_holds"]
+           "LoadedModel", "NeuronPass", "PostObserver", "batches", "centre", "check_head", "check_neuron",
+           "check_token", "default_sources", "length_batches", "load_model", "load_tokenizer", "pad",
+           "rank_context", "resolve_device", "resolve_dtype", "tokenize_batch"]

@@ -24,15 +24,15 @@ value vector, ``hook_v``; the value bias is no source's and stays), i.e. ``hook_
 * **total**: the forward pass re-run with the knockout in place (the neuron's ``hook_pre`` and
   ``hook_post`` and the token's probability at ``p``).
 
-The sink and the summaries (Spearman agreement per pair, the share of pairs whose top context
-source passes the half-contribution check) are pure functions here too; the look-up's sink row
-is :func:`precompute.model.sources.split_sink`.
+The default knockouts (:func:`default_sources`: the top ``m`` context sources, then the sink)
+are chosen here, in the pass; what the knockouts say about a look-up (the sink row, the rank
+agreement per pair, the share of pairs whose top context source holds) is the look-up step's,
+``precompute.heads.lookup`` and ``precompute.heads.knockout``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,11 +41,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from context_lookups.precompute.model.components import norm_read
-from context_lookups.precompute.model.sources import SINK, split_sink
+from context_lookups.precompute.model.sources import SINK, rank_context
 
 RENORMALISE = True  # the default intervention (docs/method.md §3 says why)
 TOP_M = 3           # context sources knocked out per prompt by default, plus the sink
-HALF = 0.5          # the run summary's bar: a drop of at least half the contribution
 
 
 def knocked_pattern(attention: Float[Tensor, "*batch pos"], knocked: Bool[Tensor, "*batch pos"],
@@ -170,9 +169,9 @@ class Knockout:
 def default_sources(contrib: Sequence[float] | Tensor, m: int = TOP_M) -> list[tuple[int, ...]]:
     """The knockouts asked for by default (docs/method.md §3): the ``m`` context sources with the
     largest contribution (signed, largest first; ties by position; fewer on a short prompt), one
-    at a time, then the sink (BOS, position 0: :func:`~precompute.model.sources.split_sink`)."""
-    split = split_sink(contrib, [0.0] * len(contrib))
-    return [(s,) for s in split.positions[:m]] + [tuple(split.sink)]
+    at a time, then the sink (BOS, position 0: :data:`~precompute.model.sources.SINK`), ranked by
+    :func:`~precompute.model.sources.rank_context`."""
+    return [(s,) for s in rank_context(contrib)[:m]] + [SINK]
 
 
 @dataclass
@@ -254,111 +253,3 @@ class KnockoutPlan:
         self.undefined[idx] = bad
         self.dz[idx] = dz.masked_fill(bad[:, None], 0.0)
         return idx
-
-
-# --- summaries (pure; for the job's run summary and the pair page) --------------------------------
-
-def rank_agreement(contrib: Sequence[float], effect: Sequence[float]) -> dict:
-    """Spearman rank agreement between the contributions of one prompt's (or one pair's) knocked-out
-    sources and what knocking each out removes (``drop = -effect``, so agreement is positive when
-    the larger contributors are the larger drops; docs/method.md §3).
-
-    Returns ``{"rho", "p", "n", "reason"}``: ``rho`` and ``p`` from ``scipy.stats.spearmanr`` over
-    the ``n`` sources whose values are both finite; ``rho``/``p`` None and ``reason`` set when
-    the agreement is undefined: ``n < 3`` (two points always rank ±1, which says nothing), or
-    either side constant (ranks with no spread have no correlation).
-    """
-    from scipy.stats import spearmanr
-
-    pairs = [(float(c), -float(e)) for c, e in zip(contrib, effect, strict=True)
-             if math.isfinite(float(c)) and math.isfinite(float(e))]
-    n = len(pairs)
-    out = {"rho": None, "p": None, "n": n, "reason": None}
-    if n < 3:
-        out["reason"] = f"undefined: {n} source{'s' if n != 1 else ''} (a rank agreement needs at least 3)"
-        return out
-    xs, ys = zip(*pairs, strict=True)
-    if len(set(xs)) == 1 or len(set(ys)) == 1:
-        side = "the contributions" if len(set(xs)) == 1 else "the effects"
-        out["reason"] = f"undefined: {side} are constant"
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = spearmanr(xs, ys)
-    out["rho"], out["p"] = float(r.statistic), float(r.pvalue)
-    return out
-
-
-def top_source_holds(contrib_ln: Sequence[float], effect: Sequence[float], *,
-                     fraction: float = HALF) -> bool | None:
-    """Whether a pair's top context source is confirmed by its knockout (docs/method.md §3): over
-    the pair's prompts (``contrib_ln[j]``: the LN-aware contribution of prompt ``j``'s top context
-    source, pre-activation units; ``effect[j]``: the change of the activation when it is knocked
-    out), the mean drop ``-mean(effect)`` is at least ``fraction`` of the mean contribution.
-    None (undefined) without a prompt with finite values, or when the mean contribution is not
-    positive (there is no rise to explain)."""
-    pairs = [(float(c), float(e)) for c, e in zip(contrib_ln, effect, strict=True)
-             if math.isfinite(float(c)) and math.isfinite(float(e))]
-    if not pairs:
-        return None
-    c = sum(p[0] for p in pairs) / len(pairs)
-    if c <= 0:
-        return None
-    return -sum(p[1] for p in pairs) / len(pairs) >= fraction * c
-
-
-def _context_singles(ko: Knockout, effect: str) -> list[tuple[int, float, float]]:
-    """``(source, LN-aware contribution, effect)`` of a prompt's single-source knockouts of
-    context sources (the sink, BOS, left out: its term is no context's)."""
-    eff = getattr(ko, effect)
-    if eff is None:
-        raise ValueError(f"The knockouts have no {effect} (run them with total=True).")
-    c = ko.contrib_ln
-    return [(g[0], float(c[g[0]]), float(eff[j])) for j, g in enumerate(ko.sources)
-            if len(g) == 1 and g[0] not in SINK]
-
-
-def pair_agreement(knockouts: Sequence[Knockout], *, effect: str = "total_act") -> dict:
-    """:func:`rank_agreement` of one pair (docs/method.md §3): over the single-source knockouts of
-    context sources of all the pair's prompts, pooled, the LN-aware contributions (pre-activation
-    units, comparable across prompts) against ``effect`` (``total_act`` by default;
-    ``total_pre``, ``direct_act``, ``direct_pre``, ``total_prob``). ``n`` counts (prompt, source)
-    knockouts.
-
-    Raises:
-        ValueError: ``effect`` is a total effect and the knockouts were run without it.
-    """
-    items = [x for ko in knockouts for x in _context_singles(ko, effect)]
-    return rank_agreement([c for _, c, _ in items], [e for _, _, e in items])
-
-
-def pair_top_source(knockouts: Sequence[Knockout], *, effect: str = "total_act",
-                    fraction: float = HALF) -> bool | None:
-    """:func:`top_source_holds` of one pair: on each prompt, its knocked-out context source with
-    the largest contribution (the default knockouts' first), its LN-aware contribution and
-    ``effect``. Raises as :func:`pair_agreement`."""
-    per_prompt = [_context_singles(ko, effect) for ko in knockouts]
-    tops = [max(items, key=lambda x: (x[1], -x[0])) for items in per_prompt if items]
-    return top_source_holds([c for _, c, _ in tops], [e for _, _, e in tops], fraction=fraction)
-
-
-def share_of_pairs(flags: Sequence[bool | None], *, confidence: float = 0.95) -> dict:
-    """The run's share of pairs whose top context source holds (:func:`top_source_holds`), with its
-    Wilson interval (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
-
-    Returns ``{"k", "n", "share", "low", "high", "undefined", "reason"}``: ``n`` pairs with a
-    defined check (``undefined`` more had none); ``share``/``low``/``high`` None and ``reason``
-    set when ``n`` is 0.
-    """
-    from scipy.stats import binomtest
-
-    k = sum(1 for f in flags if f is True)
-    n = sum(1 for f in flags if f is not None)
-    out = {"k": k, "n": n, "share": None, "low": None, "high": None, "undefined": len(flags) - n,
-           "reason": None}
-    if n == 0:
-        out["reason"] = "no pair with a positive top context contribution and a knockout"
-        return out
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    out.update(share=k / n, low=float(ci.low), high=float(ci.high))
-    return out

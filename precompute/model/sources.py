@@ -13,8 +13,10 @@ term by the scale of the LayerNorm feeding the MLP at ``p``, common to all of th
 
 A backend reads ``a[p, :]`` and ``v`` at its capture points and calls :func:`source_terms`
 with :func:`readout`: the formula has this one home. A fast backend forms ``a[p, :]`` itself
-with :func:`attention_row` (the causal row's one home). :func:`split_sink` sets a look-up's
-attention sink (BOS) apart from its context sources (docs/method.md §3, "The attention sink").
+with :func:`attention_row` (the causal row's one home). :data:`SINK` is the attention sink's
+position (BOS) and :func:`rank_context` the order of the other sources (docs/method.md §3, "The
+attention sink"); the look-up split that shows them is the look-up step's
+(``precompute.heads.lookup.split_sink``).
 """
 
 from __future__ import annotations
@@ -128,63 +130,11 @@ def decomposed_layers(lookup: bool | Sequence[int], K: int) -> list[int]:
 SINK = (0,)  # the attention sink: BOS, position 0 of every prompt (docs/method.md §3 says why)
 
 
-@dataclass(frozen=True)
-class SinkSplit:
-    """A look-up split into its attention sink and its context sources (docs/method.md §3,
-    "The attention sink"). Contributions keep the units they were given (raw or LN-aware).
-
-    ``sink``: the sink positions (BOS: ``(0,)``); ``sink_contrib``/``sink_attention``: their
-    summed term and attention weight. ``positions``: the context sources (every other position),
-    ranked by their share of the non-sink total, largest first (ties by position), with their
-    ``contrib``, ``attention`` and ``share = contrib / Σ_context |contrib|`` (in ``[-1, 1]``:
-    terms of opposite signs do not cancel in the denominator; None when every context term is
-    0). ``context_total``: ``Σ_context contrib`` (signed); ``context_abs``: ``Σ_context |contrib|``.
-    """
-
-    sink: tuple[int, ...]
-    sink_contrib: float
-    sink_attention: float
-    positions: list[int]
-    contrib: list[float]
-    attention: list[float]
-    share: list[float] | None
-    context_total: float
-    context_abs: float
-
-    def as_dict(self) -> dict:
-        """The ``sink`` object of a look-up's JSON (beside ``contrib``, ``attention``, ``bias``,
-        ``total``) and the ranked context sources."""
-        return {"sink": {"positions": list(self.sink), "contrib": self.sink_contrib,
-                         "attention": self.sink_attention},
-                "context": [{"position": s, "contrib": c, "attention": a,
-                             "share": None if self.share is None else self.share[i]}
-                            for i, (s, c, a) in enumerate(zip(self.positions, self.contrib, self.attention,
-                                                              strict=True))],
-                "context_total": self.context_total, "context_abs": self.context_abs}
-
-
-def split_sink(contrib: Sequence[float] | Tensor, attention: Sequence[float] | Tensor,
-               sink: Sequence[int] = SINK) -> SinkSplit:
-    """Set the attention sink of one look-up apart from its context sources (docs/method.md §3,
-    "The attention sink"; issue 28). ``contrib``, ``attention``: one head's terms and weights at
-    the firing position for sources ``s = 0..p`` (BOS at 0), as stored or as
-    ``NeuronPass.lookup`` gives them for one row and head.
-
-    Raises:
-        ValueError: ``contrib`` and ``attention`` of different lengths, or a sink position outside
-            them.
-    """
+def rank_context(contrib: Sequence[float] | Tensor, sink: Sequence[int] = SINK) -> list[int]:
+    """The context sources of one look-up (every position of ``contrib`` but the ``sink``), ranked
+    by contribution, signed, largest first, ties by position: the order of the default knockouts
+    (:func:`~precompute.model.knockout.default_sources`) and of the look-up's context rows
+    (``precompute.heads.lookup.split_sink``; docs/method.md §3, "The attention sink")."""
     c = [float(x) for x in (contrib.tolist() if isinstance(contrib, Tensor) else contrib)]
-    a = [float(x) for x in (attention.tolist() if isinstance(attention, Tensor) else attention)]
-    if len(c) != len(a):
-        raise ValueError(f"A look-up has {len(c)} contributions but {len(a)} attention weights.")
-    sink = tuple(sorted({int(s) for s in sink}))
-    if any(not 0 <= s < len(c) for s in sink):
-        raise ValueError(f"Sink positions {sink} outside the look-up's {len(c)} sources.")
-    ctx = [s for s in range(len(c)) if s not in sink]
-    ranked = sorted(ctx, key=lambda s: (-c[s], s))
-    total_abs = sum(abs(c[s]) for s in ctx)
-    return SinkSplit(sink=sink, sink_contrib=sum(c[s] for s in sink), sink_attention=sum(a[s] for s in sink),
-                     positions=ranked, contrib=[c[s] for s in ranked], attention=[a[s] for s in ranked],
-                     share=[c[s] / total_abs for s in ranked] if total_abs > 0 else None,
-                     context_total=sum(c[s] for s in ctx), context_abs=total_abs)
+    skip = {int(s) for s in sink}
+    return sorted((s for s in range(len(c)) if s not in skip), key=lambda s: (-c[s], s))

@@ -271,6 +271,44 @@ class Lookup(Base):
     __table_args__ = ({"sqlite_with_rowid": False},)
 
 
+class AttentionKnockout(Base):
+    """One attention knockout of a kept pair's head on one stored prompt (docs/method.md §3,
+    "Attention knockout"): head ``h``'s attention row at the firing position ``p`` with the
+    ``sources`` zeroed and renormalised (Geva et al. 2023), and what that changes. Stored for every
+    look-up (``lookups``): the prompt's top ``knockout_top_m`` context sources by contribution,
+    one at a time, then the attention sink (BOS). Effects are knocked-out minus clean (a source
+    that made the neuron fire has a negative effect); empty where the knockout is undefined (no
+    attention left to renormalise)."""
+
+    __tablename__ = "knockouts"
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True)
+    head_layer: Mapped[int] = mapped_column(Integer, primary_key=True,
+                                            doc="0-based layer of the attention head")
+    head: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based head index in its layer")
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based order of the knockout on the "
+                                     "prompt: the context sources by contribution, largest first, then "
+                                     "the sink")
+    sources: Mapped[list] = mapped_column(JSON, doc="source positions removed together (0 = BOS, s >= 1 the "
+                                          "prompt's token s - 1), as in lookups")
+    contrib: Mapped[float] = mapped_column(Float, doc="their look-up terms summed, residual-stream units "
+                                           "(lookups.contrib); divided by lookups.ln_scale: pre-activation "
+                                           "units")
+    direct_pre: Mapped[float | None] = mapped_column(Float, nullable=True, doc="direct effect on hook_pre "
+                                                     "(head -> neuron only, norm scale frozen), "
+                                                     "pre-activation units")
+    direct_act: Mapped[float | None] = mapped_column(Float, nullable=True, doc="direct effect on the "
+                                                     "activation (hook_post)")
+    total_pre: Mapped[float | None] = mapped_column(Float, nullable=True, doc="total effect on hook_pre "
+                                                    "(the forward pass re-run)")
+    total_act: Mapped[float | None] = mapped_column(Float, nullable=True, doc="total effect on the "
+                                                    "activation (hook_post)")
+    total_prob: Mapped[float | None] = mapped_column(Float, nullable=True, doc="total effect on the "
+                                                     "softmax probability of the neuron's token at p")
+    prob_clean: Mapped[float | None] = mapped_column(Float, nullable=True, doc="that probability, clean")
+    prompt: Mapped[Prompt] = relationship()
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+
 class Pair(Base):
     """A (neuron, head) pair over the neuron's explain-split prompts; ``kept`` when the neuron has
     at least ``pair_min_prompts`` of them and the head is active on
