@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 
@@ -60,7 +61,7 @@ def kv_prefix(cfg) -> str:
     return "" if getattr(cfg, "n_key_value_heads", None) is None else "_"
 
 
-def put(out: dict, key: str, t: Tensor | None) -> None:
+def put(out: dict, key: str, t: Float[Tensor, "*shape"] | None) -> None:
     """``out[key] = t`` unless the model has no such tensor (a bias-free projection): a
     TransformerLens-format block holds only the biases the model has."""
     if t is not None:
@@ -97,7 +98,7 @@ def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
     return res
 
 
-def process_unembed(cfg, unembed: dict[str, Tensor]) -> Tensor:
+def process_unembed(cfg, unembed: dict[str, Tensor]) -> Float[Tensor, "d_model d_vocab"]:
     """The processed unembedding ``W_U [d_model, d_vocab]`` (float32) from ``ln_final.w``,
     ``ln_final.b``, ``unembed.W_U`` (``[d_model, d_vocab]``) and ``unembed.b_U``."""
     dev = unembed["unembed.W_U"].device

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -102,8 +102,9 @@ class SourceTerms:
                            self.bias[q:q + 1, :n_attn], self.scale[q:q + 1])
 
     @staticmethod
-    def stack(contrib: dict[int, Tensor], attention: dict[int, Tensor], bias: dict[int, Tensor], scale: Tensor,
-              upstream: Tensor, K: int, n_heads: int, length: int) -> SourceTerms:
+    def stack(contrib: dict[int, Tensor], attention: dict[int, Tensor], bias: dict[int, Tensor],
+              scale: Float[Tensor, " batch"], upstream: Bool[Tensor, "batch K"], K: int, n_heads: int,
+              length: int) -> SourceTerms:
         """Per-layer terms (``{k: [batch, n_heads, pos]}``, bias ``{k: [batch, n_heads]}``) of the
         layers decomposed, stacked to ``[batch, K, n_heads, pos]`` with zeros for the others and
         where ``upstream [batch, K]`` is False."""
@@ -163,7 +164,8 @@ class SinkSplit:
                 "context_total": self.context_total, "context_abs": self.context_abs}
 
 
-def split_sink(contrib: Sequence[float] | Tensor, attention: Sequence[float] | Tensor,
+def split_sink(contrib: Sequence[float] | Float[Tensor, " pos"],
+               attention: Sequence[float] | Float[Tensor, " pos"],
                sink: Sequence[int] = SINK) -> SinkSplit:
     """Set the attention sink of one look-up apart from its context sources (docs/method.md §3,
     "The attention sink"; issue 28). ``contrib``, ``attention``: one head's terms and weights at
