@@ -39,3 +39,19 @@ def tree(root: Path) -> dict:
         digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
         out[str(p.relative_to(root))] = (st.st_mtime_ns, st.st_size, digest)
     return out
+
+
+def precompute_args(db, model_dir, corpus_dir) -> list[str]:
+    """``lookups precompute`` arguments equal to ``conftest.small_settings`` (every field that is
+    not the default)."""
+    from context_lookups.precompute.core.settings import Settings
+    from tests.conftest import small_settings
+
+    s, default = small_settings(db, model_dir, corpus_dir), Settings()
+    args = ["precompute"]
+    for name in Settings.model_fields:
+        value = getattr(s, name)
+        if value != getattr(default, name):
+            values = map(str, value) if isinstance(value, list) else [str(value)]
+            args += ["--" + name.replace("_", "-"), *values]
+    return args
