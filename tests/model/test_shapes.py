@@ -16,7 +16,7 @@ from jaxtyping import TypeCheckError
 from context_lookups.precompute.model import sources
 from context_lookups.precompute.model.sources import SourceTerms
 
-MODEL = Path(__file__).resolve().parents[1] / "precompute" / "model"
+MODEL = Path(__file__).resolve().parents[2] / "precompute" / "model"
 
 
 def test_the_hook_was_installed_before_the_backend_was_imported():

@@ -24,7 +24,7 @@ from context_lookups.precompute.store.schema import Classification, Explanation,
 from tests.helpers.chat_server import HELDOUT, ChatServer, answer_for, expected_pairs, explanation_for
 from tests.helpers.explain_db import fresh_copy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "LOOKUPS_TEST_LLM_KEY"
 KEY = "sk-test-secret-3f9a"
 
