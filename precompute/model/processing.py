@@ -8,7 +8,8 @@ a time, given in TransformerLens format (``ln1.w``, ``attn.W_Q [n_heads, d_model
 ``mlp.W_in [d_model, d_mlp]``, ...; views of the Hugging Face tensors). Every step of that
 processing is local to a block's attention with the norm before it, to its MLP with its norm,
 or to the unembedding with the final norm, so a part processed alone equals the same part
-processed with the whole model; ``tests/test_backend_equality.py`` checks this against the bridge's weights.
+processed with the whole model; ``tests/model/test_backend_equality.py`` checks this against the
+bridge's weights.
 The embedding, positional embedding and unembedding that ``process_weights`` expects in every
 state dict are given as one-row zero stand-ins when they are not the part processed (zeros
 stay zeros under centring), and dropped from the result.

@@ -1,2 +1,2 @@
 """Helpers shared by test modules (a test module never imports another test module:
-tests/test_layout.py checks it)."""
+tests/project/test_layout.py checks it)."""

@@ -74,7 +74,7 @@ def test_auto_picks_the_fast_backend_of_the_architecture_and_the_bridge_otherwis
 def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_qwen3_dir, small_corpus_dir,
                                                        capsys, caplog):
     """The issue's reproduction (a GPT-NeoX model crashed in the prompts phase), on the bridge
-    (``tests/test_families.py`` runs it on its fast backend); and ``--backend fast`` for an
+    (``tests/model/test_families.py`` runs it on its fast backend); and ``--backend fast`` for an
     architecture without one is one line."""
     import logging
 

@@ -5,7 +5,7 @@ query head's ``z``, checked against the paper's "value vectors set to zero" wher
 be compared; RMSNorm weight processing and congruence with an untied unembedding; the q, k, v
 helper a per-source-token decomposition reads; and ``lookups precompute`` + ``lookups serve``
 with a live pass, end to end, on each family. (The fast = bridge equalities of every quantity
-are in ``tests/test_backend_equality.py``, parametrized over the families.)"""
+are in ``tests/model/test_backend_equality.py``, parametrized over the families.)"""
 
 from __future__ import annotations
 
