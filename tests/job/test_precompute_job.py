@@ -15,7 +15,7 @@ import pytest
 
 from context_lookups.precompute.cli import main as cli_main
 from tests.cli_helpers import precompute_args
-from tests.conftest import ROOT, small_settings
+from tests.conftest import ROOT
 
 VOLATILE = {"runs": {"started_at", "finished_at", "summary", "status"},
             "phases": {"seconds", "finished_at", "stats"},
