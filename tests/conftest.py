@@ -7,11 +7,19 @@ import gzip
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
+import jaxtyping
 import numpy as np
 import pytest
 import torch
+
+# Run-time shape checks: every function and dataclass of the model backend is checked against its
+# jaxtyping annotations (beartype), so a tensor of the wrong shape fails where it enters. The hook
+# only applies to modules imported after it: nothing may have imported the backend yet.
+assert "context_lookups.precompute.model" not in sys.modules, "the model backend was imported before the hook"
+JAXTYPING_HOOK = jaxtyping.install_import_hook("context_lookups.precompute.model", "beartype.beartype")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

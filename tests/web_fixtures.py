@@ -126,3 +126,16 @@ class Server:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def wait_ready(base: str, timeout: float = 120) -> dict:
+    """``/healthz`` of the server at ``base`` once its models are loaded (or one failed to)."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        h = httpx.get(base + "/healthz", timeout=10).json()
+        if h["ready"] or any(v.startswith(("failed", "unavailable")) for v in h["models"].values()):
+            return h
+        time.sleep(0.05)
+    raise AssertionError("the models did not load")

@@ -11,8 +11,8 @@ as ``model.backend``. Implementations:
 * fast backends (:class:`precompute.model.fast.FastBackend`): forward hooks on the plain Hugging
   Face modules, one copy of the weights, equal to the bridge to 1e-5 — GPT-2
   (:mod:`~precompute.model.gpt2`), GPT-NeoX/Pythia (:mod:`~precompute.model.neox`), Llama, Qwen2
-  and Mistral (:mod:`~precompute.model.llama`); ``tests/test_backend_equality.py``,
-  ``tests/test_families.py``.
+  and Mistral (:mod:`~precompute.model.llama`); ``tests/model/test_backend_equality.py``,
+  ``tests/model/test_families.py``.
 
 What a backend offers (all indices 0-based; ``rows`` are token rows with BOS at index 0, right-
 padded internally with BOS; ``targets`` one ``(layer, neuron[, token_id])`` per row;

@@ -275,7 +275,8 @@ class FastBackend(Backend):
 
     # --- the forward pass ------------------------------------------------------------------------
     def capture(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[Hook], *,
-                stop: torch.nn.Module | None, final: bool = False, **inputs) -> Tensor | None:
+                stop: torch.nn.Module | None, final: bool = False, **inputs
+                ) -> Float[Tensor, "batch pos d_model"] | None:
         """One forward pass of the plain model with ``hooks`` — ``(module, pre, fn)``: a forward
         pre-hook ``fn(module, args)`` if ``pre`` else a forward hook ``fn(module, args, output)``;
         a pre-hook may return new args (ablation) — registered in order. The pass stops right

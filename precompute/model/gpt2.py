@@ -10,6 +10,7 @@ to ~2e-7, and 4-5x faster (on the embedded model it cost more than the ``W_in`` 
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from context_lookups.precompute.model.fast import Block, FastBackend, Hook
@@ -51,19 +52,24 @@ class GPT2Backend(FastBackend):
         return {"ln_final.w": t.ln_f.weight, "ln_final.b": t.ln_f.bias, "unembed.W_U": self.head.weight.T,
                 "unembed.b_U": b_U if b_U is not None else torch.zeros(self.dims.d_vocab)}
 
-    def W_O_plain(self, layer: int) -> Tensor:
-        return self.blocks[layer].attn_o.weight.reshape(self.dims.n_heads, self.dims.d_head, self.dims.d_model)
+    def W_O_plain(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        d = self.dims
+        return self.blocks[layer].attn_o.weight.reshape(d.n_heads, d.d_head, d.d_model)
 
-    def _values(self, layer: int, qkv_out: Tensor) -> Tensor:
+    def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
         d = self.dims.d_model
         return qkv_out[..., 2 * d:].unflatten(-1, (self.dims.n_heads, self.dims.d_head))
 
-    def _lookup_hook(self, layer: int, pos: Tensor, fn) -> Hook:
+    def _lookup_hook(self, layer: int, pos: Int[Tensor, " batch"], fn) -> Hook:
         """GPT-2's look-up capture reads the output of ``c_attn`` (:meth:`_pattern_and_values`),
         not a second projection of the stream. See :meth:`FastBackend._lookup_hook`."""
-        return (self.blocks[layer].qkv, False, lambda m, a, out: fn(*self._pattern_and_values(layer, out, pos)))
+        return (self.blocks[layer].qkv, False,
+                lambda m, a, out: fn(*self._pattern_and_values(layer, out, pos)))
 
-    def _pattern_and_values(self, layer: int, qkv_out: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    def _pattern_and_values(self, layer: int, qkv_out: Float[Tensor, "batch pos qkv"],
+                            pos: Int[Tensor, " batch"]
+                            ) -> tuple[Float[Tensor, "batch n_heads pos"],
+                                       Float[Tensor, "batch pos n_heads d_head"]]:
         """GPT-2's attention row at ``pos`` (``c_attn`` holds q, k, v; scores scaled by the
         module's ``scaling``: ``1/sqrt(d_head)``, and ``1/(layer + 1)`` with
         ``scale_attn_by_inverse_layer_idx``; causal, no positional rotation) and its plain value

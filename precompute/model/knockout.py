@@ -67,7 +67,8 @@ def source_mask(sources: Sequence[Sequence[int]], length: int, device: torch.dev
     return mask
 
 
-def columns(weights: dict[int, Float[Tensor, "d_model d_mlp"]], layers: Tensor, neurons: Tensor
+def columns(weights: dict[int, Float[Tensor, "d_model d_mlp"]], layers: Int[Tensor, " n"],
+            neurons: Int[Tensor, " n"]
             ) -> Float[Tensor, "n d_model"]:
     """Row ``j``: column ``neurons[j]`` of ``weights[layers[j]]`` (each neuron's reading direction)."""
     pairs = zip(layers.tolist(), neurons.tolist(), strict=True)
@@ -166,7 +167,8 @@ class Knockout:
                 "total_prob": floats(self.total_prob)}
 
 
-def default_sources(contrib: Sequence[float] | Tensor, m: int = TOP_M) -> list[tuple[int, ...]]:
+def default_sources(contrib: Sequence[float] | Float[Tensor, " pos"], m: int = TOP_M
+                    ) -> list[tuple[int, ...]]:
     """The knockouts asked for by default (docs/method.md §3): the ``m`` context sources with the
     largest contribution (signed, largest first; ties by position; fewer on a short prompt), one
     at a time, then the sink (BOS, position 0: :data:`~precompute.model.sources.SINK`), ranked by

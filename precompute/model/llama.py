@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from context_lookups.precompute.model.fast import Block, FastBackend
@@ -80,11 +81,11 @@ class LlamaBackend(FastBackend):
         return {"ln_final.w": self.hf.model.norm.weight, "unembed.W_U": self.head.weight.T,
                 "unembed.b_U": b_U if b_U is not None else torch.zeros(self.dims.d_vocab, device=self.device)}
 
-    def W_O_plain(self, layer: int) -> Tensor:
+    def W_O_plain(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         H, D, d = self.dims.n_heads, self.dims.d_head, self.dims.d_model
         return self.blocks[layer].attn_o.weight.view(d, H, D).permute(1, 2, 0)
 
-    def _values(self, layer: int, qkv_out: Tensor) -> Tensor:
+    def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
         d = self.dims
         v = qkv_out.unflatten(-1, (d.n_kv_heads, d.d_head))
         return v.repeat_interleave(d.n_heads // d.n_kv_heads, dim=-2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from context_lookups.precompute.model.fast import Block, FastBackend
@@ -70,11 +71,11 @@ class NeoXBackend(FastBackend):
         put(out, "unembed.b_U", getattr(self.head, "bias", None))
         return out
 
-    def W_O_plain(self, layer: int) -> Tensor:
+    def W_O_plain(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         H, D, d = self.dims.n_heads, self.dims.d_head, self.dims.d_model
         return self.blocks[layer].attn_o.weight.view(d, H, D).permute(1, 2, 0)
 
-    def _values(self, layer: int, qkv_out: Tensor) -> Tensor:
+    def _values(self, layer: int, qkv_out: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
         D = self.dims.d_head
         return qkv_out.unflatten(-1, (self.dims.n_heads, 3 * D))[..., 2 * D:]
 

@@ -8,7 +8,8 @@ a time, given in TransformerLens format (``ln1.w``, ``attn.W_Q [n_heads, d_model
 ``mlp.W_in [d_model, d_mlp]``, ...; views of the Hugging Face tensors). Every step of that
 processing is local to a block's attention with the norm before it, to its MLP with its norm,
 or to the unembedding with the final norm, so a part processed alone equals the same part
-processed with the whole model; ``tests/test_backend_equality.py`` checks this against the bridge's weights.
+processed with the whole model; ``tests/model/test_backend_equality.py`` checks this against the
+bridge's weights.
 The embedding, positional embedding and unembedding that ``process_weights`` expects in every
 state dict are given as one-row zero stand-ins when they are not the part processed (zeros
 stay zeros under centring), and dropped from the result.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 
@@ -60,7 +62,7 @@ def kv_prefix(cfg) -> str:
     return "" if getattr(cfg, "n_key_value_heads", None) is None else "_"
 
 
-def put(out: dict, key: str, t: Tensor | None) -> None:
+def put(out: dict, key: str, t: Float[Tensor, "*shape"] | None) -> None:
     """``out[key] = t`` unless the model has no such tensor (a bias-free projection): a
     TransformerLens-format block holds only the biases the model has."""
     if t is not None:
@@ -97,7 +99,7 @@ def process_block(cfg, block: dict[str, Tensor]) -> dict[str, Tensor]:
     return res
 
 
-def process_unembed(cfg, unembed: dict[str, Tensor]) -> Tensor:
+def process_unembed(cfg, unembed: dict[str, Tensor]) -> Float[Tensor, "d_model d_vocab"]:
     """The processed unembedding ``W_U [d_model, d_vocab]`` (float32) from ``ln_final.w``,
     ``ln_final.b``, ``unembed.W_U`` (``[d_model, d_vocab]``) and ``unembed.b_U``."""
     dev = unembed["unembed.W_U"].device

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -104,8 +104,9 @@ class SourceTerms:
                            self.bias[q:q + 1, :n_attn], self.scale[q:q + 1])
 
     @staticmethod
-    def stack(contrib: dict[int, Tensor], attention: dict[int, Tensor], bias: dict[int, Tensor], scale: Tensor,
-              upstream: Tensor, K: int, n_heads: int, length: int) -> SourceTerms:
+    def stack(contrib: dict[int, Tensor], attention: dict[int, Tensor], bias: dict[int, Tensor],
+              scale: Float[Tensor, " batch"], upstream: Bool[Tensor, "batch K"], K: int, n_heads: int,
+              length: int) -> SourceTerms:
         """Per-layer terms (``{k: [batch, n_heads, pos]}``, bias ``{k: [batch, n_heads]}``) of the
         layers decomposed, stacked to ``[batch, K, n_heads, pos]`` with zeros for the others and
         where ``upstream [batch, K]`` is False."""
@@ -130,7 +131,7 @@ def decomposed_layers(lookup: bool | Sequence[int], K: int) -> list[int]:
 SINK = (0,)  # the attention sink: BOS, position 0 of every prompt (docs/method.md §3 says why)
 
 
-def rank_context(contrib: Sequence[float] | Tensor, sink: Sequence[int] = SINK) -> list[int]:
+def rank_context(contrib: Sequence[float] | Float[Tensor, " pos"], sink: Sequence[int] = SINK) -> list[int]:
     """The context sources of one look-up (every position of ``contrib`` but the ``sink``), ranked
     by contribution, signed, largest first, ties by position: the order of the default knockouts
     (:func:`~precompute.model.knockout.default_sources`) and of the look-up's context rows

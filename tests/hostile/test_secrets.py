@@ -15,8 +15,8 @@ import time
 from fastapi.testclient import TestClient
 
 from tests.cli_helpers import lookups
-from tests.test_explain import fresh_copy
-from tests.test_explain_llm import ChatServer, expected_pairs
+from tests.helpers.chat_server import ChatServer, expected_pairs
+from tests.helpers.explain_db import fresh_copy
 
 # --- 1. the API key is never logged, stored or shown ---------------------------------------------
 

@@ -20,8 +20,7 @@ import torch
 from context_lookups.precompute.core.errors import DatasetNotAvailable
 from context_lookups.precompute.paper.files import PaperFormatError
 from context_lookups.precompute.paper.pickled import AllowListUnpickler, read_ablation
-
-from .paper_data import copy_sample
+from tests.paper_data import copy_sample
 
 
 def tuple_bomb(levels: int) -> bytes:

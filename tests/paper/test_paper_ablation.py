@@ -22,15 +22,14 @@ from context_lookups.precompute.ablation.reads import ablation_table
 from context_lookups.precompute.findings.report import find_run, score_table
 from context_lookups.precompute.paper.pickled import read_ablation
 from context_lookups.precompute.store.db import open_writer, sessions
-
-from .paper_data import copy_sample, require_sample, run_cli
+from tests.paper_data import copy_sample, require_sample, run_cli
 
 PKL = "7_head_ablation/nh_token_prob_attn_ablated_vs_normal_noabs_small.pkl"
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    from .paper_data import import_sample
+    from tests.paper_data import import_sample
 
     db = tmp_path_factory.mktemp("abl") / "a.db"
     import_sample(db)

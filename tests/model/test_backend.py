@@ -47,9 +47,9 @@ def tiny_xlnet_dir(tmp_path_factory) -> Path:
 
 
 def _job_args(db, model_dir, corpus_dir, *extra):
-    from tests.test_precompute_job import _args
+    from tests.cli_helpers import precompute_args
 
-    return _args(db, model_dir, corpus_dir) + ["--explainer", "none", *extra]
+    return precompute_args(db, model_dir, corpus_dir) + ["--explainer", "none", *extra]
 
 
 def test_auto_picks_the_fast_backend_of_the_architecture_and_the_bridge_otherwise(tiny_model_dir, families,
@@ -74,7 +74,7 @@ def test_auto_picks_the_fast_backend_of_the_architecture_and_the_bridge_otherwis
 def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_qwen3_dir, small_corpus_dir,
                                                        capsys, caplog):
     """The issue's reproduction (a GPT-NeoX model crashed in the prompts phase), on the bridge
-    (``tests/test_families.py`` runs it on its fast backend); and ``--backend fast`` for an
+    (``tests/model/test_families.py`` runs it on its fast backend); and ``--backend fast`` for an
     architecture without one is one line."""
     import logging
 
@@ -196,10 +196,10 @@ def test_bfloat16_job_end_to_end_keeps_the_congruence_ranking(tmp_path, tiny_mod
     from scipy.stats import spearmanr
 
     from context_lookups.precompute.cli import main as cli_main
-    from tests.test_precompute_job import _args
+    from tests.cli_helpers import precompute_args
 
     db = tmp_path / "bf16.db"
-    args = _args(db, tiny_model_dir, small_corpus_dir) + ["--dtype", "bfloat16", "--device", "cpu",
+    args = precompute_args(db, tiny_model_dir, small_corpus_dir) + ["--dtype", "bfloat16", "--device", "cpu",
                                                           "--explainer", "none", "--ablation", "none"]
     assert cli_main(args) == 0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PKG = "context_lookups"
 
 # Bottom to top. A module may import its own package (an entry here) and the entries of lower lines.

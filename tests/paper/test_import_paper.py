@@ -17,8 +17,7 @@ from context_lookups.precompute.cli import main as cli_main
 from context_lookups.precompute.findings.report import comparison_table, find_run, score_table
 from context_lookups.precompute.paper.importer import EXPLAINER, words
 from context_lookups.precompute.store.db import open_writer, sessions
-
-from .paper_data import import_sample, require_sample
+from tests.paper_data import import_sample, require_sample
 
 # The sample README's per-pair table: (layer, neuron, flat head) -> (explain active/inactive,
 # held-out, active, TP FN TN FP, E by the authors' rule).

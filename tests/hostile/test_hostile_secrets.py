@@ -14,8 +14,8 @@ import urllib.parse
 import pytest
 from fastapi.testclient import TestClient
 
-from .cli_helpers import lookups
-from .paper_data import copy_sample, run_cli
+from tests.cli_helpers import lookups
+from tests.paper_data import copy_sample, run_cli
 
 KEY = "sk-OLDKEY" + "7f3a9c2e1b" * 3
 PASSWORD = "hunter2pass"

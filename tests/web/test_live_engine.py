@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 
-from tests.web_fixtures import TOPK_RUN, Server, rows
+from tests.web_fixtures import TOPK_RUN, Server, rows, wait_ready
 
 
 def make_app(web_db, tiny_model_dir, **over):
@@ -21,16 +21,6 @@ def make_app(web_db, tiny_model_dir, **over):
     over.setdefault("torch_threads", None)
     over.setdefault("model_paths", {s: str(tiny_model_dir) for (s,) in rows(web_db, "SELECT slug FROM runs")})
     return create_app(db_url=f"sqlite:///{web_db}", **over)
-
-
-def wait_ready(base: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        h = httpx.get(base + "/healthz", timeout=10).json()
-        if h["ready"] or any(v.startswith(("failed", "unavailable")) for v in h["models"].values()):
-            return h
-        time.sleep(0.05)
-    raise AssertionError("the models did not load")
 
 
 def neurons(db, n: int):

@@ -321,11 +321,11 @@ def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_pa
     import logging
 
     from context_lookups.precompute.cli import main as cli_main
-    from tests.test_precompute_job import _args
+    from tests.cli_helpers import precompute_args
 
     db = tmp_path / "bridge.db"
     with caplog.at_level(logging.INFO):
-        assert cli_main(_args(db, tiny_model_dir, small_corpus_dir) + ["--backend", "bridge"]) == 0
+        assert cli_main(precompute_args(db, tiny_model_dir, small_corpus_dir) + ["--backend", "bridge"]) == 0
     assert "backend: bridge" in caplog.text
     checks = {
         "neurons": "SELECT layer, neuron, kind, token_id, congruence, max_act FROM neurons ORDER BY layer, neuron",

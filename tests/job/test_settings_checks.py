@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from context_lookups.precompute.core.errors import BadSettings
 from context_lookups.precompute.core.settings import MAX_SEED, Settings
-from tests.cli_helpers import ROOT, assert_one_line_exit_2, lookups, tree
+from tests.cli_helpers import ROOT, assert_one_line_exit_2, lookups, lookups_in_process, tree
 from tests.conftest import small_settings
 from tests.db_rows import canonical_rows
 
@@ -130,8 +130,11 @@ def _fields(cls) -> list[str]:
             if dict not in {typing.get_origin(a) for a in (f.annotation, *typing.get_args(f.annotation))}]
 
 
-def test_every_setting_is_an_option_with_its_environment_variable():
+def test_every_setting_is_an_option_with_its_environment_variable(capsys, monkeypatch):
     from context_lookups.app.settings import WebSettings
+
+    def lookups(*args):
+        return lookups_in_process(*args, capsys=capsys, monkeypatch=monkeypatch)
 
     for command, classes in (("precompute", [Settings]), ("serve", [WebSettings]),
                              ("config", [Settings, WebSettings])):
@@ -145,7 +148,10 @@ def test_every_setting_is_an_option_with_its_environment_variable():
     assert "--run-name str, --run str" in " ".join(lookups("explain", "--help").stdout.split())
 
 
-def test_options_environment_and_defaults_combine_as_before(tmp_path):
+def test_options_environment_and_defaults_combine_as_before(tmp_path, capsys, monkeypatch):
+    def lookups(*args, **kw):
+        return lookups_in_process(*args, capsys=capsys, monkeypatch=monkeypatch, **kw)
+
     proc = lookups("config", "--db", "sqlite:///x.db", "--layers", "1", "2", "--no-reject-numeric",
                    "--token-cap", "7", "--no-preload", "--reject-tokens", "a", "b c",
                    env={"LOOKUPS_TOP_K": "7", "LOOKUPS_PAGE_SIZE": "9"}, cwd=tmp_path)

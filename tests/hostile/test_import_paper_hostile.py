@@ -19,8 +19,7 @@ from fastapi.testclient import TestClient
 
 from context_lookups.precompute.paper.files import MAX_FILE_BYTES
 from context_lookups.precompute.paper.loader import MAX_PROMPTS
-
-from .paper_data import copy_sample, run_cli
+from tests.paper_data import copy_sample, run_cli
 
 
 def _import(src, db, capsys) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ from html import unescape
 import pytest
 from fastapi.testclient import TestClient
 
-from .paper_data import build_paper_web_db, require_sample
+from tests.paper_data import build_paper_web_db, require_sample
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,7 @@ def partial_client(tmp_path_factory):
     import shutil
 
     from context_lookups.app.main import create_app
-
-    from .paper_data import copy_sample, import_sample
+    from tests.paper_data import copy_sample, import_sample
 
     d = tmp_path_factory.mktemp("partial-web")
     src = copy_sample(d / "experiment_data")

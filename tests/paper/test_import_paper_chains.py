@@ -12,8 +12,7 @@ import sqlite3
 import pytest
 
 from context_lookups.precompute.paper import command, importer
-
-from .paper_data import SYN_STEM, copy_sample, run_cli, write_synthetic
+from tests.paper_data import SYN_STEM, copy_sample, run_cli, write_synthetic
 
 SAMPLE_E = 0.6627  # the sample's E by the authors' rule (its README)
 

@@ -2,7 +2,7 @@
 follow their definition on every edge, the counting passes (compiled CPU pass and torch) agree,
 a scan's counts equal a direct count of the activations it saw and add up to its real tokens,
 shards merge exactly, and the job stores them (with each neuron's most negative congruent
-tokens) equal on SQLite and PostgreSQL. Ray: tests/test_distributed.py compares every row."""
+tokens) equal on SQLite and PostgreSQL. Ray: tests/job/test_distributed.py compares every row."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from context_lookups.precompute.cli import main as cli_main
-from tests.conftest import ROOT, small_settings
+from tests.cli_helpers import precompute_args
+from tests.conftest import ROOT
 
 VOLATILE = {"runs": {"started_at", "finished_at", "summary", "status"},
             "phases": {"seconds", "finished_at", "stats"},
@@ -34,19 +35,6 @@ def dump(db) -> dict[str, list[tuple]]:
     return out
 
 
-def _args(db, model_dir, corpus_dir):
-    """CLI arguments equal to conftest.small_settings (every field that is not the default)."""
-    from context_lookups.precompute.core.settings import Settings
-
-    s, default = small_settings(db, model_dir, corpus_dir), Settings()
-    args = ["precompute"]
-    for name in Settings.model_fields:
-        value = getattr(s, name)
-        if value != getattr(default, name):
-            args += ["--" + name.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
-    return args
-
-
 def _phases(db) -> list[str]:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
@@ -62,7 +50,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, s
                                                      precomputed_db):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     killed_db = tmp_path / "killed.db"
-    cmd = [sys.executable, "-m", "context_lookups.precompute.cli", *_args(killed_db, tiny_model_dir, small_corpus_dir)]
+    cmd = [sys.executable, "-m", "context_lookups.precompute.cli", *precompute_args(killed_db, tiny_model_dir, small_corpus_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     # Killed once both scans are stored: the trimming/attribution group (all 6 neurons of the
@@ -117,7 +105,7 @@ def test_other_settings_on_existing_run_are_refused(tmp_path, tiny_model_dir, sm
                                                     precomputed_db, capsys):
     db = _copy(precomputed_db, tmp_path)
     before = dump(db)
-    args = _args(db, tiny_model_dir, small_corpus_dir)
+    args = precompute_args(db, tiny_model_dir, small_corpus_dir)
     args[args.index("--n-per-layer") + 1] = "5"
     assert cli_main(args) == 2
     err = capsys.readouterr().err
@@ -135,7 +123,7 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(tmp_path, tiny_model_dir, 
                                                       precomputed_db, capsys, change, message):
     db = _copy(precomputed_db, tmp_path)
     before = dump(db)
-    args = _args(db, tiny_model_dir, small_corpus_dir) + ["--run-name", "other"]
+    args = precompute_args(db, tiny_model_dir, small_corpus_dir) + ["--run-name", "other"]
     flag, value = change
     if flag in args:
         args[args.index(flag) + 1] = value
@@ -149,7 +137,7 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(tmp_path, tiny_model_dir, 
 def test_empty_corpus(tmp_path, tiny_model_dir, capsys):
     corpus = tmp_path / "empty.jsonl"
     corpus.write_text('{"text": ""}\n{"text": "   "}\n')
-    args = _args(tmp_path / "e.db", tiny_model_dir, corpus)
+    args = precompute_args(tmp_path / "e.db", tiny_model_dir, corpus)
     assert cli_main(args) == 2
     assert "no non-empty documents" in capsys.readouterr().err
 
@@ -161,7 +149,7 @@ def test_database_from_a_newer_schema(tmp_path, tiny_model_dir, small_corpus_dir
     con.commit()
     con.close()
     before = dump(db)
-    assert cli_main(_args(db, tiny_model_dir, small_corpus_dir)) == 2
+    assert cli_main(precompute_args(db, tiny_model_dir, small_corpus_dir)) == 2
     err = capsys.readouterr().err
     assert "newer than this context-lookups knows" in err and "Upgrade" in err
     assert dump(db) == before

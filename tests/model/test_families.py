@@ -5,7 +5,7 @@ query head's ``z``, checked against the paper's "value vectors set to zero" wher
 be compared; RMSNorm weight processing and congruence with an untied unembedding; the q, k, v
 helper a per-source-token decomposition reads; and ``lookups precompute`` + ``lookups serve``
 with a live pass, end to end, on each family. (The fast = bridge equalities of every quantity
-are in ``tests/test_backend_equality.py``, parametrized over the families.)"""
+are in ``tests/model/test_backend_equality.py``, parametrized over the families.)"""
 
 from __future__ import annotations
 
@@ -56,14 +56,14 @@ def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, ti
     from context_lookups.precompute.cli import main as cli_main
     from context_lookups.precompute.heads.attribution import attribute
     from context_lookups.precompute.model import load_model
-    from tests.test_precompute_job import _args
+    from tests.cli_helpers import precompute_args
 
     m = load_model(str(tiny_qwen3_dir))
     assert m.backend.name == "bridge" and m.dims.gated_mlp and m.dims.n_kv_heads == 2
     att = attribute(m, tokenize_batch(m, TEXTS, 30), 1, 5, ablate=[(0, 1)])
     torch.testing.assert_close(att.ln_total(), att.pre, rtol=1e-4, atol=1e-5)
     with caplog.at_level(logging.INFO):
-        assert cli_main(_args(tmp_path / "q3.db", tiny_qwen3_dir, small_corpus_dir)
+        assert cli_main(precompute_args(tmp_path / "q3.db", tiny_qwen3_dir, small_corpus_dir)
                         + ["--explainer", "none", "--n-docs", "24"]) == 0
     assert "backend: bridge" in caplog.text
 
@@ -90,7 +90,7 @@ def test_blocks_the_method_cannot_read_are_refused_with_one_line(tmp_path, small
 
     from context_lookups.precompute.cli import main as cli_main
     from context_lookups.precompute.core.settings import EMBEDDED_MODEL
-    from tests.test_precompute_job import _args
+    from tests.cli_helpers import precompute_args
 
     make, says = REFUSED[arch]
     d = tmp_path / arch.lower()
@@ -98,7 +98,7 @@ def test_blocks_the_method_cannot_read_are_refused_with_one_line(tmp_path, small
     T.AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(d)
     db = tmp_path / "x.db"
     capsys.readouterr()
-    assert cli_main(_args(db, d, small_corpus_dir) + ["--explainer", "none"]) == 2
+    assert cli_main(precompute_args(db, d, small_corpus_dir) + ["--explainer", "none"]) == 2
     err = [x for x in capsys.readouterr().err.strip().splitlines()
            if not x.startswith("Loading weights")]  # the bridge loaded the weights (transformers' bar)
     assert len(err) == 1 and err[0].startswith("error: ") and "neither backend" in err[0], err
@@ -255,13 +255,12 @@ def test_precompute_and_serve_with_a_live_pass_on_each_family(tmp_path, families
     from context_lookups.precompute.cli import main as cli_main
     from context_lookups.precompute.heads.attribution import attribute
     from context_lookups.precompute.neurons.congruence import layer_congruences
-    from tests.test_live_engine import wait_ready
-    from tests.test_precompute_job import _args
-    from tests.web_fixtures import Server
+    from tests.cli_helpers import precompute_args
+    from tests.web_fixtures import Server, wait_ready
 
     db, model_dir, ref = tmp_path / f"{family}.db", families.dir(family), families.bridge(family)
     with caplog.at_level(logging.INFO):
-        assert cli_main(_args(db, model_dir, small_corpus_dir) + ["--explainer", "none"]) == 0
+        assert cli_main(precompute_args(db, model_dir, small_corpus_dir) + ["--explainer", "none"]) == 0
     assert f"backend: {NAMES[family]}" in caplog.text
     con = sqlite3.connect(db)
     slug, = con.execute("SELECT slug FROM runs").fetchone()
