@@ -5,7 +5,7 @@ sink and knockouts) and :func:`fire` (which analysed neurons fire on a text).
 Nothing here computes the science: a look-up is the live page's pass
 (:func:`app.live.passes.live_views` through :func:`app.live.passes.serve_batch`, the one loop
 that tokenizes, checks and batches live prompts), the sink is
-:func:`precompute.model.split_sink` and the knockout :meth:`precompute.model.Backend.knockout`;
+:func:`precompute.heads.lookup.split_sink` and the knockout :meth:`precompute.model.Backend.knockout`;
 ``fire`` is the /fire page's pass (:func:`app.live.fire.run_fire_batch`) and its result as the
 page shows it (:func:`app.pages.fire.shown`). The results hold the pass's values as tensors
 (jaxtyping shapes, TransformerLens dimension names) with ``to_frame()`` and ``to_dict()`` (the
@@ -34,8 +34,8 @@ from context_lookups.precompute.core.errors import BadLiveInput
 from context_lookups.precompute.core.settings import EMBEDDED_MODEL, Settings
 from context_lookups.precompute.core.tokens import partial_tokens
 from context_lookups.precompute.heads.attribution import head_label, parse_heads
-from context_lookups.precompute.heads.lookup import BOS_LABEL
-from context_lookups.precompute.model import Knockout, LoadedModel, SinkSplit, check_neuron, split_sink
+from context_lookups.precompute.heads.lookup import BOS_LABEL, SinkSplit, split_sink
+from context_lookups.precompute.model import Knockout, LoadedModel, check_neuron
 from context_lookups.precompute.model import load_model as load_backend
 from context_lookups.precompute.neurons.congruence import congruence
 
@@ -375,7 +375,7 @@ class Lookup:
         extra = live_extra(self.view, data, score)
         if self.head is not None:
             c = self.contrib_ln if score == "ln" else self.contrib
-            extra["sink"] = split_sink(c, self.attention).as_dict()
+            extra["sink"] = split_sink(c.tolist(), self.attention.tolist()).as_dict()
             if self.knockout is not None:
                 extra["knockout"] = _knockout_rows(self.knockout)
         page = None

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 import context_lookups as cl
 from context_lookups.precompute.core.errors import BadLiveInput, PromptTooLong
-from context_lookups.precompute.model import split_sink
+from context_lookups.precompute.heads.lookup import split_sink
 from tests.web_fixtures import TOPK_RUN
 
 PROMPT = "The council met in the old hall by the river and argued about the harvest"
