@@ -99,14 +99,16 @@ def test_wheel_installs_precomputes_and_serves(tmp_path):
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     (Path(purelib) / "_borrowed_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                    str(wheel)],
                    check=True, capture_output=True, text=True)
     work = tmp_path / "empty"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKUPS_") and k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     where = subprocess.run([str(py), "-c", "import context_lookups.app, context_lookups.precompute; "
-                            "print(context_lookups.app.__file__); print(context_lookups.precompute.__file__)"],
+                            "print(context_lookups.app.__file__); "
+                            "print(context_lookups.precompute.__file__)"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout
     assert str(ROOT) not in where and purelib in where, where
     lookups = str(venv / "bin" / "lookups")
