@@ -34,6 +34,8 @@ def test_ci_runs_the_readme_test_command():
     for line in lines:  # both install from the lock, with the CPU torch release CI uses
         assert "-c requirements.lock" in line and "torch==2.13.0" in line, line
     assert "pytest" in lines[1] and "lookups precompute" in lines[0] and "lookups serve" in lines[0]
+    # CI lints: ruff (the config in pyproject.toml) runs before the tests
+    assert "&& ruff check . &&" in lines[1] and lines[1].index("ruff check .") < lines[1].index("pytest")
 
 
 def _lock_pins() -> dict[str, str]:
