@@ -160,7 +160,8 @@ class SecurityHeaders:
                 message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in (b"server-timing", b"x-content-type-options", b"referrer-policy")]
+                           if k.lower() not in (b"server-timing", b"x-content-type-options",
+                                                b"referrer-policy")]
                 names = {k.lower() for k, _ in headers}
                 if b"content-security-policy" not in names:
                     headers.append((b"content-security-policy", CSP.encode()))

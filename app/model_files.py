@@ -40,7 +40,9 @@ def local_model(source: str) -> tuple[str | None, str | None]:
     """
     if os.path.isdir(source):
         why = _complete(Path(source))
-        return (source, None) if why is None else (None, f"the model directory {source} is incomplete ({why})")
+        if why is None:
+            return source, None
+        return None, f"the model directory {source} is incomplete ({why})"
     if os.path.sep in source and not re.match(r"^[\w.-]+/[\w.-]+$", source):
         return None, f"the model directory {source} is not on this server"
     try:
@@ -50,7 +52,9 @@ def local_model(source: str) -> tuple[str | None, str | None]:
     except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
         return None, f"the model {source} is not on this server"
     why = _complete(Path(path))
-    return (path, None) if why is None else (None, f"the model {source} is only partly on this server ({why})")
+    if why is None:
+        return path, None
+    return None, f"the model {source} is only partly on this server ({why})"
 
 
 class LocalModels:

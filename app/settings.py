@@ -53,8 +53,9 @@ class WebSettings(BaseSettings):
     live_restarts: int = Field(3, ge=0, description="Times the live model process is restarted "
                                "within a minute after it dies (its waiting requests get a 503); "
                                "once more and live passes are off until the server restarts.")
-    templates_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "templates"), description="Jinja2 templates directory.")
-    static_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "static"), description="Static files directory (CSS, JS, "
-                             "vendored htmx and Swagger UI).")
+    templates_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "templates"),
+                                description="Jinja2 templates directory.")
+    static_dir: Path = Field(default_factory=lambda: resource_dir("context_lookups.app", "static"),
+                             description="Static files directory (CSS, JS, vendored htmx and Swagger UI).")
     model_paths: dict[str, str] = Field(default_factory=dict, description="Override where a "
                                         "run's model is loaded from: {run slug: name or dir}.")

@@ -52,9 +52,9 @@ def free_port() -> int:
 def start(db: str, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, LOOKUPS_DB_URL=db)
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "context_lookups.app.main:create_app", "--factory",
-                             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "context_lookups.app.main:create_app",
+                             "--factory", "--workers", str(workers), "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -67,7 +67,8 @@ def start(db: str, workers: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"the server on {db} did not start")
 
 
-def round_(url: str, pages: list[str], clients: int, per_client: int, seed: int) -> tuple[list[float], float, int]:
+def round_(url: str, pages: list[str], clients: int, per_client: int, seed: int
+           ) -> tuple[list[float], float, int]:
     """C clients, each GETting ``per_client`` random pages; returns latencies (ms), wall, errors."""
     ms: list[float] = []
     errors = [0]
@@ -106,7 +107,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         sqlite_url = f"sqlite:///{d}/copy.db"
         copy_database(a.db, sqlite_url)
-        servers = {name: start(url, a.workers) for name, url in (("PostgreSQL", a.db), ("SQLite", sqlite_url))}
+        servers = {name: start(url, a.workers)
+                   for name, url in (("PostgreSQL", a.db), ("SQLite", sqlite_url))}
         try:
             with httpx.Client(base_url=servers["PostgreSQL"][1], timeout=60) as h:
                 slug = h.get("/.json").json()["runs"][0]["slug"]
@@ -131,8 +133,8 @@ def main() -> int:
           f"concurrent clients x {a.per_client} pages x {a.rounds} interleaved rounds; loopback")
     for name, (ms, wall, err) in res.items():
         ms.sort()
-        print(f"{name:10s} neuron page p50 {statistics.median(ms):6.1f} ms  p95 {ms[int(0.95 * (len(ms) - 1))]:6.1f} ms"
-              f"  {len(ms) / wall:6.1f} pages/s  errors {err}")
+        print(f"{name:10s} neuron page p50 {statistics.median(ms):6.1f} ms  "
+              f"p95 {ms[int(0.95 * (len(ms) - 1))]:6.1f} ms  {len(ms) / wall:6.1f} pages/s  errors {err}")
     return 0
 
 

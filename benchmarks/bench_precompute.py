@@ -44,6 +44,7 @@ the real size); documents are the embedded corpus, concatenated up to ``--contex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -174,12 +175,14 @@ def bench_scan(model, hf, docs, ctx, batch_size, repeats) -> float:
         for _ in range(repeats):
             spent.clear()
             t0 = time.perf_counter()
-            scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx, observe=timed_obs)
+            scan(model, docs, layers=layers, k=20, batch_size=batch_size, context_tokens=ctx,
+                 observe=timed_obs)
             shares[name].append(sum(spent) / (time.perf_counter() - t0))
             pass_s[name].append(sum(spent))
     print(f"scan: layers {layers}, {len(docs)} docs, {n_tok:,} tokens, batch {batch_size}, context {ctx}")
     print(f"  bare HF forward (logits):  {n_tok / full_t:9,.0f} tok/s")
-    print(f"  scan (maxima + top-k):     {n_tok / scan_t:9,.0f} tok/s   ratio {full_t / scan_t:.2f} (goal >= 0.95)")
+    print(f"  scan (maxima + top-k):     {n_tok / scan_t:9,.0f} tok/s   ratio {full_t / scan_t:.2f} "
+          f"(goal >= 0.95)")
     print(f"  + histograms (the job's):  {n_tok / hist_t:9,.0f} tok/s   ratio {full_t / hist_t:.2f} "
           f"({100 * (hist_t / scan_t - 1):+.1f}% time vs the scan without)")
     print(f"  + histograms, torch pass:  {n_tok / torch_t:9,.0f} tok/s   ratio {full_t / torch_t:.2f} "
@@ -205,20 +208,22 @@ def vm_hwm_kb(pid: int | str) -> int:
 
 
 def scan_rss(path: str, n_docs: int, ctx: int, batch_size: int) -> None:
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path.insert(0, {root!r});"
             f"import benchmarks.bench_precompute as b;"
             f"from context_lookups.precompute.model import load_model;"
             f"from context_lookups.precompute.prompts.scan import scan;"
             f"from context_lookups.precompute.neurons.congruence import default_layers;"
             f"m = load_model({path!r}); d = b.documents(m, {n_docs}, {ctx});"
-            f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, context_tokens={ctx}, histograms=True);"
+            f"scan(m, d, layers=default_layers(m.n_layers), k=20, batch_size={batch_size}, "
+            f"context_tokens={ctx}, histograms=True);"
             f"print(b.vm_hwm_kb('self'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return
-    print(f"  scan alone (with histograms), peak RSS: {int(out.stdout.split()[-1]) / 1024 ** 2:.2f} GB (goal <= 4 GB at GPT-2 "
-          f"small, 1,024 tokens, batch 16)")
+    print(f"  scan alone (with histograms), peak RSS: {int(out.stdout.split()[-1]) / 1024 ** 2:.2f} GB "
+          f"(goal <= 4 GB at GPT-2 small, 1,024 tokens, batch 16)")
 
 
 def write_corpus(model, d: str, n_docs: int, ctx: int) -> str:
@@ -238,7 +243,8 @@ def write_corpus(model, d: str, n_docs: int, ctx: int) -> str:
 _BARE_RSS = """
 import sys, torch
 sys.path.insert(0, {root!r})
-import context_lookups.app.cli, context_lookups.precompute.job.pipeline, context_lookups.precompute.model.gpt2, context_lookups.precompute.model.processing  # the job's runtime
+import context_lookups.app.cli, context_lookups.precompute.job.pipeline  # the job's runtime
+import context_lookups.precompute.model.gpt2, context_lookups.precompute.model.processing
 import transformer_lens.weight_processing
 from transformers import AutoModelForCausalLM
 import benchmarks.bench_precompute as b
@@ -265,8 +271,8 @@ def job_rss(model, path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     """Peak RSS of ``lookups precompute`` at ``ctx`` tokens against weights + activations (see
     the module docstring)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _BARE_RSS.format(root=root, path=path, batch=batch_size, ctx=ctx)],
-                         capture_output=True, text=True, check=False)
+    code = _BARE_RSS.format(root=root, path=path, batch=batch_size, ctx=ctx)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode:
         print(out.stderr[-2000:])
         return
@@ -274,18 +280,19 @@ def job_rss(model, path: str, n_docs: int, ctx: int, batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         corpus = write_corpus(model, os.path.join(d, "corpus"), n_docs, ctx)
         extra = ["--model", path, "--dataset", corpus, "--context-tokens", str(ctx), "--n-docs", str(n_docs),
-                 "--batch-size", str(batch_size), "--n-per-layer", "2", "--top-k", "4", "--heldout-per-pair", "4",
-                 "--pair-min-prompts", "2", "--explainer", "none"]
+                 "--batch-size", str(batch_size), "--n-per-layer", "2", "--top-k", "4",
+                 "--heldout-per-pair", "4", "--pair-min-prompts", "2", "--explainer", "none"]
         t0 = time.perf_counter()
         peak_kb, backend, _ = run_job(os.path.join(d, "job.db"), extra)
     gb = 1024 ** 3
     print(f"whole job, peak RSS ({backend}; {n_docs} documents x 2 splits, {ctx} tokens, batch {batch_size}, "
           f"{time.perf_counter() - t0:.0f} s):")
-    print(f"  job peak {peak_kb * 1024 / gb:.2f} GB; runtime (imports) {runtime / gb:.2f} GB, weights (one copy) "
-          f"{weights / gb:.2f} GB, activations (bare base-model forward, batch {batch_size} x {ctx}) {acts / gb:.2f} GB")
+    print(f"  job peak {peak_kb * 1024 / gb:.2f} GB; runtime (imports) {runtime / gb:.2f} GB, "
+          f"weights (one copy) {weights / gb:.2f} GB, activations (bare base-model forward, "
+          f"batch {batch_size} x {ctx}) {acts / gb:.2f} GB")
     print(f"  (job peak - runtime) / (weights + activations) = "
-          f"{(peak_kb * 1024 - runtime) / (weights + acts):.2f} (goal <= 1.3); job peak / bare process peak = "
-          f"{peak_kb * 1024 / (loaded + acts):.2f}")
+          f"{(peak_kb * 1024 - runtime) / (weights + acts):.2f} (goal <= 1.3); "
+          f"job peak / bare process peak = {peak_kb * 1024 / (loaded + acts):.2f}")
 
 
 def run_job(db: str, extra: list[str]) -> tuple[int, str, str]:
@@ -296,10 +303,8 @@ def run_job(db: str, extra: list[str]) -> tuple[int, str, str]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         rss_kb = 0
         while proc.poll() is None:  # the child's own peak, read while it runs
-            try:
+            with contextlib.suppress(OSError):
                 rss_kb = max(rss_kb, vm_hwm_kb(proc.pid))
-            except OSError:
-                pass
             time.sleep(0.2)
         err.seek(0)
         out.seek(0)
@@ -352,7 +357,8 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
             ts = [t for t in tasks if t.neuron == n]
             tr = reference_trim(ref, [t.row for t in ts], [t.max_position for t in ts], layer, n,
                                 act_ratio=settings.act_ratio, orig_acts=[t.orig_act for t in ts])
-            kept = [(r, t, s) for r, (t, (s, _, _)) in enumerate(zip(ts, tr)) if t.max_position + 1 - s < max_len]
+            kept = [(r, t, s) for r, (t, (s, _, _)) in enumerate(zip(ts, tr, strict=True))
+                    if t.max_position + 1 - s < max_len]
             prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for _, t, s in kept]
             if prompts:
                 attribute(ref, prompts, layer, n)
@@ -361,11 +367,12 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
 
     def new():
         outs = compute_prompts(model, job)
-        return [(n, p["rank"], p["start"]) for n, (ps, _) in zip(neurons, outs) for p in ps]
+        return [(n, p["rank"], p["start"]) for n, (ps, _) in zip(neurons, outs, strict=True) for p in ps]
 
     def full():
         tr = trim_many(model, tasks, act_ratio=settings.act_ratio)
-        prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1]) for t, (s, _, _) in zip(tasks, tr)]
+        prompts = [[model.bos_token_id] + list(t.row[s:t.max_position + 1])
+                   for t, (s, _, _) in zip(tasks, tr, strict=True)]
         model.backend.batched_pass(prompts, [(t.layer, t.neuron) for t in tasks])
 
     same = old() == new()
@@ -378,9 +385,12 @@ def bench_trim(model, ref, docs, ctx, n_neurons, k, repeats) -> tuple[float, flo
     n_kept = len(new())
     print(f"trimming + attribution: {len(neurons)} neurons of layer {layer}, {len(tasks)} documents, "
           f"context {ctx}, {n_kept} prompts kept (< {max_len} tokens)")
-    print(f"  former per-neuron code, bridge: {old_t:7.2f} s   ({old_t / len(neurons):.2f} s per neuron and split)")
-    print(f"  the job's compute_prompts:     {new_t:8.2f} s   ({new_t / len(neurons):.2f} s per neuron and split)"
-          f"   speed-up {old_t / new_t:.2f}x (goal >= 3x); same kept prompts and starts: {'yes' if same else 'NO'}")
+    print(f"  former per-neuron code, bridge: {old_t:7.2f} s   "
+          f"({old_t / len(neurons):.2f} s per neuron and split)")
+    print(f"  the job's compute_prompts:     {new_t:8.2f} s   "
+          f"({new_t / len(neurons):.2f} s per neuron and split)"
+          f"   speed-up {old_t / new_t:.2f}x (goal >= 3x); "
+          f"same kept prompts and starts: {'yes' if same else 'NO'}")
     print(f"  every search to the end (no early stop), all {len(tasks)} prompts attributed: {full_t:.2f} s, "
           f"{old_t / full_t:.2f}x the former code")
     return old_t / len(neurons), new_t / len(neurons)
@@ -449,7 +459,8 @@ def main() -> None:
         ctx = a.context or model.n_ctx
         scan_rate = bare_rate = trim_new = None
         if "scan" not in a.skip:
-            scan_rate, bare_rate = bench_scan(model, hf, documents(model, a.docs, ctx), ctx, a.batch_size, a.repeats)
+            scan_rate, bare_rate = bench_scan(model, hf, documents(model, a.docs, ctx), ctx, a.batch_size,
+                                              a.repeats)
         if "rss" not in a.skip:
             scan_rss(path, min(a.docs, 32), ctx, a.batch_size)
         if "job-rss" not in a.skip:
@@ -480,7 +491,8 @@ def bench_job(extra: list[str]) -> None:
         rss_kb, backend, stdout = run_job(os.path.join(d, "bench.db"), extra)
         wall = time.perf_counter() - t0
         print(stdout[stdout.find("{"):])
-        print(f"whole default job ({backend}): wall {wall:.1f} s ({wall / 60:.2f} min); peak RSS {rss_kb / 1024:.0f} MB")
+        print(f"whole default job ({backend}): wall {wall:.1f} s ({wall / 60:.2f} min); "
+              f"peak RSS {rss_kb / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

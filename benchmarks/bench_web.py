@@ -81,7 +81,8 @@ def free_port() -> int:
 def start_server(db: str, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "context_lookups.app.cli", "serve", "--db", db, "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "context_lookups.app.cli", "serve", "--db", db,
+                             "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -133,7 +134,8 @@ class Bare:
 def neuron_pages(client: httpx.Client, slug: str, n: int, seed: int) -> None:
     info = client.get(f"/{slug}/neurons.json", params={"per_page": 1}).json()
     total = info["total"]
-    selected = client.get(f"/{slug}/neurons.json", params={"kind": "selected", "per_page": 500}).json()["neurons"]
+    selected = client.get(f"/{slug}/neurons.json",
+                          params={"kind": "selected", "per_page": 500}).json()["neurons"]
     rng = random.Random(seed)
     layers, d_mlp = info["run"]["layers"], info["run"]["d_mlp"]
     print(f"run {slug}: {total} neurons in scanned layers {layers} ({len(selected)} selected)")
@@ -295,7 +297,8 @@ def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float |
     steady = clean.run(1, ns.per_client, "a")["ms"]
     bare1 = bare.forward_ms(bare.rows([f"x0:{prompt}"]))
     p50 = statistics.median(steady)
-    print(f"\nlive, {n_tok}-token rows (BOS + prompt), uncached; bare HF forward of the same row: {bare1:.1f} ms")
+    print(f"\nlive, {n_tok}-token rows (BOS + prompt), uncached; "
+          f"bare HF forward of the same row: {bare1:.1f} ms")
     print(f"first live pass after ready: {first:.1f} ms = {first / p50:.2f} x a steady one (goal <= 2)")
     summary("1 client", steady, 0)
     print(f"  p50 / bare forward = {p50 / bare1:.2f}; goal p50 <= 3 x bare + 5 ms = {3 * bare1 + 5:.1f} ms: "
@@ -307,12 +310,15 @@ def live(base: str, slug: str, bare: Bare, ns, pid: int | None, t_start: float |
             r = c.get("/fire", params={"run": slug, "text": f"f{i}:{prompt}"})
             if r.status_code == 200:
                 fire_ms.append((time.perf_counter() - t) * 1000)
-    summary("fire page (/fire, which neurons fire), 1 client, uncached", fire_ms, ns.per_client - len(fire_ms))
+    summary("fire page (/fire, which neurons fire), 1 client, uncached", fire_ms,
+            ns.per_client - len(fire_ms))
     if fire_ms:
-        print(f"  p50 / bare forward = {statistics.median(fire_ms) / bare1:.2f}; {len(r.content) / 1000:.0f} KB")
+        print(f"  p50 / bare forward = {statistics.median(fire_ms) / bare1:.2f}; "
+              f"{len(r.content) / 1000:.0f} KB")
     head_cost(base, one[0], prompt, head, ns.per_client * 3)
     for name, rnd in (("8 clients, one neuron, clean", clean),
-                      ("8 clients, 24 neurons, half ablating a head", Round(base, many, [prompt], [None, head]))):
+                      ("8 clients, 24 neurons, half ablating a head",
+                       Round(base, many, [prompt], [None, head]))):
         r = rnd.run(8, ns.per_client, f"r{len(name)}")
         bare8 = bare.forward_ms(bare.rows([f"x{i}:{prompt}" for i in range(8)]))
         bare_tps = 8 * n_tok / bare8 * 1000

@@ -31,9 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sqlalchemy import Text, cast, func, select, text  # noqa: E402
 
 MODELS = {  # public configurations (Hugging Face config.json of each)
-    "GPT-2 small": dict(n_layer=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=1024, n_vocab=50257, parallel=False),
-    "GPT-2 large": dict(n_layer=36, d_model=1280, n_heads=20, d_mlp=5120, n_ctx=1024, n_vocab=50257, parallel=False),
-    "Pythia-1.4b": dict(n_layer=24, d_model=2048, n_heads=16, d_mlp=8192, n_ctx=2048, n_vocab=50304, parallel=True),
+    "GPT-2 small": dict(n_layer=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=1024, n_vocab=50257,
+                        parallel=False),
+    "GPT-2 large": dict(n_layer=36, d_model=1280, n_heads=20, d_mlp=5120, n_ctx=1024, n_vocab=50257,
+                        parallel=False),
+    "Pythia-1.4b": dict(n_layer=24, d_model=2048, n_heads=16, d_mlp=8192, n_ctx=2048, n_vocab=50304,
+                        parallel=True),
 }
 EMBEDDED = dict(n_layer=4, d_model=256, n_ctx=256)
 DOCS = 10_000              # pile-10k, both splits (2/3 explain, 1/3 held-out)
@@ -102,7 +105,7 @@ def per_row(meas: dict, table: str) -> float:
 def project(m: dict, meas: dict, kept_per_neuron: float, cpu_flops: float, mfu: float) -> dict:
     ctx = m["n_ctx"]
     layers = list(range(m["n_layer"] - LAYERS, m["n_layer"]))
-    scored = sum(l if m["parallel"] else l + 1 for l in layers) / LAYERS  # mean upstream attn layers
+    scored = sum(k if m["parallel"] else k + 1 for k in layers) / LAYERS  # mean upstream attn layers
     scan_tok = DOCS * ctx                                           # upper bound: every doc >= n_ctx
     trim_tok = LAYERS * NEURONS * 2 * TOP_K * math.ceil(math.log2(ctx)) * ctx / 4
     attr_tok = LAYERS * NEURONS * 2 * TOP_K * 100                   # prompts < max_prompt_tokens
@@ -115,7 +118,8 @@ def project(m: dict, meas: dict, kept_per_neuron: float, cpu_flops: float, mfu: 
     n_prompts = LAYERS * NEURONS * 2 * TOP_K
     db = (n_neurons * per_row(meas, "neurons") + n_neurons * TOP_K * 2 * per_row(meas, "top_activations")
           + DOCS * DOC_BYTES
-          + n_prompts * (p["rest"] + p["per_token"] * p["mean_tokens"] + p["per_head"] * scored * m["n_heads"])
+          + n_prompts * (p["rest"] + p["per_token"] * p["mean_tokens"]
+                         + p["per_head"] * scored * m["n_heads"])
           + LAYERS * NEURONS * scored * m["n_heads"] * per_row(meas, "pairs")
           + kept * (per_row(meas, "explanations") + HELDOUT * (per_row(meas, "classifications")
                                                             + per_row(meas, "ablations"))))
@@ -156,8 +160,8 @@ def main() -> None:
         r = project(m, meas, kept_per_neuron, cpu_flops, a.mfu)
         print(f"| {name} | {r['tokens'] / 1e6:.1f} M ({r['scan_tokens'] / 1e6:.1f} M) | "
               f"{r['flops_token'] / 1e9:.2f} G | {r['total']:.2e} | {fmt_s(r['wall'][1])} | "
-              f"{fmt_s(r['wall'][4])} | {fmt_s(r['wall'][16])} | {fmt_s(r['cpu'])} | {r['db'] / 1e6:.0f} MB | "
-              f"{fmt_s(r['writes'])} |")
+              f"{fmt_s(r['wall'][4])} | {fmt_s(r['wall'][16])} | {fmt_s(r['cpu'])} | "
+              f"{r['db'] / 1e6:.0f} MB | {fmt_s(r['writes'])} |")
 
 
 if __name__ == "__main__":

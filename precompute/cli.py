@@ -247,7 +247,8 @@ def explain_command(settings: Settings) -> int:
         with Session() as s:
             table = format_table(score_table(s, run_id=run.id, explainer=name))
             others = [e for e in explainers_of_run(s, run_id=run.id) if e != name]
-            cmp = format_comparison(comparison_table(s, run_id=run.id, a=others[0], b=name)) if others else None
+            cmp = (format_comparison(comparison_table(s, run_id=run.id, a=others[0], b=name))
+                   if others else None)
     finally:
         engine.dispose()
     # The command's output (logging is configured in main; results go to stdout).

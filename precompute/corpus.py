@@ -66,7 +66,7 @@ def load_corpus(name: str, *, n_docs: int | None = None, seed: int = 0) -> dict:
         ds = {split: local_dataset(fs) for split, fs in files.items()}
     elif os.path.isfile(name):
         ds = {"train": local_dataset([name])}
-    elif os.path.sep in name and not name.count("/") == 1:
+    elif os.path.sep in name and name.count("/") != 1:
         raise DatasetNotAvailable(f"Dataset file {name!r} does not exist.")
     else:
         try:

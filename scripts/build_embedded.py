@@ -126,14 +126,17 @@ def _fortunes() -> list[str]:
     for f in sorted(glob.glob("/usr/share/games/fortunes/*")):
         if f.endswith((".dat", ".u8")) or os.path.isdir(f) or "art" in os.path.basename(f):
             continue
-        items = [re.sub(r"[ \t]+", " ", x).strip() for x in Path(f).read_text(errors="replace").split("\n%\n")]
-        items = [x for x in items if len(x) > 20 and sum(c.isalpha() or c.isspace() for c in x) / len(x) > 0.75]
+        items = [re.sub(r"[ \t]+", " ", x).strip()
+                 for x in Path(f).read_text(errors="replace").split("\n%\n")]
+        items = [x for x in items
+                 if len(x) > 20 and sum(c.isalpha() or c.isspace() for c in x) / len(x) > 0.75]
         docs += _chunks(items)
     return docs
 
 
 def _jargon() -> list[str]:
-    text = gzip.open("/usr/share/doc/jargon-text/jargon.txt.gz", "rt", errors="replace").read()
+    with gzip.open("/usr/share/doc/jargon-text/jargon.txt.gz", "rt", errors="replace") as fh:
+        text = fh.read()
     return _chunks(_paragraphs(text))
 
 
@@ -145,8 +148,7 @@ def _wikipedia() -> list[str]:
         subprocess.run(["pip", "download", "--no-deps", "gensim", "-d", str(WORK)], check=True)
         whl = glob.glob(str(WORK / "gensim-*.whl"))
     name = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-    with zipfile.ZipFile(whl[0]) as z, z.open(name) as fh:
-        xml = bz2.open(fh)
+    with zipfile.ZipFile(whl[0]) as z, z.open(name) as fh, bz2.open(fh) as xml:
         docs = []
         for title, text, _pageid in extract_pages(xml):
             if text.lower().startswith("#redirect"):
@@ -242,7 +244,8 @@ def _encode_split(name: str):
     if cache.exists():
         return np.load(cache)
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
-    texts = [json.loads(line)["text"] for line in open(WORK / f"{name}.jsonl")]
+    with open(WORK / f"{name}.jsonl") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
     random.Random(1).shuffle(texts)
     ids: list[int] = []
     for i in range(0, len(texts), 1000):
@@ -327,7 +330,8 @@ def evaluate(model, val, ctx: int) -> float:
     losses = []
     with torch.no_grad():
         for i in range(0, n, 16):
-            x = torch.from_numpy(np.stack([val[j * ctx:(j + 1) * ctx] for j in range(i, min(n, i + 16))]).astype(np.int64))
+            x = torch.from_numpy(np.stack([val[j * ctx:(j + 1) * ctx]
+                                           for j in range(i, min(n, i + 16))]).astype(np.int64))
             losses.append(model(input_ids=x, labels=x).loss.item() * len(x))
     return sum(losses) / n
 

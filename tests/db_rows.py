@@ -71,12 +71,15 @@ def canonical_rows(url: str) -> dict[str, list[str]]:
                         for p in s.scalars(select(Pair))]
         out["explanations"] = [_row(e, {"id", "pair_id"}, pair=pairs[e.pair_id])
                                for e in s.scalars(select(Explanation))]
-        out["classifications"] = [_row(c, {"explanation_id", "prompt_id"}, explanation=expls[c.explanation_id],
-                                       prompt=prompts[c.prompt_id]) for c in s.scalars(select(Classification))]
-        out["ablations"] = [_row(a, {"pair_id", "prompt_id"}, pair=pairs[a.pair_id], prompt=prompts[a.prompt_id])
+        out["classifications"] = [_row(c, {"explanation_id", "prompt_id"},
+                                       explanation=expls[c.explanation_id], prompt=prompts[c.prompt_id])
+                                  for c in s.scalars(select(Classification))]
+        out["ablations"] = [_row(a, {"pair_id", "prompt_id"}, pair=pairs[a.pair_id],
+                                 prompt=prompts[a.prompt_id])
                             for a in s.scalars(select(Ablation))]
         out["llm_calls"] = [_row(c, set()) for c in s.scalars(select(LLMCall))]
-        out["lookups"] = [_row(lk, {"prompt_id"}, prompt=prompts[lk.prompt_id]) for lk in s.scalars(select(Lookup))]
+        out["lookups"] = [_row(lk, {"prompt_id"}, prompt=prompts[lk.prompt_id])
+                          for lk in s.scalars(select(Lookup))]
         out["knockouts"] = [_row(k, {"prompt_id"}, prompt=prompts[k.prompt_id])
                             for k in s.scalars(select(AttentionKnockout))]
     engine.dispose()

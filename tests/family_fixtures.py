@@ -19,8 +19,8 @@ import pytest
 import torch
 
 FAMILIES = ("neox", "llama", "qwen2", "mistral")
-COMMON = {"vocab_size": 8192, "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 256,
-              "max_position_embeddings": 128, "bos_token_id": 0, "eos_token_id": 0}
+COMMON = {"vocab_size": 8192, "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+          "intermediate_size": 256, "max_position_embeddings": 128, "bos_token_id": 0, "eos_token_id": 0}
 
 
 def family_config(family: str):
@@ -28,7 +28,8 @@ def family_config(family: str):
     import transformers as T
 
     if family == "neox":
-        return T.GPTNeoXConfig(**COMMON, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False)
+        return T.GPTNeoXConfig(**COMMON, rotary_pct=0.25, use_parallel_residual=True,
+                               tie_word_embeddings=False)
     if family == "llama":
         return T.LlamaConfig(**COMMON, num_key_value_heads=2, tie_word_embeddings=True)
     if family == "qwen2":
@@ -123,6 +124,7 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny-qwen3")
     Qwen3ForCausalLM(Qwen3Config(vocab_size=8192, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, head_dim=16, intermediate_size=256,
-                                 max_position_embeddings=128, bos_token_id=0, eos_token_id=0)).save_pretrained(d)
+                                 max_position_embeddings=128, bos_token_id=0,
+                                 eos_token_id=0)).save_pretrained(d)
     AutoTokenizer.from_pretrained(EMBEDDED_MODEL).save_pretrained(d)
     return d

@@ -128,16 +128,19 @@ def write_synthetic(root: Path, *, layers=SYN_LAYERS, per_layer: int = 2, n_prom
     for split, suffix in (("explain", ""), ("heldout", "_test")):
         recs, attrs = {}, {}
         for (layer, idx) in neurons:
-            ts = [f" {split} prompt {i} of L{layer}N{idx} says word{rng.randint(0, 9)}" for i in range(n_prompts)]
-            recs[str((layer, idx))] = [{"og_act": 5.0 - 0.1 * i, "token_pos": 20 + i, "dataset_index": 1000 + i,
-                                         "start_pos": 10 + i, "trunc_act": 4.5 - 0.1 * i} for i in range(n_prompts)]
+            ts = [f" {split} prompt {i} of L{layer}N{idx} says word{rng.randint(0, 9)}"
+                  for i in range(n_prompts)]
+            recs[str((layer, idx))] = [{"og_act": 5.0 - 0.1 * i, "token_pos": 20 + i,
+                                         "dataset_index": 1000 + i, "start_pos": 10 + i,
+                                         "trunc_act": 4.5 - 0.1 * i} for i in range(n_prompts)]
             pool = list(range(layer * 12))
             attrs[str((layer, idx))] = {t: rng.sample(pool[:6], 2) + [rng.choice(pool[6:])] for t in ts}
             texts[(split, layer, idx)] = ts
             heads[(split, layer, idx)] = attrs[str((layer, idx))]
         tstem = f"{stem[:11]}11-00-0{len(suffix)}_gpt2-small{suffix}"
         files[f"trim{suffix}"] = write("3_trimmed_texts", f"{tstem}.json", {
-            "parameters": params, "neuron_to_trunc_data": recs, "prior_filename": f"{stem[:11]}09-00-00_gpt2-small{suffix}"})
+            "parameters": params, "neuron_to_trunc_data": recs,
+            "prior_filename": f"{stem[:11]}09-00-00_gpt2-small{suffix}"})
         astem = f"{stem[:11]}12-00-0{len(suffix)}_gpt2-small{suffix}"
         files[f"attr{suffix}"] = write("4_head_attributions", f"{astem}.json", {
             "parameters": params, "head_attributions": attrs, "prior_filename": tstem})
@@ -164,8 +167,9 @@ def write_synthetic(root: Path, *, layers=SYN_LAYERS, per_layer: int = 2, n_prom
     expl = {k: f"mentions the word number {k[2] % 10} near the end." for k in pairs}
     files["expl_results"] = write("5_head_explanations", f"{attr_stem}_prompts_results.jsonl", [
         [{"model": "gpt-4", "messages": [{"role": "user", "content": prompts[k]}], "max_tokens": 200},
-         {"model": "gpt-4-0613", "choices": [{"index": 0, "message": {"role": "assistant", "content": expl[k]},
-                                              "finish_reason": "stop"}]}] for k in pairs], lines=True)
+         {"model": "gpt-4-0613",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": expl[k]},
+                       "finish_reason": "stop"}]}] for k in pairs], lines=True)
     from context_lookups.precompute.paper.importer import CLASSIFY
 
     cls = []
@@ -175,10 +179,11 @@ def write_synthetic(root: Path, *, layers=SYN_LAYERS, per_layer: int = 2, n_prom
             ans = "Yes" if rng.random() < 0.5 else "No"
             cls.append([{"model": "gpt-4", "messages": [{"role": "user", "content": CLASSIFY.format(
                 explanation=expl[k], shown=t + tok)}], "max_tokens": 1},
-                {"model": "gpt-4-0613", "choices": [{"index": 0, "message": {"role": "assistant", "content": ans},
-                                                     "finish_reason": "length"}]}])
-    files["cls_results"] = write("6_explanation_eval", f"{files['attr_test'].stem}_prompts_results.jsonl", cls,
-                                 lines=True)
+                {"model": "gpt-4-0613",
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": ans},
+                              "finish_reason": "length"}]}])
+    files["cls_results"] = write("6_explanation_eval", f"{files['attr_test'].stem}_prompts_results.jsonl",
+                                 cls, lines=True)
     if ablation:
         data = {}
         for k in pairs:

@@ -130,7 +130,7 @@ def overlay_svg(series: list[tuple[str, list[float]]], *, bins: int = 10, width:
                  f'{escape(title)} (0.5 = chance)</text>'
                  f'<text transform="translate(10,{mt + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
                  f'class="axis-label">share of pairs</text>')
-    for k, ((label, vals), share) in enumerate(zip(series, shares)):
+    for k, ((label, vals), share) in enumerate(zip(series, shares, strict=True)):
         col = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         pts = [f"{ml:.1f},{y(0):.1f}"]
         for i, v in enumerate(share):
@@ -225,7 +225,8 @@ def activation_histogram_svg(h: dict, *, label: str = "", height: int = 230) -> 
     for k in range(round(math.log10(y_hi)) + 1):  # horizontal grid at 1, 10, 100, ...
         yy = y(10 ** k)
         parts.append(f'<line x1="{left}%" x2="{right}%" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
-                     f'<text x="{left - 0.5}%" y="{yy + 3:.1f}" text-anchor="end">{_count_label(10 ** k)}</text>')
+                     f'<text x="{left - 0.5}%" y="{yy + 3:.1f}" text-anchor="end">'
+                     f'{_count_label(10 ** k)}</text>')
     for b in bins:
         c = b["count"]
         if not c:
@@ -233,9 +234,11 @@ def activation_histogram_svg(h: dict, *, label: str = "", height: int = 230) -> 
         yy = y(c)
         lo = "−∞" if b["lo"] is None else _value_label(b["lo"])
         hi = "∞" if b["hi"] is None else _value_label(b["hi"])
-        rng = (f"({lo}, {hi})" if b["bin"] == zero else f"[{lo}, {hi})" if b["bin"] > zero else f"({lo}, {hi}]")
-        parts.append(f'<rect class="bar" x="{x_of(b["bin"], 0.06):.3f}%" y="{yy:.1f}" width="{bw * 0.88:.3f}%" '
-                     f'height="{mt + ph - yy:.1f}"><title>{rng}: {c:,} tokens ({100 * c / n:.2g} %)</title></rect>')
+        rng = (f"({lo}, {hi})" if b["bin"] == zero
+               else f"[{lo}, {hi})" if b["bin"] > zero else f"({lo}, {hi}]")
+        parts.append(f'<rect class="bar" x="{x_of(b["bin"], 0.06):.3f}%" y="{yy:.1f}" '
+                     f'width="{bw * 0.88:.3f}%" height="{mt + ph - yy:.1f}">'
+                     f'<title>{rng}: {c:,} tokens ({100 * c / n:.2g} %)</title></rect>')
     # x ticks: 0 at the central bin, then ±10^k where they fall inside the shown range, placed
     # by priority (1, 0.1, 10, ...) where they do not crowd a tick already placed
     placed: list[float] = []
@@ -252,10 +255,12 @@ def activation_histogram_svg(h: dict, *, label: str = "", height: int = 230) -> 
     for m in h["marks"]:
         xx = x_value(m["act"], m["bin"])
         parts.append(f'<line x1="{xx:.3f}%" x2="{xx:.3f}%" y1="{mt}" y2="{mt + ph}" class="mark-line"/>'
-                     f'<svg x="{xx:.3f}%" y="{mt - 9}" overflow="visible"><path class="mark" d="M-4,0 L4,0 L0,8 Z">'
+                     f'<svg x="{xx:.3f}%" y="{mt - 9}" overflow="visible">'
+                     f'<path class="mark" d="M-4,0 L4,0 L0,8 Z">'
                      f'<title>top prompt #{m["rank"]}: activation {m["act"]:.3f}</title></path></svg>')
     parts.append(f'<line x1="{left}%" x2="{right}%" y1="{mt + ph}" y2="{mt + ph}" class="tick"/>'
-                 f'<text x="{(left + right) / 2:.1f}%" y="{height - 6}" text-anchor="middle" class="axis-label">'
+                 f'<text x="{(left + right) / 2:.1f}%" y="{height - 6}" text-anchor="middle" '
+                 f'class="axis-label">'
                  f'activation (hook_post), log scale either side of 0</text></svg>')
     parts.append('<p class="hist-legend"><span class="key-bar"></span> tokens per bin (4 bins per octave; '
                  'the bin at 0 holds |a| &lt; 0.001)')

@@ -31,7 +31,8 @@ def run_summary(s: Session, slug: str, rule: str) -> dict:
         expl[name] = {kind: {"kept_pairs": row["kept_pairs"], **_brief(row),
                              "authors": _brief(row["authors_rule"])}
                       for kind, row in table["kinds"].items()}
-    abl = {m: {kind: {k: t[kind].get(k) for k in ("n_pairs", "n_kept", "n_prompts", "active", "inactive", "ks")}
+    keys = ("n_pairs", "n_kept", "n_prompts", "active", "inactive", "ks")
+    abl = {m: {kind: {k: t[kind].get(k) for k in keys}
                for kind in ("next_token", "random") if t.get(kind)} for m, t in f["ablation"].items()}
     layers = Q.layer_counts(s, run_id=run.id)
     main = preferred(f["explanations"])  # an LLM's when there is one
@@ -103,6 +104,7 @@ def compare(s: Session, *, runs: list[str] | None, rule: str) -> dict:
     return {"runs": cols, "run_names": names, "rule": rule, "layers": all_layers,
             "verdict_rows": v_rows, "e_rows": e_rows, "ablation_rows": a_rows, "layer_rows": l_rows,
             "available": [r.slug for r in Q.list_runs(s)],
-            "links": {"page": urls.compare(runs=names if runs else None, rule=rule if rule != "authors" else None),
+            "links": {"page": urls.compare(runs=names if runs else None,
+                                           rule=rule if rule != "authors" else None),
                       "json": urls.compare(fmt="json", runs=names if runs else None,
                                            rule=rule if rule != "authors" else None)}}

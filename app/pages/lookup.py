@@ -117,9 +117,10 @@ def summary_tokens(groups: dict, prompts: list, partial: dict) -> dict[str, str]
     the prompts' token ids)."""
     ids: dict[str, int] = {}
     for p in prompts:
-        for i, t in zip(p.token_ids or [], p.tokens or []):
+        for i, t in zip(p.token_ids or [], p.tokens or [], strict=False):
             ids.setdefault(t, i)
-    return {r["token"]: token_escaped(ids[r["token"]], r["token"], partial) if r["token"] in ids else r["token"]
+    return {r["token"]: token_escaped(ids[r["token"]], r["token"], partial)
+            if r["token"] in ids else r["token"]
             for g in groups.values() for r in g["rows"]}
 
 
@@ -160,7 +161,8 @@ def lookup_tokens_html(toks: list[str], lookup: dict, scale: float, *, score: st
         elif s and has_hidden(text):
             cls += " ctl"
         if s > p:
-            out.append(f'<span class="{cls} after" title="#{s - 1}: after the position read at, not a source">'
+            out.append(f'<span class="{cls} after" '
+                       f'title="#{s - 1}: after the position read at, not a source">'
                        f'{escape(visible(text))}</span>')
             continue
         if s == p:
@@ -348,8 +350,8 @@ class PairLookupJSON(_Open):
     """The pair page's look-up summary over its explain and held-out prompts."""
 
     state: dict = Field(description="{state: done | not_computed | not_applicable | not_in_data, reason}")
-    units: str = Field(description="units of the summary and of the colours: residual-stream units (score=raw) "
-                       "or pre-activation units (score=ln)")
+    units: str = Field(description="units of the summary and of the colours: residual-stream units "
+                       "(score=raw) or pre-activation units (score=ln)")
     groups: dict[str, LookupGroupJSON] = Field(description="'active' and 'inactive': the tokens that carry "
                                                "the most when the head is active / inactive")
     knockout: PairKnockoutJSON

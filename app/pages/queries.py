@@ -338,6 +338,6 @@ def _pair_query(run: Run, flt: PairFilter):
     by_neuron = (Neuron.layer, Neuron.neuron, Pair.head_layer, Pair.head, Explanation.explainer)
     score = Explanation.score.desc().nulls_last()
     order = {"neuron": by_neuron, "score": (score, *by_neuron),
-             "n": (_SMALLER_CLASS.desc().nulls_last(), (Explanation.n_pos + Explanation.n_neg).desc().nulls_last(),
-                   score, *by_neuron)}[flt.sort]
+             "n": (_SMALLER_CLASS.desc().nulls_last(),
+                   (Explanation.n_pos + Explanation.n_neg).desc().nulls_last(), score, *by_neuron)}[flt.sort]
     return base, (*order, Pair.id, Explanation.id)

@@ -102,11 +102,13 @@ _SQLITE = {
                 "n.kind AS kind, r.slug AS run, snippet(search_prompts, 0, :a, :b, '…', 16) AS marked "
                 "FROM search_prompts JOIN prompts p ON p.id = search_prompts.rowid "
                 "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
-                "WHERE search_prompts MATCH :q {run} ORDER BY search_prompts.rank, p.id LIMIT :lim OFFSET :off",
+                "WHERE search_prompts MATCH :q {run} "
+                "ORDER BY search_prompts.rank, p.id LIMIT :lim OFFSET :off",
                 "SELECT count(*) FROM search_prompts JOIN prompts p ON p.id = search_prompts.rowid "
                 "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
                 "WHERE search_prompts MATCH :q {run}"),
-    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.tpr AS tpr, e.tnr AS tnr, "
+    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, "
+                     "e.tpr AS tpr, e.tnr AS tnr, "
                      "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, e.status AS status, "
                      "e.error AS error, e.settings AS settings, pr.head_layer AS head_layer, "
                      "pr.head AS head, n.layer AS layer, "
@@ -117,7 +119,8 @@ _SQLITE = {
                      "JOIN runs r ON r.id = pr.run_id "
                      "WHERE search_explanations MATCH :q {run} "
                      "ORDER BY search_explanations.rank, e.id LIMIT :lim OFFSET :off",
-                     "SELECT count(*) FROM search_explanations JOIN explanations e ON e.id = search_explanations.rowid "
+                     "SELECT count(*) FROM search_explanations "
+                     "JOIN explanations e ON e.id = search_explanations.rowid "
                      "JOIN pairs pr ON pr.id = e.pair_id JOIN runs r ON r.id = pr.run_id "
                      "WHERE search_explanations MATCH :q {run}"),
 }
@@ -129,12 +132,17 @@ _PG = {
     "prompts": ("SELECT p.id AS id, p.split AS split, p.rank AS rank, n.layer AS layer, n.neuron AS neuron, "
                 "n.kind AS kind, r.slug AS run, " + _HEADLINE.format(col="p.text", w=20, m=8) + " AS marked "
                 "FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
-                "WHERE " + _TSV.format(col="p.text") + " @@ websearch_to_tsquery('english'::regconfig, :q) {run} "
-                "ORDER BY ts_rank(" + _TSV.format(col="p.text") + ", websearch_to_tsquery('english'::regconfig, :q)) "
+                "WHERE " + _TSV.format(col="p.text")
+                + " @@ websearch_to_tsquery('english'::regconfig, :q) {run} "
+                "ORDER BY ts_rank(" + _TSV.format(col="p.text")
+                + ", websearch_to_tsquery('english'::regconfig, :q)) "
                 "DESC, p.id LIMIT :lim OFFSET :off",
-                "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
-                "WHERE " + _TSV.format(col="p.text") + " @@ websearch_to_tsquery('english'::regconfig, :q) {run}"),
-    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, e.tpr AS tpr, e.tnr AS tnr, "
+                "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id "
+                "JOIN runs r ON r.id = n.run_id "
+                "WHERE " + _TSV.format(col="p.text")
+                + " @@ websearch_to_tsquery('english'::regconfig, :q) {run}"),
+    "explanations": ("SELECT e.id AS id, e.explainer AS explainer, e.score AS score, "
+                     "e.tpr AS tpr, e.tnr AS tnr, "
                      "e.n_pos AS n_pos, e.n_neg AS n_neg, e.n_unparsed AS n_unparsed, e.status AS status, "
                      "e.error AS error, e.settings AS settings, pr.head_layer AS head_layer, "
                      "pr.head AS head, n.layer AS layer, "
@@ -142,12 +150,14 @@ _PG = {
                      + _HEADLINE.format(col="e.text", w=35, m=15) + " AS marked "
                      "FROM explanations e JOIN pairs pr ON pr.id = e.pair_id "
                      "JOIN neurons n ON n.id = pr.neuron_id JOIN runs r ON r.id = pr.run_id "
-                     "WHERE " + _TSV.format(col="e.text") + " @@ websearch_to_tsquery('english'::regconfig, :q) {run} "
+                     "WHERE " + _TSV.format(col="e.text")
+                     + " @@ websearch_to_tsquery('english'::regconfig, :q) {run} "
                      "ORDER BY ts_rank(" + _TSV.format(col="e.text") + ", "
                      "websearch_to_tsquery('english'::regconfig, :q)) DESC, e.id LIMIT :lim OFFSET :off",
                      "SELECT count(*) FROM explanations e JOIN pairs pr ON pr.id = e.pair_id "
                      "JOIN runs r ON r.id = pr.run_id "
-                     "WHERE " + _TSV.format(col="e.text") + " @@ websearch_to_tsquery('english'::regconfig, :q) {run}"),
+                     "WHERE " + _TSV.format(col="e.text")
+                     + " @@ websearch_to_tsquery('english'::regconfig, :q) {run}"),
 }
 
 

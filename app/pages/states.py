@@ -51,7 +51,8 @@ def _missing(provenance: dict | None, *roles: str) -> str | None:
     """Why an imported run lacks what ``roles`` would have given (its provenance), or None."""
     for m in (provenance or {}).get("missing") or []:
         if isinstance(m, dict) and m.get("role") in roles:
-            return f"the run has no {m.get('what', m['role']).split(' (')[0]}: {m.get('reason', '')}".rstrip(": ")
+            what = m.get("what", m["role"]).split(" (")[0]
+            return f"the run has no {what}: {m.get('reason', '')}".rstrip(": ")
     return None
 
 
@@ -86,7 +87,8 @@ def ablation_state(*, kept_why: str | None, n_rows: int, phases: dict[str, int],
         return _state(NOT_APPLICABLE, f"only kept pairs are ablated; {kept_why}")
     if provenance is not None:
         if n_rows:
-            return _state(IMPORTED, f"imported from the authors' {_files(provenance, 'ablation') or 'ablation file'}")
+            files = _files(provenance, "ablation") or "ablation file"
+            return _state(IMPORTED, f"imported from the authors' {files}")
         return _state(NOT_IN_DATA, _missing(provenance, "ablation", "attr_test")
                       or "the authors' ablation file has no values for this pair's held-out prompts")
     if n_rows:

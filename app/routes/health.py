@@ -39,6 +39,7 @@ def healthz(request: Request) -> dict:
     db = database_state(request)
     body = {"status": "ok" if db == "ok" else "unavailable", "database": db,
             "ready": bool(models) and all(v == "ready" for v in models.values()),
-            "models": models, "live": {k: not v.startswith(("unavailable", "failed")) for k, v in models.items()},
+            "models": models,
+            "live": {k: not v.startswith(("unavailable", "failed")) for k, v in models.items()},
             "queue": live.waiting(), "stats": live.stats, "worker": live.worker()}
     return body if db == "ok" else JSONResponse(body, status_code=503)

@@ -40,7 +40,7 @@ DB = Annotated[Session, Depends(db)]
 Score = Annotated[Literal["raw", "ln"], Query(description="Attribution score: the paper's raw "
                                               "dot product or the LN-aware one.")]
 PromptQ = Annotated[str | None, Query(max_length=20000, description="Live prompt (runs the model).")]
-AblateQ = Annotated[list[str], Query(description="Heads to zero-ablate: 'L1H3,L0H2' (or repeated).")]
+AblateQ = Annotated[list[str] | None, Query(description="Heads to zero-ablate: 'L1H3,L0H2' (or repeated).")]
 HeadQ = Annotated[str | None, Query(max_length=40, description="A live pass's look-up head, e.g. 'L1H3': its "
                                     "per-source decomposition at the position (docs/method.md §3) is "
                                     "returned as `live.lookup`.")]
@@ -103,7 +103,8 @@ def _neurons(request: Request, s: Session, run: str, fmt: str | None, layer, kin
     ctx = run_context(request, s, run)
     if fmt == "csv":  # every row matching the filters, streamed by key (app.pages.export)
         def fetch(session: Session, ids) -> list[dict]:
-            return views.neurons(session, ctx, flt=flt, default_per_page=settings.page_size, ids=ids)["neurons"]
+            return views.neurons(session, ctx, flt=flt, default_per_page=settings.page_size,
+                                 ids=ids)["neurons"]
         keys = Q.neuron_keys(s, run=ctx.run, flt=flt)
         return all_rows_csv(fetch, keys, s, request.app.state.Session, filename=f"{run}-neurons.csv")
     data = views.neurons(s, ctx, flt=flt, default_per_page=settings.page_size)
@@ -133,13 +134,15 @@ def _neuron_list_route(fmt: str | None):
                                                               "or a column.")] = Q.NeuronFilter.sort,
                 order: Annotated[Literal["asc", "desc"], Query()] = Q.NeuronFilter.order,
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-                per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
+                per_page: Annotated[int | None, _int_in(1, 500),
+                                    Query(description="Rows per page, 1..500.")] = None):
         return _neurons(request, s, run, fmt, layer, kind, q, min_congruence,
                         max_congruence, min_score, sort, order, page, per_page)
     return handler
 
 
-router.get("/{run}/neurons.json", tags=["json"], summary="Neurons of a run (JSON)")(_neuron_list_route("json"))
+router.get("/{run}/neurons.json", tags=["json"],
+           summary="Neurons of a run (JSON)")(_neuron_list_route("json"))
 router.get("/{run}/neurons.csv", tags=["csv"], summary="Neurons of a run (CSV: every row matching "
            "the filters, streamed; page and per_page are ignored)",
            response_class=Response)(_neuron_list_route("csv"))
@@ -270,20 +273,22 @@ def _neuron_response(request: Request, s: Session, run: str, layer: int, neuron:
             "with ?prompt= also the live pass", responses={200: {"model": NeuronJSON}})
 async def neuron_json(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):  # noqa: B006 (FastAPI copies it)
+                      ablate: AblateQ = None, pos: PosQ = None, head: HeadQ = None):
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
-                       ablate=ablate, pos=pos, fmt="json", head=head)
+                       ablate=ablate or [], pos=pos, fmt="json", head=head)
 
 
 @router.get("/{run}/neurons/{layer}/{neuron}", response_class=HTMLResponse, tags=["pages"],
             summary="One neuron: token, prompts, head attribution, pairs, live")
 async def neuron_page(request: Request, s: DB, run: str, layer: int, neuron: int, score: Score = "raw",
                       split: Literal["explain", "heldout"] = "explain", prompt: PromptQ = None,
-                      ablate: AblateQ = [], pos: PosQ = None, head: HeadQ = None):  # noqa: B006 (FastAPI copies it)
+                      ablate: AblateQ = None, pos: PosQ = None, head: HeadQ = None):
+    ablate = ablate or []
     if len(ablate) > 1:  # unticked-JS form submission: canonical comma form
         return RedirectResponse(urls.neuron(run, layer, neuron, score=score if score != "raw" else None,
                                             split=split if split != "explain" else None, prompt=prompt,
-                                            ablate=[a for a in ablate if a], head=head, pos=pos), status_code=303)
+                                            ablate=[a for a in ablate if a], head=head, pos=pos),
+                                status_code=303)
     return await neuron_view(request, s, run, layer, neuron, score=score, split=split, prompt=prompt,
                              ablate=ablate, pos=pos, fmt=None, head=head)
 
@@ -404,18 +409,21 @@ def _pair_list_route(fmt: str | None):
                 layer: Annotated[int | None, Blank, Query(description="Neuron layer (0-based).")] = None,
                 kind: Annotated[Literal["selected", "next_token", "random"],
                                 Query(description="Neuron kind.")] = Q.PairFilter.kind,
-                kept: Annotated[bool, Query(description="Only kept pairs (the default).")] = Q.PairFilter.kept,
+                kept: Annotated[bool, Query(
+                    description="Only kept pairs (the default).")] = Q.PairFilter.kept,
                 explainer: Annotated[str | None, Query(max_length=200, description="Only this "
                                                        "explainer's explanations.")] = None,
                 min_score: Annotated[float | None, Blank, Query(description="Explanation score E at "
                                                                 "least.", **_F)] = None,
                 min_n: Annotated[int | None, _int_in(0, 1_000_000), Query(
-                    description="Held-out prompts of the smaller class (active or inactive) at least.")] = None,
+                    description="Held-out prompts of the smaller class (active or inactive) "
+                                "at least.")] = None,
                 sort: Annotated[Literal[Q.PAIR_SORTS], Query(description="score: best E first; "
                                                              "neuron: by neuron and head; n: largest "
                                                              "held-out set first.")] = Q.PairFilter.sort,
                 page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-                per_page: Annotated[int | None, _int_in(1, 500), Query(description="Rows per page, 1..500.")] = None):
+                per_page: Annotated[int | None, _int_in(1, 500),
+                                    Query(description="Rows per page, 1..500.")] = None):
         explainer = clean_text(explainer, name="explainer", max_chars=200) or None
         if min_score is not None and not math.isfinite(min_score):
             raise BadLiveInput(f"min_score must be a finite number, not {min_score}.")

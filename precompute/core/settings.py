@@ -164,7 +164,8 @@ class Settings(BaseSettings):
     # --- §4-5 explanations (recorded per explanation, not part of the run's identity) ----------
     explainer: Literal["baseline", "openai", "none"] = Field("baseline", description="Explainer "
                                                              "run by precompute.")
-    heldout_per_pair: int = Field(20, ge=1, description="Held-out prompts scored per pair (the authors used 20).")
+    heldout_per_pair: int = Field(20, ge=1, description="Held-out prompts scored per pair "
+                                  "(the authors used 20).")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint (default: "
                                      "the openai package's, i.e. OPENAI_BASE_URL or OpenAI).")
     llm_model: str = Field("gpt-4-1106-preview", description="Chat model for explanations and "

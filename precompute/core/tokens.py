@@ -104,7 +104,8 @@ def escaped(token_ids: Sequence[int], texts: Sequence[str],
             partial: Mapping[int, bytes]) -> list[str]:
     """Each token's text, with the partial tokens (``partial``, see :func:`partial_tokens`)
     written as escaped bytes, and control characters as their byte escapes."""
-    return [escape(partial[i]) if i in partial else escape_controls(t) for i, t in zip(token_ids, texts)]
+    return [escape(partial[i]) if i in partial else escape_controls(t)
+            for i, t in zip(token_ids, texts, strict=True)]
 
 
 def joined_text(token_ids: Sequence[int], partial: Mapping[int, bytes]) -> list[str | None]:

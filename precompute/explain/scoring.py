@@ -57,7 +57,7 @@ def explanation_score(truth: Sequence[bool], predicted: Sequence[bool | None]) -
     """
     if len(truth) != len(predicted):
         raise ValueError(f"{len(truth)} truths but {len(predicted)} predictions")
-    pairs = [(bool(t), None if p is None else bool(p)) for t, p in zip(truth, predicted)]
+    pairs = [(bool(t), None if p is None else bool(p)) for t, p in zip(truth, predicted, strict=True)]
     tp = sum(1 for t, p in pairs if t and p is True)
     fn = sum(1 for t, p in pairs if t and p is False)
     tn = sum(1 for t, p in pairs if not t and p is False)

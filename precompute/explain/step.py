@@ -135,7 +135,7 @@ def store_result(session: Session, task: PairTask, result: PairResult, *, explai
     session.add(exp)
     session.flush()
     session.add_all(Classification(explanation_id=exp.id, prompt_id=pid, truth=t, answer=a, predicted=p)
-                    for (pid, t, a), p in zip(result.answers, preds))
+                    for (pid, t, a), p in zip(result.answers, preds, strict=True))
     session.commit()
     return exp
 

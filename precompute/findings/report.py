@@ -148,7 +148,8 @@ def format_comparison(cmp: dict) -> str:
     for rule in ("authors_rule", "project_rule"):
         c = cmp[rule]
         lines.append(f"{rule.replace('_', ' ')} ({c['n']} pairs): {a} {_f(c['a']['mean'], '.4f')} ± "
-                     f"{_f(c['a']['std'], '.4f')}, {b} {_f(c['b']['mean'], '.4f')} ± {_f(c['b']['std'], '.4f')}; "
+                     f"{_f(c['a']['std'], '.4f')}, {b} {_f(c['b']['mean'], '.4f')} ± "
+                     f"{_f(c['b']['std'], '.4f')}; "
                      f"Pearson r {_f(c['pearson']['r'])}, Wilcoxon p {_f(c['wilcoxon']['p'], '.3g')}")
     return "\n".join(lines)
 

@@ -51,7 +51,8 @@ def stored_rows(terms, heads: Iterable[tuple[int, int]]) -> list[dict]:
     its sources, as ``NeuronPass.row`` gives it)."""
     scale = float(terms.scale[0])
     return [{"head_layer": k, "head": h, "contrib": encode(terms.contrib[0, k, h]),
-             "attention": encode(terms.attention[0, k, h]), "bias": float(terms.bias[0, k, h]), "ln_scale": scale}
+             "attention": encode(terms.attention[0, k, h]), "bias": float(terms.bias[0, k, h]),
+             "ln_scale": scale}
             for k, h in heads]
 
 

@@ -246,8 +246,9 @@ class RayExecutor:
 
     def scan(self, docs, *, layers: list[int], k: int, batch_size: int, context_tokens: int,
              desc: str = "scan", histograms: bool = True) -> ScanResult:
-        """The scan of ``docs`` (as :meth:`LocalExecutor.scan`) in document shards (:func:`shard_ranges`), merged exactly
-        (:func:`merge_scans`): equal to ``scan.scan`` on one process."""
+        """The scan of ``docs`` (as :meth:`LocalExecutor.scan`) in document shards
+        (:func:`shard_ranges`), merged exactly (:func:`merge_scans`): equal to ``scan.scan`` on
+        one process."""
         t0 = time.time()
         jobs = [ScanShard([docs[i]["text"] for i in range(a, b)], a, layers, k, batch_size, context_tokens,
                           histograms)

@@ -190,7 +190,8 @@ class NeuronPass:
                           ln=None if self.ln is None else self.ln[q:q + 1, :n],
                           n_attn=self.n_attn[q:q + 1], other=self.other[q:q + 1], prob=pick(self.prob),
                           top=self.top[q:q + 1],
-                          lookup=None if self.lookup is None else self.lookup.row(q, n, self.positions[q] + 1))
+                          lookup=None if self.lookup is None
+                          else self.lookup.row(q, n, self.positions[q] + 1))
 
 
 # --- range checks: the one home of every neuron / head / token / position check -----------------
@@ -217,8 +218,8 @@ def check_token(token_id: int, *, d_vocab: int) -> None:
 
 def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Target],
                positions: Sequence[int] | None, ablate: Sequence[Sequence[tuple[int, int]]] | None = None,
-               method: str = "zero", mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False,
-               attribution: bool = True) -> list[int]:
+               method: str = "zero", mean_v: dict[int, Tensor] | None = None,
+               lookup: bool | Sequence[int] = False, attribution: bool = True) -> list[int]:
     """Check the inputs of a neuron pass; return each row's target position (default its last
     token).
 
@@ -240,7 +241,7 @@ def check_pass(dims: Dims, rows: Sequence[Sequence[int]], targets: Sequence[Targ
         if len(t) > 2 and t[2] is not None:
             check_token(int(t[2]), d_vocab=dims.d_vocab)
     pos = [len(r) - 1 for r in rows] if positions is None else [int(p) for p in positions]
-    if len(pos) != len(rows) or any(not 0 <= p < len(r) for p, r in zip(pos, rows)):
+    if len(pos) != len(rows) or any(not 0 <= p < len(r) for p, r in zip(pos, rows, strict=True)):
         raise ValueError("A target position lies outside its prompt.")
     if ablate is not None:
         if method not in METHODS:
@@ -380,7 +381,8 @@ class Backend(abc.ABC):
                     positions: Sequence[int] | None = None, *, attribution: bool = True,
                     all_acts: bool = True, logits: bool = False, top_n: int = 5,
                     ablate: Sequence[Sequence[tuple[int, int]]] | None = None, method: str = "zero",
-                    mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False) -> NeuronPass:
+                    mean_v: dict[int, Tensor] | None = None, lookup: bool | Sequence[int] = False
+                    ) -> NeuronPass:
         """One forward pass (one right-padded batch) of ``rows``, each row for its own neuron
         (paper §4.2-§4.3, §5.4; docs/method.md §2-§3, §6).
 
@@ -414,7 +416,8 @@ class Backend(abc.ABC):
         pos = check_pass(self.dims, rows, targets, positions) if rows else []
         out: list = [None] * len(rows)
         for idx in length_batches([len(r) for r in rows], max_tokens, max_rows):
-            res = self.neuron_pass([rows[j] for j in idx], [targets[j] for j in idx], [pos[j] for j in idx], **kw)
+            res = self.neuron_pass([rows[j] for j in idx], [targets[j] for j in idx],
+                                   [pos[j] for j in idx], **kw)
             for q, j in enumerate(idx):
                 out[j] = res.row(q)
         return out
@@ -431,7 +434,7 @@ class Backend(abc.ABC):
             for idx in length_batches([len(rows[i]) for i in q], max_tokens, max_rows):
                 res = self.neuron_pass([rows[q[j]] for j in idx], [targets[q[j]] for j in idx],
                                        attribution=False, all_acts=False)
-                for j, a in zip(idx, res.act.tolist()):
+                for j, a in zip(idx, res.act.tolist(), strict=True):
                     out[q[j]] = a
         return out
 

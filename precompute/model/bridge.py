@@ -184,7 +184,8 @@ class BridgeBackend(Backend):
             out.append((name(k), fn))
         return out
 
-    def _attribution_names(self, layers: list[int], K: int, top: int, lookup: bool | Sequence[int] = False) -> list[str]:
+    def _attribution_names(self, layers: list[int], K: int, top: int,
+                           lookup: bool | Sequence[int] = False) -> list[str]:
         """The hook points head attribution reads (docs/method.md §3); with ``lookup`` (extension
         point (b)) also the attention pattern and value vectors of the layers it decomposes."""
         names = [hook_pre(lay) for lay in layers] + [f"blocks.{lay}.ln2.hook_scale" for lay in layers]
@@ -196,7 +197,8 @@ class BridgeBackend(Backend):
         return names
 
     def _neuron_pass(self, rows, targets: Sequence[Target], pos: list[int], *, attribution, all_acts,
-                     logits, top_n, ablate, method, mean_v, lookup: bool | Sequence[int] = False) -> NeuronPass:
+                     logits, top_n, ablate, method, mean_v,
+                     lookup: bool | Sequence[int] = False) -> NeuronPass:
         tokens, lengths = pad(rows, self.pad_id, self.device)
         B = tokens.shape[0]
         layers = [int(t[0]) for t in targets]

@@ -315,7 +315,8 @@ class FastBackend(Backend):
                 observe(layer, act, real)
             reduced[layer] = doc_max(act, lengths)
 
-        hooks = [(self.blocks[lay].mlp_out, True, lambda m, a, lay=lay: keep_max(a[0], lay)) for lay in layers]
+        hooks = [(self.blocks[lay].mlp_out, True, lambda m, a, lay=lay: keep_max(a[0], lay))
+                 for lay in layers]
         self.capture(tokens, hooks, stop=self.blocks[max(layers)].mlp_out)
         return (torch.cat([reduced[lay][0] for lay in layers], 1),
                 torch.cat([reduced[lay][1] for lay in layers], 1), lengths.cpu())
@@ -361,7 +362,8 @@ class FastBackend(Backend):
         centre(w))`` where processing centres ``W_O`` (LayerNorm models; as is otherwise), so
         the plain ``W_O`` serves."""
         B = len(b)
-        hooks: list[Hook] = [(self.embed, False, lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
+        hooks: list[Hook] = [(self.embed, False,
+                              lambda m, a, out: got.__setitem__("embed", out[b, pos].float()))]
         if self.pos_embed is not None:
             hooks.append((self.pos_embed, False, lambda m, a, out: got.__setitem__(
                 "pos_embed", out.expand(B, *out.shape[1:])[b, pos].float())))
@@ -371,7 +373,8 @@ class FastBackend(Backend):
             hooks.append((self.blocks[lay].ln2, True, lambda mod, args, r=r, pr=pr, lay=lay:
                           got.__setitem__(("resid", lay), args[0][r, pr].float())))
         for k in range(K):
-            hooks.append((self.blocks[k].attn_o, True, lambda m, a, k=k: got.__setitem__(("z", k), a[0][b, pos].float())))
+            hooks.append((self.blocks[k].attn_o, True,
+                          lambda m, a, k=k: got.__setitem__(("z", k), a[0][b, pos].float())))
         for k in range(top):
             hooks.append((self.blocks[k].mlp, False, lambda m, a, out, k=k: got.__setitem__(
                 ("mlp", k), (out[0] if isinstance(out, tuple) else out)[b, pos].float())))

@@ -116,9 +116,11 @@ def resolve_device(name: str | None = "auto") -> str:
     except RuntimeError:
         raise BadSettings(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadSettings(f"Device {name!r} asked for but CUDA is not available here: use --device auto or cpu.")
+        raise BadSettings(f"Device {name!r} asked for but CUDA is not available here: "
+                          f"use --device auto or cpu.")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BadSettings(f"Device {name!r} asked for but MPS is not available here: use --device auto or cpu.")
+        raise BadSettings(f"Device {name!r} asked for but MPS is not available here: "
+                          f"use --device auto or cpu.")
     return str(dev)
 
 
@@ -446,7 +448,8 @@ def load_tokenizer(source: str, cfg=None):
     from transformers import AutoTokenizer
 
     try:
-        tok = autotokenizer_with_special_token_compat(source, auto_tokenizer=AutoTokenizer, add_bos_token=True,
+        tok = autotokenizer_with_special_token_compat(source, auto_tokenizer=AutoTokenizer,
+                                                      add_bos_token=True,
                                                       use_fast=getattr(cfg, "use_fast", True))
     except ValueError:
         tok = AutoTokenizer.from_pretrained(source, use_fast=getattr(cfg, "use_fast", True))
@@ -534,4 +537,5 @@ def _looks_offline(exc: BaseException) -> bool:
         text += f" {type(cause).__name__} {cause}".lower()
         cause = cause.__cause__ or cause.__context__
     return any(w in text for w in ("offline", "connect", "resolve", "network",
-                                   "cannot find the requested files", "localentrynotfound", "outgoing traffic"))
+                                   "cannot find the requested files", "localentrynotfound",
+                                   "outgoing traffic"))

@@ -37,7 +37,7 @@ def probabilities(logits: Float[Tensor, "batch d_vocab"], targets: Sequence[tupl
                        device=probs.device)
     v, i = probs.topk(min(top_n, probs.shape[-1]), dim=-1)
     return (probs[torch.arange(len(tok), device=probs.device), tok],
-            [list(zip(i[j].tolist(), v[j].tolist())) for j in range(len(tok))])
+            [list(zip(i[j].tolist(), v[j].tolist(), strict=True)) for j in range(len(tok))])
 
 
 def head_mask(ablate: Sequence[Sequence[tuple[int, int]]], layer: int, n_heads: int,

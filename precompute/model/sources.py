@@ -64,8 +64,10 @@ def attention_row(scores: Float[Tensor, "batch n_heads pos"], pos: Int[Tensor, "
     return (scores.float() * scaling).masked_fill(hidden[:, None, :], float("-inf")).softmax(-1)
 
 
-def source_terms(pattern: Float[Tensor, "batch n_heads pos"], values: Float[Tensor, "batch pos n_heads d_head"],
-                 u: Float[Tensor, "batch n_heads d_head"], offset: Float[Tensor, "n_heads d_head"] | None = None
+def source_terms(pattern: Float[Tensor, "batch n_heads pos"],
+                 values: Float[Tensor, "batch pos n_heads d_head"],
+                 u: Float[Tensor, "batch n_heads d_head"],
+                 offset: Float[Tensor, "n_heads d_head"] | None = None
                  ) -> Float[Tensor, "batch n_heads pos"]:
     """The per-source terms ``a[p, s] · (v_s · u)`` of one attention layer, in residual-stream
     units (docs/method.md §3): ``pattern`` the attention row at each row's target position
@@ -100,7 +102,8 @@ class SourceTerms:
 
     def row(self, q: int, n_attn: int, n_src: int) -> SourceTerms:
         """Row ``q`` cut to its ``n_attn`` upstream layers and ``n_src`` sources."""
-        return SourceTerms(self.contrib[q:q + 1, :n_attn, :, :n_src], self.attention[q:q + 1, :n_attn, :, :n_src],
+        return SourceTerms(self.contrib[q:q + 1, :n_attn, :, :n_src],
+                           self.attention[q:q + 1, :n_attn, :, :n_src],
                            self.bias[q:q + 1, :n_attn], self.scale[q:q + 1])
 
     @staticmethod

@@ -44,7 +44,7 @@ def default_layers(n_layers: int) -> list[int]:
 
 def check_layers(layers: list[int], n_layers: int) -> list[int]:
     """Sorted unique layers; raises BadSettings naming the valid range if any is out of it."""
-    bad = [l for l in layers if not 0 <= l < n_layers]
+    bad = [n for n in layers if not 0 <= n < n_layers]
     if bad or not layers:
         raise BadSettings(f"Layer(s) {bad or layers} out of range: this model has MLP layers "
                           f"0..{n_layers - 1}. Change --layers.")

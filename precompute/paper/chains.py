@@ -45,7 +45,8 @@ _PKL_MODEL = re.compile(r"_(small|medium|large|xl)\.pkl$")
 # role -> (what it is, what a run without it lacks)
 ROLES = {
     "neurons": ("next-token neurons (1_next_token_neurons)", "nothing can be imported"),
-    "trim": ("training trimmed texts (3_trimmed_texts)", "no document positions or activations for the explain prompts"),
+    "trim": ("training trimmed texts (3_trimmed_texts)",
+             "no document positions or activations for the explain prompts"),
     "attr": ("training head attributions (4_head_attributions)", "no explain prompts and no pairs"),
     "pairs": ("explained pairs (4_head_attributions/*_prompts*.json)",
               "the explained pairs are derived by the authors' rule (>25% of the prompts) instead of read"),
@@ -55,7 +56,8 @@ ROLES = {
                   "no document positions or activations for the held-out prompts"),
     "attr_test": ("held-out head attributions (4_head_attributions/*_test.json)",
                   "no held-out prompts: no answers, no E, no ablation"),
-    "cls_results": ("GPT-4's held-out answers (6_explanation_eval/*_results.jsonl)", "no held-out answers: no E"),
+    "cls_results": ("GPT-4's held-out answers (6_explanation_eval/*_results.jsonl)",
+                    "no held-out answers: no E"),
     "ablation": ("head ablation (7_head_ablation/*.pkl)", "no ablation"),
     "eval": ("evaluation mapping (6_explanation_eval/*.json), read for its prior_filename",
              "the held-out attributions are found by their content"),
@@ -128,8 +130,9 @@ def _kind(folder: str, name: str) -> str | None:
         return "ablation" if name.endswith(".pkl") else None
     if name.endswith(".jsonl"):
         if folder in ("5_head_explanations", "6_explanation_eval"):
-            return ("expl_results" if folder[0] == "5" else "cls_results") if name.endswith("_results.jsonl") \
-                else "requests"
+            if name.endswith("_results.jsonl"):
+                return "expl_results" if folder[0] == "5" else "cls_results"
+            return "requests"
         return None
     if not name.endswith(".json"):
         return None
@@ -275,7 +278,8 @@ def find_experiments(folder: Folder) -> tuple[list[Experiment], list[FileInfo]]:
             owner[f.rel] = fit[0]
         elif len(fit) > 1:
             for e in fit:
-                e.notes.append(f"{f.rel} fits several experiments ({', '.join(x.slug for x in fit)}); not used.")
+                slugs = ", ".join(x.slug for x in fit)
+                e.notes.append(f"{f.rel} fits several experiments ({slugs}); not used.")
     for e in ok:
         _assign(folder, e, [f for f in files if owner.get(f.rel) is e], files)
     used = {f.rel for e in ok for fs in e.roles.values() for f in fs}
@@ -330,7 +334,8 @@ def _assign(folder: Folder, e: Experiment, mine: list[FileInfo], files: list[Fil
         e.lack("pairs", f"several files fit ({', '.join(f.rel for f in pairs)})" if pairs else
                "; ".join(f.error for f in files if f.error and f.folder == "4_head_attributions"
                          and f.model == e.model and "_prompts" in f.name) or "no such file in the folder")
-    attr = _follow(folder, e, e.file("pairs"), "4_head_attributions", "attributions", False, mine, files, "attr")
+    attr = _follow(folder, e, e.file("pairs"), "4_head_attributions", "attributions", False, mine, files,
+                   "attr")
     trim = _follow(folder, e, attr, "3_trimmed_texts", "trimmed", False, mine, files, "trim")
     # the held-out attributions: named by an evaluation mapping of this experiment, else by content
     evals = [f for f in mine if f.kind == "eval"]

@@ -41,7 +41,8 @@ def import_folder(Session, path: str | Path) -> tuple[list[dict], list[FileInfo]
     exps, files = find_experiments(folder)
     if not exps:
         raise PaperFormatError(f"{root}: no experiment data found; expected the authors' experiment_data "
-                               f"folder (1_next_token_neurons/, 3_trimmed_texts/, 4_head_attributions/, ...).")
+                               f"folder (1_next_token_neurons/, 3_trimmed_texts/, "
+                               f"4_head_attributions/, ...).")
     out = []
     for e in exps:
         res = {"exp": e, "outcome": "not imported", "reason": e.error, "counts": {}}
@@ -73,7 +74,8 @@ def run_figures(s, slug: str) -> dict:
     t = score_table(s, run_id=run.id, explainer=EXPLAINER)["kinds"]["next_token"]
     abl = ablation_table(s, run_id=run.id, method="zero")["next_token"]
     return {"run": run, "E": t, "ablation": abl,
-            "explained": t["explained"] - t["failed"], "answered": t["explained"] - t["failed"] - t["unanswered"]}
+            "explained": t["explained"] - t["failed"],
+            "answered": t["explained"] - t["failed"] - t["unanswered"]}
 
 
 def import_command(path: str, db_url: str) -> int:
@@ -103,9 +105,10 @@ def import_command(path: str, db_url: str) -> int:
                 status = fig["run"].status
                 prov = fig["run"].provenance or {}
             c = r["counts"]
-            print(f"{e.slug}: {r['outcome']} ({status}): {c.get('neurons', 0)} neurons, {c.get('prompts', 0)} "
-                  f"prompts, {c.get('kept_pairs', 0)} kept pairs, {c.get('explanations', 0)} explanations "
-                  f"({c.get('truncated', 0)} cut at max_tokens), {c.get('classifications', 0)} answers, "
+            print(f"{e.slug}: {r['outcome']} ({status}): {c.get('neurons', 0)} neurons, "
+                  f"{c.get('prompts', 0)} prompts, {c.get('kept_pairs', 0)} kept pairs, "
+                  f"{c.get('explanations', 0)} explanations ({c.get('truncated', 0)} cut at max_tokens), "
+                  f"{c.get('classifications', 0)} answers, "
                   f"{c.get('ablated_pairs', 0)} pairs ablated")
             rep = c.get("repeated_prompts", 0)
             distinct = "each distinct within its neuron and split" if not rep else f"{rep} repeated"
@@ -114,14 +117,15 @@ def import_command(path: str, db_url: str) -> int:
                   f"merged into one prompt")
             t, au = fig["E"], fig["E"]["authors_rule"]
             if au["n"]:
-                print(f"  E (authors' rule) {_f(au['mean'])} ± {_f(au['std'])} over {au['n']} pairs; project's "
-                      f"rule {_f(t['mean'])} ± {_f(t['std'])} over {t['n']} two-class pairs")
+                print(f"  E (authors' rule) {_f(au['mean'])} ± {_f(au['std'])} over {au['n']} pairs; "
+                      f"project's rule {_f(t['mean'])} ± {_f(t['std'])} over {t['n']} two-class pairs")
             a = fig["ablation"]
             if a["n_prompts"]:
                 ka, kp = a["authors"], a
                 print(f"  ablation, authors' statistic (KS over per-pair mean drops): D {_f(ka['ks']['D'])}, "
                       f"p {_f(ka['ks']['p'], '.3g')} over {ka['active']['n']} / {ka['inactive']['n']} pairs; "
-                      f"project's (KS over prompts): D {_f(kp['ks']['D'])}, p {_f(kp['ks']['p'], '.3g')} over "
+                      f"project's (KS over prompts): D {_f(kp['ks']['D'])}, "
+                      f"p {_f(kp['ks']['p'], '.3g')} over "
                       f"{kp['active']['n']} / {kp['inactive']['n']} prompts")
             for m in prov.get("missing", []):
                 print(f"  missing: {m['what']}: {m['cost']} ({m['reason']})")
@@ -129,9 +133,9 @@ def import_command(path: str, db_url: str) -> int:
                 print(f"  not imported (over the limits): {d}")
             for note in prov.get("notes", []):
                 print(f"  note: {note}")
-            rows.append((e.slug, status if r["outcome"] == "imported" else "unchanged", str(c.get("neurons", 0)),
-                         str(c.get("kept_pairs", 0)), str(fig["explained"]), str(fig["answered"]),
-                         str(c.get("ablated_pairs", 0)),
+            rows.append((e.slug, status if r["outcome"] == "imported" else "unchanged",
+                         str(c.get("neurons", 0)), str(c.get("kept_pairs", 0)), str(fig["explained"]),
+                         str(fig["answered"]), str(c.get("ablated_pairs", 0)),
                          f"{_f(au['mean'], '.3f')} ({au['n']})" if au["n"] else "–",
                          str(c.get("repeated_prompts", "–"))))
         for f in files:

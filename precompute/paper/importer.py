@@ -275,7 +275,7 @@ def _explanations(session, data: Loaded, pairs, by_key, heldout, counts) -> None
         session.add(exp)
         session.flush()
         session.add_all(Classification(explanation_id=exp.id, prompt_id=p.id, truth=t, answer=a, predicted=pr)
-                        for (p, t, a), pr in zip(rows, preds))
+                        for (p, t, a), pr in zip(rows, preds, strict=True))
         counts["explanations"] += 1
         counts["truncated"] += truncated
         counts["answered"] += bool(rows)
@@ -301,14 +301,15 @@ def _ablations(session, data: Loaded, pairs, heldout, counts) -> None:
         by_neuron.setdefault(key[:2], {})[key] = v
     unknown = [k for k in data.ablation if k not in pairs or not pairs[k].kept]
     if unknown:
-        e.notes.append(f"{len(unknown)} pairs of the ablation file are not kept pairs here (e.g. {unknown[0]}); "
-                       f"not imported")
+        e.notes.append(f"{len(unknown)} pairs of the ablation file are not kept pairs here "
+                       f"(e.g. {unknown[0]}); not imported")
     for nkey, entries in by_neuron.items():
         texts = data.attrs["heldout"].get(nkey)
         if texts is None:
             continue
         n_heads = SHAPES[e.model][2]
-        why, groups = match_values(list(texts.items()), entries, data.records.get("heldout", {}).get(nkey), n_heads)
+        why, groups = match_values(list(texts.items()), entries,
+                                   data.records.get("heldout", {}).get(nkey), n_heads)
         if why:
             e.notes.append(f"ablation of L{nkey[0]}N{nkey[1]} not imported: {why}")
             continue
@@ -375,6 +376,7 @@ def match_values(items: list[tuple[str, list[int]]], entries: dict, records, n_h
         for want, sel in ((v["relevant"], mask), (v["irrelevant"], ~mask)):
             got = float(np.mean(drop[sel])) if sel.any() else math.nan
             if not (math.isnan(want) and math.isnan(got)) and not abs(want - got) <= 1e-6:
-                return (f"pair {key}: the mean drop {got:.6g} of its {'active' if sel is mask else 'inactive'} "
-                        f"prompts is not the authors' {want:.6g}"), []
+                return (f"pair {key}: the mean drop {got:.6g} of its "
+                        f"{'active' if sel is mask else 'inactive'} prompts is not the authors' "
+                        f"{want:.6g}"), []
     return None, groups

@@ -106,11 +106,11 @@ def load(folder: Folder, e: Experiment) -> Loaded:
         for key, texts in out.attrs[split].items():
             ok = [i for i, t in enumerate(texts) if len(t) <= MAX_TEXT_CHARS]
             if len(ok) < len(texts):
-                out.dropped.append(f"L{key[0]}N{key[1]} {split}: {len(texts) - len(ok)} prompt texts longer than "
-                                   f"{MAX_TEXT_CHARS} characters")
+                out.dropped.append(f"L{key[0]}N{key[1]} {split}: {len(texts) - len(ok)} prompt texts "
+                                   f"longer than {MAX_TEXT_CHARS} characters")
             if len(ok) > MAX_PROMPTS:
-                out.dropped.append(f"L{key[0]}N{key[1]} {split}: {len(ok) - MAX_PROMPTS} prompts beyond the first "
-                                   f"{MAX_PROMPTS} (the authors: 30)")
+                out.dropped.append(f"L{key[0]}N{key[1]} {split}: {len(ok) - MAX_PROMPTS} prompts "
+                                   f"beyond the first {MAX_PROMPTS} (the authors: 30)")
                 ok = ok[:MAX_PROMPTS]
             out.keep[split][key] = ok
     pairs = _read(folder, e, "pairs", lambda f: read_pair_keys(data(f), f.rel, "nh_to_pos_neg_prompts"), used)
@@ -134,7 +134,8 @@ def load(folder: Folder, e: Experiment) -> Loaded:
     if "ablation" in e.roles:
         from context_lookups.precompute.paper.pickled import read_ablation
 
-        out.ablation = _read(folder, e, "ablation", lambda f: read_ablation(_raw(folder, f, raw), f.rel), used)
+        out.ablation = _read(folder, e, "ablation",
+                             lambda f: read_ablation(_raw(folder, f, raw), f.rel), used)
     h = hashlib.sha256(b"paper-import-2\0")
     for key in sorted(used):
         f = used[key]

@@ -244,7 +244,8 @@ def read_ablation(raw: bytes, rel: str) -> dict[tuple[int, int, int], dict]:
                 raise PaperFormatError(f"{where}: missing field {f!r}.")
         normal, ablated = _values(v["normal"], where, "normal"), _values(v["ablated"], where, "ablated")
         if len(normal) != len(ablated):
-            raise PaperFormatError(f"{where}: 'normal' has {len(normal)} values but 'ablated' {len(ablated)}.")
+            raise PaperFormatError(f"{where}: 'normal' has {len(normal)} values "
+                                   f"but 'ablated' {len(ablated)}.")
         out[key] = {"normal": normal, "ablated": ablated,
                     "relevant": _mean(v["act_diff_relevant"], where, "act_diff_relevant"),
                     "irrelevant": _mean(v["act_diff_irrelevant"], where, "act_diff_irrelevant")}

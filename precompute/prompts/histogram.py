@@ -134,7 +134,8 @@ class Histograms:
         self.use_numba = use_numba
         self.counts = {layer: torch.zeros(N_BINS, d_mlp, dtype=torch.int64) for layer in self.layers}
 
-    def __call__(self, layer: int, post: Float[Tensor, "batch pos d_mlp"], real: Bool[Tensor, "batch pos"]) -> None:
+    def __call__(self, layer: int, post: Float[Tensor, "batch pos d_mlp"],
+                 real: Bool[Tensor, "batch pos"]) -> None:
         """Add one batch of ``layer``'s ``hook_post`` at its ``real`` positions (the observer of
         extension point (a))."""
         if layer in self.counts:
@@ -166,4 +167,4 @@ class Histograms:
         first = nz.int().argmax(1).tolist()
         last = (N_BINS - 1 - nz.flip(1).int().argmax(1)).tolist()
         vals = c.tolist()
-        return [(f, v[f:l + 1]) if a else (0, []) for f, l, v, a in zip(first, last, vals, any_)]
+        return [(f, v[f:e + 1]) if a else (0, []) for f, e, v, a in zip(first, last, vals, any_, strict=True)]

@@ -49,8 +49,8 @@ def check_scan_memory(k: int, n_layers: int, d_mlp: int, available: int | None =
     if available is not None and need > available:
         raise BadSettings(f"{k} top documents per neuron (--top-k and its reserve) over {n_layers} layers x "
                           f"{d_mlp} neurons needs about {need / 1e9:.1f} GB for the scan's top documents and "
-                          f"histograms, and {available / 1e9:.1f} GB of memory is available: lower --top-k or "
-                          f"analyse fewer --layers.")
+                          f"histograms, and {available / 1e9:.1f} GB of memory is available: "
+                          f"lower --top-k or analyse fewer --layers.")
     return need
 
 
@@ -203,7 +203,8 @@ def _both(a: PostObserver, b: PostObserver) -> PostObserver:
     return both
 
 
-def neuron_acts(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int) -> list[list[float]]:
+def neuron_acts(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int, neuron: int
+                ) -> list[list[float]]:
     """Post-GELU activation (``hook_post``) of neuron (layer, neuron) at every position of each
     token row (rows include BOS), in one right-padded batch.
 
@@ -254,7 +255,7 @@ def trim_many(model: LoadedModel, tasks: Sequence[TrimTask], *, act_ratio: float
         rows = [[bos] + full[j][mids[j]:] for j in todo]
         got = model.backend.target_acts(rows, [(tasks[j].layer, tasks[j].neuron) for j in todo],
                                         max_tokens=max_tokens, max_rows=max_rows)
-        for j, a in zip(todo, got):
+        for j, a in zip(todo, got, strict=True):
             if a >= act_ratio * orig[j]:
                 lo[j], best[j] = mids[j], a
             else:

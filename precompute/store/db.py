@@ -206,8 +206,9 @@ def _database_errors(url: str, *, writing: bool) -> Iterator[None]:
 
 def check_writable(url: str) -> None:
     """Cheap checks of a database the precompute job will write, before a model is loaded:
-    ``url`` parses, a PostgreSQL server answers, and a SQLite path is an existing SQLite file (by its header; an empty file
-    is an empty database) or a new file whose nearest existing parent is a writable directory.
+    ``url`` parses, a PostgreSQL server answers, and a SQLite path is an existing SQLite file
+    (by its header; an empty file is an empty database) or a new file whose nearest existing
+    parent is a writable directory.
     Nothing is left behind.
 
     Raises:
@@ -337,7 +338,8 @@ def open_writer(url: str) -> Engine:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         if before != (after := current_revision(engine)):
-            logger.info("database %s: schema migrated from %s to %s", mask_db_url(u), before or "empty", after)
+            logger.info("database %s: schema migrated from %s to %s", mask_db_url(u), before or "empty",
+                        after)
     # The default rollback journal (not WAL): a WAL database cannot be opened read-only where
     # SQLite cannot create its -shm file, e.g. the web service's read-only volume.
     return engine

@@ -256,13 +256,14 @@ class Lookup(Base):
 
     __tablename__ = "lookups"
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), primary_key=True)
-    head_layer: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based layer of the attention head")
+    head_layer: Mapped[int] = mapped_column(Integer, primary_key=True,
+                                            doc="0-based layer of the attention head")
     head: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0-based head index in its layer")
     contrib: Mapped[bytes] = mapped_column(LargeBinary, doc="a[p, s] · (v_s W_O[h]) · W_in[:, i] per source "
                                            "position, float32 little-endian; residual-stream units (the raw "
                                            "score's); with bias they sum to prompts.attr_raw of the head")
-    attention: Mapped[bytes] = mapped_column(LargeBinary, doc="the head's attention weight a[p, s] per source "
-                                             "position, float32 little-endian; sums to 1")
+    attention: Mapped[bytes] = mapped_column(LargeBinary, doc="the head's attention weight a[p, s] per "
+                                             "source position, float32 little-endian; sums to 1")
     bias: Mapped[float] = mapped_column(Float, doc="value-bias term (b_V[h] W_O[h]) · W_in[:, i]; 0 with "
                                         "TransformerLens' processing (fold_value_biases)")
     ln_scale: Mapped[float] = mapped_column(Float, doc="scale of the LayerNorm feeding the MLP at p: each "

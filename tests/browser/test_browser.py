@@ -129,7 +129,8 @@ def test_byte_tokens_render_as_escapes(page, server, web_db):
     page.wait_for_selector("#live .live-tokens .tok.bytes")
     byte_toks = page.locator("#live .live-tokens .tok.bytes")
     assert "".join(byte_toks.all_inner_texts()).replace(" ", "") == "\\xe2\\x82\\xac"
-    assert all("€" in (t.get_attribute("title") or "") for t in byte_toks.all())  # decoded text in the tooltip
+    # decoded text in the tooltip
+    assert all("€" in (t.get_attribute("title") or "") for t in byte_toks.all())
     assert "\ufffd" not in page.inner_text("main")
     shot(page, "byte-tokens.png")
     page.goto(server.url + f"/{TOPK_RUN}/neurons?kind=all&layer={layer}&per_page=500")
@@ -159,7 +160,8 @@ OVERLAPS = """() => [...document.querySelectorAll('svg.hist')].flatMap(svg => {
         const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
         return keys.flatMap((k, i) => [
             ...bars.filter(b => hit(k, b)).map(() => 'key ' + i + ' over a bar'),
-            ...(k.right > frame.right + 0.5 || k.bottom > frame.bottom + 0.5 ? ['key ' + i + ' outside'] : []),
+            ...(k.right > frame.right + 0.5 || k.bottom > frame.bottom + 0.5
+                ? ['key ' + i + ' outside'] : []),
             ...keys.slice(i + 1).filter(o => hit(k, o)).map(() => 'keys overlap')]);
     })"""
 

@@ -74,7 +74,8 @@ def test_skip_links_pass_the_header_and_the_heatmaps(wpage, server, kept):
     layer, neuron, _, _ = kept
     wpage.goto(server.url + f"/{TOPK_RUN}/neurons/{layer}/{neuron}")
     wpage.keyboard.press("Tab")
-    first = wpage.evaluate("() => [document.activeElement.className, document.activeElement.getAttribute('href')]")
+    first = wpage.evaluate("() => [document.activeElement.className, "
+                           "document.activeElement.getAttribute('href')]")
     assert first == ["skip", "#main"]
     assert wpage.locator("a.skip").first.bounding_box()["width"] > 20  # shown when focused
     skip = wpage.locator("#heatmaps a.skip-inline")

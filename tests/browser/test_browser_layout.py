@@ -22,7 +22,8 @@ def pages(kept) -> dict[str, str]:
     layer, neuron, hl, h = kept
     return {"home": "/", "neuron list": f"/{TOPK_RUN}/neurons",
             "neuron": f"/{TOPK_RUN}/neurons/{layer}/{neuron}",
-            "neuron, live": f"/{TOPK_RUN}/neurons/{layer}/{neuron}?prompt=The%20king%20said%20to%20the%20son&ablate=L{hl}H{h}",
+            "neuron, live": f"/{TOPK_RUN}/neurons/{layer}/{neuron}"
+                            f"?prompt=The%20king%20said%20to%20the%20son&ablate=L{hl}H{h}",
             "pair": f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}",
             "head": f"/{TOPK_RUN}/heads/{hl}/{h}", "pairs list": f"/{TOPK_RUN}/pairs",
             "compare": "/compare", "search": "/search?q=the", "glossary": "/glossary",
@@ -33,7 +34,8 @@ HEADER = """() => {
   const h = document.querySelector('header.top').getBoundingClientRect();
   const bad = [...document.querySelectorAll('header.top a, header.top input')].filter(e => {
     const r = e.getBoundingClientRect();
-    return r.left < h.left - 0.5 || r.right > h.right + 0.5 || r.top < h.top - 0.5 || r.bottom > h.bottom + 0.5
+    return r.left < h.left - 0.5 || r.right > h.right + 0.5
+      || r.top < h.top - 0.5 || r.bottom > h.bottom + 0.5
       || r.right > window.innerWidth + 0.5;
   }).map(e => e.textContent || e.name);
   return {width: h.width, bad};
@@ -52,7 +54,8 @@ def test_no_sideways_scroll_and_a_readable_header(wpage, server, pages):
         wpage.wait_for_load_state("load")
         widths = wpage.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth,"
                                 " document.body.scrollWidth]")
-        assert max(widths[0], widths[2]) <= widths[1], f"{name} scrolls sideways at {wpage.width} px: {widths}"
+        assert max(widths[0], widths[2]) <= widths[1], \
+            f"{name} scrolls sideways at {wpage.width} px: {widths}"
         head = wpage.evaluate(HEADER)
         assert head["bad"] == [] and abs(head["width"] - widths[1]) < 1, (name, head)
         if wpage.width == 400:
@@ -69,7 +72,8 @@ def test_no_box_cuts_rows_off(wpage, server, pages, web_db):
     assert n > 0 and wpage.locator("main table.data tbody tr").count() == n
     rows = wpage.locator("main table.data tbody tr")
     last = rows.nth(n - 1).bounding_box()
-    assert last["height"] > 0 and wpage.evaluate("() => document.documentElement.scrollHeight") >= last["y"] + last["height"]
+    assert last["height"] > 0
+    assert wpage.evaluate("() => document.documentElement.scrollHeight") >= last["y"] + last["height"]
 
 
 NUMBERS = r"""() => {
@@ -83,7 +87,8 @@ NUMBERS = r"""() => {
         const ci = q + i;
         if (cell.tagName !== 'TD') return;
         const c = cell.cloneNode(true);
-        c.querySelectorAll('.ci, .e-n, .flag, .muted, .answer-detail, .toks, .tok, code, .next, .badge, a.head')
+        c.querySelectorAll('.ci, .e-n, .flag, .muted, .answer-detail, .toks, .tok, code, .next, '
+                           + '.badge, a.head')
           .forEach(x => x.remove());
         for (const m of c.textContent.matchAll(num)) (cols[ci] = cols[ci] || []).push(m[0]);
       });
@@ -92,7 +97,8 @@ NUMBERS = r"""() => {
       // scientific notation is the rule for figures under 1e-3 (formats.sci), and only for them
       const exp = vals.filter(v => /e/.test(v) && !(Math.abs(parseFloat(v.replace('−', '-'))) < 1e-3));
       const decs = new Set(vals.filter(v => !/e/.test(v)).map(v => (v.split('.')[1] || '').length));
-      if (exp.length || decs.size > 1) out.push({table: ti, cls: table.className, col: ci, vals: vals.slice(0, 12)});
+      if (exp.length || decs.size > 1)
+        out.push({table: ti, cls: table.className, col: ci, vals: vals.slice(0, 12)});
     }
   }
   return out;

@@ -67,8 +67,10 @@ def test_live_head_selection_survives_reload_and_back(page, server, kept):
     assert page.get_attribute("#live-lookup", "data-head") == head
     assert page.locator("#live-lookup .lookup-row").count() == 2  # contribution, then attention
     data = page.request.get(server.url + base + ".json?" + urlsplit(page.url).query).json()["live"]["lookup"]
-    first = unescape(page.locator('#live-lookup .lookup-row[data-row="contrib"] [data-src]').nth(1).get_attribute("title"))
-    assert f"contribution {fmt(data['contrib'][1], 4)}" in first and f"attention {fmt(data['attention'][1], 4)}" in first
+    cell = page.locator('#live-lookup .lookup-row[data-row="contrib"] [data-src]').nth(1)
+    first = unescape(cell.get_attribute("title"))
+    assert f"contribution {fmt(data['contrib'][1], 4)}" in first
+    assert f"attention {fmt(data['attention'][1], 4)}" in first
     total = page.inner_text("#lookup-total")
     shot(page, "live-lookup.png")
 

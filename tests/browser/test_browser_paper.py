@@ -24,7 +24,8 @@ def server(tmp_path_factory, precomputed_db):
 def test_imported_neuron_and_pair_pages(page, server):
     page.goto(server.url + "/gpt2-small/neurons/9/1690")
     notice = page.locator(".model-missing")
-    assert notice.count() == 1 and "gpt2" in notice.inner_text() and "not on this server" in notice.inner_text()
+    assert notice.count() == 1
+    assert "gpt2" in notice.inner_text() and "not on this server" in notice.inner_text()
     run = page.locator("#live-form button[type=submit]")
     assert run.is_disabled() and "not on this server" in run.get_attribute("title")
     dates = page.locator(".provenance").inner_text()
@@ -47,7 +48,8 @@ def test_imported_neuron_and_pair_pages(page, server):
     gpt = page.locator('.expl-block[data-explainer="openai:gpt-4"]').inner_text()
     assert "0.817" in gpt and LEAD in gpt
     summary = page.locator(".ablation-summary").inner_text()
-    assert "zero-ablation of L8H1" in summary and "7_head_ablation/" in summary and "KS over prompts" in summary
+    assert "zero-ablation of L8H1" in summary and "7_head_ablation/" in summary
+    assert "KS over prompts" in summary
     assert "2023-10-11" in page.locator(".provenance").inner_text()
     shot(page, "paper-pair.png")
 

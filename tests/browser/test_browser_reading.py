@@ -26,12 +26,14 @@ def test_home_states_the_verdict_and_defines_its_terms(wpage, server):
         v = rows.nth(i).locator("a.verdict")
         assert v.is_visible() and v.inner_text() in words
         assert "lies on the paper's side of the null value" in v.get_attribute("title")
-    run_json = next(r for r in wpage.request.get(server.url + "/.json").json()["runs"] if r["slug"] == TOPK_RUN)
+    runs = wpage.request.get(server.url + "/.json").json()["runs"]
+    run_json = next(r for r in runs if r["slug"] == TOPK_RUN)
     c = run_json["findings"]["verdict"]["explanations"][0]["vs_chance"]
     assert f"[{c['lo']:.3f}, {c['hi']:.3f}]" in rows.nth(0).inner_text()
     assert "0.650" in rows.nth(0).inner_text()  # the paper's figure beside it
     # jargon is linked to the glossary with its definition as a tooltip
-    term = card.locator("a.term", has_text="single-class").or_(card.locator("a.term", has_text="held-out all one class"))
+    term = card.locator("a.term", has_text="single-class").or_(
+        card.locator("a.term", has_text="held-out all one class"))
     assert term.first.get_attribute("title") and term.first.get_attribute("href") == "/glossary#single-class"
     for t in ("skew test", "authors' rule", "answers not Yes/No"):
         assert card.locator("a.term", has_text=t).count() >= 1, t
@@ -41,7 +43,7 @@ def test_home_states_the_verdict_and_defines_its_terms(wpage, server):
     assert "share of pairs" in texts and any("0.5 = chance" in t for t in texts)
     ticks = [t for t in texts if t.endswith("%")]
     assert ticks[0] == "0%" and all(re.fullmatch(r"\d+%", t) for t in ticks)
-    steps = {int(b[:-1]) - int(a[:-1]) for a, b in zip(ticks, ticks[1:])}
+    steps = {int(b[:-1]) - int(a[:-1]) for a, b in zip(ticks, ticks[1:], strict=False)}
     assert len(steps) == 1 and steps.pop() in (1, 2, 5, 10, 20, 25, 50)
     assert sum("(n=" in t for t in texts) == 2
     shot(wpage, f"home-{wpage.width}.png")
@@ -61,8 +63,8 @@ def test_neuron_page_leads_with_pairs_and_explains_its_ranks(wpage, server, kept
     doc = [float(t) for t in wpage.locator("#prompts-card td.doc-act").all_inner_texts()]
     assert len(doc) > 3 and doc == sorted(doc, reverse=True)
     # the rank says how many higher-ranked neurons were passed over
-    rank, kind = one(web_db, "SELECT n.rank, n.kind FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ? "
-                     "AND n.layer = ? AND n.neuron = ?", TOPK_RUN, layer, neuron)
+    rank, kind = one(web_db, "SELECT n.rank, n.kind FROM neurons n JOIN runs r ON r.id = n.run_id "
+                     "WHERE r.slug = ? AND n.layer = ? AND n.neuron = ?", TOPK_RUN, layer, neuron)
     above = one(web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ? AND "
                 "n.layer = ? AND n.kind = 'next_token' AND n.rank < ?", TOPK_RUN, layer, rank)[0]
     note = wpage.inner_text("#rank-note")
@@ -74,10 +76,10 @@ def test_neuron_page_leads_with_pairs_and_explains_its_ranks(wpage, server, kept
 
 def test_tokens_show_leading_spaces_and_control_characters(wpage, server, kept, web_db):
     layer, neuron, _, _ = kept
-    spaced = one(web_db, "SELECT n.layer, n.neuron, n.token FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
-                 "r.slug = ? AND n.kind = 'next_token' AND n.token LIKE ' %' LIMIT 1", TOPK_RUN)
-    bare = one(web_db, "SELECT n.layer, n.neuron, n.token FROM neurons n JOIN runs r ON r.id = n.run_id WHERE "
-               "r.slug = ? AND n.token GLOB '[A-Za-z]*' LIMIT 1", TOPK_RUN)
+    spaced = one(web_db, "SELECT n.layer, n.neuron, n.token FROM neurons n JOIN runs r ON r.id = n.run_id "
+                 "WHERE r.slug = ? AND n.kind = 'next_token' AND n.token LIKE ' %' LIMIT 1", TOPK_RUN)
+    bare = one(web_db, "SELECT n.layer, n.neuron, n.token FROM neurons n JOIN runs r ON r.id = n.run_id "
+               "WHERE r.slug = ? AND n.token GLOB '[A-Za-z]*' LIMIT 1", TOPK_RUN)
     wpage.goto(server.url + f"/{TOPK_RUN}/neurons/{spaced[0]}/{spaced[1]}")
     shown = wpage.inner_text("code.tok.big")
     assert shown == "␣" + spaced[2][1:]  # " est" is not shown as "est"
@@ -109,8 +111,8 @@ def test_classifier_column_shows_the_score(wpage, server, kept):
     }""")
     assert texts
     for text in texts:
-        assert re.fullmatch(r"(Yes|No)(\s+score -?[0-9.]+ (>|<=) threshold -?[0-9.]+|\s+(in)?active on every explain prompt)?",
-                            text.strip()), text
+        assert re.fullmatch(r"(Yes|No)(\s+score -?[0-9.]+ (>|<=) threshold -?[0-9.]+"
+                            r"|\s+(in)?active on every explain prompt)?", text.strip()), text
         assert "..." not in text and "…" not in text
     assert wpage.locator("td.answer .answer-detail").first.is_visible()
     e = wpage.locator(".expl-block .e-val").first

@@ -48,18 +48,22 @@ def test_prior_filename_outside_the_folder_is_never_read(tmp_path, capsys):
     data["prior_filename"] = "../../../outside/attr_outside"
     pairs.write_text(json.dumps(data))
     # and a symlink inside the folder that points outside it
-    (src / "4_head_attributions" / "2023-10-20_00-00-00_gpt2-small.json").symlink_to(outside / "attr_outside.json")
+    link = src / "4_head_attributions" / "2023-10-20_00-00-00_gpt2-small.json"
+    link.symlink_to(outside / "attr_outside.json")
     db = tmp_path / "t.db"
     rc, out, err = _import(src, db, capsys)
     assert rc == 0 and "Traceback" not in err
-    assert "OUTSIDE TEXT" not in "".join(r[0] for r in sqlite3.connect(db).execute("SELECT text FROM prompts"))
+    texts = sqlite3.connect(db).execute("SELECT text FROM prompts")
+    assert "OUTSIDE TEXT" not in "".join(r[0] for r in texts)
     prov = _prov(db)
     assert all(".." not in f and "outside" not in f for fs in prov["files"].values() for f in fs)
-    assert any("prior_filename '../../../outside/attr_outside' is not a file name" in n for n in prov["notes"])
+    assert any("prior_filename '../../../outside/attr_outside' is not a file name" in n
+               for n in prov["notes"])
     link = _one_line_for(out, "2023-10-20_00-00-00_gpt2-small.json")
     assert len(link) == 1 and "outside" in link[0]
     # the link was ignored, the training attributions found by their content: the run is whole
-    assert sqlite3.connect(db).execute("SELECT count(*) FROM prompts WHERE split='explain'").fetchone() == (309,)
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM prompts WHERE split='explain'"
+                                       ).fetchone() == (309,)
 
 
 # --- 7. symlinks, special files, size ------------------------------------------------------------
@@ -76,8 +80,8 @@ def test_special_files_are_refused_with_one_line_and_nothing_hangs(tmp_path):
     db = tmp_path / "s.db"
     t0 = time.monotonic()
     # a real process with a timeout: a FIFO must not block it, /dev/zero must not fill memory
-    p = subprocess.run([sys.executable, "-m", "context_lookups.precompute.cli", "import-paper", str(src), "--db",
-                        f"sqlite:///{db}"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "context_lookups.precompute.cli", "import-paper", str(src),
+                        "--db", f"sqlite:///{db}"], capture_output=True, text=True, timeout=300)
     assert time.monotonic() - t0 < 300
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     lines = {n: _one_line_for(p.stdout, n) for n in ("00-00-01", "00-00-02", "00-00-03", "00-00-04")}
@@ -120,7 +124,8 @@ def test_non_finite_numbers_name_the_file_and_field(tmp_path, capsys, where, val
         line = _one_line_for(out, "missing: held-out trimmed texts")
         assert sqlite3.connect(db).execute("SELECT count(*) FROM prompts WHERE doc_act IS NULL AND split = "
                                            "'heldout'").fetchone()[0] == 307
-    assert len(line) == 1 and f.name in line[0] and f"'{field}'" in line[0] and "not a finite number" in line[0]
+    assert len(line) == 1 and f.name in line[0] and f"'{field}'" in line[0]
+    assert "not a finite number" in line[0]
 
 
 # --- 9. huge input, bounded pages ----------------------------------------------------------------
@@ -130,7 +135,8 @@ def test_a_neuron_with_far_more_prompts_is_capped_and_its_pages_stay_bounded(tmp
     f = next((src / "4_head_attributions").glob("*_gpt2-small.json"))
     data = json.loads(f.read_text())
     n = 20_000
-    data["head_attributions"]["(9, 947)"].update({f" filler prompt number {i} times": [104, 73, 1] for i in range(n)})
+    data["head_attributions"]["(9, 947)"].update({f" filler prompt number {i} times": [104, 73, 1]
+                                                  for i in range(n)})
     f.write_text(json.dumps(data))
     db = tmp_path / "h.db"
     rc, out, _ = _import(src, db, capsys)

@@ -114,7 +114,8 @@ def _pages(db, slug: str) -> dict[str, str]:
     return out
 
 
-def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_display(tmp_path, precomputed_db):
+def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_display(tmp_path,
+                                                                                     precomputed_db):
     """An endpoint whose answers echo what it was sent: the key as a bearer token and
     percent-encoded (not key-shaped: only the known-secret rule catches it), the URL's
     ``?api-key=`` value, and (a second run) the URL's ``user:password`` that httpx sends as a
@@ -132,7 +133,8 @@ def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_di
     server.default = "echo200"
     try:
         urls_given = {"test-model-a": f"{server.url}?api-key={qk}",
-                      "test-model-b": server.url.replace("http://", f"http://probeuser:{quote(pw, safe='')}@")}
+                      "test-model-b": server.url.replace("http://",
+                                                         f"http://probeuser:{quote(pw, safe='')}@")}
         procs = [lookups("-v", "explain", "--db", f"sqlite:///{db}", "--explainer", "openai",
                          "--llm-model", model, "--llm-base-url", url, "--llm-max-retries", "0",
                          env={"OPENAI_API_KEY": key}) for model, url in urls_given.items()]
@@ -153,10 +155,12 @@ def test_credentials_echoed_in_200_answers_are_redacted_before_storage_and_on_di
         dump = "\n".join(c.iterdump())
         answers = [a for (a,) in c.execute("SELECT answer FROM classifications")]
         texts = [t for (t,) in c.execute("SELECT text FROM explanations")]
-        stored_urls = {json.loads(s)["llm_base_url"] for (s,) in c.execute("SELECT settings FROM explanations")}
+        stored_urls = {json.loads(s)["llm_base_url"]
+                       for (s,) in c.execute("SELECT settings FROM explanations")}
     assert answers and all("debug: Bearer [redacted]" in a or "debug: Basic [redacted]" in a for a in answers)
     assert texts and all("[redacted]" in t for t in texts)
-    assert stored_urls == {mask_url(u) for u in urls_given.values()} and all("[redacted]" in u for u in stored_urls)
+    assert stored_urls == {mask_url(u) for u in urls_given.values()}
+    assert all("[redacted]" in u for u in stored_urls)
     assert not leaks(dump) and not leaks(db.read_bytes().decode("latin-1"))
     for path, text in _pages(db, slug).items():
         assert not leaks(text) and "[redacted]" in text, path
@@ -176,7 +180,8 @@ def test_redaction_is_idempotent_and_covers_every_encoding():
     from context_lookups.precompute.core.redact import mask_url, redact, url_secrets
 
     key = "PROBE4abc/def+ghi=jkl"
-    samples = [f"Bearer {key}", f"x {quote(key, safe='')} y", f"x {quote(key, safe='').replace('%2F', '%2f')} y",
+    samples = [f"Bearer {key}", f"x {quote(key, safe='')} y",
+               f"x {quote(key, safe='').replace('%2F', '%2f')} y",
                "Authorization: Basic " + base64.b64encode(b"user:pass1234").decode(),
                "POST http://user:pass1234@host/v1?api-key=QK123&x=1", "Bearer sk-abcdef123456"]
     for text in samples:
@@ -214,8 +219,9 @@ def test_postgres_password_is_masked_wherever_a_url_is_printed(tmp_path, pg_serv
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "context_lookups.app.cli", "serve", "--db", url, "--port", str(port),
-                             "--no-preload"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "context_lookups.app.cli", "serve", "--db", url,
+                             "--port", str(port), "--no-preload"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         first = proc.stdout.readline()

@@ -251,7 +251,8 @@ def test_local_corpus_reads_as_before(tmp_path):
         assert corpus[split]["text"] == [t for t in texts if t.strip()]
     d = tmp_path / "c"
     d.mkdir()
-    write_jsonl(d / "explain.jsonl", ['{"text": "one two"}', '{"other": 1}', '{"text": 5}', '{"text": "three"}'])
+    write_jsonl(d / "explain.jsonl",
+                ['{"text": "one two"}', '{"other": 1}', '{"text": 5}', '{"text": "three"}'])
     write_jsonl(d / "heldout.jsonl", ['{"text": "four"}'])
     assert load_corpus(str(d))["explain"]["text"] == ["one two", "three"]
     write_jsonl(d / "heldout.jsonl", ['{"text": "five"}', '{"text": "six"}'])

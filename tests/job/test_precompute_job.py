@@ -29,7 +29,8 @@ def dump(db) -> dict[str, list[tuple]]:
     tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
                                         "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
     for t in tables:
-        cols = [f'"{r[1]}"' for r in con.execute(f"PRAGMA table_info({t})") if r[1] not in VOLATILE.get(t, ())]
+        cols = [f'"{r[1]}"' for r in con.execute(f"PRAGMA table_info({t})")
+                if r[1] not in VOLATILE.get(t, ())]
         out[t] = con.execute(f"SELECT {', '.join(cols)} FROM {t} ORDER BY {', '.join(cols)}").fetchall()
     con.close()
     return out
@@ -50,7 +51,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, s
                                                      precomputed_db):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     killed_db = tmp_path / "killed.db"
-    cmd = [sys.executable, "-m", "context_lookups.precompute.cli", *precompute_args(killed_db, tiny_model_dir, small_corpus_dir)]
+    cmd = [sys.executable, "-m", "context_lookups.precompute.cli",
+           *precompute_args(killed_db, tiny_model_dir, small_corpus_dir)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     # Killed once both scans are stored: the trimming/attribution group (all 6 neurons of the
@@ -60,7 +62,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, s
         if "scan:heldout" in phases or any(n.startswith("prompts:") for n in phases):
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the job ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    assert proc.poll() is None, \
+        "the job ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = _phases(killed_db)
@@ -84,7 +87,8 @@ def test_uninterrupted_run_contents(precomputed_db):
     tokens = [r[0] for r in con.execute("SELECT token FROM neurons WHERE kind='next_token'")]
     assert all(t.startswith(" ") and len(t) > 2 for t in tokens)
     # top-k stored for every neuron of the scanned layer, both splits
-    assert con.execute("SELECT count(DISTINCT neuron) FROM top_activations WHERE split='explain'").fetchone()[0] == 256
+    assert con.execute("SELECT count(DISTINCT neuron) FROM top_activations WHERE split='explain'"
+                       ).fetchone()[0] == 256
     n_prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
     assert n_prompts > 0
     for ntok, toks, acts, raw in con.execute("SELECT end - start, tokens, acts, attr_raw FROM prompts"):

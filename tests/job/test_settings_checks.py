@@ -36,7 +36,8 @@ def test_bad_seed_is_named_by_its_option_and_writes_nothing(tmp_path, precompute
     db = tmp_path / "copy.db"
     shutil.copy(precomputed_db, db)
     before = canonical_rows(f"sqlite:///{db}")
-    proc = lookups("precompute", "--seed", value, "--run-name", "other", "--db", f"sqlite:///{db}", cwd=tmp_path)
+    proc = lookups("precompute", "--seed", value, "--run-name", "other", "--db", f"sqlite:///{db}",
+                   cwd=tmp_path)
     assert_one_line_exit_2(proc, "--seed")
     assert canonical_rows(f"sqlite:///{db}") == before
 
@@ -84,7 +85,8 @@ def test_top_k_beyond_the_documents_scanned_keeps_them_all(tmp_path, tiny_model_
         run_precompute(small_settings(db, tiny_model_dir, small_corpus_dir, n_docs=5, top_k=k, n_per_layer=1,
                                       n_random=0, explainer="none", ablation="none"), model=tiny_model)
         with sqlite3.connect(db) as c:
-            rows[k] = c.execute("SELECT split, layer, neuron, rank, doc_idx, act, position FROM top_activations "
+            rows[k] = c.execute("SELECT split, layer, neuron, rank, doc_idx, act, position "
+                                "FROM top_activations "
                                 "ORDER BY split, layer, neuron, rank").fetchall()
     assert rows[1000] == rows[5] and max(r[3] for r in rows[5]) == 4
     n_neurons = len({(r[1], r[2]) for r in rows[5]})
@@ -173,7 +175,8 @@ def test_the_cli_uses_no_argparse_internals_nor_private_helpers():
     for path in ("precompute/cli.py", "precompute/core/options.py", "app/cli.py"):
         source = (ROOT / path).read_text()
         assert "_option_string_actions" not in source and "._actions" not in source, path
-    imported = [name.split(" as ")[0].strip() for line in re.findall(r"from context_lookups.precompute[.\w]* import (.+)",
-                                                                   (ROOT / "app/cli.py").read_text())
+    imported = [name.split(" as ")[0].strip()
+                for line in re.findall(r"from context_lookups.precompute[.\w]* import (.+)",
+                                       (ROOT / "app/cli.py").read_text())
                 for name in line.split(",")]
     assert imported and not [n for n in imported if n.startswith("_")], imported

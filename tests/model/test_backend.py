@@ -41,7 +41,8 @@ def tiny_xlnet_dir(tmp_path_factory) -> Path:
     from transformers import XLNetConfig, XLNetLMHeadModel
 
     d = tmp_path_factory.mktemp("tiny-xlnet")
-    XLNetLMHeadModel(XLNetConfig(vocab_size=8192, d_model=32, n_layer=1, n_head=2, d_inner=64)).save_pretrained(d)
+    XLNetLMHeadModel(XLNetConfig(vocab_size=8192, d_model=32, n_layer=1, n_head=2,
+                                 d_inner=64)).save_pretrained(d)
     _save_tokenizer(d)
     return d
 
@@ -99,7 +100,8 @@ def test_a_neox_model_runs_the_whole_job_on_the_bridge(tmp_path, families, tiny_
     assert "--backend auto" in err[0] and not db2.exists()
 
 
-def test_a_model_neither_backend_supports_is_one_line_and_exit_2(tmp_path, tiny_xlnet_dir, small_corpus_dir, capsys):
+def test_a_model_neither_backend_supports_is_one_line_and_exit_2(tmp_path, tiny_xlnet_dir, small_corpus_dir,
+                                                                 capsys):
     from context_lookups.precompute.cli import main as cli_main
     from context_lookups.precompute.core.errors import ModelNotSupported
 
@@ -205,7 +207,8 @@ def test_bfloat16_job_end_to_end_keeps_the_congruence_ranking(tmp_path, tiny_mod
 
     def ranking(path):
         con = sqlite3.connect(path)
-        out = con.execute("SELECT layer, neuron, congruence, kind FROM neurons ORDER BY layer, neuron").fetchall()
+        out = con.execute("SELECT layer, neuron, congruence, kind FROM neurons "
+                          "ORDER BY layer, neuron").fetchall()
         n_prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
         con.close()
         return out, n_prompts
@@ -293,7 +296,8 @@ def test_the_boundary_check_finds_what_it_forbids():
     src = ("from context_lookups.precompute.model.hooks import fast_supported, hook_post\n"
            "def f(model, t):\n"
            "    with model.bridge.hooks(fwd_hooks=[]):\n"
-           "        return model.bridge.run_with_cache(t, names_filter=[hook_post(1), 'blocks.0.attn.hook_v'])\n")
+           "        return model.bridge.run_with_cache(t, names_filter=[hook_post(1), "
+           "'blocks.0.attn.hook_v'])\n")
     got = violations(Path("app/live/service.py"), ast.parse(src))
     assert any("imports context_lookups.precompute.model.hooks" in g for g in got)
     assert any("['fast_supported', 'hook_post']" in g for g in got)

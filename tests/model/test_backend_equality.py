@@ -82,7 +82,7 @@ def test_attribution_of_mixed_neurons_in_one_batch_equals_the_bridge(pair):
     positions = [len(r) - 1 if j % 2 else len(r) // 2 for j, r in enumerate(rows)]
     for model in (fast, ref):  # both backends batch rows of different neurons
         got = model.backend.neuron_pass(rows, targets, positions)
-        for j, ((layer, neuron), p) in enumerate(zip(targets, positions)):
+        for j, ((layer, neuron), p) in enumerate(zip(targets, positions, strict=True)):
             one = attribute(ref, [rows[j]], layer, neuron, positions=[p])  # one row, the bridge
             n = one.raw.shape[1]
             assert got.n_attn[j] == n
@@ -113,7 +113,8 @@ def test_lookup_terms_equal_the_bridge_and_sum_to_the_attribution(pair):
     for model in (fast, ref):
         res = model.backend.neuron_pass(rows, targets, positions, lookup=True)
         t = res.lookup
-        assert t.contrib.shape == t.attention.shape == (len(rows), res.raw.shape[1], fast.n_heads, max(map(len, rows)))
+        assert t.contrib.shape == t.attention.shape == (len(rows), res.raw.shape[1], fast.n_heads,
+                                                        max(map(len, rows)))
         for j, p in enumerate(positions):
             n = res.n_attn[j]
             assert not t.contrib[j, n:].any() and not t.contrib[j, :, :, p + 1:].any()
@@ -122,7 +123,8 @@ def test_lookup_terms_equal_the_bridge_and_sum_to_the_attribution(pair):
             close(t.attention[j, :n].sum(-1), torch.ones(n, fast.n_heads))
             scale = res.raw[j, :n].abs().max()
             close(t.contrib[j, :n].sum(-1) + t.bias[j, :n], res.raw[j, :n], scale=scale)
-            close((t.contrib[j, :n].sum(-1) + t.bias[j, :n]) / t.scale[j], res.ln[j, :n], scale=res.ln[j, :n].abs().max())
+            close((t.contrib[j, :n].sum(-1) + t.bias[j, :n]) / t.scale[j], res.ln[j, :n],
+                  scale=res.ln[j, :n].abs().max())
         assert not t.bias.any()  # the value bias is folded into b_O (fold_value_biases)
         got[model.backend.name] = res
     f, b = got[fast.backend.name].lookup, got["bridge"].lookup
@@ -218,7 +220,7 @@ def reference_trim(model, docs, max_positions, layer, neuron, *, act_ratio, orig
             return [(lo[j], orig_acts[j], best[j]) for j in range(n)]
         mids = {j: (lo[j] + hi[j] + 1) // 2 for j in todo}
         got = neuron_acts(model, [[bos] + full[j][mids[j]:] for j in todo], layer, neuron)
-        for j, a in zip(todo, got):
+        for j, a in zip(todo, got, strict=True):
             if a[-1] >= act_ratio * orig_acts[j]:
                 lo[j], best[j] = mids[j], a[-1]
             else:
@@ -234,7 +236,7 @@ def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_pair, sma
     tasks = []
     for layer, neuron in [(0, 4), (1, 9), (1, 33)]:
         acts = neuron_acts(tiny_bridge, rows, layer, neuron)
-        for r, a in zip(rows, acts):
+        for r, a in zip(rows, acts, strict=True):
             p = max(range(1, len(a)), key=lambda i: a[i])
             if a[p] > 0:
                 tasks.append(TrimTask(r, p, layer, neuron, a[p]))
@@ -249,7 +251,7 @@ def test_trim_many_across_neurons_equals_the_per_neuron_bisection(tiny_pair, sma
         close([g[2] for g in got], [r[2] for r in ref])
     # stopping the searches whose prompt cannot get shorter than max_len keeps the short ones
     short = trim_many(m, tasks, act_ratio=0.8, max_len=6)
-    for t, g, r in zip(tasks, short, ref):
+    for t, g, r in zip(tasks, short, ref, strict=True):
         if t.max_position + 1 - r[0] < 6:
             assert g[0] == r[0]
         else:
@@ -265,15 +267,18 @@ def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
     con = sqlite3.connect(precomputed_db)
     settings = Settings.of_run(json.loads(con.execute("SELECT settings FROM runs").fetchone()[0]))
     ctx = settings.context_tokens
-    neurons = con.execute("SELECT id, layer, neuron FROM neurons WHERE kind != 'other' ORDER BY id").fetchall()
+    neurons = con.execute("SELECT id, layer, neuron FROM neurons WHERE kind != 'other' "
+                          "ORDER BY id").fetchall()
     checked = 0
     for nid, layer, neuron in neurons:
         for split in ("explain", "heldout"):
             tops = con.execute(
                 "SELECT t.rank, t.position, t.act, d.text FROM top_activations t JOIN documents d "
                 "ON d.run_id = t.run_id AND d.split = t.split AND d.idx = t.doc_idx WHERE t.split = ? "
-                "AND t.layer = ? AND t.neuron = ? AND t.act > 0 ORDER BY t.rank", (split, layer, neuron)).fetchall()
-            stored = con.execute("SELECT rank, start, \"end\", token_ids, acts, attr_raw, attr_ln, pre, active, "
+                "AND t.layer = ? AND t.neuron = ? AND t.act > 0 ORDER BY t.rank",
+                (split, layer, neuron)).fetchall()
+            stored = con.execute("SELECT rank, start, \"end\", token_ids, acts, attr_raw, attr_ln, pre, "
+                                 "active, "
                                  "doc_act FROM prompts WHERE neuron_id = ? AND split = ? ORDER BY rank",
                                  (nid, split)).fetchall()
             if not tops:
@@ -282,7 +287,7 @@ def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
             rows = tokenize_batch(m, [t[3] for t in tops], ctx)
             trims = reference_trim(m, rows, [t[1] for t in tops], layer, neuron,
                                    act_ratio=settings.act_ratio, orig_acts=[t[2] for t in tops])
-            keep = [(t, r, tr) for t, r, tr in zip(tops, rows, trims)
+            keep = [(t, r, tr) for t, r, tr in zip(tops, rows, trims, strict=True)
                     if t[1] + 1 - tr[0] < settings.max_prompt_tokens]
             assert [t[0] for t, _, _ in keep] == [s[0] for s in stored]
             if not keep:
@@ -291,7 +296,7 @@ def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
             att = attribute(m, prompts, layer, neuron)
             n_scored = scored_layers(layer, settings.heads_upto, upstream_attn_layers(m, layer))
             active = active_heads_of_run(att.raw[:, :n_scored].flatten(1), settings)
-            for j, ((t, r, tr), s) in enumerate(zip(keep, stored)):
+            for j, ((t, _, tr), s) in enumerate(zip(keep, stored, strict=True)):
                 assert (s[1], s[2]) == (tr[0], t[1] + 1)
                 assert json.loads(s[3]) == prompts[j][1:]
                 close(json.loads(s[4]), att.acts[j][1:])
@@ -314,8 +319,8 @@ def _table(path, sql):
         con.close()
 
 
-def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_path, tiny_model_dir,
-                                                                        small_corpus_dir, precomputed_db, caplog):
+def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(
+        tmp_path, tiny_model_dir, small_corpus_dir, precomputed_db, caplog):
     """``lookups precompute --backend bridge`` end to end (a product path, not only an oracle):
     every stored row equals the default run's (fast backend), floats to 1e-5."""
     import logging
@@ -328,11 +333,13 @@ def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_pa
         assert cli_main(precompute_args(db, tiny_model_dir, small_corpus_dir) + ["--backend", "bridge"]) == 0
     assert "backend: bridge" in caplog.text
     checks = {
-        "neurons": "SELECT layer, neuron, kind, token_id, congruence, max_act FROM neurons ORDER BY layer, neuron",
+        "neurons": "SELECT layer, neuron, kind, token_id, congruence, max_act FROM neurons "
+                   "ORDER BY layer, neuron",
         "top_activations": "SELECT split, layer, neuron, rank, doc_idx, position, act FROM top_activations "
                            "ORDER BY split, layer, neuron, rank",
-        "prompts": "SELECT n.layer, n.neuron, p.split, p.rank, p.start, p.\"end\", p.token_ids, p.acts, p.act, "
-                   "p.attr_raw, p.attr_ln, p.pre, p.active FROM prompts p JOIN neurons n ON n.id = p.neuron_id "
+        "prompts": "SELECT n.layer, n.neuron, p.split, p.rank, p.start, p.\"end\", p.token_ids, p.acts, "
+                   "p.act, p.attr_raw, p.attr_ln, p.pre, p.active "
+                   "FROM prompts p JOIN neurons n ON n.id = p.neuron_id "
                    "ORDER BY n.layer, n.neuron, p.split, p.rank",
         "pairs": "SELECT n.layer, n.neuron, head_layer, head, n_active, kept, mean_attr_raw FROM pairs p "
                  "JOIN neurons n ON n.id = p.neuron_id ORDER BY n.layer, n.neuron, head_layer, head",
@@ -345,8 +352,8 @@ def test_precompute_on_the_bridge_backend_stores_the_rows_of_the_fast_one(tmp_pa
     for name, sql in checks.items():
         got, want = _table(db, sql), _table(precomputed_db, sql)
         assert len(got) == len(want) and (want or name == "ablations"), name
-        for g, w in zip(got, want):
-            for a, b in zip(g, w):
+        for g, w in zip(got, want, strict=True):
+            for a, b in zip(g, w, strict=True):
                 if isinstance(b, bytes):  # a look-up vector: float32 per source position
                     close(decode(a), decode(b), scale=[1e-3, *decode(b)])
                 elif isinstance(b, float):

@@ -44,7 +44,8 @@ def test_embedded_model_loads_through_the_same_function_as_gpt2(embedded, embedd
     files = {p.name for p in Path(EMBEDDED_MODEL).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "MODEL_CARD.md", "loss_curve.png"} <= files
     assert (Path(EMBEDDED_MODEL) / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
-    assert json.loads((Path(EMBEDDED_MODEL) / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    config = json.loads((Path(EMBEDDED_MODEL) / "config.json").read_text())
+    assert config["architectures"] == ["GPT2LMHeadModel"]
 
 
 @pytest.mark.parametrize("text", ["In the beginning God created the heaven and the earth.",

@@ -21,7 +21,8 @@ from context_lookups.precompute.model import tokenize_batch
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
          "In the beginning God created the heaven and the earth.",
          "Unix was developed at Bell Labs in the late 1960s by Ken Thompson and others"]
-NAMES = {"neox": "fast (gpt-neox)", "llama": "fast (llama)", "qwen2": "fast (qwen2)", "mistral": "fast (mistral)"}
+NAMES = {"neox": "fast (gpt-neox)", "llama": "fast (llama)", "qwen2": "fast (qwen2)",
+         "mistral": "fast (mistral)"}
 GQA = ("llama", "qwen2", "mistral")  # 2, 2 and 1 kv heads for 4 query heads
 
 
@@ -47,8 +48,8 @@ def test_each_family_runs_on_its_fast_backend_and_says_so(families, family):
     assert d.positional == "rotary"
 
 
-def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, tiny_qwen3_dir, small_corpus_dir,
-                                                                   caplog):
+def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, tiny_qwen3_dir,
+                                                                   small_corpus_dir, caplog):
     """Qwen3 (a Llama-like block with q/k norms, no fast backend) runs the method on the
     bridge: a gated, RMSNorm, grouped-query model without attention biases."""
     import logging
@@ -68,11 +69,12 @@ def test_other_architectures_the_bridge_supports_stay_on_the_bridge(tmp_path, ti
     assert "backend: bridge" in caplog.text
 
 
-SIZE = {"vocab_size": 8192, "hidden_size": 64, "intermediate_size": 256, "max_position_embeddings": 128, "bos_token_id": 0,
-            "eos_token_id": 0}
+SIZE = {"vocab_size": 8192, "hidden_size": 64, "intermediate_size": 256, "max_position_embeddings": 128,
+        "bos_token_id": 0, "eos_token_id": 0}
 REFUSED = {  # a block §3 cannot be read off: (config, what the one line says)
-    "Gemma2": (lambda T: T.Gemma2Config(**SIZE, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        head_dim=16, pad_token_id=0), "through a norm"),
+    "Gemma2": (lambda T: T.Gemma2Config(**SIZE, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, head_dim=16, pad_token_id=0),
+               "through a norm"),
     "Phi": (lambda T: T.PhiConfig(**SIZE, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0),
             "no norm of their own"),
     "GPTNeo": (lambda T: T.GPTNeoConfig(**SIZE, num_layers=2, num_heads=4,
@@ -164,7 +166,8 @@ def test_grouped_query_ablation_is_the_query_heads_z(families, family):
         assert torch.equal(mean_v[1][0], mean_v[1][group - 1])  # the query heads read one kv head
         for j, row in enumerate(rows):
             with torch.no_grad(), br.hooks(fwd_hooks=[("blocks.1.attn.hook_v", v_hook)]):
-                logits, cache = br.run_with_cache(torch.tensor([row]), names_filter=["blocks.2.mlp.hook_post"])
+                logits, cache = br.run_with_cache(torch.tensor([row]),
+                                                  names_filter=["blocks.2.mlp.hook_post"])
             p = len(row) - 1
             assert rel(got.acts[j], cache["blocks.2.mlp.hook_post"][0, :, 5]) < 1e-5  # every position
             assert rel(got.prob[j], logits[0, p].double().softmax(-1)[42]) < 1e-5
@@ -267,7 +270,8 @@ def test_precompute_and_serve_with_a_live_pass_on_each_family(tmp_path, families
     (layer, neuron, token_id, congruence), = con.execute(
         "SELECT layer, neuron, token_id, congruence FROM neurons WHERE kind = 'next_token' "
         "ORDER BY layer DESC, congruence DESC LIMIT 1").fetchall()
-    n_prompts, n_abl = (con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("prompts", "ablations"))
+    n_prompts, n_abl = (con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                        for t in ("prompts", "ablations"))
     con.close()
     assert n_prompts > 0 and n_abl > 0
     info = layer_congruences(ref.backend.W_out(layer), ref.backend.W_U(), layer)[neuron]
@@ -283,7 +287,8 @@ def test_precompute_and_serve_with_a_live_pass_on_each_family(tmp_path, families
         r = httpx.get(base + "/live", params={"prompt": prompt}, headers={"HX-Request": "true"}, timeout=120)
         assert r.status_code == 200, r.text[:500]
         assert _live_act(r.text) == pytest.approx(float(att.act[0]), rel=1e-2, abs=1e-3)  # as shown, rounded
-        live = httpx.get(base + ".json", params={"prompt": prompt, "ablate": "L0H1"}, timeout=120).json()["live"]
+        live = httpx.get(base + ".json", params={"prompt": prompt, "ablate": "L0H1"},
+                         timeout=120).json()["live"]
     assert live["acts"] == pytest.approx(att.acts[0][1:], rel=1e-4, abs=1e-5)
     assert torch.allclose(torch.tensor(live["attr_raw"]), att.raw[0], rtol=1e-4, atol=1e-5)
     assert torch.allclose(torch.tensor(live["attr_ln"]), att.ln[0], rtol=1e-4, atol=1e-5)

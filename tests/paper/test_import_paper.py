@@ -22,20 +22,34 @@ from tests.paper_data import import_sample, require_sample
 # The sample README's per-pair table: (layer, neuron, flat head) -> (explain active/inactive,
 # held-out, active, TP FN TN FP, E by the authors' rule).
 README_PAIRS = {
-    (9, 2209, 84): (17, 7, 20, 19, (11, 8, 0, 1), 0.289), (9, 2209, 103): (19, 5, 20, 12, (9, 3, 5, 3), 0.688),
-    (9, 2209, 22): (17, 7, 20, 12, (12, 0, 3, 5), 0.688), (9, 1690, 69): (8, 10, 17, 8, (5, 3, 6, 3), 0.646),
-    (9, 1690, 97): (6, 12, 17, 12, (10, 2, 4, 1), 0.817), (9, 947, 104): (16, 14, 20, 6, (6, 0, 11, 3), 0.893),
-    (9, 947, 73): (9, 21, 20, 5, (5, 0, 14, 1), 0.967), (9, 947, 103): (18, 12, 20, 12, (7, 5, 2, 6), 0.417),
-    (9, 1360, 88): (25, 0, 20, 20, (15, 5, 0, 0), 0.750), (9, 1360, 101): (25, 0, 20, 19, (14, 5, 0, 1), 0.368),
-    (9, 1360, 98): (13, 12, 20, 14, (10, 4, 4, 2), 0.690), (10, 1687, 22): (27, 0, 20, 20, (20, 0, 0, 0), 1.000),
-    (10, 1687, 1): (25, 2, 20, 20, (20, 0, 0, 0), 1.000), (10, 1687, 11): (9, 18, 20, 11, (7, 4, 5, 4), 0.596),
-    (10, 2714, 103): (17, 12, 20, 13, (7, 6, 0, 7), 0.269), (10, 2714, 111): (15, 14, 20, 12, (9, 3, 1, 7), 0.438),
-    (10, 2003, 22): (23, 7, 20, 14, (13, 1, 6, 0), 0.964), (10, 2003, 11): (11, 19, 20, 9, (9, 0, 7, 4), 0.818),
-    (10, 2149, 22): (25, 4, 20, 17, (6, 11, 2, 1), 0.510), (11, 1605, 101): (21, 9, 20, 6, (3, 3, 7, 7), 0.500),
-    (11, 1605, 111): (9, 21, 20, 5, (1, 4, 7, 8), 0.333), (11, 967, 129): (24, 1, 20, 18, (5, 13, 1, 1), 0.389),
-    (11, 967, 118): (8, 17, 20, 5, (5, 0, 9, 6), 0.800), (11, 822, 118): (10, 20, 20, 8, (8, 0, 9, 3), 0.875),
-    (11, 822, 33): (13, 17, 20, 9, (8, 1, 7, 4), 0.763), (11, 822, 103): (12, 18, 20, 10, (10, 0, 7, 3), 0.850),
-    (11, 822, 84): (10, 20, 20, 0, (0, 0, 8, 12), 0.400), (11, 2763, 86): (5, 7, 14, 8, (7, 1, 4, 2), 0.771),
+    (9, 2209, 84): (17, 7, 20, 19, (11, 8, 0, 1), 0.289),
+    (9, 2209, 103): (19, 5, 20, 12, (9, 3, 5, 3), 0.688),
+    (9, 2209, 22): (17, 7, 20, 12, (12, 0, 3, 5), 0.688),
+    (9, 1690, 69): (8, 10, 17, 8, (5, 3, 6, 3), 0.646),
+    (9, 1690, 97): (6, 12, 17, 12, (10, 2, 4, 1), 0.817),
+    (9, 947, 104): (16, 14, 20, 6, (6, 0, 11, 3), 0.893),
+    (9, 947, 73): (9, 21, 20, 5, (5, 0, 14, 1), 0.967),
+    (9, 947, 103): (18, 12, 20, 12, (7, 5, 2, 6), 0.417),
+    (9, 1360, 88): (25, 0, 20, 20, (15, 5, 0, 0), 0.750),
+    (9, 1360, 101): (25, 0, 20, 19, (14, 5, 0, 1), 0.368),
+    (9, 1360, 98): (13, 12, 20, 14, (10, 4, 4, 2), 0.690),
+    (10, 1687, 22): (27, 0, 20, 20, (20, 0, 0, 0), 1.000),
+    (10, 1687, 1): (25, 2, 20, 20, (20, 0, 0, 0), 1.000),
+    (10, 1687, 11): (9, 18, 20, 11, (7, 4, 5, 4), 0.596),
+    (10, 2714, 103): (17, 12, 20, 13, (7, 6, 0, 7), 0.269),
+    (10, 2714, 111): (15, 14, 20, 12, (9, 3, 1, 7), 0.438),
+    (10, 2003, 22): (23, 7, 20, 14, (13, 1, 6, 0), 0.964),
+    (10, 2003, 11): (11, 19, 20, 9, (9, 0, 7, 4), 0.818),
+    (10, 2149, 22): (25, 4, 20, 17, (6, 11, 2, 1), 0.510),
+    (11, 1605, 101): (21, 9, 20, 6, (3, 3, 7, 7), 0.500),
+    (11, 1605, 111): (9, 21, 20, 5, (1, 4, 7, 8), 0.333),
+    (11, 967, 129): (24, 1, 20, 18, (5, 13, 1, 1), 0.389),
+    (11, 967, 118): (8, 17, 20, 5, (5, 0, 9, 6), 0.800),
+    (11, 822, 118): (10, 20, 20, 8, (8, 0, 9, 3), 0.875),
+    (11, 822, 33): (13, 17, 20, 9, (8, 1, 7, 4), 0.763),
+    (11, 822, 103): (12, 18, 20, 10, (10, 0, 7, 3), 0.850),
+    (11, 822, 84): (10, 20, 20, 0, (0, 0, 8, 12), 0.400),
+    (11, 2763, 86): (5, 7, 14, 8, (7, 1, 4, 2), 0.771),
     (11, 2763, 97): (6, 6, 14, 13, (6, 7, 1, 0), 0.731),
 }
 
@@ -63,7 +77,8 @@ def _run_rows(db: Path, slug: str) -> dict:
          "pairs": "SELECT * FROM pairs WHERE run_id = ?",
          "prompts": "SELECT p.* FROM prompts p JOIN neurons n ON n.id = p.neuron_id WHERE n.run_id = ?",
          "explanations": "SELECT e.* FROM explanations e JOIN pairs p ON p.id = e.pair_id WHERE p.run_id = ?",
-         "classifications": "SELECT c.* FROM classifications c JOIN explanations e ON e.id = c.explanation_id "
+         "classifications": "SELECT c.* FROM classifications c "
+                            "JOIN explanations e ON e.id = c.explanation_id "
                             "JOIN pairs p ON p.id = e.pair_id WHERE p.run_id = ?",
          "ablations": "SELECT a.* FROM ablations a JOIN pairs p ON p.id = a.pair_id WHERE p.run_id = ?"}
     out = {t: sorted(map(repr, c.execute(sql, (rid,)))) for t, sql in q.items()}
@@ -75,10 +90,12 @@ def _pairs(db: Path) -> dict:
     c = sqlite3.connect(db)
     rows = c.execute("""SELECT n.layer, n.neuron, p.head_layer * 12 + p.head, p.n_active, p.n_prompts,
                         e.id, e.score, e.tpr, e.tnr FROM explanations e JOIN pairs p ON p.id = e.pair_id
-                        JOIN neurons n ON n.id = p.neuron_id WHERE e.explainer = ?""", (EXPLAINER,)).fetchall()
+                        JOIN neurons n ON n.id = p.neuron_id WHERE e.explainer = ?""",
+                     (EXPLAINER,)).fetchall()
     out = {}
     for layer, neuron, flat, n_act, n_prompts, eid, score, tpr, tnr in rows:
-        cls = c.execute("SELECT truth, predicted FROM classifications WHERE explanation_id = ?", (eid,)).fetchall()
+        cls = c.execute("SELECT truth, predicted FROM classifications WHERE explanation_id = ?",
+                        (eid,)).fetchall()
         cm = (sum(t and p for t, p in cls), sum(t and not p for t, p in cls),
               sum(not t and not p for t, p in cls), sum(not t and p for t, p in cls))
         out[(layer, neuron, flat)] = (n_act, n_prompts - n_act, len(cls), sum(t for t, _ in cls), cm,
@@ -94,10 +111,12 @@ def test_sample_figures_match_the_readme(imported, capsys):
     prov = json.loads(run[0][4])
     assert prov["commit"] == "b98f23e" and prov["licence"] == "MIT" and prov["missing"] == []
     assert c.execute("SELECT count(*), count(DISTINCT layer) FROM neurons").fetchone() == (12, 3)
-    assert dict(c.execute("SELECT split, count(*) FROM prompts GROUP BY split")) == {"explain": 309, "heldout": 307}
+    assert dict(c.execute("SELECT split, count(*) FROM prompts GROUP BY split")) == {"explain": 309,
+                                                                                     "heldout": 307}
     assert c.execute("SELECT count(*) FROM pairs WHERE kept").fetchone() == (29,)
     assert c.execute("SELECT count(*), sum(truth) FROM classifications").fetchone() == (562, 337)
-    trunc = c.execute("SELECT count(*) FROM explanations WHERE json_extract(settings, '$.truncated')").fetchone()
+    trunc = c.execute("SELECT count(*) FROM explanations "
+                      "WHERE json_extract(settings, '$.truncated')").fetchone()
     assert trunc == (2,)
     # the neuron's token and congruence, and the flat head index read as layer * 12 + head
     assert c.execute("SELECT token, round(congruence, 2), rank FROM neurons WHERE layer=10 AND neuron=1687"
@@ -132,7 +151,8 @@ def test_prompts_hold_what_the_files_record(imported):
     assert r == (24, 0)
     # (9, 1690): 18 records under 100 tokens, 18 texts: matched by position
     r = c.execute("SELECT count(*), count(doc_idx), min(end - start), max(end - start) FROM prompts p "
-                  "JOIN neurons n ON n.id = p.neuron_id WHERE n.neuron = 1690 AND split = 'explain'").fetchone()
+                  "JOIN neurons n ON n.id = p.neuron_id "
+                  "WHERE n.neuron = 1690 AND split = 'explain'").fetchone()
     assert r[:2] == (18, 18) and r[3] < 100
     assert words("There are a good") == ["There", " are", " a", " good"]
 
@@ -285,10 +305,12 @@ def test_rebuilt_classification_prompts_are_the_authors(imported):
     from context_lookups.precompute.paper.importer import CLASSIFY, HELDOUT_PER_PAIR
 
     root = require_sample()
-    mapping = json.loads(next((root / "6_explanation_eval").glob("*_test_20.json")).read_text())["classify_prompts"]
+    evals = next((root / "6_explanation_eval").glob("*_test_20.json"))
+    mapping = json.loads(evals.read_text())["classify_prompts"]
     c = sqlite3.connect(imported)
     rows = c.execute("""SELECT n.layer, n.neuron, p.head_layer * 12 + p.head, n.token, e.text, e.settings
-                        FROM explanations e JOIN pairs p ON p.id = e.pair_id JOIN neurons n ON n.id = p.neuron_id
+                        FROM explanations e JOIN pairs p ON p.id = e.pair_id
+                        JOIN neurons n ON n.id = p.neuron_id
                         WHERE e.explainer = ?""", (EXPLAINER,)).fetchall()
     test_attr = json.loads(next((root / "4_head_attributions").glob("*_gpt2-small_test.json")).read_text())
     n_items = 0
@@ -297,7 +319,8 @@ def test_rebuilt_classification_prompts_are_the_authors(imported):
         assert text.startswith(lead + " ")
         content = text[len(lead) + 1:]
         texts = list(test_attr["head_attributions"][str((layer, neuron))])[:HELDOUT_PER_PAIR]
-        rebuilt = {CLASSIFY.format(explanation=content.replace("\n", " "), shown=t + token): t + token for t in texts}
+        rebuilt = {CLASSIFY.format(explanation=content.replace("\n", " "), shown=t + token): t + token
+                   for t in texts}
         assert rebuilt == mapping[str((layer, neuron, flat))]
         n_items += len(rebuilt)
     assert n_items == 562

@@ -29,8 +29,8 @@ def _count(db, slug: str, table: str) -> int:
     joins = {"neurons": "neurons x JOIN runs r ON r.id = x.run_id",
              "pairs": "pairs x JOIN runs r ON r.id = x.run_id AND x.kept",
              "explanations": "explanations x JOIN pairs p ON p.id = x.pair_id JOIN runs r ON r.id = p.run_id",
-             "classifications": "classifications x JOIN explanations e ON e.id = x.explanation_id JOIN pairs p "
-                                "ON p.id = e.pair_id JOIN runs r ON r.id = p.run_id",
+             "classifications": "classifications x JOIN explanations e ON e.id = x.explanation_id "
+                                "JOIN pairs p ON p.id = e.pair_id JOIN runs r ON r.id = p.run_id",
              "ablations": "ablations x JOIN pairs p ON p.id = x.pair_id JOIN runs r ON r.id = p.run_id"}
     c = sqlite3.connect(db)
     n = c.execute(f"SELECT count(*) FROM {joins[table]} WHERE r.slug = ?", (slug,)).fetchone()[0]

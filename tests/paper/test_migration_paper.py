@@ -24,9 +24,10 @@ def test_upgrade_from_0001_keeps_rows_and_matches_the_schema(tmp_path):
         command.upgrade(cfg, "0001")
     engine.dispose()
     c = sqlite3.connect(db)
-    c.execute("INSERT INTO runs (slug, model_name, dataset, settings, settings_hash, package_version, n_layers, "
-              "n_heads, d_mlp, d_model, n_ctx, layers, status, started_at) VALUES ('old', 'm', 'd', '{}', 'h', "
-              "'0', 2, 4, 8, 16, 32, '[1]', 'complete', '2026-01-01 00:00:00')")
+    c.execute("INSERT INTO runs (slug, model_name, dataset, settings, settings_hash, package_version, "
+              "n_layers, n_heads, d_mlp, d_model, n_ctx, layers, status, started_at) "
+              "VALUES ('old', 'm', 'd', '{}', 'h', '0', 2, 4, 8, 16, 32, '[1]', 'complete', "
+              "'2026-01-01 00:00:00')")
     c.commit()
     c.close()
     engine = open_writer(url)  # upgrades to head

@@ -46,7 +46,8 @@ def test_sample_ablation_figures(imported):
     au = t["authors"]
     # README §3.9: KS over the pairs' mean drops, NaN groups dropped
     assert (au["active"]["n"], au["inactive"]["n"]) == (29, 27)
-    assert au["ks"]["D"] == pytest.approx(0.3985, abs=1e-4) and au["ks"]["p"] == pytest.approx(0.0156, abs=1e-4)
+    assert au["ks"]["D"] == pytest.approx(0.3985, abs=1e-4)
+    assert au["ks"]["p"] == pytest.approx(0.0156, abs=1e-4)
     assert au["active"]["mean_drop"] == pytest.approx(0.00532, abs=1e-5)
     assert au["inactive"]["mean_drop"] == pytest.approx(-0.00126, abs=1e-5)
     # ... and the same numbers straight from the pickle, by the authors' notebook
@@ -54,7 +55,8 @@ def test_sample_ablation_figures(imported):
     rel = [v["relevant"] for v in raw.values() if not math.isnan(v["relevant"])]
     irr = [v["irrelevant"] for v in raw.values() if not math.isnan(v["irrelevant"])]
     ks = stats.ks_2samp(rel, irr)
-    assert au["ks"]["D"] == pytest.approx(ks.statistic, abs=1e-9) and au["ks"]["p"] == pytest.approx(ks.pvalue, rel=1e-6)
+    assert au["ks"]["D"] == pytest.approx(ks.statistic, abs=1e-9)
+    assert au["ks"]["p"] == pytest.approx(ks.pvalue, rel=1e-6)
     # the project's statistic sits next to it, over prompts, labelled
     assert t["statistic"].startswith("KS over prompts") and au["statistic"].startswith("KS over per-pair")
     assert t["n_pairs"] == 29 and t["active"]["n"] + t["inactive"]["n"] == t["n_prompts"]
@@ -68,7 +70,7 @@ def test_rows_hold_the_authors_values_per_prompt(imported):
                         JOIN pairs p ON p.id = a.pair_id JOIN neurons n ON n.id = p.neuron_id
                         JOIN prompts pr ON pr.id = a.prompt_id""").fetchall()
     by_pair: dict = {}
-    for layer, neuron, flat, text, active_json, active, clean, abl, drop, n_rec, act in rows:
+    for layer, neuron, flat, _text, active_json, active, clean, abl, drop, n_rec, act in rows:
         assert act is None and drop == pytest.approx(clean - abl)
         # active by the authors' rule: the head among the prompt's top 3 (held-out attributions)
         assert bool(active) == (f"L{flat // 12}H{flat % 12}" in json.loads(active_json))
@@ -92,7 +94,8 @@ def test_skew_test_is_the_authors_one_sided_one_where_their_rule_is_shown(import
                         explainer="openai:gpt-4")["kinds"]["next_token"]
     au = t["authors_rule"]
     assert au["skewtest"]["alternative"] == "greater"
-    assert au["skewtest"]["pvalue"] == pytest.approx(stats.skewtest(au["scores"], alternative="greater").pvalue)
+    assert au["skewtest"]["pvalue"] == pytest.approx(
+        stats.skewtest(au["scores"], alternative="greater").pvalue)
     assert t["skewtest"]["alternative"] == "two-sided"
     assert t["skewtest"]["pvalue"] == pytest.approx(stats.skewtest(t["scores"]).pvalue)
 
@@ -116,7 +119,8 @@ def test_numpy_1_names_read_the_same(tmp_path, capsys, monkeypatch):
             return NotImplemented
 
     data = {k: {"ablated": torch.tensor(v["ablated"]), "normal": torch.tensor(v["normal"]),
-                "act_diff_relevant": np.float32(v["relevant"]) if not math.isnan(v["relevant"]) else np.float64("nan"),
+                "act_diff_relevant": np.float32(v["relevant"]) if not math.isnan(v["relevant"])
+                else np.float64("nan"),
                 "act_diff_irrelevant": np.float32(v["irrelevant"]) if not math.isnan(v["irrelevant"])
                 else np.float64("nan")} for k, v in raw.items()}
     buf = io.BytesIO()

@@ -37,7 +37,8 @@ def _other(db) -> str:
 
 def test_home_links_compare_and_shows_provenance(client):
     html = client.get("/").text
-    assert 'href="/compare"' in html and "b98f23e" in html and "… by the <a class=\"term\" href=\"/glossary#authors-rule\"" in html
+    assert 'href="/compare"' in html and "b98f23e" in html
+    assert "… by the <a class=\"term\" href=\"/glossary#authors-rule\"" in html
     data = client.get("/.json").json()
     run = next(r for r in data["runs"] if r["slug"] == "gpt2-small")
     comp = run["findings"]["comparisons"][0]
@@ -54,7 +55,8 @@ def test_imported_neuron_page(client, db):
     assert re.search(r'<button type="submit" disabled title="Live passes are off', r.text)
     n_prompts = sqlite3.connect(db).execute(
         "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
-        "WHERE r.slug = 'gpt2-small' AND n.layer = 9 AND n.neuron = 1360 AND p.split = 'explain'").fetchone()[0]
+        "WHERE r.slug = 'gpt2-small' AND n.layer = 9 AND n.neuron = 1360 AND p.split = 'explain'"
+    ).fetchone()[0]
     assert r.text.count('class="tok max"') == n_prompts  # the firing token of every prompt
     assert "act 0." not in r.text and "per-token activations not recorded" in r.text
     assert "Top-3 heads" in r.text
@@ -87,15 +89,16 @@ def test_imported_run_reads_as_what_it_is(client):
     r = client.get("/gpt2-small/neurons/9/1360/heads/7/4").text
     assert "single class" in r and ">single_class<" not in r
     r = client.get("/gpt2-small/neurons/9/2209").text
-    assert "records_not_matched" not in r and "could not be matched to the explain and held-out prompt texts" in r
+    assert "records_not_matched" not in r
+    assert "could not be matched to the explain and held-out prompt texts" in r
     # best E by the run's own rule (the authors'), the project's alongside
     j = client.get("/gpt2-small/neurons/10/1687.json").json()
     assert j["best"]["rule"] == "authors" and j["best"]["score"] == pytest.approx(1.0)
     assert j["best"]["other_rule"] == "project" and j["best"]["other"] == pytest.approx(0.596, abs=5e-4)
     assert j["neuron"]["best_score"] == pytest.approx(1.0)
     html = client.get("/gpt2-small/neurons/10/1687").text
-    assert re.search(r"best E <span[^>]*>1\.000</span> \(authors(&#39;|') rule; project(&#39;|')s rule <span[^>]*>0\.596",
-                     html)
+    assert re.search(r"best E <span[^>]*>1\.000</span> \(authors(&#39;|') rule; "
+                     r"project(&#39;|')s rule <span[^>]*>0\.596", html)
     # the authors' dates and the import date, as such
     run = next(x for x in client.get("/.json").json()["runs"] if x["slug"] == "gpt2-small")
     assert run["started_at"].startswith("2023-10-11T19:07:38") and run["finished_at"].startswith("2023-10-14")
@@ -108,7 +111,8 @@ def test_imported_run_reads_as_what_it_is(client):
     abl = run["findings"]["ablation"]["zero"]["next_token"]
     assert abl["authors"]["ks"]["D"] == pytest.approx(0.3985, abs=1e-4)
     j = client.get("/gpt2-small/neurons/9/2209/heads/7/0.json").json()
-    assert j["state"]["ablation"]["state"] == "imported" and "7_head_ablation/" in j["state"]["ablation"]["reason"]
+    assert j["state"]["ablation"]["state"] == "imported"
+    assert "7_head_ablation/" in j["state"]["ablation"]["reason"]
     assert j["ablation_summary"]["zero"]["authors_mean"]["records"] == 30  # the authors' 30 records, 21 texts
     assert "7_head_ablation/nh_token_prob_attn_ablated_vs_normal_noabs_small.pkl" in \
         client.get("/gpt2-small/neurons/9/2209/heads/7/0").text
@@ -168,7 +172,8 @@ def test_pair_page_explainers_side_by_side(client):
     gpt = next(e for e in j["explanations"] if e["explainer"] == "openai:gpt-4")
     assert gpt["score"] is None and gpt["score_authors"] == pytest.approx(0.75)
     answered = [h for h in j["heldout"] if h["classifications"]]
-    assert len(answered) == 20 and all(set(h["classifications"]) == {"baseline", "openai:gpt-4"} for h in answered)
+    assert len(answered) == 20
+    assert all(set(h["classifications"]) == {"baseline", "openai:gpt-4"} for h in answered)
     assert all(h["ablations"] for h in j["heldout"])  # the ablation covers every held-out prompt
 
 
@@ -190,7 +195,8 @@ def test_compare(client, db):
     j = client.get("/compare.json", params={"runs": f"gpt2-small,{other}"}).json()
     assert [c["run"]["slug"] for c in j["runs"]] == ["gpt2-small", other]
     g = j["runs"][0]
-    assert g["explanations"]["openai:gpt-4"]["next_token"]["authors"]["mean"] == pytest.approx(0.6627, abs=1e-4)
+    assert g["explanations"]["openai:gpt-4"]["next_token"]["authors"]["mean"] == pytest.approx(0.6627,
+                                                                                               abs=1e-4)
     assert g["pairs"] == {"pairs": g["pairs"]["pairs"], "kept": 29}
     assert {row["layer"] for row in j["layer_rows"]} >= {9, 10, 11}
     assert j["layer_rows"][-1]["cells"][0]["next_token"] == 4
@@ -200,4 +206,5 @@ def test_compare(client, db):
     assert j2["run_names"] == j["run_names"]
     r = client.get("/compare.json", params={"runs": "gpt2-small,nope"})
     assert r.status_code == 404 and "gpt2-small" in r.json()["detail"]
-    assert client.get("/compare.json", params={"rule": "project"}).json()["runs"][0]["distribution"]["rule"] == "project"
+    compared = client.get("/compare.json", params={"rule": "project"}).json()
+    assert compared["runs"][0]["distribution"]["rule"] == "project"

@@ -34,6 +34,8 @@ def test_ci_runs_the_readme_test_command():
     for line in lines:  # both install from the lock, with the CPU torch release CI uses
         assert "-c requirements.lock" in line and "torch==2.13.0" in line, line
     assert "pytest" in lines[1] and "lookups precompute" in lines[0] and "lookups serve" in lines[0]
+    # CI lints: ruff (the config in pyproject.toml) runs before the tests
+    assert "&& ruff check . &&" in lines[1] and lines[1].index("ruff check .") < lines[1].index("pytest")
 
 
 def _lock_pins() -> dict[str, str]:
@@ -99,14 +101,16 @@ def test_wheel_installs_precomputes_and_serves(tmp_path):
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     (Path(purelib) / "_borrowed_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                    str(wheel)],
                    check=True, capture_output=True, text=True)
     work = tmp_path / "empty"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKUPS_") and k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     where = subprocess.run([str(py), "-c", "import context_lookups.app, context_lookups.precompute; "
-                            "print(context_lookups.app.__file__); print(context_lookups.precompute.__file__)"],
+                            "print(context_lookups.app.__file__); "
+                            "print(context_lookups.precompute.__file__)"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout
     assert str(ROOT) not in where and purelib in where, where
     lookups = str(venv / "bin" / "lookups")

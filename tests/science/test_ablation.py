@@ -87,7 +87,8 @@ def test_drop_matches_a_direct_computation(request, backend, tiny_bridge, rows):
         with torch.no_grad():
             _, cache = tiny_bridge.backend.bridge.run_with_cache(torch.tensor([row]),
                                                                  names_filter=["blocks.1.mlp.hook_post"])
-        assert res.act_clean[j].item() == pytest.approx(cache["blocks.1.mlp.hook_post"][0, positions[j], 7].item(), abs=1e-5)
+        want = cache["blocks.1.mlp.hook_post"][0, positions[j], 7].item()
+        assert res.act_clean[j].item() == pytest.approx(want, abs=1e-5)
     assert res.top_ablated[0][0][1] >= res.top_ablated[0][-1][1]
     assert res.prob_clean.shape == (len(rows),)
 

@@ -73,7 +73,8 @@ def test_counting_skips_bos_and_padding():
     real[0, 1:7], real[1, 1:3] = True, True  # row 2: BOS only
     for use_numba in (True, False):
         got = count_batch(post, real, use_numba=use_numba)
-        want = np.stack([np.bincount(bin_of(post[real][:, i].numpy()), minlength=N_BINS) for i in range(5)], 1)
+        want = np.stack([np.bincount(bin_of(post[real][:, i].numpy()), minlength=N_BINS)
+                         for i in range(5)], 1)
         assert np.array_equal(got.numpy(), want) and int(got[:, 0].sum()) == 8
 
 
@@ -108,7 +109,8 @@ def test_scan_histograms_equal_a_direct_count_of_the_scanned_tokens(tiny_model, 
         assert len(np.flatnonzero(counts.sum(1))) > 20, "activations should spread over many bins"
         # the top-k maxima are among the counted activations: each neuron's max is in its last bin
         last = np.array([np.flatnonzero(counts[:, i]).max() for i in range(tiny_model.d_mlp)])
-        assert np.array_equal(last, bin_of(res.values[0, layers.index(lay) * tiny_model.d_mlp:][:tiny_model.d_mlp]))
+        first = layers.index(lay) * tiny_model.d_mlp
+        assert np.array_equal(last, bin_of(res.values[0, first:][:tiny_model.d_mlp]))
 
 
 def test_shards_merge_to_the_single_scan(tiny_model, small_corpus_dir):
@@ -118,7 +120,8 @@ def test_shards_merge_to_the_single_scan(tiny_model, small_corpus_dir):
     texts = _texts(small_corpus_dir)
     kw = {"layers": [0, 1], "k": 4, "batch_size": 8, "context_tokens": 24}
     full = scan(tiny_model, texts, **kw, histograms=True)
-    parts = [scan_shard(tiny_model, ScanShard(texts[a:b], a, **kw)) for a, b in shard_ranges(len(texts), 8, 3)]
+    parts = [scan_shard(tiny_model, ScanShard(texts[a:b], a, **kw))
+             for a, b in shard_ranges(len(texts), 8, 3)]
     merged = merge_scans(parts[::-1])  # any order
     for lay in kw["layers"]:
         assert torch.equal(merged.histograms.counts[lay], full.histograms.counts[lay])

@@ -175,7 +175,8 @@ def test_baseline_single_class_and_empty_side():
     assert [parse_answer(a) for _, _, a in res.answers] == [True] * len(one_sided.heldout)
     # ... and never reads the held-out truth: flipping it changes no answer
     flipped = PairTask(1, 1, "next_token", "L0H0", " x", explain=one_sided.explain,
-                       heldout=[Example(e.prompt_id, e.text, e.tokens, not e.active) for e in one_sided.heldout])
+                       heldout=[Example(e.prompt_id, e.text, e.tokens, not e.active)
+                                for e in one_sided.heldout])
     assert [a for _, _, a in explain_pair(flipped).answers] == [a for _, _, a in res.answers]
     assert explain_pair(PairTask(1, 1, "next_token", "L0H0", " x", explain=[], heldout=[])).status == "failed"
 
@@ -222,7 +223,8 @@ def test_run_explanations_on_the_real_database(db_copy):
             pair = s.get(Pair, e.pair_id)
             assert pair.kept
             label = f"L{pair.head_layer}H{pair.head}"
-            held = s.scalars(select(Prompt).where(Prompt.neuron_id == pair.neuron_id, Prompt.split == "heldout")
+            held = s.scalars(select(Prompt)
+                             .where(Prompt.neuron_id == pair.neuron_id, Prompt.split == "heldout")
                              .order_by(Prompt.rank).limit(6)).all()
             truth = {p.id: label in p.active for p in held}
             assert (e.n_pos, e.n_neg) == (sum(truth.values()), len(truth) - sum(truth.values()))
@@ -344,7 +346,8 @@ def test_baseline_configuration_never_depends_on_the_neurons_own_prompts():
     # scrambling neuron 1's own explain labels changes nothing of its choice ...
     rng = random.Random(3)
     scrambled = [PairTask(t.pair_id, t.neuron_id, t.kind, t.label, t.token,
-                          explain=[Example(e.prompt_id, e.text, e.tokens, rng.random() < 0.5) for e in t.explain],
+                          explain=[Example(e.prompt_id, e.text, e.tokens, rng.random() < 0.5)
+                                   for e in t.explain],
                           heldout=t.heldout) if t.neuron_id == 1 else t for t in pool]
     assert choose(scrambled)[1] == chosen[1]
     # ... and the held-out truth is never read: flipping it changes no answer
@@ -353,7 +356,8 @@ def test_baseline_configuration_never_depends_on_the_neurons_own_prompts():
                        heldout=[Example(e.prompt_id, e.text, e.tokens, not e.active) for e in t.heldout])
     a, b = explain_with(t, chosen), explain_with(flipped, chosen)
     assert [x[2] for x in a.answers] == [x[2] for x in b.answers]
-    assert a.settings["config"] == chosen[1][0].label() and a.settings["cv"]["mean_bacc_other_neurons"] is not None
+    assert a.settings["config"] == chosen[1][0].label()
+    assert a.settings["cv"]["mean_bacc_other_neurons"] is not None
 
 
 def test_out_of_fold_threshold_and_folds():

@@ -113,14 +113,15 @@ def test_llm_prompts_faults_cache_and_rerun(db, server, monkeypatch):
         assert all(e.explainer == "openai:test-model" for e in exps.values())
         ec = exps[c["pair_id"]]
         assert ec.status == "failed" and "500" in ec.error and ec.score is None
-        assert s.get(LLMCall, request_hash({"model": "test-model", "max_tokens": 200,
-                                            "messages": [{"role": "user", "content": c["prompt"]}]})).status == "failed"
+        assert s.get(LLMCall, request_hash({"model": "test-model", "max_tokens": 200, "messages": [
+            {"role": "user", "content": c["prompt"]}]})).status == "failed"
         total_unparsed = 0
         for p in others:
             e = exps[p["pair_id"]]
             assert e.prompt == p["prompt"] and e.text == explanation_for(p["prompt"])
             assert e.settings["llm_model"] == "test-model" and e.settings["heldout_per_pair"] == HELDOUT
-            cls = {x.prompt_id: x for x in s.scalars(select(Classification).where(Classification.explanation_id == e.id))}
+            cls = {x.prompt_id: x
+                   for x in s.scalars(select(Classification).where(Classification.explanation_id == e.id))}
             if p["single"]:
                 assert e.status == "single_class" and e.score is None and not cls
                 continue
@@ -134,10 +135,10 @@ def test_llm_prompts_faults_cache_and_rerun(db, server, monkeypatch):
             total_unparsed += n_unparsed
             assert e.n_unparsed == n_unparsed and e.n_pos == sum(truth) and e.n_neg == len(truth) - sum(truth)
             # E by hand, unparsed answers left out of the confusion matrix
-            tp = sum(t and q is True for t, q in zip(truth, preds))
-            fn = sum(t and q is False for t, q in zip(truth, preds))
-            tn = sum(not t and q is False for t, q in zip(truth, preds))
-            fp = sum(not t and q is True for t, q in zip(truth, preds))
+            tp = sum(t and q is True for t, q in zip(truth, preds, strict=True))
+            fn = sum(t and q is False for t, q in zip(truth, preds, strict=True))
+            tn = sum(not t and q is False for t, q in zip(truth, preds, strict=True))
+            fp = sum(not t and q is True for t, q in zip(truth, preds, strict=True))
             if tp + fn and tn + fp:
                 assert e.status == "ok" and e.score == pytest.approx(0.5 * (tp / (tp + fn) + tn / (tn + fp)))
             else:
@@ -156,9 +157,10 @@ def test_llm_prompts_faults_cache_and_rerun(db, server, monkeypatch):
     with Session() as s:
         e = s.scalars(select(Explanation).where(Explanation.pair_id == c["pair_id"])).one()
         assert e.status == "ok" and e.text == explanation_for(c["prompt"])
-        assert s.get(LLMCall, request_hash({"model": "test-model", "max_tokens": 200,
-                                            "messages": [{"role": "user", "content": c["prompt"]}]})).status == "ok"
-        table = score_table(s, run_id=find_run(s, run_name=None, model=None).id, explainer="openai:test-model")
+        assert s.get(LLMCall, request_hash({"model": "test-model", "max_tokens": 200, "messages": [
+            {"role": "user", "content": c["prompt"]}]})).status == "ok"
+        table = score_table(s, run_id=find_run(s, run_name=None, model=None).id,
+                            explainer="openai:test-model")
         scores = sorted(x.score for x in s.scalars(select(Explanation)) if x.score is not None)
     assert sorted(table["kinds"]["next_token"]["scores"] + table["kinds"]["random"]["scores"]) == scores
     assert sum(r["missing"] for r in table["kinds"].values()) == 0
@@ -167,14 +169,16 @@ def test_llm_prompts_faults_cache_and_rerun(db, server, monkeypatch):
     before = len(server.received)
     assert run(db, llm_settings(db, server))["pairs_done"] == 0
     with Session() as s:
-        snapshot = {(e.pair_id, e.status, e.text, e.score, e.n_unparsed) for e in s.scalars(select(Explanation))}
+        snapshot = {(e.pair_id, e.status, e.text, e.score, e.n_unparsed)
+                    for e in s.scalars(select(Explanation))}
         for e in s.scalars(select(Explanation)):
             s.delete(e)
         s.commit()
     out3 = run(db, llm_settings(db, server))
     assert len(server.received) == before and out3["requests_sent"] == 0 and out3["requests_cached"] > 0
     with Session() as s:
-        assert {(e.pair_id, e.status, e.text, e.score, e.n_unparsed) for e in s.scalars(select(Explanation))} == snapshot
+        assert {(e.pair_id, e.status, e.text, e.score, e.n_unparsed)
+                for e in s.scalars(select(Explanation))} == snapshot
     engine.dispose()
 
 
@@ -189,12 +193,14 @@ def test_garbage_answers_are_counted_not_dropped(db, server, monkeypatch):
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT answer, predicted FROM classifications").fetchall()
         assert len(rows) == HELDOUT * n_scored and all(r == ("Perhaps", None) for r in rows)
-        st = c.execute("SELECT status, n_unparsed, error FROM explanations WHERE status != 'single_class'").fetchall()
+        st = c.execute("SELECT status, n_unparsed, error FROM explanations "
+                       "WHERE status != 'single_class'").fetchall()
         assert all(x[0] == "ok" and x[1] == HELDOUT and "no parsed answer" in x[2] for x in st)
         assert c.execute("SELECT count(*) FROM explanations WHERE score IS NOT NULL").fetchone()[0] == 0
     engine = open_writer(f"sqlite:///{db}")
     with sessions(engine)() as s:
-        table = score_table(s, run_id=find_run(s, run_name=None, model=None).id, explainer="openai:test-model")
+        table = score_table(s, run_id=find_run(s, run_name=None, model=None).id,
+                            explainer="openai:test-model")
     engine.dispose()
     assert sum(r["unscored"] for r in table["kinds"].values()) == n_scored
     assert sum(r["n_unparsed"] for r in table["kinds"].values()) == HELDOUT * n_scored
@@ -239,7 +245,7 @@ def test_killed_midway_loses_nothing_and_duplicates_nothing(db, server):
     answered_before = list(server.answered)
     assert len(answered_before) == 4
 
-    out = run(db, llm_settings(db, server, llm_concurrency=1))
+    run(db, llm_settings(db, server, llm_concurrency=1))
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM explanations WHERE status = 'failed'").fetchone()[0] == 0
     answered = server.answered

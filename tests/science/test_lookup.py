@@ -29,12 +29,14 @@ def check_stored_lookups(db) -> int:
         kept = {(nid, k, h) for nid, k, h in con.execute(
             "SELECT neuron_id, head_layer, head FROM pairs WHERE kept")}
         stored = {(nid, k, h) for nid, k, h in con.execute(
-            "SELECT DISTINCT p.neuron_id, l.head_layer, l.head FROM lookups l JOIN prompts p ON p.id = l.prompt_id")}
+            "SELECT DISTINCT p.neuron_id, l.head_layer, l.head FROM lookups l "
+            "JOIN prompts p ON p.id = l.prompt_id")}
         assert kept and stored == kept  # the kept pairs, and only those
         for nid, k, h in kept:  # every prompt of the neuron, both splits
             n_prompts = con.execute("SELECT count(*) FROM prompts WHERE neuron_id = ?", (nid,)).fetchone()[0]
-            n_lookups = con.execute("SELECT count(*) FROM lookups l JOIN prompts p ON p.id = l.prompt_id WHERE "
-                                    "p.neuron_id = ? AND l.head_layer = ? AND l.head = ?", (nid, k, h)).fetchone()[0]
+            n_lookups = con.execute("SELECT count(*) FROM lookups l JOIN prompts p ON p.id = l.prompt_id "
+                                    "WHERE p.neuron_id = ? AND l.head_layer = ? AND l.head = ?",
+                                    (nid, k, h)).fetchone()[0]
             assert n_lookups == n_prompts > 0
     finally:
         con.close()
@@ -69,7 +71,8 @@ def test_stored_lookups_sum_to_the_attribution_on_the_embedded_model(tmp_path, s
 
 
 @pytest.mark.parametrize("fam", ["neox", "llama"])
-def test_stored_lookups_sum_to_the_attribution_on_the_fast_families(tmp_path, small_corpus_dir, families, fam):
+def test_stored_lookups_sum_to_the_attribution_on_the_fast_families(tmp_path, small_corpus_dir, families,
+                                                                    fam):
     """The real job on the tiny GPT-NeoX (parallel blocks, partial rotary, LayerNorm) and Llama
     (grouped-query attention, RMSNorm, gated MLP) models on their fast backends: every stored
     look-up sums to the stored raw and LN-aware attribution."""
@@ -77,8 +80,8 @@ def test_stored_lookups_sum_to_the_attribution_on_the_fast_families(tmp_path, sm
 
     db = tmp_path / f"{fam}.db"
     model = families.fast(fam)
-    summary_ = run_precompute(small_settings(db, families.dir(fam), small_corpus_dir, n_per_layer=2, n_random=1,
-                                             explainer="none", ablation="none"), model=model)
+    summary_ = run_precompute(small_settings(db, families.dir(fam), small_corpus_dir, n_per_layer=2,
+                                             n_random=1, explainer="none", ablation="none"), model=model)
     assert summary_["kept_pairs"] > 0
     assert check_stored_lookups(db) >= 20
 

@@ -75,7 +75,8 @@ def test_topk_matches_a_full_sort():
     pos = torch.randint(0, 50, (n_docs, n_neurons), generator=g)
     top = TopK(k, n_neurons)
     for start in range(0, n_docs, 10):
-        top.update(vals[start:start + 10], pos[start:start + 10], torch.arange(start, min(start + 10, n_docs)))
+        top.update(vals[start:start + 10], pos[start:start + 10],
+                   torch.arange(start, min(start + 10, n_docs)))
     expect = torch.sort(vals, dim=0, descending=True)
     assert torch.equal(top.values, expect.values[:k])        # the k LARGEST, descending
     assert torch.equal(top.docs, expect.indices[:k])
@@ -115,7 +116,7 @@ def test_trimming_invariants(tiny_model, small_corpus_dir):
     assert [a[0] for a in again] == [o[0] for o in out]
     bos = tiny_model.bos_token_id
     checked = 0
-    for row, p, (start, orig, act) in zip(rows, maxpos, out):
+    for row, p, (start, orig, act) in zip(rows, maxpos, out, strict=True):
         assert 1 <= start <= p
         whole = neuron_acts(tiny_model, [row[:p + 1]], layer, neuron)[0][-1]
         assert orig == pytest.approx(whole, abs=1e-6)

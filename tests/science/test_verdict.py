@@ -30,7 +30,8 @@ from context_lookups.precompute.findings.verdict import (
 from tests.web_fixtures import TOPK_RUN
 
 
-@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 5), (3, 5), (5, 5), (2, 8), (7, 20), (19, 20), (50, 100)])
+@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 5), (3, 5), (5, 5), (2, 8), (7, 20), (19, 20),
+                                 (50, 100)])
 @pytest.mark.parametrize("confidence", [0.95, 0.975])
 def test_wilson_equals_scipy(k, n, confidence):
     ci = stats.binomtest(k, n).proportion_ci(confidence, method="wilson")
@@ -108,13 +109,15 @@ def test_verdict_of_a_real_run_from_its_rows(client, web_db):
     """The top-3 run's verdict recomputed here from the stored explanations and ablations."""
     con = sqlite3.connect(f"file:{web_db}?mode=ro", uri=True)
     scores = {kind: [s for (s,) in con.execute(
-        "SELECT e.score FROM explanations e JOIN pairs p ON p.id = e.pair_id JOIN neurons n ON n.id = p.neuron_id "
-        "JOIN runs r ON r.id = p.run_id WHERE r.slug = ? AND p.kept AND n.kind = ? AND e.explainer = 'baseline' "
+        "SELECT e.score FROM explanations e JOIN pairs p ON p.id = e.pair_id "
+        "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id "
+        "WHERE r.slug = ? AND p.kept AND n.kind = ? AND e.explainer = 'baseline' "
         "AND e.score IS NOT NULL", (TOPK_RUN, kind))] for kind in ("next_token", "random")}
     means: dict[bool, list[float]] = {True: [], False: []}
     for _pid, active, mean in con.execute(
-            "SELECT a.pair_id, a.active, avg(a.\"drop\") FROM ablations a JOIN pairs p ON p.id = a.pair_id JOIN neurons n "
-            "ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id WHERE r.slug = ? AND n.kind = 'next_token' "
+            "SELECT a.pair_id, a.active, avg(a.\"drop\") FROM ablations a JOIN pairs p ON p.id = a.pair_id "
+            "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id "
+            "WHERE r.slug = ? AND n.kind = 'next_token' "
             "AND a.method = 'zero' GROUP BY a.pair_id, a.active", (TOPK_RUN,)):
         means[bool(active)].append(mean)
     con.close()
@@ -125,7 +128,8 @@ def test_verdict_of_a_real_run_from_its_rows(client, web_db):
     assert ex["explainer"] == "baseline"
     assert ex["vs_chance"] == claim([scores["next_token"]], null=0.5, paper=0.65)
     assert ex["vs_random"]["n"] == [len(scores["next_token"]), len(scores["random"])]
-    assert ex["vs_random"]["value"] == pytest.approx(np.mean(scores["next_token"]) - np.mean(scores["random"]))
+    assert ex["vs_random"]["value"] == pytest.approx(np.mean(scores["next_token"])
+                                                     - np.mean(scores["random"]))
     drop = v["ablation"][0]["drop"]
     assert drop["n"] == [len(means[True]), len(means[False])]
     assert drop["value"] == pytest.approx(np.mean(means[True]) - np.mean(means[False]))
@@ -136,7 +140,8 @@ def test_verdict_of_a_real_run_from_its_rows(client, web_db):
         assert f'class="verdict v-{c["verdict"]}"' in html
     assert f"{ex['vs_chance']['lo']:.3f}, {ex['vs_chance']['hi']:.3f}]" in html
     assert "lies on the paper&#39;s side of the null value" in html
-    assert re.search(r'finished <time datetime="[0-9T:.-]+">\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC</time>', html)
+    assert re.search(r'finished <time datetime="[0-9T:.-]+">'
+                     r'\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC</time>', html)
     assert not re.search(r">\d{4}-\d\d-\d\dT", html)  # no raw ISO date shown
     # the compare page shows the same verdicts side by side
     cmp = client.get("/compare.json", params={"runs": TOPK_RUN}).json()
@@ -188,7 +193,8 @@ def test_every_e_in_lists_carries_n_and_interval(client, web_db):
     p0 = scored[0]
     head = client.get(f"/{TOPK_RUN}/heads/{p0['head_layer']}/{p0['head']}.json").json()
     row = next(r for r in head["pairs"] if (r["layer"], r["neuron"]) == (p0["layer"], p0["neuron"]))
-    assert row["best_score"] is not None and row["e_lo"] <= row["best_score"] <= row["e_hi"] and row["n_pos"] is not None
+    assert row["best_score"] is not None and row["n_pos"] is not None
+    assert row["e_lo"] <= row["best_score"] <= row["e_hi"]
     neurons = client.get(f"/{TOPK_RUN}/neurons.json", params={"per_page": 500}).json()["neurons"]
     best = [n for n in neurons if n["best_score"] is not None]
     assert best and all(n["e_lo"] <= n["best_score"] <= n["e_hi"] and n["n_pos"] is not None for n in best)

@@ -46,7 +46,8 @@ def client(stored_url):
 
 
 def test_prompt_words_are_found_with_links(client, stored_url):
-    rows = _rows(stored_url, select(Prompt.text, Prompt.split, Prompt.rank, Neuron.layer, Neuron.neuron, Run.slug)
+    rows = _rows(stored_url, select(Prompt.text, Prompt.split, Prompt.rank, Neuron.layer, Neuron.neuron,
+                                    Run.slug)
                  .join(Neuron, Neuron.id == Prompt.neuron_id).join(Run, Run.id == Neuron.run_id))
     word = _rare_word([r.text for r in rows])
     exact = {(r.slug, r.layer, r.neuron, r.split, r.rank) for r in rows
@@ -72,7 +73,8 @@ def test_explanation_words_link_to_their_pairs(client, stored_url):
     assert rows, "the small run has explanations to search"
     quoted = sorted({w for r in rows for w in re.findall(r'"\s?([A-Za-z]{4,})"', r.text or "")})
     word = quoted[0]
-    exact = {(r.layer, r.neuron, r.head_layer, r.head) for r in rows if re.search(rf"\b{word}\b", r.text or "", re.I)}
+    exact = {(r.layer, r.neuron, r.head_layer, r.head) for r in rows
+             if re.search(rf"\b{word}\b", r.text or "", re.I)}
     data = client.get("/search.json", params={"q": word}).json()
     got = {(h["layer"], h["neuron"], h["head_layer"], h["head"]) for h in data["explanations"]["items"]}
     assert exact <= got
@@ -107,15 +109,17 @@ def _one_prompt_db(url: str) -> None:
     database from before search existed)."""
     engine = create_engine(parse_url(url))
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO runs (slug, model_name, dataset, settings, settings_hash, package_version, "
-                          "n_layers, n_heads, d_mlp, d_model, n_ctx, layers, status, started_at) VALUES "
-                          "('old', 'm', 'd', '{}', 'h', '0', 2, 4, 8, 16, 32, '[1]', 'complete', '2026-01-01')"))
+        conn.execute(text("INSERT INTO runs (slug, model_name, dataset, settings, settings_hash, "
+                          "package_version, n_layers, n_heads, d_mlp, d_model, n_ctx, layers, status, "
+                          "started_at) VALUES ('old', 'm', 'd', '{}', 'h', '0', 2, 4, 8, 16, 32, '[1]', "
+                          "'complete', '2026-01-01')"))
         rid = conn.execute(text("SELECT id FROM runs")).scalar()
         conn.execute(text("INSERT INTO neurons (run_id, layer, neuron, kind, token, congruence, top_tokens) "
                           "VALUES (:r, 1, 3, 'next_token', ' x', 1.0, '[]')"), {"r": rid})
         nid = conn.execute(text("SELECT id FROM neurons")).scalar()
-        conn.execute(text("INSERT INTO prompts (neuron_id, split, rank, text, token_ids, tokens, acts, attr_raw, "
-                          "attr_ln, other_ln, active) VALUES (:n, 'explain', 0, 'the zanzibar archipelago', "
+        conn.execute(text("INSERT INTO prompts (neuron_id, split, rank, text, token_ids, tokens, acts, "
+                          "attr_raw, attr_ln, other_ln, active) "
+                          "VALUES (:n, 'explain', 0, 'the zanzibar archipelago', "
                           "'[]', '[]', '[]', '[]', '[]', '{}', '[]')"), {"n": nid})
     engine.dispose()
 
@@ -148,8 +152,9 @@ def test_migration_indexes_existing_rows_and_writes_keep_it_current(db_url):
     assert found("zanzibar") == 0 and found("madagascar") == 1
     with writer.begin() as conn:
         nid = conn.execute(text("SELECT id FROM neurons")).scalar()
-        conn.execute(text("INSERT INTO prompts (neuron_id, split, rank, text, token_ids, tokens, acts, attr_raw, "
-                          "attr_ln, other_ln, active) VALUES (:n, 'heldout', 0, 'a madagascar lemur', "
+        conn.execute(text("INSERT INTO prompts (neuron_id, split, rank, text, token_ids, tokens, acts, "
+                          "attr_raw, attr_ln, other_ln, active) "
+                          "VALUES (:n, 'heldout', 0, 'a madagascar lemur', "
                           "'[]', '[]', '[]', '[]', '[]', '{}', '[]')"), {"n": nid})
     assert found("madagascar") == 2 and found('"madagascar lemur"') == 1 and found('"lemur madagascar"') == 0
     with writer.begin() as conn:
@@ -158,7 +163,8 @@ def test_migration_indexes_existing_rows_and_writes_keep_it_current(db_url):
     if db_url.startswith("sqlite"):  # the FTS5 index holds no stale entry either
         path = parse_url(db_url).database
         con = sqlite3.connect(path)
-        assert con.execute("SELECT count(*) FROM search_prompts WHERE search_prompts MATCH 'madagascar'").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM search_prompts "
+                           "WHERE search_prompts MATCH 'madagascar'").fetchone() == (0,)
         con.close()
     writer.dispose()
 
@@ -170,7 +176,8 @@ def test_imported_explanations_are_searchable(tmp_path):
     from context_lookups.app.main import create_app
 
     with TestClient(create_app(db_url=url, torch_threads=None, preload=False)) as c:
-        d = c.get("/search.json", params={"q": "document", "run": "gpt2-small", "kind": "explanations"}).json()
+        d = c.get("/search.json",
+                  params={"q": "document", "run": "gpt2-small", "kind": "explanations"}).json()
         assert d["explanations"]["total"] > 0
         assert {h["explainer"] for h in d["explanations"]["items"]} == {"openai:gpt-4"}
         assert all(c.get(h["url"]).status_code == 200 for h in d["explanations"]["items"][:3])

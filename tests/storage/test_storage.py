@@ -106,15 +106,16 @@ def test_page_served_read_only(stored_url, precomputed_db):
 
     app = create_app(db_url=stored_url, torch_threads=None)
     with TestClient(app) as client, app.state.Session() as s:
-        n = s.scalars(select(Neuron).where(Neuron.kind == "next_token").order_by(Neuron.layer, Neuron.neuron)).first()
+        n = s.scalars(select(Neuron).where(Neuron.kind == "next_token")
+                      .order_by(Neuron.layer, Neuron.neuron)).first()
         n_id, token = n.id, n.token
         page = f"/{s.scalar(select(Run.slug))}/neurons/{n.layer}/{n.neuron}"
         r = client.get(page)
         assert r.status_code == 200 and token.strip() in r.text  # a leading space shows as ␣
         twin = client.get(f"{page}.json").json()
-        with pytest.raises(DBAPIError, match="read-only transaction|readonly"):
-            with app.state.engine.begin() as conn:
-                conn.execute(update(Neuron).values(token="x"))
+        with (pytest.raises(DBAPIError, match="read-only transaction|readonly"),
+              app.state.engine.begin() as conn):
+            conn.execute(update(Neuron).values(token="x"))
         with pytest.raises(DBAPIError, match="read-only transaction|readonly"):
             s.execute(text("CREATE TABLE intruder (x integer)"))
         s.rollback()

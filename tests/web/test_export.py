@@ -45,7 +45,7 @@ def neutralised(v: str) -> str:
 def same_rows(csv_rows: list[dict], json_rows: list[dict]) -> None:
     """Row for row, every scalar field of the JSON twin, as the CSV writes it."""
     assert len(csv_rows) == len(json_rows) and json_rows
-    for c, j in zip(csv_rows, json_rows):
+    for c, j in zip(csv_rows, json_rows, strict=True):
         for k, v in j.items():
             if isinstance(v, (list, dict)):
                 continue
@@ -91,7 +91,8 @@ def test_neuron_list_leads_with_analysed_neurons(client, web_db):
 
 def test_byte_tokens_are_escaped_in_html_and_json(client, web_db):
     layer, neuron, token = one(web_db, "SELECT n.layer, n.neuron, n.token FROM neurons n JOIN runs r ON "
-                               "r.id = n.run_id WHERE r.slug = ? AND n.token LIKE ? ORDER BY n.neuron LIMIT 1",
+                               "r.id = n.run_id WHERE r.slug = ? AND n.token LIKE ? "
+                               "ORDER BY n.neuron LIMIT 1",
                                TOPK_RUN, "%\ufffd%")
     d = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json").json()["neuron"]
     assert d["token"] == token and "\ufffd" not in d["token_escaped"] and "\\x" in d["token_escaped"]
@@ -101,7 +102,8 @@ def test_byte_tokens_are_escaped_in_html_and_json(client, web_db):
     assert d["token_escaped"] in {n["token_escaped"] for n in listed.json()["neurons"]}
     assert "\ufffd" not in client.get(f"/{TOPK_RUN}/neurons", params={"kind": "all", "per_page": 500}).text
 
-    live = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params={"prompt": "costs 5 €"}).json()["live"]
+    live = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json",
+                      params={"prompt": "costs 5 €"}).json()["live"]
     parts = [i for i, j in enumerate(live["tokens_joined"]) if j is not None]
     assert parts and all(live["tokens_joined"][i] == "€" for i in parts)
     assert "".join(live["tokens_escaped"][i] for i in parts).strip() == "\\xe2\\x82\\xac"
@@ -136,7 +138,8 @@ def test_neurons_below_the_minimum_keep_no_pair_and_say_why(client, web_db):
     assert one(web_db, "SELECT count(*) FROM pairs p JOIN runs r ON r.id = p.run_id WHERE r.slug = ? "
                "AND p.kept", FEW_RUN)[0] == 0
     layer, neuron, n_prompts, status = one(
-        web_db, "SELECT n.layer, n.neuron, count(pr.id), n.status FROM neurons n JOIN runs r ON r.id = n.run_id "
+        web_db, "SELECT n.layer, n.neuron, count(pr.id), n.status FROM neurons n "
+        "JOIN runs r ON r.id = n.run_id "
         "JOIN prompts pr ON pr.neuron_id = n.id AND pr.split = 'explain' WHERE r.slug = ? "
         "GROUP BY n.id ORDER BY n.layer, n.neuron LIMIT 1", FEW_RUN)
     assert 0 < n_prompts < need and status == "too_few_prompts"
@@ -217,7 +220,8 @@ def test_head_and_pair_list_csv_have_the_json_rows(client, web_db):
             client.get(f"/{TOPK_RUN}/heads/{hl}/{h}", params=params).text
     n_kept = one(web_db, "SELECT count(*) FROM pairs p JOIN runs r ON r.id = p.run_id WHERE r.slug = ? "
                  "AND p.kept", TOPK_RUN)[0]
-    for params in ({}, {"kept": "false", "per_page": 10, "page": 2}, {"explainer": "baseline", "kind": "random"},
+    for params in ({}, {"kept": "false", "per_page": 10, "page": 2},
+                   {"explainer": "baseline", "kind": "random"},
                    {"min_score": 0.5, "sort": "neuron"}):
         j = client.get(f"/{TOPK_RUN}/pairs.json", params=params).json()
         filters = {k: v for k, v in params.items() if k not in ("page", "per_page")}
@@ -246,7 +250,8 @@ def test_db_metadata_describes_every_table_and_column(tmp_path, web_db):
         for c in t.columns:
             assert tables[t.name]["columns"][c.name].strip(), f"{t.name}.{c.name}"
     con = sqlite3.connect(f"file:{web_db}?mode=ro", uri=True)  # and every column of the real file
-    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'alembic_version'"):
+    for (name,) in con.execute("SELECT name FROM sqlite_master "
+                               "WHERE type='table' AND name != 'alembic_version'"):
         assert {r[1] for r in con.execute(f"PRAGMA table_info({name})")} == set(tables[name]["columns"])
     con.close()
     assert tables["phases"]["units"] == {"seconds": "s"}
@@ -282,12 +287,14 @@ def _hostile_copy(web_db, tmp_path):
     shutil.copy(web_db, db)
     db.chmod(0o644)
     con = sqlite3.connect(db)
-    ids = [i for (i,) in con.execute("SELECT n.id FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ? "
+    ids = [i for (i,) in con.execute("SELECT n.id FROM neurons n JOIN runs r ON r.id = n.run_id "
+                                     "WHERE r.slug = ? "
                                      "ORDER BY n.layer, n.neuron LIMIT ?", (TOPK_RUN, len(HOSTILE)))]
-    for i, token in zip(ids, HOSTILE):
+    for i, token in zip(ids, HOSTILE, strict=True):
         con.execute("UPDATE neurons SET token = ? WHERE id = ?", (token, i))
-    con.execute("UPDATE explanations SET text = ? WHERE id IN (SELECT e.id FROM explanations e JOIN pairs p ON "
-                "p.id = e.pair_id JOIN runs r ON r.id = p.run_id WHERE r.slug = ? ORDER BY e.id LIMIT 3)",
+    con.execute("UPDATE explanations SET text = ? WHERE id IN (SELECT e.id FROM explanations e "
+                "JOIN pairs p ON p.id = e.pair_id JOIN runs r ON r.id = p.run_id "
+                "WHERE r.slug = ? ORDER BY e.id LIMIT 3)",
                 (HOSTILE[-1], TOPK_RUN))
     con.commit()
     con.close()
@@ -304,7 +311,7 @@ def test_csv_round_trips_any_token_text_and_neutralises_formulas(tmp_path, web_d
         text = c.get(f"/{TOPK_RUN}/neurons.csv", params={"kind": "all"}).text
         table = list(csv.reader(io.StringIO(text, newline="")))
         assert len(table) == 1 + len(every)  # header + one row per neuron, whatever the tokens
-        rows = [dict(zip(table[0], r)) for r in table[1:]]
+        rows = [dict(zip(table[0], r, strict=True)) for r in table[1:]]
         same_rows(rows, every)
         shown = {r["token"] for r in rows}
         assert "'=1+1" in shown and "'@SUM(A1:A9)" in shown and "'-2+3" in shown and "'\r" in shown
@@ -325,7 +332,8 @@ def test_control_characters_are_escaped_in_token_escaped(tmp_path, web_db, tiny_
     with make_client(db, tiny_model_dir) as c:
         every = all_json_rows(c, f"/{TOPK_RUN}/neurons.json", {"kind": "all"}, "neurons")
         by_token = {n["token"]: n["token_escaped"] for n in every}
-        assert by_token["\x00"] == "\\x00" and by_token["\r"] == "\\x0d" and by_token["\x16\x7f"] == "\\x16\\x7f"
+        assert by_token["\x00"] == "\\x00" and by_token["\r"] == "\\x0d"
+        assert by_token["\x16\x7f"] == "\\x16\\x7f"
         assert by_token["\n"] == "\n" and by_token["a\r\nb"] == "a\\x0d\nb"
         layer, neuron = next((n["layer"], n["neuron"]) for n in every if n["token"] == "\x00")
         assert "\\x00" in c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}").text

@@ -41,7 +41,8 @@ def test_layer_acts_equal_the_bridges_hook_post(tiny_model, tiny_bridge):
     ref = _hook_post(tiny_bridge, r, [1, 0])
     for m in (tiny_model, tiny_bridge):
         acts, lengths = m.backend.layer_acts(r, [1, 0])
-        assert acts.shape == (3, max(map(len, r)), 2 * tiny_model.d_mlp) and lengths.tolist() == list(map(len, r))
+        assert acts.shape == (3, max(map(len, r)), 2 * tiny_model.d_mlp)
+        assert lengths.tolist() == list(map(len, r))
         for j, row in enumerate(r):  # real positions (padding is not compared)
             torch.testing.assert_close(acts[j, :len(row)], ref[j, :len(row)], rtol=0,
                                        atol=1e-5 * float(ref.abs().max()))
@@ -69,8 +70,9 @@ def index(web_db):
 def test_relative_activations_rank_the_neurons(tiny_model, tiny_bridge, index, web_db):
     from context_lookups.app.live.fire import fire_views
 
-    stored = {(lay, n): m for lay, n, m in rows(web_db, "SELECT n.layer, n.neuron, n.max_act FROM neurons n "
-                                                      "JOIN runs r ON r.id = n.run_id WHERE r.slug = ?", TOPK_RUN)}
+    stored = {(lay, n): m for lay, n, m in rows(web_db, "SELECT n.layer, n.neuron, n.max_act "
+                                                      "FROM neurons n JOIN runs r ON r.id = n.run_id "
+                                                      "WHERE r.slug = ?", TOPK_RUN)}
     assert index.layers == (1,) and len(index.max_act) == tiny_model.d_mlp
     row = [tiny_model.bos_token_id] + tiny_model.encode(TEXT)
     (res,) = fire_views(tiny_model, [row], index, per_position=5, overall=20)
@@ -85,7 +87,8 @@ def test_relative_activations_rank_the_neurons(tiny_model, tiny_bridge, index, w
         assert [c for c, _, _ in top] == want.indices.tolist() or \
             torch.allclose(torch.tensor([v for _, v, _ in top]), want.values, rtol=1e-4)
         for c, v, a in top:
-            assert v == pytest.approx(float(rel[p, c]), rel=1e-4) and a == pytest.approx(float(ref[p, c]), rel=1e-4, abs=1e-6)
+            assert v == pytest.approx(float(rel[p, c]), rel=1e-4)
+            assert a == pytest.approx(float(ref[p, c]), rel=1e-4, abs=1e-6)
             assert not math.isnan(maxima[c])
     peak = rel.max(0).values
     got = [o["rel"] for o in res["overall"]]
@@ -108,7 +111,8 @@ def test_the_page_and_its_json_twin(client, web_db):
     home = client.get("/")
     assert 'href="/fire"' in home.text and 'class="fire-link"' in home.text  # header and home
     empty = client.get("/fire")
-    assert empty.status_code == 200 and 'id="fire-form"' in empty.text and "Strongest neurons" not in empty.text
+    assert empty.status_code == 200 and 'id="fire-form"' in empty.text
+    assert "Strongest neurons" not in empty.text
     assert all(f'<option value="{s}"' in empty.text for (s,) in rows(web_db, "SELECT slug FROM runs"))
     assert client.get("/fire", params={"text": "   "}).status_code == 200
     r = client.get("/fire", params={"run": TOPK_RUN, "text": TEXT})
@@ -157,17 +161,18 @@ def test_queued_texts_share_a_pass_and_respect_the_queue(web_db, tiny_model_dir,
             deadline = time.time() + 60
             while app.state.live.waiting() < len(texts) and time.time() < deadline:
                 time.sleep(0.05)
-            busy = httpx.get(srv.url + "/fire.json", params={"run": TOPK_RUN, "text": "one too many"}, timeout=30)
+            busy = httpx.get(srv.url + "/fire.json", params={"run": TOPK_RUN, "text": "one too many"},
+                             timeout=30)
             page = httpx.get(srv.url + "/", timeout=30)  # pages are served meanwhile
             release()
             got = [f.result().json() for f in futs]
         assert busy.status_code == 503 and "busy" in busy.json()["detail"]
         assert page.status_code == 200
         assert app.state.live.stats["max_batch"] >= len(texts)  # one batch
-    for t, j in zip(texts, got):
+    for t, j in zip(texts, got, strict=True):
         (alone,) = fire_views(tiny_model, [[tiny_model.bos_token_id] + tiny_model.encode(t)], index)
-        assert [o["rel"] for o in j["result"]["overall"]] == pytest.approx([o["rel"] for o in alone["overall"]],
-                                                                            rel=1e-4)
+        assert [o["rel"] for o in j["result"]["overall"]] == pytest.approx(
+            [o["rel"] for o in alone["overall"]], rel=1e-4)
 
 
 def test_imported_run_without_weights_says_so_and_nothing_waits(tmp_path, precomputed_db):
@@ -183,7 +188,8 @@ def test_imported_run_without_weights_says_so_and_nothing_waits(tmp_path, precom
     with TestClient(create_app(db_url=f"sqlite:///{db}", torch_threads=None)) as c:
         page = c.get("/fire", params={"run": "gpt2-small"})
         assert page.status_code == 200
-        notices = re.findall(r'<p class="notice model-missing" id="fire-notice">(.*?)</p>', page.text, re.DOTALL)
+        notices = re.findall(r'<p class="notice model-missing" id="fire-notice">(.*?)</p>', page.text,
+                             re.DOTALL)
         assert len(notices) == 1 and "\n" not in notices[0] and "not on this server" in notices[0]
         assert re.search(r'<button type="submit" disabled', page.text)
         assert "gpt2-small (no model here)" in page.text
@@ -198,6 +204,7 @@ def test_imported_run_without_weights_says_so_and_nothing_waits(tmp_path, precom
         assert c.get("/fire.json").json()["run"]["slug"] != "gpt2-small"
         # its neuron page: no distribution (the authors' files hold none), only the top tokens
         n = c.get("/gpt2-small/neurons/9/1360")
-        assert "the authors' files do not record one" in unescape(n.text) and 'id="bottom-tokens"' not in n.text
+        assert "the authors' files do not record one" in unescape(n.text)
+        assert 'id="bottom-tokens"' not in n.text
         assert c.get("/gpt2-small/neurons/9/1360.json").json()["histogram"] is None
     sqlite3.connect(db).close()

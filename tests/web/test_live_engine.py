@@ -32,7 +32,8 @@ def test_models_load_in_the_background_and_healthz_says_when(web_db, tiny_model_
     app = make_app(web_db, tiny_model_dir)
     with Server(app) as srv:
         h = httpx.get(srv.url + "/healthz").json()  # answers at once, loaded or not
-        assert h["status"] == "ok" and set(h["models"]) == {s for (s,) in rows(web_db, "SELECT slug FROM runs")}
+        assert h["status"] == "ok"
+        assert set(h["models"]) == {s for (s,) in rows(web_db, "SELECT slug FROM runs")}
         assert set(h["models"].values()) <= {"loading", "ready"}
         h = wait_ready(srv.url)
         assert h["ready"] and set(h["models"].values()) == {"ready"}
@@ -78,7 +79,8 @@ def test_queued_live_requests_do_not_hold_page_threads(web_db, tiny_model_dir):
         assert stats["batched"] >= 60
 
 
-def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model, tiny_bridge):
+def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_model_dir, tiny_model,
+                                                               tiny_bridge):
     """Queued requests for several neurons, some with heads ablated, run as one batch; each
     result equals precompute's attribute()/ablate() on that prompt alone, on the bridge backend."""
     from context_lookups.precompute.ablation.ablate import ablate
@@ -95,7 +97,8 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
         def get(case):
             (layer, neuron, _), prompt, heads = case
             params = {"prompt": prompt, **({"ablate": "L0H1"} if heads else {})}
-            return httpx.get(f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params=params, timeout=120)
+            return httpx.get(f"{srv.url}/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params=params,
+                             timeout=120)
 
         with ThreadPoolExecutor(len(cases)) as ex:
             futs = [ex.submit(get, c) for c in cases]
@@ -104,7 +107,7 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
             release()
             got = [f.result() for f in futs]
         assert app.state.live.stats["max_batch"] == len(cases)  # one batch across neurons
-    for ((layer, neuron, token_id), prompt, heads), r in zip(cases, got):
+    for ((layer, neuron, token_id), prompt, heads), r in zip(cases, got, strict=True):
         assert r.status_code == 200, r.text
         live = r.json()["live"]
         row = [tiny_model.bos_token_id] + tiny_model.encode(prompt)
@@ -116,7 +119,8 @@ def test_requests_for_other_neurons_and_ablations_share_a_pass(web_db, tiny_mode
         assert live["prob"] == pytest.approx(float(ref.prob_clean[0]), rel=1e-4)
         if heads:
             assert live["ablation"]["drop"] == pytest.approx(float(ref.drop[0]), rel=1e-3, abs=1e-7)
-            assert live["ablation"]["act_ablated"] == pytest.approx(float(ref.act_ablated[0]), rel=1e-4, abs=1e-5)
+            assert live["ablation"]["act_ablated"] == pytest.approx(float(ref.act_ablated[0]),
+                                                                    rel=1e-4, abs=1e-5)
         else:
             assert live["ablation"] is None
 
@@ -143,7 +147,7 @@ def test_device_and_dtype_settings(web_db, tiny_model_dir, capsys):
     f32, bf16 = got["float32"], got["bfloat16"]
     assert f32["token_ids"] == bf16["token_ids"]
     scale = max(abs(a) for a in f32["acts"])
-    assert max(abs(a - b) for a, b in zip(f32["acts"], bf16["acts"])) < 0.1 * scale
+    assert max(abs(a - b) for a, b in zip(f32["acts"], bf16["acts"], strict=True)) < 0.1 * scale
 
 
 def _gone(pid: int, timeout: float = 20) -> bool:

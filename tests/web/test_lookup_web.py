@@ -26,7 +26,8 @@ def client(web_db, tiny_model_dir):
 def _sums(lk: dict, scale: float) -> None:
     assert len(lk["contrib"]) == len(lk["attention"]) == len(lk["contrib_ln"]) == lk["position"] + 1
     assert sum(lk["contrib"]) + lk["bias"] == pytest.approx(lk["total"], abs=1e-5 * scale)
-    assert sum(lk["contrib_ln"]) + lk["bias_ln"] == pytest.approx(lk["total_ln"], abs=1e-5 * scale / lk["ln_scale"])
+    assert sum(lk["contrib_ln"]) + lk["bias_ln"] == pytest.approx(lk["total_ln"],
+                                                                  abs=1e-5 * scale / lk["ln_scale"])
     assert sum(lk["attention"]) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -42,10 +43,12 @@ def test_pair_json_carries_each_prompts_lookup_and_the_summary(client, kept):
         assert lk["total"] == p["attr_raw"][hl][h] and lk["total_ln"] == p["attr_ln"][hl][h]
         _sums(lk, max(abs(v) for row in p["attr_raw"] for v in row))
     groups = d["lookup"]["groups"]
-    assert groups["active"]["n_prompts"] >= len(d["active"]) and groups["inactive"]["n_prompts"] >= len(d["inactive"])
+    assert groups["active"]["n_prompts"] >= len(d["active"])
+    assert groups["inactive"]["n_prompts"] >= len(d["inactive"])
     top = groups["active"]["rows"]
     assert top and [r["total"] for r in top] == sorted((r["total"] for r in top), reverse=True)
-    assert all(1 <= r["prompts"] <= groups["active"]["n_prompts"] and 0 <= r["top"] <= r["prompts"] for r in top)
+    assert all(1 <= r["prompts"] <= groups["active"]["n_prompts"] and 0 <= r["top"] <= r["prompts"]
+               for r in top)
     ln = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}.json?score=ln").json()
     assert ln["lookup"]["units"] == "pre-activation units"
 
@@ -55,10 +58,12 @@ def test_pair_page_colours_tokens_by_the_lookup_with_the_twins_values(client, ke
     url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}"
     html = client.get(url).text
     d = client.get(url + ".json").json()
-    assert 'id="lookup"' in html and "contribution to the neuron through" in html and "residual-stream units" in html
+    assert 'id="lookup"' in html and "contribution to the neuron through" in html
+    assert "residual-stream units" in html
     shown = d["active"] + d["inactive"] + d["heldout"]
     assert html.count('data-row="contrib"') == len(shown)
-    cells = re.findall(r'<span class="toks lookup-row" data-row="contrib">(.*?)</span></span>', html, re.DOTALL)
+    cells = re.findall(r'<span class="toks lookup-row" data-row="contrib">(.*?)</span></span>', html,
+                       re.DOTALL)
     first = d["active"][0]["lookup"]
     titles = re.findall(r'data-src="(\d+)" title="([^"]*)"', cells[0] + "</span>")
     assert [int(s) for s, _ in titles] == list(range(first["position"] + 1))
@@ -71,8 +76,9 @@ def test_pair_page_colours_tokens_by_the_lookup_with_the_twins_values(client, ke
 
 
 def test_a_pair_not_kept_says_its_lookup_is_stored_for_kept_pairs_only(client, web_db):
-    layer, neuron, hl, h = one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p JOIN neurons n "
-                               "ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id WHERE r.slug = ? AND NOT p.kept "
+    layer, neuron, hl, h = one(web_db, "SELECT n.layer, n.neuron, p.head_layer, p.head FROM pairs p "
+                               "JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = p.run_id "
+                               "WHERE r.slug = ? AND NOT p.kept "
                                "ORDER BY p.id LIMIT 1", TOPK_RUN)
     url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}"
     assert client.get(url + ".json").json()["lookup"]["state"]["state"] == "not_applicable"
@@ -119,8 +125,10 @@ def test_openapi_documents_the_lookups_shape_and_units(client):
     assert pair["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PairJSON")
     s = spec["components"]["schemas"]
     props = s["LookupJSON"]["properties"]
-    assert {"position", "contrib", "attention", "bias", "total", "contrib_ln", "bias_ln", "total_ln"} <= set(props)
-    assert "residual-stream" in props["contrib"]["description"] and "p + 1" in props["position"]["description"]
+    assert {"position", "contrib", "attention", "bias", "total", "contrib_ln", "bias_ln",
+            "total_ln"} <= set(props)
+    assert "residual-stream" in props["contrib"]["description"]
+    assert "p + 1" in props["position"]["description"]
     assert "pre-activation" in props["contrib_ln"]["description"]
     assert "head" in s["LiveLookupJSON"]["properties"]
     neuron = spec["paths"]["/{run}/neurons/{layer}/{neuron}.json"]["get"]

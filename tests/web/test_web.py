@@ -127,7 +127,8 @@ def test_pair_page(client, web_db, kept):
     d = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}/heads/{hl}/{h}.json").json()
     label = f"L{hl}H{h}"
     assert d["label"] == label and d["explanations"]
-    assert all(label in p["active"] for p in d["active"]) and all(label not in p["active"] for p in d["inactive"])
+    assert all(label in p["active"] for p in d["active"])
+    assert all(label not in p["active"] for p in d["inactive"])
     assert len(d["active"]) == d["pair"]["n_active"]
     assert d["heldout"] and all(p["classifications"] or p["ablations"] for p in d["heldout"])
     e = d["explanations"][0]
@@ -153,7 +154,8 @@ def test_head_page_is_a_reverse_index(client, web_db, kept):
     assert len(d["pairs"]) == n > 0
     raw = [p["mean_attr_raw"] for p in d["pairs"]]
     assert raw == sorted(raw, reverse=True)
-    frac = [p["active_fraction"] for p in client.get(f"/{TOPK_RUN}/heads/{hl}/{h}.json?order=fraction").json()["pairs"]]
+    frac = [p["active_fraction"]
+            for p in client.get(f"/{TOPK_RUN}/heads/{hl}/{h}.json?order=fraction").json()["pairs"]]
     assert frac == sorted(frac, reverse=True)
     kept_only = client.get(f"/{TOPK_RUN}/heads/{hl}/{h}.json?kept=true").json()["pairs"]
     assert all(p["kept"] for p in kept_only)
@@ -163,7 +165,8 @@ def test_head_page_is_a_reverse_index(client, web_db, kept):
 
 def test_neuron_list_filters(client, web_db):
     base = f"/{TOPK_RUN}/neurons.json"
-    total = one(web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ?", TOPK_RUN)[0]
+    total = one(web_db, "SELECT count(*) FROM neurons n JOIN runs r ON r.id = n.run_id WHERE r.slug = ?",
+                TOPK_RUN)[0]
     assert client.get(base, params={"kind": "all"}).json()["total"] == total
     for kind in ("next_token", "random", "other"):
         d = client.get(base, params={"kind": kind, "per_page": 500}).json()
@@ -195,15 +198,17 @@ def test_neuron_list_sorting_and_pagination(client):
     seen = []
     page, pages = 1, None
     while True:
-        d = client.get(base, params={"sort": "congruence", "order": "asc", "per_page": 7, "page": page}).json()
+        d = client.get(base, params={"sort": "congruence", "order": "asc", "per_page": 7,
+                                     "page": page}).json()
         pages = d["pages"]
         seen += [(n["layer"], n["neuron"]) for n in d["neurons"]]
         if d["links"]["next"] is None:
             break
-        assert "page=%d" % (page + 1) in d["links"]["next"]
+        assert f"page={page + 1}" in d["links"]["next"]
         page += 1
     assert page == pages and seen == [(n["layer"], n["neuron"]) for n in full["neurons"]]
-    toks = [n["token"] for n in client.get(base, params={"sort": "token", "order": "asc", "per_page": 500}).json()["neurons"]]
+    by_token = client.get(base, params={"sort": "token", "order": "asc", "per_page": 500}).json()
+    toks = [n["token"] for n in by_token["neurons"]]
     assert toks == sorted(toks)
     html = html_ok(client.get(f"/{TOPK_RUN}/neurons?kind=all&sort=token&order=asc"))
     assert 'class="sorted asc"' in html and 'rel="next"' in html
@@ -297,7 +302,8 @@ def _no_raw_script(html: str) -> None:
 def test_markup_in_documents_and_prompts_is_escaped(client, web_db):
     # the test corpus holds a document with <script>; find a neuron whose top documents include it
     hits = rows(web_db, "SELECT t.layer, t.neuron, n.kind FROM top_activations t JOIN documents d ON "
-                "d.run_id = t.run_id AND d.split = t.split AND d.idx = t.doc_idx JOIN runs r ON r.id = t.run_id "
+                "d.run_id = t.run_id AND d.split = t.split AND d.idx = t.doc_idx "
+                "JOIN runs r ON r.id = t.run_id "
                 "JOIN neurons n ON n.run_id = t.run_id AND n.layer = t.layer AND n.neuron = t.neuron "
                 "WHERE r.slug = ? AND d.text LIKE '%<script>%' AND n.kind = 'other' LIMIT 5", TOPK_RUN)
     assert hits
@@ -320,7 +326,8 @@ def test_markup_in_documents_and_prompts_is_escaped(client, web_db):
 
 def test_security_headers(client, kept):
     layer, neuron, _, _ = kept
-    for path in ("/", f"/{TOPK_RUN}/neurons", f"/{TOPK_RUN}/neurons/{layer}/{neuron}", "/.json", "/nope/neurons"):
+    for path in ("/", f"/{TOPK_RUN}/neurons", f"/{TOPK_RUN}/neurons/{layer}/{neuron}", "/.json",
+                 "/nope/neurons"):
         r = client.get(path)
         csp = r.headers["Content-Security-Policy"]
         assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in \
@@ -408,7 +415,8 @@ def test_live_fragment_and_page_urls_reproduce_the_view(client, kept):
         assert needle in page
     assert re.search(rf'value="L{hl}H{h}"[^>]*checked', page)
     # a form without JavaScript sends repeated ablate= fields: redirected to the canonical URL
-    r = client.get(base, params=[("prompt", prompt), ("ablate", "L0H1"), ("ablate", "L0H2")], follow_redirects=False)
+    r = client.get(base, params=[("prompt", prompt), ("ablate", "L0H1"), ("ablate", "L0H2")],
+                   follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].endswith("ablate=L0H1,L0H2")
     # cached: the same request again is served from the LRU
     hits = client.app.state.live.stats["hits"]
@@ -431,7 +439,7 @@ def test_concurrent_live_requests_are_batched_and_exact(app, web_db, kept, tiny_
     url = f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json"
     with TestClient(app) as c, ThreadPoolExecutor(6) as ex:
         got = list(ex.map(lambda p: c.get(url, params={"prompt": p, "ablate": f"L{hl}H{h}"}), prompts))
-    for p, r in zip(prompts, got):
+    for p, r in zip(prompts, got, strict=True):
         assert r.status_code == 200
         live = r.json()["live"]
         row = [tiny_model.bos_token_id] + tiny_model.encode(p)
@@ -454,7 +462,8 @@ def test_model_that_cannot_load_gives_503_and_the_page_still_renders(web_db, kep
         r = c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json", params={"prompt": "hello"})
         assert r.status_code == 503 and "nonexistent/model-dir" in r.json()["detail"]
         page = c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}", params={"prompt": "hello"})
-        assert page.status_code == 503 and "Top explain prompts" in page.text and "nonexistent/model-dir" in page.text
+        assert page.status_code == 503 and "Top explain prompts" in page.text
+        assert "nonexistent/model-dir" in page.text
         assert c.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}").status_code == 200  # no live: no model needed
 
 

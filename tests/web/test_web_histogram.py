@@ -63,7 +63,7 @@ def test_neuron_page_shows_the_split_distribution_with_the_top_prompts_marked(cl
 
     heights = [float(x) for x in re.findall(r'<rect class="bar"[^>]* height="([0-9.]+)"', svg)]
     shown = [b["count"] for b in h["bins"] if b["count"]]
-    per_decade = [hh / math.log10(c / 0.5) for hh, c in zip(heights, shown)]
+    per_decade = [hh / math.log10(c / 0.5) for hh, c in zip(heights, shown, strict=True)]
     assert max(per_decade) - min(per_decade) < 0.2 * max(1, max(heights) / 100)
     assert min(heights) > 1  # one token still shows
 
@@ -84,7 +84,8 @@ def test_an_unselected_neuron_marks_its_top_documents(client, web_db):
                          "WHERE r.slug = ? AND n.kind = 'other' ORDER BY n.neuron LIMIT 1", TOPK_RUN)[0]
     j = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json").json()
     assert j["prompts"] == [] and j["top_documents"]
-    assert [(m["rank"], m["act"]) for m in j["histogram"]["marks"]] == [(d["rank"], d["act"]) for d in j["top_documents"]]
+    assert [(m["rank"], m["act"]) for m in j["histogram"]["marks"]] == [(d["rank"], d["act"])
+                                                                        for d in j["top_documents"]]
     held = client.get(f"/{TOPK_RUN}/neurons/{layer}/{neuron}.json?split=heldout").json()["histogram"]
     assert held["split"] == "heldout" and held["marks"] == []
 
@@ -111,8 +112,10 @@ def test_a_run_from_before_histograms_shows_top_tokens_alone(tmp_path, precomput
     assert rows(db, "SELECT count(*) FROM activation_histograms") == [(0,)]
     with TestClient(create_app(db_url=url, preload=False)) as c:
         j = c.get(f"/{slug}/neurons/{layer}/{neuron}.json").json()
-        assert j["histogram"] is None and j["neuron"]["bottom_tokens"] is None and len(j["neuron"]["top_tokens"]) == 10
+        assert j["histogram"] is None and j["neuron"]["bottom_tokens"] is None
+        assert len(j["neuron"]["top_tokens"]) == 10
         html = c.get(f"/{slug}/neurons/{layer}/{neuron}").text
         assert 'id="top-tokens"' in html and 'id="bottom-tokens"' not in html
-        assert "computed before the scan kept activation histograms" in html and "<svg class=\"act-hist\"" not in html
+        assert "computed before the scan kept activation histograms" in html
+        assert "<svg class=\"act-hist\"" not in html
     assert N_BINS == 163

@@ -81,7 +81,8 @@ class Config:
     threshold: str = "fit"
 
     def label(self) -> str:
-        return f"half-life {self.half_life:g}, at most {self.max_features} features, threshold {self.threshold}"
+        return (f"half-life {self.half_life:g}, at most {self.max_features} features, "
+                f"threshold {self.threshold}")
 
 
 DEFAULT = Config()
@@ -177,10 +178,10 @@ def _threshold(scores: Sequence[float], truth: Sequence[bool]) -> tuple[float, f
     n_pos = sum(1 for y in truth if y)
     n_neg = len(truth) - n_pos
     counts: dict[float, list[int]] = {}
-    for s, y in zip(scores, truth):
+    for s, y in zip(scores, truth, strict=True):
         counts.setdefault(s, [0, 0])[0 if y else 1] += 1
     vals = sorted(counts)
-    cands = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:])] + [vals[-1] + 1.0]
+    cands = [vals[0] - 1.0] + [(a + b) / 2 for a, b in zip(vals, vals[1:], strict=False)] + [vals[-1] + 1.0]
     accs = []
     below_pos = below_neg = 0  # prompts with a score below the candidate: predicted inactive
     for j in range(len(cands)):
@@ -190,7 +191,7 @@ def _threshold(scores: Sequence[float], truth: Sequence[bool]) -> tuple[float, f
         tp, tn = n_pos - below_pos, below_neg
         accs.append(0.5 * ((tp / n_pos if n_pos else 0.0) + (tn / n_neg if n_neg else 0.0)))
     best = max(accs)
-    tied = [t for t, a in zip(cands, accs) if a == best]
+    tied = [t for t, a in zip(cands, accs, strict=True) if a == best]
     return best, tied[(len(tied) - 1) // 2]
 
 
@@ -293,7 +294,8 @@ def fit_features(xa: Sequence[dict[str, float]], xi: Sequence[dict[str, float]],
     yi, si = _counts(xi)
     # z only of the features that can be candidates (enough support on one side): the same
     # candidates as ranking every feature, without the work
-    z = _z(ya, yi, [f for f in set(ya) | set(yi) if sa.get(f, 0) >= MIN_SUPPORT or si.get(f, 0) >= MIN_SUPPORT])
+    z = _z(ya, yi, [f for f in set(ya) | set(yi)
+                    if sa.get(f, 0) >= MIN_SUPPORT or si.get(f, 0) >= MIN_SUPPORT])
     ranked = sorted(z.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     pos = [(f, v) for f, v in ranked if v > 0 and sa.get(f, 0) >= MIN_SUPPORT][:N_CANDIDATES]
     neg = [(f, v) for f, v in ranked if v < 0 and si.get(f, 0) >= MIN_SUPPORT][:N_CANDIDATES]
@@ -314,7 +316,7 @@ def fit_features(xa: Sequence[dict[str, float]], xi: Sequence[dict[str, float]],
         for f, v in cands:
             if any(f == c for c, _ in chosen):
                 continue
-            sc = [c + v * x.get(f, 0.0) for c, x in zip(cur, xs)]
+            sc = [c + v * x.get(f, 0.0) for c, x in zip(cur, xs, strict=True)]
             ba = _threshold(sc, truth)[0]
             if trial is None or ba > trial[0] + 1e-12:
                 trial = (ba, f, v, sc)

@@ -54,13 +54,15 @@ def cv_scores(tasks: Sequence[PairTask], grid: Sequence[Config] = GRID) -> dict[
                 row.append(None)
                 continue
             oof = out_of_fold([feats(e, c.half_life) for e in t.active],
-                              [feats(e, c.half_life) for e in t.inactive], c, t.active_carriers(), centred=True)
+                              [feats(e, c.half_life) for e in t.inactive], c, t.active_carriers(),
+                              centred=True)
             row.append(None if oof is None else _bacc(oof))
         out[t.pair_id] = row
     return out
 
 
-def choose(tasks: Sequence[PairTask], grid: Sequence[Config] = GRID) -> dict[int, tuple[Config, float | None]]:
+def choose(tasks: Sequence[PairTask], grid: Sequence[Config] = GRID
+           ) -> dict[int, tuple[Config, float | None]]:
     """``{neuron_id: (config, mean cv of the other neurons' pairs)}`` by leave-one-neuron-out
     (module docstring); a neuron with no other neuron's pairs to learn from gets the first
     configuration of ``grid`` and None."""
@@ -78,7 +80,8 @@ def choose(tasks: Sequence[PairTask], grid: Sequence[Config] = GRID) -> dict[int
                 n[j] += 1
     out = {}
     for nid, (s, n) in own.items():
-        means = [(totals[j] - s[j]) / (counts[j] - n[j]) if counts[j] - n[j] else None for j in range(len(grid))]
+        means = [(totals[j] - s[j]) / (counts[j] - n[j]) if counts[j] - n[j] else None
+                 for j in range(len(grid))]
         if all(m is None for m in means):
             out[nid] = (grid[0], None)
             continue
@@ -94,5 +97,6 @@ def explain_with(task: PairTask, chosen: dict[int, tuple[Config, float | None]])
     config, cv = chosen.get(task.neuron_id, (GRID[0], None))
     res = explain_pair(task, config)
     res.settings = {**res.settings, "config": config.label(),
-                    "cv": {"rule": "leave-one-neuron-out, explain prompts only", "mean_bacc_other_neurons": cv}}
+                    "cv": {"rule": "leave-one-neuron-out, explain prompts only",
+                           "mean_bacc_other_neurons": cv}}
     return res
