@@ -45,6 +45,7 @@ from .display import page_html
 ALL = 2**31 - 1  # "every row" as a page size (a list's frame holds all the rows its CSV twin has)
 PAIR_KINDS = ("selected", "next_token", "random")
 BASE_URL_ENV = "LOOKUPS_BASE_URL"
+HOME_APART = ("counts", "findings", "strongest", "links")  # a run's home fields with frames of their own
 
 
 def frame(rows: list[dict], *, tables: str, **attrs) -> pd.DataFrame:
@@ -133,14 +134,13 @@ class Database:
             return fn(s, self.contexts.resolve(s, slug))
 
     def runs(self) -> pd.DataFrame:
-        """The runs, newest first: the home page twin's run fields with its ``counts`` spread into
-        columns (``neurons``, ``next_token``, ``random``, ``other``, ``prompts``, ``pairs``,
-        ``kept_pairs``, ``explanations``, ``ablations``); the findings are :meth:`Run.findings`."""
+        """The runs, newest first: the home page twin's run fields (:func:`app.pages.views.home`)
+        with its ``counts`` spread into columns (``neurons``, ``next_token``, ``random``, ``other``,
+        ``prompts``, ``pairs``, ``kept_pairs``, ``explanations``, ``ablations``); the findings are
+        :meth:`Run.findings`, the strongest pairs :meth:`Run.strongest`."""
         with self.Session() as s:
-            rows = []
-            for run in Q.list_runs(s):
-                d = run_dict(run, Q.run_counts(s, run_id=run.id))
-                rows.append({**{k: v for k, v in d.items() if k != "counts"}, **d["counts"]})
+            home = views.home(s)
+        rows = [{**{k: v for k, v in d.items() if k not in HOME_APART}, **d["counts"]} for d in home["runs"]]
         return frame(rows, tables="runs")
 
     def run(self, slug: str | None = None) -> Run:
@@ -310,6 +310,15 @@ class Run:
             return Q.findings(s, run_id=ctx.run.id)
 
         return Findings(self.slug, self.db.view(self.slug, read))
+
+    def strongest(self) -> pd.DataFrame:
+        """The run's strongest pairs as the home page lists them (its twin's ``strongest``: E
+        interval's lower bound above 0.5, at least 5 answered distinct held-out prompts per class,
+        by the lower bound; at most 5), one row per pair."""
+        def read(s: Session, ctx: RunContext) -> list[dict]:
+            return views.strongest_pairs(s, ctx.run, limit=views.STRONGEST)
+
+        return frame(self.db.view(self.slug, read), tables="pairs")
 
     # --- the single objects --------------------------------------------------------------------------
     def neuron(self, layer: int, neuron: int, *, score: str = "raw", split: str = "explain") -> NeuronPage:

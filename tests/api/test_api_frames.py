@@ -62,10 +62,12 @@ def test_runs_frame_has_the_home_twins_fields(api, client):
     home = client.get("/.json").json()["runs"]
     df = api.runs()
     assert list(df["slug"]) == [r["slug"] for r in home]
+    apart = ("counts", "findings", "strongest", "links")
     for got, want in zip(records(df), home, strict=True):
-        assert {k: got[k] for k in want if k not in ("counts", "findings", "links")} == \
-            {k: v for k, v in want.items() if k not in ("counts", "findings", "links")}
+        fields = [k for k in want if k not in apart]
+        assert {k: got[k] for k in fields} == {k: want[k] for k in fields}
         assert {k: got[k] for k in want["counts"]} == want["counts"]
+        assert records(api.run(want["slug"]).strongest()) == want["strongest"]
 
 
 def test_a_neuron_equals_its_twin(api, client):
