@@ -319,19 +319,22 @@ class Live:
             self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW_S] + [now]
             how = exit_text(code)
             give_up = len(self._deaths) > self.settings.live_restarts
+            down = (f"the live model process stopped {len(self._deaths)} times within "
+                    f"{RESTART_WINDOW_S:.0f} s (last: {how}); live passes need a server restart"
+                    if give_up else None)
             if give_up:
-                self._down = (f"the live model process stopped {len(self._deaths)} times within "
-                              f"{RESTART_WINDOW_S:.0f} s (last: {how}); live passes need a server restart")
-                logger.error("live passes are off: %s", self._down)
+                logger.error("live passes are off: %s", down)
             error = ModelNotAvailable(
                 f"The live model process stopped ({how}) while this request waited"
-                + (f"; live passes are off: {self._down}." if give_up
+                + (f"; live passes are off: {down}." if give_up
                    else "; it is restarting: retry in a moment."))
             failed = self._take_pending()
             self._before = {k: max(self._before[k], v) if k == "max_batch" else self._before[k] + v
                             for k, v in self._engine.items()}
             self._engine = dict(ZERO)
             self._models.clear()
+            if give_up:  # set after the models are cleared: status() and worker() read without the lock
+                self._down = down
             loads, asked = dict(self._loads), dict(self._asked)
             self._loads, self._asked = {}, {}
             if not give_up:

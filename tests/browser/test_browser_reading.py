@@ -20,9 +20,12 @@ def test_home_states_the_verdict_and_defines_its_terms(wpage, server):
     wpage.goto(server.url + "/")
     card = wpage.locator(f"#run-{TOPK_RUN}")
     rows = card.locator("table.verdicts tr.claim")
-    assert rows.count() == 3
+    # the paper's two claims (E above chance, above random neurons; the ablation gap) and claim
+    # 2's random-neuron control
+    assert rows.count() == 4
+    assert "random" in rows.nth(3).inner_text()
     words = {"reproduces", "does not reproduce", "inconclusive", "not measured"}
-    for i in range(3):
+    for i in range(4):
         v = rows.nth(i).locator("a.verdict")
         assert v.is_visible() and v.inner_text() in words
         assert "lies on the paper's side of the null value" in v.get_attribute("title")

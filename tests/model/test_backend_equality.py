@@ -22,6 +22,7 @@ from context_lookups.precompute.heads.attribution import (
 )
 from context_lookups.precompute.heads.lookup import decode
 from context_lookups.precompute.model import tokenize_batch
+from context_lookups.precompute.prompts.distinct import distinct_prompts, needs_reserve
 from context_lookups.precompute.prompts.scan import neuron_acts
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it ran away into the woods.",
@@ -278,8 +279,8 @@ def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
                 "AND t.layer = ? AND t.neuron = ? AND t.act > 0 ORDER BY t.rank",
                 (split, layer, neuron)).fetchall()
             stored = con.execute("SELECT rank, start, \"end\", token_ids, acts, attr_raw, attr_ln, pre, "
-                                 "active, "
-                                 "doc_act FROM prompts WHERE neuron_id = ? AND split = ? ORDER BY rank",
+                                 "active, doc_act, multiplicity FROM prompts "
+                                 "WHERE neuron_id = ? AND split = ? ORDER BY rank",
                                  (nid, split)).fetchall()
             if not tops:
                 assert not stored
@@ -287,9 +288,16 @@ def test_job_rows_equal_the_per_neuron_bridge_code(precomputed_db, tiny_bridge):
             rows = tokenize_batch(m, [t[3] for t in tops], ctx)
             trims = reference_trim(m, rows, [t[1] for t in tops], layer, neuron,
                                    act_ratio=settings.act_ratio, orig_acts=[t[2] for t in tops])
-            keep = [(t, r, tr) for t, r, tr in zip(tops, rows, trims, strict=True)
-                    if t[1] + 1 - tr[0] < settings.max_prompt_tokens]
+            # repeats merged (docs/method.md §2): the first top_k documents, the reserve only
+            # when they give fewer than top_k distinct prompts
+            keys = [tuple(r[tr[0]:t[1] + 1]) if t[1] + 1 - tr[0] < settings.max_prompt_tokens else None
+                    for t, r, tr in zip(tops, rows, trims, strict=True)]
+            k = settings.top_k
+            read = keys if needs_reserve(keys[:k], k) else keys[:k] + [None] * len(keys[k:])
+            groups = distinct_prompts(read, k)
+            keep = [(tops[g[0]], rows[g[0]], trims[g[0]]) for g in groups]
             assert [t[0] for t, _, _ in keep] == [s[0] for s in stored]
+            assert [len(g) for g in groups] == [s[10] for s in stored]
             if not keep:
                 continue
             prompts = [[m.bos_token_id] + r[tr[0]:t[1] + 1] for t, r, tr in keep]

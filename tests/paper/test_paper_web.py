@@ -48,11 +48,11 @@ def test_home_links_compare_and_shows_provenance(client):
 def test_imported_neuron_page(client, db):
     r = client.get("/gpt2-small/neurons/9/1360")
     assert r.status_code == 200
-    notices = re.findall(r'<p class="notice model-missing">(.*?)</p>', r.text, re.S)
+    notices = re.findall(r'<p class="notice model-missing"[^>]*>(.*?)</p>', r.text, re.S)
     assert len(notices) == 1 and "\n" not in notices[0] and "gpt2" in notices[0]
     # one line saying why, no command-line advice; Run is disabled
     assert not re.search(r"LOOKUPS_|python -c|--model|lookups ", notices[0])
-    assert re.search(r'<button type="submit" disabled title="Live passes are off', r.text)
+    assert re.search(r'<button type="submit" disabled aria-disabled="true"[^>]* title="Live passes are off', r.text)
     n_prompts = sqlite3.connect(db).execute(
         "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
         "WHERE r.slug = 'gpt2-small' AND n.layer = 9 AND n.neuron = 1360 AND p.split = 'explain'"

@@ -57,4 +57,4 @@ def test_the_list_page_shows_the_columns_and_says_why_a_pair_has_none(client):
     assert row["ablation"] == {"zero": {}}
     assert row["zero_drop_active"] is None and row["zero_n_active"] is None
     page = client.get(f"/{TOPK_RUN}/pairs", params={"kept": "false"}).text
-    assert "not kept: only kept pairs are ablated" in page
+    assert "not ablated: only kept pairs are ablated" in page
