@@ -52,7 +52,8 @@ def test_imported_neuron_page(client, db):
     assert len(notices) == 1 and "\n" not in notices[0] and "gpt2" in notices[0]
     # one line saying why, no command-line advice; Run is disabled
     assert not re.search(r"LOOKUPS_|python -c|--model|lookups ", notices[0])
-    assert re.search(r'<button type="submit" disabled aria-disabled="true"[^>]* title="Live passes are off', r.text)
+    assert re.search(r'<button type="submit" disabled aria-disabled="true"[^>]* '
+                     r'title="Live passes are off', r.text)
     n_prompts = sqlite3.connect(db).execute(
         "SELECT count(*) FROM prompts p JOIN neurons n ON n.id = p.neuron_id JOIN runs r ON r.id = n.run_id "
         "WHERE r.slug = 'gpt2-small' AND n.layer = 9 AND n.neuron = 1360 AND p.split = 'explain'"
