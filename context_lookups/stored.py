@@ -45,7 +45,7 @@ from .display import page_html
 ALL = 2**31 - 1  # "every row" as a page size (a list's frame holds all the rows its CSV twin has)
 PAIR_KINDS = ("selected", "next_token", "random")
 BASE_URL_ENV = "LOOKUPS_BASE_URL"
-HOME_APART = ("counts", "findings", "strongest", "links")  # a run's home fields with frames of their own
+HOME_APART = ("counts", "links")  # spread into columns / the server's URLs
 
 
 def frame(rows: list[dict], *, tables: str, **attrs) -> pd.DataFrame:
@@ -134,13 +134,13 @@ class Database:
             return fn(s, self.contexts.resolve(s, slug))
 
     def runs(self) -> pd.DataFrame:
-        """The runs, newest first: the home page twin's run fields (:func:`app.pages.views.home`)
+        """The runs, newest first: the home page twin's run fields (:func:`app.pages.views.run_card`)
         with its ``counts`` spread into columns (``neurons``, ``next_token``, ``random``, ``other``,
         ``prompts``, ``pairs``, ``kept_pairs``, ``explanations``, ``ablations``); the findings are
         :meth:`Run.findings`, the strongest pairs :meth:`Run.strongest`."""
         with self.Session() as s:
-            home = views.home(s)
-        rows = [{**{k: v for k, v in d.items() if k not in HOME_APART}, **d["counts"]} for d in home["runs"]]
+            cards = [views.run_card(s, run) for run in Q.list_runs(s)]
+        rows = [{**{k: v for k, v in d.items() if k not in HOME_APART}, **d["counts"]} for d in cards]
         return frame(rows, tables="runs")
 
     def run(self, slug: str | None = None) -> Run:

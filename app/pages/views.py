@@ -49,15 +49,23 @@ def home(s: Session) -> dict:
     model is (``model_note``, with a link to its model card)."""
     runs = []
     for run in Q.list_runs(s):
-        d = run_dict(run, Q.run_counts(s, run_id=run.id))
+        d = run_card(s, run)
         d["findings"] = Q.findings(s, run_id=run.id)
         d["strongest"] = strongest_pairs(s, run, limit=STRONGEST)
-        d["model_note"] = model_note(run)
-        d["neurons_only"] = states.neurons_only(run.provenance)  # a gpt2-xl-like import: nothing to explain
-        d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
         runs.append(d)
     return {"runs": runs, "strongest_rule": {"min_per_class": MIN_HELDOUT_PER_CLASS, "lower_bound_above": 0.5,
                                              "limit": STRONGEST}}
+
+
+def run_card(s: Session, run) -> dict:
+    """A run's fields on the home page without its findings and strongest pairs: the run with
+    its counts, what its model is (``model_note``), whether its files hold neurons only, and its
+    links."""
+    d = run_dict(run, Q.run_counts(s, run_id=run.id))
+    d["model_note"] = model_note(run)
+    d["neurons_only"] = states.neurons_only(run.provenance)  # a gpt2-xl-like import: nothing to explain
+    d["links"] = {"neurons": urls.neurons(run.slug), "json": urls.neurons(run.slug, fmt="json")}
+    return d
 
 
 def strongest_pairs(s: Session, run, *, limit: int) -> list[dict]:
